@@ -1,0 +1,75 @@
+// The interface between the NBD server (src/nbd) and whatever stores blocks.
+// nbdkit's backends are the model: a device states what it can do, and the
+// handshake flags follow from that.
+
+export interface BlockDeviceCapabilities {
+  /** Writes are refused with EPERM. */
+  readOnly: boolean;
+  /** flush() makes every acknowledged write durable. */
+  canFlush: boolean;
+  /** write(..., {fua:true}) is durable when it resolves. */
+  canFua: boolean;
+  canTrim: boolean;
+  canWriteZeroes: boolean;
+  /** writeZeroes(..., {fast:true}) can fail fast with ENOTSUP instead of writing. */
+  canFastZero: boolean;
+  /** Every connection (to any node) sees the same data: CAN_MULTI_CONN. */
+  canMultiConn: boolean;
+  /** blockStatus() reports holes. */
+  canExtents: boolean;
+  canCache: boolean;
+}
+
+export interface Extent {
+  /** Length in bytes. */
+  length: number;
+  /** NBD_STATE_HOLE (1) | NBD_STATE_ZERO (2) flags, as base:allocation defines them. */
+  flags: number;
+}
+
+export interface WriteOptions {
+  /** Force unit access: durable before the promise resolves. */
+  fua?: boolean;
+}
+
+export interface ZeroOptions extends WriteOptions {
+  /** Leave allocated (NBD_CMD_FLAG_NO_HOLE). */
+  noHole?: boolean;
+  /** Fail with ENOTSUP rather than do slow work (NBD_CMD_FLAG_FAST_ZERO). */
+  fast?: boolean;
+}
+
+/**
+ * A block device. Offsets and lengths are validated by the caller against
+ * `size`; implementations may still assert them. Errors are thrown as
+ * Error objects with an errno-style `code` (EIO, ENOSPC, EPERM, EINVAL,
+ * ENOTSUP, ESHUTDOWN, EOVERFLOW) that src/nbd maps to the NBD error.
+ */
+export interface BlockDevice {
+  readonly name: string;
+  readonly description?: string;
+  /** Size in bytes. */
+  readonly size: number;
+  readonly capabilities: BlockDeviceCapabilities;
+  /** Preferred block size (NBD_INFO_BLOCK_SIZE). */
+  readonly preferredBlockSize?: number;
+
+  read(offset: number, length: number): Promise<Buffer>;
+  write(offset: number, data: Buffer, options?: WriteOptions): Promise<void>;
+  flush(): Promise<void>;
+  trim(offset: number, length: number, options?: WriteOptions): Promise<void>;
+  writeZeroes(offset: number, length: number, options?: ZeroOptions): Promise<void>;
+  /** Hint to read ahead (NBD_CMD_CACHE). */
+  cache?(offset: number, length: number): Promise<void>;
+  /** Allocation extents covering [offset, offset+length) (may end early). */
+  blockStatus?(offset: number, length: number): Promise<Extent[]>;
+  close(): Promise<void>;
+}
+
+/** Resolves export names to devices; the replicated device table implements it too. */
+export interface DeviceTable {
+  /** Name of the export served when the client asks for "" (the default export). */
+  readonly defaultName: string | undefined;
+  get(name: string): BlockDevice | undefined;
+  list(): BlockDevice[];
+}

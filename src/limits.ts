@@ -1,0 +1,96 @@
+// Every limit of XDevice lives here, with its unit in the name (TigerBeetle's
+// constants.zig is the model). `validateLimits()` runs at startup: a limit that
+// contradicts another is a configuration bug, not something to discover under load.
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+
+const limitValues = {
+  // ---- NBD (src/nbd) ------------------------------------------------------
+  /** Largest payload of one NBD request (WRITE data, READ length). */
+  requestBytesMax: 32 * MiB,
+  /** Options a client may send in one handshake before we disconnect it. */
+  handshakeOptionsMax: 128,
+  /** Longest string (export name, description, meta context) we accept. */
+  nbdStringBytesMax: 4096,
+  /** Longest option payload accepted during the handshake. */
+  handshakeOptionBytesMax: 64 * KiB,
+  /** Meta contexts a client may ask for in one option. */
+  metaContextQueriesMax: 64,
+  /** Requests in flight on one connection; more are not read off the socket. */
+  nbdInFlightRequestsMax: 64,
+  /** Payload bytes in flight on one connection (read back-pressure). */
+  nbdInFlightBytesMax: 64 * MiB,
+  /** Connections one server accepts at once. */
+  nbdConnectionsMax: 1024,
+  /** Minimum / preferred / maximum block size advertised in NBD_INFO_BLOCK_SIZE. */
+  nbdBlockSizeMinBytes: 1,
+  nbdBlockSizePreferredBytes: 4 * KiB,
+  /** Descriptors returned in one BLOCK_STATUS reply. */
+  blockStatusExtentsMax: 64 * KiB,
+  /** Milliseconds a client may take to finish the handshake. */
+  handshakeTimeoutMs: 30_000,
+
+  // ---- WAL (src/wal) -------------------------------------------------------
+  /** Size a WAL segment is preallocated to. */
+  walSegmentBytes: 64 * MiB,
+  /** Largest record payload (an entry holds at most one NBD request plus framing). */
+  walRecordPayloadBytesMax: 32 * MiB + 64 * KiB,
+  /** Bytes gathered into one write+fdatasync by group commit. */
+  walBatchBytesMax: 8 * MiB,
+  /** Alignment of O_DIRECT writes. */
+  walAlignmentBytes: 4 * KiB,
+
+  // ---- Raft (src/raft) -----------------------------------------------------
+  /** Ticks without a leader's message before a follower campaigns (randomised in [n, 2n)). */
+  electionTicks: 10,
+  /** Ticks between leader heartbeats. */
+  heartbeatTicks: 1,
+  /** Milliseconds per tick in the node runtime. */
+  tickMs: 50,
+  /** Bytes of entries in one AppendEntries message. */
+  raftMessageBytesMax: 8 * MiB,
+  /** AppendEntries messages in flight to one peer before waiting for acks. */
+  raftInFlightMessagesMax: 256,
+  /** Bytes in flight to one peer. */
+  raftInFlightBytesMax: 64 * MiB,
+  /** Proposed but uncommitted bytes the leader accepts before refusing proposals. */
+  raftUncommittedBytesMax: 256 * MiB,
+  /** Pending ReadIndex requests. */
+  raftReadIndexPendingMax: 4096,
+
+  // ---- Cluster (src/cluster) ----------------------------------------------
+  /** Largest frame on a peer link. */
+  peerFrameBytesMax: 48 * MiB,
+  /** Bytes queued for one peer before messages to it are dropped (Raft retries). */
+  peerQueueBytesMax: 128 * MiB,
+  /** Reconnect backoff, milliseconds. */
+  peerReconnectMinMs: 50,
+  peerReconnectMaxMs: 2_000,
+  /** Snapshot chunk size streamed to a lagging node. */
+  snapshotChunkBytes: 1 * MiB,
+
+  // ---- Devices (src/device) ------------------------------------------------
+  /** Devices in one cluster. */
+  devicesMax: 256,
+  /** Largest device. */
+  deviceBytesMax: 16 * 1024 * 1024 * MiB,
+  /** Device name length. */
+  deviceNameBytesMax: 255,
+} satisfies Record<string, number>;
+
+export type Limits = { readonly [K in keyof typeof limitValues]: number };
+export const limits: Limits = Object.freeze(limitValues);
+
+export function validateLimits(l: Limits = limits): void {
+  const fail = (why: string): never => {
+    throw new Error(`invalid limits: ${why}`);
+  };
+  if (l.walRecordPayloadBytesMax < l.requestBytesMax) fail('walRecordPayloadBytesMax < requestBytesMax');
+  if (l.walSegmentBytes < l.walRecordPayloadBytesMax + l.walAlignmentBytes * 2) fail('walSegmentBytes too small for one record');
+  if (l.walSegmentBytes % l.walAlignmentBytes !== 0) fail('walSegmentBytes not aligned');
+  if (l.peerFrameBytesMax < l.raftMessageBytesMax + l.requestBytesMax) fail('peerFrameBytesMax < raftMessageBytesMax + requestBytesMax');
+  if (l.heartbeatTicks >= l.electionTicks) fail('heartbeatTicks >= electionTicks');
+  if (l.nbdInFlightBytesMax < l.requestBytesMax) fail('nbdInFlightBytesMax < requestBytesMax');
+  if (l.raftUncommittedBytesMax < l.requestBytesMax) fail('raftUncommittedBytesMax < requestBytesMax');
+}
