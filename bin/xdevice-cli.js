@@ -1,0 +1,12 @@
+#!/usr/bin/env node
+// Runs the compiled CLI (dist/ is built by `npm install` / `npm run build`).
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+
+const entry = new URL('../dist/cli/cli.js', import.meta.url);
+if (!existsSync(fileURLToPath(entry))) {
+  process.stderr.write('xdevice-cli: dist/ is missing; run `npm install` (or `npm run build`) first\n');
+  process.exit(2);
+}
+const { main } = await import(entry.href);
+process.exitCode = await main();

@@ -1,0 +1,95 @@
+// What the admin API (and through it xdevice-cli) can see and do on a node.
+// The replicated runtime (src/cluster) and the single-node file/memory
+// backends both implement it; the HTTP layer never reaches past it.
+
+export type Role = 'leader' | 'follower' | 'candidate' | 'pre-candidate' | 'learner' | 'standalone';
+
+export interface PeerStatus {
+  id: string;
+  address: string;
+  /** Highest log index known replicated on the peer (leader's view). */
+  match: number;
+  next: number;
+  /** probe | replicate | snapshot (Raft progress state), or unknown on followers. */
+  state: string;
+  /** commit - match: how far the peer trails. */
+  lagEntries: number;
+  voter: boolean;
+  connected: boolean;
+  /** Last measured peer round trip, milliseconds (undefined if unknown). */
+  rttMs?: number;
+}
+
+export interface NodeStatus {
+  id: string;
+  role: Role;
+  term: number;
+  leader: string;
+  commit: number;
+  applied: number;
+  /** First and last index held in the WAL. */
+  logFirstIndex?: number;
+  logLastIndex?: number;
+  backend: 'replicated' | 'file' | 'memory';
+  peers: PeerStatus[];
+  /** Addresses for clients, so tools can find the leader's admin API and NBD server. */
+  nbdAddress: string;
+  adminAddress: string;
+  /** Bytes of a snapshot being sent or received, for progress bars. */
+  snapshot?: { direction: 'sending' | 'receiving'; peer: string; bytesDone: number; bytesTotal: number };
+  uptimeSeconds: number;
+}
+
+export interface Member {
+  id: string;
+  /** Peer (Raft) address. */
+  address: string;
+  voter: boolean;
+  learner: boolean;
+  /** Admin address, when the member has told us. */
+  adminAddress?: string;
+  nbdAddress?: string;
+}
+
+export interface DeviceInfo {
+  name: string;
+  size: number;
+  /** Bytes allocated in this node's data file. */
+  usedBytes: number;
+  readOnly: boolean;
+}
+
+export interface HealthCheck {
+  name: string;
+  ok: boolean;
+  detail: string;
+}
+
+export interface HealthReport {
+  healthy: boolean;
+  checks: HealthCheck[];
+}
+
+/** Metric hooks a node emits; src/admin/metrics.ts turns them into Prometheus series. */
+export interface NodeEvents {
+  walSync: { durationSeconds: number; bytes: number };
+  leaderChange: { leader: string; term: number };
+  proposal: { outcome: 'committed' | 'failed' };
+  peerRtt: { peer: string; seconds: number };
+}
+
+export interface NodeApi {
+  status(): NodeStatus;
+  health(): Promise<HealthReport>;
+  members(): Member[];
+  devices(): Promise<DeviceInfo[]>;
+  addNode(id: string, address: string): Promise<void>;
+  removeNode(id: string): Promise<void>;
+  transferLeader(to: string): Promise<void>;
+  createDevice(name: string, size: number): Promise<void>;
+  deleteDevice(name: string): Promise<void>;
+  resizeDevice(name: string, size: number): Promise<void>;
+  /** Proposals accepted but not yet applied here. */
+  pendingProposals(): number;
+  on<K extends keyof NodeEvents>(event: K, listener: (e: NodeEvents[K]) => void): unknown;
+}

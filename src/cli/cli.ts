@@ -1,0 +1,310 @@
+// xdevice-cli: manage a cluster the way etcdctl does.
+//
+// Exit codes a script can rely on:
+//   0 success · 1 the operation failed (refused, not found, timeout)
+//   2 usage error · 3 no endpoint reachable / no leader · 4 not authorised
+//   5 the kernel cannot attach NBD devices
+
+import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import yargs, { type Argv } from 'yargs';
+import { hideBin } from 'yargs/helpers';
+import { AdminClient, AdminClientError } from './admin-client.ts';
+import { formatSize, parseSize } from './config.ts';
+import { ProgressBar, renderTable, type OutputFormat } from './output.ts';
+import type { DeviceInfo, HealthReport, Member, NodeStatus } from '../admin/api.ts';
+
+export const EXIT = { ok: 0, failed: 1, usage: 2, unreachable: 3, unauthorised: 4, noKernelNbd: 5 } as const;
+
+interface GlobalArgs {
+  endpoints: string;
+  w: OutputFormat;
+  token: string;
+  timeout: number;
+}
+
+class CliExit extends Error {
+  constructor(
+    readonly exitCode: number,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+function client(argv: GlobalArgs): AdminClient {
+  const endpoints = argv.endpoints.split(',').map((s) => s.trim()).filter(Boolean);
+  return new AdminClient(endpoints, argv.token, argv.timeout * 1000);
+}
+
+function print(argv: GlobalArgs, json: unknown, table: () => string): void {
+  process.stdout.write(argv.w === 'json' ? JSON.stringify(json, null, 2) + '\n' : table());
+}
+
+function statusTable(rows: { endpoint: string; status?: NodeStatus; error?: string }[]): string {
+  return renderTable(
+    ['endpoint', 'id', 'role', 'term', 'leader', 'commit', 'applied', 'error'],
+    rows.map((r) => [r.endpoint, r.status?.id, r.status?.role, r.status?.term, r.status?.leader, r.status?.commit, r.status?.applied, r.error]),
+  );
+}
+
+function membersTable(members: Member[]): string {
+  return renderTable(
+    ['id', 'address', 'role', 'admin', 'nbd'],
+    members.map((m) => [m.id, m.address, m.voter ? 'voter' : 'learner', m.adminAddress, m.nbdAddress]),
+  );
+}
+
+function devicesTable(devices: DeviceInfo[]): string {
+  return renderTable(
+    ['name', 'size', 'used', 'read-only'],
+    devices.map((d) => [d.name, formatSize(d.size), formatSize(d.usedBytes), d.readOnly]),
+  );
+}
+
+/** Polls the leader until `id` has caught up with the commit index, drawing a progress bar. */
+async function waitCaughtUp(c: AdminClient, id: string, timeoutMs: number): Promise<void> {
+  const bar = new ProgressBar(`catching up ${id}`);
+  const deadline = Date.now() + timeoutMs;
+  let startLag: number | undefined;
+  for (;;) {
+    const leader = await c.findLeader();
+    const { body: status } = await c.call<NodeStatus>(leader, 'GET', '/status');
+    const peer = status.peers.find((p) => p.id === id);
+    if (peer) {
+      const snap = status.snapshot?.peer === id ? status.snapshot : undefined;
+      if (snap) {
+        bar.update(snap.bytesDone, snap.bytesTotal, `snapshot ${formatSize(snap.bytesDone)} / ${formatSize(snap.bytesTotal)}`);
+      } else {
+        startLag ??= Math.max(peer.lagEntries, 1);
+        bar.update(startLag - peer.lagEntries, startLag, `${peer.lagEntries} entries behind`);
+        if (peer.lagEntries === 0 && peer.match > 0) {
+          bar.done('caught up');
+          return;
+        }
+      }
+    }
+    if (Date.now() > deadline) throw new CliExit(EXIT.failed, `${id} did not catch up within ${timeoutMs / 1000} s`);
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}
+
+function nbdClientPath(): string | undefined {
+  for (const p of ['/usr/sbin/nbd-client', '/sbin/nbd-client', '/usr/bin/nbd-client']) if (existsSync(p)) return p;
+  return undefined;
+}
+
+function ensureKernelNbd(device: string): void {
+  if (existsSync(device)) return;
+  const probe = spawnSync('modprobe', ['nbd'], { encoding: 'utf8' });
+  if (existsSync(device)) return;
+  throw new CliExit(
+    EXIT.noKernelNbd,
+    `${device} does not exist and the nbd kernel module could not be loaded` +
+      (probe.stderr ? ` (modprobe: ${probe.stderr.trim()})` : '') +
+      '.\nThis kernel cannot attach NBD devices. Alternatives: run on a kernel with CONFIG_BLK_DEV_NBD, ' +
+      'or use nbdfuse + losetup: nbdfuse DIR/disk nbd://HOST:PORT/EXPORT & losetup -f --show DIR/disk',
+  );
+}
+
+export function buildCli(args: string[]): Argv<GlobalArgs> {
+  return yargs(args)
+    .scriptName('xdevice-cli')
+    .usage('$0 [--endpoints HOST:PORT,...] [-w table|json] COMMAND')
+    .option('endpoints', {
+      type: 'string',
+      default: process.env.XDEVICE_ENDPOINTS ?? '127.0.0.1:10819',
+      describe: 'admin API addresses of cluster nodes (any node; changes follow the leader)',
+    })
+    .option('w', { alias: 'write-out', choices: ['table', 'json'] as const, default: 'table' as OutputFormat, describe: 'output format' })
+    .option('token', { type: 'string', default: process.env.XDEVICE_ADMIN_TOKEN ?? '', describe: 'admin API bearer token (or XDEVICE_ADMIN_TOKEN)' })
+    .option('timeout', { type: 'number', default: 10, describe: 'seconds to wait for one request' })
+    .command(
+      'status',
+      'status of every endpoint',
+      () => {},
+      async (argv) => {
+        const rows = await client(argv).statusAll();
+        print(argv, rows, () => statusTable(rows));
+        if (rows.every((r) => r.error)) throw new CliExit(EXIT.unreachable, 'no endpoint answered');
+      },
+    )
+    .command(
+      'health',
+      'health of every endpoint (exit 1 if any is unhealthy)',
+      () => {},
+      async (argv) => {
+        const c = client(argv);
+        const rows = await Promise.all(
+          c.endpoints.map(async (endpoint) => {
+            try {
+              const res = await c.call<HealthReport>(endpoint, 'GET', '/health');
+              if (res.status === 401) return { endpoint, healthy: false, error: 'unauthorised' };
+              return { endpoint, healthy: res.body.healthy, checks: res.body.checks };
+            } catch (err) {
+              return { endpoint, healthy: false, error: (err as Error).message };
+            }
+          }),
+        );
+        print(argv, rows, () =>
+          renderTable(
+            ['endpoint', 'healthy', 'detail'],
+            rows.map((r) => [r.endpoint, r.healthy, r.error ?? r.checks?.filter((c) => !c.ok).map((c) => `${c.name}: ${c.detail}`).join('; ')]),
+          ),
+        );
+        if (!rows.every((r) => r.healthy)) throw new CliExit(EXIT.failed, 'unhealthy endpoints');
+      },
+    )
+    .command(['members [action]', 'member [action]'], 'members list', (y) => y.positional('action', { choices: ['list'], default: 'list' }), async (argv) => {
+      const { body } = await client(argv).read<{ members: Member[] }>('/members');
+      print(argv, body, () => membersTable(body.members));
+    })
+    .command(
+      'add-node',
+      'add a node: it joins as a learner, catches up (snapshot + log), then votes',
+      (y) =>
+        y
+          .option('id', { type: 'string', demandOption: true, describe: 'new node id' })
+          .option('address', { type: 'string', demandOption: true, describe: 'its peer address HOST:PORT' })
+          .option('wait', { type: 'boolean', default: true, describe: 'wait (with a progress bar) until it has caught up' })
+          .option('wait-timeout', { type: 'number', default: 600, describe: 'seconds to wait for the catch-up' }),
+      async (argv) => {
+        const c = client(argv);
+        const { body } = await c.change<{ members: Member[] }>('POST', '/members', { id: argv.id, address: argv.address });
+        if (argv.wait) await waitCaughtUp(c, argv.id, argv['wait-timeout'] * 1000);
+        const members = argv.wait ? (await c.read<{ members: Member[] }>('/members')).body : body;
+        print(argv, members, () => membersTable(members.members));
+      },
+    )
+    .command(
+      'remove-node',
+      'remove a node from the cluster',
+      (y) => y.option('id', { type: 'string', demandOption: true }),
+      async (argv) => {
+        const { body } = await client(argv).change<{ members: Member[] }>('DELETE', `/members/${encodeURIComponent(argv.id)}`);
+        print(argv, body, () => membersTable(body.members));
+      },
+    )
+    .command(
+      'transfer-leader',
+      'move leadership to another voter',
+      (y) => y.option('to', { type: 'string', demandOption: true }),
+      async (argv) => {
+        const c = client(argv);
+        await c.change('POST', '/leader', { to: argv.to });
+        const rows = await c.statusAll();
+        print(argv, rows, () => statusTable(rows));
+      },
+    )
+    .command('device', 'manage devices (exports)', (y) =>
+      y
+        .command(
+          'create <name> <size>',
+          'create a device',
+          (y) => y.positional('name', { type: 'string', demandOption: true }).positional('size', { type: 'string', demandOption: true }),
+          async (argv) => {
+            const { body } = await client(argv).change<{ devices: DeviceInfo[] }>('POST', '/devices', { name: argv.name, size: parseSize(argv.size!) });
+            print(argv, body, () => devicesTable(body.devices));
+          },
+        )
+        .command('list', 'list devices', () => {}, async (argv) => {
+          const { body } = await client(argv).read<{ devices: DeviceInfo[] }>('/devices');
+          print(argv, body, () => devicesTable(body.devices));
+        })
+        .command(
+          'delete <name>',
+          'delete a device and its data',
+          (y) => y.positional('name', { type: 'string', demandOption: true }),
+          async (argv) => {
+            const { body } = await client(argv).change<{ devices: DeviceInfo[] }>('DELETE', `/devices/${encodeURIComponent(argv.name!)}`);
+            print(argv, body, () => devicesTable(body.devices));
+          },
+        )
+        .command(
+          'resize <name> <size>',
+          'resize a device',
+          (y) => y.positional('name', { type: 'string', demandOption: true }).positional('size', { type: 'string', demandOption: true }),
+          async (argv) => {
+            const { body } = await client(argv).change<{ devices: DeviceInfo[] }>('PATCH', `/devices/${encodeURIComponent(argv.name!)}`, {
+              size: parseSize(argv.size!),
+            });
+            print(argv, body, () => devicesTable(body.devices));
+          },
+        )
+        .demandCommand(1, 'say which: create, list, delete, resize'),
+    )
+    .command(
+      'attach',
+      'attach an export to a kernel NBD device with nbd-client',
+      (y) =>
+        y
+          .option('device', { type: 'string', default: '/dev/nbd0', describe: 'the kernel device' })
+          .option('export', { type: 'string', default: 'default', describe: 'export (device) name' })
+          .option('connections', { type: 'number', default: 1, describe: 'connections (the export allows several: CAN_MULTI_CONN)' })
+          .option('block-size', { type: 'number', default: 4096 })
+          .option('dry-run', { type: 'boolean', default: false, describe: 'print the nbd-client command instead of running it' }),
+      async (argv) => {
+        const c = client(argv);
+        const { body: status } = await c.read<NodeStatus>('/status');
+        const [host, port] = status.nbdAddress.split(/:(?=\d+$)/);
+        const args = ['-N', argv.export, '-b', String(argv['block-size']), '-C', String(argv.connections), host!, port!, argv.device];
+        const bin = nbdClientPath();
+        if (argv['dry-run']) {
+          print(argv, { command: [bin ?? 'nbd-client', ...args] }, () => [bin ?? 'nbd-client', ...args].join(' ') + '\n');
+          return;
+        }
+        if (!bin) throw new CliExit(EXIT.failed, 'nbd-client is not installed: apt-get install nbd-client');
+        ensureKernelNbd(argv.device);
+        const run = spawnSync(bin, args, { encoding: 'utf8' });
+        if (run.status !== 0) throw new CliExit(EXIT.failed, `nbd-client failed: ${(run.stderr || run.stdout).trim()}`);
+        print(argv, { device: argv.device, export: argv.export, server: status.nbdAddress }, () => `attached ${argv.export} at ${status.nbdAddress} as ${argv.device}\n`);
+      },
+    )
+    .command(
+      'detach',
+      'detach a kernel NBD device',
+      (y) => y.option('device', { type: 'string', default: '/dev/nbd0' }),
+      async (argv) => {
+        const bin = nbdClientPath();
+        if (!bin) throw new CliExit(EXIT.failed, 'nbd-client is not installed: apt-get install nbd-client');
+        ensureKernelNbd(argv.device);
+        const run = spawnSync(bin, ['-d', argv.device], { encoding: 'utf8' });
+        if (run.status !== 0) throw new CliExit(EXIT.failed, `nbd-client -d failed: ${(run.stderr || run.stdout).trim()}`);
+        print(argv, { device: argv.device, detached: true }, () => `detached ${argv.device}\n`);
+      },
+    )
+    .demandCommand(1, 'say which command (see --help)')
+    .strict()
+    .help()
+    .version(false) as unknown as Argv<GlobalArgs>;
+}
+
+function exitCodeFor(err: unknown): number {
+  if (err instanceof CliExit) return err.exitCode;
+  if (err instanceof AdminClientError) {
+    if (err.code === 'XDEVICE_ERR_UNREACHABLE' || err.code === 'XDEVICE_ERR_NO_LEADER') return EXIT.unreachable;
+    if (err.code === 'XDEVICE_ERR_UNAUTHORIZED') return EXIT.unauthorised;
+    if (err.code === 'XDEVICE_ERR_CONFIG') return EXIT.usage;
+  }
+  return EXIT.failed;
+}
+
+export async function main(argv = hideBin(process.argv)): Promise<number> {
+  let usageError: string | undefined;
+  const cli = buildCli(argv).fail((msg, err) => {
+    if (err) throw err;
+    usageError = msg;
+  });
+  try {
+    await cli.parseAsync();
+  } catch (err) {
+    const code = exitCodeFor(err);
+    process.stderr.write(`Error: ${(err as Error).message}\n`);
+    return code;
+  }
+  if (usageError) {
+    process.stderr.write(`Error: ${usageError}\n(see xdevice-cli --help)\n`);
+    return EXIT.usage;
+  }
+  return EXIT.ok;
+}
