@@ -1,0 +1,106 @@
+#include "crc32c.h"
+
+#include <array>
+#include <cstring>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <nmmintrin.h>
+#define XDEVICE_X86 1
+#endif
+
+namespace xdevice {
+
+namespace {
+
+// The slicing loads words in host order; the tables assume little-endian.
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "crc32c slicing-by-8 needs a little-endian host");
+
+constexpr uint32_t kPolyReflected = 0x82F63B78u;
+
+// Slicing-by-8 tables: table[k][b] is the CRC of byte b followed by k zero bytes.
+struct Tables {
+  std::array<std::array<uint32_t, 256>, 8> t{};
+  constexpr Tables() {
+    for (uint32_t b = 0; b < 256; b++) {
+      uint32_t c = b;
+      for (int i = 0; i < 8; i++) c = (c >> 1) ^ ((c & 1u) ? kPolyReflected : 0u);
+      t[0][b] = c;
+    }
+    for (uint32_t b = 0; b < 256; b++) {
+      for (size_t k = 1; k < 8; k++) t[k][b] = (t[k - 1][b] >> 8) ^ t[0][t[k - 1][b] & 0xFFu];
+    }
+  }
+};
+
+constexpr Tables kTables{};
+
+}  // namespace
+
+uint32_t Crc32cSoftware(uint32_t crc, const uint8_t* p, size_t n) {
+  const auto& t = kTables.t;
+  uint32_t c = ~crc;
+  while (n > 0 && (reinterpret_cast<uintptr_t>(p) & 7u) != 0) {
+    c = t[0][(c ^ *p++) & 0xFFu] ^ (c >> 8);
+    n--;
+  }
+  while (n >= 8) {
+    uint32_t lo;
+    uint32_t hi;
+    std::memcpy(&lo, p, 4);
+    std::memcpy(&hi, p + 4, 4);
+    lo ^= c;
+    c = t[7][lo & 0xFFu] ^ t[6][(lo >> 8) & 0xFFu] ^ t[5][(lo >> 16) & 0xFFu] ^ t[4][lo >> 24] ^
+        t[3][hi & 0xFFu] ^ t[2][(hi >> 8) & 0xFFu] ^ t[1][(hi >> 16) & 0xFFu] ^ t[0][hi >> 24];
+    p += 8;
+    n -= 8;
+  }
+  while (n-- > 0) c = t[0][(c ^ *p++) & 0xFFu] ^ (c >> 8);
+  return ~c;
+}
+
+#ifdef XDEVICE_X86
+
+__attribute__((target("sse4.2"))) uint32_t Crc32cHardware(uint32_t crc, const uint8_t* p, size_t n) {
+  uint64_t c = static_cast<uint32_t>(~crc);
+  while (n > 0 && (reinterpret_cast<uintptr_t>(p) & 7u) != 0) {
+    c = _mm_crc32_u8(static_cast<uint32_t>(c), *p++);
+    n--;
+  }
+  while (n >= 32) {
+    uint64_t v[4];
+    std::memcpy(v, p, 32);
+    c = _mm_crc32_u64(c, v[0]);
+    c = _mm_crc32_u64(c, v[1]);
+    c = _mm_crc32_u64(c, v[2]);
+    c = _mm_crc32_u64(c, v[3]);
+    p += 32;
+    n -= 32;
+  }
+  while (n >= 8) {
+    uint64_t v;
+    std::memcpy(&v, p, 8);
+    c = _mm_crc32_u64(c, v);
+    p += 8;
+    n -= 8;
+  }
+  while (n-- > 0) c = _mm_crc32_u8(static_cast<uint32_t>(c), *p++);
+  return ~static_cast<uint32_t>(c);
+}
+
+bool Crc32cHardwareAvailable() {
+  static const bool available = __builtin_cpu_supports("sse4.2");
+  return available;
+}
+
+#else
+
+uint32_t Crc32cHardware(uint32_t crc, const uint8_t* p, size_t n) { return Crc32cSoftware(crc, p, n); }
+bool Crc32cHardwareAvailable() { return false; }
+
+#endif
+
+uint32_t Crc32c(uint32_t crc, const uint8_t* data, size_t length) {
+  return Crc32cHardwareAvailable() ? Crc32cHardware(crc, data, length) : Crc32cSoftware(crc, data, length);
+}
+
+}  // namespace xdevice

@@ -1,0 +1,26 @@
+// A test hook: make data-path syscalls fail with a chosen errno, so tests can
+// prove that callers fail closed without needing a broken disk. Process-wide;
+// off unless a test turns it on.
+#pragma once
+
+#include <cstdint>
+
+namespace xdevice {
+
+enum class FaultSite { kWrite, kFdatasync };
+
+struct FaultSpec {
+  int fdatasyncErrno = 0;
+  int writeErrno = 0;
+  // Matching calls that still succeed before failures start; once failing,
+  // every matching call fails until the spec is cleared (a dead disk stays dead).
+  int64_t afterCalls = 0;
+  // Restrict to one descriptor; -1 matches every descriptor.
+  int fd = -1;
+};
+
+void SetFaultInjection(const FaultSpec* spec);  // nullptr clears
+// 0 when the call should proceed, otherwise the errno to fail it with.
+int InjectedFault(FaultSite site, int fd);
+
+}  // namespace xdevice

@@ -1,0 +1,123 @@
+#include "io_op.h"
+
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <climits>
+
+#include "fault_injection.h"
+
+namespace xdevice {
+
+namespace {
+
+// Writes every byte or fails: a short write to a regular file means the
+// device or filesystem ran out of something, and the caller needs to know
+// which errno, not to resubmit a remainder.
+void WriteAll(Op* op) {
+  op->syscall = op->kind == OpKind::kPwrite ? "pwrite" : "pwritev";
+  if (int injected = InjectedFault(FaultSite::kWrite, op->fd)) {
+    op->err = injected;
+    return;
+  }
+  std::vector<iovec>& iov = op->iov;
+  size_t first = 0;
+  int64_t offset = op->position;
+  int64_t total = 0;
+  while (first < iov.size()) {
+    if (iov[first].iov_len == 0) {
+      first++;
+      continue;
+    }
+    const int count = static_cast<int>(std::min<size_t>(iov.size() - first, IOV_MAX));
+    ssize_t n = count == 1 ? pwrite(op->fd, iov[first].iov_base, iov[first].iov_len, offset)
+                           : pwritev(op->fd, &iov[first], count, offset);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      op->err = errno;
+      return;
+    }
+    if (n == 0) {
+      op->err = ENOSPC;  // no progress on a regular file: nothing else explains it
+      return;
+    }
+    total += n;
+    offset += n;
+    size_t advance = static_cast<size_t>(n);
+    while (advance > 0 && first < iov.size()) {
+      if (advance >= iov[first].iov_len) {
+        advance -= iov[first].iov_len;
+        first++;
+      } else {
+        iov[first].iov_base = static_cast<char*>(iov[first].iov_base) + advance;
+        iov[first].iov_len -= advance;
+        advance = 0;
+      }
+    }
+  }
+  op->result = total;
+}
+
+// Reads until the buffer is full or end of file.
+void ReadAll(Op* op) {
+  op->syscall = "pread";
+  char* base = static_cast<char*>(op->iov[0].iov_base);
+  size_t want = op->iov[0].iov_len;
+  size_t done = 0;
+  while (done < want) {
+    ssize_t n = pread(op->fd, base + done, want - done, op->position + static_cast<int64_t>(done));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      op->err = errno;
+      return;
+    }
+    if (n == 0) break;
+    done += static_cast<size_t>(n);
+  }
+  op->result = static_cast<int64_t>(done);
+}
+
+}  // namespace
+
+void Execute(Op* op) {
+  switch (op->kind) {
+    case OpKind::kPwrite:
+    case OpKind::kPwritev:
+      WriteAll(op);
+      return;
+    case OpKind::kPread:
+      ReadAll(op);
+      return;
+    case OpKind::kFdatasync:
+      op->syscall = "fdatasync";
+      if (int injected = InjectedFault(FaultSite::kFdatasync, op->fd)) {
+        op->err = injected;
+        return;
+      }
+      if (fdatasync(op->fd) != 0) op->err = errno;
+      return;
+    case OpKind::kFallocate:
+    case OpKind::kPunchHole:
+      op->syscall = "fallocate";
+      while (fallocate(op->fd, op->mode, op->position, op->length) != 0) {
+        if (errno == EINTR) continue;
+        op->err = errno;
+        return;
+      }
+      return;
+    case OpKind::kFstat:
+      op->syscall = "fstat";
+      if (fstat(op->fd, &op->st) != 0) op->err = errno;
+      return;
+    case OpKind::kClose:
+      op->syscall = "close";
+      // Linux releases the descriptor even when close reports EINTR: never retry.
+      if (close(op->fd) != 0 && errno != EINTR) op->err = errno;
+      return;
+  }
+}
+
+}  // namespace xdevice

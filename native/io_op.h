@@ -1,0 +1,44 @@
+// One I/O request: filled in on the JS thread, executed on a file's I/O
+// thread, settled back on the JS thread. Napi handles are touched only on the
+// JS thread; the I/O thread sees plain data.
+#pragma once
+
+#include <napi.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace xdevice {
+
+class FileQueue;
+
+enum class OpKind { kPwrite, kPwritev, kPread, kFdatasync, kFallocate, kPunchHole, kFstat, kClose };
+
+struct Op {
+  explicit Op(Napi::Env env, OpKind k, int file) : kind(k), fd(file), deferred(Napi::Promise::Deferred::New(env)) {}
+
+  const OpKind kind;
+  const int fd;
+  std::vector<iovec> iov;  // pwrite/pread use iov[0]
+  int64_t position = 0;    // pwrite/pread offset, fallocate offset
+  int64_t length = 0;      // fallocate/punch length
+  int mode = 0;            // fallocate mode
+
+  // Results, written by the I/O thread before the op is posted back.
+  int64_t result = 0;
+  int err = 0;
+  const char* syscall = nullptr;
+  struct stat st {};
+
+  // JS-thread only.
+  Napi::Promise::Deferred deferred;
+  Napi::Reference<Napi::Value> keepAlive;  // the buffer (or array of buffers) under I/O
+  FileQueue* queue = nullptr;              // kClose: the queue to join once settled
+};
+
+// Runs the syscall(s) of `op` on the calling (I/O) thread.
+void Execute(Op* op);
+
+}  // namespace xdevice

@@ -1,0 +1,182 @@
+// The typed face of the native addon (native/, built to build/Release/xdevice.node).
+//
+// Every I/O call runs on a per-file I/O thread, never on the event loop, and
+// the operations on one descriptor complete in the order they were submitted:
+// a caller may issue pwrite then fdatasync without awaiting the first and the
+// sync covers the write. Descriptors must come from openFile (others are
+// rejected with EBADF) and be released with closeFile.
+//
+// Failed calls reject with errors shaped like node:fs errors: `code` ('EIO',
+// 'ENOSPC', 'EINVAL', ...), `errno` (negative, as node:fs) and `syscall`.
+// Argument type errors (a string for a position) throw synchronously: those
+// are bugs, not I/O outcomes.
+
+import { createRequire } from 'node:module';
+import { pino, type Logger } from 'pino';
+
+export interface OpenedFile {
+  fd: number;
+  /** False when O_DIRECT was asked for and refused (tmpfs): I/O is buffered, fdatasync still makes it durable. */
+  direct: boolean;
+}
+
+export interface OpenOptions {
+  /** O_DIRECT: buffers, offsets and lengths must then be multiples of the logical block size (use allocAligned). */
+  direct?: boolean;
+  /** O_DSYNC: every write returns only once it is durable. */
+  dsync?: boolean;
+  create?: boolean;
+  readOnly?: boolean;
+  /** Permission bits for a created file (default 0o644). */
+  mode?: number;
+}
+
+export interface FileStat {
+  size: number;
+  /** 512-byte blocks actually allocated (holes do not count). */
+  blocks: number;
+  blockSize: number;
+}
+
+export interface FaultSpec {
+  fdatasyncErrno?: number;
+  /** Fails pwrite and pwritev. */
+  pwriteErrno?: number;
+  /** Matching calls that still succeed first; after that every matching call fails until cleared. */
+  afterCalls?: number;
+  /** Only this descriptor (default: all). */
+  fd?: number;
+}
+
+export type NativeError = Error & { code: string; errno: number; syscall: string; path?: string };
+
+interface Binding {
+  openFile(path: string, opts: OpenOptions): Promise<OpenedFile>;
+  closeFile(fd: number): Promise<void>;
+  pwrite(fd: number, buf: Uint8Array, position: number): Promise<number>;
+  pwritev(fd: number, bufs: Uint8Array[], position: number): Promise<number>;
+  pread(fd: number, buf: Uint8Array, position: number): Promise<number>;
+  fdatasync(fd: number): Promise<void>;
+  fallocate(fd: number, offset: number, length: number, keepSize: boolean): Promise<void>;
+  punchHole(fd: number, offset: number, length: number): Promise<void>;
+  fstat(fd: number): Promise<FileStat>;
+  openFileCount(): number;
+  allocAligned(size: number, alignment?: number): Buffer;
+  crc32c(data: Uint8Array, initial?: number): number;
+  crc32cSoftware(data: Uint8Array, initial?: number): number;
+  crc32cHardware(data: Uint8Array, initial?: number): number;
+  crc32cImplementation(): 'sse4.2' | 'software';
+  sdNotify(state: string, socketPath?: string): boolean;
+  setFaultInjection(spec: FaultSpec | null): void;
+}
+
+const require = createRequire(import.meta.url);
+// src/ and dist/ both sit beside build/.
+const binding = require('../build/Release/xdevice.node') as Binding;
+
+let logger: Logger | undefined;
+let directFallbackLogged = false;
+
+/** Where the addon wrapper reports (once) that O_DIRECT was refused. Defaults to a pino logger on stderr. */
+export function setNativeLogger(l: Logger): void {
+  logger = l;
+}
+
+function log(): Logger {
+  logger ??= pino({ name: 'xdevice-native' }, pino.destination(2));
+  return logger;
+}
+
+export async function openFile(path: string, opts: OpenOptions = {}): Promise<OpenedFile> {
+  const opened = await binding.openFile(path, opts);
+  if (opts.direct && !opened.direct && !directFallbackLogged) {
+    directFallbackLogged = true;
+    log().warn({ path }, 'O_DIRECT refused by the filesystem: using buffered I/O, durability relies on fdatasync');
+  }
+  return opened;
+}
+
+/** Closes after every operation submitted before it on this descriptor. */
+export function closeFile(fd: number): Promise<void> {
+  return binding.closeFile(fd);
+}
+
+/** Writes all of buf at position or rejects (a short write is retried, an error is not). Resolves to buf.length. */
+export function pwrite(fd: number, buf: Uint8Array, position: number): Promise<number> {
+  return binding.pwrite(fd, buf, position);
+}
+
+/** Writes the buffers back to back from position, all or nothing (as pwrite). Do not modify the array until it settles. */
+export function pwritev(fd: number, bufs: Uint8Array[], position: number): Promise<number> {
+  return binding.pwritev(fd, bufs, position);
+}
+
+/** Reads until buf is full or end of file; resolves to the bytes read. */
+export function pread(fd: number, buf: Uint8Array, position: number): Promise<number> {
+  return binding.pread(fd, buf, position);
+}
+
+export function fdatasync(fd: number): Promise<void> {
+  return binding.fdatasync(fd);
+}
+
+/** Preallocates [offset, offset+length); with keepSize the file size does not grow (FALLOC_FL_KEEP_SIZE). */
+export function fallocate(fd: number, offset: number, length: number, opts: { keepSize?: boolean } = {}): Promise<void> {
+  return binding.fallocate(fd, offset, length, opts.keepSize ?? false);
+}
+
+/** Deallocates [offset, offset+length) so it reads as zeros (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE). */
+export function punchHole(fd: number, offset: number, length: number): Promise<void> {
+  return binding.punchHole(fd, offset, length);
+}
+
+export function fstat(fd: number): Promise<FileStat> {
+  return binding.fstat(fd);
+}
+
+/** Descriptors opened through openFile and not yet closed (one I/O thread each). */
+export function openFileCount(): number {
+  return binding.openFileCount();
+}
+
+/** A zero-filled Buffer whose memory starts at a multiple of alignment (default 4096), freed when collected. */
+export function allocAligned(size: number, alignment?: number): Buffer {
+  return binding.allocAligned(size, alignment);
+}
+
+/** CRC32C of data, continuing from a previous result: crc32c(b, crc32c(a)) === crc32c(a ++ b). */
+export function crc32c(data: Uint8Array, initial = 0): number {
+  return binding.crc32c(data, initial);
+}
+
+export function crc32cSoftware(data: Uint8Array, initial = 0): number {
+  return binding.crc32cSoftware(data, initial);
+}
+
+/** Throws when the CPU lacks SSE4.2 (see crc32cImplementation()). */
+export function crc32cHardware(data: Uint8Array, initial = 0): number {
+  return binding.crc32cHardware(data, initial);
+}
+
+export function crc32cImplementation(): 'sse4.2' | 'software' {
+  return binding.crc32cImplementation();
+}
+
+/**
+ * Sends a systemd notification ("READY=1", "STOPPING=1", "WATCHDOG=1", "STATUS=...")
+ * to $NOTIFY_SOCKET (a path or an abstract "@name"), or to socketPath when given.
+ * Returns false when no socket is configured; throws a NativeError when sending fails.
+ * Never blocks.
+ */
+export function sdNotify(state: string, socketPath?: string): boolean {
+  return socketPath === undefined ? binding.sdNotify(state) : binding.sdNotify(state, socketPath);
+}
+
+/** Test hook: fail matching syscalls with an errno (process-wide); null disarms. */
+export function setFaultInjection(spec: FaultSpec | null): void {
+  binding.setFaultInjection(spec);
+}
+
+export function isNativeError(err: unknown): err is NativeError {
+  return err instanceof Error && typeof (err as NativeError).code === 'string' && typeof (err as NativeError).syscall === 'string';
+}
