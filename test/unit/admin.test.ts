@@ -1,0 +1,115 @@
+// The admin HTTP layer against an in-process NodeApi (the real node is driven
+// by the integration tests): routing, the bearer token, error mapping, and
+// metrics that a Prometheus text-format parser accepts.
+import t from 'tap';
+import { EventEmitter } from 'node:events';
+import { pino } from 'pino';
+import parsePrometheusTextFormat from 'parse-prometheus-text-format';
+import { AdminServer } from '../../src/admin/server.ts';
+import { createMetrics } from '../../src/admin/metrics.ts';
+import type { DeviceInfo, HealthReport, Member, NodeApi, NodeStatus } from '../../src/admin/api.ts';
+import { XDeviceError } from '../../src/errors.ts';
+import { AdminClient } from '../../src/cli/admin-client.ts';
+
+class FakeNode extends EventEmitter implements NodeApi {
+  deviceList: DeviceInfo[] = [{ name: 'default', size: 1 << 30, usedBytes: 4096, readOnly: false }];
+  memberList: Member[] = [{ id: 'node1', address: '127.0.0.1:1', voter: true, learner: false }];
+  healthy = true;
+  status(): NodeStatus {
+    return {
+      id: 'node1', role: 'leader', term: 3, leader: 'node1', commit: 10, applied: 10, backend: 'replicated',
+      peers: [{ id: 'node2', address: '127.0.0.1:2', match: 7, next: 8, state: 'replicate', lagEntries: 3, voter: true, connected: true }],
+      nbdAddress: '127.0.0.1:10809', adminAddress: '127.0.0.1:10819', uptimeSeconds: 1,
+    };
+  }
+  async health(): Promise<HealthReport> {
+    return { healthy: this.healthy, checks: [{ name: 'leader', ok: this.healthy, detail: this.healthy ? 'node1' : 'none' }] };
+  }
+  members() { return this.memberList; }
+  async devices() { return this.deviceList; }
+  async addNode(id: string, address: string) {
+    if (this.memberList.some((m) => m.id === id)) throw new XDeviceError('XDEVICE_ERR_EXISTS', `${id} is already a member`);
+    this.memberList.push({ id, address, voter: false, learner: true });
+  }
+  async removeNode(id: string) {
+    if (!this.memberList.some((m) => m.id === id)) throw new XDeviceError('XDEVICE_ERR_NOT_FOUND', `no member ${id}`);
+    this.memberList = this.memberList.filter((m) => m.id !== id);
+  }
+  async transferLeader(to: string) { throw Object.assign(new XDeviceError('XDEVICE_ERR_NOT_LEADER', 'not the leader'), { leader: to }); }
+  async createDevice(name: string, size: number) { this.deviceList.push({ name, size, usedBytes: 0, readOnly: false }); }
+  async deleteDevice(name: string) { this.deviceList = this.deviceList.filter((d) => d.name !== name); }
+  async resizeDevice(name: string, size: number) { this.deviceList.find((d) => d.name === name)!.size = size; }
+  pendingProposals() { return 2; }
+}
+
+async function start(t: { teardown(fn: () => unknown): void }, token = '') {
+  const node = new FakeNode();
+  const nbd = new EventEmitter();
+  const logged: string[] = [];
+  const logger = pino({ level: 'info' }, { write: (s: string) => logged.push(s) });
+  const server = new AdminServer({ node, metrics: createMetrics({ node, nbd: nbd as never }), logger, token });
+  const { port } = await server.listen('127.0.0.1', 0);
+  t.teardown(() => server.close());
+  return { node, nbd, logged, endpoint: `127.0.0.1:${port}` };
+}
+
+t.test('routes answer with JSON and map errors to statuses', async (t) => {
+  const { endpoint, node } = await start(t);
+  const c = new AdminClient([endpoint]);
+  t.equal((await c.call<NodeStatus>(endpoint, 'GET', '/status')).body.term, 3);
+  t.equal((await c.call(endpoint, 'GET', '/health')).status, 200);
+  node.healthy = false;
+  t.equal((await c.call(endpoint, 'GET', '/health')).status, 503, 'unhealthy is 503');
+  const added = await c.call<{ members: Member[] }>(endpoint, 'POST', '/members', { id: 'node4', address: '127.0.0.1:4' });
+  t.equal(added.status, 200);
+  t.ok(added.body.members.some((m) => m.id === 'node4' && m.learner));
+  t.equal((await c.call(endpoint, 'POST', '/members', { id: 'node4', address: '127.0.0.1:4' })).status, 409);
+  t.equal((await c.call(endpoint, 'POST', '/members', { id: 'x' })).status, 400, 'missing address');
+  t.equal((await c.call(endpoint, 'DELETE', '/members/nope')).status, 404);
+  t.equal((await c.call(endpoint, 'POST', '/leader', { to: 'node2' })).status, 421, 'not leader is 421');
+  t.equal((await c.call(endpoint, 'POST', '/devices', { name: 'wal', size: '64MiB' })).status, 201);
+  t.equal(node.deviceList.find((d) => d.name === 'wal')?.size, 64 * 1024 * 1024);
+  t.equal((await c.call(endpoint, 'POST', '/devices', { name: 'bad', size: 'lots' })).status, 400);
+  t.equal((await c.call(endpoint, 'GET', '/nope')).status, 404);
+});
+
+t.test('a bearer token is enforced and failures are logged', async (t) => {
+  const { endpoint, logged } = await start(t, 's3cret');
+  t.equal((await new AdminClient([endpoint]).call(endpoint, 'GET', '/status')).status, 401);
+  t.equal((await new AdminClient([endpoint], 'wrong').call(endpoint, 'GET', '/metrics')).status, 401);
+  t.equal((await new AdminClient([endpoint], 's3cret').call(endpoint, 'GET', '/status')).status, 200);
+  t.ok(logged.some((l) => /bearer token/.test(l)), 'the refusal is logged');
+});
+
+t.test('metrics are valid Prometheus text with the etcd-style names', async (t) => {
+  const { endpoint, node, nbd } = await start(t);
+  node.emit('walSync', { durationSeconds: 0.0002, bytes: 8192 });
+  node.emit('leaderChange', { leader: 'node1', term: 3 });
+  node.emit('proposal', { outcome: 'committed' });
+  node.emit('proposal', { outcome: 'failed' });
+  node.emit('peerRtt', { peer: 'node2', seconds: 0.0001 });
+  nbd.emit('request', { command: 'write', durationNs: 250_000n });
+  nbd.emit('request', { command: 'read', durationNs: 50_000, error: 'EIO' });
+  const res = await new AdminClient([endpoint]).call<string>(endpoint, 'GET', '/metrics');
+  t.equal(res.status, 200);
+  const families = new Map(parsePrometheusTextFormat(res.body).map((f) => [f.name, f]));
+  const fsync = families.get('xdevice_disk_wal_fsync_duration_seconds');
+  t.equal(fsync?.type, 'HISTOGRAM');
+  t.equal(fsync?.metrics[0]?.count, '1');
+  t.equal(families.get('xdevice_disk_wal_write_bytes_total')?.metrics[0]?.value, '8192');
+  t.equal(families.get('xdevice_server_has_leader')?.metrics[0]?.value, '1');
+  t.equal(families.get('xdevice_server_leader_changes_seen_total')?.metrics[0]?.value, '1');
+  t.equal(families.get('xdevice_server_proposals_committed_total')?.metrics[0]?.value, '1');
+  t.equal(families.get('xdevice_server_proposals_failed_total')?.metrics[0]?.value, '1');
+  t.equal(families.get('xdevice_server_proposals_pending')?.metrics[0]?.value, '2');
+  t.same(families.get('xdevice_raft_replication_lag_entries')?.metrics[0], { labels: { peer: 'node2' }, value: '3' });
+  t.same(families.get('xdevice_device_disk_used_bytes')?.metrics[0], { labels: { device: 'default' }, value: '4096' });
+  const nbdHist = families.get('xdevice_nbd_request_duration_seconds');
+  // this parser merges the label sets of a histogram and drops their labels: check those in the text
+  t.equal(nbdHist?.type, 'HISTOGRAM');
+  t.match(res.body, /^xdevice_nbd_request_duration_seconds_count\{command="write"\} 1$/m);
+  t.match(res.body, /^xdevice_nbd_request_duration_seconds_count\{command="read"\} 1$/m);
+  t.equal(families.get('xdevice_nbd_request_errors_total')?.metrics[0]?.labels?.command, 'read');
+  t.equal(families.get('xdevice_network_peer_round_trip_time_seconds')?.type, 'HISTOGRAM');
+  t.match(res.body, /^xdevice_network_peer_round_trip_time_seconds_count\{to="node2"\} 1$/m);
+});
