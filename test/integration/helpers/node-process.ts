@@ -1,0 +1,129 @@
+// Starts the real `xdevice-node` binary as a child process and waits until its
+// admin API answers. Tests kill it with real signals (SIGKILL, SIGTERM, SIGSTOP).
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, mkdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { request } from 'node:http';
+import { freePorts } from './ports.ts';
+
+export const ROOT = resolve(import.meta.dirname, '../../..');
+export const NODE_BIN = join(ROOT, 'bin/xdevice-node.js');
+export const CLI_BIN = join(ROOT, 'bin/xdevice-cli.js');
+
+export interface NodeProcess {
+  id: string;
+  child: ChildProcess;
+  dataDir: string;
+  nbdPort: number;
+  adminPort: number;
+  peerPort: number;
+  args: string[];
+  /** stderr and stdout so far (the node's logs). */
+  output(): string;
+  /** Resolves with the exit code or signal once the process has exited. */
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  kill(signal?: NodeJS.Signals): Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+}
+
+export interface StartOptions {
+  id?: string;
+  dataDir?: string;
+  backend?: 'replicated' | 'file' | 'memory';
+  devices?: string[];
+  ports?: { nbd: number; admin: number; peer: number };
+  peers?: string;
+  extraArgs?: string[];
+  env?: NodeJS.ProcessEnv;
+  /** Wait for /status to answer (default true). */
+  waitReady?: boolean;
+}
+
+export function tempDir(prefix: string): string {
+  const base = process.env.XDEVICE_TEST_TMP ?? tmpdir();
+  mkdirSync(base, { recursive: true });
+  return mkdtempSync(join(base, `xdevice-${prefix}-`));
+}
+
+export function httpGet(port: number, path: string, token = ''): Promise<{ status: number; body: string }> {
+  return new Promise((resolvePromise, reject) => {
+    const req = request({ host: '127.0.0.1', port, path, timeout: 3000, headers: token ? { Authorization: `Bearer ${token}` } : {} }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => resolvePromise({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString('utf8') }));
+    });
+    req.on('timeout', () => req.destroy(new Error('timeout')));
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+export async function waitFor<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 30_000, intervalMs = 100): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let lastError: unknown;
+  for (;;) {
+    try {
+      const v = await fn();
+      if (v !== undefined && v !== false) return v;
+    } catch (err) {
+      lastError = err;
+    }
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${lastError ? `: ${(lastError as Error).message}` : ''}`);
+    await new Promise((r) => setTimeout(r, intervalMs));
+  }
+}
+
+export async function startNode(options: StartOptions = {}): Promise<NodeProcess> {
+  const id = options.id ?? 'node1';
+  const dataDir = options.dataDir ?? tempDir(id);
+  const [nbd, admin, peer] = options.ports ? [options.ports.nbd, options.ports.admin, options.ports.peer] : await freePorts(3);
+  const args = [
+    NODE_BIN,
+    `--node-id=${id}`,
+    `--data-dir=${dataDir}`,
+    `--nbd-listen=127.0.0.1:${nbd}`,
+    `--admin-listen=127.0.0.1:${admin}`,
+    `--peer-listen=127.0.0.1:${peer}`,
+    `--backend=${options.backend ?? 'replicated'}`,
+    ...(options.devices ?? ['default:64MiB']).map((d) => `--device=${d}`),
+    ...(options.peers ? [`--peers=${options.peers}`] : []),
+    ...(options.extraArgs ?? []),
+  ];
+  const child = spawn(process.execPath, args, {
+    cwd: ROOT,
+    env: { ...process.env, XDEVICE_LOG_FORMAT: 'json', XDEVICE_LOG_LEVEL: process.env.XDEVICE_LOG_LEVEL ?? 'info', ...options.env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let output = '';
+  const keep = (c: Buffer) => {
+    output += c.toString('utf8');
+    if (output.length > 4_000_000) output = output.slice(-2_000_000);
+  };
+  child.stdout!.on('data', keep);
+  child.stderr!.on('data', keep);
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) => child.once('exit', (code, signal) => r({ code, signal })));
+  const proc: NodeProcess = {
+    id,
+    child,
+    dataDir,
+    nbdPort: nbd!,
+    adminPort: admin!,
+    peerPort: peer!,
+    args,
+    output: () => output,
+    exited,
+    async kill(signal: NodeJS.Signals = 'SIGKILL') {
+      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+      return await exited;
+    },
+  };
+  if (options.waitReady !== false) {
+    let dead = false;
+    void exited.then(() => (dead = true));
+    await waitFor(`${id} to serve its admin API`, async () => {
+      if (dead) throw new Error(`${id} exited during start-up:\n${output.slice(-3000)}`);
+      return (await httpGet(admin!, '/status')).status === 200;
+    });
+  }
+  return proc;
+}
