@@ -39,6 +39,13 @@ export interface ZeroOptions extends WriteOptions {
   fast?: boolean;
 }
 
+/** A run of a sparse read: `data` is null where the bytes read as zeroes (a hole). */
+export interface ReadSegment {
+  offset: number;
+  length: number;
+  data: Buffer | null;
+}
+
 /**
  * A block device. Offsets and lengths are validated by the caller against
  * `size`; implementations may still assert them. Errors are thrown as
@@ -55,6 +62,12 @@ export interface BlockDevice {
   readonly preferredBlockSize?: number;
 
   read(offset: number, length: number): Promise<Buffer>;
+  /**
+   * Like read(), but runs that read as zeroes come back as `data: null`, so a
+   * structured reply can send them as NBD_REPLY_TYPE_OFFSET_HOLE. Segments are
+   * consecutive and cover exactly [offset, offset+length).
+   */
+  readSparse?(offset: number, length: number): Promise<ReadSegment[]>;
   write(offset: number, data: Buffer, options?: WriteOptions): Promise<void>;
   flush(): Promise<void>;
   trim(offset: number, length: number, options?: WriteOptions): Promise<void>;

@@ -1,0 +1,142 @@
+// A block device in one sparse file. Reads and writes go through node:fs
+// (the libuv threadpool runs them concurrently); TRIM and hole-making
+// WRITE_ZEROES punch holes through the native addon; FLUSH and FUA are
+// fdatasync. Block status comes from FIEMAP. All connections share one
+// descriptor and one page cache, so a flush on any of them covers every
+// completed write: CAN_MULTI_CONN holds.
+
+import { constants as fsConstants } from 'node:fs';
+import { open, type FileHandle } from 'node:fs/promises';
+import { assert } from '../errors.ts';
+import { closeFile, openFile, punchHole } from '../native.ts';
+import type { BlockDevice, BlockDeviceCapabilities, Extent, WriteOptions, ZeroOptions } from './block-device.ts';
+import { deviceError, readFully, writeFully, writeZeroBytes } from './fd-io.ts';
+import { fileExtents } from './fiemap.ts';
+
+export interface FileDeviceOptions {
+  name: string;
+  path: string;
+  /** Export size; a shorter file is extended (sparsely), a longer one is refused. */
+  size: number;
+  description?: string;
+  readOnly?: boolean;
+}
+
+export class FileDevice implements BlockDevice {
+  readonly name: string;
+  readonly description: string | undefined;
+  readonly size: number;
+  readonly path: string;
+  readonly capabilities: BlockDeviceCapabilities;
+  readonly preferredBlockSize = 4096;
+  private readonly handle: FileHandle;
+  /** A second descriptor from the native addon, which alone can punch holes. */
+  private readonly nativeFd: number;
+  private extentsWork = true;
+  private closed = false;
+
+  private constructor(options: FileDeviceOptions, handle: FileHandle, nativeFd: number) {
+    this.name = options.name;
+    this.description = options.description;
+    this.size = options.size;
+    this.path = options.path;
+    this.handle = handle;
+    this.nativeFd = nativeFd;
+    const readOnly = options.readOnly ?? false;
+    this.capabilities = {
+      readOnly,
+      canFlush: true,
+      canFua: true,
+      canTrim: true,
+      canWriteZeroes: true,
+      canFastZero: true,
+      canMultiConn: true,
+      canExtents: true,
+      canCache: false,
+    };
+  }
+
+  static async open(options: FileDeviceOptions): Promise<FileDevice> {
+    assert(Number.isSafeInteger(options.size) && options.size >= 0, 'FileDevice: bad size');
+    const readOnly = options.readOnly ?? false;
+    const flags = readOnly ? fsConstants.O_RDONLY : fsConstants.O_RDWR | fsConstants.O_CREAT;
+    const handle = await open(options.path, flags, 0o644);
+    try {
+      const { size } = await handle.stat();
+      if (size > options.size) {
+        throw deviceError('EINVAL', `${options.path} holds ${size} bytes, more than the device size ${options.size}`);
+      }
+      if (size < options.size) {
+        if (readOnly) throw deviceError('EINVAL', `${options.path} is shorter than the device size`);
+        await handle.truncate(options.size);
+      }
+      const native = await openFile(options.path, { readOnly });
+      return new FileDevice(options, handle, native.fd);
+    } catch (error) {
+      await handle.close();
+      throw error;
+    }
+  }
+
+  async read(offset: number, length: number): Promise<Buffer> {
+    this.check(offset, length, false);
+    return readFully(this.handle, offset, length);
+  }
+
+  async write(offset: number, data: Buffer, options?: WriteOptions): Promise<void> {
+    this.check(offset, data.length, true);
+    await writeFully(this.handle, offset, data);
+    if (options?.fua === true) await this.handle.datasync();
+  }
+
+  async flush(): Promise<void> {
+    this.check(0, 0, false);
+    await this.handle.datasync();
+  }
+
+  async trim(offset: number, length: number, options?: WriteOptions): Promise<void> {
+    this.check(offset, length, true);
+    await punchHole(this.nativeFd, offset, length);
+    if (options?.fua === true) await this.handle.datasync();
+  }
+
+  async writeZeroes(offset: number, length: number, options?: ZeroOptions): Promise<void> {
+    this.check(offset, length, true);
+    if (options?.noHole === true) {
+      // Allocated zeroes cost as much as a write: a fast-zero request must fail instead.
+      if (options.fast === true) throw deviceError('ENOTSUP', 'zeroing without holes is not faster than writing');
+      await writeZeroBytes(this.handle, offset, length);
+    } else {
+      await punchHole(this.nativeFd, offset, length);
+    }
+    if (options?.fua === true) await this.handle.datasync();
+  }
+
+  async blockStatus(offset: number, length: number): Promise<Extent[]> {
+    this.check(offset, length, false);
+    if (this.extentsWork) {
+      try {
+        const extents = fileExtents(this.handle.fd, offset, length);
+        if (extents.length > 0) return extents;
+      } catch {
+        // tmpfs and some others have no FIEMAP: from now on say "allocated", which is always correct.
+        this.extentsWork = false;
+      }
+    }
+    return [{ length, flags: 0 }];
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await Promise.all([this.handle.close(), closeFile(this.nativeFd)]);
+  }
+
+  private check(offset: number, length: number, writing: boolean): void {
+    if (this.closed) throw deviceError('ESHUTDOWN', `device ${this.name} is closed`);
+    if (writing && this.capabilities.readOnly) throw deviceError('EPERM', `device ${this.name} is read-only`);
+    if (offset < 0 || length < 0 || offset + length > this.size) {
+      throw deviceError(writing ? 'ENOSPC' : 'EINVAL', `range ${offset}+${length} beyond ${this.size}`);
+    }
+  }
+}
