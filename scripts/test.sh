@@ -15,6 +15,9 @@ if [[ -f binding.gyp && ! -f build/Release/xdevice.node ]]; then
   exit 1
 fi
 
+echo "== build (dist/ for the binaries the integration tests run)"
+node_modules/.bin/tsc -p tsconfig.build.json || { echo "0 passed, 1 failed"; exit 1; }
+
 echo "== type check (tsc --noEmit)"
 node_modules/.bin/tsc --noEmit -p . || { echo "0 passed, 1 failed"; exit 1; }
 
