@@ -58,6 +58,12 @@ const limitValues = {
   raftUncommittedBytesMax: 256 * MiB,
   /** Pending ReadIndex requests. */
   raftReadIndexPendingMax: 4096,
+  /** Payload bytes of committed entries handed to the state machine in one Ready. */
+  raftReadyCommittedBytesMax: 64 * MiB,
+  /** Clients whose request ids the applier remembers (least recently used forgotten first). */
+  raftDedupClientsMax: 65_536,
+  /** Request ids of one client remembered above its acknowledged floor. */
+  raftDedupWindowMax: 4096,
 
   // ---- Cluster (src/cluster) ----------------------------------------------
   /** Largest frame on a peer link. */
@@ -67,6 +73,10 @@ const limitValues = {
   /** Reconnect backoff, milliseconds. */
   peerReconnectMinMs: 50,
   peerReconnectMaxMs: 2_000,
+  /** Interval between pings on a peer link (round-trip metric, dead-link detection). */
+  peerPingIntervalMs: 500,
+  /** A peer link with no pong for this long is torn down and redialled. */
+  peerIdleTimeoutMs: 3_000,
   /** Snapshot chunk size streamed to a lagging node. */
   snapshotChunkBytes: 1 * MiB,
 
