@@ -41,12 +41,14 @@ export class Network {
   constructor(voters: NodeId[], options: NodeOptions = {}, perNode: Record<NodeId, NodeOptions> = {}) {
     this.options = options;
     const bs = bootstrap(voters);
-    for (const id of voters) {
+    for (const [k, id] of voters.entries()) {
       const storage = new MemoryStorage(bs.confState);
       storage.append(bs.entries);
       storage.setHardState(bs.hardState);
       this.bootstrapApplied.set(id, bs.applied);
-      this.addNode(id, storage, { applied: bs.applied, ...perNode[id] }, bs.confState);
+      // Distinct election timeouts (10, 12, 14, ... ticks) so simultaneous
+      // timeouts do not split votes forever; a test overrides rand per node.
+      this.addNode(id, storage, { applied: bs.applied, rand: fixedRand(2 * k), ...perNode[id] }, bs.confState);
     }
   }
 
@@ -58,13 +60,29 @@ export class Network {
     return tn;
   }
 
+  /**
+   * Replace a founding node's log by the bootstrap entries followed by
+   * entries with the given terms (figure 7 style), and restart it.
+   */
+  setLog(id: NodeId, terms: number[], options: NodeOptions = {}): TestNode {
+    const bs = bootstrap(this.get(id).confState.voters);
+    const storage = new MemoryStorage(bs.confState);
+    storage.append(bs.entries);
+    const ents = terms.map((term, i) => ({ term, index: bs.entries.length + i + 1, type: EntryType.Normal, data: Buffer.from(`t${term}i${bs.entries.length + i + 1}`) }));
+    storage.append(ents);
+    const term = Math.max(1, ...terms);
+    storage.setHardState({ term, vote: '', commit: bs.applied });
+    this.bootstrapApplied.set(id, bs.applied);
+    return this.addNode(id, storage, { applied: bs.applied, rand: this.get(id).node.raft.cfg.rand, ...options }, bs.confState);
+  }
+
   /** Crash and restart a node from its storage (everything persisted survives). */
   restart(id: NodeId, options: NodeOptions = {}): TestNode {
     const old = this.get(id);
     // The test state machine is volatile: it restarts from the snapshot (or
     // the bootstrap entries) and replays the rest of the log.
     const applied = Math.max(old.storage.snapshotMetadata().index, this.bootstrapApplied.get(id) ?? 0);
-    return this.addNode(id, old.storage, { ...options, applied });
+    return this.addNode(id, old.storage, { rand: old.node.raft.cfg.rand, ...options, applied });
   }
 
   get(id: NodeId): TestNode {
@@ -160,6 +178,14 @@ export class Network {
 
   tickAll(n = 1): void {
     for (let i = 0; i < n; i++) for (const tn of this.nodes.values()) tn.node.tick();
+  }
+
+  /** Tick every node n times, delivering everything after each tick. */
+  run(n: number): void {
+    for (let i = 0; i < n; i++) {
+      this.tickAll();
+      this.stabilize();
+    }
   }
 
   campaign(id: NodeId): void {
