@@ -1,0 +1,308 @@
+// Group commit: the one place that writes segment files.
+//
+// Saves queue up while a batch is in flight; when it completes, everything
+// queued (up to batchBytesMax) goes out as the next batch: one aligned pwrite
+// and one fdatasync, issued back to back on the file's I/O thread (the addon
+// keeps per-file order, so the sync covers the write without a round trip to
+// the event loop in between). A save's promise resolves only after the
+// fdatasync of its batch. The batch is encoded into one reusable aligned
+// staging buffer: the payload bytes are copied exactly once, which O_DIRECT
+// needs anyway (caller buffers are not aligned).
+//
+// The first I/O error is final: the page cache can no longer be trusted, so
+// the writer rejects the failed batch, everything queued, and every later
+// save with the same WalFailedError.
+
+import { rename, unlink } from 'node:fs/promises';
+import { join } from 'node:path';
+import { randomInt } from 'node:crypto';
+import type { Logger } from 'pino';
+import type { HardState, SnapshotMetadata } from '../raft/types.ts';
+import * as native from '../native.ts';
+import { assert } from '../errors.ts';
+import { WalClosedError, WalFailedError, WalUsageError } from './errors.ts';
+import {
+  alignUp,
+  encodeBatchHeader,
+  encodeRecord,
+  recordBytes,
+  recordHeaderBytes,
+  RecordKind,
+  SnapshotFlavour,
+  type RecordSpec,
+} from './record.ts';
+import { encodeSegmentHeader, preallocateSegmentFile, preparedSegmentName, segmentFileName, syncDirectory } from './segment.ts';
+
+/** What a segment created after a save must start from (its baseline). */
+export interface LogState {
+  lastIndex: number;
+  hardState: HardState;
+  snapshot: SnapshotMetadata;
+}
+
+export interface ActiveSegment {
+  name: string;
+  path: string;
+  seq: number;
+  firstIndex: number;
+  fd: number;
+  salt: number;
+  alignment: number;
+  segmentBytes: number;
+  /** Aligned offset of the next batch. */
+  offset: number;
+  nextBatchSeq: number;
+}
+
+export interface WriterOptions {
+  dir: string;
+  direct: boolean;
+  segmentBytes: number;
+  alignment: number;
+  batchBytesMax: number;
+  logger?: Logger;
+  /** Called after a new segment is durable (its name is in the directory). */
+  onSegmentCreated?: (segment: ActiveSegment) => void;
+}
+
+interface PendingSave {
+  records: RecordSpec[];
+  bytes: number;
+  after: LogState;
+  resolve: () => void;
+  reject: (err: Error) => void;
+}
+
+export class GroupCommitWriter {
+  private readonly queue: PendingSave[] = [];
+  private inFlight = false;
+  private failed: WalFailedError | undefined;
+  private closing = false;
+  private idleWaiters: Array<() => void> = [];
+  private staging: Buffer;
+  private active: ActiveSegment | undefined;
+  private prepared: Promise<native.OpenedFile> | undefined;
+  /** The state after the last durable batch: a new segment's baseline. */
+  private durable: LogState;
+
+  private constructor(
+    private readonly opts: WriterOptions,
+    active: ActiveSegment | undefined,
+    durable: LogState,
+  ) {
+    this.active = active;
+    this.durable = durable;
+    this.staging = native.allocAligned(opts.batchBytesMax + opts.alignment, opts.alignment);
+  }
+
+  /** Continues appending to `active` (a recovered segment), or creates the first segment when there is none. */
+  static async start(opts: WriterOptions, active: ActiveSegment | undefined, state: LogState): Promise<GroupCommitWriter> {
+    const writer = new GroupCommitWriter(opts, active, state);
+    if (active) writer.prepareNext();
+    else await writer.createSegment(1, state);
+    return writer;
+  }
+
+  /** The most a single save may hold (it must fit an empty segment next to the header and baseline). */
+  saveBytesMax(): number {
+    // header block, a baseline of up to two blocks, and the batch's own padding
+    return this.opts.segmentBytes - 4 * this.opts.alignment;
+  }
+
+  /** Sequence number of the segment being appended to (Infinity once closed). */
+  activeSeq(): number {
+    return this.active?.seq ?? Number.POSITIVE_INFINITY;
+  }
+
+  segment(): ActiveSegment {
+    assert(this.active, 'no active segment');
+    return this.active;
+  }
+
+  submit(records: RecordSpec[], after: LogState): Promise<void> {
+    if (this.failed) return Promise.reject(this.failed);
+    if (this.closing) return Promise.reject(new WalClosedError());
+    let bytes = 0;
+    for (const r of records) bytes += recordBytes(r.payload.length);
+    if (bytes > this.saveBytesMax()) {
+      return Promise.reject(new WalUsageError(`a save of ${bytes} bytes does not fit a segment (at most ${this.saveBytesMax()})`));
+    }
+    return new Promise<void>((resolve, reject) => {
+      this.queue.push({ records, bytes, after, resolve, reject });
+      this.flush();
+    });
+  }
+
+  /** Waits for every submitted save, then closes the segment file. Later saves are refused. */
+  async close(): Promise<void> {
+    this.closing = true;
+    while (this.inFlight || this.queue.length > 0) {
+      await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
+    }
+    await this.discardPrepared();
+    if (this.active) {
+      const fd = this.active.fd;
+      this.active = undefined;
+      await native.closeFile(fd);
+    }
+  }
+
+  failure(): WalFailedError | undefined {
+    return this.failed;
+  }
+
+  private flush(): void {
+    if (this.inFlight || this.queue.length === 0) return;
+    let bytes = recordHeaderBytes;
+    let count = 0;
+    while (count < this.queue.length) {
+      const next = this.queue[count]!;
+      if (count > 0 && bytes + next.bytes > Math.min(this.opts.batchBytesMax, this.saveBytesMax())) break;
+      bytes += next.bytes;
+      count++;
+    }
+    const batch = this.queue.splice(0, count);
+    this.inFlight = true;
+    this.writeBatch(batch, bytes).then(
+      () => {
+        this.durable = batch[batch.length - 1]!.after;
+        for (const s of batch) s.resolve();
+        this.settled();
+      },
+      (err: unknown) => {
+        this.fail(err, batch);
+        this.settled();
+      },
+    );
+  }
+
+  private settled(): void {
+    this.inFlight = false;
+    if (this.failed) {
+      for (const s of this.queue.splice(0)) s.reject(this.failed);
+    }
+    this.flush();
+    if (!this.inFlight && this.queue.length === 0) {
+      for (const w of this.idleWaiters.splice(0)) w();
+    }
+  }
+
+  private fail(err: unknown, batch: PendingSave[]): void {
+    this.failed ??= new WalFailedError(err);
+    this.opts.logger?.error({ err }, 'WAL write failed: refusing all further appends');
+    for (const s of batch) s.reject(this.failed);
+  }
+
+  private async writeBatch(batch: PendingSave[], bytes: number): Promise<void> {
+    const { alignment } = this.opts;
+    const padded = alignUp(bytes, alignment);
+    let segment = this.segment();
+    let created = false;
+    if (segment.offset + padded > segment.segmentBytes) {
+      await this.createSegment(segment.seq + 1, this.durable);
+      segment = this.segment();
+      created = true;
+      assert(segment.offset + padded <= segment.segmentBytes, `a ${padded}-byte batch does not fit a new segment`);
+    }
+    if (this.staging.length < padded) this.staging = native.allocAligned(padded, alignment);
+    const buf = this.staging;
+    let at = recordHeaderBytes;
+    let count = 0;
+    for (const save of batch) {
+      for (const r of save.records) {
+        at = encodeRecord(buf, at, r, segment.salt, native.crc32c);
+        count++;
+      }
+    }
+    assert(at === bytes, `batch encoded to ${at} bytes, expected ${bytes}`);
+    encodeBatchHeader(buf, 0, bytes, segment.nextBatchSeq, count, segment.salt, native.crc32c);
+    buf.fill(0, bytes, padded);
+    const write = native.pwrite(segment.fd, buf.subarray(0, padded), segment.offset);
+    const sync = native.fdatasync(segment.fd);
+    await Promise.all(created ? [write, sync, syncDirectory(this.opts.dir)] : [write, sync]);
+    segment.offset += padded;
+    segment.nextBatchSeq++;
+  }
+
+  /**
+   * Creates, preallocates and starts segment `seq`: header block plus a
+   * baseline batch (the snapshot and hard state as of `state`), so that every
+   * segment can be replayed without the ones before it once they are compacted.
+   * The first data batch's fdatasync makes it durable; a crash before that
+   * leaves a last segment without a valid baseline, which recovery removes.
+   */
+  private async createSegment(seq: number, state: LogState): Promise<void> {
+    const { alignment, segmentBytes, dir, direct } = this.opts;
+    const firstIndex = state.lastIndex + 1;
+    const name = segmentFileName(seq, firstIndex);
+    const path = join(dir, name);
+    const salt = randomInt(1, 0xffff_ffff);
+    let file: native.OpenedFile;
+    if (this.prepared) {
+      file = await this.prepared;
+      this.prepared = undefined;
+      // Under its final name only now: a crash before the baseline is durable
+      // leaves a last segment recovery recognises as never started.
+      await rename(join(dir, preparedSegmentName), path);
+    } else {
+      file = await preallocateSegmentFile(path, segmentBytes, direct);
+    }
+    try {
+      const baseline: RecordSpec[] = [
+        {
+          kind: RecordKind.Snapshot,
+          type: SnapshotFlavour.Baseline,
+          term: state.snapshot.term,
+          index: state.snapshot.index,
+          payload: Buffer.from(JSON.stringify(state.snapshot.confState)),
+        },
+        hardStateRecord(state.hardState),
+      ];
+      const baselineBytes = recordHeaderBytes + baseline.reduce((n, r) => n + recordBytes(r.payload.length), 0);
+      const head = native.allocAligned(alignment + alignUp(baselineBytes, alignment), alignment);
+      encodeSegmentHeader(head, { seq, firstIndex, salt, alignment, segmentBytes }, native.crc32c);
+      let at = alignment + recordHeaderBytes;
+      for (const r of baseline) at = encodeRecord(head, at, r, salt, native.crc32c);
+      encodeBatchHeader(head, alignment, baselineBytes, 1, baseline.length, salt, native.crc32c);
+      await native.pwrite(file.fd, head, 0);
+      const previous = this.active;
+      this.active = { name, path, seq, firstIndex, fd: file.fd, salt, alignment, segmentBytes, offset: head.length, nextBatchSeq: 2 };
+      if (previous) await native.closeFile(previous.fd);
+      if (seq === 1) {
+        // No data batch follows yet: make the empty log durable now.
+        await native.fdatasync(file.fd);
+        await syncDirectory(dir);
+      }
+    } catch (err) {
+      if (this.active?.fd !== file.fd) await native.closeFile(file.fd).catch(() => undefined);
+      throw err;
+    }
+    this.opts.onSegmentCreated?.(this.active);
+    this.prepareNext();
+  }
+
+  /** Zero-fills the next segment in the background so a roll costs a rename, not 64 MiB of writes. */
+  private prepareNext(): void {
+    const path = join(this.opts.dir, preparedSegmentName);
+    const prepared = unlink(path)
+      .catch((err: NodeJS.ErrnoException) => {
+        if (err.code !== 'ENOENT') throw err;
+      })
+      .then(() => preallocateSegmentFile(path, this.opts.segmentBytes, this.opts.direct));
+    prepared.catch(() => undefined); // a failure surfaces at the roll that needs it
+    this.prepared = prepared;
+  }
+
+  private async discardPrepared(): Promise<void> {
+    const prepared = this.prepared;
+    this.prepared = undefined;
+    if (!prepared) return;
+    const file = await prepared.catch(() => undefined);
+    if (file) await native.closeFile(file.fd).catch(() => undefined);
+    await unlink(join(this.opts.dir, preparedSegmentName)).catch(() => undefined);
+  }
+}
+
+export function hardStateRecord(hs: HardState): RecordSpec {
+  return { kind: RecordKind.HardState, type: 0, term: hs.term, index: hs.commit, payload: Buffer.from(hs.vote, 'utf8') };
+}
