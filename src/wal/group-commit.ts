@@ -119,14 +119,25 @@ export class GroupCommitWriter {
     return this.active;
   }
 
-  submit(records: RecordSpec[], after: LogState): Promise<void> {
-    if (this.failed) return Promise.reject(this.failed);
-    if (this.closing) return Promise.reject(new WalClosedError());
+  /** Why `records` cannot be submitted, checked before the caller changes its in-memory view. */
+  refusal(records: RecordSpec[]): Error | undefined {
+    if (this.failed) return this.failed;
+    if (this.closing) return new WalClosedError();
+    const bytes = this.bytesOf(records);
+    if (bytes > this.saveBytesMax()) return new WalUsageError(`a save of ${bytes} bytes does not fit a segment (at most ${this.saveBytesMax()})`);
+    return undefined;
+  }
+
+  private bytesOf(records: RecordSpec[]): number {
     let bytes = 0;
     for (const r of records) bytes += recordBytes(r.payload.length);
-    if (bytes > this.saveBytesMax()) {
-      return Promise.reject(new WalUsageError(`a save of ${bytes} bytes does not fit a segment (at most ${this.saveBytesMax()})`));
-    }
+    return bytes;
+  }
+
+  submit(records: RecordSpec[], after: LogState): Promise<void> {
+    const refused = this.refusal(records);
+    if (refused) return Promise.reject(refused);
+    const bytes = this.bytesOf(records);
     return new Promise<void>((resolve, reject) => {
       this.queue.push({ records, bytes, after, resolve, reject });
       this.flush();

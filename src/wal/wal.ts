@@ -122,6 +122,8 @@ export class Wal implements Storage {
       records.push({ kind: RecordKind.Entry, type: e.type, term: e.term, index: e.index, payload: e.data });
     }
     if (batch.hardState) records.push(hardStateRecord(batch.hardState));
+    const refusal = this.writer.refusal(records);
+    if (refusal) return Promise.reject(refusal);
     const submitted = this.writer.submit(records, this.stateAfter(entries, batch.hardState));
     for (const e of entries) this.memory.append(e);
     if (batch.hardState) this.memory.setHardState({ ...batch.hardState });
