@@ -97,12 +97,17 @@ export class InputQueue {
     assert(n <= this.bytes, 'InputQueue.peek beyond buffered bytes');
     const first = this.chunks[0]!;
     if (first.length - this.head >= n) return { buf: first, at: this.head };
-    // Gather the header into one chunk so later slices stay contiguous.
+    // Split across chunks: copy without consuming (only small fixed headers get here).
     const gathered = Buffer.allocUnsafe(n);
-    this.copyInto(gathered, 0, n);
-    this.chunks.unshift(gathered);
-    this.head = 0;
-    this.bytes += n;
+    let copied = 0;
+    let position = this.head;
+    for (let i = 0; copied < n; i++) {
+      const chunk = this.chunks[i]!;
+      const take = Math.min(n - copied, chunk.length - position);
+      chunk.copy(gathered, copied, position, position + take);
+      copied += take;
+      position = 0;
+    }
     return { buf: gathered, at: 0 };
   }
 

@@ -4,6 +4,7 @@
 
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
+import { pino } from 'pino';
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import type { BlockDevice } from '../../../src/device/block-device.ts';
@@ -52,8 +53,10 @@ for (const spec of argv.device) {
   }
 }
 const table = new StaticDeviceTable(devices);
+const logger = pino({ level: process.env.XDEVICE_LOG_LEVEL ?? 'warn' }, pino.destination(2));
 const server = new NbdServer({
   devices: table,
+  logger,
   tls: {
     mode: argv.tls,
     ...(argv['tls-cert'] !== undefined ? { certFile: argv['tls-cert'] } : {}),

@@ -1,0 +1,122 @@
+// npm run bench:nbd -- [--runtime 10] [--scenarios a,c,d,e,f,g] [--targets memory,file]
+//
+// fio (ioengine=nbd) against our NBD server over MemoryDevice and FileDevice,
+// and in the same run against nbdkit's memory and file plugins, each on a
+// 1 GiB export. Prints IOPS, MB/s, p50/p99 and the ratio to nbdkit.
+// Targets: every row >= 0.8x nbdkit's IOPS, p99 <= 2x nbdkit's.
+
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import yargs from 'yargs';
+import { hideBin } from 'yargs/helpers';
+import { formatTable, NBD_SCENARIOS, runFio, type ResultRow } from './lib/fio.ts';
+
+const ROOT = path.resolve(import.meta.dirname, '..');
+const SERVE = path.join(ROOT, 'test/integration/helpers/serve.ts');
+
+const argv = await yargs(hideBin(process.argv))
+  .option('runtime', { type: 'number', default: 10, describe: 'seconds per fio job' })
+  .option('scenarios', { type: 'string', default: NBD_SCENARIOS.map((s) => s.id).join(',') })
+  .option('targets', { type: 'string', default: 'memory,file' })
+  .option('size', { type: 'string', default: '1GiB', describe: 'export size' })
+  .option('json', { type: 'boolean', default: false, describe: 'also print the rows as JSON' })
+  .strict()
+  .parseAsync();
+
+const SIZE_BYTES = 1024 ** 3 * (argv.size === '1GiB' ? 1 : Number.parseFloat(argv.size) || 1);
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as { port: number };
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+const children: ChildProcess[] = [];
+function stopAll(): void {
+  for (const child of children) if (child.exitCode === null) child.kill('SIGTERM');
+}
+process.on('exit', stopAll);
+
+async function startOurs(backend: 'memory' | 'file', dataDir: string): Promise<string> {
+  const child = spawn(
+    process.execPath,
+    ['--import=tsx', SERVE, '--nbd-listen', '127.0.0.1:0', '--backend', backend, '--device', `bench:${SIZE_BYTES}`, '--data-dir', dataDir],
+    { cwd: ROOT, stdio: ['ignore', 'pipe', 'inherit'] },
+  );
+  children.push(child);
+  const line = await new Promise<string>((resolve, reject) => {
+    let out = '';
+    child.stdout!.on('data', (c: Buffer) => {
+      out += c.toString('utf8');
+      const nl = out.indexOf('\n');
+      if (nl >= 0) resolve(out.slice(0, nl));
+    });
+    child.once('exit', (code) => reject(new Error(`serve exited with ${code}`)));
+  });
+  const { port } = JSON.parse(line) as { port: number };
+  return `nbd://127.0.0.1:${port}/bench`;
+}
+
+async function startNbdkit(plugin: 'memory' | 'file', dataDir: string): Promise<string> {
+  const port = await freePort();
+  const pluginArgs = plugin === 'memory' ? ['memory', `${SIZE_BYTES}`] : ['file', path.join(dataDir, 'nbdkit.img')];
+  if (plugin === 'file') {
+    const { truncateSync, writeFileSync } = await import('node:fs');
+    writeFileSync(pluginArgs[1]!, '');
+    truncateSync(pluginArgs[1]!, SIZE_BYTES);
+  }
+  const child = spawn('nbdkit', ['-f', '--exit-with-parent', '-i', '127.0.0.1', '-p', String(port), ...pluginArgs], {
+    stdio: ['ignore', 'inherit', 'inherit'],
+  });
+  children.push(child);
+  // nbdkit binds before it forks into the foreground loop; poll until it accepts.
+  const { connect } = await import('node:net');
+  for (let i = 0; i < 200; i++) {
+    const ok = await new Promise<boolean>((resolve) => {
+      const s = connect(port, '127.0.0.1');
+      s.once('connect', () => {
+        s.destroy();
+        resolve(true);
+      });
+      s.once('error', () => resolve(false));
+    });
+    if (ok) return `nbd://127.0.0.1:${port}/`;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error('nbdkit did not start');
+}
+
+const wanted = new Set(argv.scenarios.split(','));
+const scenarios = NBD_SCENARIOS.filter((s) => wanted.has(s.id));
+const targets = argv.targets.split(',') as Array<'memory' | 'file'>;
+const dataDir = mkdtempSync(path.join(tmpdir(), 'xdevice-bench-nbd-'));
+const rows: ResultRow[] = [];
+try {
+  for (const backend of targets) {
+    const ours = await startOurs(backend, dataDir);
+    const theirs = await startNbdkit(backend, dataDir);
+    for (const scenario of scenarios) {
+      const common = { scenario, runtimeSeconds: argv.runtime, sizeBytes: SIZE_BYTES };
+      const baseline = await runFio({ ...common, uri: theirs });
+      const result = await runFio({ ...common, uri: ours });
+      rows.push({ scenario, target: `nbdkit ${backend}`, result: baseline });
+      rows.push({ scenario, target: `xdevice ${backend}`, result, baseline });
+      process.stderr.write(`${scenario.id} ${backend}: ours ${result.iops.toFixed(0)} IOPS, nbdkit ${baseline.iops.toFixed(0)} IOPS\n`);
+    }
+    stopAll();
+    children.length = 0;
+  }
+  console.log(formatTable(rows));
+  if (argv.json) console.log(JSON.stringify(rows, null, 2));
+} finally {
+  stopAll();
+  rmSync(dataDir, { recursive: true, force: true });
+}
