@@ -524,6 +524,7 @@ export type ReplyHeader =
 
 /** Bytes needed to decode a reply header whose magic is at `at` (16 or 20). */
 export function replyHeaderBytes(buf: Buffer, at = 0): number {
+  if (buf.length - at < 4) throw new NbdProtocolError('short reply header');
   const magic = buf.readUInt32BE(at);
   if (magic === NBD_SIMPLE_REPLY_MAGIC) return SIMPLE_REPLY_BYTES;
   if (magic === NBD_STRUCTURED_REPLY_MAGIC) return STRUCTURED_REPLY_HEADER_BYTES;
