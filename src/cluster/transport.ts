@@ -1,0 +1,486 @@
+// The peer transport: one outbound TCP (optionally TLS) connection per peer,
+// carrying this node's frames to it; the peer's frames to us arrive on the
+// connection it dialled. Frames to a peer that is down are queued up to
+// peerQueueBytesMax while a connection is being made and dropped beyond it:
+// Raft retransmits, so a dropped message costs a retry, never correctness;
+// each drop is reported as "unreachable" so Raft probes instead of streaming.
+//
+// Authentication (when a cluster secret is set) is HMAC-SHA256
+// challenge-response in both directions before any other frame counts:
+//   dialer   → Hello {from, to, nonceD}
+//   listener → HelloAck {nonceL, mac("listener", ..., nonceD, nonceL)}
+//   dialer   → Auth {mac("dialer", ..., nonceD, nonceL)}
+// Neither side proves anything by replaying an old transcript: each MAC
+// covers the other side's fresh nonce. Mutual TLS may be layered underneath.
+
+import { EventEmitter } from 'node:events';
+import net from 'node:net';
+import tls from 'node:tls';
+import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
+import type { Logger } from 'pino';
+import type { Message } from '../raft/types.ts';
+import { limits } from '../limits.ts';
+import {
+  type Frame,
+  FrameDecoder,
+  FrameKind,
+  NONCE_BYTES,
+  PROTOCOL_VERSION,
+  decodeFrame,
+  encodeAuth,
+  encodeHello,
+  encodeHelloAck,
+  encodePing,
+  encodeRaftMessage,
+} from './codec.ts';
+
+export interface TransportTls {
+  cert: string | Buffer;
+  key: string | Buffer;
+  ca: string | Buffer;
+}
+
+export interface TransportOptions {
+  nodeId: string;
+  clusterId: string;
+  /** Where peers dial us; omitted for a node that only dials (tests). */
+  listen?: { host: string; port: number };
+  /** Peer id → host:port. */
+  peers: Record<string, string>;
+  secret?: string;
+  tls?: TransportTls;
+  logger: Logger;
+}
+
+export interface PeerLinkStatus {
+  id: string;
+  address: string;
+  connected: boolean;
+  rttMs?: number;
+  queuedBytes: number;
+  droppedMessages: number;
+}
+
+export interface TransportEvents {
+  /** A Raft message from an authenticated peer. */
+  message: [Message];
+  /** Any other frame (snapshot stream) from an authenticated peer. */
+  frame: [string, Frame];
+  /** Messages to this peer were dropped (Raft should probe it). */
+  unreachable: [string];
+  peerRtt: [{ peer: string; ms: number }];
+  connected: [string];
+  disconnected: [string];
+}
+
+type LinkState = 'idle' | 'connecting' | 'ready' | 'backoff' | 'closed';
+
+function macFor(secret: string, role: 'dialer' | 'listener', clusterId: string, dialer: string, listener: string, nonceD: Buffer, nonceL: Buffer): Buffer {
+  const h = createHmac('sha256', secret);
+  h.update(`xdevice-peer-v${PROTOCOL_VERSION}\0${role}\0${clusterId}\0${dialer}\0${listener}\0`);
+  h.update(nonceD);
+  h.update(nonceL);
+  return h.digest();
+}
+
+function macEqual(a: Buffer, b: Buffer): boolean {
+  return a.length === b.length && timingSafeEqual(a, b);
+}
+
+function parseHostPort(address: string): { host: string; port: number } {
+  const i = address.lastIndexOf(':');
+  const host = address.slice(0, i).replace(/^\[(.*)\]$/, '$1');
+  const port = Number(address.slice(i + 1));
+  if (i <= 0 || !Number.isInteger(port) || port <= 0 || port > 65535) throw new Error(`bad peer address ${address}`);
+  return { host, port };
+}
+
+/** One outbound link: dial, authenticate, write, reconnect with backoff. */
+class PeerLink {
+  state: LinkState = 'idle';
+  socket: net.Socket | undefined;
+  private queue: Buffer[] = [];
+  queuedBytes = 0;
+  droppedMessages = 0;
+  rttMs: number | undefined;
+  private attempts = 0;
+  private timer: NodeJS.Timeout | undefined;
+  private pingTimer: NodeJS.Timeout | undefined;
+  private lastPongAt = 0;
+  private corked = false;
+
+  constructor(
+    readonly id: string,
+    public address: string,
+    private readonly t: Transport,
+  ) {}
+
+  /** Queues or writes one frame (as buffers); false if it was dropped. */
+  send(buffers: Buffer[]): boolean {
+    if (this.state === 'closed') return false;
+    let bytes = 0;
+    for (const b of buffers) bytes += b.length;
+    if (this.state === 'ready' && this.socket) {
+      if (this.socket.writableLength + bytes > limits.peerQueueBytesMax) return this.drop();
+      if (!this.corked) {
+        this.corked = true;
+        this.socket.cork();
+        process.nextTick(() => this.uncork());
+      }
+      for (const b of buffers) this.socket.write(b);
+      return true;
+    }
+    if (this.queuedBytes + bytes > limits.peerQueueBytesMax) return this.drop();
+    for (const b of buffers) this.queue.push(b);
+    this.queuedBytes += bytes;
+    if (this.state === 'idle') this.connect();
+    return true;
+  }
+
+  /** Bytes accepted but not yet handed to the kernel (for snapshot pacing). */
+  get pendingBytes(): number {
+    return this.queuedBytes + (this.socket?.writableLength ?? 0);
+  }
+
+  private drop(): false {
+    this.droppedMessages++;
+    this.t.emit('unreachable', this.id);
+    return false;
+  }
+
+  private uncork(): void {
+    this.corked = false;
+    this.socket?.uncork();
+  }
+
+  connect(): void {
+    if (this.state === 'closed' || this.state === 'connecting' || this.state === 'ready') return;
+    this.state = 'connecting';
+    const { host, port } = parseHostPort(this.address);
+    const o = this.t.options;
+    const socket: net.Socket = o.tls
+      ? tls.connect({ host, port, cert: o.tls.cert, key: o.tls.key, ca: o.tls.ca, checkServerIdentity: () => undefined })
+      : net.connect({ host, port });
+    this.socket = socket;
+    socket.setNoDelay(true);
+    socket.setKeepAlive(true, 1000);
+    const decoder = new FrameDecoder();
+    const nonceD = randomBytes(NONCE_BYTES);
+    let authenticated = false;
+    const fail = (why: string): void => {
+      this.t.options.logger.debug({ peer: this.id, why }, 'peer link down');
+      socket.destroy();
+    };
+    socket.once(o.tls ? 'secureConnect' : 'connect', () => {
+      socket.write(encodeHello({ version: PROTOCOL_VERSION, clusterId: this.t.clusterId, from: o.nodeId, to: this.id, nonce: nonceD }));
+    });
+    socket.on('data', (chunk: Buffer) => {
+      let frames: Buffer[];
+      try {
+        frames = decoder.push(chunk);
+      } catch (err) {
+        return fail((err as Error).message);
+      }
+      for (const body of frames) {
+        let f: Frame;
+        try {
+          f = decodeFrame(body);
+        } catch (err) {
+          return fail((err as Error).message);
+        }
+        if (!authenticated) {
+          if (f.kind !== FrameKind.HelloAck) return fail('expected HelloAck');
+          if (f.from !== this.id) return fail(`dialled ${this.id} but ${f.from} answered`);
+          if (o.secret) {
+            const expect = macFor(o.secret, 'listener', this.t.clusterId, o.nodeId, this.id, nonceD, f.nonce);
+            if (!macEqual(expect, f.mac)) return fail('peer failed authentication');
+            socket.write(encodeAuth(macFor(o.secret, 'dialer', this.t.clusterId, o.nodeId, this.id, nonceD, f.nonce)));
+          } else {
+            socket.write(encodeAuth(Buffer.alloc(0)));
+          }
+          authenticated = true;
+          this.ready();
+        } else if (f.kind === FrameKind.Pong) {
+          this.lastPongAt = Date.now();
+          this.rttMs = Number(process.hrtime.bigint() - BigInt(f.sentAtNs)) / 1e6;
+          this.t.emit('peerRtt', { peer: this.id, ms: this.rttMs });
+        }
+      }
+    });
+    socket.on('error', (err) => this.t.options.logger.debug({ peer: this.id, err: err.message }, 'peer socket error'));
+    socket.on('close', () => {
+      if (this.socket === socket) this.onClose();
+    });
+  }
+
+  private ready(): void {
+    this.state = 'ready';
+    this.attempts = 0;
+    this.lastPongAt = Date.now();
+    const s = this.socket!;
+    if (this.queue.length > 0) {
+      s.cork();
+      for (const b of this.queue) s.write(b);
+      s.uncork();
+    }
+    this.queue = [];
+    this.queuedBytes = 0;
+    this.sendPing();
+    this.pingTimer = setInterval(() => this.sendPing(), limits.peerPingIntervalMs);
+    this.pingTimer.unref();
+    this.t.emit('connected', this.id);
+  }
+
+  private sendPing(): void {
+    if (Date.now() - this.lastPongAt > limits.peerIdleTimeoutMs) {
+      // The peer (or the path to it) stopped answering without closing: a
+      // partition. Drop the connection so queued messages fail fast.
+      this.t.options.logger.debug({ peer: this.id }, 'peer idle, reconnecting');
+      this.socket?.destroy();
+      return;
+    }
+    this.send([encodePing(FrameKind.Ping, Number(process.hrtime.bigint() % BigInt(Number.MAX_SAFE_INTEGER)))]);
+  }
+
+  private onClose(): void {
+    const wasReady = this.state === 'ready';
+    clearInterval(this.pingTimer);
+    this.socket = undefined;
+    this.corked = false;
+    if (this.queue.length > 0 || wasReady) {
+      // Whatever was queued or in the kernel buffer may be lost.
+      this.droppedMessages += this.queue.length;
+      this.queue = [];
+      this.queuedBytes = 0;
+      this.t.emit('unreachable', this.id);
+    }
+    if (wasReady) this.t.emit('disconnected', this.id);
+    if (this.state === 'closed') return;
+    this.state = 'backoff';
+    const base = Math.min(limits.peerReconnectMaxMs, limits.peerReconnectMinMs * 2 ** Math.min(this.attempts, 16));
+    this.attempts++;
+    // Full jitter in [base/2, base): peers restarted together do not dial in lockstep.
+    const delay = base / 2 + Math.random() * (base / 2);
+    this.timer = setTimeout(() => {
+      this.state = 'idle';
+      this.connect();
+    }, delay);
+    this.timer.unref();
+  }
+
+  close(): void {
+    this.state = 'closed';
+    clearTimeout(this.timer);
+    clearInterval(this.pingTimer);
+    this.queue = [];
+    this.queuedBytes = 0;
+    this.socket?.destroy();
+    this.socket = undefined;
+  }
+}
+
+export class Transport extends EventEmitter<TransportEvents> {
+  private readonly links = new Map<string, PeerLink>();
+  private server: net.Server | undefined;
+  private readonly inbound = new Set<net.Socket>();
+  clusterId: string;
+
+  constructor(readonly options: TransportOptions) {
+    super();
+    this.clusterId = options.clusterId;
+    for (const [id, address] of Object.entries(options.peers)) if (id !== options.nodeId) this.addPeer(id, address);
+  }
+
+  /** Starts listening; resolves with the bound address (port 0 picks one). */
+  async listen(): Promise<{ host: string; port: number } | undefined> {
+    const l = this.options.listen;
+    if (!l) return undefined;
+    const o = this.options;
+    const server = o.tls
+      ? tls.createServer({ cert: o.tls.cert, key: o.tls.key, ca: o.tls.ca, requestCert: true, rejectUnauthorized: true }, (s) => this.accept(s))
+      : net.createServer((s) => this.accept(s));
+    this.server = server;
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(l.port, l.host, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    const a = server.address() as net.AddressInfo;
+    return { host: a.address, port: a.port };
+  }
+
+  addPeer(id: string, address: string): void {
+    const existing = this.links.get(id);
+    if (existing) {
+      if (existing.address === address) return;
+      existing.close();
+    }
+    this.links.set(id, new PeerLink(id, address, this));
+  }
+
+  removePeer(id: string): void {
+    this.links.get(id)?.close();
+    this.links.delete(id);
+  }
+
+  hasPeer(id: string): boolean {
+    return this.links.has(id);
+  }
+
+  peerAddress(id: string): string | undefined {
+    return this.links.get(id)?.address;
+  }
+
+  /** Sends a Raft message; false if it was dropped (unknown peer or full queue). */
+  send(m: Message): boolean {
+    const link = this.links.get(m.to);
+    if (!link) {
+      this.emit('unreachable', m.to);
+      return false;
+    }
+    return link.send(encodeRaftMessage(m));
+  }
+
+  /** Sends an encoded frame (snapshot stream) to a peer. */
+  sendFrame(to: string, buffers: Buffer[]): boolean {
+    const link = this.links.get(to);
+    return link ? link.send(buffers) : false;
+  }
+
+  /** Bytes waiting to reach the kernel for this peer (-1 if unknown or down). */
+  pendingBytes(to: string): number {
+    const link = this.links.get(to);
+    return link && link.state === 'ready' ? link.pendingBytes : -1;
+  }
+
+  /** Resolves when the link to `to` has room (or rejects when it goes down). */
+  waitDrain(to: string): Promise<void> {
+    const link = this.links.get(to);
+    const s = link?.socket;
+    if (!link || link.state !== 'ready' || !s) return Promise.reject(new Error(`peer ${to} not connected`));
+    if (s.writableLength < limits.snapshotChunkBytes * 4) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      const done = (err?: Error): void => {
+        s.off('drain', onDrain);
+        s.off('close', onClose);
+        if (err) reject(err);
+        else resolve();
+      };
+      const onDrain = (): void => done();
+      const onClose = (): void => done(new Error(`peer ${to} disconnected`));
+      s.on('drain', onDrain);
+      s.on('close', onClose);
+    });
+  }
+
+  status(): PeerLinkStatus[] {
+    return [...this.links.values()].map((l) => ({
+      id: l.id,
+      address: l.address,
+      connected: l.state === 'ready',
+      ...(l.rttMs !== undefined ? { rttMs: l.rttMs } : {}),
+      queuedBytes: l.pendingBytes,
+      droppedMessages: l.droppedMessages,
+    }));
+  }
+
+  /** Dials every peer now instead of on first send (startup: elections go faster). */
+  connectAll(): void {
+    for (const l of this.links.values()) if (l.state === 'idle') l.connect();
+  }
+
+  private accept(socket: net.Socket): void {
+    const o = this.options;
+    this.inbound.add(socket);
+    socket.setNoDelay(true);
+    socket.setKeepAlive(true, 1000);
+    const decoder = new FrameDecoder();
+    let peer: string | undefined;
+    let nonceD: Buffer | undefined;
+    let nonceL: Buffer | undefined;
+    let authenticated = false;
+    let dialerClusterId = '';
+    const fail = (why: string): void => {
+      o.logger.warn({ peer, remote: socket.remoteAddress, why }, 'refused peer connection');
+      socket.destroy();
+    };
+    const handshakeTimer = setTimeout(() => fail('handshake timeout'), limits.handshakeTimeoutMs);
+    handshakeTimer.unref();
+    socket.on('data', (chunk: Buffer) => {
+      let frames: Buffer[];
+      try {
+        frames = decoder.push(chunk);
+      } catch (err) {
+        return fail((err as Error).message);
+      }
+      for (const body of frames) {
+        if (socket.destroyed) return;
+        let f: Frame;
+        try {
+          f = decodeFrame(body);
+        } catch (err) {
+          return fail((err as Error).message);
+        }
+        if (peer === undefined) {
+          if (f.kind !== FrameKind.Hello) return fail('expected Hello');
+          if (f.version !== PROTOCOL_VERSION) return fail(`protocol version ${f.version}`);
+          if (f.to !== o.nodeId) return fail(`dialled ${f.to}, this is ${o.nodeId}`);
+          if (f.clusterId && this.clusterId && f.clusterId !== this.clusterId) return fail(`cluster ${f.clusterId}, this is ${this.clusterId}`);
+          peer = f.from;
+          nonceD = Buffer.from(f.nonce);
+          nonceL = randomBytes(NONCE_BYTES);
+          // Both MACs cover the dialer's cluster id (checked compatible above):
+          // a node that joins learns the cluster id only from its first snapshot.
+          dialerClusterId = f.clusterId;
+          const mac = o.secret ? macFor(o.secret, 'listener', dialerClusterId, peer, o.nodeId, nonceD, nonceL) : Buffer.alloc(0);
+          socket.write(encodeHelloAck({ from: o.nodeId, nonce: nonceL, mac }));
+          continue;
+        }
+        if (!authenticated) {
+          if (f.kind !== FrameKind.Auth) return fail('expected Auth');
+          if (o.secret) {
+            const expect = macFor(o.secret, 'dialer', dialerClusterId, peer, o.nodeId, nonceD!, nonceL!);
+            if (!macEqual(expect, f.mac)) return fail('peer failed authentication');
+          }
+          authenticated = true;
+          clearTimeout(handshakeTimer);
+          continue;
+        }
+        switch (f.kind) {
+          case FrameKind.Raft:
+            // A peer speaks only for itself.
+            if (f.message.from !== peer || f.message.to !== o.nodeId) return fail(`message ${f.message.from}→${f.message.to} on ${peer}'s link`);
+            this.emit('message', f.message);
+            break;
+          case FrameKind.Ping:
+            socket.write(encodePing(FrameKind.Pong, f.sentAtNs));
+            break;
+          case FrameKind.Hello:
+          case FrameKind.HelloAck:
+          case FrameKind.Auth:
+          case FrameKind.Pong:
+            return fail(`unexpected frame ${f.kind}`);
+          default:
+            this.emit('frame', peer, f);
+        }
+      }
+    });
+    socket.on('error', () => {});
+    socket.on('close', () => {
+      clearTimeout(handshakeTimer);
+      this.inbound.delete(socket);
+    });
+  }
+
+  async close(): Promise<void> {
+    for (const l of this.links.values()) l.close();
+    this.links.clear();
+    for (const s of this.inbound) s.destroy();
+    this.inbound.clear();
+    const server = this.server;
+    this.server = undefined;
+    if (server) await new Promise<void>((resolve) => server.close(() => resolve()));
+  }
+}
