@@ -23,7 +23,12 @@ export class Progress {
   pendingSnapshot = 0;
   /** Heard from since the last check-quorum round. */
   recentActive = false;
-  /** In Probe state: an App is outstanding, wait for its answer or the next heartbeat. */
+  /**
+   * Probe: an App is outstanding, wait for its answer or the next heartbeat.
+   * Replicate: the in-flight window is full. A heartbeat answer clears it so
+   * an empty App goes out: if every message in the window was lost, its
+   * ack or rejection is what unblocks replication.
+   */
   msgAppFlowPaused = false;
   inflights: Inflights;
   isLearner: boolean;
@@ -70,6 +75,7 @@ export class Progress {
         this.next = lastIndex + 1;
         this.inflights.add(lastIndex, bytes);
       }
+      this.msgAppFlowPaused = this.inflights.full();
     } else if (this.state === ProgressState.Probe) {
       // One probe at a time; an empty App (commit notice) does not count.
       if (entries > 0) this.msgAppFlowPaused = true;
@@ -110,7 +116,7 @@ export class Progress {
       case ProgressState.Probe:
         return this.msgAppFlowPaused;
       case ProgressState.Replicate:
-        return this.inflights.full();
+        return this.msgAppFlowPaused;
       case ProgressState.Snapshot:
         return true;
     }

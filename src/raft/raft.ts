@@ -133,7 +133,8 @@ export class Raft {
     let ents: Entry[];
     try {
       prevTerm = this.log.term(prevIndex);
-      ents = this.log.entriesFrom(pr.next, this.cfg.messageBytesMax);
+      // A full window sends only an empty App (see Progress.msgAppFlowPaused).
+      ents = pr.state === ProgressState.Replicate && pr.inflights.full() ? [] : this.log.entriesFrom(pr.next, this.cfg.messageBytesMax);
     } catch (e) {
       if (!isCompacted(e)) throw e;
       return this.maybeSendSnapshot(to, pr);
@@ -592,9 +593,10 @@ export class Raft {
       this.becomeFollower(this.term + 1, None);
       return false;
     }
+    // No membership check (etcd has one): the leader sends its latest
+    // compaction point, which may predate the change that added us; the log
+    // after it tells us we are a member. Refusing would loop forever.
     const cs = s.confState;
-    const member = cs.voters.includes(this.id) || cs.learners.includes(this.id) || cs.votersOutgoing.includes(this.id);
-    if (!member) return false;
     if (this.log.matchTerm(s.index, s.term)) {
       // We have the snapshot's last entry: just move the commit index.
       this.log.commitTo(s.index);
@@ -723,19 +725,11 @@ export class Raft {
     const pr = this.trk.progress.get(this.id);
     this.isLearner = pr?.isLearner ?? false;
     if ((!pr || this.isLearner) && this.role === Role.Leader) {
-      // Removed or demoted: hand over to the most caught-up voter so the
-      // cluster need not wait an election timeout, then step down.
-      let best: NodeId = None;
-      let bestMatch = -1;
-      for (const id of this.trk.voterIds()) {
-        const p = this.trk.progress.get(id)!;
-        if (id !== this.id && p.match > bestMatch) {
-          best = id;
-          bestMatch = p.match;
-        }
-      }
-      if (best !== None && bestMatch === this.log.lastIndex()) this.sendTimeoutNow(best);
-      this.becomeFollower(this.term, None);
+      // Removed or demoted. Stepping down at once can deadlock the cluster:
+      // the remaining voters may not know the removal committed, still count
+      // us, and our longer log refuses their votes. So keep leading — no new
+      // proposals — until a remaining voter has caught up, then hand over.
+      this.handOverLeadership();
       return cs;
     }
     if (this.role !== Role.Leader || cs.voters.length === 0) return cs;
@@ -744,6 +738,30 @@ export class Raft {
     this.needBroadcast = true;
     if (this.leadTransferee !== None && !this.trk.isVoter(this.leadTransferee)) this.abortLeaderTransfer();
     return cs;
+  }
+
+  /** A leader outside the configuration transfers to the most caught-up voter. */
+  private handOverLeadership(): void {
+    if (this.leadTransferee !== None && this.trk.isVoter(this.leadTransferee)) return;
+    let best: NodeId = None;
+    let bestMatch = -1;
+    for (const id of this.trk.voterIds()) {
+      if (id === this.id) continue;
+      const p = this.trk.progress.get(id)!;
+      if (p.match > bestMatch) {
+        best = id;
+        bestMatch = p.match;
+      }
+    }
+    this.needBroadcast = true;
+    if (best === None) return;
+    this.step(message({ type: MessageType.TransferLeader, from: best }));
+  }
+
+  /** Whether this node leads a configuration it is no longer a voter of. */
+  private leadsWithoutVote(): boolean {
+    const pr = this.trk.progress.get(this.id);
+    return this.role === Role.Leader && (!pr || pr.isLearner);
   }
 
   // ---- reads -----------------------------------------------------------------
@@ -833,6 +851,8 @@ export class Raft {
       if (this.cfg.checkQuorum) this.step(message({ type: MessageType.CheckQuorum, from: this.id }));
       // A transfer that did not finish within an election timeout is abandoned.
       if (this.role === Role.Leader && this.leadTransferee !== None) this.abortLeaderTransfer();
+      // A removed leader tries again, perhaps with another voter.
+      if (this.leadsWithoutVote()) this.handOverLeadership();
     }
     if (this.role !== Role.Leader) return;
     if (this.heartbeatElapsed >= this.cfg.heartbeatTicks) {

@@ -172,9 +172,10 @@ t.test('4.2.2 a removed leader steps down and hands over', async (t) => {
   net.propose('a', 'x');
   net.stabilize();
   commitChange(net, 'a', confChanges.remove('a'));
-  net.stabilize();
-  t.not(net.raft('a').role, Role.Leader, 'a stepped down');
+  t.equal(net.raft('a').leadTransferee !== '', true, 'a hands over once a remaining voter is caught up');
+  t.throws(() => net.propose('a', 'refused'), { code: 'XDEVICE_ERR_PROPOSAL_DROPPED' }, 'a removed leader takes no proposals');
   net.run(30);
+  t.not(net.raft('a').role, Role.Leader, 'a stepped down');
   const leaders = net.leaders();
   t.equal(leaders.length, 1);
   t.not(leaders[0], 'a');
