@@ -69,12 +69,18 @@ async function checkAcknowledged(t: Test, dir: string, acknowledged: number[], s
   await wal.close();
 }
 
-for (const fault of ['fdatasync', 'pwrite'] as const) {
-  t.test(`an injected ${fault} EIO fails the WAL closed and loses nothing acknowledged`, async (t) => {
+const cases = [
+  { fault: 'fdatasync', syncMode: 'fdatasync' },
+  { fault: 'pwrite', syncMode: 'fdatasync' },
+  { fault: 'pwrite', syncMode: 'dsync' },
+] as const;
+
+for (const { fault, syncMode } of cases) {
+  t.test(`an injected ${fault} EIO (${syncMode} mode) fails the WAL closed and loses nothing acknowledged`, async (t) => {
     const dir = mkdtempSync(join(tmpdir(), 'xdevice-wal-fault-'));
     t.teardown(() => rmSync(dir, { recursive: true, force: true }));
     t.teardown(() => setFaultInjection(null));
-    const wal = await Wal.open(dir, options);
+    const wal = await Wal.open(dir, { ...options, syncMode });
     const afterCalls = 20 + random(200);
     setFaultInjection(fault === 'fdatasync' ? { fdatasyncErrno: constants.errno.EIO, afterCalls } : { pwriteErrno: constants.errno.EIO, afterCalls });
     const { acknowledged, errors } = await loadUntilFailure(wal, 32, 3000, 1_000_000);

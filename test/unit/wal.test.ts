@@ -146,7 +146,7 @@ t.test('entries at or below the snapshot are ignored; big saves are refused befo
 t.test('after a failed fdatasync the log fails closed for every waiter, now and later', async (t) => {
   const dir = walDir(t);
   t.teardown(() => setFaultInjection(null));
-  const wal = await Wal.open(dir, smallSegments);
+  const wal = await Wal.open(dir, { ...smallSegments, syncMode: 'fdatasync' });
   await wal.save({ entries: entries(1, 3, 1) });
   setFaultInjection({ fdatasyncErrno: constants.errno.EIO });
   const waiters = Array.from({ length: 20 }, (_, i) => wal.save({ entries: [entry(4 + i, 1)] }));
