@@ -9,7 +9,7 @@
 // created it), not by name: a write still in flight for a deleted device can
 // never land in a new device that reuses the name.
 //
-//   command := u8 version | u8 op | u64 clientId | u64 seq | body
+//   command := u8 version | u8 op | u64 clientId | u64 seq | u64 firstUnacked | body
 //   WRITE          u64 deviceId | u64 offset | data...
 //   TRIM           u64 deviceId | u64 offset | u64 length
 //   WRITE_ZEROES   u64 deviceId | u64 offset | u64 length | u8 flags
@@ -21,7 +21,7 @@ import { XDeviceError } from '../errors.ts';
 import { WireReader, WireWriter, str8Size } from './wire.ts';
 
 export const COMMAND_VERSION = 1;
-export const COMMAND_HEADER_BYTES = 2 + 8 + 8;
+export const COMMAND_HEADER_BYTES = 2 + 8 + 8 + 8;
 
 export const enum CommandOp {
   Write = 1,
@@ -35,8 +35,13 @@ export const enum CommandOp {
 export interface RequestId {
   /** Random per client incarnation, below 2^53. */
   clientId: number;
-  /** Increases by one per request of that client. */
+  /** Increases by one per request of that client, from 1. */
   seq: number;
+  /**
+   * The lowest seq this client still waits for: every seq below it is
+   * settled, so the applier may forget it (Raft thesis 6.3).
+   */
+  firstUnacked: number;
 }
 
 export type Command =
@@ -59,6 +64,7 @@ function header(size: number, op: CommandOp, id: RequestId): WireWriter {
   w.u8(op);
   w.u64(id.clientId);
   w.u64(id.seq);
+  w.u64(id.firstUnacked);
   return w;
 }
 
@@ -129,7 +135,7 @@ export function encodeCommand(c: Command): Buffer {
 export function peekRequestId(data: Buffer): RequestId | undefined {
   if (data.length < COMMAND_HEADER_BYTES || data[0] !== COMMAND_VERSION) return undefined;
   const r = new WireReader(data, 2);
-  return { clientId: r.u64(), seq: r.u64() };
+  return { clientId: r.u64(), seq: r.u64(), firstUnacked: r.u64() };
 }
 
 /** Decodes an entry payload; the WRITE data is a slice of `data`, not a copy. */
@@ -141,34 +147,36 @@ export function decodeCommand(data: Buffer): Command {
     const op = r.u8() as CommandOp;
     const clientId = r.u64();
     const seq = r.u64();
+    const firstUnacked = r.u64();
+    if (seq < 1 || firstUnacked < 1 || firstUnacked > seq) throw new CommandDecodeError(`bad request sequence ${seq}/${firstUnacked}`);
     switch (op) {
       case CommandOp.Write: {
         const deviceId = r.u64();
         const offset = r.u64();
-        return { op, clientId, seq, deviceId, offset, data: r.slice(r.remaining) };
+        return { op, clientId, seq, firstUnacked, deviceId, offset, data: r.slice(r.remaining) };
       }
       case CommandOp.Trim: {
-        const c = { op, clientId, seq, deviceId: r.u64(), offset: r.u64(), length: r.u64() };
+        const c = { op, clientId, seq, firstUnacked, deviceId: r.u64(), offset: r.u64(), length: r.u64() };
         r.end();
         return c;
       }
       case CommandOp.WriteZeroes: {
-        const c = { op, clientId, seq, deviceId: r.u64(), offset: r.u64(), length: r.u64(), noHole: r.u8() === 1 };
+        const c = { op, clientId, seq, firstUnacked, deviceId: r.u64(), offset: r.u64(), length: r.u64(), noHole: r.u8() === 1 };
         r.end();
         return c;
       }
       case CommandOp.CreateDevice: {
-        const c = { op, clientId, seq, name: r.str8(), size: r.u64() };
+        const c = { op, clientId, seq, firstUnacked, name: r.str8(), size: r.u64() };
         r.end();
         return c;
       }
       case CommandOp.DeleteDevice: {
-        const c = { op, clientId, seq, name: r.str8() };
+        const c = { op, clientId, seq, firstUnacked, name: r.str8() };
         r.end();
         return c;
       }
       case CommandOp.ResizeDevice: {
-        const c = { op, clientId, seq, name: r.str8(), size: r.u64() };
+        const c = { op, clientId, seq, firstUnacked, name: r.str8(), size: r.u64() };
         r.end();
         return c;
       }

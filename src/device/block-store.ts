@@ -1,0 +1,430 @@
+// The replicated state machine: applies committed commands to one sparse data
+// file per device under <data-dir>/devices/, and serves reads from them.
+//
+// Apply is idempotent (contract 4): a write overwrites, a trim or zeroing
+// punches a hole, a create starts from an empty file, so replaying the log
+// from any checkpoint at or below the files' real state ends in the same
+// bytes. A retried request is applied at most once (RequestDedup).
+//
+// Ordering: writes go through the native addon, whose per-descriptor I/O
+// thread completes them in submission order — two writes to one block land
+// in log order without awaiting each. The applied index moves only once a
+// batch's writes have completed, so a read issued when applied >= i sees
+// every entry up to i. Reads use a separate node:fs descriptor and run in
+// parallel on the threadpool. Nothing is fdatasync'd on apply: the WAL holds
+// the entries durably; a checkpoint syncs the files before the WAL may forget.
+
+import { ftruncate as ftruncateCb } from 'node:fs';
+import { mkdir, open, readdir, rm, unlink, type FileHandle } from 'node:fs/promises';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import type { Logger } from 'pino';
+import { assert } from '../errors.ts';
+import { limits } from '../limits.ts';
+import * as native from '../native.ts';
+import { EntryType, type Entry } from '../raft/types.ts';
+import type { Extent } from './block-device.ts';
+import { type DeviceRecord, type StoreState, readCheckpoint, syncDir, writeCheckpoint } from './checkpoint.ts';
+import { type Command, CommandOp, decodeCommand, type RequestId } from './commands.ts';
+import { fileExtents } from './fiemap.ts';
+import { RequestDedup } from './request-dedup.ts';
+
+const ftruncate = promisify(ftruncateCb);
+
+export const DEVICES_DIR = 'devices';
+
+/** Why a command did not change the state (the same on every node: it depends only on the log). */
+export interface ApplyError {
+  /** errno-style for data commands (the NBD layer maps them), XDEVICE_ERR_* for the device table. */
+  code: string;
+  message: string;
+}
+
+export interface ApplyOutcome {
+  index: number;
+  request?: RequestId;
+  /** The request was already applied (a retry): its waiter counts it done. */
+  duplicate?: boolean;
+  error?: ApplyError;
+}
+
+interface OpenDevice {
+  record: DeviceRecord;
+  path: string;
+  /** Native descriptor: writes, holes (ordered). */
+  fd: number;
+  /** node:fs handle: reads (parallel). */
+  reader: FileHandle;
+}
+
+export function deviceFileName(id: number): string {
+  return `dev-${id}.img`;
+}
+
+export function validDeviceName(name: string): boolean {
+  const bytes = Buffer.byteLength(name);
+  return bytes > 0 && bytes <= limits.deviceNameBytesMax && !/[\0-\x1f]/.test(name);
+}
+
+export class BlockStore {
+  private readonly byId = new Map<number, OpenDevice>();
+  private readonly byName = new Map<string, number>();
+  private dedup: RequestDedup;
+  private members: Record<string, string>;
+  private applying = false;
+  clusterId: string;
+  appliedIndex: number;
+  appliedTerm: number;
+  /** Index of the last checkpoint written (or loaded). */
+  checkpointIndex: number;
+
+  private constructor(
+    readonly dataDir: string,
+    state: StoreState,
+    private readonly logger: Logger,
+  ) {
+    this.clusterId = state.clusterId;
+    this.appliedIndex = state.appliedIndex;
+    this.appliedTerm = state.appliedTerm;
+    this.checkpointIndex = state.appliedIndex;
+    this.members = { ...state.members };
+    this.dedup = RequestDedup.from(state.dedup);
+  }
+
+  get devicesDir(): string {
+    return join(this.dataDir, DEVICES_DIR);
+  }
+
+  /** Opens the store as the checkpoint describes it (an empty store on a fresh data directory). */
+  static async open(dataDir: string, logger: Logger): Promise<BlockStore> {
+    await mkdir(join(dataDir, DEVICES_DIR), { recursive: true });
+    const state = (await readCheckpoint(dataDir)) ?? emptyState();
+    const store = new BlockStore(dataDir, state, logger);
+    await store.openDevices(state.devices, false);
+    await store.removeOrphans();
+    return store;
+  }
+
+  private async openDevices(records: DeviceRecord[], fresh: boolean): Promise<void> {
+    for (const record of records) {
+      const path = join(this.devicesDir, deviceFileName(record.id));
+      if (!fresh) {
+        // A device in the checkpoint whose file is gone was deleted by an
+        // entry after the checkpoint (replay deletes it again); recreate it
+        // empty so replay has something to write to.
+        const exists = await open(path, 'r').then(
+          (h) => h.close().then(() => true),
+          () => false,
+        );
+        if (!exists) this.logger.warn({ device: record.name, path }, 'device file missing; recreated empty for replay');
+      }
+      await this.attach(record, path, !fresh);
+    }
+  }
+
+  private async attach(record: DeviceRecord, path: string, keepContents: boolean): Promise<OpenDevice> {
+    const { fd } = await native.openFile(path, { create: true });
+    if (!keepContents) await ftruncate(fd, 0);
+    await ftruncate(fd, record.size);
+    const reader = await open(path, 'r');
+    const dev: OpenDevice = { record: { ...record }, path, fd, reader };
+    this.byId.set(record.id, dev);
+    this.byName.set(record.name, record.id);
+    return dev;
+  }
+
+  private async detach(dev: OpenDevice): Promise<void> {
+    this.byId.delete(dev.record.id);
+    if (this.byName.get(dev.record.name) === dev.record.id) this.byName.delete(dev.record.name);
+    await native.closeFile(dev.fd);
+    await dev.reader.close();
+  }
+
+  /** Files from devices created after the checkpoint and before a crash: replay recreates them. */
+  private async removeOrphans(): Promise<void> {
+    const known = new Set([...this.byId.values()].map((d) => deviceFileName(d.record.id)));
+    for (const name of await readdir(this.devicesDir)) {
+      if (!known.has(name)) await rm(join(this.devicesDir, name), { recursive: true, force: true });
+    }
+  }
+
+  // ---- the device table ------------------------------------------------------
+
+  devices(): DeviceRecord[] {
+    return [...this.byId.values()].map((d) => ({ ...d.record }));
+  }
+
+  device(name: string): DeviceRecord | undefined {
+    const id = this.byName.get(name);
+    return id === undefined ? undefined : { ...this.byId.get(id)!.record };
+  }
+
+  deviceById(id: number): DeviceRecord | undefined {
+    const d = this.byId.get(id);
+    return d ? { ...d.record } : undefined;
+  }
+
+  memberAddresses(): Record<string, string> {
+    return { ...this.members };
+  }
+
+  /** Membership is replicated state too: the runtime records it as it applies membership entries. */
+  setMember(id: string, address: string | undefined): void {
+    if (address === undefined) delete this.members[id];
+    else this.members[id] = address;
+  }
+
+  // ---- apply -------------------------------------------------------------------
+
+  /**
+   * Applies committed entries in order. Entries at or below appliedIndex are
+   * already in the files (replay after a checkpoint or a snapshot) and are
+   * skipped; membership entries go to `onConfChange` at their place in the
+   * order. Resolves once every write has completed; rejects only on an I/O
+   * error, which the caller must treat as fatal.
+   */
+  async applyBatch(entries: readonly Entry[], onConfChange: (e: Entry) => void): Promise<ApplyOutcome[]> {
+    assert(!this.applying, 'applyBatch while another batch is applying');
+    this.applying = true;
+    const outcomes: ApplyOutcome[] = [];
+    let pending: Promise<unknown>[] = [];
+    const barrier = async (): Promise<void> => {
+      if (pending.length === 0) return;
+      const p = pending;
+      pending = [];
+      await Promise.all(p);
+    };
+    try {
+      let last: Entry | undefined;
+      for (const e of entries) {
+        if (e.index <= this.appliedIndex) {
+          // Already reflected in the files. A waiter for it is done.
+          if (e.type === EntryType.ConfChange) onConfChange(e);
+          else if (e.data.length > 0) outcomes.push(this.alreadyApplied(e));
+          continue;
+        }
+        last = e;
+        if (e.type === EntryType.ConfChange) {
+          onConfChange(e);
+          continue;
+        }
+        if (e.data.length === 0) continue; // a leader's no-op
+        let cmd: Command;
+        try {
+          cmd = decodeCommand(e.data);
+        } catch (err) {
+          // Every node decodes the same bytes the same way: skipping is deterministic.
+          this.logger.error({ index: e.index, err: (err as Error).message }, 'undecodable command skipped');
+          continue;
+        }
+        const request = { clientId: cmd.clientId, seq: cmd.seq, firstUnacked: cmd.firstUnacked };
+        if (!this.dedup.admit(request)) {
+          outcomes.push({ index: e.index, request, duplicate: true });
+          continue;
+        }
+        const outcome: ApplyOutcome = { index: e.index, request };
+        const isTableOp = cmd.op === CommandOp.CreateDevice || cmd.op === CommandOp.DeleteDevice || cmd.op === CommandOp.ResizeDevice;
+        if (isTableOp) {
+          await barrier();
+          const error = await this.applyTableCommand(cmd, e.index);
+          if (error) outcome.error = error;
+        } else {
+          const error = this.submitDataCommand(cmd, pending);
+          if (error) outcome.error = error;
+        }
+        outcomes.push(outcome);
+      }
+      await barrier();
+      if (last) {
+        this.appliedIndex = last.index;
+        this.appliedTerm = last.term;
+      }
+      return outcomes;
+    } finally {
+      this.applying = false;
+    }
+  }
+
+  private alreadyApplied(e: Entry): ApplyOutcome {
+    try {
+      const c = decodeCommand(e.data);
+      return { index: e.index, request: { clientId: c.clientId, seq: c.seq, firstUnacked: c.firstUnacked }, duplicate: true };
+    } catch {
+      return { index: e.index };
+    }
+  }
+
+  private checkRange(cmd: { deviceId: number; offset: number }, length: number): { dev: OpenDevice } | { error: ApplyError } {
+    const dev = this.byId.get(cmd.deviceId);
+    if (!dev) return { error: { code: 'ESHUTDOWN', message: `device ${cmd.deviceId} no longer exists` } };
+    if (cmd.offset + length > dev.record.size) {
+      // The device shrank after the request was validated.
+      return { error: { code: 'ENOSPC', message: `[${cmd.offset}, ${cmd.offset + length}) beyond the end (${dev.record.size})` } };
+    }
+    return { dev };
+  }
+
+  private submitDataCommand(cmd: Command, pending: Promise<unknown>[]): ApplyError | undefined {
+    switch (cmd.op) {
+      case CommandOp.Write: {
+        const r = this.checkRange(cmd, cmd.data.length);
+        if ('error' in r) return r.error;
+        if (cmd.data.length > 0) pending.push(native.pwrite(r.dev.fd, cmd.data, cmd.offset));
+        return undefined;
+      }
+      case CommandOp.Trim:
+      case CommandOp.WriteZeroes: {
+        const r = this.checkRange(cmd, cmd.length);
+        if ('error' in r) return r.error;
+        if (cmd.length === 0) return undefined;
+        pending.push(native.punchHole(r.dev.fd, cmd.offset, cmd.length));
+        // NO_HOLE: the client wants the range allocated; unwritten extents read as zeroes.
+        if (cmd.op === CommandOp.WriteZeroes && cmd.noHole) pending.push(native.fallocate(r.dev.fd, cmd.offset, cmd.length, { keepSize: true }));
+        return undefined;
+      }
+      default:
+        throw new Error(`not a data command: ${cmd.op}`);
+    }
+  }
+
+  private async applyTableCommand(cmd: Command, index: number): Promise<ApplyError | undefined> {
+    switch (cmd.op) {
+      case CommandOp.CreateDevice: {
+        const existing = this.byName.get(cmd.name);
+        if (existing !== undefined) return { code: 'XDEVICE_ERR_DEVICE_EXISTS', message: `device ${cmd.name} exists` };
+        if (!validDeviceName(cmd.name)) return { code: 'XDEVICE_ERR_BAD_DEVICE', message: 'bad device name' };
+        if (!Number.isSafeInteger(cmd.size) || cmd.size <= 0 || cmd.size > limits.deviceBytesMax) return { code: 'XDEVICE_ERR_BAD_DEVICE', message: `bad device size ${cmd.size}` };
+        if (this.byId.size >= limits.devicesMax) return { code: 'XDEVICE_ERR_TOO_MANY_DEVICES', message: `${limits.devicesMax} devices exist` };
+        // A file from an earlier incarnation of this entry (replay) starts over.
+        await this.attach({ id: index, name: cmd.name, size: cmd.size }, join(this.devicesDir, deviceFileName(index)), false);
+        await syncDir(this.devicesDir);
+        return undefined;
+      }
+      case CommandOp.DeleteDevice: {
+        const id = this.byName.get(cmd.name);
+        if (id === undefined) return { code: 'XDEVICE_ERR_NO_DEVICE', message: `no device ${cmd.name}` };
+        const dev = this.byId.get(id)!;
+        await this.detach(dev);
+        await unlink(dev.path).catch(() => undefined);
+        return undefined;
+      }
+      case CommandOp.ResizeDevice: {
+        const id = this.byName.get(cmd.name);
+        if (id === undefined) return { code: 'XDEVICE_ERR_NO_DEVICE', message: `no device ${cmd.name}` };
+        if (!Number.isSafeInteger(cmd.size) || cmd.size <= 0 || cmd.size > limits.deviceBytesMax) return { code: 'XDEVICE_ERR_BAD_DEVICE', message: `bad device size ${cmd.size}` };
+        const dev = this.byId.get(id)!;
+        // Shrinking discards the tail, so growing again reads zeroes there, as on replay.
+        await ftruncate(dev.fd, cmd.size);
+        dev.record.size = cmd.size;
+        return undefined;
+      }
+      default:
+        throw new Error(`not a table command: ${cmd.op}`);
+    }
+  }
+
+  // ---- reads ---------------------------------------------------------------------
+
+  /** Reads from the local files; the caller has made sure applied >= its read index. */
+  async read(deviceId: number, offset: number, length: number): Promise<Buffer> {
+    const dev = this.byId.get(deviceId);
+    if (!dev) throw Object.assign(new Error(`device ${deviceId} no longer exists`), { code: 'ESHUTDOWN' });
+    const out = Buffer.allocUnsafe(length);
+    let done = 0;
+    while (done < length) {
+      const { bytesRead } = await dev.reader.read(out, done, length - done, offset + done);
+      if (bytesRead === 0) {
+        out.fill(0, done);
+        break;
+      }
+      done += bytesRead;
+    }
+    return out;
+  }
+
+  /** Allocation of [offset, offset+length) in this node's file. */
+  extents(deviceId: number, offset: number, length: number): Extent[] {
+    const dev = this.byId.get(deviceId);
+    if (!dev) throw Object.assign(new Error(`device ${deviceId} no longer exists`), { code: 'ESHUTDOWN' });
+    return fileExtents(dev.fd, offset, length);
+  }
+
+  async usedBytes(deviceId: number): Promise<number> {
+    const dev = this.byId.get(deviceId);
+    if (!dev) return 0;
+    const st = await native.fstat(dev.fd);
+    return st.blocks * 512;
+  }
+
+  // ---- checkpoints and snapshots -----------------------------------------------
+
+  /** The replicated state besides file contents, as of appliedIndex. Only between batches. */
+  captureState(): StoreState {
+    assert(!this.applying, 'state captured in the middle of a batch');
+    return {
+      clusterId: this.clusterId,
+      appliedIndex: this.appliedIndex,
+      appliedTerm: this.appliedTerm,
+      devices: this.devices(),
+      members: { ...this.members },
+      dedup: this.dedup.export(),
+    };
+  }
+
+  /** Paths of the device files as of the captured state (for snapshot streaming). */
+  filePaths(state: StoreState): string[] {
+    return state.devices.map((d) => join(this.devicesDir, deviceFileName(d.id)));
+  }
+
+  /**
+   * Makes the files durable up to the captured state and records it. Apply may
+   * continue meanwhile: the sync runs on separate descriptors (a sync queued
+   * on the write descriptor would hold up the writes behind it), and covers
+   * every write that completed before the capture.
+   */
+  async checkpoint(state: StoreState): Promise<void> {
+    for (const path of this.filePaths(state)) {
+      let fd: number;
+      try {
+        ({ fd } = await native.openFile(path, {}));
+      } catch (err) {
+        // Deleted after the capture: its entries replay from the log.
+        if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue;
+        throw err;
+      }
+      try {
+        await native.fdatasync(fd);
+      } finally {
+        await native.closeFile(fd);
+      }
+    }
+    await writeCheckpoint(this.dataDir, state);
+    this.checkpointIndex = Math.max(this.checkpointIndex, state.appliedIndex);
+  }
+
+  /**
+   * Replaces the whole state with an installed snapshot whose files are
+   * already in place (see SnapshotStaging.install).
+   */
+  async reload(state: StoreState): Promise<void> {
+    assert(!this.applying, 'reload during apply');
+    for (const dev of [...this.byId.values()]) await this.detach(dev);
+    this.clusterId = state.clusterId;
+    this.appliedIndex = state.appliedIndex;
+    this.appliedTerm = state.appliedTerm;
+    this.checkpointIndex = state.appliedIndex;
+    this.members = { ...state.members };
+    this.dedup = RequestDedup.from(state.dedup);
+    await this.openDevices(state.devices, false);
+    await this.removeOrphans();
+  }
+
+  /** Closes files held open for the devices (they stay on disk); for stop() and snapshot install. */
+  async closeFiles(): Promise<void> {
+    for (const dev of [...this.byId.values()]) await this.detach(dev);
+  }
+}
+
+export function emptyState(clusterId = ''): StoreState {
+  return { clusterId, appliedIndex: 0, appliedTerm: 0, devices: [], members: {}, dedup: [] };
+}

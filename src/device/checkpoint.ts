@@ -1,0 +1,146 @@
+// The checkpoint: what the device files hold, as of which log index.
+//
+//   <data-dir>/checkpoint  := "XDCK" | u32 version | u32 crc32c(body) | u32 length | body (JSON)
+//   <data-dir>/node.id     := JSON {clusterId, nodeId}, written once
+//
+// A checkpoint is written only after the device files were fdatasync'd: it
+// promises that everything up to appliedIndex is on disk, so the WAL may drop
+// entries up to it. It is replaced atomically (write a temporary file, fsync,
+// rename, fsync the directory): after a crash either the old or the new one
+// is there, whole. The same state travels as the header of a snapshot stream.
+
+import { open, readFile, rename, unlink } from 'node:fs/promises';
+import { join } from 'node:path';
+import { XDeviceError } from '../errors.ts';
+import { crc32c } from '../native.ts';
+import type { DedupClientState } from './request-dedup.ts';
+
+export const CHECKPOINT_FILE = 'checkpoint';
+export const NODE_ID_FILE = 'node.id';
+const MAGIC = 'XDCK';
+const VERSION = 1;
+const HEADER_BYTES = 16;
+
+export interface DeviceRecord {
+  /** Log index of the CREATE_DEVICE entry: unique for the cluster's lifetime. */
+  id: number;
+  name: string;
+  size: number;
+}
+
+/** The replicated state besides the device files' bytes. */
+export interface StoreState {
+  clusterId: string;
+  /** Every entry up to here is reflected in the device files. */
+  appliedIndex: number;
+  appliedTerm: number;
+  devices: DeviceRecord[];
+  /** Peer addresses of members, learned from the bootstrap configuration and membership changes. */
+  members: Record<string, string>;
+  dedup: DedupClientState[];
+}
+
+export class CheckpointError extends XDeviceError {
+  constructor(message: string) {
+    super('XDEVICE_ERR_CHECKPOINT', message);
+  }
+}
+
+export function encodeStoreState(state: StoreState): Buffer {
+  const body = Buffer.from(JSON.stringify(state));
+  const header = Buffer.alloc(HEADER_BYTES);
+  header.write(MAGIC, 0, 'latin1');
+  header.writeUInt32LE(VERSION, 4);
+  header.writeUInt32LE(crc32c(body), 8);
+  header.writeUInt32LE(body.length, 12);
+  return Buffer.concat([header, body]);
+}
+
+export function decodeStoreState(buf: Buffer, what = 'checkpoint'): StoreState {
+  if (buf.length < HEADER_BYTES || buf.toString('latin1', 0, 4) !== MAGIC) throw new CheckpointError(`${what}: bad magic`);
+  const version = buf.readUInt32LE(4);
+  if (version !== VERSION) throw new CheckpointError(`${what}: unknown version ${version}`);
+  const length = buf.readUInt32LE(12);
+  if (buf.length !== HEADER_BYTES + length) throw new CheckpointError(`${what}: length ${buf.length - HEADER_BYTES}, header says ${length}`);
+  const body = buf.subarray(HEADER_BYTES);
+  if (crc32c(body) !== buf.readUInt32LE(8)) throw new CheckpointError(`${what}: checksum mismatch`);
+  let state: StoreState;
+  try {
+    state = JSON.parse(body.toString('utf8')) as StoreState;
+  } catch (err) {
+    throw new CheckpointError(`${what}: ${(err as Error).message}`);
+  }
+  const ok =
+    typeof state.clusterId === 'string' &&
+    Number.isSafeInteger(state.appliedIndex) &&
+    Number.isSafeInteger(state.appliedTerm) &&
+    Array.isArray(state.devices) &&
+    state.devices.every((d) => Number.isSafeInteger(d.id) && typeof d.name === 'string' && Number.isSafeInteger(d.size) && d.size >= 0) &&
+    typeof state.members === 'object' &&
+    state.members !== null &&
+    Array.isArray(state.dedup);
+  if (!ok) throw new CheckpointError(`${what}: malformed state`);
+  return state;
+}
+
+export async function syncDir(dir: string): Promise<void> {
+  const h = await open(dir, 'r');
+  try {
+    await h.sync();
+  } finally {
+    await h.close();
+  }
+}
+
+/** Writes `name` in `dir` atomically and durably. */
+export async function writeFileAtomic(dir: string, name: string, data: Buffer): Promise<void> {
+  const tmp = join(dir, `${name}.tmp`);
+  const h = await open(tmp, 'w', 0o644);
+  try {
+    await h.writeFile(data);
+    await h.sync();
+  } finally {
+    await h.close();
+  }
+  await rename(tmp, join(dir, name));
+  await syncDir(dir);
+}
+
+export async function writeCheckpoint(dataDir: string, state: StoreState): Promise<void> {
+  await writeFileAtomic(dataDir, CHECKPOINT_FILE, encodeStoreState(state));
+}
+
+/** The checkpoint, or undefined on a fresh data directory. A damaged one throws: the node must not guess. */
+export async function readCheckpoint(dataDir: string): Promise<StoreState | undefined> {
+  let buf: Buffer;
+  try {
+    buf = await readFile(join(dataDir, CHECKPOINT_FILE));
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw err;
+  }
+  await unlink(join(dataDir, `${CHECKPOINT_FILE}.tmp`)).catch(() => undefined);
+  return decodeStoreState(buf, join(dataDir, CHECKPOINT_FILE));
+}
+
+export interface NodeIdentity {
+  clusterId: string;
+  nodeId: string;
+}
+
+export async function readNodeIdentity(dataDir: string): Promise<NodeIdentity | undefined> {
+  let text: string;
+  try {
+    text = await readFile(join(dataDir, NODE_ID_FILE), 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw err;
+  }
+  const v = JSON.parse(text) as NodeIdentity;
+  if (typeof v.clusterId !== 'string' || typeof v.nodeId !== 'string' || v.nodeId === '') throw new CheckpointError(`${NODE_ID_FILE}: malformed`);
+  return v;
+}
+
+export async function writeNodeIdentity(dataDir: string, identity: NodeIdentity): Promise<void> {
+  await writeFileAtomic(dataDir, NODE_ID_FILE, Buffer.from(JSON.stringify(identity) + '\n'));
+}
