@@ -31,6 +31,10 @@ declare -A NEED=(
   [certtool]=gnutls-bin
   [psktool]=gnutls-bin
   [systemd-analyze]=systemd
+  [g++]=g++
+  [make]=make
+  [python3]=python3
+  [runuser]=util-linux
 )
 
 have() {
