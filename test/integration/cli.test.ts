@@ -1,0 +1,107 @@
+// Every xdevice-cli command against a live 3-node cluster, in table and JSON
+// form, with the exit codes scripts rely on.
+import t from 'tap';
+import { spawn } from 'node:child_process';
+import { CLI_BIN, httpGet, startNode, waitFor } from './helpers/node-process.ts';
+import { ProcessCluster } from './helpers/process-cluster.ts';
+import { freePorts } from './helpers/ports.ts';
+
+interface Run {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+function cli(args: string[], env: NodeJS.ProcessEnv = {}): Promise<Run> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [CLI_BIN, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
+    child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+    child.on('exit', (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
+t.test('xdevice-cli drives a live cluster', { timeout: 600_000 }, async (t) => {
+  const cluster = await ProcessCluster.start({ size: 3, devices: ['default:32MiB'] });
+  t.teardown(() => cluster.stop());
+  const leader = await cluster.leader();
+  const endpoints = cluster.slots.map((s) => `127.0.0.1:${s.ports.admin}`).join(',');
+  // Point the CLI at a follower only: changes must still find the leader.
+  const followerOnly = `127.0.0.1:${cluster.slots[(leader + 1) % 3]!.ports.admin}`;
+
+  const status = await cli(['--endpoints', endpoints, 'status']);
+  t.equal(status.code, 0, status.stderr);
+  t.match(status.stdout, /\| ENDPOINT +\| ID +\| ROLE/);
+  t.equal((status.stdout.match(/\| leader +\|/g) ?? []).length, 1, 'exactly one leader in the table');
+  const statusJson = await cli(['--endpoints', endpoints, '-w', 'json', 'status']);
+  const rows = JSON.parse(statusJson.stdout) as { status: { id: string; role: string } }[];
+  t.same(rows.map((r) => r.status.id).sort(), ['node1', 'node2', 'node3']);
+
+  const members = JSON.parse((await cli(['--endpoints', followerOnly, '-w', 'json', 'members', 'list'])).stdout) as { members: { id: string; voter: boolean }[] };
+  t.same(members.members.map((m) => m.id).sort(), ['node1', 'node2', 'node3']);
+  t.ok(members.members.every((m) => m.voter));
+  t.match((await cli(['--endpoints', followerOnly, 'members', 'list'])).stdout, /\| node2 +\| 127\.0\.0\.1:\d+ +\| voter/);
+
+  // devices
+  const created = await cli(['--endpoints', followerOnly, '-w', 'json', 'device', 'create', 'wal', '8MiB']);
+  t.equal(created.code, 0, created.stderr);
+  t.ok((JSON.parse(created.stdout) as { devices: { name: string; size: number }[] }).devices.some((d) => d.name === 'wal' && d.size === 8 * 1024 * 1024));
+  const resized = await cli(['--endpoints', followerOnly, 'device', 'resize', 'wal', '16MiB']);
+  t.equal(resized.code, 0, resized.stderr);
+  t.match(resized.stdout, /\| wal +\| 16MiB/);
+  // every node serves the new device
+  for (const slot of cluster.slots) {
+    await waitFor(`wal on ${slot.id}`, async () => {
+      const list = JSON.parse((await cli(['--endpoints', `127.0.0.1:${slot.ports.admin}`, '-w', 'json', 'device', 'list'])).stdout) as { devices: { name: string; size: number }[] };
+      return list.devices.some((d) => d.name === 'wal' && d.size === 16 * 1024 * 1024);
+    });
+  }
+  const deleted = await cli(['--endpoints', endpoints, 'device', 'delete', 'wal']);
+  t.equal(deleted.code, 0, deleted.stderr);
+  t.notMatch(deleted.stdout, /\| wal /);
+  const missing = await cli(['--endpoints', endpoints, 'device', 'delete', 'nope']);
+  t.equal(missing.code, 1, 'deleting a missing device fails with exit 1');
+  t.match(missing.stderr, /nope/);
+
+  // transfer leadership
+  const target = cluster.slots[(leader + 2) % 3]!.id;
+  const moved = await cli(['--endpoints', followerOnly, 'transfer-leader', '--to', target]);
+  t.equal(moved.code, 0, moved.stderr);
+  await waitFor(`${target} to lead`, async () => (await cluster.status((leader + 2) % 3))?.role === 'leader', 15_000);
+
+  // grow: a fourth node joins as a learner, catches up, votes
+  const [nbd, admin, peer] = await freePorts(3);
+  const peersWith4 = `${cluster.slots.map((s) => `${s.id}=127.0.0.1:${s.ports.peer}`).join(',')},node4=127.0.0.1:${peer}`;
+  const node4 = await startNode({ id: 'node4', ports: { nbd: nbd!, admin: admin!, peer: peer! }, peers: peersWith4, devices: ['default:32MiB'], extraArgs: ['--join'] });
+  t.teardown(() => node4.kill());
+  const added = await cli(['--endpoints', followerOnly, '-w', 'json', 'add-node', '--id=node4', `--address=127.0.0.1:${peer}`]);
+  t.equal(added.code, 0, `${added.stderr}\n${node4.output().slice(-3000)}`);
+  t.match(added.stderr, /catching up node4.*caught up/s, 'progress is reported while it catches up');
+  const withFour = JSON.parse(added.stdout) as { members: { id: string; voter: boolean }[] };
+  t.ok(withFour.members.some((m) => m.id === 'node4'), 'node4 is a member');
+  await waitFor('node4 to become a voter', async () => {
+    const m = JSON.parse((await cli(['--endpoints', endpoints, '-w', 'json', 'members', 'list'])).stdout) as { members: { id: string; voter: boolean }[] };
+    return m.members.find((x) => x.id === 'node4')?.voter === true;
+  }, 60_000);
+  const node4Status = JSON.parse((await httpGet(admin!, '/status')).body) as { applied: number };
+  t.ok(node4Status.applied > 0, 'node4 applied the log');
+
+  // shrink
+  const removed = await cli(['--endpoints', endpoints, '-w', 'json', 'remove-node', '--id=node4']);
+  t.equal(removed.code, 0, removed.stderr);
+  t.notOk((JSON.parse(removed.stdout) as { members: { id: string }[] }).members.some((m) => m.id === 'node4'));
+
+  // health, attach on a kernel without nbd, usage and unreachable exit codes
+  const health = await cli(['--endpoints', endpoints, 'health']);
+  t.equal(health.code, 0, health.stdout + health.stderr);
+  const attach = await cli(['--endpoints', endpoints, 'attach', '--device', '/dev/nbd-xdevice-test', '--export', 'default']);
+  t.equal(attach.code, 5, 'exit 5 when the kernel cannot attach NBD');
+  t.match(attach.stderr, /cannot attach NBD devices.*nbdfuse/s);
+  const dry = await cli(['--endpoints', endpoints, '-w', 'json', 'attach', '--dry-run', '--export', 'default', '--connections', '4']);
+  t.equal(dry.code, 0, dry.stderr);
+  t.match((JSON.parse(dry.stdout) as { command: string[] }).command.join(' '), /nbd-client -N default -b 4096 -C 4 127\.0\.0\.1 \d+ \/dev\/nbd0/);
+  t.equal((await cli(['--endpoints', endpoints, 'frobnicate'])).code, 2, 'usage error: exit 2');
+  t.equal((await cli(['--endpoints', '127.0.0.1:1', 'members', 'list'])).code, 3, 'nothing reachable: exit 3');
+});
