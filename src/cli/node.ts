@@ -1,0 +1,189 @@
+// xdevice-node: one process per host. Loads the configuration, starts the
+// backend (the replicated runtime, or a single file/memory device table for
+// testing the NBD layer alone), the NBD server and the admin API, and talks to
+// systemd (READY=1, STOPPING=1, WATCHDOG=1).
+//
+// Signals: SIGTERM/SIGINT stop accepting, finish in-flight requests,
+// checkpoint and exit 0; SIGHUP reloads what can change without a restart
+// (log-level, admin-token).
+
+import yargs from 'yargs';
+import { hideBin } from 'yargs/helpers';
+import { CONFIG_KEYS, ConfigError, describeConfig, formatHostPort, loadConfig, type LoadedConfig, type NodeConfig } from './config.ts';
+import { createLogger, type Logger } from '../log.ts';
+import { validateLimits } from '../limits.ts';
+import { NbdServer } from '../nbd/server.ts';
+import { AdminServer } from '../admin/server.ts';
+import { createMetrics } from '../admin/metrics.ts';
+import { sdNotify } from '../native.ts';
+import { startRuntime, type Runtime } from './runtime.ts';
+
+export interface RunningNode {
+  config: NodeConfig;
+  runtime: Runtime;
+  nbd: NbdServer;
+  admin: AdminServer;
+  nbdAddress: string;
+  adminAddress: string;
+  stop(): Promise<void>;
+}
+
+function parseFlags(argv: string[]): { flags: Map<string, string | string[]>; configFile?: string } {
+  let parser = yargs(argv)
+    .scriptName('xdevice-node')
+    .usage('$0 [--config FILE] [options]\n\nEvery option is also a config-file key of the same name and an XDEVICE_<KEY> environment variable.\nPrecedence: flags > environment > config file > defaults.')
+    .option('config', { type: 'string', describe: 'configuration file (key = value lines)' })
+    .parserConfiguration({ 'camel-case-expansion': false, 'dot-notation': false, 'boolean-negation': false })
+    .strict()
+    .help()
+    .version(false);
+  for (const spec of CONFIG_KEYS) {
+    parser = parser.option(spec.key, {
+      type: 'string',
+      array: spec.kind === 'devices',
+      describe: `${spec.describe} (default ${spec.default || '""'})`,
+    });
+  }
+  const parsed = parser.parseSync() as Record<string, unknown>;
+  const flags = new Map<string, string | string[]>();
+  for (const spec of CONFIG_KEYS) {
+    const v = parsed[spec.key];
+    if (v === undefined) continue;
+    flags.set(spec.key, Array.isArray(v) ? v.map(String) : String(v));
+  }
+  const configFile = typeof parsed.config === 'string' ? parsed.config : undefined;
+  return configFile === undefined ? { flags } : { flags, configFile };
+}
+
+export async function startNode(loaded: LoadedConfig, logger: Logger): Promise<RunningNode> {
+  const { config } = loaded;
+  validateLimits();
+  logger.info({ config: describeConfig(loaded) }, 'effective configuration');
+
+  const runtime = await startRuntime(config, logger);
+  const tls =
+    config.tls === 'off'
+      ? undefined
+      : {
+          mode: config.tls,
+          ...(config.tlsCert ? { certFile: config.tlsCert } : {}),
+          ...(config.tlsKey ? { keyFile: config.tlsKey } : {}),
+          ...(config.tlsCa ? { caFile: config.tlsCa } : {}),
+          ...(config.tlsPsk ? { pskFile: config.tlsPsk } : {}),
+        };
+  const nbd = new NbdServer({ devices: runtime.devices, logger: logger.child({ component: 'nbd' }), ...(tls ? { tls } : {}) });
+  const metrics = createMetrics({ node: runtime.api, nbd });
+  const admin = new AdminServer({ node: runtime.api, metrics, logger: logger.child({ component: 'admin' }), token: config.adminToken });
+
+  let nbdAddress = '';
+  let adminAddress = '';
+  try {
+    adminAddress = formatHostPort(await admin.listen(config.adminListen.host, config.adminListen.port));
+    nbdAddress = formatHostPort(await nbd.listen(config.nbdListen.host, config.nbdListen.port));
+  } catch (err) {
+    await admin.close().catch(() => {});
+    await runtime.stop().catch(() => {});
+    throw err;
+  }
+  runtime.setAddresses({ nbd: nbdAddress, admin: adminAddress });
+  logger.info({ nbd: nbdAddress, admin: adminAddress, backend: config.backend, node: config.nodeId }, 'serving');
+
+  let stopping: Promise<void> | undefined;
+  const stop = () =>
+    (stopping ??= (async () => {
+      // Stop taking new work first, let in-flight requests finish, then checkpoint.
+      await nbd.close();
+      await admin.close();
+      await runtime.stop();
+    })());
+  return { config, runtime, nbd, admin, nbdAddress, adminAddress, stop };
+}
+
+export async function main(argv = hideBin(process.argv)): Promise<void> {
+  let loaded: LoadedConfig;
+  let configFile: string | undefined;
+  try {
+    const parsed = parseFlags(argv);
+    configFile = parsed.configFile;
+    loaded = loadConfig({ flags: parsed.flags, env: process.env, ...(configFile ? { configFile } : {}) });
+  } catch (err) {
+    process.stderr.write(`xdevice-node: ${(err as Error).message}\n`);
+    process.exit(err instanceof ConfigError ? 2 : 1);
+  }
+  const logger = createLogger({ level: loaded.config.logLevel, format: loaded.config.logFormat, name: `xdevice-node/${loaded.config.nodeId}` });
+
+  let node: RunningNode;
+  try {
+    node = await startNode(loaded, logger);
+  } catch (err) {
+    logger.fatal({ err }, 'cannot start');
+    logger.flush();
+    process.stderr.write(`xdevice-node: cannot start: ${(err as Error).message}\n`);
+    setTimeout(() => process.exit(1), 50);
+    return;
+  }
+
+  sdNotify(`READY=1\nSTATUS=serving NBD on ${node.nbdAddress}, admin on ${node.adminAddress}\nMAINPID=${process.pid}`);
+  const watchdogUsec = Number(process.env.WATCHDOG_USEC ?? 0);
+  const watchdogPid = Number(process.env.WATCHDOG_PID ?? process.pid);
+  let watchdog: NodeJS.Timeout | undefined;
+  if (watchdogUsec > 0 && watchdogPid === process.pid) {
+    // Ping at half the interval, and only while the node's loop is alive.
+    watchdog = setInterval(() => sdNotify('WATCHDOG=1'), Math.max(100, watchdogUsec / 2000));
+    watchdog.unref();
+  }
+
+  node.runtime.onFatal((err) => {
+    logger.fatal({ err }, 'node failed; leaving service');
+    sdNotify(`STATUS=failed: ${err.message}`);
+    void node.stop().finally(() => {
+      logger.flush();
+      process.exit(1);
+    });
+  });
+
+  const shutdown = (signal: string) => {
+    logger.info({ signal }, 'stopping: finishing in-flight requests, then checkpointing');
+    sdNotify('STOPPING=1\nSTATUS=stopping');
+    if (watchdog) clearInterval(watchdog);
+    const force = setTimeout(() => {
+      logger.error('shutdown took too long; exiting');
+      process.exit(1);
+    }, 30_000);
+    force.unref();
+    node
+      .stop()
+      .then(() => {
+        logger.info('stopped cleanly');
+        logger.flush();
+        process.exit(0);
+      })
+      .catch((err) => {
+        logger.error({ err }, 'error while stopping');
+        logger.flush();
+        process.exit(1);
+      });
+  };
+  process.once('SIGTERM', () => shutdown('SIGTERM'));
+  process.once('SIGINT', () => shutdown('SIGINT'));
+  process.on('SIGHUP', () => {
+    try {
+      const fresh = loadConfig({ flags: parseFlags(argv).flags, env: process.env, ...(configFile ? { configFile } : {}) });
+      const changed: string[] = [];
+      if (fresh.config.logLevel !== logger.level) {
+        logger.level = fresh.config.logLevel;
+        changed.push('log-level');
+      }
+      if (fresh.config.adminToken !== node.config.adminToken) {
+        node.admin.setToken(fresh.config.adminToken);
+        node.config.adminToken = fresh.config.adminToken;
+        changed.push('admin-token');
+      }
+      const fixed = CONFIG_KEYS.filter((k) => !k.reloadable && JSON.stringify(fresh.config[k.field]) !== JSON.stringify(node.config[k.field])).map((k) => k.key);
+      logger.info({ changed, needRestart: fixed }, 'SIGHUP: configuration reloaded');
+      sdNotify('RELOADING=0\nREADY=1');
+    } catch (err) {
+      logger.error({ err }, 'SIGHUP: configuration not reloaded');
+    }
+  });
+}
