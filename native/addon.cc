@@ -379,6 +379,8 @@ class Addon : public Napi::Addon<Addon> {
     spec.writeErrno = static_cast<int>(number("pwriteErrno", 0));
     spec.afterCalls = number("afterCalls", 0);
     spec.fd = static_cast<int>(number("fd", -1));
+    spec.delayUs = number("delayUs", 0);
+    if (spec.delayUs < 0) throw Napi::RangeError::New(env, "delayUs must not be negative");
     SetFaultInjection(&spec);
     return env.Undefined();
   }

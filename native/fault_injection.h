@@ -1,6 +1,7 @@
-// A test hook: make data-path syscalls fail with a chosen errno, so tests can
-// prove that callers fail closed without needing a broken disk. Process-wide;
-// off unless a test turns it on.
+// A test hook: make data-path syscalls fail with a chosen errno, or slow them
+// down, so tests can prove that callers fail closed (or keep their promises
+// under a slow disk) without needing broken hardware. Process-wide; off unless
+// a test turns it on.
 #pragma once
 
 #include <cstdint>
@@ -17,10 +18,15 @@ struct FaultSpec {
   int64_t afterCalls = 0;
   // Restrict to one descriptor; -1 matches every descriptor.
   int fd = -1;
+  // Sleep this long on the I/O thread before every matching pwrite, pwritev
+  // and fdatasync (a slow disk). Independent of afterCalls: it starts at once.
+  int64_t delayUs = 0;
 };
 
 void SetFaultInjection(const FaultSpec* spec);  // nullptr clears
-// 0 when the call should proceed, otherwise the errno to fail it with.
+// Called on the I/O thread just before the syscall. Sleeps for the injected
+// delay (cut short when the spec is replaced or cleared), then returns 0 when
+// the call should proceed, otherwise the errno to fail it with.
 int InjectedFault(FaultSite site, int fd);
 
 }  // namespace xdevice

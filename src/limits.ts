@@ -40,6 +40,10 @@ const limitValues = {
   walBatchBytesMax: 8 * MiB,
   /** Alignment of O_DIRECT writes. */
   walAlignmentBytes: 4 * KiB,
+  /** How often the test-only fault file ($XDEVICE_FAULT_FILE) is checked for changes. */
+  faultFilePollMs: 100,
+  /** Largest fault file read; anything longer is refused as malformed. */
+  faultFileBytesMax: 4 * KiB,
 
   // ---- Raft (src/raft) -----------------------------------------------------
   /** Ticks without a leader's message before a follower campaigns (randomised in [n, 2n)). */

@@ -46,6 +46,12 @@ export interface FaultSpec {
   afterCalls?: number;
   /** Only this descriptor (default: all). */
   fd?: number;
+  /**
+   * A slow disk: sleep this many microseconds on the I/O thread before every matching
+   * pwrite, pwritev and fdatasync. Starts at once (afterCalls counts errno faults only);
+   * replacing or clearing the spec cuts a sleep in progress short.
+   */
+  delayUs?: number;
 }
 
 export type NativeError = Error & { code: string; errno: number; syscall: string; path?: string };
@@ -172,7 +178,7 @@ export function sdNotify(state: string, socketPath?: string): boolean {
   return socketPath === undefined ? binding.sdNotify(state) : binding.sdNotify(state, socketPath);
 }
 
-/** Test hook: fail matching syscalls with an errno (process-wide); null disarms. */
+/** Test hook: fail matching syscalls with an errno and/or delay them (process-wide); null disarms. */
 export function setFaultInjection(spec: FaultSpec | null): void {
   binding.setFaultInjection(spec);
 }

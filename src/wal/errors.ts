@@ -37,3 +37,13 @@ export class WalUsageError extends XDeviceError {
     super('XDEVICE_ERR_WAL_USAGE', message);
   }
 }
+
+/** The test-only fault file holds something other than a fault specification. */
+export class FaultFileError extends XDeviceError {
+  constructor(
+    readonly path: string,
+    why: string,
+  ) {
+    super('XDEVICE_ERR_FAULT_FILE', `fault file ${path}: ${why}`);
+  }
+}

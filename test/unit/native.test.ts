@@ -350,6 +350,50 @@ t.test('fault injection fails matching calls until cleared', async (t) => {
   await native.closeFile(other.fd);
 });
 
+t.test('a latency fault delays matching writes and fdatasyncs until cleared', async (t) => {
+  const dir = tempDir(t);
+  t.teardown(() => native.setFaultInjection(null));
+  const slow = await native.openFile(join(dir, 'slow'), { create: true });
+  const fast = await native.openFile(join(dir, 'fast'), { create: true });
+  const b = Buffer.from('data');
+  const elapsedMs = async (op: () => Promise<unknown>): Promise<number> => {
+    const start = process.hrtime.bigint();
+    await op();
+    return Number(process.hrtime.bigint() - start) / 1e6;
+  };
+
+  // Lower bounds only: a loaded machine can make a call slower, never faster than a sleep.
+  native.setFaultInjection({ delayUs: 200_000, fd: slow.fd });
+  t.ok((await elapsedMs(() => native.fdatasync(slow.fd))) >= 150, 'fdatasync on the matching descriptor sleeps');
+  t.ok((await elapsedMs(() => native.pwrite(slow.fd, b, 0))) >= 150, 'pwrite sleeps');
+  t.ok((await elapsedMs(() => native.pwritev(slow.fd, [b, b], 0))) >= 150, 'pwritev sleeps');
+  // Upper bounds are checked against a delay far beyond anything a loaded disk explains.
+  native.setFaultInjection({ delayUs: 60_000_000, fd: slow.fd });
+  t.ok((await elapsedMs(() => native.fdatasync(fast.fd))) < 30_000, 'other descriptors are not delayed');
+
+  native.setFaultInjection({ delayUs: 200_000, fdatasyncErrno: errno.EIO });
+  const failed = native.fdatasync(fast.fd);
+  const start = process.hrtime.bigint();
+  await t.rejects(failed, { code: 'EIO' }, 'the errno fault still applies after the delay');
+  t.ok(Number(process.hrtime.bigint() - start) / 1e6 >= 150, 'every descriptor is delayed without fd');
+
+  // Clearing wakes a sleep already in progress: a 60 s delay must not hold the call.
+  native.setFaultInjection({ delayUs: 60_000_000 });
+  const stuck = native.fdatasync(slow.fd);
+  let settled = false;
+  void stuck.then(() => (settled = true));
+  await new Promise((r) => setTimeout(r, 50));
+  t.equal(settled, false, 'the call is still sleeping under the delay');
+  native.setFaultInjection(null);
+  await stuck;
+  t.equal(settled, true, 'clearing released the sleeping call');
+  t.ok((await elapsedMs(() => native.fdatasync(slow.fd))) < 30_000, 'the 60 s delay is gone once cleared');
+
+  t.throws(() => native.setFaultInjection({ delayUs: -1 }), RangeError);
+  await native.closeFile(slow.fd);
+  await native.closeFile(fast.fd);
+});
+
 t.test('closeFile runs after earlier operations and releases the I/O thread', async (t) => {
   const dir = tempDir(t);
   mkdirSync(join(dir, 'sub'));
