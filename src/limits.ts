@@ -83,6 +83,24 @@ const limitValues = {
   peerIdleTimeoutMs: 3_000,
   /** Snapshot chunk size streamed to a lagging node. */
   snapshotChunkBytes: 1 * MiB,
+  /** A snapshot receiver must report the stream installed within this long. */
+  snapshotResultTimeoutMs: 120_000,
+  /** A proposal not applied within this long is proposed again (same request id). */
+  proposalRetryMs: 2_000,
+  /** A client request (write, read, table change) fails with EIO after this long without a quorum. */
+  requestTimeoutMs: 10_000,
+  /** A ReadIndex round without an answer after this long is asked again. */
+  readIndexRetryMs: 1_000,
+  /** Readys handed out and not yet advanced (the WAL and apply pipeline depth). */
+  readyOutstandingMax: 64,
+  /** A checkpoint is taken after this many applied entries ... */
+  checkpointEntries: 200_000,
+  /** ... or this many applied payload bytes. */
+  checkpointBytes: 1024 * MiB,
+  /** addNode waits this long for the new learner to catch up before promoting it. */
+  addNodeCatchUpTimeoutMs: 600_000,
+  /** The leader keeps this many entries below its checkpoint for lagging followers before it lets them need a snapshot. */
+  walRetainEntriesMax: 100_000,
 
   // ---- Devices (src/device) ------------------------------------------------
   /** Devices in one cluster. */

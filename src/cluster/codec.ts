@@ -79,6 +79,11 @@ export interface SnapEndFrame {
   kind: FrameKind.SnapEnd;
   snapshotId: number;
   chunks: number;
+  /**
+   * The sender's applied index when the copy ended: the copy may mix states
+   * up to here, so the receiver serves reads only once it has replayed this far.
+   */
+  appliedEnd: number;
 }
 export interface SnapResultFrame {
   kind: FrameKind.SnapResult;
@@ -299,9 +304,10 @@ export function encodeSnapChunk(f: Omit<SnapChunkFrame, 'kind'>): Buffer[] {
 }
 
 export function encodeSnapEnd(f: Omit<SnapEndFrame, 'kind'>): Buffer {
-  const { buf, w } = frameBuffer(FrameKind.SnapEnd, 16);
+  const { buf, w } = frameBuffer(FrameKind.SnapEnd, 24);
   w.u64(f.snapshotId);
   w.u64(f.chunks);
+  w.u64(f.appliedEnd);
   return buf;
 }
 
@@ -368,8 +374,9 @@ export function decodeFrame(frame: Buffer): Frame {
     case FrameKind.SnapEnd: {
       const snapshotId = r.u64();
       const chunks = r.u64();
+      const appliedEnd = r.u64();
       r.end();
-      return { kind, snapshotId, chunks };
+      return { kind, snapshotId, chunks, appliedEnd };
     }
     case FrameKind.SnapResult: {
       const snapshotId = r.u64();

@@ -29,6 +29,8 @@ const INSTALL_MARKER = 'INSTALL';
 export interface StagedSnapshot {
   metadata: SnapshotMetadata;
   state: StoreState;
+  /** The files may mix states up to this index: consistent once replay reaches it. */
+  consistentIndex: number;
 }
 
 export class SnapshotStaging {
@@ -83,7 +85,7 @@ export class SnapshotStaging {
   }
 
   /** Makes the staging complete and durable; after this, install() may run even across a crash. */
-  async finish(expectedChunks: number): Promise<StagedSnapshot> {
+  async finish(expectedChunks: number, consistentIndex: number): Promise<StagedSnapshot> {
     await this.writes;
     if (this.failed) throw this.failed;
     if (expectedChunks !== this.chunks) throw new CheckpointError(`snapshot stream had ${this.chunks} chunks, sender says ${expectedChunks}`);
@@ -92,7 +94,7 @@ export class SnapshotStaging {
     await syncDir(join(this.dir, DEVICES_DIR));
     await writeFileAtomic(this.dir, CHECKPOINT_FILE, encodeStoreState(this.state));
     await writeFileAtomic(this.dir, INSTALL_MARKER, Buffer.from(JSON.stringify(this.metadata)));
-    return { metadata: this.metadata, state: this.state };
+    return { metadata: this.metadata, state: this.state, consistentIndex: Math.max(consistentIndex, this.state.appliedIndex) };
   }
 
   async abort(): Promise<void> {

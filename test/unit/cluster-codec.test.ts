@@ -73,7 +73,7 @@ t.test('control and snapshot frames round-trip', async (t) => {
     ],
     [encodeSnapChunk({ snapshotId: 3, file: 1, offset: 4096, data: Buffer.from('abc'), zeroBytes: 0 }), { kind: FrameKind.SnapChunk, snapshotId: 3, file: 1, offset: 4096, data: Buffer.from('abc'), zeroBytes: 0 }],
     [encodeSnapChunk({ snapshotId: 3, file: 1, offset: 0, data: Buffer.alloc(0), zeroBytes: 1 << 20 }), { kind: FrameKind.SnapChunk, snapshotId: 3, file: 1, offset: 0, data: Buffer.alloc(0), zeroBytes: 1 << 20 }],
-    [[encodeSnapEnd({ snapshotId: 3, chunks: 9 })], { kind: FrameKind.SnapEnd, snapshotId: 3, chunks: 9 }],
+    [[encodeSnapEnd({ snapshotId: 3, chunks: 9, appliedEnd: 77 })], { kind: FrameKind.SnapEnd, snapshotId: 3, chunks: 9, appliedEnd: 77 }],
     [[encodeSnapResult({ snapshotId: 3, ok: false, reason: 'disk full' })], { kind: FrameKind.SnapResult, snapshotId: 3, ok: false, reason: 'disk full' }],
   ];
   for (const [enc, expected] of cases) t.same(decodeFrame(bodies(enc)[0]!), expected);

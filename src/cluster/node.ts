@@ -1,0 +1,826 @@
+// The node runtime: drives Raft's Ready loop against the WAL, the peer
+// transport and the block store, in the order the contracts need:
+//
+//   ready()  ─┬─ send messages now (the leader's App goes out while its own
+//             │  append is still being written)
+//             ├─ WAL save (one group commit) ── then send messagesAfterPersist
+//             ├─ apply committedEntries in order ── settle waiters, reads
+//             └─ advance() once saved and applied, in Ready order
+//
+// Several Readys are in flight at once (the WAL merges their writes into
+// group commits); every proposal and read made in one event-loop turn lands in
+// one Ready. Requests from this node's NBD connections are proposed here (the
+// leader) or forwarded to the leader as Raft Prop messages (a follower) and
+// settle when they apply on this node (src/cluster/requests.ts). Reads go
+// through ReadIndex on every node (src/cluster/read-gate.ts).
+//
+// A failed WAL write or fdatasync, or a failed apply, takes the node out of
+// service: every waiter gets ESHUTDOWN, the transport closes, 'fatal' fires.
+// Nothing unacknowledged was promised, and what was acknowledged is on a
+// majority's disks.
+
+import { EventEmitter } from 'node:events';
+import { createHash, randomInt } from 'node:crypto';
+import { mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Logger } from 'pino';
+import type { DeviceInfo, HealthReport, Member, NodeApi, NodeEvents, NodeStatus, PeerStatus, Role as ApiRole } from '../admin/api.ts';
+import { limits } from '../limits.ts';
+import { XDeviceError } from '../errors.ts';
+import { bootstrap } from '../raft/bootstrap.ts';
+import { ConfChangeType, confChanges, decodeConfChange } from '../raft/confchange.ts';
+import { NotLeaderError } from '../raft/errors.ts';
+import { RawNode, Role, type Ready, type SoftState } from '../raft/rawnode.ts';
+import { EntryType, MessageType, message, type ConfState, type Entry, type HardState, type Message, type SnapshotMetadata } from '../raft/types.ts';
+import { Wal, type WalOptions } from '../wal/wal.ts';
+import { BlockStore } from '../device/block-store.ts';
+import { readNodeIdentity, writeNodeIdentity, writeCheckpoint } from '../device/checkpoint.ts';
+import { encodeCreateDevice, encodeDeleteDevice, encodeResizeDevice, type RequestId } from '../device/commands.ts';
+import { ReplicatedDeviceTable, type ReplicaService } from '../device/replicated.ts';
+import { finishInstall, installStagedFiles, pendingInstall } from '../device/snapshot-staging.ts';
+import { FrameKind } from './codec.ts';
+import { ReadGate } from './read-gate.ts';
+import { RequestError, RequestSession } from './requests.ts';
+import { SnapshotReceiver } from './snapshot-receiver.ts';
+import { SnapshotSender } from './snapshot-sender.ts';
+import { Transport, type TransportTls } from './transport.ts';
+
+export interface NodeConfig {
+  nodeId: string;
+  dataDir: string;
+  /** Where peers reach this node; port 0 picks one (tests). */
+  peerListen?: { host: string; port: number };
+  /** Initial members, id → host:port (may include this node). Empty: a one-node cluster. */
+  peers: Record<string, string>;
+  clusterSecret?: string;
+  tls?: TransportTls;
+  /** Devices created when the cluster is bootstrapped. */
+  devices: { name: string; size: number }[];
+  /** Start empty and wait for an existing cluster to add this node. */
+  join?: boolean;
+  logger: Logger;
+  /** WAL tuning (tests use small segments). */
+  wal?: WalOptions;
+}
+
+export class NodeError extends XDeviceError {}
+
+const WAL_DIR = 'wal';
+
+interface ConfPoint {
+  index: number;
+  confState: ConfState;
+}
+
+export class ClusterNode extends EventEmitter implements ReplicaService {
+  readonly devices: ReplicatedDeviceTable;
+  /** The admin API's view of this node (src/admin). */
+  readonly api: NodeApi;
+  private readonly raw: RawNode;
+  private readonly session: RequestSession;
+  private readonly reads: ReadGate;
+  private readonly sender: SnapshotSender;
+  private readonly receiver: SnapshotReceiver;
+  private readonly logger: Logger;
+  private tickTimer: NodeJS.Timeout | undefined;
+  private readyScheduled = false;
+  private installing = false;
+  private advanceChain: Promise<void> = Promise.resolve();
+  private applyChain: Promise<void> = Promise.resolve();
+  /** Highest committed index reflected in the store (entries at or below the store's own index are skipped). */
+  private processedIndex: number;
+  /** Highest committed index Raft handed to apply: membership is known up to here. */
+  private raftAppliedIndex: number;
+  /** After a fuzzy snapshot, reads wait until replay made the files consistent up to here. */
+  private readFloor = 0;
+  private bytesSinceCheckpoint = 0;
+  private checkpointing: Promise<void> | undefined;
+  private readonly confHistory: ConfPoint[];
+  private readonly snapshotHolds = new Map<string, number>();
+  private fatalError: Error | undefined;
+  private removed = false;
+  private stopping = false;
+  private stopped = false;
+  private unsavedHardState: HardState | undefined;
+  private readonly startedAt = Date.now();
+  private addresses = { nbd: '', admin: '' };
+  private lastLeader = '';
+
+  private constructor(
+    private readonly config: NodeConfig,
+    private readonly wal: Wal,
+    readonly store: BlockStore,
+    readonly transport: Transport,
+  ) {
+    super();
+    this.logger = config.logger;
+    const applied = wal.snapshotMetadata().index;
+    this.raw = new RawNode({ id: config.nodeId, storage: wal, rand: (n) => randomInt(n), applied });
+    this.processedIndex = Math.max(applied, store.appliedIndex);
+    this.raftAppliedIndex = applied;
+    this.confHistory = [{ index: applied, confState: wal.snapshotMetadata().confState }];
+    this.session = new RequestSession((data) => this.submitProposal(data));
+    this.reads = new ReadGate(config.nodeId, (ctx) => this.askReadIndex(ctx), () => (this.processedIndex >= this.readFloor ? this.processedIndex : 0));
+    this.receiver = new SnapshotReceiver(config.dataDir, transport, this.logger.child({ component: 'snapshot' }));
+    this.sender = new SnapshotSender(
+      transport,
+      {
+        capture: () =>
+          this.onApplyChain(() => {
+            const state = this.store.captureState();
+            return { state, paths: this.store.filePaths(state) };
+          }),
+        appliedIndex: () => this.processedIndex,
+        done: (peer, ok, snap) => {
+          if (ok) this.transport.send(snap);
+          this.raw.reportSnapshot(peer, ok);
+          this.schedule();
+        },
+        hold: (peer, index) => {
+          if (index === undefined) this.snapshotHolds.delete(peer);
+          else this.snapshotHolds.set(peer, index);
+        },
+      },
+      this.logger.child({ component: 'snapshot' }),
+    );
+    this.devices = new ReplicatedDeviceTable(this, config.devices[0]?.name);
+    this.api = {
+      status: () => this.status(),
+      health: () => this.health(),
+      members: () => this.members(),
+      devices: () => this.devicesInfo(),
+      addNode: (id, address) => this.addNode(id, address),
+      removeNode: (id) => this.removeNode(id),
+      transferLeader: (to) => this.transferLeader(to),
+      createDevice: (name, size) => this.createDevice(name, size),
+      deleteDevice: (name) => this.deleteDevice(name),
+      resizeDevice: (name, size) => this.resizeDevice(name, size),
+      pendingProposals: () => this.pendingProposals(),
+      on: (event, listener) => this.on(event, listener as (...args: unknown[]) => void),
+    };
+  }
+
+  // ---- startup ---------------------------------------------------------------------
+
+  static async start(config: NodeConfig): Promise<ClusterNode> {
+    const { dataDir, nodeId, logger } = config;
+    if (!nodeId) throw new NodeError('XDEVICE_ERR_CONFIG', 'node id is required');
+    await mkdir(dataDir, { recursive: true });
+    const identity = await readNodeIdentity(dataDir);
+    if (identity && identity.nodeId !== nodeId) {
+      throw new NodeError('XDEVICE_ERR_CONFIG', `${dataDir} belongs to node ${identity.nodeId}, not ${nodeId}`);
+    }
+
+    // A snapshot install interrupted by a crash is finished first (see snapshot-staging.ts).
+    const interrupted = await pendingInstall(dataDir);
+    if (interrupted) {
+      logger.warn({ index: interrupted.index }, 'finishing an interrupted snapshot install');
+      await installStagedFiles(dataDir);
+    }
+    const wal = await Wal.open(join(dataDir, WAL_DIR), { logger: logger.child({ component: 'wal' }), ...config.wal });
+    try {
+      if (interrupted) {
+        if (wal.snapshotMetadata().index < interrupted.index) await wal.applySnapshot(interrupted);
+        await finishInstall(dataDir);
+      }
+      const store = await BlockStore.open(dataDir, logger.child({ component: 'store' }));
+      const fresh = wal.lastIndex() === 0 && wal.snapshotMetadata().index === 0 && wal.hardState().term === 0;
+      const initialPeers = { ...config.peers };
+      if (config.peerListen && !initialPeers[nodeId]) initialPeers[nodeId] = `${config.peerListen.host}:${config.peerListen.port}`;
+      let bootstrapped = false;
+      if (fresh && !config.join) {
+        // Every founding member writes the same initial log: the voters as
+        // membership entries at indexes 1..n, counted as applied.
+        const voters = Object.keys(initialPeers).length > 0 ? Object.keys(initialPeers) : [nodeId];
+        if (!voters.includes(nodeId)) throw new NodeError('XDEVICE_ERR_CONFIG', `--peers does not list this node (${nodeId})`);
+        const bs = bootstrap(voters);
+        await wal.save({ hardState: bs.hardState, entries: bs.entries });
+        await wal.compact({ index: bs.applied, term: 1, confState: bs.confState });
+        const clusterId = createHash('sha256').update([...bs.confState.voters].join('\0')).digest('hex').slice(0, 16);
+        store.clusterId = clusterId;
+        for (const [id, address] of Object.entries(initialPeers)) store.setMember(id, address);
+        const state = store.captureState();
+        await writeCheckpoint(dataDir, { ...state, appliedIndex: bs.applied, appliedTerm: 1 });
+        store.appliedIndex = bs.applied;
+        store.appliedTerm = 1;
+        store.checkpointIndex = bs.applied;
+        await writeNodeIdentity(dataDir, { clusterId, nodeId });
+        bootstrapped = true;
+        logger.info({ clusterId, voters: bs.confState.voters }, 'bootstrapped a new cluster');
+      } else if (fresh && !identity) {
+        await writeNodeIdentity(dataDir, { clusterId: '', nodeId });
+      }
+      const peers: Record<string, string> = { ...initialPeers, ...store.memberAddresses() };
+      const transport = new Transport({
+        nodeId,
+        clusterId: store.clusterId,
+        ...(config.peerListen ? { listen: config.peerListen } : {}),
+        peers,
+        ...(config.clusterSecret ? { secret: config.clusterSecret } : {}),
+        ...(config.tls ? { tls: config.tls } : {}),
+        logger: logger.child({ component: 'transport' }),
+      });
+      const node = new ClusterNode(config, wal, store, transport);
+      await node.run(bootstrapped);
+      return node;
+    } catch (err) {
+      await wal.close().catch(() => undefined);
+      throw err;
+    }
+  }
+
+  private async run(bootstrapped: boolean): Promise<void> {
+    const t = this.transport;
+    t.on('message', (m) => this.onMessage(m));
+    t.on('frame', (from, f) => {
+      if (f.kind === FrameKind.SnapResult) this.sender.onResult(from, f);
+      else this.receiver.onFrame(from, f);
+    });
+    t.on('unreachable', (peer) => {
+      if (this.raw.raft.trk.progress.has(peer)) this.raw.reportUnreachable(peer);
+    });
+    t.on('peerRtt', ({ peer, ms }) => this.emit('peerRtt', { peer, seconds: ms / 1000 }));
+    const bound = await t.listen();
+    if (bound && this.config.peerListen?.port === 0) this.logger.info({ peerListen: bound }, 'peer transport listening');
+    t.connectAll();
+    this.peerAddress = bound ? `${bound.host}:${bound.port}` : '';
+
+    this.tickTimer = setInterval(() => this.tick(), limits.tickMs);
+    const cs = this.raw.status().confState;
+    if (cs.voters.length === 1 && cs.voters[0] === this.config.nodeId && cs.learners.length === 0) {
+      // Alone: no one to wait for, become leader now.
+      this.raw.campaign();
+    }
+    this.schedule();
+    if (bootstrapped) {
+      const alone = cs.voters.length === 1;
+      const created = this.createInitialDevices(alone);
+      // A standalone node serves its devices as soon as start() returns.
+      if (alone) await created;
+    }
+  }
+
+  peerAddress = '';
+
+  /** Devices named in the configuration are created once, when the cluster is founded. */
+  private async createInitialDevices(alone: boolean): Promise<void> {
+    for (const d of this.config.devices) {
+      try {
+        await this.createDevice(d.name, d.size);
+      } catch (err) {
+        if ((err as XDeviceError).code === 'XDEVICE_ERR_DEVICE_EXISTS') continue;
+        if (this.stopped || this.fatalError) return;
+        if (!alone) {
+          // Other founders propose the same device; one of them wins.
+          this.logger.debug({ device: d.name, err: (err as Error).message }, 'initial device not created here');
+          continue;
+        }
+        this.logger.error({ device: d.name, err: (err as Error).message }, 'could not create the initial device');
+      }
+    }
+  }
+
+  /** Resolves once the configured devices exist (a standalone node right after start). */
+  async waitForDevices(timeoutMs = limits.requestTimeoutMs): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (this.config.devices.some((d) => !this.store.device(d.name))) {
+      if (Date.now() > deadline || this.fatalError || this.stopped) throw new NodeError('XDEVICE_ERR_TIMEOUT', 'devices not created in time');
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  }
+
+  // ---- the loop ----------------------------------------------------------------------
+
+  private tick(): void {
+    if (this.fatalError || this.stopped) return;
+    this.raw.tick();
+    const now = Date.now();
+    this.session.sweep(now);
+    this.reads.sweep(now);
+    this.schedule();
+  }
+
+  private schedule(): void {
+    if (this.readyScheduled || this.stopped || this.fatalError) return;
+    this.readyScheduled = true;
+    setImmediate(() => {
+      this.readyScheduled = false;
+      this.processReady();
+    });
+  }
+
+  private processReady(): void {
+    if (this.fatalError || this.stopped) return;
+    while (!this.installing && this.raw.outstandingReadys < limits.readyOutstandingMax && this.raw.hasReady()) {
+      const rd = this.raw.ready();
+      try {
+        this.handleReady(rd);
+      } catch (err) {
+        this.fail(err as Error);
+        return;
+      }
+    }
+  }
+
+  private handleReady(rd: Ready): void {
+    if (rd.softState) this.onSoftState(rd.softState);
+    for (const m of rd.messages) this.send(m);
+    let persisted: Promise<void>;
+    let applied: Promise<void>;
+    if (rd.snapshot) {
+      // Rare: stop handing out Readys until the snapshot replaced the state
+      // (a later Ready's entries must not reach the WAL before the reset).
+      this.installing = true;
+      const snap = rd.snapshot;
+      persisted = this.applyChain.then(() => this.installSnapshot(snap)).then(() => this.persist(rd));
+      applied = this.applyChain = persisted.then(() => this.apply(rd.committedEntries));
+    } else {
+      persisted = this.persist(rd);
+      applied = this.applyChain = this.applyChain.then(() => this.apply(rd.committedEntries));
+    }
+    persisted.then(
+      () => {
+        for (const m of rd.messagesAfterPersist) this.send(m);
+      },
+      () => undefined,
+    );
+    for (const rs of rd.readStates) this.reads.onReadState(rs.context, rs.index);
+    this.advanceChain = this.advanceChain
+      .then(() => Promise.all([persisted, applied]))
+      .then(
+        () => {
+          if (this.fatalError) return;
+          this.raw.advance(rd);
+          if (rd.snapshot) this.installing = false;
+          this.schedule();
+        },
+        (err: Error) => this.fail(err),
+      );
+  }
+
+  private persist(rd: Ready): Promise<void> {
+    // A commit-only change need not be durable (Raft recovers the commit
+    // index); it rides along with the next write. Its commit never points
+    // past entries handed to the WAL before it.
+    if (!rd.mustSync && rd.entries.length === 0) {
+      if (rd.hardState) this.unsavedHardState = rd.hardState;
+      return Promise.resolve();
+    }
+    const hardState = rd.hardState ?? this.unsavedHardState;
+    this.unsavedHardState = undefined;
+    const started = process.hrtime.bigint();
+    let bytes = 0;
+    for (const e of rd.entries) bytes += e.data.length;
+    return this.wal.save({ ...(hardState ? { hardState } : {}), entries: rd.entries }).then(() => {
+      this.emit('walSync', { durationSeconds: Number(process.hrtime.bigint() - started) / 1e9, bytes });
+    });
+  }
+
+  private async apply(entries: Entry[]): Promise<void> {
+    if (entries.length === 0) return;
+    const outcomes = await this.store.applyBatch(entries, (e) => this.applyConfEntry(e));
+    const last = entries[entries.length - 1]!;
+    this.raftAppliedIndex = Math.max(this.raftAppliedIndex, last.index);
+    this.processedIndex = Math.max(this.processedIndex, last.index, this.store.appliedIndex);
+    for (const e of entries) this.bytesSinceCheckpoint += e.data.length;
+    for (const o of outcomes) {
+      if (o.request?.clientId === this.session.clientId) this.emit('proposal', { outcome: o.error && !o.duplicate ? 'failed' : 'committed' });
+      this.session.settle(o);
+    }
+    this.reads.onApplied(this.processedIndex);
+    this.maybeCheckpoint();
+  }
+
+  private applyConfEntry(e: Entry): void {
+    const cc = decodeConfChange(e.data);
+    const cs = this.raw.applyConfChange(cc);
+    this.confHistory.push({ index: e.index, confState: cs });
+    const address = cc.context?.toString('utf8');
+    for (const ch of cc.changes) {
+      if (ch.type === ConfChangeType.RemoveNode) {
+        this.store.setMember(ch.nodeId, undefined);
+        if (ch.nodeId === this.config.nodeId) {
+          this.removed = true;
+          this.logger.warn({ index: e.index }, 'this node was removed from the cluster; leaving service');
+          this.session.failAll('ESHUTDOWN', 'this node was removed from the cluster');
+          this.reads.failAll('ESHUTDOWN', 'this node was removed from the cluster');
+        } else {
+          this.transport.removePeer(ch.nodeId);
+        }
+      } else if (address) {
+        this.store.setMember(ch.nodeId, address);
+        if (ch.nodeId !== this.config.nodeId) this.transport.addPeer(ch.nodeId, address);
+      }
+    }
+    this.logger.info({ index: e.index, voters: cs.voters, learners: cs.learners }, 'membership changed');
+  }
+
+  private onSoftState(ss: SoftState): void {
+    if (ss.lead !== this.lastLeader) {
+      this.lastLeader = ss.lead;
+      this.logger.info({ leader: ss.lead, role: ss.role, term: this.raw.raft.term }, 'leader changed');
+      this.emit('leaderChange', { leader: ss.lead, term: this.raw.raft.term });
+      // The new leader may never have seen what the old one was given.
+      if (ss.lead !== '') this.session.retryAll();
+    }
+  }
+
+  private send(m: Message): void {
+    if (m.to === this.config.nodeId) {
+      this.raw.step(m);
+      this.schedule();
+      return;
+    }
+    if (m.type === MessageType.Snap) {
+      this.sender.send(m);
+      return;
+    }
+    this.transport.send(m);
+  }
+
+  private onMessage(m: Message): void {
+    if (this.fatalError || this.stopped) return;
+    if (m.type === MessageType.Snap) {
+      // Only once the streamed files are durably staged may Raft take the snapshot.
+      const staged = this.receiver.staged;
+      if (!staged || staged.metadata.index !== m.snapshot?.index || staged.from !== m.from) {
+        this.logger.warn({ from: m.from, index: m.snapshot?.index }, 'snapshot message without staged data; dropped');
+        return;
+      }
+    }
+    this.raw.step(m);
+    this.schedule();
+  }
+
+  /** Runs fn between two apply batches. */
+  private onApplyChain<T>(fn: () => T | Promise<T>): Promise<T> {
+    const p = this.applyChain.then(fn);
+    this.applyChain = p.then(
+      () => undefined,
+      () => undefined,
+    );
+    return p;
+  }
+
+  // ---- snapshots, checkpoints, compaction ------------------------------------------------
+
+  private installSnapshot(meta: SnapshotMetadata): Promise<void> {
+    return this.receiver.exclusive(() => this.installStaged(meta));
+  }
+
+  private async installStaged(meta: SnapshotMetadata): Promise<void> {
+    const staged = this.receiver.take();
+    if (!staged || staged.metadata.index !== meta.index) throw new NodeError('XDEVICE_ERR_ASSERTION', `Raft installs snapshot ${meta.index} but none is staged`);
+    this.logger.info({ index: meta.index, stateIndex: staged.state.appliedIndex, consistentIndex: staged.consistentIndex }, 'installing snapshot');
+    await this.store.closeFiles();
+    await installStagedFiles(this.config.dataDir);
+    await this.store.reload(staged.state);
+    await this.wal.applySnapshot(meta);
+    await finishInstall(this.config.dataDir);
+    this.processedIndex = Math.max(meta.index, this.store.appliedIndex);
+    this.raftAppliedIndex = meta.index;
+    this.readFloor = staged.consistentIndex;
+    this.confHistory.splice(0, this.confHistory.length, { index: meta.index, confState: meta.confState });
+    if (!this.transport.clusterId && staged.state.clusterId) {
+      this.transport.clusterId = staged.state.clusterId;
+      await writeNodeIdentity(this.config.dataDir, { clusterId: staged.state.clusterId, nodeId: this.config.nodeId });
+    }
+    for (const [id, address] of Object.entries(staged.state.members)) if (id !== this.config.nodeId) this.transport.addPeer(id, address);
+    this.reads.onApplied(this.processedIndex);
+  }
+
+  private maybeCheckpoint(force = false): Promise<void> | undefined {
+    if (this.checkpointing) return this.checkpointing;
+    const due = this.store.appliedIndex - this.store.checkpointIndex >= limits.checkpointEntries || this.bytesSinceCheckpoint >= limits.checkpointBytes;
+    if (!force && !due) return undefined;
+    // Called between batches (from apply or on the apply chain): the capture is consistent.
+    const state = this.store.captureState();
+    this.bytesSinceCheckpoint = 0;
+    const started = Date.now();
+    this.checkpointing = this.store
+      .checkpoint(state)
+      .then(() => this.compact())
+      .then(() => this.logger.debug({ index: state.appliedIndex, ms: Date.now() - started }, 'checkpoint written'))
+      .catch((err: Error) => this.fail(err))
+      .finally(() => {
+        this.checkpointing = undefined;
+      });
+    return this.checkpointing;
+  }
+
+  /** Drops WAL entries up to the checkpoint, keeping what followers and snapshot streams still need. */
+  private async compact(): Promise<void> {
+    let target = Math.min(this.store.checkpointIndex, this.raftAppliedIndex);
+    for (const held of this.snapshotHolds.values()) target = Math.min(target, held);
+    const st = this.raw.status();
+    if (st.role === Role.Leader) {
+      for (const [id, pr] of Object.entries(st.progress)) {
+        if (id === this.config.nodeId) continue;
+        // A follower close behind keeps its entries; one far behind will get a snapshot.
+        if (pr.match >= target - limits.walRetainEntriesMax) target = Math.min(target, pr.match);
+      }
+    }
+    const floor = this.wal.snapshotMetadata().index;
+    if (target <= floor) return;
+    const term = safeTerm(this.wal, target);
+    if (term === undefined) return;
+    await this.wal.compact({ index: target, term, confState: this.confStateAt(target) });
+    while (this.confHistory.length > 1 && this.confHistory[1]!.index <= target) this.confHistory.shift();
+  }
+
+  private confStateAt(index: number): ConfState {
+    let cs = this.confHistory[0]!.confState;
+    for (const p of this.confHistory) if (p.index <= index) cs = p.confState;
+    return cs;
+  }
+
+  // ---- proposals and reads (ReplicaService) ------------------------------------------------
+
+  checkServing(): void {
+    if (this.fatalError) throw new RequestError('ESHUTDOWN', `node failed: ${this.fatalError.message}`);
+    if (this.removed) throw new RequestError('ESHUTDOWN', 'node removed from the cluster');
+    if (this.stopping || this.stopped) throw new RequestError('ESHUTDOWN', 'node stopping');
+  }
+
+  propose(encode: (id: RequestId) => Buffer): Promise<void> {
+    try {
+      this.checkServing();
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    const p = this.session.propose(encode);
+    this.schedule();
+    return p;
+  }
+
+  /** Hands a command to Raft: appended here if leader, forwarded as Prop to the leader otherwise. */
+  private submitProposal(data: Buffer): boolean {
+    if (this.fatalError || this.stopped || this.removed) return false;
+    const r = this.raw.raft;
+    if (r.role === Role.Leader) {
+      try {
+        this.raw.propose(data);
+        return true;
+      } catch {
+        // Transfer in progress, too many uncommitted bytes, removed: retry later.
+        return false;
+      }
+    }
+    if (r.lead === '') return false;
+    this.raw.step(message({ type: MessageType.Prop, from: this.config.nodeId, entries: [{ term: 0, index: 0, type: EntryType.Normal, data }] }));
+    return true;
+  }
+
+  readBarrier(): Promise<void> {
+    try {
+      this.checkServing();
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    return this.reads.wait();
+  }
+
+  private askReadIndex(context: Buffer): boolean {
+    if (this.fatalError || this.stopped || this.removed) return false;
+    try {
+      this.raw.readIndex(context);
+    } catch {
+      return false;
+    }
+    this.schedule();
+    return true;
+  }
+
+  // ---- administration (NodeApi) ----------------------------------------------------------
+
+  private requireLeader(): void {
+    const r = this.raw.raft;
+    if (r.role !== Role.Leader) throw new NotLeaderError(r.lead);
+  }
+
+  private async waitFor(cond: () => boolean, timeoutMs: number, what: string): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (!cond()) {
+      if (this.fatalError || this.stopped) throw new RequestError('ESHUTDOWN', 'node stopped');
+      if (Date.now() > deadline) throw new NodeError('XDEVICE_ERR_TIMEOUT', `timed out waiting for ${what}`);
+      await new Promise((r) => setTimeout(r, limits.tickMs));
+    }
+  }
+
+  private async proposeConfChange(cc: Parameters<RawNode['proposeConfChange']>[0]): Promise<void> {
+    this.checkServing();
+    this.requireLeader();
+    const { index, term } = this.raw.proposeConfChange(cc);
+    this.schedule();
+    await this.waitFor(() => this.raftAppliedIndex >= index, limits.requestTimeoutMs, `membership change at ${index}`);
+    const applied = safeTerm(this.wal, index);
+    if (applied !== undefined && applied !== term) {
+      throw new NodeError('XDEVICE_ERR_PROPOSAL_DROPPED', 'the membership change was lost to a leader change; retry');
+    }
+  }
+
+  /** Adds a node: first as a learner (it catches up by snapshot and log), then as a voter. */
+  async addNode(id: string, address: string): Promise<void> {
+    if (!id || id.length > 255) throw new NodeError('XDEVICE_ERR_BAD_REQUEST', 'bad node id');
+    const cs = this.raw.status().confState;
+    if (cs.voters.includes(id)) return;
+    if (!cs.learners.includes(id)) await this.proposeConfChange(confChanges.addLearner(id, Buffer.from(address)));
+    // Promote once the learner holds nearly everything committed: it can then
+    // vote without slowing the quorum down.
+    await this.waitFor(
+      () => {
+        const st = this.raw.status();
+        const pr = st.progress[id];
+        return st.role === Role.Leader && pr !== undefined && pr.match >= st.commit - 64;
+      },
+      limits.addNodeCatchUpTimeoutMs,
+      `${id} to catch up`,
+    );
+    await this.proposeConfChange(confChanges.addVoter(id, Buffer.from(address)));
+  }
+
+  async removeNode(id: string): Promise<void> {
+    const cs = this.raw.status().confState;
+    if (!cs.voters.includes(id) && !cs.learners.includes(id)) throw new NodeError('XDEVICE_ERR_NO_MEMBER', `${id} is not a member`);
+    await this.proposeConfChange(confChanges.remove(id));
+  }
+
+  async transferLeader(to: string): Promise<void> {
+    this.checkServing();
+    this.requireLeader();
+    if (!this.raw.status().confState.voters.includes(to)) throw new NodeError('XDEVICE_ERR_NO_MEMBER', `${to} is not a voter`);
+    if (to === this.config.nodeId) return;
+    this.raw.transferLeader(to);
+    this.schedule();
+    await this.waitFor(() => this.raw.raft.lead === to, limits.requestTimeoutMs, `leadership to move to ${to}`);
+  }
+
+  private async tableCommand(encode: (id: RequestId) => Buffer): Promise<void> {
+    try {
+      await this.propose(encode);
+    } catch (err) {
+      const code = (err as XDeviceError).code;
+      if (typeof code === 'string' && code.startsWith('XDEVICE_ERR_')) throw new NodeError(code, (err as Error).message);
+      throw err;
+    }
+  }
+
+  createDevice(name: string, size: number): Promise<void> {
+    return this.tableCommand((id) => encodeCreateDevice(id, name, size));
+  }
+
+  deleteDevice(name: string): Promise<void> {
+    return this.tableCommand((id) => encodeDeleteDevice(id, name));
+  }
+
+  resizeDevice(name: string, size: number): Promise<void> {
+    return this.tableCommand((id) => encodeResizeDevice(id, name, size));
+  }
+
+  pendingProposals(): number {
+    return this.session.size;
+  }
+
+  setAddresses(addresses: { nbd: string; admin: string }): void {
+    this.addresses = addresses;
+  }
+
+  onFatal(listener: (err: Error) => void): void {
+    if (this.fatalError) listener(this.fatalError);
+    else this.once('fatal', listener);
+  }
+
+  override on<K extends keyof NodeEvents>(event: K, listener: (e: NodeEvents[K]) => void): this;
+  override on(event: string | symbol, listener: (...args: any[]) => void): this;
+  override on(event: string | symbol, listener: (...args: any[]) => void): this {
+    return super.on(event, listener);
+  }
+
+  // ---- status ---------------------------------------------------------------------------
+
+  status(): NodeStatus {
+    const st = this.raw.status();
+    const cs = st.confState;
+    const members = this.store.memberAddresses();
+    const links = new Map(this.transport.status().map((l) => [l.id, l]));
+    const isLearner = cs.learners.includes(this.config.nodeId);
+    const role: ApiRole = isLearner ? 'learner' : (st.role as ApiRole);
+    const peerIds = new Set([...cs.voters, ...cs.learners, ...cs.votersOutgoing]);
+    peerIds.delete(this.config.nodeId);
+    const peers: PeerStatus[] = [...peerIds].sort().map((id) => {
+      const pr = st.progress[id];
+      const link = links.get(id);
+      return {
+        id,
+        address: members[id] ?? link?.address ?? '',
+        match: pr?.match ?? 0,
+        next: pr?.next ?? 0,
+        state: pr?.state ?? 'unknown',
+        lagEntries: pr ? Math.max(0, st.commit - pr.match) : 0,
+        voter: cs.voters.includes(id) || cs.votersOutgoing.includes(id),
+        connected: link?.connected ?? false,
+        ...(link?.rttMs !== undefined ? { rttMs: link.rttMs } : {}),
+      };
+    });
+    const sending = this.sender.progress;
+    const receiving = this.receiver.progress;
+    return {
+      id: this.config.nodeId,
+      role,
+      term: st.term,
+      leader: st.lead,
+      commit: st.commit,
+      applied: this.processedIndex,
+      logFirstIndex: this.wal.firstIndex(),
+      logLastIndex: this.wal.lastIndex(),
+      backend: 'replicated',
+      peers,
+      nbdAddress: this.addresses.nbd,
+      adminAddress: this.addresses.admin,
+      ...(sending
+        ? { snapshot: { direction: 'sending' as const, peer: sending.peer, bytesDone: sending.bytesDone, bytesTotal: sending.bytesTotal } }
+        : receiving
+          ? { snapshot: { direction: 'receiving' as const, peer: receiving.peer, bytesDone: receiving.bytesDone, bytesTotal: 0 } }
+          : {}),
+      uptimeSeconds: Math.floor((Date.now() - this.startedAt) / 1000),
+    };
+  }
+
+  members(): Member[] {
+    const cs = this.raw.status().confState;
+    const addr = this.store.memberAddresses();
+    const ids = [...new Set([...cs.voters, ...cs.learners, ...cs.votersOutgoing])].sort();
+    return ids.map((id) => ({
+      id,
+      address: addr[id] ?? (id === this.config.nodeId ? this.peerAddress : ''),
+      voter: cs.voters.includes(id) || cs.votersOutgoing.includes(id),
+      learner: cs.learners.includes(id),
+      ...(id === this.config.nodeId && this.addresses.admin ? { adminAddress: this.addresses.admin } : {}),
+      ...(id === this.config.nodeId && this.addresses.nbd ? { nbdAddress: this.addresses.nbd } : {}),
+    }));
+  }
+
+  async devicesInfo(): Promise<DeviceInfo[]> {
+    const out: DeviceInfo[] = [];
+    for (const d of this.store.devices()) out.push({ name: d.name, size: d.size, usedBytes: await this.store.usedBytes(d.id), readOnly: false });
+    return out.sort((a, b) => a.name.localeCompare(b.name));
+  }
+
+  async health(): Promise<HealthReport> {
+    const st = this.raw.status();
+    const links = this.transport.status();
+    const voters = st.confState.voters;
+    const reachable = 1 + links.filter((l) => l.connected && voters.includes(l.id)).length;
+    const checks = [
+      { name: 'storage', ok: !this.fatalError, detail: this.fatalError ? this.fatalError.message : 'WAL and device files writable' },
+      { name: 'member', ok: !this.removed, detail: this.removed ? 'removed from the cluster' : `member of ${voters.length}-voter cluster` },
+      { name: 'leader', ok: st.lead !== '', detail: st.lead ? `leader ${st.lead} (term ${st.term})` : 'no leader known' },
+      { name: 'quorum', ok: reachable > voters.length / 2, detail: `${reachable} of ${voters.length} voters reachable` },
+      { name: 'apply', ok: st.commit - this.processedIndex < 10_000, detail: `applied ${this.processedIndex} of ${st.commit} committed` },
+    ];
+    return { healthy: checks.every((c) => c.ok), checks };
+  }
+
+  // ---- leaving -----------------------------------------------------------------------------
+
+  private fail(err: Error): void {
+    if (this.fatalError || this.stopped) return;
+    this.fatalError = err;
+    this.logger.fatal({ err: err.message, code: (err as XDeviceError).code }, 'node failed; leaving service');
+    clearInterval(this.tickTimer);
+    this.session.failAll('ESHUTDOWN', `node failed: ${err.message}`);
+    this.reads.failAll('ESHUTDOWN', `node failed: ${err.message}`);
+    void this.transport.close();
+    this.emit('fatal', err);
+  }
+
+  /** Finishes in-flight work, checkpoints, closes everything. */
+  async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopping = true;
+    // Let requests already admitted finish (bounded: they time out).
+    await this.waitFor(() => this.session.size === 0 && this.reads.pending === 0, limits.requestTimeoutMs, 'in-flight requests').catch(() => undefined);
+    this.stopped = true;
+    clearInterval(this.tickTimer);
+    await this.advanceChain.catch(() => undefined);
+    await this.applyChain.catch(() => undefined);
+    if (!this.fatalError) {
+      await this.checkpointing;
+      await this.maybeCheckpoint(true)?.catch(() => undefined);
+    }
+    this.session.failAll('ESHUTDOWN', 'node stopped');
+    this.reads.failAll('ESHUTDOWN', 'node stopped');
+    await this.receiver.close();
+    await this.transport.close();
+    await this.wal.close().catch(() => undefined);
+    await this.store.closeFiles();
+  }
+}
+
+function safeTerm(wal: Wal, index: number): number | undefined {
+  try {
+    return wal.term(index);
+  } catch {
+    return undefined;
+  }
+}

@@ -1,0 +1,117 @@
+// The receiving end of a snapshot stream: frames from the leader go, in
+// order, into a SnapshotStaging; when the staging is complete and durable the
+// leader is told so, and the Raft Snap message it then sends may be stepped
+// (the runtime checks `staged` before it does). The install itself happens
+// when Raft hands the snapshot back in a Ready (see ClusterNode).
+
+import type { Logger } from 'pino';
+import { decodeStoreState } from '../device/checkpoint.ts';
+import { SnapshotStaging, type StagedSnapshot } from '../device/snapshot-staging.ts';
+import { encodeSnapResult, FrameKind, type Frame } from './codec.ts';
+import type { Transport } from './transport.ts';
+
+export interface ReceiveProgress {
+  peer: string;
+  bytesDone: number;
+}
+
+export class SnapshotReceiver {
+  private staging: SnapshotStaging | undefined;
+  private chain: Promise<void> = Promise.resolve();
+  /** A complete, durable staging waiting for Raft's Snap message. */
+  staged: (StagedSnapshot & { from: string }) | undefined;
+
+  constructor(
+    private readonly dataDir: string,
+    private readonly transport: Transport,
+    private readonly logger: Logger,
+  ) {}
+
+  get progress(): ReceiveProgress | undefined {
+    return this.staging ? { peer: this.staging.from, bytesDone: this.staging.bytes } : undefined;
+  }
+
+  /** Handles SnapBegin / SnapChunk / SnapEnd, strictly in arrival order. */
+  onFrame(from: string, f: Frame): void {
+    if (f.kind === FrameKind.SnapChunk) {
+      // Chunks are queued synchronously so order holds even while begin() is pending.
+      this.chain = this.chain.then(() => {
+        const s = this.staging;
+        if (s && s.snapshotId === f.snapshotId && s.from === from) {
+          s.chunk(f.file, f.offset, f.data, f.zeroBytes);
+          return s.settled().then(() => undefined);
+        }
+        return undefined;
+      });
+      return;
+    }
+    this.chain = this.chain.then(() => this.handle(from, f)).catch((err: Error) => this.logger.error({ err: err.message }, 'snapshot receive error'));
+  }
+
+  private async handle(from: string, f: Frame): Promise<void> {
+    switch (f.kind) {
+      case FrameKind.SnapBegin: {
+        if (this.staging) await this.staging.abort();
+        this.staging = undefined;
+        this.staged = undefined;
+        let state;
+        try {
+          state = decodeStoreState(f.state, 'snapshot header');
+        } catch (err) {
+          this.reply(from, f.snapshotId, false, (err as Error).message);
+          return;
+        }
+        this.logger.info({ from, index: f.metadata.index, stateIndex: state.appliedIndex, devices: state.devices.length }, 'receiving snapshot');
+        this.staging = await SnapshotStaging.begin(this.dataDir, f.snapshotId, from, f.metadata, state);
+        return;
+      }
+      case FrameKind.SnapEnd: {
+        const s = this.staging;
+        if (!s || s.snapshotId !== f.snapshotId || s.from !== from) {
+          this.reply(from, f.snapshotId, false, 'no such snapshot stream');
+          return;
+        }
+        this.staging = undefined;
+        try {
+          const staged = await s.finish(f.chunks, f.appliedEnd);
+          this.staged = { ...staged, from };
+          this.logger.info({ from, index: staged.metadata.index, bytes: s.bytes }, 'snapshot staged');
+          this.reply(from, f.snapshotId, true, '');
+        } catch (err) {
+          await s.abort();
+          this.reply(from, f.snapshotId, false, (err as Error).message);
+        }
+        return;
+      }
+      default:
+        return;
+    }
+  }
+
+  private reply(to: string, snapshotId: number, ok: boolean, reason: string): void {
+    this.transport.sendFrame(to, [encodeSnapResult({ snapshotId, ok, reason })]);
+  }
+
+  /** Runs fn with no frame being handled (snapshot install touches the staging directory). */
+  exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    const p = this.chain.then(fn);
+    this.chain = p.then(
+      () => undefined,
+      () => undefined,
+    );
+    return p;
+  }
+
+  /** The installed staging is consumed. */
+  take(): (StagedSnapshot & { from: string }) | undefined {
+    const s = this.staged;
+    this.staged = undefined;
+    return s;
+  }
+
+  async close(): Promise<void> {
+    await this.chain.catch(() => undefined);
+    if (this.staging) await this.staging.abort();
+    this.staging = undefined;
+  }
+}

@@ -1,0 +1,159 @@
+// Streams a fuzzy snapshot to a lagging or new peer (DESIGN.md, "Fuzzy
+// snapshots"). Raft asks for a snapshot with a Snap message carrying the WAL's
+// compaction point i; the sender captures the state machine's header at its
+// applied index a >= i between two apply batches, then copies the device
+// files chunk by chunk while apply continues. Each byte copied reflects at
+// least state a; the receiver skips entries up to a and replays the rest, so
+// the result is exact. Holes are skipped (FIEMAP), chunks are paced by the
+// socket's drain, and the Raft message goes out only once the receiver says
+// the files are durably staged.
+
+import { open, type FileHandle } from 'node:fs/promises';
+import type { Logger } from 'pino';
+import { limits } from '../limits.ts';
+import type { Message } from '../raft/types.ts';
+import { type StoreState, encodeStoreState } from '../device/checkpoint.ts';
+import { fileExtents } from '../device/fiemap.ts';
+import { encodeSnapBegin, encodeSnapChunk, encodeSnapEnd, type SnapResultFrame } from './codec.ts';
+import type { Transport } from './transport.ts';
+
+export interface SnapshotSource {
+  /** Runs between two apply batches: the state and paths of the files as of the applied index. */
+  capture(): Promise<{ state: StoreState; paths: string[] }>;
+  /** The applied index now (sent at the end of the copy). */
+  appliedIndex(): number;
+  /** The outcome, for Raft (reportSnapshot) and the peer (the Snap message on success). */
+  done(peer: string, ok: boolean, snap: Message): void;
+  /** The WAL must keep entries after `index` while a stream from it runs (undefined: released). */
+  hold(peer: string, index: number | undefined): void;
+}
+
+export interface SnapshotProgress {
+  peer: string;
+  bytesDone: number;
+  bytesTotal: number;
+}
+
+export class SnapshotSender {
+  private readonly active = new Map<string, { id: number; progress: SnapshotProgress; result?: (f: SnapResultFrame) => void }>();
+  private nextId = Date.now();
+
+  constructor(
+    private readonly transport: Transport,
+    private readonly source: SnapshotSource,
+    private readonly logger: Logger,
+  ) {}
+
+  get progress(): SnapshotProgress | undefined {
+    for (const a of this.active.values()) return { ...a.progress };
+    return undefined;
+  }
+
+  isSending(peer: string): boolean {
+    return this.active.has(peer);
+  }
+
+  /** Raft wants `snap.to` to get a snapshot. A stream already running to it is left alone. */
+  send(snap: Message): void {
+    const peer = snap.to;
+    if (this.active.has(peer)) return;
+    const id = this.nextId++;
+    const entry = { id, progress: { peer, bytesDone: 0, bytesTotal: 0 } } as { id: number; progress: SnapshotProgress; result?: (f: SnapResultFrame) => void };
+    this.active.set(peer, entry);
+    this.source.hold(peer, snap.snapshot!.index);
+    const started = Date.now();
+    this.stream(peer, id, snap, entry)
+      .then(
+        (ok) => {
+          this.logger.info({ peer, ok, ms: Date.now() - started, bytes: entry.progress.bytesDone }, 'snapshot stream finished');
+          return ok;
+        },
+        (err: Error) => {
+          this.logger.warn({ peer, err: err.message }, 'snapshot stream failed');
+          return false;
+        },
+      )
+      .then((ok) => {
+        this.active.delete(peer);
+        this.source.hold(peer, undefined);
+        this.source.done(peer, ok, snap);
+      });
+  }
+
+  /** A SnapResult frame from a peer. */
+  onResult(peer: string, f: SnapResultFrame): void {
+    const a = this.active.get(peer);
+    if (a && a.id === f.snapshotId) a.result?.(f);
+  }
+
+  private async stream(peer: string, id: number, snap: Message, entry: { progress: SnapshotProgress; result?: (f: SnapResultFrame) => void }): Promise<boolean> {
+    const { state, paths } = await this.source.capture();
+    const result = new Promise<SnapResultFrame | undefined>((resolve) => {
+      entry.result = resolve;
+      setTimeout(() => resolve(undefined), limits.snapshotResultTimeoutMs).unref();
+    });
+    entry.progress.bytesTotal = state.devices.reduce((n, d) => n + d.size, 0);
+    const handles: (FileHandle | undefined)[] = [];
+    try {
+      for (const p of paths) handles.push(await open(p, 'r').catch(() => undefined));
+      if (!this.transport.sendFrame(peer, encodeSnapBegin({ snapshotId: id, metadata: snap.snapshot!, state: encodeStoreState(state) }))) return false;
+      let chunks = 0;
+      const buf = Buffer.allocUnsafe(limits.snapshotChunkBytes);
+      for (let file = 0; file < state.devices.length; file++) {
+        const h = handles[file];
+        const size = state.devices[file]!.size;
+        // A file deleted since the capture: the receiver replays the delete.
+        if (!h) continue;
+        for (const range of dataRanges(h.fd, size)) {
+          for (let off = range.offset; off < range.end; off += limits.snapshotChunkBytes) {
+            const n = Math.min(limits.snapshotChunkBytes, range.end - off);
+            const { bytesRead } = await h.read(buf, 0, n, off);
+            if (bytesRead === 0) break;
+            const data = buf.subarray(0, bytesRead);
+            if (isZero(data)) continue;
+            await this.transport.waitDrain(peer);
+            // The frame is encoded (copied) before the buffer is reused: write() may keep a reference.
+            if (!this.transport.sendFrame(peer, [Buffer.concat(encodeSnapChunk({ snapshotId: id, file, offset: off, data, zeroBytes: 0 }))])) return false;
+            chunks++;
+            entry.progress.bytesDone += bytesRead;
+          }
+        }
+      }
+      if (!this.transport.sendFrame(peer, [encodeSnapEnd({ snapshotId: id, chunks, appliedEnd: this.source.appliedIndex() })])) return false;
+      const r = await result;
+      if (!r) return false;
+      if (!r.ok) this.logger.warn({ peer, reason: r.reason }, 'peer refused the snapshot');
+      return r.ok;
+    } finally {
+      for (const h of handles) await h?.close();
+    }
+  }
+}
+
+function isZero(b: Buffer): boolean {
+  // Compare 8 bytes at a time; snapshots of sparse devices are mostly zeroes when FIEMAP is unavailable.
+  const n = b.length - (b.length % 8);
+  for (let i = 0; i < n; i += 8) if (b.readBigUInt64LE(i) !== 0n) return false;
+  for (let i = n; i < b.length; i++) if (b[i] !== 0) return false;
+  return true;
+}
+
+/** Ranges of [0, size) that may hold data; the whole file where FIEMAP is unavailable. */
+function dataRanges(fd: number, size: number): { offset: number; end: number }[] {
+  const out: { offset: number; end: number }[] = [];
+  try {
+    let at = 0;
+    while (at < size) {
+      const extents = fileExtents(fd, at, size - at);
+      if (extents.length === 0) break;
+      for (const e of extents) {
+        // flags & 1: a hole; & 2: reads as zeroes (unwritten).
+        if ((e.flags & 3) === 0) out.push({ offset: at, end: at + e.length });
+        at += e.length;
+      }
+    }
+    return out;
+  } catch {
+    return [{ offset: 0, end: size }];
+  }
+}
