@@ -61,6 +61,8 @@ export interface NodeConfig {
   logger: Logger;
   /** WAL tuning (tests use small segments). */
   wal?: WalOptions;
+  /** Overrides of checkpoint and retention limits (tests force snapshots with small values). */
+  tuning?: Partial<Pick<typeof limits, 'checkpointEntries' | 'checkpointBytes' | 'walRetainEntriesMax'>>;
 }
 
 export class NodeError extends XDeviceError {}
@@ -105,6 +107,7 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
   private readonly startedAt = Date.now();
   private addresses = { nbd: '', admin: '' };
   private lastLeader = '';
+  private readonly tuning: Pick<typeof limits, 'checkpointEntries' | 'checkpointBytes' | 'walRetainEntriesMax'>;
 
   private constructor(
     private readonly config: NodeConfig,
@@ -114,6 +117,11 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
   ) {
     super();
     this.logger = config.logger;
+    this.tuning = {
+      checkpointEntries: config.tuning?.checkpointEntries ?? limits.checkpointEntries,
+      checkpointBytes: config.tuning?.checkpointBytes ?? limits.checkpointBytes,
+      walRetainEntriesMax: config.tuning?.walRetainEntriesMax ?? limits.walRetainEntriesMax,
+    };
     const applied = wal.snapshotMetadata().index;
     this.raw = new RawNode({ id: config.nodeId, storage: wal, rand: (n) => randomInt(n), applied });
     this.processedIndex = Math.max(applied, store.appliedIndex);
@@ -491,7 +499,7 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
 
   private maybeCheckpoint(force = false): Promise<void> | undefined {
     if (this.checkpointing) return this.checkpointing;
-    const due = this.store.appliedIndex - this.store.checkpointIndex >= limits.checkpointEntries || this.bytesSinceCheckpoint >= limits.checkpointBytes;
+    const due = this.store.appliedIndex - this.store.checkpointIndex >= this.tuning.checkpointEntries || this.bytesSinceCheckpoint >= this.tuning.checkpointBytes;
     if (!force && !due) return undefined;
     // Called between batches (from apply or on the apply chain): the capture is consistent.
     const state = this.store.captureState();
@@ -517,7 +525,7 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
       for (const [id, pr] of Object.entries(st.progress)) {
         if (id === this.config.nodeId) continue;
         // A follower close behind keeps its entries; one far behind will get a snapshot.
-        if (pr.match >= target - limits.walRetainEntriesMax) target = Math.min(target, pr.match);
+        if (pr.match >= target - this.tuning.walRetainEntriesMax) target = Math.min(target, pr.match);
       }
     }
     const floor = this.wal.snapshotMetadata().index;

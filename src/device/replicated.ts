@@ -83,22 +83,26 @@ export class ReplicatedDevice implements BlockDevice {
     return this.service.store.read(this.id, offset, length);
   }
 
+  private mutate(encode: (id: RequestId) => Buffer): Promise<void> {
+    try {
+      this.service.checkServing();
+      this.record();
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    return this.track(this.service.propose(encode));
+  }
+
   write(offset: number, data: Buffer, _options?: WriteOptions): Promise<void> {
-    this.service.checkServing();
-    this.record();
-    return this.track(this.service.propose((id) => encodeWrite(id, this.id, offset, data)));
+    return this.mutate((id) => encodeWrite(id, this.id, offset, data));
   }
 
   trim(offset: number, length: number, _options?: WriteOptions): Promise<void> {
-    this.service.checkServing();
-    this.record();
-    return this.track(this.service.propose((id) => encodeTrim(id, this.id, offset, length)));
+    return this.mutate((id) => encodeTrim(id, this.id, offset, length));
   }
 
   writeZeroes(offset: number, length: number, options?: ZeroOptions): Promise<void> {
-    this.service.checkServing();
-    this.record();
-    return this.track(this.service.propose((id) => encodeWriteZeroes(id, this.id, offset, length, options?.noHole ?? false)));
+    return this.mutate((id) => encodeWriteZeroes(id, this.id, offset, length, options?.noHole ?? false));
   }
 
   /** Acknowledged writes are already durable on a majority: wait only for those still in flight. */
