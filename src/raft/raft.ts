@@ -340,7 +340,7 @@ export class Raft {
           (this.vote === None && this.lead === None) ||
           (m.type === MessageType.PreVote && m.term > this.term);
         const respType = m.type === MessageType.Vote ? MessageType.VoteResp : MessageType.PreVoteResp;
-        if (canVote && this.log.isUpToDate(m.index, m.logTerm)) {
+        if (canVote && this.candidateUpToDate(m.index, m.logTerm)) {
           this.send(message({ type: respType, to: m.from, term: m.term }));
           if (m.type === MessageType.Vote) {
             this.electionElapsed = 0;
@@ -368,13 +368,34 @@ export class Raft {
     }
   }
 
+  /**
+   * Raft 5.4.1: grant only to a candidate whose log is at least as up to date
+   * as ours. A node removed from the configuration compares against its
+   * commit index instead. Its uncommitted tail can still commit, but only by
+   * a majority of the configuration without it, and every quorum the
+   * candidate can win intersects that majority in a voter other than us that
+   * does the full check. Without
+   * this, a removed node with a longer log (e.g. the old leader) blocks the
+   * remaining voters forever when they have not learned that the removal
+   * committed and still need its vote.
+   */
+  private candidateUpToDate(index: number, logTerm: number): boolean {
+    if (this.trk.progress.has(this.id)) return this.log.isUpToDate(index, logTerm);
+    const c = this.log.committed;
+    const ct = this.log.zeroTermOnOutOfBounds(c);
+    return logTerm > ct || (logTerm === ct && index >= c);
+  }
+
   private stepLeader(m: Message): void {
     switch (m.type) {
       case MessageType.Beat:
         this.bcastHeartbeat();
         return;
       case MessageType.CheckQuorum:
-        if (!this.trk.quorumActive(this.id)) {
+        // A removed leader holds no vote and serves nothing alone; it stays
+        // until it has handed over (or hears a higher term), because the
+        // remaining voters may need it to learn that the removal committed.
+        if (!this.leadsWithoutVote() && !this.trk.quorumActive(this.id)) {
           this.becomeFollower(this.term, None);
           return;
         }
@@ -781,7 +802,9 @@ export class Raft {
   }
 
   private serveReadIndex(m: Message): void {
-    if (this.trk.isSingleton()) {
+    // Alone only if we are the single voter: a removed leader still handing
+    // over must confirm with the new configuration like anyone else.
+    if (this.trk.isSingleton() && this.trk.isVoter(this.id)) {
       this.respondToReadIndex(m, this.log.committed);
       return;
     }

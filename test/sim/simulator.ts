@@ -72,6 +72,8 @@ export interface SimStats {
 
 const TICK = 10;
 const ELECTION_TICKS = 10;
+/** A client re-proposes a request not acknowledged within this time. */
+const ACK_TIMEOUT = 500;
 
 class InvariantViolation extends Error {}
 
@@ -106,6 +108,8 @@ interface SimNode {
   /** Durable. */
   storage: MemoryStorage;
   snapshotData: SmSnapshot;
+  /** Recent snapshot payloads by index: a Snap may leave a little after a newer compaction. */
+  snapshotHistory: Map<number, SmSnapshot>;
   /** Volatile. */
   raw?: RawNode;
   ops: string[];
@@ -184,7 +188,7 @@ export class Simulator {
     this.dupRate = this.rng.pick([0, 0.01, 0.05]);
     this.maxDelay = this.rng.pick([2, 10, 30]);
     this.diskFailRate = this.rng.pick([0, 0.001, 0.005]);
-    this.messageBytesMax = this.rng.pick([64, 1024, 1 << 20]);
+    this.messageBytesMax = this.rng.pick([128, 1024, 1 << 20]);
     this.stats = {
       nodes: n, events: 0, messages: 0, dropped: 0, duplicated: 0, partitions: 0, crashes: 0, diskFailures: 0, tornWrites: 0,
       elections: 0, proposals: 0, acked: 0, reads: 0, readsServed: 0, confChanges: 0, transfers: 0, compactions: 0, snapshotsSent: 0, snapshotsInstalled: 0,
@@ -210,7 +214,7 @@ export class Simulator {
 
   private createNode(id: NodeId, storage: MemoryStorage, snapshotData: SmSnapshot): SimNode {
     const n: SimNode = {
-      id, alive: false, incarnation: 0, retired: false, storage, snapshotData,
+      id, alive: false, incarnation: 0, retired: false, storage, snapshotData, snapshotHistory: new Map([[snapshotData.index, snapshotData]]),
       ops: [], opSet: new Set(), dedup: new Deduplicator(), appliedIndex: 0, confState: snapshotData.confState,
       lastPersistAt: 0, maxOutstanding: 1, lastRole: Role.Follower, staged: new Map(), wasMember: snapshotData.confState.voters.includes(id),
     };
@@ -240,7 +244,7 @@ export class Simulator {
       heartbeatTicks: 1,
       applied: snap.index,
       messageBytesMax: this.messageBytesMax,
-      inFlightMessagesMax: this.rng.pick([1, 4, 256]),
+      inFlightMessagesMax: this.rng.pick([2, 4, 256]),
       inFlightBytesMax: Math.max(this.messageBytesMax, 4096),
       uncommittedBytesMax: 1 << 16,
       testingBugs: this.bugs,
@@ -315,6 +319,7 @@ export class Simulator {
       if (!data) violation(`${n.id}: Raft installs snapshot ${rd.snapshot.index} but no such payload was staged`);
       n.storage.applySnapshot(rd.snapshot);
       n.snapshotData = data;
+      this.remember(n, data);
       n.ops = data.ops.slice();
       n.opSet = new Set(n.ops);
       n.dedup = Deduplicator.from(data.dedup);
@@ -325,9 +330,25 @@ export class Simulator {
       this.log(`${n.id} installed snapshot ${rd.snapshot.index}`);
     }
     if (rd.entries.length > 0) {
-      for (const e of rd.entries) this.checkEntryIdentity(n, e);
+      // Identity is checked against what precedes each entry on this node's
+      // disk: the storage before the append, then the Ready's own entries.
+      let prevTerm: number | undefined;
+      try {
+        prevTerm = n.storage.term(rd.entries[0]!.index - 1);
+      } catch {
+        prevTerm = undefined; // compacted below: covered by the snapshot
+      }
+      for (const e of rd.entries) {
+        if (prevTerm !== undefined) this.checkEntryIdentity(n, e, prevTerm);
+        prevTerm = e.term;
+      }
       n.storage.append(rd.entries);
     }
+  }
+
+  private remember(n: SimNode, snap: SmSnapshot): void {
+    n.snapshotHistory.set(snap.index, snap);
+    if (n.snapshotHistory.size > 8) n.snapshotHistory.delete(n.snapshotHistory.keys().next().value as number);
   }
 
   private apply(n: SimNode, e: Entry): void {
@@ -374,8 +395,8 @@ export class Simulator {
     let snapshotData: SmSnapshot | undefined;
     if (m.type === MessageType.Snap) {
       // The runtime streams the state machine's snapshot alongside.
-      snapshotData = from.snapshotData;
-      if (snapshotData.index !== m.snapshot!.index) violation(`${from.id} sends snapshot ${m.snapshot!.index} but holds payload ${snapshotData.index}`);
+      snapshotData = from.snapshotHistory.get(m.snapshot!.index);
+      if (!snapshotData) violation(`${from.id} sends snapshot ${m.snapshot!.index} but holds no such payload`);
       this.stats.snapshotsSent++;
     }
     const copies = this.faulty && this.rng.chance(this.dupRate) ? 2 : 1;
@@ -412,7 +433,7 @@ export class Simulator {
     // Retry what timed out, then maybe start a new request (only while faulty,
     // so the healed phase can drain).
     for (const p of c.pending.values()) {
-      if (this.now - p.sentAt > 300) this.proposeRequest(c, p);
+      if (this.now - p.sentAt > ACK_TIMEOUT) this.proposeRequest(c, p);
     }
     if (this.faulty && c.pending.size < 4 && this.rng.chance(0.7)) {
       const p: PendingRequest = { seq: c.nextSeq++, sentAt: this.now };
@@ -442,6 +463,8 @@ export class Simulator {
     } catch (e) {
       const err = e as { code?: string; leader?: string };
       c.leaderHint = err.code === 'XDEVICE_ERR_NOT_LEADER' ? (err.leader ?? '') : '';
+      // Refused outright: retry soon (elsewhere), not after the ack timeout.
+      p.sentAt = this.now - ACK_TIMEOUT + 20;
     }
   }
 
@@ -531,6 +554,7 @@ export class Simulator {
         if (n.appliedIndex >= first && n.appliedIndex <= n.storage.lastIndex()) {
           n.storage.compact(n.appliedIndex, n.confState);
           n.snapshotData = { index: n.appliedIndex, ops: n.ops.slice(), dedup: n.dedup.export(), confState: n.confState };
+          this.remember(n, n.snapshotData);
           this.stats.compactions++;
           this.log(`${n.id} compacted to ${n.appliedIndex}`);
         }
@@ -604,14 +628,7 @@ export class Simulator {
 
   // ---- invariants --------------------------------------------------------------
 
-  private checkEntryIdentity(n: SimNode, e: Entry): void {
-    const raft = n.raw!.raft;
-    let prevTerm: number;
-    try {
-      prevTerm = raft.log.term(e.index - 1);
-    } catch {
-      return; // compacted below: covered by the snapshot
-    }
+  private checkEntryIdentity(n: SimNode, e: Entry, prevTerm: number): void {
     const key = `${e.index}:${e.term}`;
     const seen = this.entryIdentity.get(key);
     if (!seen) {
@@ -670,7 +687,10 @@ export class Simulator {
     const l = this.leader();
     if (!l) violation('liveness: no leader after the faults healed');
     const pending = this.clients.reduce((k, c) => k + c.pending.size, 0);
-    if (pending > 0) violation(`liveness: ${pending} client requests still unacknowledged after the faults healed`);
+    if (pending > 0) {
+      const list = this.clients.flatMap((c) => [...c.pending.values()].map((p) => `${c.id}:${p.seq}@${p.node}/${p.index}/${p.term} sent ${p.sentAt}`));
+      violation(`liveness: ${pending} client requests still unacknowledged after the faults healed: ${list.join(', ')}`);
+    }
     const members = [...l.confState.voters, ...l.confState.learners];
     const ref = l.ops;
     for (const id of members) {
