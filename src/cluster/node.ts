@@ -276,7 +276,7 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
       try {
         await this.createDevice(d.name, d.size);
       } catch (err) {
-        if ((err as XDeviceError).code === 'XDEVICE_ERR_DEVICE_EXISTS') continue;
+        if ((err as XDeviceError).code === 'XDEVICE_ERR_EXISTS') continue;
         if (this.stopped || this.fatalError) return;
         if (!alone) {
           // Other founders propose the same device; one of them wins.
@@ -629,7 +629,7 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
 
   /** Adds a node: first as a learner (it catches up by snapshot and log), then as a voter. */
   async addNode(id: string, address: string): Promise<void> {
-    if (!id || id.length > 255) throw new NodeError('XDEVICE_ERR_BAD_REQUEST', 'bad node id');
+    if (!id || id.length > 255) throw new NodeError('XDEVICE_ERR_INVALID', 'bad node id');
     const cs = this.raw.status().confState;
     if (cs.voters.includes(id)) return;
     if (!cs.learners.includes(id)) await this.proposeConfChange(confChanges.addLearner(id, Buffer.from(address)));
@@ -649,14 +649,14 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
 
   async removeNode(id: string): Promise<void> {
     const cs = this.raw.status().confState;
-    if (!cs.voters.includes(id) && !cs.learners.includes(id)) throw new NodeError('XDEVICE_ERR_NO_MEMBER', `${id} is not a member`);
+    if (!cs.voters.includes(id) && !cs.learners.includes(id)) throw new NodeError('XDEVICE_ERR_NOT_FOUND', `${id} is not a member`);
     await this.proposeConfChange(confChanges.remove(id));
   }
 
   async transferLeader(to: string): Promise<void> {
     this.checkServing();
     this.requireLeader();
-    if (!this.raw.status().confState.voters.includes(to)) throw new NodeError('XDEVICE_ERR_NO_MEMBER', `${to} is not a voter`);
+    if (!this.raw.status().confState.voters.includes(to)) throw new NodeError('XDEVICE_ERR_NOT_FOUND', `${to} is not a voter`);
     if (to === this.config.nodeId) return;
     this.raw.transferLeader(to);
     this.schedule();

@@ -291,10 +291,10 @@ export class BlockStore {
     switch (cmd.op) {
       case CommandOp.CreateDevice: {
         const existing = this.byName.get(cmd.name);
-        if (existing !== undefined) return { code: 'XDEVICE_ERR_DEVICE_EXISTS', message: `device ${cmd.name} exists` };
-        if (!validDeviceName(cmd.name)) return { code: 'XDEVICE_ERR_BAD_DEVICE', message: 'bad device name' };
-        if (!Number.isSafeInteger(cmd.size) || cmd.size <= 0 || cmd.size > limits.deviceBytesMax) return { code: 'XDEVICE_ERR_BAD_DEVICE', message: `bad device size ${cmd.size}` };
-        if (this.byId.size >= limits.devicesMax) return { code: 'XDEVICE_ERR_TOO_MANY_DEVICES', message: `${limits.devicesMax} devices exist` };
+        if (existing !== undefined) return { code: 'XDEVICE_ERR_EXISTS', message: `device ${cmd.name} exists` };
+        if (!validDeviceName(cmd.name)) return { code: 'XDEVICE_ERR_INVALID', message: 'bad device name' };
+        if (!Number.isSafeInteger(cmd.size) || cmd.size <= 0 || cmd.size > limits.deviceBytesMax) return { code: 'XDEVICE_ERR_INVALID', message: `bad device size ${cmd.size}` };
+        if (this.byId.size >= limits.devicesMax) return { code: 'XDEVICE_ERR_INVALID', message: `${limits.devicesMax} devices exist` };
         // A file from an earlier incarnation of this entry (replay) starts over.
         await this.attach({ id: index, name: cmd.name, size: cmd.size }, join(this.devicesDir, deviceFileName(index)), false);
         await syncDir(this.devicesDir);
@@ -302,7 +302,7 @@ export class BlockStore {
       }
       case CommandOp.DeleteDevice: {
         const id = this.byName.get(cmd.name);
-        if (id === undefined) return { code: 'XDEVICE_ERR_NO_DEVICE', message: `no device ${cmd.name}` };
+        if (id === undefined) return { code: 'XDEVICE_ERR_NOT_FOUND', message: `no device ${cmd.name}` };
         const dev = this.byId.get(id)!;
         await this.detach(dev);
         await unlink(dev.path).catch(() => undefined);
@@ -310,8 +310,8 @@ export class BlockStore {
       }
       case CommandOp.ResizeDevice: {
         const id = this.byName.get(cmd.name);
-        if (id === undefined) return { code: 'XDEVICE_ERR_NO_DEVICE', message: `no device ${cmd.name}` };
-        if (!Number.isSafeInteger(cmd.size) || cmd.size <= 0 || cmd.size > limits.deviceBytesMax) return { code: 'XDEVICE_ERR_BAD_DEVICE', message: `bad device size ${cmd.size}` };
+        if (id === undefined) return { code: 'XDEVICE_ERR_NOT_FOUND', message: `no device ${cmd.name}` };
+        if (!Number.isSafeInteger(cmd.size) || cmd.size <= 0 || cmd.size > limits.deviceBytesMax) return { code: 'XDEVICE_ERR_INVALID', message: `bad device size ${cmd.size}` };
         const dev = this.byId.get(id)!;
         // Shrinking discards the tail, so growing again reads zeroes there, as on replay.
         await ftruncate(dev.fd, cmd.size);

@@ -102,7 +102,7 @@ t.test('writes through the leader read back identically on every follower, and t
   // The device table is replicated too.
   await followers[0]!.api.createDevice('second', 2 * MiB);
   await until('second device everywhere', () => [...h.nodes.values()].every((n) => n.devices.get('second')?.size === 2 * MiB));
-  await t.rejects(leader.api.createDevice('second', MiB), { code: 'XDEVICE_ERR_DEVICE_EXISTS' });
+  await t.rejects(leader.api.createDevice('second', MiB), { code: 'XDEVICE_ERR_EXISTS' });
   await leader.api.resizeDevice('second', 3 * MiB);
   t.equal(followers[1]!.devices.get('second')!.size === 3 * MiB || (await until('resize', () => followers[1]!.devices.get('second')?.size === 3 * MiB), true), true);
   await leader.api.deleteDevice('second');

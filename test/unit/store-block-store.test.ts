@@ -88,7 +88,7 @@ t.test('apply writes, trims, zeroes and table commands; read them back', async (
   const beyond = more.add(encodeWrite(more.id(), devId, 4 * MiB - 10, Buffer.alloc(20)));
   const gone = more.add(encodeWrite(more.id(), 999, 0, Buffer.alloc(20)));
   const out2 = await store.applyBatch(more.entries.slice(log.entries.length), noConf);
-  t.equal(out2.find((o) => o.index === dup.index)!.error!.code, 'XDEVICE_ERR_DEVICE_EXISTS');
+  t.equal(out2.find((o) => o.index === dup.index)!.error!.code, 'XDEVICE_ERR_EXISTS');
   t.equal(out2.find((o) => o.index === beyond.index)!.error!.code, 'ENOSPC');
   t.equal(out2.find((o) => o.index === gone.index)!.error!.code, 'ESHUTDOWN');
 });

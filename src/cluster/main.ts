@@ -1,0 +1,94 @@
+// A minimal replicated node process: the cluster runtime, the NBD server and
+// the admin API, with the command-line contract's cluster flags. The full
+// xdevice-node (src/cli) adds configuration files, systemd and signals for
+// reloads; this entry exists so the runtime can be driven as real processes
+// on its own (integration tests, benchmarks).
+//
+//   node --import=tsx src/cluster/main.ts --node-id n1 --data-dir DIR
+//     --nbd-listen H:P --admin-listen H:P --peer-listen H:P
+//     --peers n1=H:P,n2=H:P,... [--device NAME:SIZE]... [--join] [--cluster-secret S]
+//
+// Prints one JSON line {"ready":true,...} on stdout once serving. Exits 0 on
+// SIGTERM/SIGINT after a clean stop, 70 if the node fails (e.g. a failed
+// fdatasync): it must not keep serving. XDEVICE_FAULT_FILE arms the native
+// addon's fault injection for fault tests.
+
+import { parseArgs } from 'node:util';
+import { pino } from 'pino';
+import { parseDevice, parseHostPort, parsePeers, formatHostPort } from '../cli/config.ts';
+import { validateLimits } from '../limits.ts';
+import { NbdServer } from '../nbd/server.ts';
+import { AdminServer } from '../admin/server.ts';
+import { createMetrics } from '../admin/metrics.ts';
+import { setNativeLogger } from '../native.ts';
+import { watchFaultFile } from '../wal/fault-file.ts';
+import { ClusterNode } from './node.ts';
+
+const EXIT_FATAL = 70;
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    options: {
+      'node-id': { type: 'string', default: 'node1' },
+      'data-dir': { type: 'string', default: './data' },
+      'nbd-listen': { type: 'string', default: '127.0.0.1:10809' },
+      'admin-listen': { type: 'string', default: '127.0.0.1:10819' },
+      'peer-listen': { type: 'string', default: '127.0.0.1:10829' },
+      peers: { type: 'string', default: '' },
+      device: { type: 'string', multiple: true },
+      join: { type: 'boolean', default: false },
+      'cluster-secret': { type: 'string', default: '' },
+      'log-level': { type: 'string', default: process.env.XDEVICE_LOG_LEVEL ?? 'info' },
+    },
+    strict: true,
+  });
+  validateLimits();
+  const logger = pino({ level: values['log-level']!, base: { node: values['node-id'] } }, pino.destination(2));
+  setNativeLogger(logger);
+  const faultFile = process.env.XDEVICE_FAULT_FILE;
+  if (faultFile) watchFaultFile(faultFile, logger);
+
+  const devices = (values.device ?? ['default:1GiB']).map(parseDevice);
+  const node = await ClusterNode.start({
+    nodeId: values['node-id']!,
+    dataDir: values['data-dir']!,
+    peerListen: parseHostPort(values['peer-listen']!),
+    peers: values.peers ? parsePeers(values.peers) : {},
+    ...(values['cluster-secret'] ? { clusterSecret: values['cluster-secret'] } : {}),
+    devices,
+    join: values.join!,
+    logger,
+  });
+  const nbdAt = parseHostPort(values['nbd-listen']!);
+  const adminAt = parseHostPort(values['admin-listen']!);
+  const nbd = new NbdServer({ devices: node.devices, logger: logger.child({ component: 'nbd' }) });
+  const metrics = createMetrics({ node: node.api, nbd });
+  const admin = new AdminServer({ node: node.api, metrics, logger: logger.child({ component: 'admin' }) });
+  const nbdBound = await nbd.listen(nbdAt.host, nbdAt.port);
+  const adminBound = await admin.listen(adminAt.host, adminAt.port);
+  node.setAddresses({ nbd: formatHostPort(nbdBound), admin: formatHostPort(adminBound) });
+
+  let stopping = false;
+  node.onFatal((err) => {
+    logger.fatal({ err: err.message }, 'leaving service');
+    // Close the exports so clients reconnect elsewhere; never serve again.
+    void nbd.close().finally(() => process.exit(EXIT_FATAL));
+    setTimeout(() => process.exit(EXIT_FATAL), 2000).unref();
+  });
+  const stop = async (): Promise<void> => {
+    if (stopping) return;
+    stopping = true;
+    await nbd.close();
+    await node.stop();
+    await admin.close();
+    process.exit(0);
+  };
+  process.on('SIGTERM', () => void stop());
+  process.on('SIGINT', () => void stop());
+  process.stdout.write(JSON.stringify({ ready: true, nodeId: values['node-id'], nbd: formatHostPort(nbdBound), admin: formatHostPort(adminBound), peer: node.peerAddress }) + '\n');
+}
+
+main().catch((err: Error) => {
+  process.stderr.write(`xdevice cluster node: ${err.stack ?? err.message}\n`);
+  process.exit(1);
+});

@@ -1,0 +1,29 @@
+// The replicated backend of xdevice-node: a ClusterNode behind the Runtime
+// interface src/cli expects (devices for the NBD server, the admin API,
+// fatal-error hook, stop).
+
+import type { Logger } from 'pino';
+import type { NodeConfig as CliConfig } from '../cli/config.ts';
+import type { Runtime } from '../cli/runtime.ts';
+import { ClusterNode } from './node.ts';
+
+export async function startReplicatedRuntime(config: CliConfig, logger: Logger): Promise<Runtime & { node: ClusterNode }> {
+  const node = await ClusterNode.start({
+    nodeId: config.nodeId,
+    dataDir: config.dataDir,
+    peerListen: config.peerListen,
+    peers: config.peers,
+    ...(config.clusterSecret ? { clusterSecret: config.clusterSecret } : {}),
+    devices: config.devices,
+    join: config.join,
+    logger,
+  });
+  return {
+    node,
+    devices: node.devices,
+    api: node.api,
+    setAddresses: (a) => node.setAddresses(a),
+    onFatal: (listener) => node.onFatal(listener),
+    stop: () => node.stop(),
+  };
+}
