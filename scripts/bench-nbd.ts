@@ -7,12 +7,12 @@
 
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { formatTable, NBD_SCENARIOS, runFio, type ResultRow } from './lib/fio.ts';
+import { startNbdkit, startNbdkitFile } from './lib/nbdkit.ts';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
 const SERVE = path.join(ROOT, 'test/integration/helpers/serve.ts');
@@ -27,17 +27,6 @@ const argv = await yargs(hideBin(process.argv))
   .parseAsync();
 
 const SIZE_BYTES = 1024 ** 3 * (argv.size === '1GiB' ? 1 : Number.parseFloat(argv.size) || 1);
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-  });
-}
 
 const children: ChildProcess[] = [];
 function stopAll(): void {
@@ -65,33 +54,10 @@ async function startOurs(backend: 'memory' | 'file', dataDir: string): Promise<s
   return `nbd://127.0.0.1:${port}/bench`;
 }
 
-async function startNbdkit(plugin: 'memory' | 'file', dataDir: string): Promise<string> {
-  const port = await freePort();
-  const pluginArgs = plugin === 'memory' ? ['memory', `${SIZE_BYTES}`] : ['file', path.join(dataDir, 'nbdkit.img')];
-  if (plugin === 'file') {
-    const { truncateSync, writeFileSync } = await import('node:fs');
-    writeFileSync(pluginArgs[1]!, '');
-    truncateSync(pluginArgs[1]!, SIZE_BYTES);
-  }
-  const child = spawn('nbdkit', ['-f', '--exit-with-parent', '-i', '127.0.0.1', '-p', String(port), ...pluginArgs], {
-    stdio: ['ignore', 'inherit', 'inherit'],
-  });
-  children.push(child);
-  // nbdkit binds before it forks into the foreground loop; poll until it accepts.
-  const { connect } = await import('node:net');
-  for (let i = 0; i < 200; i++) {
-    const ok = await new Promise<boolean>((resolve) => {
-      const s = connect(port, '127.0.0.1');
-      s.once('connect', () => {
-        s.destroy();
-        resolve(true);
-      });
-      s.once('error', () => resolve(false));
-    });
-    if (ok) return `nbd://127.0.0.1:${port}/`;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error('nbdkit did not start');
+async function startTheirs(plugin: 'memory' | 'file', dataDir: string): Promise<string> {
+  const nbdkit = plugin === 'memory' ? await startNbdkit(['memory', `${SIZE_BYTES}`]) : await startNbdkitFile(path.join(dataDir, 'nbdkit.img'), SIZE_BYTES);
+  children.push(nbdkit.child);
+  return nbdkit.uri;
 }
 
 const wanted = new Set(argv.scenarios.split(','));
@@ -102,7 +68,7 @@ const rows: ResultRow[] = [];
 try {
   for (const backend of targets) {
     const ours = await startOurs(backend, dataDir);
-    const theirs = await startNbdkit(backend, dataDir);
+    const theirs = await startTheirs(backend, dataDir);
     for (const scenario of scenarios) {
       const common = { scenario, runtimeSeconds: argv.runtime, sizeBytes: SIZE_BYTES };
       const baseline = await runFio({ ...common, uri: theirs });

@@ -1,0 +1,441 @@
+// npm run bench -- [--runtime 20] [--scenarios a,c,d,e,f,g] [--targets single,cluster,nbdkit]
+//                  [--pgbench] [--backend replicated|file] [--size 1GiB] [--dir /var/tmp]
+//                  [--goal cluster-a-p50=1.5 ...] [--cpu-prof]
+//
+// The replicated device's benchmark (issue 5): fio (ioengine=nbd) against
+//   single   one xdevice-node (a one-node Raft cluster),
+//   cluster  three xdevice-node processes on loopback (fio talks to the leader;
+//            for reads also "spread": one job per node, the queue depth split),
+//   nbdkit   nbdkit's file plugin on the same filesystem,
+// in the same run, every row compared with nbdkit-file. With --pgbench,
+// PostgreSQL 15 keeps its WAL (initdb --waldir) on ext4 on each target's
+// device, attached through nbdfuse + losetup, and pgbench's tps is compared.
+// Prints the tables and the issue's goals, writes JSON and an SVG chart of
+// latency percentiles to bench-results/.
+//
+// Data directories go under --dir, which must be a real disk: tmpfs would
+// measure memory, and fdatasync would cost nothing.
+//
+// --backend file runs "single" on the file backend (no Raft, no WAL) and skips
+// the cluster: a check of the harness while the replicated runtime is not there.
+// --cpu-prof writes V8 profiles of the xdevice-node processes (stopped with
+// SIGTERM so that they are flushed) and prints where their time went.
+
+import { execFileSync, spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import yargs from 'yargs';
+import { hideBin } from 'yargs/helpers';
+import { formatTable, NBD_SCENARIOS, runFio, type FioResult, type ResultRow, type Scenario } from './lib/fio.ts';
+import { latencyChartSvg, type ChartPoint } from './lib/latency-chart.ts';
+import { startNbdkitFile, type Nbdkit } from './lib/nbdkit.ts';
+import { formatProfile, summarizeProfile } from './lib/cpu-profile.ts';
+
+const ROOT = resolve(import.meta.dirname, '..');
+const TMPFS_MAGIC = 0x01021994;
+const RAMFS_MAGIC = 0x858458f6;
+
+const argv = await yargs(hideBin(process.argv))
+  .option('runtime', { type: 'number', default: 20, describe: 'seconds per fio job' })
+  .option('scenarios', { type: 'string', default: NBD_SCENARIOS.map((s) => s.id).join(','), describe: 'a,c,d,e,f,g' })
+  .option('targets', { type: 'string', default: 'single,cluster,nbdkit', describe: 'single,cluster,nbdkit' })
+  .option('pgbench', { type: 'boolean', default: false, describe: 'also PostgreSQL + pgbench on cluster and nbdkit-file' })
+  .option('pgbench-seconds', { type: 'number', describe: 'pgbench duration (default: --runtime, at least 30)' })
+  .option('pgbench-clients', { type: 'number', default: 8 })
+  .option('pgbench-scale', { type: 'number', default: 10 })
+  .option('backend', { choices: ['replicated', 'file'] as const, default: 'replicated' as const, describe: 'backend of the xdevice targets' })
+  .option('size', { type: 'string', default: '1GiB', describe: 'bytes of the export fio touches (e.g. 1GiB, 256MiB)' })
+  .option('dir', { type: 'string', default: process.env.XDEVICE_BENCH_DIR ?? '/var/tmp', describe: 'where data directories go (a real disk)' })
+  .option('goal', { type: 'string', array: true, default: [] as string[], describe: 'override a goal threshold: NAME=VALUE' })
+  .option('cpu-prof', { type: 'boolean', default: false, describe: 'profile the xdevice-node processes' })
+  .option('build', { type: 'boolean', default: true, describe: 'compile dist/ first (the node binary runs it)' })
+  .option('keep', { type: 'boolean', default: false, describe: 'keep the data directories' })
+  .strict()
+  .parseAsync();
+
+function parseSize(text: string): number {
+  const m = /^(\d+(?:\.\d+)?)\s*(|KiB|MiB|GiB|TiB)$/i.exec(text.trim());
+  if (!m) throw new Error(`not a size: ${text}`);
+  const unit = { '': 1, kib: 1024, mib: 1024 ** 2, gib: 1024 ** 3, tib: 1024 ** 4 }[m[2]!.toLowerCase()]!;
+  return Math.round(Number(m[1]) * unit);
+}
+
+const SIZE_BYTES = parseSize(argv.size);
+const PG_DEVICE_BYTES = 2 * 1024 ** 3;
+const RUNTIME = argv.runtime;
+const PGBENCH_SECONDS = argv['pgbench-seconds'] ?? Math.max(RUNTIME, 30);
+
+// ---- goals (issue 5's targets; thresholds overridable with --goal NAME=VALUE) ----
+
+interface Goal {
+  name: string;
+  describe: string;
+  /** The measured ratio, or undefined when its rows were not run. */
+  measure(results: Results): number | undefined;
+  op: '<=' | '>=';
+  threshold: number;
+}
+
+interface Results {
+  rows: ResultRow[];
+  pgbench: Map<string, number>;
+}
+
+function find(results: Results, target: string, scenario: string): FioResult | undefined {
+  return results.rows.find((r) => r.target === target && r.scenario.id === scenario)?.result;
+}
+
+function ratioOf(a: number | undefined, b: number | undefined): number | undefined {
+  return a !== undefined && b !== undefined && b > 0 ? a / b : undefined;
+}
+
+const GOALS: Goal[] = [
+  {
+    name: 'cluster-a-p50',
+    describe: '3 nodes (a) 4k randwrite QD1+flush: p50 vs nbdkit-file',
+    measure: (r) => ratioOf(find(r, 'cluster', 'a')?.p50Us, find(r, 'nbdkit-file', 'a')?.p50Us),
+    op: '<=',
+    threshold: 1.5,
+  },
+  {
+    name: 'cluster-c-iops',
+    describe: '3 nodes (c) 4k randwrite QD32 fsync=32: IOPS vs nbdkit-file',
+    measure: (r) => ratioOf(find(r, 'cluster', 'c')?.iops, find(r, 'nbdkit-file', 'c')?.iops),
+    op: '>=',
+    threshold: 1.0,
+  },
+  {
+    name: 'single-a-iops',
+    describe: '1 node (a) durable: IOPS vs nbdkit-file',
+    measure: (r) => ratioOf(find(r, 'single', 'a')?.iops, find(r, 'nbdkit-file', 'a')?.iops),
+    op: '>=',
+    threshold: 1.0,
+  },
+  {
+    name: 'single-c-iops',
+    describe: '1 node (c) durable: IOPS vs nbdkit-file',
+    measure: (r) => ratioOf(find(r, 'single', 'c')?.iops, find(r, 'nbdkit-file', 'c')?.iops),
+    op: '>=',
+    threshold: 1.0,
+  },
+  {
+    name: 'cluster-f-spread',
+    describe: '3 nodes (f) 4k randread QD32 spread over 3 nodes vs one node (the leader)',
+    measure: (r) => ratioOf(find(r, 'cluster-spread', 'f')?.iops, find(r, 'cluster', 'f')?.iops),
+    op: '>=',
+    threshold: 1.5,
+  },
+  {
+    name: 'cluster-pgbench',
+    describe: 'pgbench tps, 3 nodes vs nbdkit-file',
+    measure: (r) => ratioOf(r.pgbench.get('cluster'), r.pgbench.get('nbdkit-file')),
+    op: '>=',
+    threshold: 0.7,
+  },
+];
+
+for (const override of argv.goal) {
+  const [name, value] = override.split('=');
+  const goal = GOALS.find((g) => g.name === name);
+  if (!goal || value === undefined || !Number.isFinite(Number(value))) {
+    throw new Error(`--goal ${override}: expected NAME=NUMBER with NAME one of ${GOALS.map((g) => g.name).join(', ')}`);
+  }
+  goal.threshold = Number(value);
+}
+
+// ---- the systems under test ----
+
+/** A running target: where fio connects, and how to stop it. */
+interface System {
+  name: string;
+  /** URI of the benchmark export on the node fio talks to. */
+  uri: string;
+  /** URIs of the benchmark export on every node (more than one: a cluster). */
+  allUris: string[];
+  /** host port and export name of the PostgreSQL device. */
+  pg: { port: number; exportName: string };
+  /** Waits until every node has applied what the leader committed (reads spread over nodes see the data). */
+  settle(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+// The integration helpers put their temp dirs under os.tmpdir() (TMPDIR), and
+// the nodes log at XDEVICE_LOG_LEVEL: both must be set before the helpers run.
+// The node refuses XDEVICE_* variables it does not know, and children inherit
+// our environment: drop ours.
+const base = resolve(argv.dir);
+mkdirSync(base, { recursive: true });
+const fsType = statfsSync(base).type;
+if (fsType === TMPFS_MAGIC || fsType === RAMFS_MAGIC) {
+  throw new Error(`${base} is tmpfs/ramfs: put the data on a real disk (--dir)`);
+}
+const runDir = mkdtempSync(join(base, 'xdevice-bench-'));
+process.env.TMPDIR = runDir;
+delete process.env.XDEVICE_TEST_TMP;
+delete process.env.XDEVICE_BENCH_DIR;
+process.env.XDEVICE_LOG_LEVEL ??= 'warn';
+const { startNode, waitFor, httpGet } = await import('../test/integration/helpers/node-process.ts');
+const { ProcessCluster } = await import('../test/integration/helpers/process-cluster.ts');
+const { freePort } = await import('../test/integration/helpers/ports.ts');
+
+const stamp = new Date().toISOString().replace(/[:.]/g, '-');
+const resultsDir = join(ROOT, 'bench-results');
+mkdirSync(resultsDir, { recursive: true });
+const profileDir = join(resultsDir, `profiles-${stamp}`);
+
+function nodeEnv(system: string): NodeJS.ProcessEnv {
+  if (!argv['cpu-prof']) return {};
+  const dir = join(profileDir, system);
+  mkdirSync(dir, { recursive: true });
+  return { NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ''} --cpu-prof --cpu-prof-dir=${dir}`.trim() };
+}
+
+const devices = [`bench:${SIZE_BYTES}`, `pg:${PG_DEVICE_BYTES}`];
+
+async function startSingle(): Promise<System> {
+  const node = await startNode({ id: 'node1', backend: argv.backend, devices, env: nodeEnv('single') });
+  if (argv.backend === 'replicated') {
+    await waitFor('the single node to lead', async () => {
+      const res = await httpGet(node.adminPort, '/status');
+      return res.status === 200 && (JSON.parse(res.body) as { role: string }).role === 'leader';
+    }, 60_000);
+  }
+  const uri = `nbd://127.0.0.1:${node.nbdPort}/bench`;
+  return {
+    name: 'single',
+    uri,
+    allUris: [uri],
+    pg: { port: node.nbdPort, exportName: 'pg' },
+    async settle() {},
+    async stop() {
+      const exit = await node.kill(argv['cpu-prof'] ? 'SIGTERM' : 'SIGKILL');
+      if (argv['cpu-prof'] && exit.code !== 0) process.stderr.write(`single node exited with ${JSON.stringify(exit)}:\n${node.output().slice(-3000)}\n`);
+    },
+  };
+}
+
+async function startCluster(): Promise<System> {
+  const cluster = await ProcessCluster.start({ size: 3, devices, env: nodeEnv('cluster') });
+  try {
+    const leader = await cluster.leader(60_000);
+    const uris = cluster.slots.map((s) => `nbd://127.0.0.1:${s.ports.nbd}/bench`);
+    return {
+      name: 'cluster',
+      uri: uris[leader]!,
+      allUris: [uris[leader]!, ...uris.filter((_, i) => i !== leader)],
+      pg: { port: cluster.slots[leader]!.ports.nbd, exportName: 'pg' },
+      async settle() {
+        await cluster.converged(120_000);
+      },
+      async stop() {
+        if (argv['cpu-prof']) {
+          for (let i = 0; i < cluster.size; i++) await cluster.kill(i, 'SIGTERM');
+        }
+        await cluster.stop();
+      },
+    };
+  } catch (err) {
+    process.stderr.write(cluster.logs());
+    await cluster.stop();
+    throw err;
+  }
+}
+
+async function startNbdkitTarget(): Promise<System> {
+  const dir = join(runDir, 'nbdkit');
+  mkdirSync(dir, { recursive: true });
+  const bench = await startNbdkitFile(join(dir, 'bench.img'), SIZE_BYTES);
+  let pg: Nbdkit | undefined;
+  try {
+    pg = await startNbdkitFile(join(dir, 'pg.img'), PG_DEVICE_BYTES);
+  } catch (err) {
+    await bench.stop();
+    throw err;
+  }
+  return {
+    name: 'nbdkit-file',
+    uri: bench.uri,
+    allUris: [bench.uri],
+    pg: { port: pg.port, exportName: '' },
+    async settle() {},
+    async stop() {
+      await bench.stop();
+      await pg?.stop();
+    },
+  };
+}
+
+// ---- pgbench ----
+
+async function pgbench(system: System): Promise<number> {
+  const { attachExport } = await import('../test/integration/helpers/blockdev.ts');
+  const { initPostgres, pgbenchInit, runPgbench } = await import('../test/integration/helpers/postgres.ts');
+  const device = await attachExport(system.pg.port, system.pg.exportName);
+  try {
+    device.mkfsAndMount();
+    const db = initPostgres({ walDir: join(device.mountpoint, 'pg_wal'), port: await freePort() });
+    db.start();
+    try {
+      pgbenchInit(db, argv['pgbench-scale']);
+      const clients = argv['pgbench-clients'];
+      const run = runPgbench(db, ['-c', String(clients), '-j', String(Math.min(clients, 2)), '-T', String(PGBENCH_SECONDS)]);
+      const result = await run.done;
+      if (result.exitCode !== 0) throw new Error(`pgbench failed (${result.exitCode}): ${result.output.slice(-2000)}`);
+      const m = /tps = ([\d.]+) \(without initial connection time\)/.exec(result.output);
+      if (!m) throw new Error(`no tps in pgbench output: ${result.output.slice(-2000)}`);
+      return Number(m[1]);
+    } finally {
+      db.stop('fast');
+    }
+  } finally {
+    await device.detach();
+  }
+}
+
+// ---- the run ----
+
+function buildDist(): void {
+  // The node binary runs dist/; an engineer's half-finished file elsewhere may
+  // fail the type check while still emitting, so a failure only warns.
+  const r = spawnSync(join(ROOT, 'node_modules/.bin/tsc'), ['-p', 'tsconfig.build.json'], { cwd: ROOT, encoding: 'utf8' });
+  if (r.status !== 0) process.stderr.write(`warning: tsc -p tsconfig.build.json reported errors; running the dist/ it emitted\n${r.stdout.slice(0, 3000)}\n`);
+  if (!existsSync(join(ROOT, 'dist/cli/node.js'))) throw new Error('dist/cli/node.js is missing after the build');
+}
+
+const wantedScenarios = new Set(argv.scenarios.split(',').map((s) => s.trim()));
+const scenarios: Scenario[] = NBD_SCENARIOS.filter((s) => wantedScenarios.has(s.id));
+const unknownScenarios = [...wantedScenarios].filter((id) => !NBD_SCENARIOS.some((s) => s.id === id));
+if (unknownScenarios.length > 0) throw new Error(`unknown scenarios: ${unknownScenarios.join(',')}`);
+const wantedTargets = argv.targets.split(',').map((s) => s.trim());
+for (const t of wantedTargets) if (!['single', 'cluster', 'nbdkit'].includes(t)) throw new Error(`unknown target ${t}`);
+// nbdkit first: its rows are every other row's baseline.
+const targetOrder = ['nbdkit', 'single', 'cluster'].filter((t) => wantedTargets.includes(t));
+if (argv.backend === 'file' && targetOrder.includes('cluster')) {
+  process.stderr.write('--backend file has no cluster: skipping the cluster target\n');
+  targetOrder.splice(targetOrder.indexOf('cluster'), 1);
+}
+
+const log = (line: string): void => void process.stderr.write(`${new Date().toISOString().slice(11, 19)} ${line}\n`);
+const results: Results = { rows: [], pgbench: new Map() };
+const started: System[] = [];
+
+async function benchSystem(kind: string): Promise<void> {
+  log(`starting ${kind}`);
+  const system = kind === 'nbdkit' ? await startNbdkitTarget() : kind === 'single' ? await startSingle() : await startCluster();
+  started.push(system);
+  try {
+    let filled = false;
+    for (const scenario of scenarios) {
+      const reading = scenario.rw.includes('read');
+      if (reading && !filled) {
+        // Reads of never-written blocks would measure holes (nbdkit answers
+        // them from a sparse file without touching the disk).
+        log(`${system.name}: filling ${argv.size} before the read scenarios`);
+        const fill: Scenario = { id: 'fill', title: 'fill', rw: 'write', blockSize: '1M', iodepth: 8 };
+        await runFio({ uri: system.uri, scenario: fill, runtimeSeconds: 0, sizeBytes: SIZE_BYTES, timeBased: false });
+        await system.settle();
+        filled = true;
+      }
+      const run = async (target: string, uri: string | string[]): Promise<void> => {
+        const result = await runFio({ uri, scenario, runtimeSeconds: RUNTIME, sizeBytes: SIZE_BYTES, rampSeconds: 2 });
+        results.rows.push({ scenario, target, result });
+        log(`${scenario.id} ${target}: ${result.iops.toFixed(0)} IOPS, p50 ${result.p50Us.toFixed(0)} µs, p99 ${result.p99Us.toFixed(0)} µs`);
+      };
+      await run(system.name, system.uri);
+      if (reading && system.allUris.length > 1) await run(`${system.name}-spread`, system.allUris);
+    }
+    if (argv.pgbench && (kind === 'cluster' || kind === 'nbdkit' || kind === 'single')) {
+      log(`${system.name}: pgbench (${PGBENCH_SECONDS} s, ${argv['pgbench-clients']} clients, scale ${argv['pgbench-scale']})`);
+      const tps = await pgbench(system);
+      results.pgbench.set(system.name, tps);
+      log(`${system.name}: pgbench ${tps.toFixed(1)} tps`);
+    }
+  } finally {
+    await system.stop();
+    started.splice(started.indexOf(system), 1);
+  }
+}
+
+async function stopEverything(): Promise<void> {
+  for (const s of started.splice(0)) await s.stop().catch(() => undefined);
+}
+process.once('SIGINT', () => void stopEverything().finally(() => process.exit(130)));
+
+const targetOrderRows = ['nbdkit-file', 'single', 'cluster', 'cluster-spread'];
+let failed: unknown;
+try {
+  if (argv.build && targetOrder.some((t) => t !== 'nbdkit')) buildDist();
+  for (const kind of targetOrder) await benchSystem(kind);
+} catch (err) {
+  failed = err;
+  process.stderr.write(`benchmark stopped: ${(err as Error).stack ?? String(err)}\n`);
+} finally {
+  await stopEverything();
+}
+
+// Baselines and order: each scenario's rows together, nbdkit-file first.
+results.rows.sort(
+  (x, y) => scenarios.indexOf(x.scenario) - scenarios.indexOf(y.scenario) || targetOrderRows.indexOf(x.target) - targetOrderRows.indexOf(y.target),
+);
+for (const row of results.rows) {
+  if (row.target !== 'nbdkit-file') row.baseline = find(results, 'nbdkit-file', row.scenario.id);
+}
+
+const header = [
+  `XDevice benchmark ${stamp}: ${RUNTIME} s per job, ${argv.size} export, backend ${argv.backend}, data on ${runDir}`,
+  `host: ${spawnSync('uname', ['-r'], { encoding: 'utf8' }).stdout.trim()}, ${(await import('node:os')).cpus().length} CPUs, fio ${execFileSync('fio', ['--version'], { encoding: 'utf8' }).trim()}`,
+].join('\n');
+console.log(header);
+console.log();
+console.log(formatTable(results.rows, { verdict: false }));
+
+if (results.pgbench.size > 0) {
+  const base = results.pgbench.get('nbdkit-file');
+  console.log('\n| pgbench (TPC-B, synchronous_commit=on, WAL on the device) | tps | × nbdkit-file |\n|---|---|---|');
+  for (const [name, tps] of results.pgbench) {
+    console.log(`| ${name} | ${tps.toFixed(1)} | ${base ? (tps / base).toFixed(2) : '-'} |`);
+  }
+}
+
+const goalRows = GOALS.map((g) => {
+  const value = g.measure(results);
+  const holds = value === undefined ? undefined : g.op === '<=' ? value <= g.threshold : value >= g.threshold;
+  return { name: g.name, describe: g.describe, value, op: g.op, threshold: g.threshold, holds };
+});
+console.log('\n| goal | measured | target | holds |\n|---|---|---|---|');
+for (const g of goalRows) {
+  console.log(`| ${g.describe} | ${g.value === undefined ? 'not run' : `${g.value.toFixed(2)}x`} | ${g.op} ${g.threshold}x | ${g.holds === undefined ? '-' : g.holds ? 'yes' : 'NO'} |`);
+}
+
+const jsonPath = join(resultsDir, `bench-cluster-${stamp}.json`);
+const svgPath = join(resultsDir, `bench-cluster-${stamp}.svg`);
+writeFileSync(
+  jsonPath,
+  JSON.stringify(
+    {
+      stamp,
+      options: { runtimeSeconds: RUNTIME, sizeBytes: SIZE_BYTES, backend: argv.backend, targets: targetOrder, scenarios: scenarios.map((s) => s.id) },
+      rows: results.rows.map((r) => ({ scenario: r.scenario, target: r.target, result: r.result })),
+      pgbench: Object.fromEntries(results.pgbench),
+      goals: goalRows,
+      error: failed === undefined ? undefined : String(failed),
+    },
+    null,
+    2,
+  ),
+);
+const points: ChartPoint[] = results.rows.map((r) => ({ scenario: `${r.scenario.id} ${r.scenario.title}`, target: r.target, latency: r.result.latency }));
+writeFileSync(svgPath, latencyChartSvg(points, `XDevice latency percentiles (${stamp})`, 'a: one write plus its flush; others: one request, submission to completion. Log scale.'));
+console.log(`\nresults: ${jsonPath}\nchart:   ${svgPath}`);
+
+if (argv['cpu-prof'] && existsSync(profileDir)) {
+  for (const system of readdirSync(profileDir)) {
+    for (const file of readdirSync(join(profileDir, system))) {
+      if (!file.endsWith('.cpuprofile')) continue;
+      console.log(`\n== ${system}\n${formatProfile(summarizeProfile(join(profileDir, system, file), ROOT))}`);
+    }
+  }
+}
+
+if (!argv.keep) rmSync(runDir, { recursive: true, force: true });
+if (failed !== undefined) process.exitCode = 1;

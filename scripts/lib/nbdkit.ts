@@ -1,0 +1,71 @@
+// nbdkit as the reference server in benchmarks: the same NBD client (fio,
+// nbdfuse) against a plain C server over the same filesystem shows what the
+// protocol and the disk cost on their own.
+
+import { spawn, type ChildProcess } from 'node:child_process';
+import { truncateSync, writeFileSync } from 'node:fs';
+import { connect, createServer } from 'node:net';
+
+export interface Nbdkit {
+  port: number;
+  /** nbd://127.0.0.1:PORT/ (nbdkit serves one unnamed export). */
+  uri: string;
+  child: ChildProcess;
+  stop(): Promise<void>;
+}
+
+async function freePort(): Promise<number> {
+  return await new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as { port: number };
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+function accepts(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = connect(port, '127.0.0.1');
+    s.once('connect', () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once('error', () => resolve(false));
+  });
+}
+
+/** Starts `nbdkit PLUGIN ARGS...` on a free loopback port and waits until it accepts connections. */
+export async function startNbdkit(pluginArgs: readonly string[]): Promise<Nbdkit> {
+  const port = await freePort();
+  const child = spawn('nbdkit', ['-f', '--exit-with-parent', '-i', '127.0.0.1', '-p', String(port), ...pluginArgs], {
+    stdio: ['ignore', 'inherit', 'inherit'],
+  });
+  let exited = false;
+  const exit = new Promise<void>((resolve) => child.once('exit', () => ((exited = true), resolve())));
+  const nbdkit: Nbdkit = {
+    port,
+    uri: `nbd://127.0.0.1:${port}/`,
+    child,
+    async stop() {
+      if (!exited) child.kill('SIGTERM');
+      await exit;
+    },
+  };
+  // nbdkit binds before it enters its foreground loop; poll until it accepts.
+  for (let i = 0; i < 400; i++) {
+    if (exited) throw new Error(`nbdkit ${pluginArgs.join(' ')} exited during start-up`);
+    if (await accepts(port)) return nbdkit;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  await nbdkit.stop();
+  throw new Error('nbdkit did not start');
+}
+
+/** nbdkit's file plugin over a fresh sparse file of sizeBytes at `path`. */
+export async function startNbdkitFile(path: string, sizeBytes: number): Promise<Nbdkit> {
+  writeFileSync(path, '');
+  truncateSync(path, sizeBytes);
+  return await startNbdkit(['file', path]);
+}
