@@ -86,6 +86,7 @@ type Ev =
   | (Timed & { kind: 'deliver'; msg: Message; snapshotData?: SmSnapshot })
   | (Timed & { kind: 'persist'; node: NodeId; incarnation: number; rd: Ready })
   | (Timed & { kind: 'restart'; node: NodeId })
+  | (Timed & { kind: 'kill'; node: NodeId; incarnation: number })
   | (Timed & { kind: 'snapReport'; node: NodeId; incarnation: number; to: NodeId; ok: boolean })
   | (Timed & { kind: 'client'; client: number })
   | (Timed & { kind: 'fault' })
@@ -121,6 +122,8 @@ interface SimNode {
   maxOutstanding: number;
   /** Snapshot payloads received and staged by index, waiting for Raft to install one. */
   staged: Map<number, SmSnapshot>;
+  /** Commit index at the last check. */
+  lastCommit: number;
   /** Was a member of the configuration at some point (so a removal means something). */
   wasMember: boolean;
   lastRole: Role;
@@ -162,6 +165,7 @@ export class Simulator {
   private readonly maxDelay: number;
   private readonly diskFailRate: number;
   private readonly messageBytesMax: number;
+  private readonly leaderKillRate: number;
   // Invariant state.
   private readonly leaderOfTerm = new Map<number, NodeId>();
   /** `${index}:${term}` -> the entry's previous term and data: log matching by induction. */
@@ -179,16 +183,18 @@ export class Simulator {
   constructor(o: SimOptions) {
     this.seed = o.seed;
     this.rng = new Prng(o.seed);
-    const n = o.nodes ?? this.rng.pick([1, 3, 3, 5, 5]);
+    // The cluster size follows from the seed alone, so any seed replays with no other flag.
+    const n = o.nodes ?? [1, 3, 3, 5, 5][o.seed % 5]!;
     this.faultyTime = o.faultyTime ?? 4000;
     this.healTime = o.healTime ?? 4000;
     this.bugs = o.testingBugs ?? {};
     this.trace = o.trace;
-    this.dropRate = this.rng.pick([0, 0.01, 0.05, 0.15]);
+    this.dropRate = this.rng.pick([0, 0.01, 0.05, 0.15, 0.3]);
     this.dupRate = this.rng.pick([0, 0.01, 0.05]);
     this.maxDelay = this.rng.pick([2, 10, 30]);
     this.diskFailRate = this.rng.pick([0, 0.001, 0.005]);
-    this.messageBytesMax = this.rng.pick([128, 1024, 1 << 20]);
+    this.messageBytesMax = this.rng.pick([1, 128, 1024, 1 << 20]);
+    this.leaderKillRate = this.rng.pick([0, 0.1, 0.3]);
     this.stats = {
       nodes: n, events: 0, messages: 0, dropped: 0, duplicated: 0, partitions: 0, crashes: 0, diskFailures: 0, tornWrites: 0,
       elections: 0, proposals: 0, acked: 0, reads: 0, readsServed: 0, confChanges: 0, transfers: 0, compactions: 0, snapshotsSent: 0, snapshotsInstalled: 0,
@@ -216,7 +222,7 @@ export class Simulator {
     const n: SimNode = {
       id, alive: false, incarnation: 0, retired: false, storage, snapshotData, snapshotHistory: new Map([[snapshotData.index, snapshotData]]),
       ops: [], opSet: new Set(), dedup: new Deduplicator(), appliedIndex: 0, confState: snapshotData.confState,
-      lastPersistAt: 0, maxOutstanding: 1, lastRole: Role.Follower, staged: new Map(), wasMember: snapshotData.confState.voters.includes(id),
+      lastPersistAt: 0, maxOutstanding: 1, lastRole: Role.Follower, lastCommit: 0, staged: new Map(), wasMember: snapshotData.confState.voters.includes(id),
     };
     this.nodes.set(id, n);
     this.start(n);
@@ -233,6 +239,7 @@ export class Simulator {
     n.incarnation++;
     n.alive = true;
     n.lastRole = Role.Follower;
+    n.lastCommit = 0;
     n.staged = new Map();
     n.maxOutstanding = this.rng.pick([1, 1, 2, 3]);
     const nodeRng = this.rng.fork();
@@ -288,6 +295,15 @@ export class Simulator {
       this.stats.elections++;
       this.log(`${n.id} LEADER term ${raft.term}`);
       this.checkLeader(n);
+      if (this.faulty && this.rng.chance(this.leaderKillRate / 2)) {
+        // Cut a fresh leader off at once: its first entries stay on it alone.
+        this.partition = new Set([n.id]);
+        this.stats.partitions++;
+        this.log(`PARTITION {${n.id}} | rest (fresh leader)`);
+      }
+      if (this.faulty && this.rng.chance(this.leaderKillRate)) {
+        this.q.push({ at: this.now + this.rng.range(1, 30), kind: 'kill', node: n.id, incarnation: n.incarnation });
+      }
     }
     n.lastRole = role;
   }
@@ -424,6 +440,7 @@ export class Simulator {
     }
     if (snapshotData) n.staged.set(snapshotData.index, snapshotData);
     n.raw.step(m);
+    this.checkCommit(n);
     this.drive(n);
   }
 
@@ -532,6 +549,11 @@ export class Simulator {
       this.log('partition healed');
     } else if (r < 37) {
       if (live.length > 0) this.crash(this.rng.pick(live), 'injected');
+    } else if (r < 42) {
+      // Kill a leader shortly after it is elected, the moment when its log
+      // differs most from the others' (Raft figure 8).
+      const l = this.leader();
+      if (l) this.q.push({ at: this.now + this.rng.range(1, 40), kind: 'kill', node: l.id, incarnation: l.incarnation });
     } else if (r < 50) {
       this.confChange();
     } else if (r < 58) {
@@ -655,6 +677,11 @@ export class Simulator {
   private checkCommit(n: SimNode): void {
     const raft = n.raw!.raft;
     const c = raft.log.committed;
+    if (raft.role === Role.Leader && c > n.lastCommit && raft.log.term(c) !== raft.term) {
+      // Raft 5.4.2: a leader moves its commit index only to an entry of its own term.
+      violation(`commit rule: ${n.id} leading term ${raft.term} advanced its commit to ${c}, an entry of term ${raft.log.term(c)}`);
+    }
+    n.lastCommit = c;
     if (c <= this.maxCommitted) return;
     const first = raft.log.firstIndex();
     for (let i = Math.max(this.maxCommitted + 1, first); i <= c; i++) {
@@ -757,6 +784,11 @@ export class Simulator {
         }
         this.start(n);
         this.drive(n);
+        return;
+      }
+      case 'kill': {
+        const n = this.nodes.get(ev.node)!;
+        if (this.faulty && n.alive && n.incarnation === ev.incarnation) this.crash(n, 'leader killed');
         return;
       }
       case 'snapReport': {
