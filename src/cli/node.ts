@@ -17,6 +17,7 @@ import { AdminServer } from '../admin/server.ts';
 import { createMetrics } from '../admin/metrics.ts';
 import { sdNotify } from '../native.ts';
 import { startRuntime, type Runtime } from './runtime.ts';
+import { watchFaultFile } from '../wal/fault-file.ts';
 
 export interface RunningNode {
   config: NodeConfig;
@@ -60,6 +61,9 @@ export async function startNode(loaded: LoadedConfig, logger: Logger): Promise<R
   validateLimits();
   logger.info({ config: describeConfig(loaded) }, 'effective configuration');
 
+  // Test-only: XDEVICE_FAULT_FILE names a JSON file of disk faults (slow or failing
+  // fdatasync/pwrite) that the fault tests change while the node runs.
+  const faults = process.env.XDEVICE_FAULT_FILE ? watchFaultFile(process.env.XDEVICE_FAULT_FILE, logger.child({ component: 'faults' })) : undefined;
   const runtime = await startRuntime(config, logger);
   const tls =
     config.tls === 'off'
@@ -95,6 +99,7 @@ export async function startNode(loaded: LoadedConfig, logger: Logger): Promise<R
       await nbd.close();
       await admin.close();
       await runtime.stop();
+      faults?.stop();
     })());
   return { config, runtime, nbd, admin, nbdAddress, adminAddress, stop };
 }

@@ -20,7 +20,8 @@ export interface Runtime {
 
 export async function startRuntime(config: NodeConfig, logger: Logger): Promise<Runtime> {
   if (config.backend === 'replicated') {
-    throw new Error('the replicated backend is being joined in src/cluster; use --backend file or memory for now');
+    const { startReplicatedRuntime } = await import('../cluster/runtime.ts');
+    return await startReplicatedRuntime(config, logger);
   }
   const { startStandaloneRuntime } = await import('./standalone-runtime.ts');
   return await startStandaloneRuntime(config, logger);
