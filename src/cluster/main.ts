@@ -22,7 +22,7 @@ import { AdminServer } from '../admin/server.ts';
 import { createMetrics } from '../admin/metrics.ts';
 import { setNativeLogger } from '../native.ts';
 import { watchFaultFile } from '../wal/fault-file.ts';
-import { ClusterNode } from './node.ts';
+import { ClusterNode, tuningFromEnv } from './node.ts';
 
 const EXIT_FATAL = 70;
 
@@ -58,6 +58,7 @@ async function main(): Promise<void> {
     devices,
     join: values.join!,
     logger,
+    tuning: tuningFromEnv(),
   });
   const nbdAt = parseHostPort(values['nbd-listen']!);
   const adminAt = parseHostPort(values['admin-listen']!);

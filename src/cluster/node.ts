@@ -67,6 +67,27 @@ export interface NodeConfig {
 
 export class NodeError extends XDeviceError {}
 
+/**
+ * Checkpoint and retention overrides from the environment
+ * (XDEVICE_CHECKPOINT_ENTRIES, XDEVICE_WAL_RETAIN_ENTRIES): process-level
+ * tests use them to make a joining node need a snapshot after a few writes.
+ */
+export function tuningFromEnv(env: NodeJS.ProcessEnv = process.env): NodeConfig['tuning'] {
+  const tuning: { checkpointEntries?: number; walRetainEntriesMax?: number } = {};
+  const num = (name: string): number | undefined => {
+    const v = env[name];
+    if (v === undefined || v === '') return undefined;
+    const n = Number(v);
+    if (!Number.isSafeInteger(n) || n < 0) throw new NodeError('XDEVICE_ERR_CONFIG', `${name} must be a non-negative integer`);
+    return n;
+  };
+  const entries = num('XDEVICE_CHECKPOINT_ENTRIES');
+  const retain = num('XDEVICE_WAL_RETAIN_ENTRIES');
+  if (entries !== undefined) tuning.checkpointEntries = Math.max(1, entries);
+  if (retain !== undefined) tuning.walRetainEntriesMax = retain;
+  return tuning;
+}
+
 const WAL_DIR = 'wal';
 
 interface ConfPoint {

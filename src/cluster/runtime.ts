@@ -5,7 +5,7 @@
 import type { Logger } from 'pino';
 import type { NodeConfig as CliConfig } from '../cli/config.ts';
 import type { Runtime } from '../cli/runtime.ts';
-import { ClusterNode } from './node.ts';
+import { ClusterNode, tuningFromEnv } from './node.ts';
 
 export async function startReplicatedRuntime(config: CliConfig, logger: Logger): Promise<Runtime & { node: ClusterNode }> {
   const node = await ClusterNode.start({
@@ -17,6 +17,7 @@ export async function startReplicatedRuntime(config: CliConfig, logger: Logger):
     devices: config.devices,
     join: config.join,
     logger,
+    tuning: tuningFromEnv(),
   });
   return {
     node,

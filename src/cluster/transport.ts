@@ -171,6 +171,11 @@ class PeerLink {
       this.t.options.logger.debug({ peer: this.id, why }, 'peer link down');
       socket.destroy();
     };
+    // A peer behind a black hole accepts nothing and refuses nothing: give up and redial.
+    const handshakeTimer = setTimeout(() => {
+      if (!authenticated) fail('handshake timed out');
+    }, limits.peerIdleTimeoutMs);
+    handshakeTimer.unref();
     socket.once(o.tls ? 'secureConnect' : 'connect', () => {
       socket.write(encodeHello({ version: PROTOCOL_VERSION, clusterId: this.t.clusterId, from: o.nodeId, to: this.id, nonce: nonceD }));
     });
@@ -199,6 +204,7 @@ class PeerLink {
             socket.write(encodeAuth(Buffer.alloc(0)));
           }
           authenticated = true;
+          clearTimeout(handshakeTimer);
           this.ready();
         } else if (f.kind === FrameKind.Pong) {
           this.lastPongAt = Date.now();
@@ -209,6 +215,7 @@ class PeerLink {
     });
     socket.on('error', (err) => this.t.options.logger.debug({ peer: this.id, err: err.message }, 'peer socket error'));
     socket.on('close', () => {
+      clearTimeout(handshakeTimer);
       if (this.socket === socket) this.onClose();
     });
   }
