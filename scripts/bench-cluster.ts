@@ -30,6 +30,7 @@ import { formatTable, NBD_SCENARIOS, runFio, type FioResult, type ResultRow, typ
 import { latencyChartSvg, type ChartPoint } from './lib/latency-chart.ts';
 import { startNbdkitFile, type Nbdkit } from './lib/nbdkit.ts';
 import { formatProfile, summarizeProfile } from './lib/cpu-profile.ts';
+import { freePorts, getStatus, startBenchCluster, startBenchNode, waitUntil } from './lib/xdevice-nodes.ts';
 
 const ROOT = resolve(import.meta.dirname, '..');
 const TMPFS_MAGIC = 0x01021994;
@@ -44,6 +45,11 @@ const argv = await yargs(hideBin(process.argv))
   .option('pgbench-clients', { type: 'number', default: 8 })
   .option('pgbench-scale', { type: 'number', default: 10 })
   .option('backend', { choices: ['replicated', 'file'] as const, default: 'replicated' as const, describe: 'backend of the xdevice targets' })
+  .option('node-entry', {
+    choices: ['bin', 'cluster-main'] as const,
+    default: 'bin' as const,
+    describe: 'bin: bin/xdevice-node.js; cluster-main: dist/cluster/main.js (the replicated runtime alone)',
+  })
   .option('size', { type: 'string', default: '1GiB', describe: 'bytes of the export fio touches (e.g. 1GiB, 256MiB)' })
   .option('dir', { type: 'string', default: process.env.XDEVICE_BENCH_DIR ?? '/var/tmp', describe: 'where data directories go (a real disk)' })
   .option('goal', { type: 'string', array: true, default: [] as string[], describe: 'override a goal threshold: NAME=VALUE' })
@@ -160,7 +166,7 @@ interface System {
 }
 
 // The integration helpers put their temp dirs under os.tmpdir() (TMPDIR), and
-// the nodes log at XDEVICE_LOG_LEVEL: both must be set before the helpers run.
+// the nodes log at XDEVICE_LOG_LEVEL: both must be set before anything starts.
 // The node refuses XDEVICE_* variables it does not know, and children inherit
 // our environment: drop ours.
 const base = resolve(argv.dir);
@@ -174,9 +180,6 @@ process.env.TMPDIR = runDir;
 delete process.env.XDEVICE_TEST_TMP;
 delete process.env.XDEVICE_BENCH_DIR;
 process.env.XDEVICE_LOG_LEVEL ??= 'warn';
-const { startNode, waitFor, httpGet } = await import('../test/integration/helpers/node-process.ts');
-const { ProcessCluster } = await import('../test/integration/helpers/process-cluster.ts');
-const { freePort } = await import('../test/integration/helpers/ports.ts');
 
 const stamp = new Date().toISOString().replace(/[:.]/g, '-');
 const resultsDir = join(ROOT, 'bench-results');
@@ -193,49 +196,61 @@ function nodeEnv(system: string): NodeJS.ProcessEnv {
 const devices = [`bench:${SIZE_BYTES}`, `pg:${PG_DEVICE_BYTES}`];
 
 async function startSingle(): Promise<System> {
-  const node = await startNode({ id: 'node1', backend: argv.backend, devices, env: nodeEnv('single') });
-  if (argv.backend === 'replicated') {
-    await waitFor('the single node to lead', async () => {
-      const res = await httpGet(node.adminPort, '/status');
-      return res.status === 200 && (JSON.parse(res.body) as { role: string }).role === 'leader';
-    }, 60_000);
+  const [nbdPort, adminPort, peerPort] = await freePorts(3);
+  const node = await startBenchNode(ROOT, {
+    id: 'node1',
+    dataDir: join(runDir, 'single'),
+    entry: argv['node-entry'],
+    backend: argv.backend,
+    devices,
+    nbdPort: nbdPort!,
+    adminPort: adminPort!,
+    peerPort: peerPort!,
+    peers: '',
+    env: nodeEnv('single'),
+  });
+  try {
+    if (argv.backend === 'replicated') {
+      await waitUntil('the single node to lead', async () => ((await getStatus(adminPort!))?.role === 'leader' ? true : undefined), 60_000);
+    }
+  } catch (err) {
+    process.stderr.write(node.output().slice(-3000));
+    await node.stop();
+    throw err;
   }
-  const uri = `nbd://127.0.0.1:${node.nbdPort}/bench`;
+  const uri = `nbd://127.0.0.1:${nbdPort}/bench`;
   return {
     name: 'single',
     uri,
     allUris: [uri],
-    pg: { port: node.nbdPort, exportName: 'pg' },
+    pg: { port: nbdPort!, exportName: 'pg' },
     async settle() {},
     async stop() {
-      const exit = await node.kill(argv['cpu-prof'] ? 'SIGTERM' : 'SIGKILL');
+      const exit = await node.stop(argv['cpu-prof'] ? 'SIGTERM' : 'SIGKILL');
       if (argv['cpu-prof'] && exit.code !== 0) process.stderr.write(`single node exited with ${JSON.stringify(exit)}:\n${node.output().slice(-3000)}\n`);
     },
   };
 }
 
 async function startCluster(): Promise<System> {
-  const cluster = await ProcessCluster.start({ size: 3, devices, env: nodeEnv('cluster') });
+  const cluster = await startBenchCluster(ROOT, { size: 3, dataDir: join(runDir, 'cluster'), entry: argv['node-entry'], devices, env: nodeEnv('cluster') });
   try {
     const leader = await cluster.leader(60_000);
-    const uris = cluster.slots.map((s) => `nbd://127.0.0.1:${s.ports.nbd}/bench`);
+    const uris = cluster.nodes.map((n) => `nbd://127.0.0.1:${n.spec.nbdPort}/bench`);
     return {
       name: 'cluster',
       uri: uris[leader]!,
       allUris: [uris[leader]!, ...uris.filter((_, i) => i !== leader)],
-      pg: { port: cluster.slots[leader]!.ports.nbd, exportName: 'pg' },
+      pg: { port: cluster.nodes[leader]!.spec.nbdPort, exportName: 'pg' },
       async settle() {
         await cluster.converged(120_000);
       },
       async stop() {
-        if (argv['cpu-prof']) {
-          for (let i = 0; i < cluster.size; i++) await cluster.kill(i, 'SIGTERM');
-        }
-        await cluster.stop();
+        await cluster.stop(argv['cpu-prof'] ? 'SIGTERM' : 'SIGKILL');
       },
     };
   } catch (err) {
-    process.stderr.write(cluster.logs());
+    for (const n of cluster.nodes) process.stderr.write(`---- ${n.spec.id}\n${n.output().slice(-3000)}\n`);
     await cluster.stop();
     throw err;
   }
@@ -273,7 +288,8 @@ async function pgbench(system: System): Promise<number> {
   const device = await attachExport(system.pg.port, system.pg.exportName);
   try {
     device.mkfsAndMount();
-    const db = initPostgres({ walDir: join(device.mountpoint, 'pg_wal'), port: await freePort() });
+    const [pgPort] = await freePorts(1);
+    const db = initPostgres({ walDir: join(device.mountpoint, 'pg_wal'), port: pgPort! });
     db.start();
     try {
       pgbenchInit(db, argv['pgbench-scale']);
@@ -365,6 +381,7 @@ const targetOrderRows = ['nbdkit-file', 'single', 'cluster', 'cluster-spread'];
 let failed: unknown;
 try {
   if (argv.build && targetOrder.some((t) => t !== 'nbdkit')) buildDist();
+  if (argv['node-entry'] === 'cluster-main' && argv.backend !== 'replicated') throw new Error('--node-entry cluster-main runs the replicated backend only');
   for (const kind of targetOrder) await benchSystem(kind);
 } catch (err) {
   failed = err;
@@ -382,7 +399,7 @@ for (const row of results.rows) {
 }
 
 const header = [
-  `XDevice benchmark ${stamp}: ${RUNTIME} s per job, ${argv.size} export, backend ${argv.backend}, data on ${runDir}`,
+  `XDevice benchmark ${stamp}: ${RUNTIME} s per job, ${argv.size} export, backend ${argv.backend} (${argv['node-entry']}), data on ${runDir}`,
   `host: ${spawnSync('uname', ['-r'], { encoding: 'utf8' }).stdout.trim()}, ${(await import('node:os')).cpus().length} CPUs, fio ${execFileSync('fio', ['--version'], { encoding: 'utf8' }).trim()}`,
 ].join('\n');
 console.log(header);
