@@ -70,6 +70,8 @@ interface Request {
 }
 
 const NO_ERROR = NbdError.OK;
+/** After shutdown and the last reply, how long a client may take to hang up. */
+const SHUTDOWN_GRACE_MS = 5_000;
 const UINT32_MAX = 0xffff_ffff;
 
 export class Transmission {
@@ -145,6 +147,8 @@ export class Transmission {
     this.shuttingDown = true;
     this.parse();
     this.maybeEnd();
+    // A client that ignores ESHUTDOWN and keeps the socket open is cut off.
+    setTimeout(() => this.socket.destroy(), SHUTDOWN_GRACE_MS).unref();
   }
 
   get requestsInFlight(): number {
@@ -434,14 +438,12 @@ export class Transmission {
   private maybeEnd(): void {
     if (this.ended || this.closed) return;
     if (!this.draining && !this.shuttingDown) return;
-    if (this.shuttingDown && !this.draining) {
-      // Let a half-received payload arrive so framing holds; requests already
-      // queued were answered ESHUTDOWN by parse(). Then stop reading.
-      if (this.pending !== undefined) return;
-      this.draining = true;
-    }
+    // While shutting down the socket is still read: requests arriving now are
+    // answered ESHUTDOWN by parse() (as the spec asks), and a half-received
+    // payload is consumed so framing holds. Close once nothing runs.
     if (this.inFlightRequests > 0 || this.pending !== undefined) return;
     this.ended = true;
+    this.draining = true;
     // end() flushes queued replies and, under TLS, sends close_notify first.
     this.socket.end();
   }
