@@ -158,7 +158,11 @@ export class Raft {
   }
 
   private bcastAppend(): void {
-    for (const id of this.trk.progress.keys()) if (id !== this.id) this.maybeSendAppend(id, true);
+    for (const id of this.trk.progress.keys()) {
+      if (id === this.id) continue;
+      // Fill the in-flight window: a batch larger than one message goes out pipelined.
+      if (this.maybeSendAppend(id, true)) while (this.maybeSendAppend(id, false));
+    }
   }
 
   private bcastHeartbeat(): void {
