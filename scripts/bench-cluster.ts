@@ -1,13 +1,14 @@
 // npm run bench -- [--runtime 20] [--scenarios a,c,d,e,f,g] [--targets single,cluster,nbdkit]
-//                  [--pgbench] [--backend replicated|file] [--size 1GiB] [--dir /var/tmp]
-//                  [--goal cluster-a-p50=1.5 ...] [--cpu-prof]
+//                  [--pgbench] [--rounds 1] [--backend replicated|file] [--node-entry bin|cluster-main]
+//                  [--size 1GiB] [--dir /var/tmp] [--goal cluster-a-p50=1.5 ...] [--cpu-prof]
 //
 // The replicated device's benchmark (issue 5): fio (ioengine=nbd) against
 //   single   one xdevice-node (a one-node Raft cluster),
 //   cluster  three xdevice-node processes on loopback (fio talks to the leader;
 //            for reads also "spread": one job per node, the queue depth split),
 //   nbdkit   nbdkit's file plugin on the same filesystem,
-// in the same run, every row compared with nbdkit-file. With --pgbench,
+// in the same run, all up at once, each scenario visiting the targets back to
+// back, every row compared with nbdkit-file. With --pgbench,
 // PostgreSQL 15 keeps its WAL (initdb --waldir) on ext4 on each target's
 // device, attached through nbdfuse + losetup, and pgbench's tps is compared.
 // Prints the tables and the issue's goals, writes JSON and an SVG chart of
@@ -52,6 +53,7 @@ const argv = await yargs(hideBin(process.argv))
   })
   .option('size', { type: 'string', default: '1GiB', describe: 'bytes of the export fio touches (e.g. 1GiB, 256MiB)' })
   .option('dir', { type: 'string', default: process.env.XDEVICE_BENCH_DIR ?? '/var/tmp', describe: 'where data directories go (a real disk)' })
+  .option('rounds', { type: 'number', default: 1, describe: 'repeat the matrix; each row reports its median-IOPS round' })
   .option('goal', { type: 'string', array: true, default: [] as string[], describe: 'override a goal threshold: NAME=VALUE' })
   .option('cpu-prof', { type: 'boolean', default: false, describe: 'profile the xdevice-node processes' })
   .option('build', { type: 'boolean', default: true, describe: 'compile dist/ first (the node binary runs it)' })
@@ -186,11 +188,11 @@ const resultsDir = join(ROOT, 'bench-results');
 mkdirSync(resultsDir, { recursive: true });
 const profileDir = join(resultsDir, `profiles-${stamp}`);
 
-function nodeEnv(system: string): NodeJS.ProcessEnv {
-  if (!argv['cpu-prof']) return {};
+function nodeArgs(system: string): string[] {
+  if (!argv['cpu-prof']) return [];
   const dir = join(profileDir, system);
   mkdirSync(dir, { recursive: true });
-  return { NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ''} --cpu-prof --cpu-prof-dir=${dir}`.trim() };
+  return ['--cpu-prof', `--cpu-prof-dir=${dir}`];
 }
 
 const devices = [`bench:${SIZE_BYTES}`, `pg:${PG_DEVICE_BYTES}`];
@@ -207,7 +209,7 @@ async function startSingle(): Promise<System> {
     adminPort: adminPort!,
     peerPort: peerPort!,
     peers: '',
-    env: nodeEnv('single'),
+    nodeArgs: nodeArgs('single'),
   });
   try {
     if (argv.backend === 'replicated') {
@@ -233,7 +235,7 @@ async function startSingle(): Promise<System> {
 }
 
 async function startCluster(): Promise<System> {
-  const cluster = await startBenchCluster(ROOT, { size: 3, dataDir: join(runDir, 'cluster'), entry: argv['node-entry'], devices, env: nodeEnv('cluster') });
+  const cluster = await startBenchCluster(ROOT, { size: 3, dataDir: join(runDir, 'cluster'), entry: argv['node-entry'], devices, nodeArgs: (id) => nodeArgs(`cluster-${id}`) });
   try {
     const leader = await cluster.leader(60_000);
     const uris = cluster.nodes.map((n) => `nbd://127.0.0.1:${n.spec.nbdPort}/bench`);
@@ -335,40 +337,56 @@ const log = (line: string): void => void process.stderr.write(`${new Date().toIS
 const results: Results = { rows: [], pgbench: new Map() };
 const started: System[] = [];
 
-async function benchSystem(kind: string): Promise<void> {
+async function startSystem(kind: string): Promise<System> {
   log(`starting ${kind}`);
   const system = kind === 'nbdkit' ? await startNbdkitTarget() : kind === 'single' ? await startSingle() : await startCluster();
   started.push(system);
-  try {
-    let filled = false;
-    for (const scenario of scenarios) {
-      const reading = scenario.rw.includes('read');
-      if (reading && !filled) {
-        // Reads of never-written blocks would measure holes (nbdkit answers
-        // them from a sparse file without touching the disk).
-        log(`${system.name}: filling ${argv.size} before the read scenarios`);
-        const fill: Scenario = { id: 'fill', title: 'fill', rw: 'write', blockSize: '1M', iodepth: 8 };
-        await runFio({ uri: system.uri, scenario: fill, runtimeSeconds: 0, sizeBytes: SIZE_BYTES, timeBased: false });
-        await system.settle();
-        filled = true;
-      }
-      const run = async (target: string, uri: string | string[]): Promise<void> => {
-        const result = await runFio({ uri, scenario, runtimeSeconds: RUNTIME, sizeBytes: SIZE_BYTES, rampSeconds: 2 });
-        results.rows.push({ scenario, target, result });
-        log(`${scenario.id} ${target}: ${result.iops.toFixed(0)} IOPS, p50 ${result.p50Us.toFixed(0)} µs, p99 ${result.p99Us.toFixed(0)} µs`);
-      };
-      await run(system.name, system.uri);
-      if (reading && system.allUris.length > 1) await run(`${system.name}-spread`, system.allUris);
+  return system;
+}
+
+/** Every (scenario, target) measured in each round; the reported row is the round with the median IOPS. */
+const rounds = new Map<string, ResultRow[]>();
+
+async function measure(system: System, scenario: Scenario, target: string, uri: string | string[]): Promise<void> {
+  const result = await runFio({ uri, scenario, runtimeSeconds: RUNTIME, sizeBytes: SIZE_BYTES, rampSeconds: 2 });
+  const key = `${scenario.id}/${target}`;
+  rounds.set(key, [...(rounds.get(key) ?? []), { scenario, target, result }]);
+  log(`${scenario.id} ${target}: ${result.iops.toFixed(0)} IOPS, p50 ${result.p50Us.toFixed(0)} µs, p99 ${result.p99Us.toFixed(0)} µs`);
+}
+
+// All targets run side by side and each scenario visits them back to back:
+// on a shared machine the disk and CPUs drift over minutes, and a ratio is only
+// fair when both sides of it were measured under the same conditions. An idle
+// cluster costs a few heartbeats a second.
+async function runAll(): Promise<void> {
+  const systems: System[] = [];
+  for (const kind of targetOrder) systems.push(await startSystem(kind));
+  if (scenarios.some((s) => s.rw.includes('read'))) {
+    // Reads of never-written blocks would measure holes (nbdkit answers them
+    // from a sparse file without touching the disk).
+    const fill: Scenario = { id: 'fill', title: 'fill', rw: 'write', blockSize: '1M', iodepth: 8 };
+    for (const system of systems) {
+      log(`${system.name}: filling ${argv.size} for the read scenarios`);
+      await runFio({ uri: system.uri, scenario: fill, runtimeSeconds: 0, sizeBytes: SIZE_BYTES, timeBased: false });
+      await system.settle();
     }
-    if (argv.pgbench && (kind === 'cluster' || kind === 'nbdkit' || kind === 'single')) {
+  }
+  for (let round = 1; round <= argv.rounds; round++) {
+    if (argv.rounds > 1) log(`round ${round} of ${argv.rounds}`);
+    for (const scenario of scenarios) {
+      for (const system of systems) {
+        await measure(system, scenario, system.name, system.uri);
+        if (scenario.rw.includes('read') && system.allUris.length > 1) await measure(system, scenario, `${system.name}-spread`, system.allUris);
+      }
+    }
+  }
+  if (argv.pgbench) {
+    for (const system of systems) {
       log(`${system.name}: pgbench (${PGBENCH_SECONDS} s, ${argv['pgbench-clients']} clients, scale ${argv['pgbench-scale']})`);
       const tps = await pgbench(system);
       results.pgbench.set(system.name, tps);
       log(`${system.name}: pgbench ${tps.toFixed(1)} tps`);
     }
-  } finally {
-    await system.stop();
-    started.splice(started.indexOf(system), 1);
   }
 }
 
@@ -382,7 +400,7 @@ let failed: unknown;
 try {
   if (argv.build && targetOrder.some((t) => t !== 'nbdkit')) buildDist();
   if (argv['node-entry'] === 'cluster-main' && argv.backend !== 'replicated') throw new Error('--node-entry cluster-main runs the replicated backend only');
-  for (const kind of targetOrder) await benchSystem(kind);
+  await runAll();
 } catch (err) {
   failed = err;
   process.stderr.write(`benchmark stopped: ${(err as Error).stack ?? String(err)}\n`);
@@ -390,6 +408,10 @@ try {
   await stopEverything();
 }
 
+for (const measured of rounds.values()) {
+  const byIops = [...measured].sort((x, y) => x.result.iops - y.result.iops);
+  results.rows.push(byIops[Math.floor((byIops.length - 1) / 2)]!);
+}
 // Baselines and order: each scenario's rows together, nbdkit-file first.
 results.rows.sort(
   (x, y) => scenarios.indexOf(x.scenario) - scenarios.indexOf(y.scenario) || targetOrderRows.indexOf(x.target) - targetOrderRows.indexOf(y.target),
@@ -433,6 +455,7 @@ writeFileSync(
       stamp,
       options: { runtimeSeconds: RUNTIME, sizeBytes: SIZE_BYTES, backend: argv.backend, targets: targetOrder, scenarios: scenarios.map((s) => s.id) },
       rows: results.rows.map((r) => ({ scenario: r.scenario, target: r.target, result: r.result })),
+      rounds: Object.fromEntries([...rounds].map(([k, v]) => [k, v.map((r) => r.result)])),
       pgbench: Object.fromEntries(results.pgbench),
       goals: goalRows,
       error: failed === undefined ? undefined : String(failed),

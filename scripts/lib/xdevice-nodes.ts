@@ -24,6 +24,8 @@ export interface NodeSpec {
   /** ID=HOST:PORT,... of every member, this one included; empty: a one-node cluster. */
   peers: string;
   env?: NodeJS.ProcessEnv;
+  /** Options for node itself (--cpu-prof is refused in NODE_OPTIONS). */
+  nodeArgs?: string[];
 }
 
 export interface BenchNode {
@@ -104,7 +106,7 @@ function argsFor(root: string, s: NodeSpec): string[] {
 /** Starts one node and waits until its admin API answers. */
 export async function startBenchNode(root: string, spec: NodeSpec): Promise<BenchNode> {
   mkdirSync(spec.dataDir, { recursive: true });
-  const child = spawn(process.execPath, argsFor(root, spec), {
+  const child = spawn(process.execPath, [...(spec.nodeArgs ?? []), ...argsFor(root, spec)], {
     cwd: root,
     env: { ...process.env, XDEVICE_LOG_FORMAT: 'json', ...spec.env },
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -156,7 +158,7 @@ export interface BenchCluster {
 /** Starts `size` nodes on loopback that know each other from the start. */
 export async function startBenchCluster(
   root: string,
-  options: { size: number; dataDir: string; entry: NodeEntry; devices: string[]; env?: NodeJS.ProcessEnv },
+  options: { size: number; dataDir: string; entry: NodeEntry; devices: string[]; env?: NodeJS.ProcessEnv; nodeArgs?: (id: string) => string[] },
 ): Promise<BenchCluster> {
   const ports = await freePorts(3 * options.size);
   const ids = Array.from({ length: options.size }, (_, i) => `node${i + 1}`);
@@ -204,6 +206,7 @@ export async function startBenchCluster(
         peerPort: ports[3 * i + 2]!,
         peers,
         ...(options.env ? { env: options.env } : {}),
+        ...(options.nodeArgs ? { nodeArgs: options.nodeArgs(id) } : {}),
       }),
     ),
   );
