@@ -40,7 +40,7 @@ function parseFlags(argv: string[]): { flags: Map<string, string | string[]>; co
     .version(false);
   for (const spec of CONFIG_KEYS) {
     parser = parser.option(spec.key, {
-      type: 'string',
+      type: spec.kind === 'boolean' ? 'boolean' : 'string',
       array: spec.kind === 'devices',
       describe: `${spec.describe} (default ${spec.default || '""'})`,
     });

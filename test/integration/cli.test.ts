@@ -28,8 +28,8 @@ t.test('xdevice-cli drives a live cluster', { timeout: 600_000 }, async (t) => {
   t.teardown(() => cluster.stop());
   const leader = await cluster.leader();
   const endpoints = cluster.slots.map((s) => `127.0.0.1:${s.ports.admin}`).join(',');
-  // Point the CLI at a follower only: changes must still find the leader.
-  const followerOnly = `127.0.0.1:${cluster.slots[(leader + 1) % 3]!.ports.admin}`;
+  // A follower first: changes must still find their way to the leader.
+  const followerFirst = [(leader + 1) % 3, (leader + 2) % 3, leader].map((i) => `127.0.0.1:${cluster.slots[i]!.ports.admin}`).join(',');
 
   const status = await cli(['--endpoints', endpoints, 'status']);
   t.equal(status.code, 0, status.stderr);
@@ -39,16 +39,16 @@ t.test('xdevice-cli drives a live cluster', { timeout: 600_000 }, async (t) => {
   const rows = JSON.parse(statusJson.stdout) as { status: { id: string; role: string } }[];
   t.same(rows.map((r) => r.status.id).sort(), ['node1', 'node2', 'node3']);
 
-  const members = JSON.parse((await cli(['--endpoints', followerOnly, '-w', 'json', 'members', 'list'])).stdout) as { members: { id: string; voter: boolean }[] };
+  const members = JSON.parse((await cli(['--endpoints', followerFirst, '-w', 'json', 'members', 'list'])).stdout) as { members: { id: string; voter: boolean }[] };
   t.same(members.members.map((m) => m.id).sort(), ['node1', 'node2', 'node3']);
   t.ok(members.members.every((m) => m.voter));
-  t.match((await cli(['--endpoints', followerOnly, 'members', 'list'])).stdout, /\| node2 +\| 127\.0\.0\.1:\d+ +\| voter/);
+  t.match((await cli(['--endpoints', followerFirst, 'members', 'list'])).stdout, /\| node2 +\| 127\.0\.0\.1:\d+ +\| voter/);
 
   // devices
-  const created = await cli(['--endpoints', followerOnly, '-w', 'json', 'device', 'create', 'wal', '8MiB']);
+  const created = await cli(['--endpoints', followerFirst, '-w', 'json', 'device', 'create', 'wal', '8MiB']);
   t.equal(created.code, 0, created.stderr);
   t.ok((JSON.parse(created.stdout) as { devices: { name: string; size: number }[] }).devices.some((d) => d.name === 'wal' && d.size === 8 * 1024 * 1024));
-  const resized = await cli(['--endpoints', followerOnly, 'device', 'resize', 'wal', '16MiB']);
+  const resized = await cli(['--endpoints', followerFirst, 'device', 'resize', 'wal', '16MiB']);
   t.equal(resized.code, 0, resized.stderr);
   t.match(resized.stdout, /\| wal +\| 16MiB/);
   // every node serves the new device
@@ -67,7 +67,7 @@ t.test('xdevice-cli drives a live cluster', { timeout: 600_000 }, async (t) => {
 
   // transfer leadership
   const target = cluster.slots[(leader + 2) % 3]!.id;
-  const moved = await cli(['--endpoints', followerOnly, 'transfer-leader', '--to', target]);
+  const moved = await cli(['--endpoints', followerFirst, 'transfer-leader', '--to', target]);
   t.equal(moved.code, 0, moved.stderr);
   await waitFor(`${target} to lead`, async () => (await cluster.status((leader + 2) % 3))?.role === 'leader', 15_000);
 
@@ -76,7 +76,7 @@ t.test('xdevice-cli drives a live cluster', { timeout: 600_000 }, async (t) => {
   const peersWith4 = `${cluster.slots.map((s) => `${s.id}=127.0.0.1:${s.ports.peer}`).join(',')},node4=127.0.0.1:${peer}`;
   const node4 = await startNode({ id: 'node4', ports: { nbd: nbd!, admin: admin!, peer: peer! }, peers: peersWith4, devices: ['default:32MiB'], extraArgs: ['--join'] });
   t.teardown(() => node4.kill());
-  const added = await cli(['--endpoints', followerOnly, '-w', 'json', 'add-node', '--id=node4', `--address=127.0.0.1:${peer}`]);
+  const added = await cli(['--endpoints', followerFirst, '-w', 'json', 'add-node', '--id=node4', `--address=127.0.0.1:${peer}`]);
   t.equal(added.code, 0, `${added.stderr}\n${node4.output().slice(-3000)}`);
   t.match(added.stderr, /catching up node4.*caught up/s, 'progress is reported while it catches up');
   const withFour = JSON.parse(added.stdout) as { members: { id: string; voter: boolean }[] };
