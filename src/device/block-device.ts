@@ -69,6 +69,12 @@ export interface BlockDevice {
    */
   readSparse?(offset: number, length: number): Promise<ReadSegment[]>;
   write(offset: number, data: Buffer, options?: WriteOptions): Promise<void>;
+  /**
+   * write() of the buffers back to back. The NBD server passes a large
+   * payload as the pieces it arrived in, sparing a gathering copy. The
+   * buffers are not modified later, but must not be retained once it resolves.
+   */
+  writev?(offset: number, data: readonly Buffer[], options?: WriteOptions): Promise<void>;
   flush(): Promise<void>;
   trim(offset: number, length: number, options?: WriteOptions): Promise<void>;
   writeZeroes(offset: number, length: number, options?: ZeroOptions): Promise<void>;

@@ -82,6 +82,19 @@ export class InputQueue {
     return copied;
   }
 
+  /** Consumes up to `max` bytes as slices of the received chunks (no copy); returns how many. */
+  takeSlices(max: number, out: Buffer[]): number {
+    let taken = 0;
+    while (taken < max && this.bytes > 0) {
+      const first = this.chunks[0]!;
+      const n = Math.min(max - taken, first.length - this.head);
+      out.push(first.subarray(this.head, this.head + n));
+      taken += n;
+      this.consume(n);
+    }
+    return taken;
+  }
+
   /** Drops up to `n` bytes; returns how many were dropped. */
   skip(n: number): number {
     const dropped = Math.min(n, this.bytes);

@@ -86,7 +86,9 @@ export class Transmission {
   private inFlightRequests = 0;
   private inFlightBytes = 0;
   /** A WRITE whose payload is still arriving. */
-  private pending: { request: Request; payload: Buffer | null; filled: number; error: NbdError } | undefined;
+  private pending:
+    | { request: Request; payload: Buffer | null; parts: Buffer[] | null; filled: number; error: NbdError }
+    | undefined;
   private corked = false;
   private paused = false;
   private waitingForDrain = false;
@@ -172,11 +174,14 @@ export class Transmission {
       const pending = this.pending;
       if (pending !== undefined) {
         const need = pending.request.length - pending.filled;
-        const got = pending.payload === null ? input.skip(need) : input.copyInto(pending.payload, pending.filled, need);
+        let got: number;
+        if (pending.parts !== null) got = input.takeSlices(need, pending.parts);
+        else if (pending.payload !== null) got = input.copyInto(pending.payload, pending.filled, need);
+        else got = input.skip(need);
         pending.filled += got;
         if (pending.filled < pending.request.length) return;
         this.pending = undefined;
-        this.admitWrite(pending.request, pending.payload, pending.error, true);
+        this.admitWrite(pending.request, pending.parts ?? pending.payload, pending.error, true);
         continue;
       }
       if (this.draining) return;
@@ -225,9 +230,12 @@ export class Transmission {
         // The payload is always consumed, even for a request that fails, so framing holds.
         if (error === NO_ERROR && length > limits.requestBytesMax) error = NbdError.EINVAL;
         request.weight = error === NO_ERROR ? length : 0;
+        // A device with writev() takes the payload as the slices it arrives in (no gathering copy).
+        const sliced = error === NO_ERROR && this.device.writev !== undefined;
         this.pending = {
           request,
-          payload: error === NO_ERROR ? Buffer.allocUnsafe(length) : null,
+          payload: error === NO_ERROR && !sliced ? Buffer.allocUnsafe(length) : null,
+          parts: sliced ? [] : null,
           filled: 0,
           error,
         };
@@ -245,7 +253,7 @@ export class Transmission {
   }
 
   /** A WRITE whose payload has fully arrived; `bytesCounted` when its bytes were counted at the header. */
-  private admitWrite(request: Request, payload: Buffer | null, error: NbdError, bytesCounted: boolean): void {
+  private admitWrite(request: Request, payload: Buffer | Buffer[] | null, error: NbdError, bytesCounted: boolean): void {
     this.inFlightRequests++;
     if (!bytesCounted) this.inFlightBytes += request.weight;
     if (error !== NO_ERROR || payload === null) {
@@ -285,7 +293,7 @@ export class Transmission {
 
   // ---------------------------------------------------------------- execution
 
-  private execute(request: Request, payload: Buffer | null): void {
+  private execute(request: Request, payload: Buffer | Buffer[] | null): void {
     let work: Promise<void>;
     try {
       work = this.perform(request, payload);
@@ -303,7 +311,7 @@ export class Transmission {
   }
 
   /** Runs a validated request and sends its successful reply. */
-  private async perform(request: Request, payload: Buffer | null): Promise<void> {
+  private async perform(request: Request, payload: Buffer | Buffer[] | null): Promise<void> {
     const device = this.device;
     const { offset, length, flags } = request;
     const fua = (flags & NBD_CMD_FLAG_FUA) !== 0;
@@ -311,7 +319,8 @@ export class Transmission {
       case NbdCommand.READ:
         return this.performRead(request);
       case NbdCommand.WRITE:
-        await device.write(offset, payload!, fua ? { fua } : undefined);
+        if (Array.isArray(payload)) await device.writev!(offset, payload, fua ? { fua } : undefined);
+        else await device.write(offset, payload!, fua ? { fua } : undefined);
         break;
       case NbdCommand.FLUSH:
         await device.flush();
