@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { formatReport, runNemesis } from './nemesis/nemesis.ts';
 import { tempDir } from './helpers/node-process.ts';
 
-t.test('linearizable under kill -9, pauses, partitions and slow links', { timeout: 600_000 }, async (t) => {
+t.test('linearizable under kill -9, pauses, partitions, slow links and slow disks', { timeout: 600_000 }, async (t) => {
   const seed = Number(process.env.XDEVICE_SEED ?? Date.now() % 1_000_000_000);
   t.comment(`XDEVICE_SEED=${seed}`);
   const historyFile = join(tempDir('nemesis'), 'history.jsonl');

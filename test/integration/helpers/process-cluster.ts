@@ -2,6 +2,7 @@
 // directed peer link i→j runs through a LinkProxy, so tests can partition any
 // set of nodes from any other, or slow a link down.
 
+import { writeFileSync } from 'node:fs';
 import { LinkProxy } from '../nemesis/link-proxy.ts';
 import { freePorts } from './ports.ts';
 import { httpGet, startNode, tempDir, waitFor, type NodeProcess } from './node-process.ts';
@@ -79,10 +80,20 @@ export class ProcessCluster {
       backend: 'replicated',
       devices: this.options.devices ?? ['default:64MiB'],
       ...(this.options.extraArgs ? { extraArgs: this.options.extraArgs } : {}),
-      ...(this.options.env ? { env: this.options.env } : {}),
+      env: { ...this.options.env, XDEVICE_FAULT_FILE: this.faultFile(i) },
     });
     slot.paused = false;
     return slot.proc;
+  }
+
+  /** The disk-fault file node i watches (XDEVICE_FAULT_FILE); absent = no faults. */
+  faultFile(i: number): string {
+    return `${this.slots[i]!.dataDir}-faults.json`;
+  }
+
+  /** Slows (delayUs) or fails (errno) node i's disk writes; `{}` clears. */
+  setDiskFault(i: number, fault: { delayUs?: number; fdatasyncErrno?: string; pwriteErrno?: string }): void {
+    writeFileSync(this.faultFile(i), JSON.stringify(fault));
   }
 
   get size(): number {

@@ -33,8 +33,8 @@ export interface NemesisReport {
   historyFile: string | undefined;
 }
 
-type Fault = 'kill-leader' | 'kill-follower' | 'pause' | 'partition-one' | 'partition-leader' | 'slow-links';
-const FAULTS: Fault[] = ['kill-leader', 'kill-follower', 'pause', 'partition-one', 'partition-leader', 'slow-links'];
+type Fault = 'kill-leader' | 'kill-follower' | 'pause' | 'partition-one' | 'partition-leader' | 'slow-links' | 'slow-disk';
+const FAULTS: Fault[] = ['kill-leader', 'kill-follower', 'pause', 'partition-one', 'partition-leader', 'slow-links', 'slow-disk'];
 
 export async function runNemesis(options: NemesisOptions): Promise<NemesisReport> {
   const log = options.log ?? (() => {});
@@ -94,6 +94,14 @@ export async function runNemesis(options: NemesisOptions): Promise<NemesisReport
           cluster.heal();
           break;
         }
+        case 'slow-disk': {
+          // every WAL write and fdatasync of one node waits 2-30 ms
+          const victim = rand.int(cluster.size);
+          cluster.setDiskFault(victim, { delayUs: 2_000 + rand.int(28_000) });
+          await sleep(holdMs);
+          cluster.setDiskFault(victim, {});
+          break;
+        }
         case 'slow-links':
           cluster.slowLinks(5 + rand.int(30));
           await sleep(holdMs);
@@ -104,6 +112,7 @@ export async function runNemesis(options: NemesisOptions): Promise<NemesisReport
     // Faults stop: everything heals, restarts, and must converge and serve.
     cluster.heal();
     for (let i = 0; i < cluster.size; i++) {
+      cluster.setDiskFault(i, {});
       cluster.resume(i);
       if (!cluster.isUp(i)) await cluster.startNode(i);
     }
