@@ -89,6 +89,18 @@ export class FileDevice implements BlockDevice {
     if (options?.fua === true) await this.handle.datasync();
   }
 
+  async writev(offset: number, data: readonly Buffer[], options?: WriteOptions): Promise<void> {
+    let length = 0;
+    for (const part of data) length += part.length;
+    this.check(offset, length, true);
+    const { bytesWritten } = await this.handle.writev(data as Buffer[], offset);
+    if (bytesWritten < length) {
+      // A short pwritev (rare: signals, quotas) is finished piece by piece.
+      await writeFully(this.handle, offset + bytesWritten, Buffer.concat(data as Buffer[]).subarray(bytesWritten));
+    }
+    if (options?.fua === true) await this.handle.datasync();
+  }
+
   async flush(): Promise<void> {
     this.check(0, 0, false);
     await this.handle.datasync();
