@@ -70,6 +70,8 @@ interface Request {
 }
 
 const NO_ERROR = NbdError.OK;
+/** Pieces a WRITE payload may arrive in before they are gathered into one buffer (32 MiB / 64 KiB reads = 512). */
+const WRITE_SLICES_MAX = 1024;
 /** After shutdown and the last reply, how long a client may take to hang up. */
 const SHUTDOWN_GRACE_MS = 5_000;
 const UINT32_MAX = 0xffff_ffff;
@@ -174,6 +176,13 @@ export class Transmission {
       const pending = this.pending;
       if (pending !== undefined) {
         const need = pending.request.length - pending.filled;
+        if (pending.parts !== null && pending.parts.length > WRITE_SLICES_MAX) {
+          // A client trickling tiny segments would make thousands of slices: gather instead.
+          pending.payload = Buffer.allocUnsafe(pending.request.length);
+          let at = 0;
+          for (const part of pending.parts) at += part.copy(pending.payload, at);
+          pending.parts = null;
+        }
         let got: number;
         if (pending.parts !== null) got = input.takeSlices(need, pending.parts);
         else if (pending.payload !== null) got = input.copyInto(pending.payload, pending.filled, need);

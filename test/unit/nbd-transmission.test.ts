@@ -284,3 +284,21 @@ t.test('client refuses to use the connection before openDevice and after close',
   await t.rejects(d.read(0, 1));
 });
 
+
+t.test('a WRITE payload trickled one byte per segment is gathered and lands intact', async (t) => {
+  const h = await startHarness();
+  t.teardown(() => h.close());
+  const raw = await rawTransmission(h.port, 'a');
+  const payload = Buffer.alloc(3000);
+  for (let i = 0; i < payload.length; i++) payload[i] = (i * 13) & 0xff;
+  raw.socket.write(encodeRequest(0, NbdCommand.WRITE, 0, 5, 65536, payload.length));
+  for (let i = 0; i < payload.length; i++) {
+    raw.socket.write(payload.subarray(i, i + 1));
+    // Each byte leaves as its own segment (TCP_NODELAY), more of them than the slice limit.
+    if (i < 1500) await new Promise((r) => setImmediate(r));
+  }
+  const reply = decodeReplyHeader(await raw.input.read(16));
+  t.same([reply.cookieLo, reply.kind === 'simple' && reply.error], [5, 0]);
+  t.ok((await h.devices.a.read(65536, payload.length)).equals(payload));
+  raw.socket.destroy();
+});
