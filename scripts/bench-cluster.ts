@@ -31,6 +31,7 @@ import { formatTable, NBD_SCENARIOS, runFio, type FioResult, type ResultRow, typ
 import { latencyChartSvg, type ChartPoint } from './lib/latency-chart.ts';
 import { startNbdkitFile, type Nbdkit } from './lib/nbdkit.ts';
 import { formatProfile, summarizeProfile } from './lib/cpu-profile.ts';
+import { breakdown, scrapeMetrics, type NodeBreakdown, type Samples } from './lib/node-metrics.ts';
 import { freePorts, getStatus, startBenchCluster, startBenchNode, waitUntil } from './lib/xdevice-nodes.ts';
 
 const ROOT = resolve(import.meta.dirname, '..');
@@ -160,6 +161,8 @@ interface System {
   uri: string;
   /** URIs of the benchmark export on every node (more than one: a cluster). */
   allUris: string[];
+  /** Admin API of every xdevice node (none for nbdkit): scraped around each job. */
+  admin: Array<{ node: string; port: number }>;
   /** host port and export name of the PostgreSQL device. */
   pg: { port: number; exportName: string };
   /** Waits until every node has applied what the leader committed (reads spread over nodes see the data). */
@@ -225,6 +228,7 @@ async function startSingle(): Promise<System> {
     name: 'single',
     uri,
     allUris: [uri],
+    admin: [{ node: 'node1', port: adminPort! }],
     pg: { port: nbdPort!, exportName: 'pg' },
     async settle() {},
     async stop() {
@@ -243,6 +247,7 @@ async function startCluster(): Promise<System> {
       name: 'cluster',
       uri: uris[leader]!,
       allUris: [uris[leader]!, ...uris.filter((_, i) => i !== leader)],
+      admin: cluster.nodes.map((n, i) => ({ node: `${n.spec.id}${i === leader ? ' (leader)' : ''}`, port: n.spec.adminPort })),
       pg: { port: cluster.nodes[leader]!.spec.nbdPort, exportName: 'pg' },
       async settle() {
         await cluster.converged(120_000);
@@ -273,6 +278,7 @@ async function startNbdkitTarget(): Promise<System> {
     name: 'nbdkit-file',
     uri: bench.uri,
     allUris: [bench.uri],
+    admin: [],
     pg: { port: pg.port, exportName: '' },
     async settle() {},
     async stop() {
@@ -344,13 +350,27 @@ async function startSystem(kind: string): Promise<System> {
   return system;
 }
 
+interface Measured {
+  row: ResultRow;
+  /** Per xdevice node, from its /metrics around the job (ramp included). */
+  nodes: NodeBreakdown[];
+}
+
 /** Every (scenario, target) measured in each round; the reported row is the round with the median IOPS. */
-const rounds = new Map<string, ResultRow[]>();
+const rounds = new Map<string, Measured[]>();
+const breakdowns = new Map<ResultRow, NodeBreakdown[]>();
+
+async function scrapeAll(system: System): Promise<Samples[]> {
+  return await Promise.all(system.admin.map((a) => scrapeMetrics(a.port).catch(() => new Map() as Samples)));
+}
 
 async function measure(system: System, scenario: Scenario, target: string, uri: string | string[]): Promise<void> {
+  const before = await scrapeAll(system);
   const result = await runFio({ uri, scenario, runtimeSeconds: RUNTIME, sizeBytes: SIZE_BYTES, rampSeconds: 2 });
+  const after = await scrapeAll(system);
+  const nodes = system.admin.map((a, i) => breakdown(a.node, before[i]!, after[i]!));
   const key = `${scenario.id}/${target}`;
-  rounds.set(key, [...(rounds.get(key) ?? []), { scenario, target, result }]);
+  rounds.set(key, [...(rounds.get(key) ?? []), { row: { scenario, target, result }, nodes }]);
   log(`${scenario.id} ${target}: ${result.iops.toFixed(0)} IOPS, p50 ${result.p50Us.toFixed(0)} µs, p99 ${result.p99Us.toFixed(0)} µs`);
 }
 
@@ -409,8 +429,10 @@ try {
 }
 
 for (const measured of rounds.values()) {
-  const byIops = [...measured].sort((x, y) => x.result.iops - y.result.iops);
-  results.rows.push(byIops[Math.floor((byIops.length - 1) / 2)]!);
+  const byIops = [...measured].sort((x, y) => x.row.result.iops - y.row.result.iops);
+  const median = byIops[Math.floor((byIops.length - 1) / 2)]!;
+  results.rows.push(median.row);
+  if (median.nodes.length > 0) breakdowns.set(median.row, median.nodes);
 }
 // Baselines and order: each scenario's rows together, nbdkit-file first.
 results.rows.sort(
@@ -446,6 +468,29 @@ for (const g of goalRows) {
   console.log(`| ${g.describe} | ${g.value === undefined ? 'not run' : `${g.value.toFixed(2)}x`} | ${g.op} ${g.threshold}x | ${g.holds === undefined ? '-' : g.holds ? 'yes' : 'NO'} |`);
 }
 
+// Inside the nodes: the NBD server's own time per request (read off the
+// socket to reply written), the WAL's group commits, and peer round trips.
+// "per commit": data requests of the job per WAL group commit on that node.
+if (breakdowns.size > 0) {
+  console.log('\n| where the time goes | node | NBD request mean µs | WAL commits/s | requests per commit | WAL commit mean µs | peer RTT mean µs |\n|---|---|---|---|---|---|---|');
+  for (const row of results.rows) {
+    const nodes = breakdowns.get(row);
+    if (!nodes) continue;
+    const command = row.scenario.rw.includes('read') ? 'read' : 'write';
+    const requests = nodes.reduce((n, b) => n + (b.nbd[command]?.count ?? 0), 0);
+    const seconds = RUNTIME + 2;
+    for (const b of nodes) {
+      const nbd = Object.entries(b.nbd)
+        .map(([cmd, v]) => `${cmd} ${v.meanUs.toFixed(0)}`)
+        .join(', ');
+      const perCommit = b.walCommits > 0 && command === 'write' ? (requests / b.walCommits).toFixed(1) : '-';
+      console.log(
+        `| ${row.scenario.id} ${row.target} | ${b.node} | ${nbd || '-'} | ${(b.walCommits / seconds).toFixed(0)} | ${perCommit} | ${Number.isFinite(b.walCommitMeanUs) ? b.walCommitMeanUs.toFixed(0) : '-'} | ${Number.isFinite(b.peerRttMeanUs) ? b.peerRttMeanUs.toFixed(0) : '-'} |`,
+      );
+    }
+  }
+}
+
 const jsonPath = join(resultsDir, `bench-cluster-${stamp}.json`);
 const svgPath = join(resultsDir, `bench-cluster-${stamp}.svg`);
 writeFileSync(
@@ -454,8 +499,8 @@ writeFileSync(
     {
       stamp,
       options: { runtimeSeconds: RUNTIME, sizeBytes: SIZE_BYTES, backend: argv.backend, targets: targetOrder, scenarios: scenarios.map((s) => s.id) },
-      rows: results.rows.map((r) => ({ scenario: r.scenario, target: r.target, result: r.result })),
-      rounds: Object.fromEntries([...rounds].map(([k, v]) => [k, v.map((r) => r.result)])),
+      rows: results.rows.map((r) => ({ scenario: r.scenario, target: r.target, result: r.result, nodes: breakdowns.get(r) })),
+      rounds: Object.fromEntries([...rounds].map(([k, v]) => [k, v.map((m) => ({ result: m.row.result, nodes: m.nodes }))])),
       pgbench: Object.fromEntries(results.pgbench),
       goals: goalRows,
       error: failed === undefined ? undefined : String(failed),

@@ -3,8 +3,10 @@
 // protocol and the disk cost on their own.
 
 import { spawn, type ChildProcess } from 'node:child_process';
-import { truncateSync, writeFileSync } from 'node:fs';
-import { connect, createServer } from 'node:net';
+import { existsSync, mkdtempSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 
 export interface Nbdkit {
   port: number;
@@ -25,21 +27,14 @@ async function freePort(): Promise<number> {
   });
 }
 
-function accepts(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = connect(port, '127.0.0.1');
-    s.once('connect', () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.once('error', () => resolve(false));
-  });
-}
-
 /** Starts `nbdkit PLUGIN ARGS...` on a free loopback port and waits until it accepts connections. */
 export async function startNbdkit(pluginArgs: readonly string[]): Promise<Nbdkit> {
   const port = await freePort();
-  const child = spawn('nbdkit', ['-f', '--exit-with-parent', '-i', '127.0.0.1', '-p', String(port), ...pluginArgs], {
+  // nbdkit writes its pid file once it accepts connections: no probe
+  // connection (which nbdkit would log as a client error) is needed.
+  const pidDir = mkdtempSync(join(tmpdir(), 'xdevice-nbdkit-'));
+  const pidFile = join(pidDir, 'pid');
+  const child = spawn('nbdkit', ['-f', '--exit-with-parent', '-P', pidFile, '-i', '127.0.0.1', '-p', String(port), ...pluginArgs], {
     stdio: ['ignore', 'inherit', 'inherit'],
   });
   let exited = false;
@@ -53,14 +48,17 @@ export async function startNbdkit(pluginArgs: readonly string[]): Promise<Nbdkit
       await exit;
     },
   };
-  // nbdkit binds before it enters its foreground loop; poll until it accepts.
-  for (let i = 0; i < 400; i++) {
-    if (exited) throw new Error(`nbdkit ${pluginArgs.join(' ')} exited during start-up`);
-    if (await accepts(port)) return nbdkit;
-    await new Promise((r) => setTimeout(r, 50));
+  try {
+    for (let i = 0; i < 600; i++) {
+      if (exited) throw new Error(`nbdkit ${pluginArgs.join(' ')} exited during start-up`);
+      if (existsSync(pidFile)) return nbdkit;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    await nbdkit.stop();
+    throw new Error('nbdkit did not start within 30 s');
+  } finally {
+    rmSync(pidDir, { recursive: true, force: true });
   }
-  await nbdkit.stop();
-  throw new Error('nbdkit did not start');
 }
 
 /** nbdkit's file plugin over a fresh sparse file of sizeBytes at `path`. */
