@@ -119,7 +119,10 @@ export class TestCluster {
     const args = useBin
       ? [NODE_BIN, '--backend', 'replicated', ...flags.map((f) => (f === '--join' ? '--join=true' : f))]
       : ['--import=tsx', join(ROOT, 'src/cluster/main.ts'), ...flags];
-    const child = spawn(process.execPath, args, { cwd: ROOT, env: { ...process.env, ...this.options.env, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    // xdevice-node refuses XDEVICE_* variables it does not know: this switch is ours.
+    const env: NodeJS.ProcessEnv = { ...process.env, ...this.options.env, ...opts.env };
+    delete env.XDEVICE_CLUSTER_BIN;
+    const child = spawn(process.execPath, args, { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     const keep = (chunk: Buffer): void => {
       out += chunk.toString();
