@@ -32,6 +32,8 @@ export class Progress {
   msgAppFlowPaused = false;
   inflights: Inflights;
   isLearner: boolean;
+  /** An App was acknowledged since the last heartbeat answer (the window is moving). */
+  ackedSinceHeartbeat = false;
 
   constructor(next: number, inflights: Inflights, isLearner: boolean) {
     this.next = next;

@@ -437,7 +437,11 @@ export class Raft {
         return;
       case MessageType.HeartbeatResp: {
         pr.recentActive = true;
-        pr.msgAppFlowPaused = false;
+        // Unpause (see Progress.msgAppFlowPaused), except a full window that
+        // is still moving: an empty App there would only race the Apps in
+        // flight, be rejected, and knock the peer back to probing.
+        if (pr.state !== ProgressState.Replicate || !pr.ackedSinceHeartbeat) pr.msgAppFlowPaused = false;
+        pr.ackedSinceHeartbeat = false;
         if (pr.match < this.log.lastIndex() || pr.state === ProgressState.Probe) this.maybeSendAppend(m.from, true);
         if (!m.context || m.context.length === 0) return;
         const acks = this.readOnly.recvAck(m.from, m.context);
@@ -477,6 +481,7 @@ export class Raft {
 
   private handleAppResp(m: Message, pr: Progress): void {
     pr.recentActive = true;
+    pr.ackedSinceHeartbeat = true;
     if (m.reject) {
       let nextProbeIdx = m.rejectHint;
       if (m.logTerm > 0) nextProbeIdx = this.log.findConflictByTerm(m.rejectHint, m.logTerm).index;

@@ -256,6 +256,8 @@ export class Simulator {
       uncommittedBytesMax: 1 << 16,
       testingBugs: this.bugs,
     });
+    // Commit recovered at restart (hard state, applied index) is not an advance by a leader.
+    n.lastCommit = n.raw.raft.log.committed;
     this.q.push({ at: this.now + 1 + this.rng.int(TICK), kind: 'tick', node: n.id });
     this.log(`${n.id} start (incarnation ${n.incarnation}, applied ${snap.index}, last ${n.storage.lastIndex()})`);
   }
@@ -439,6 +441,9 @@ export class Simulator {
       return;
     }
     if (snapshotData) n.staged.set(snapshotData.index, snapshotData);
+    if (this.trace) {
+      this.log(`  ${m.from}->${m.to} ${MessageType[m.type]} t${m.term} i${m.index} lt${m.logTerm} c${m.commit} n${m.entries.length}${m.reject ? ` REJECT hint ${m.rejectHint}` : ''}`);
+    }
     n.raw.step(m);
     this.checkCommit(n);
     this.drive(n);
