@@ -31,7 +31,7 @@ import { bootstrap } from '../raft/bootstrap.ts';
 import { ConfChangeType, confChanges, decodeConfChange } from '../raft/confchange.ts';
 import { NotLeaderError } from '../raft/errors.ts';
 import { RawNode, Role, type Ready, type SoftState } from '../raft/rawnode.ts';
-import { EntryType, MessageType, message, type ConfState, type Entry, type HardState, type Message, type SnapshotMetadata } from '../raft/types.ts';
+import { EntryType, MessageType, message, type ConfState, type Entry, type Message, type SnapshotMetadata } from '../raft/types.ts';
 import { Wal, type WalOptions } from '../wal/wal.ts';
 import { BlockStore } from '../device/block-store.ts';
 import { readNodeIdentity, writeNodeIdentity, writeCheckpoint } from '../device/checkpoint.ts';
@@ -124,7 +124,9 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
   private removed = false;
   private stopping = false;
   private stopped = false;
-  private unsavedHardState: HardState | undefined;
+  /** Term and vote last made durable: a hard state that changes only the commit index is not worth a WAL record. */
+  private savedTerm = 0;
+  private savedVote = '';
   private readonly startedAt = Date.now();
   private addresses = { nbd: '', admin: '' };
   private lastLeader = '';
@@ -147,6 +149,9 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
     this.raw = new RawNode({ id: config.nodeId, storage: wal, rand: (n) => randomInt(n), applied });
     this.processedIndex = Math.max(applied, store.appliedIndex);
     this.raftAppliedIndex = applied;
+    const hs = wal.hardState();
+    this.savedTerm = hs.term;
+    this.savedVote = hs.vote;
     this.confHistory = [{ index: applied, confState: wal.snapshotMetadata().confState }];
     this.session = new RequestSession((data) => this.submitProposal(data));
     this.reads = new ReadGate(config.nodeId, (ctx) => this.askReadIndex(ctx), () => (this.processedIndex >= this.readFloor ? this.processedIndex : 0));
@@ -381,22 +386,26 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
           if (this.fatalError) return;
           this.raw.advance(rd);
           if (rd.snapshot) this.installing = false;
-          this.schedule();
+          // At once, not next turn: the leader's own append may just have
+          // committed entries whose writers are waiting.
+          this.processReady();
         },
         (err: Error) => this.fail(err),
       );
   }
 
   private persist(rd: Ready): Promise<void> {
-    // A commit-only change need not be durable (Raft recovers the commit
-    // index); it rides along with the next write. Its commit never points
-    // past entries handed to the WAL before it.
-    if (!rd.mustSync && rd.entries.length === 0) {
-      if (rd.hardState) this.unsavedHardState = rd.hardState;
-      return Promise.resolve();
+    // The commit index need not be durable: after a restart Raft learns it
+    // again from the leader (or, alone, by committing a new entry), and the
+    // checkpoint says what the files hold. So a hard state goes to the WAL
+    // only when term or vote change — one record less in nearly every save.
+    const hs = rd.hardState;
+    const hardState = hs && (hs.term !== this.savedTerm || hs.vote !== this.savedVote) ? hs : undefined;
+    if (rd.entries.length === 0 && !hardState) return Promise.resolve();
+    if (hardState) {
+      this.savedTerm = hardState.term;
+      this.savedVote = hardState.vote;
     }
-    const hardState = rd.hardState ?? this.unsavedHardState;
-    this.unsavedHardState = undefined;
     const started = process.hrtime.bigint();
     let bytes = 0;
     for (const e of rd.entries) bytes += e.data.length;
@@ -407,15 +416,21 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
 
   private async apply(entries: Entry[]): Promise<void> {
     if (entries.length === 0) return;
-    const outcomes = await this.store.applyBatch(entries, (e) => this.applyConfEntry(e));
+    // Waiters settle as each write is queued (see BlockStore.applyBatch);
+    // reads wait for processedIndex, which moves once the batch completed.
+    await this.store.applyBatch(
+      entries,
+      (e) => this.applyConfEntry(e),
+      (o) => {
+        if (o.request?.clientId !== this.session.clientId) return;
+        this.emit('proposal', { outcome: o.error && !o.duplicate ? 'failed' : 'committed' });
+        this.session.settle(o);
+      },
+    );
     const last = entries[entries.length - 1]!;
     this.raftAppliedIndex = Math.max(this.raftAppliedIndex, last.index);
     this.processedIndex = Math.max(this.processedIndex, last.index, this.store.appliedIndex);
     for (const e of entries) this.bytesSinceCheckpoint += e.data.length;
-    for (const o of outcomes) {
-      if (o.request?.clientId === this.session.clientId) this.emit('proposal', { outcome: o.error && !o.duplicate ? 'failed' : 'committed' });
-      this.session.settle(o);
-    }
     this.reads.onApplied(this.processedIndex);
     this.maybeCheckpoint();
   }

@@ -180,13 +180,25 @@ export class BlockStore {
    * Applies committed entries in order. Entries at or below appliedIndex are
    * already in the files (replay after a checkpoint or a snapshot) and are
    * skipped; membership entries go to `onConfChange` at their place in the
-   * order. Resolves once every write has completed; rejects only on an I/O
-   * error, which the caller must treat as fatal.
+   * order.
+   *
+   * `onOutcome` hears each command's outcome as soon as it is decided: for a
+   * write that is when it is queued on the device file's ordered I/O thread,
+   * before it completes. A caller may acknowledge it then: the entry is
+   * committed (durable on a majority), and every read waits for the applied
+   * index, which moves only once the batch has completed.
+   *
+   * Resolves once every write has completed; rejects only on an I/O error,
+   * which the caller must treat as fatal.
    */
-  async applyBatch(entries: readonly Entry[], onConfChange: (e: Entry) => void): Promise<ApplyOutcome[]> {
+  async applyBatch(entries: readonly Entry[], onConfChange: (e: Entry) => void, onOutcome: (o: ApplyOutcome) => void = () => {}): Promise<ApplyOutcome[]> {
     assert(!this.applying, 'applyBatch while another batch is applying');
     this.applying = true;
     const outcomes: ApplyOutcome[] = [];
+    const decided = (o: ApplyOutcome): void => {
+      outcomes.push(o);
+      onOutcome(o);
+    };
     let pending: Promise<unknown>[] = [];
     const barrier = async (): Promise<void> => {
       if (pending.length === 0) return;
@@ -200,7 +212,7 @@ export class BlockStore {
         if (e.index <= this.appliedIndex) {
           // Already reflected in the files. A waiter for it is done.
           if (e.type === EntryType.ConfChange) onConfChange(e);
-          else if (e.data.length > 0) outcomes.push(this.alreadyApplied(e));
+          else if (e.data.length > 0) decided(this.alreadyApplied(e));
           continue;
         }
         last = e;
@@ -219,7 +231,7 @@ export class BlockStore {
         }
         const request = { clientId: cmd.clientId, seq: cmd.seq, firstUnacked: cmd.firstUnacked };
         if (!this.dedup.admit(request)) {
-          outcomes.push({ index: e.index, request, duplicate: true });
+          decided({ index: e.index, request, duplicate: true });
           continue;
         }
         const outcome: ApplyOutcome = { index: e.index, request };
@@ -232,7 +244,7 @@ export class BlockStore {
           const error = this.submitDataCommand(cmd, pending);
           if (error) outcome.error = error;
         }
-        outcomes.push(outcome);
+        decided(outcome);
       }
       await barrier();
       if (last) {
