@@ -166,7 +166,7 @@ timeout -k 5 "$TIMEOUT" qemu-system-x86_64 -accel tcg,thread=multi -machine pc -
   -netdev user,id=n0 -device e1000,netdev=n0,romfile= </dev/null >"$CONSOLE" 2>&1 &
 QEMU_PID=$!
 # Relay the guest's phase lines as they appear.
-tail -n +1 -f --pid="$QEMU_PID" "$CONSOLE" 2>/dev/null | tr -d '\r' | grep --line-buffered -a 'XDVM' >&2 &
+tail -n +1 -f --pid="$QEMU_PID" "$CONSOLE" 2>/dev/null | grep --line-buffered -a 'XDVM' | sed -u 's/\r$//' >&2 &
 set +e; wait "$QEMU_PID"; rc=$?; set -e
 QEMU_PID=
 sleep 0.3

@@ -33,6 +33,7 @@ t.test('a kernel /dev/nbd0 on a 3-node cluster, with and without a leader kill',
   const follower = (leader + 1) % 3;
 
   const quiet = await runVm(cluster.slots[follower]!.ports.nbd, () => {});
+  if (quiet.code !== 0) t.comment(cluster.logs(6000));
   t.equal(quiet.code, 0, `guest passed:\n${quiet.stdout}\n${quiet.stderr.slice(-3000)}`);
   t.match(quiet.stdout, /^PASS/m);
 
@@ -43,6 +44,7 @@ t.test('a kernel /dev/nbd0 on a 3-node cluster, with and without a leader kill',
       void cluster.kill(leader);
     }
   });
+  if (faulty.code !== 0) t.comment(cluster.logs(6000));
   t.equal(killedDuring, 'write-start', 'the leader was killed while the guest was writing');
   t.equal(faulty.code, 0, `guest passed with the leader killed:\n${faulty.stdout}\n${faulty.stderr.slice(-3000)}`);
   t.match(faulty.stdout, /^PASS/m);
