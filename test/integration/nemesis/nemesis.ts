@@ -161,13 +161,13 @@ async function measureFailover(workload: Workload, t0: number): Promise<number |
 
 export function formatReport(r: NemesisReport): string {
   const sorted = [...r.failoverMs].sort((a, b) => a - b);
-  const pct = (p: number) => (sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))]!.toFixed(0) : '-');
+  const pct = (p: number) => (sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(p * (sorted.length - 1)))]!.toFixed(0) : '-');
   return [
     `nemesis: seed ${r.seed}, ${r.seconds} s of faults (XDEVICE_SEED=${r.seed} to replay the fault schedule)`,
     `faults injected: ${Object.entries(r.faults).map(([k, v]) => `${k}=${v}`).join(' ')} (total ${Object.values(r.faults).reduce((a, b) => a + b, 0)})`,
     `operations: ${r.operations} (ok writes ${r.okWrites}, ok reads ${r.okReads}, unknown ${r.unknown}); checked ${r.check.opsChecked} over ${r.check.blocks} blocks`,
     `violations: ${r.check.violations.length}${r.check.violations.map((v) => `\n  ${v.kind}: ${v.message}`).join('')}`,
-    `recovery: leader kill -> first successful write: n=${sorted.length} p50=${pct(0.5)} ms max=${pct(1)} ms`,
+    `recovery: leader kill -> first successful write: n=${sorted.length} [${sorted.map((x) => x.toFixed(0)).join(', ')}] ms, median ${pct(0.5)} ms`,
     `converged and serving ${r.convergedAfterHealMs} ms after the faults stopped`,
     r.historyFile ? `history (JSON lines): ${r.historyFile}` : '',
   ]
