@@ -493,7 +493,10 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
       }
     }
     this.raw.step(m);
-    this.schedule();
+    // Right away rather than next turn: an App starts the follower's append,
+    // an AppResp may commit writes someone waits for. (Proposals, in
+    // contrast, are gathered for a turn: they share one Ready.)
+    this.processReady();
   }
 
   /** Runs fn between two apply batches. */

@@ -125,7 +125,8 @@ class PeerLink {
       if (!this.corked) {
         this.corked = true;
         this.socket.cork();
-        process.nextTick(() => this.uncork());
+        // Everything sent during this event-loop turn leaves in one writev.
+        setImmediate(() => this.uncork());
       }
       for (const b of buffers) this.socket.write(b);
       return true;
