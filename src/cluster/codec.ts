@@ -34,6 +34,8 @@ export const enum FrameKind {
   SnapResult = 8,
   Ping = 9,
   Pong = 10,
+  /** Answer to a node that was removed from the cluster and does not know it yet. */
+  Removed = 11,
 }
 
 export interface HelloFrame {
@@ -91,6 +93,10 @@ export interface SnapResultFrame {
   ok: boolean;
   reason: string;
 }
+export interface RemovedFrame {
+  kind: FrameKind.Removed;
+  nodeId: string;
+}
 export interface PingFrame {
   kind: FrameKind.Ping | FrameKind.Pong;
   /** Sender's clock reading, echoed back in Pong. */
@@ -106,6 +112,7 @@ export type Frame =
   | SnapChunkFrame
   | SnapEndFrame
   | SnapResultFrame
+  | RemovedFrame
   | PingFrame;
 
 // ---------------------------------------------------------------- encoding
@@ -320,6 +327,12 @@ export function encodeSnapResult(f: Omit<SnapResultFrame, 'kind'>): Buffer {
   return buf;
 }
 
+export function encodeRemoved(nodeId: string): Buffer {
+  const { buf, w } = frameBuffer(FrameKind.Removed, str8Size(nodeId));
+  w.str8(nodeId);
+  return buf;
+}
+
 export function encodePing(kind: FrameKind.Ping | FrameKind.Pong, sentAtNs: number): Buffer {
   const { buf, w } = frameBuffer(kind, 8);
   w.u64(sentAtNs);
@@ -384,6 +397,11 @@ export function decodeFrame(frame: Buffer): Frame {
       const reason = r.str8();
       r.end();
       return { kind, snapshotId, ok, reason };
+    }
+    case FrameKind.Removed: {
+      const nodeId = r.str8();
+      r.end();
+      return { kind, nodeId };
     }
     case FrameKind.Ping:
     case FrameKind.Pong: {

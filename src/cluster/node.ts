@@ -38,7 +38,7 @@ import { readNodeIdentity, writeNodeIdentity, writeCheckpoint } from '../device/
 import { encodeCreateDevice, encodeDeleteDevice, encodeResizeDevice, type RequestId } from '../device/commands.ts';
 import { ReplicatedDeviceTable, type ReplicaService } from '../device/replicated.ts';
 import { finishInstall, installStagedFiles, pendingInstall } from '../device/snapshot-staging.ts';
-import { FrameKind } from './codec.ts';
+import { encodeRemoved, FrameKind } from './codec.ts';
 import { ReadGate } from './read-gate.ts';
 import { RequestError, RequestSession } from './requests.ts';
 import { SnapshotReceiver } from './snapshot-receiver.ts';
@@ -265,7 +265,8 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
 
   private async run(bootstrapped: boolean): Promise<void> {
     const t = this.transport;
-    t.on('message', (m) => this.onMessage(m));
+    t.on('message', (m, reply) => this.onMessage(m, reply));
+    t.on('removed', (by) => this.leaveRemoved(`${by} says this node was removed from the cluster`));
     t.on('frame', (from, f) => {
       if (f.kind === FrameKind.SnapResult) this.sender.onResult(from, f);
       else this.receiver.onFrame(from, f);
@@ -444,10 +445,7 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
       if (ch.type === ConfChangeType.RemoveNode) {
         this.store.setMember(ch.nodeId, undefined);
         if (ch.nodeId === this.config.nodeId) {
-          this.removed = true;
-          this.logger.warn({ index: e.index }, 'this node was removed from the cluster; leaving service');
-          this.session.failAll('ESHUTDOWN', 'this node was removed from the cluster');
-          this.reads.failAll('ESHUTDOWN', 'this node was removed from the cluster');
+          this.leaveRemoved(`removed from the cluster at index ${e.index}`);
         } else {
           this.transport.removePeer(ch.nodeId);
         }
@@ -457,6 +455,15 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
       }
     }
     this.logger.info({ index: e.index, voters: cs.voters, learners: cs.learners }, 'membership changed');
+  }
+
+  private leaveRemoved(why: string): void {
+    if (this.removed) return;
+    this.removed = true;
+    this.logger.warn({ why }, 'this node is no longer a member; leaving service');
+    this.session.failAll('ESHUTDOWN', 'this node was removed from the cluster');
+    this.reads.failAll('ESHUTDOWN', 'this node was removed from the cluster');
+    this.emit('removed', why);
   }
 
   private onSoftState(ss: SoftState): void {
@@ -482,8 +489,13 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
     this.transport.send(m);
   }
 
-  private onMessage(m: Message): void {
+  private onMessage(m: Message, reply?: (frame: Buffer) => void): void {
     if (this.fatalError || this.stopped) return;
+    if (reply && this.store.wasRemoved(m.from) && !this.raw.raft.trk.progress.has(m.from)) {
+      // Removed while cut off, it never applied its own removal: tell it.
+      reply(encodeRemoved(m.from));
+      return;
+    }
     if (m.type === MessageType.Snap) {
       // Only once the streamed files are durably staged may Raft take the snapshot.
       const staged = this.receiver.staged;

@@ -62,12 +62,14 @@ export interface PeerLinkStatus {
 }
 
 export interface TransportEvents {
-  /** A Raft message from an authenticated peer. */
-  message: [Message];
+  /** A Raft message from an authenticated peer, and a way to answer on its connection. */
+  message: [Message, (frame: Buffer) => void];
   /** Any other frame (snapshot stream) from an authenticated peer. */
   frame: [string, Frame];
   /** Messages to this peer were dropped (Raft should probe it). */
   unreachable: [string];
+  /** A peer told us we were removed from the cluster. */
+  removed: [string];
   peerRtt: [{ peer: string; ms: number }];
   connected: [string];
   disconnected: [string];
@@ -207,6 +209,8 @@ class PeerLink {
           authenticated = true;
           clearTimeout(handshakeTimer);
           this.ready();
+        } else if (f.kind === FrameKind.Removed) {
+          if (f.nodeId === o.nodeId) this.t.emit('removed', this.id);
         } else if (f.kind === FrameKind.Pong) {
           this.lastPongAt = Date.now();
           this.rttMs = Number(process.hrtime.bigint() - BigInt(f.sentAtNs)) / 1e6;
@@ -414,6 +418,9 @@ export class Transport extends EventEmitter<TransportEvents> {
       o.logger.warn({ peer, remote: socket.remoteAddress, why }, 'refused peer connection');
       socket.destroy();
     };
+    const reply = (frame: Buffer): void => {
+      if (!socket.destroyed) socket.write(frame);
+    };
     const handshakeTimer = setTimeout(() => fail('handshake timeout'), limits.handshakeTimeoutMs);
     handshakeTimer.unref();
     socket.on('data', (chunk: Buffer) => {
@@ -460,7 +467,7 @@ export class Transport extends EventEmitter<TransportEvents> {
           case FrameKind.Raft:
             // A peer speaks only for itself.
             if (f.message.from !== peer || f.message.to !== o.nodeId) return fail(`message ${f.message.from}→${f.message.to} on ${peer}'s link`);
-            this.emit('message', f.message);
+            this.emit('message', f.message, reply);
             break;
           case FrameKind.Ping:
             socket.write(encodePing(FrameKind.Pong, f.sentAtNs));
@@ -469,6 +476,7 @@ export class Transport extends EventEmitter<TransportEvents> {
           case FrameKind.HelloAck:
           case FrameKind.Auth:
           case FrameKind.Pong:
+          case FrameKind.Removed:
             return fail(`unexpected frame ${f.kind}`);
           default:
             this.emit('frame', peer, f);

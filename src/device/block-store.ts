@@ -71,6 +71,7 @@ export class BlockStore {
   private readonly byName = new Map<string, number>();
   private dedup: RequestDedup;
   private members: Record<string, string>;
+  private readonly removed = new Set<string>();
   private applying = false;
   clusterId: string;
   appliedIndex: number;
@@ -88,6 +89,7 @@ export class BlockStore {
     this.appliedTerm = state.appliedTerm;
     this.checkpointIndex = state.appliedIndex;
     this.members = { ...state.members };
+    for (const id of state.removed ?? []) this.removed.add(id);
     this.dedup = RequestDedup.from(state.dedup);
   }
 
@@ -170,8 +172,18 @@ export class BlockStore {
 
   /** Membership is replicated state too: the runtime records it as it applies membership entries. */
   setMember(id: string, address: string | undefined): void {
-    if (address === undefined) delete this.members[id];
-    else this.members[id] = address;
+    if (address === undefined) {
+      delete this.members[id];
+      this.removed.add(id);
+    } else {
+      this.members[id] = address;
+      this.removed.delete(id);
+    }
+  }
+
+  /** Whether `id` was removed from the cluster (and not added back). */
+  wasRemoved(id: string): boolean {
+    return this.removed.has(id);
   }
 
   // ---- apply -------------------------------------------------------------------
@@ -379,6 +391,7 @@ export class BlockStore {
       appliedTerm: this.appliedTerm,
       devices: this.devices(),
       members: { ...this.members },
+      removed: [...this.removed].sort(),
       dedup: this.dedup.export(),
     };
   }
@@ -426,6 +439,8 @@ export class BlockStore {
     this.appliedTerm = state.appliedTerm;
     this.checkpointIndex = state.appliedIndex;
     this.members = { ...state.members };
+    this.removed.clear();
+    for (const id of state.removed ?? []) this.removed.add(id);
     this.dedup = RequestDedup.from(state.dedup);
     await this.openDevices(state.devices, false);
     await this.removeOrphans();

@@ -37,6 +37,8 @@ export interface StoreState {
   devices: DeviceRecord[];
   /** Peer addresses of members, learned from the bootstrap configuration and membership changes. */
   members: Record<string, string>;
+  /** Nodes removed from the cluster (told so if they call). Absent in older checkpoints. */
+  removed?: string[];
   dedup: DedupClientState[];
 }
 

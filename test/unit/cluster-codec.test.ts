@@ -10,6 +10,7 @@ import {
   encodeHelloAck,
   encodePing,
   encodeRaftMessage,
+  encodeRemoved,
   encodeSnapBegin,
   encodeSnapChunk,
   encodeSnapEnd,
@@ -67,6 +68,7 @@ t.test('control and snapshot frames round-trip', async (t) => {
     [[encodeHelloAck({ from: 'b', nonce, mac: Buffer.alloc(32, 1) })], { kind: FrameKind.HelloAck, from: 'b', nonce, mac: Buffer.alloc(32, 1) }],
     [[encodeAuth(Buffer.alloc(0))], { kind: FrameKind.Auth, mac: Buffer.alloc(0) }],
     [[encodePing(FrameKind.Pong, 123456789012)], { kind: FrameKind.Pong, sentAtNs: 123456789012 }],
+    [[encodeRemoved('n7')], { kind: FrameKind.Removed, nodeId: 'n7' }],
     [
       encodeSnapBegin({ snapshotId: 3, metadata: { index: 10, term: 2, confState: { voters: ['a'], learners: [], votersOutgoing: [], learnersNext: [], autoLeave: false } }, state: Buffer.from('state') }),
       { kind: FrameKind.SnapBegin, snapshotId: 3, metadata: { index: 10, term: 2, confState: { voters: ['a'], learners: [], votersOutgoing: [], learnersNext: [], autoLeave: false } }, state: Buffer.from('state') },
