@@ -636,6 +636,13 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
     } catch (err) {
       return Promise.reject(err);
     }
+    const r = this.raw.raft;
+    if (r.role === Role.Leader && r.trk.isSingleton() && r.trk.progress.has(this.config.nodeId) && r.committedEntryInCurrentTerm()) {
+      // The only voter leads by definition: its commit index is a valid
+      // read index without asking anyone (what Raft's ReadIndex would answer,
+      // minus a trip through the Ready loop).
+      return this.reads.waitApplied(r.log.committed);
+    }
     return this.reads.wait();
   }
 

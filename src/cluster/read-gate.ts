@@ -61,6 +61,14 @@ export class ReadGate {
     });
   }
 
+  /** Resolves once this node has applied `index` (the caller knows it is a valid read index). */
+  waitApplied(index: number, now = Date.now()): Promise<void> {
+    if (this.applied() >= index) return Promise.resolve();
+    return new Promise<void>((resolve, reject) => {
+      this.applyWaiters.push({ index, waiter: { resolve, reject, deadline: now + limits.requestTimeoutMs } });
+    });
+  }
+
   private flush(now = Date.now()): void {
     if (this.batch.length === 0) return;
     const waiters = this.batch;
