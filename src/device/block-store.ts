@@ -10,12 +10,14 @@
 // thread completes them in submission order — two writes to one block land
 // in log order without awaiting each. The applied index moves only once a
 // batch's writes have completed, so a read issued when applied >= i sees
-// every entry up to i. Reads use a separate node:fs descriptor and run in
-// parallel on the threadpool. Nothing is fdatasync'd on apply: the WAL holds
-// the entries durably; a checkpoint syncs the files before the WAL may forget.
+// every entry up to i. Reads use a second native descriptor (its own I/O
+// thread, so they never queue behind writes; for page-cache hits it is
+// several times cheaper than node:fs). Nothing is fdatasync'd on apply: the
+// WAL holds the entries durably; a checkpoint syncs the files before the
+// WAL may forget.
 
 import { ftruncate as ftruncateCb } from 'node:fs';
-import { mkdir, open, readdir, rm, unlink, type FileHandle } from 'node:fs/promises';
+import { mkdir, open, readdir, rm, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import type { Logger } from 'pino';
@@ -53,8 +55,8 @@ interface OpenDevice {
   path: string;
   /** Native descriptor: writes, holes (ordered). */
   fd: number;
-  /** node:fs handle: reads (parallel). */
-  reader: FileHandle;
+  /** Native descriptor for reads. */
+  readFd: number;
 }
 
 export function deviceFileName(id: number): string {
@@ -128,8 +130,8 @@ export class BlockStore {
     const { fd } = await native.openFile(path, { create: true });
     if (!keepContents) await ftruncate(fd, 0);
     await ftruncate(fd, record.size);
-    const reader = await open(path, 'r');
-    const dev: OpenDevice = { record: { ...record }, path, fd, reader };
+    const { fd: readFd } = await native.openFile(path, { readOnly: true });
+    const dev: OpenDevice = { record: { ...record }, path, fd, readFd };
     this.byId.set(record.id, dev);
     this.byName.set(record.name, record.id);
     return dev;
@@ -139,7 +141,7 @@ export class BlockStore {
     this.byId.delete(dev.record.id);
     if (this.byName.get(dev.record.name) === dev.record.id) this.byName.delete(dev.record.name);
     await native.closeFile(dev.fd);
-    await dev.reader.close();
+    await native.closeFile(dev.readFd);
   }
 
   /** Files from devices created after the checkpoint and before a crash: replay recreates them. */
@@ -354,15 +356,9 @@ export class BlockStore {
     const dev = this.byId.get(deviceId);
     if (!dev) throw Object.assign(new Error(`device ${deviceId} no longer exists`), { code: 'ESHUTDOWN' });
     const out = Buffer.allocUnsafe(length);
-    let done = 0;
-    while (done < length) {
-      const { bytesRead } = await dev.reader.read(out, done, length - done, offset + done);
-      if (bytesRead === 0) {
-        out.fill(0, done);
-        break;
-      }
-      done += bytesRead;
-    }
+    const n = await native.pread(dev.readFd, out, offset);
+    // Past the end of a file that shrank meanwhile: zeroes.
+    if (n < length) out.fill(0, n);
     return out;
   }
 
