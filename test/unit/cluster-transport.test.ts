@@ -124,3 +124,45 @@ t.test('messages to an unknown peer are reported unreachable', async (t) => {
   t.equal(a.send(message({ type: MessageType.Heartbeat, from: 'a', to: 'zz' })), false);
   t.equal(await u, 'zz');
 });
+
+t.test('mutual TLS: peers with certificates from the cluster CA talk, others are refused', async (t) => {
+  const { execFileSync } = await import('node:child_process');
+  const { mkdtempSync, readFileSync, rmSync } = await import('node:fs');
+  const { join } = await import('node:path');
+  const { tmpdir } = await import('node:os');
+  const dir = mkdtempSync(join(tmpdir(), 'xdevice-tls-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const ssl = (...args: string[]) => execFileSync('openssl', args, { cwd: dir, stdio: 'pipe' });
+  const ca = (name: string) => ssl('req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-days', '2', '-subj', `/CN=${name}`, '-keyout', `${name}.key`, '-out', `${name}.crt`);
+  const leaf = (name: string, caName: string) => {
+    ssl('req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-subj', `/CN=${name}`, '-keyout', `${name}.key`, '-out', `${name}.csr`);
+    ssl('x509', '-req', '-in', `${name}.csr`, '-CA', `${caName}.crt`, '-CAkey', `${caName}.key`, '-CAcreateserial', '-days', '2', '-out', `${name}.crt`);
+  };
+  ca('ca');
+  ca('evil-ca');
+  leaf('a', 'ca');
+  leaf('b', 'ca');
+  leaf('c', 'evil-ca');
+  const tlsOf = (name: string, caName = 'ca') => ({ cert: readFileSync(join(dir, `${name}.crt`)), key: readFileSync(join(dir, `${name}.key`)), ca: readFileSync(join(dir, `${caName}.crt`)) });
+  const [pa, pb, pc] = [await freePort(), await freePort(), await freePort()];
+  const peers = { a: `127.0.0.1:${pa}`, b: `127.0.0.1:${pb}`, c: `127.0.0.1:${pc}` };
+  const a = new Transport({ nodeId: 'a', clusterId: 'x', listen: { host: '127.0.0.1', port: pa }, peers, logger, tls: tlsOf('a'), secret: 's' });
+  const b = new Transport({ nodeId: 'b', clusterId: 'x', listen: { host: '127.0.0.1', port: pb }, peers, logger, tls: tlsOf('b'), secret: 's' });
+  // c knows the secret but its certificate comes from another CA.
+  const c = new Transport({ nodeId: 'c', clusterId: 'x', listen: { host: '127.0.0.1', port: pc }, peers, logger, tls: tlsOf('c', 'evil-ca'), secret: 's' });
+  for (const x of [a, b, c]) await x.listen();
+  t.teardown(async () => {
+    for (const x of [a, b, c]) await x.close();
+  });
+  const got = waitFor(b, 'message', (m) => m.commit === 42);
+  a.send(message({ type: MessageType.Heartbeat, from: 'a', to: 'b', commit: 42 }));
+  t.equal((await got).commit, 42, 'a reached b over mutual TLS');
+  let fromC = 0;
+  b.on('message', (m) => {
+    if (m.from === 'c') fromC++;
+  });
+  const refused = new Promise<string>((resolve) => c.once('unreachable', resolve));
+  c.send(message({ type: MessageType.Heartbeat, from: 'c', to: 'b', commit: 7 }));
+  t.equal(await refused, 'b', 'c could not establish a link to b');
+  t.equal(fromC, 0, 'nothing from c was delivered');
+});
