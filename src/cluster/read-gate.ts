@@ -20,6 +20,8 @@ interface Waiter {
 interface Round {
   waiters: Waiter[];
   askedAt: number;
+  /** Raft could not take the request (no leader): the next sweep asks again. */
+  unasked: boolean;
 }
 
 export class ReadGate {
@@ -79,9 +81,9 @@ export class ReadGate {
   private startRound(waiters: Waiter[], now: number): void {
     // Unique across the cluster: the leader keys pending requests by context.
     const context = Buffer.from(`${this.nodeId}\0${++this.counter}`);
-    const round: Round = { waiters, askedAt: now };
+    const round: Round = { waiters, askedAt: now, unasked: false };
     this.rounds.set(context.toString('latin1'), round);
-    if (!this.ask(context)) round.askedAt = 0;
+    round.unasked = !this.ask(context);
   }
 
   /** Raft answered a round: its reads wait for apply to reach `index`. */
@@ -121,7 +123,7 @@ export class ReadGate {
         continue;
       }
       round.waiters = live;
-      if (now - round.askedAt >= limits.readIndexRetryMs) {
+      if (round.unasked || now - round.askedAt >= limits.readIndexRetryMs) {
         this.rounds.delete(key);
         this.startRound(live, now);
       }

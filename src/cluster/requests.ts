@@ -30,6 +30,8 @@ interface Pending {
   reject: (err: Error) => void;
   deadline: number;
   lastProposedAt: number;
+  /** Not handed to Raft yet (no leader when last tried): the next sweep tries. */
+  unsent: boolean;
 }
 
 export class RequestSession {
@@ -60,9 +62,9 @@ export class RequestSession {
     const firstUnacked = this.pending.size === 0 ? seq : this.firstUnacked();
     const data = encode({ clientId: this.clientId, seq, firstUnacked });
     return new Promise<void>((resolve, reject) => {
-      const p: Pending = { seq, data, resolve, reject, deadline: now + limits.requestTimeoutMs, lastProposedAt: now };
+      const p: Pending = { seq, data, resolve, reject, deadline: now + limits.requestTimeoutMs, lastProposedAt: now, unsent: false };
       this.pending.set(seq, p);
-      if (!this.submit(data)) p.lastProposedAt = 0;
+      p.unsent = !this.submit(data);
     });
   }
 
@@ -80,7 +82,7 @@ export class RequestSession {
   retryAll(now = Date.now()): void {
     for (const p of this.pending.values()) {
       p.lastProposedAt = now;
-      if (!this.submit(p.data)) p.lastProposedAt = 0;
+      p.unsent = !this.submit(p.data);
     }
   }
 
@@ -90,9 +92,9 @@ export class RequestSession {
       if (now >= p.deadline) {
         this.pending.delete(p.seq);
         p.reject(new RequestError('EIO', `not committed within ${limits.requestTimeoutMs} ms (no quorum?)`));
-      } else if (now - p.lastProposedAt >= limits.proposalRetryMs) {
+      } else if (p.unsent || now - p.lastProposedAt >= limits.proposalRetryMs) {
         p.lastProposedAt = now;
-        if (!this.submit(p.data)) p.lastProposedAt = 0;
+        p.unsent = !this.submit(p.data);
       }
     }
   }
