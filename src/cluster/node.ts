@@ -244,7 +244,8 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
       } else if (fresh && !identity) {
         await writeNodeIdentity(dataDir, { clusterId: '', nodeId });
       }
-      const peers: Record<string, string> = { ...initialPeers, ...store.memberAddresses() };
+      // Addresses given on the command line win over those remembered (an operator moved a peer).
+      const peers: Record<string, string> = { ...store.memberAddresses(), ...initialPeers };
       const transport = new Transport({
         nodeId,
         clusterId: store.clusterId,
@@ -503,6 +504,13 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
         this.logger.warn({ from: m.from, index: m.snapshot?.index }, 'snapshot message without staged data; dropped');
         return;
       }
+      // Raft may now hand the snapshot back to be installed: keep the staging
+      // from being replaced by another stream until that is settled.
+      this.receiver.pinned = true;
+      this.raw.step(m);
+      this.processReady();
+      if (!this.installing) this.receiver.pinned = false;
+      return;
     }
     this.raw.step(m);
     // Right away rather than next turn: an App starts the follower's append,
@@ -539,6 +547,7 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
     this.processedIndex = Math.max(meta.index, this.store.appliedIndex);
     this.raftAppliedIndex = meta.index;
     this.readFloor = staged.consistentIndex;
+    this.receiver.pinned = false;
     this.confHistory.splice(0, this.confHistory.length, { index: meta.index, confState: meta.confState });
     if (!this.transport.clusterId && staged.state.clusterId) {
       this.transport.clusterId = staged.state.clusterId;
@@ -570,8 +579,13 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
   /** Drops WAL entries up to the checkpoint, keeping what followers and snapshot streams still need. */
   private async compact(): Promise<void> {
     let target = Math.min(this.store.checkpointIndex, this.raftAppliedIndex);
-    for (const held of this.snapshotHolds.values()) target = Math.min(target, held);
     const st = this.raw.status();
+    for (const [peer, held] of [...this.snapshotHolds]) {
+      // A peer that got a snapshot keeps the log after it until it has caught up past it.
+      const pr = st.progress[peer];
+      if (!this.sender.isSending(peer) && (st.role !== Role.Leader || !pr || pr.match >= held)) this.snapshotHolds.delete(peer);
+      else target = Math.min(target, held);
+    }
     if (st.role === Role.Leader) {
       for (const [id, pr] of Object.entries(st.progress)) {
         if (id === this.config.nodeId) continue;

@@ -20,6 +20,8 @@ export class SnapshotReceiver {
   private chain: Promise<void> = Promise.resolve();
   /** A complete, durable staging waiting for Raft's Snap message. */
   staged: (StagedSnapshot & { from: string }) | undefined;
+  /** Raft took the staged snapshot and it is being installed: refuse new streams meanwhile. */
+  pinned = false;
 
   constructor(
     private readonly dataDir: string,
@@ -51,6 +53,10 @@ export class SnapshotReceiver {
   private async handle(from: string, f: Frame): Promise<void> {
     switch (f.kind) {
       case FrameKind.SnapBegin: {
+        if (this.pinned) {
+          this.reply(from, f.snapshotId, false, 'installing another snapshot');
+          return;
+        }
         if (this.staging) await this.staging.abort();
         this.staging = undefined;
         this.staged = undefined;

@@ -24,7 +24,11 @@ export interface SnapshotSource {
   appliedIndex(): number;
   /** The outcome, for Raft (reportSnapshot) and the peer (the Snap message on success). */
   done(peer: string, ok: boolean, snap: Message): void;
-  /** The WAL must keep entries after `index` while a stream from it runs (undefined: released). */
+  /**
+   * The WAL must keep entries after `index` while a stream from it runs and
+   * until the peer has caught up past it (undefined: released at once, the
+   * stream failed).
+   */
   hold(peer: string, index: number | undefined): void;
 }
 
@@ -75,7 +79,7 @@ export class SnapshotSender {
       )
       .then((ok) => {
         this.active.delete(peer);
-        this.source.hold(peer, undefined);
+        if (!ok) this.source.hold(peer, undefined);
         this.source.done(peer, ok, snap);
       });
   }
