@@ -222,14 +222,16 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
       const initialPeers = { ...config.peers };
       if (config.peerListen && !initialPeers[nodeId]) initialPeers[nodeId] = `${config.peerListen.host}:${config.peerListen.port}`;
       let bootstrapped = false;
-      if (fresh && !config.join) {
+      // node.id is written last: without it, a founder's bootstrap did not
+      // finish (or never began) and is done (again) now.
+      if (!identity && !config.join) {
         // Every founding member writes the same initial log: the voters as
         // membership entries at indexes 1..n, counted as applied.
         const voters = Object.keys(initialPeers).length > 0 ? Object.keys(initialPeers) : [nodeId];
         if (!voters.includes(nodeId)) throw new NodeError('XDEVICE_ERR_CONFIG', `--peers does not list this node (${nodeId})`);
         const bs = bootstrap(voters);
-        await wal.save({ hardState: bs.hardState, entries: bs.entries });
-        await wal.compact({ index: bs.applied, term: 1, confState: bs.confState });
+        if (fresh) await wal.save({ hardState: bs.hardState, entries: bs.entries });
+        if (wal.snapshotMetadata().index < bs.applied) await wal.compact({ index: bs.applied, term: 1, confState: bs.confState });
         const clusterId = createHash('sha256').update([...bs.confState.voters].join('\0')).digest('hex').slice(0, 16);
         store.clusterId = clusterId;
         for (const [id, address] of Object.entries(initialPeers)) store.setMember(id, address);
