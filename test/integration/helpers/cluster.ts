@@ -49,6 +49,12 @@ export async function admin<T = unknown>(port: number, method: string, path: str
   return { status: res.status, body: (text ? JSON.parse(text) : undefined) as T };
 }
 
+// Children outlive a test process that dies abruptly; kill them on any normal exit at least.
+const liveChildren = new Set<ChildProcess>();
+process.once('exit', () => {
+  for (const c of liveChildren) c.kill('SIGKILL');
+});
+
 export class TestCluster {
   readonly nodes = new Map<string, ClusterNodeProcess>();
   readonly ports = new Map<string, { nbd: number; admin: number; peer: number }>();
@@ -130,7 +136,13 @@ export class TestCluster {
     };
     child.stdout!.on('data', keep);
     child.stderr!.on('data', keep);
-    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+    liveChildren.add(child);
+    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+      child.once('exit', (code, signal) => {
+        liveChildren.delete(child);
+        resolve({ code, signal });
+      }),
+    );
     const node: ClusterNodeProcess = { id, dataDir, nbdPort: p.nbd, adminPort: p.admin, peerPort: p.peer, child, exited, output: () => out };
     this.nodes.set(id, node);
     let up = false;
