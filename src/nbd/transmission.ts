@@ -188,7 +188,12 @@ export class Transmission {
         else if (pending.payload !== null) got = input.copyInto(pending.payload, pending.filled, need);
         else got = input.skip(need);
         pending.filled += got;
-        if (pending.filled < pending.request.length) return;
+        if (pending.filled < pending.request.length) {
+          // The rest of the payload is still on the wire: keep reading even if
+          // we paused at the limit, or this request (and the limit) never clears.
+          this.resume();
+          return;
+        }
         this.pending = undefined;
         this.admitWrite(pending.request, pending.parts ?? pending.payload, pending.error, true);
         continue;
