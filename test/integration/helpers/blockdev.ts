@@ -33,11 +33,17 @@ export async function attachExport(port: number, exportName: string, options: { 
   mkdirSync(fuseDir);
   mkdirSync(mountpoint);
   const file = join(fuseDir, 'disk');
-  const nbdfuse = spawn('nbdfuse', ['-C', String(options.connections ?? 1), file, `nbd://127.0.0.1:${port}/${exportName}`], { stdio: ['ignore', 'inherit', 'inherit'] });
+  const nbdfuse = spawn('nbdfuse', ['-C', String(options.connections ?? 1), file, `nbd://127.0.0.1:${port}/${exportName}`], { stdio: ['ignore', 'pipe', 'pipe'] });
   let exited = false;
-  nbdfuse.once('exit', () => (exited = true));
+  let output = '';
+  nbdfuse.stdout!.on('data', (c: Buffer) => (output += c.toString()));
+  nbdfuse.stderr!.on('data', (c: Buffer) => (output += c.toString()));
+  nbdfuse.once('exit', (code, signal) => {
+    exited = true;
+    output += `\n(nbdfuse exited: code ${code}, signal ${signal})`;
+  });
   await waitFor('nbdfuse to present the export', async () => {
-    if (exited) throw new Error('nbdfuse exited');
+    if (exited) throw new Error(`nbdfuse exited: ${output.trim()}`);
     return existsSync(file);
   }, 30_000);
   const loop = run('losetup', ['-f', '--show', file]);
