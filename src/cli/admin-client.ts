@@ -122,6 +122,10 @@ export class AdminClient {
       }
     }
     if (all.every((s) => s.error)) throw new AdminClientError('XDEVICE_ERR_UNREACHABLE', `no endpoint answered: ${all.map((s) => s.error).join('; ')}`);
+    // A member that knows the leader forwards what Raft can forward (device
+    // changes); leader-only calls come back 421 naming the leader.
+    const follower = all.find((s) => s.status?.leader);
+    if (follower) return follower.endpoint;
     throw new AdminClientError('XDEVICE_ERR_NO_LEADER', 'no endpoint knows a leader (is a majority of the cluster up?)');
   }
 
@@ -137,6 +141,10 @@ export class AdminClient {
         if (next) {
           target = next;
           continue;
+        }
+        const leader = (res.body as { error?: { leader?: string } })?.error?.leader;
+        if (leader) {
+          throw new AdminClientError('XDEVICE_ERR_NOT_LEADER', `${target}: only the leader (${leader}) can do this and its admin address is not known here; add it to --endpoints`, 421);
         }
       }
       return this.check(res);

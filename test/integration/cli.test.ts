@@ -65,6 +65,16 @@ t.test('xdevice-cli drives a live cluster', { timeout: 600_000 }, async (t) => {
   t.equal(missing.code, 1, 'deleting a missing device fails with exit 1');
   t.match(missing.stderr, /nope/);
 
+  // Given only one follower, device changes are forwarded through Raft, and a
+  // leader-only call says which node leads.
+  const lone = `127.0.0.1:${cluster.slots[(leader + 1) % 3]!.ports.admin}`;
+  const viaFollower = await cli(['--endpoints', lone, 'device', 'create', 'aux', '4MiB']);
+  t.equal(viaFollower.code, 0, viaFollower.stderr);
+  t.match(viaFollower.stdout, /\| aux +\| 4MiB/);
+  const leaderOnly = await cli(['--endpoints', lone, 'transfer-leader', '--to', cluster.slots[(leader + 1) % 3]!.id]);
+  t.equal(leaderOnly.code, 1);
+  t.match(leaderOnly.stderr, new RegExp(`only the leader \\(${cluster.slots[leader]!.id}\\)`));
+
   // transfer leadership
   const target = cluster.slots[(leader + 2) % 3]!.id;
   const moved = await cli(['--endpoints', followerFirst, 'transfer-leader', '--to', target]);
