@@ -24,16 +24,17 @@ interface ClientWindow {
   applied: Set<number>;
 }
 
-export interface DedupClientState {
-  clientId: number;
+/** Client ids are numbers on the wire of src/device/commands.ts; the Raft simulator uses strings. */
+export interface DedupClientState<K extends number | string = number> {
+  clientId: K;
   floor: number;
   applied: number[];
 }
 
-export class RequestDedup {
+export class RequestDedup<K extends number | string = number> {
   // Map iteration is insertion order: re-inserting on use keeps the least
   // recently used client first, to be forgotten first.
-  private clients = new Map<number, ClientWindow>();
+  private clients = new Map<K, ClientWindow>();
 
   constructor(
     private readonly clientsMax = limits.raftDedupClientsMax,
@@ -41,13 +42,13 @@ export class RequestDedup {
   ) {}
 
   /** Whether a request is new (and records it as applied). Call once per committed request, in log order. */
-  admit(id: RequestId): boolean {
+  admit(id: Pick<RequestId, 'seq' | 'firstUnacked'> & { clientId: K }): boolean {
     let w = this.clients.get(id.clientId);
     if (w) {
       this.clients.delete(id.clientId);
     } else {
       w = { floor: 1, applied: new Set() };
-      if (this.clients.size >= this.clientsMax) this.clients.delete(this.clients.keys().next().value as number);
+      if (this.clients.size >= this.clientsMax) this.clients.delete(this.clients.keys().next().value as K);
     }
     this.clients.set(id.clientId, w);
     const fresh = id.seq >= w.floor && !w.applied.has(id.seq);
@@ -66,12 +67,12 @@ export class RequestDedup {
     return fresh;
   }
 
-  export(): DedupClientState[] {
+  export(): DedupClientState<K>[] {
     return [...this.clients].map(([clientId, w]) => ({ clientId, floor: w.floor, applied: [...w.applied].sort((a, b) => a - b) }));
   }
 
-  static from(table: readonly DedupClientState[]): RequestDedup {
-    const d = new RequestDedup();
+  static from<K extends number | string = number>(table: readonly DedupClientState<K>[], clientsMax?: number, windowMax?: number): RequestDedup<K> {
+    const d = new RequestDedup<K>(clientsMax, windowMax);
     for (const c of table) d.clients.set(c.clientId, { floor: c.floor, applied: new Set(c.applied) });
     return d;
   }

@@ -12,11 +12,10 @@
 // accepted by a leader that then lost it, and seq 6 committed by the next
 // leader, then 5 retried — 5 is applied (once), not dropped.
 //
-// The table is part of the replicated state: it must go into snapshots
-// (export / Deduplicator.from) and is deterministic given the applied log.
+// This file holds the header framing; the table that decides what applies is
+// state-machine work and lives in src/device/request-dedup.ts (RequestDedup).
 
 import { assert } from '../errors.ts';
-import { limits } from '../limits.ts';
 
 const VERSION = 1;
 /** version u8 | idLen u8 | id | seq u48 | firstUnacked u48 */
@@ -58,74 +57,3 @@ export function decodeRequest(data: Buffer): { header: RequestHeader; payload: B
   return { header: { clientId, seq, firstUnacked }, payload: data.subarray(o) };
 }
 
-interface ClientWindow {
-  /** Every seq below is settled. */
-  floor: number;
-  /** Seqs >= floor already applied. */
-  applied: Set<number>;
-}
-
-export interface DedupOptions {
-  clientsMax?: number;
-  windowMax?: number;
-}
-
-export class Deduplicator {
-  // Map iteration order is insertion order: re-inserting on use keeps the
-  // least recently used client first, to be forgotten first.
-  private clients = new Map<string, ClientWindow>();
-  private readonly clientsMax: number;
-  private readonly windowMax: number;
-
-  constructor(options: DedupOptions = {}) {
-    this.clientsMax = options.clientsMax ?? limits.raftDedupClientsMax;
-    this.windowMax = options.windowMax ?? limits.raftDedupWindowMax;
-  }
-
-  /**
-   * Called for each committed client request, in log order. Returns true if
-   * the state machine should apply it, false for a duplicate.
-   */
-  shouldApply(h: RequestHeader): boolean {
-    let w = this.clients.get(h.clientId);
-    if (w) {
-      this.clients.delete(h.clientId);
-    } else {
-      w = { floor: 1, applied: new Set() };
-      if (this.clients.size >= this.clientsMax) {
-        const oldest = this.clients.keys().next().value as string;
-        this.clients.delete(oldest);
-      }
-    }
-    this.clients.set(h.clientId, w);
-    const fresh = h.seq >= w.floor && !w.applied.has(h.seq);
-    if (fresh) w.applied.add(h.seq);
-    if (h.firstUnacked > w.floor) {
-      w.floor = h.firstUnacked;
-      for (const s of w.applied) if (s < w.floor) w.applied.delete(s);
-    }
-    if (w.applied.size > this.windowMax) {
-      // A client that never acknowledges: forget its oldest seqs.
-      const sorted = [...w.applied].sort((a, b) => a - b);
-      const drop = sorted.length - this.windowMax;
-      w.floor = sorted[drop]!;
-      for (let i = 0; i < drop; i++) w.applied.delete(sorted[i]!);
-    }
-    return fresh;
-  }
-
-  /** The table, for a snapshot. */
-  export(): Array<{ clientId: string; floor: number; applied: number[] }> {
-    return [...this.clients].map(([clientId, w]) => ({ clientId, floor: w.floor, applied: [...w.applied].sort((a, b) => a - b) }));
-  }
-
-  static from(table: ReturnType<Deduplicator['export']>, options: DedupOptions = {}): Deduplicator {
-    const d = new Deduplicator(options);
-    for (const c of table) d.clients.set(c.clientId, { floor: c.floor, applied: new Set(c.applied) });
-    return d;
-  }
-
-  get size(): number {
-    return this.clients.size;
-  }
-}

@@ -12,7 +12,7 @@ export {
   type ConfChange,
   type ConfChangeSingle,
 } from './confchange.ts';
-export { decodeRequest, Deduplicator, encodeRequest, type RequestHeader } from './dedup.ts';
+export { decodeRequest, encodeRequest, type RequestHeader } from './dedup.ts';
 export {
   ConfChangeInProgressError,
   InvalidConfChangeError,

@@ -21,7 +21,8 @@
 import { bootstrap } from '../../src/raft/bootstrap.ts';
 import type { TestingBugs } from '../../src/raft/config.ts';
 import { ConfChangeTransition, ConfChangeType, confChanges, decodeConfChange, type ConfChange } from '../../src/raft/confchange.ts';
-import { decodeRequest, Deduplicator, encodeRequest } from '../../src/raft/dedup.ts';
+import { decodeRequest, encodeRequest } from '../../src/raft/dedup.ts';
+import { RequestDedup, type DedupClientState } from '../../src/device/request-dedup.ts';
 import { MemoryStorage } from '../../src/raft/memory-storage.ts';
 import { RawNode, type Ready } from '../../src/raft/rawnode.ts';
 import { Role } from '../../src/raft/raft.ts';
@@ -96,7 +97,7 @@ type Ev =
 interface SmSnapshot {
   index: number;
   ops: string[];
-  dedup: ReturnType<Deduplicator['export']>;
+  dedup: DedupClientState<string>[];
   confState: ConfState;
 }
 
@@ -115,7 +116,7 @@ interface SimNode {
   raw?: RawNode;
   ops: string[];
   opSet: Set<string>;
-  dedup: Deduplicator;
+  dedup: RequestDedup<string>;
   appliedIndex: number;
   confState: ConfState;
   lastPersistAt: number;
@@ -221,7 +222,7 @@ export class Simulator {
   private createNode(id: NodeId, storage: MemoryStorage, snapshotData: SmSnapshot): SimNode {
     const n: SimNode = {
       id, alive: false, incarnation: 0, retired: false, storage, snapshotData, snapshotHistory: new Map([[snapshotData.index, snapshotData]]),
-      ops: [], opSet: new Set(), dedup: new Deduplicator(), appliedIndex: 0, confState: snapshotData.confState,
+      ops: [], opSet: new Set(), dedup: new RequestDedup<string>(), appliedIndex: 0, confState: snapshotData.confState,
       lastPersistAt: 0, maxOutstanding: 1, lastRole: Role.Follower, lastCommit: 0, staged: new Map(), wasMember: snapshotData.confState.voters.includes(id),
     };
     this.nodes.set(id, n);
@@ -233,7 +234,7 @@ export class Simulator {
     const snap = n.snapshotData;
     n.ops = snap.ops.slice();
     n.opSet = new Set(n.ops);
-    n.dedup = Deduplicator.from(snap.dedup);
+    n.dedup = RequestDedup.from<string>(snap.dedup);
     n.appliedIndex = snap.index;
     n.confState = snap.confState;
     n.incarnation++;
@@ -340,7 +341,7 @@ export class Simulator {
       this.remember(n, data);
       n.ops = data.ops.slice();
       n.opSet = new Set(n.ops);
-      n.dedup = Deduplicator.from(data.dedup);
+      n.dedup = RequestDedup.from<string>(data.dedup);
       n.appliedIndex = data.index;
       n.confState = rd.snapshot.confState;
       for (const k of n.staged.keys()) if (k <= data.index) n.staged.delete(k);
@@ -386,7 +387,7 @@ export class Simulator {
     } else if (e.data.length > 0) {
       const { header } = decodeRequest(e.data);
       const op = `${header.clientId}:${header.seq}`;
-      if (n.dedup.shouldApply(header)) {
+      if (n.dedup.admit(header)) {
         if (n.opSet.has(op)) violation(`exactly once: ${n.id} applies ${op} twice`);
         const pos = n.ops.length;
         n.ops.push(op);

@@ -1,7 +1,8 @@
 // Exactly-once application of retried client requests (Raft thesis 6.3).
 
 import t from 'tap';
-import { decodeRequest, Deduplicator, encodeRequest } from '../../src/raft/dedup.ts';
+import { decodeRequest, encodeRequest } from '../../src/raft/dedup.ts';
+import { RequestDedup } from '../../src/device/request-dedup.ts';
 
 t.test('request header round-trips and the payload is a view', async (t) => {
   const payload = Buffer.from('block data');
@@ -14,29 +15,29 @@ t.test('request header round-trips and the payload is a view', async (t) => {
 });
 
 t.test('duplicates are refused, in any order, and state stays bounded', async (t) => {
-  const d = new Deduplicator();
+  const d = new RequestDedup<string>();
   const h = (seq: number, firstUnacked = 1) => ({ clientId: 'c', seq, firstUnacked });
-  t.ok(d.shouldApply(h(1)));
-  t.notOk(d.shouldApply(h(1)), 'a retry of 1');
-  t.ok(d.shouldApply(h(3)));
-  t.ok(d.shouldApply(h(2)), '2 arrives after 3 (a retry via a new leader): applied once');
-  t.notOk(d.shouldApply(h(2)));
-  t.ok(d.shouldApply(h(4, 4)), 'the client acknowledged everything below 4');
-  t.notOk(d.shouldApply(h(3)), 'below the floor: settled');
+  t.ok(d.admit(h(1)));
+  t.notOk(d.admit(h(1)), 'a retry of 1');
+  t.ok(d.admit(h(3)));
+  t.ok(d.admit(h(2)), '2 arrives after 3 (a retry via a new leader): applied once');
+  t.notOk(d.admit(h(2)));
+  t.ok(d.admit(h(4, 4)), 'the client acknowledged everything below 4');
+  t.notOk(d.admit(h(3)), 'below the floor: settled');
   const table = d.export();
   t.same(table, [{ clientId: 'c', floor: 4, applied: [4] }]);
-  const copy = Deduplicator.from(table);
-  t.notOk(copy.shouldApply(h(4)), 'the table survives a snapshot');
-  t.ok(copy.shouldApply(h(5, 4)));
+  const copy = RequestDedup.from<string>(table);
+  t.notOk(copy.admit(h(4)), 'the table survives a snapshot');
+  t.ok(copy.admit(h(5, 4)));
 });
 
 t.test('limits: clients and per-client window', async (t) => {
-  const d = new Deduplicator({ clientsMax: 2, windowMax: 3 });
-  t.ok(d.shouldApply({ clientId: 'a', seq: 1, firstUnacked: 1 }));
-  t.ok(d.shouldApply({ clientId: 'b', seq: 1, firstUnacked: 1 }));
-  t.ok(d.shouldApply({ clientId: 'c', seq: 1, firstUnacked: 1 }));
+  const d = new RequestDedup<string>(2, 3);
+  t.ok(d.admit({ clientId: 'a', seq: 1, firstUnacked: 1 }));
+  t.ok(d.admit({ clientId: 'b', seq: 1, firstUnacked: 1 }));
+  t.ok(d.admit({ clientId: 'c', seq: 1, firstUnacked: 1 }));
   t.equal(d.size, 2, 'the least recently used client is forgotten');
-  for (let s = 2; s <= 6; s++) d.shouldApply({ clientId: 'c', seq: s, firstUnacked: 1 });
+  for (let s = 2; s <= 6; s++) d.admit({ clientId: 'c', seq: s, firstUnacked: 1 });
   const w = d.export().find((x) => x.clientId === 'c')!;
   t.equal(w.applied.length, 3, 'a client that never acknowledges keeps only windowMax ids');
 });
