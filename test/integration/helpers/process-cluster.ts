@@ -68,6 +68,27 @@ export class ProcessCluster {
       this.slots[i]!.peers = peers.join(',');
     }
     await Promise.all(this.slots.map((_, i) => this.startNode(i)));
+    await this.devicesReady();
+  }
+
+  /** A fresh cluster creates its devices through Raft: wait until every node serves them. */
+  async devicesReady(timeoutMs = 60_000): Promise<void> {
+    const want = (this.options.devices ?? ['default:64MiB']).map((d) => d.slice(0, d.lastIndexOf(':')));
+    await waitFor(
+      `devices ${want.join(', ')} on every node`,
+      async () => {
+        for (let i = 0; i < this.size; i++) {
+          if (!this.isUp(i)) continue;
+          const res = await httpGet(this.slots[i]!.ports.admin, '/devices');
+          if (res.status !== 200) return false;
+          const names = (JSON.parse(res.body) as { devices: { name: string }[] }).devices.map((d) => d.name);
+          if (!want.every((n) => names.includes(n))) return false;
+        }
+        return true;
+      },
+      timeoutMs,
+      50,
+    );
   }
 
   async startNode(i: number): Promise<NodeProcess> {
