@@ -124,6 +124,16 @@ export async function startNode(options: StartOptions = {}): Promise<NodeProcess
       if (dead) throw new Error(`${id} exited during start-up:\n${output.slice(-3000)}`);
       return (await httpGet(admin!, '/status')).status === 200;
     });
+    if ((options.backend ?? 'replicated') === 'replicated' && !options.peers) {
+      // A standalone node creates its devices through its one-node Raft log.
+      const want = (options.devices ?? ['default:64MiB']).map((d) => d.slice(0, d.lastIndexOf(':')));
+      await waitFor(`${id} to serve ${want.join(', ')}`, async () => {
+        if (dead) throw new Error(`${id} exited during start-up:\n${output.slice(-3000)}`);
+        const res = await httpGet(admin!, '/devices');
+        const names = res.status === 200 ? (JSON.parse(res.body) as { devices: { name: string }[] }).devices.map((d) => d.name) : [];
+        return want.every((n) => names.includes(n));
+      });
+    }
   }
   return proc;
 }
