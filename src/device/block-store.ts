@@ -50,13 +50,22 @@ export interface ApplyOutcome {
   error?: ApplyError;
 }
 
+/** Writes of one apply batch bound for one device file, in entry order. */
+interface GatheredWrites {
+  bufs: Buffer[];
+  positions: number[];
+}
+
 interface OpenDevice {
   record: DeviceRecord;
   path: string;
-  /** Native descriptor: writes, holes (ordered). */
+  /**
+   * Native descriptor for writes, holes AND reads: its I/O thread runs them in
+   * submission order, so a read never overlaps the apply of a later write to
+   * the same block (a second descriptor with its own thread let a read see a
+   * half-copied 4 KiB page — a torn read the nemesis caught).
+   */
   fd: number;
-  /** Native descriptor for reads. */
-  readFd: number;
 }
 
 export function deviceFileName(id: number): string {
@@ -130,8 +139,7 @@ export class BlockStore {
     const { fd } = await native.openFile(path, { create: true });
     if (!keepContents) await ftruncate(fd, 0);
     await ftruncate(fd, record.size);
-    const { fd: readFd } = await native.openFile(path, { readOnly: true });
-    const dev: OpenDevice = { record: { ...record }, path, fd, readFd };
+    const dev: OpenDevice = { record: { ...record }, path, fd };
     this.byId.set(record.id, dev);
     this.byName.set(record.name, record.id);
     return dev;
@@ -141,7 +149,6 @@ export class BlockStore {
     this.byId.delete(dev.record.id);
     if (this.byName.get(dev.record.name) === dev.record.id) this.byName.delete(dev.record.name);
     await native.closeFile(dev.fd);
-    await native.closeFile(dev.readFd);
   }
 
   /** Files from devices created after the checkpoint and before a crash: replay recreates them. */
@@ -197,7 +204,8 @@ export class BlockStore {
    * order.
    *
    * `onOutcome` hears each command's outcome as soon as it is decided: for a
-   * write that is when it is queued on the device file's ordered I/O thread,
+   * write that is when its place in the device file's ordered I/O is fixed
+   * (it is queued on the file's I/O thread before this call first yields),
    * before it completes. A caller may acknowledge it then: the entry is
    * committed (durable on a majority), and every read waits for the applied
    * index, which moves only once the batch has completed.
@@ -214,7 +222,20 @@ export class BlockStore {
       onOutcome(o);
     };
     let pending: Promise<unknown>[] = [];
+    // Writes wait here, per file, to go down in one native call each (one
+    // I/O-thread wake for the batch instead of one per write). They are
+    // submitted before this function yields (so before any waiter settled
+    // above can run) and before any other operation on the same file.
+    const gathered = new Map<number, GatheredWrites>();
+    const submitGathered = (fd?: number): void => {
+      for (const [gfd, g] of gathered) {
+        if (fd !== undefined && gfd !== fd) continue;
+        gathered.delete(gfd);
+        pending.push(g.bufs.length === 1 ? native.pwrite(gfd, g.bufs[0]!, g.positions[0]!) : native.pwriteBatch(gfd, g.bufs, g.positions));
+      }
+    };
     const barrier = async (): Promise<void> => {
+      submitGathered();
       if (pending.length === 0) return;
       const p = pending;
       pending = [];
@@ -255,7 +276,7 @@ export class BlockStore {
           const error = await this.applyTableCommand(cmd, e.index);
           if (error) outcome.error = error;
         } else {
-          const error = this.submitDataCommand(cmd, pending);
+          const error = this.submitDataCommand(cmd, pending, gathered, submitGathered);
           if (error) outcome.error = error;
         }
         decided(outcome);
@@ -267,6 +288,12 @@ export class BlockStore {
       }
       return outcomes;
     } finally {
+      if (gathered.size > 0) {
+        // Thrown mid-batch (the caller fails the node): writes already
+        // acknowledged still go down; their outcome no longer matters here.
+        submitGathered();
+        for (const p of pending) p.catch(() => undefined);
+      }
       this.applying = false;
     }
   }
@@ -290,12 +317,21 @@ export class BlockStore {
     return { dev };
   }
 
-  private submitDataCommand(cmd: Command, pending: Promise<unknown>[]): ApplyError | undefined {
+  private submitDataCommand(
+    cmd: Command,
+    pending: Promise<unknown>[],
+    gathered: Map<number, GatheredWrites>,
+    submitGathered: (fd: number) => void,
+  ): ApplyError | undefined {
     switch (cmd.op) {
       case CommandOp.Write: {
         const r = this.checkRange(cmd, cmd.data.length);
         if ('error' in r) return r.error;
-        if (cmd.data.length > 0) pending.push(native.pwrite(r.dev.fd, cmd.data, cmd.offset));
+        if (cmd.data.length === 0) return undefined;
+        let g = gathered.get(r.dev.fd);
+        if (!g) gathered.set(r.dev.fd, (g = { bufs: [], positions: [] }));
+        g.bufs.push(cmd.data);
+        g.positions.push(cmd.offset);
         return undefined;
       }
       case CommandOp.Trim:
@@ -303,6 +339,8 @@ export class BlockStore {
         const r = this.checkRange(cmd, cmd.length);
         if ('error' in r) return r.error;
         if (cmd.length === 0) return undefined;
+        // Earlier writes to this file go first: the file's I/O thread keeps submission order.
+        submitGathered(r.dev.fd);
         pending.push(native.punchHole(r.dev.fd, cmd.offset, cmd.length));
         // NO_HOLE: the client wants the range allocated; unwritten extents read as zeroes.
         if (cmd.op === CommandOp.WriteZeroes && cmd.noHole) pending.push(native.fallocate(r.dev.fd, cmd.offset, cmd.length, { keepSize: true }));
@@ -356,7 +394,7 @@ export class BlockStore {
     const dev = this.byId.get(deviceId);
     if (!dev) throw Object.assign(new Error(`device ${deviceId} no longer exists`), { code: 'ESHUTDOWN' });
     const out = Buffer.allocUnsafe(length);
-    const n = await native.pread(dev.readFd, out, offset);
+    const n = await native.pread(dev.fd, out, offset);
     // Past the end of a file that shrank meanwhile: zeroes.
     if (n < length) out.fill(0, n);
     return out;
