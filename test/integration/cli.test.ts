@@ -5,6 +5,7 @@ import { spawn } from 'node:child_process';
 import { CLI_BIN, httpGet, startNode, waitFor } from './helpers/node-process.ts';
 import { ProcessCluster } from './helpers/process-cluster.ts';
 import { freePorts } from './helpers/ports.ts';
+import parsePrometheusTextFormat from 'parse-prometheus-text-format';
 
 interface Run {
   code: number | null;
@@ -102,6 +103,16 @@ t.test('xdevice-cli drives a live cluster', { timeout: 600_000 }, async (t) => {
   const removed = await cli(['--endpoints', endpoints, '-w', 'json', 'remove-node', '--id=node4']);
   t.equal(removed.code, 0, removed.stderr);
   t.notOk((JSON.parse(removed.stdout) as { members: { id: string }[] }).members.some((m) => m.id === 'node4'));
+
+  // the live leader's metrics parse as Prometheus text, with replication figures
+  const scraped = await httpGet(cluster.slots[(leader + 2) % 3]!.ports.admin, '/metrics');
+  t.equal(scraped.status, 200);
+  const families = new Map(parsePrometheusTextFormat(scraped.body).map((f) => [f.name, f]));
+  t.equal(families.get('xdevice_server_has_leader')?.metrics[0]?.value, '1');
+  t.ok(Number(families.get('xdevice_raft_applied_index')?.metrics[0]?.value) > 0, 'applied index exported');
+  t.equal(families.get('xdevice_disk_wal_fsync_duration_seconds')?.type, 'HISTOGRAM');
+  t.ok(Number(families.get('xdevice_disk_wal_fsync_duration_seconds')?.metrics[0]?.count) > 0, 'WAL syncs observed');
+  t.ok((families.get('xdevice_raft_replication_lag_entries')?.metrics.length ?? 0) >= 2, 'lag per peer on the leader');
 
   // health, attach on a kernel without nbd, usage and unreachable exit codes
   const health = await cli(['--endpoints', endpoints, 'health']);
