@@ -118,6 +118,7 @@ class Addon : public Napi::Addon<Addon> {
         InstanceMethod("closeFile", &Addon::CloseFile),
         InstanceMethod("pwrite", &Addon::Pwrite),
         InstanceMethod("pwritev", &Addon::Pwritev),
+        InstanceMethod("pwriteBatch", &Addon::PwriteBatch),
         InstanceMethod("pread", &Addon::Pread),
         InstanceMethod("fdatasync", &Addon::Fdatasync),
         InstanceMethod("fallocate", &Addon::Fallocate),
@@ -195,6 +196,7 @@ class Addon : public Napi::Addon<Addon> {
     switch (kind) {
       case OpKind::kPwrite: return "pwrite";
       case OpKind::kPwritev: return "pwritev";
+      case OpKind::kPwriteBatch: return "pwrite";
       case OpKind::kPread: return "pread";
       case OpKind::kFdatasync: return "fdatasync";
       case OpKind::kFallocate:
@@ -228,6 +230,29 @@ class Addon : public Napi::Addon<Addon> {
     op->iov.reserve(count);
     for (uint32_t i = 0; i < count; i++) op->iov.push_back(ArgBytes(env, buffers.Get(i), "buffers[i]"));
     op->position = ArgOffset(info, 2, "position");
+    // The array keeps its buffers alive; callers must not edit it until the promise settles.
+    op->keepAlive = Napi::Persistent(info[1]);
+    return Submit(env, std::move(op));
+  }
+
+  Napi::Value PwriteBatch(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    auto op = std::make_unique<Op>(env, OpKind::kPwriteBatch, ArgFd(info, 0));
+    if (info.Length() < 3 || !info[1].IsArray() || !info[2].IsArray()) throw Napi::TypeError::New(env, "buffers and positions must be arrays");
+    Napi::Array buffers = info[1].As<Napi::Array>();
+    Napi::Array positions = info[2].As<Napi::Array>();
+    const uint32_t count = buffers.Length();
+    if (positions.Length() != count) throw Napi::TypeError::New(env, "one position per buffer");
+    op->iov.reserve(count);
+    op->positions.reserve(count);
+    for (uint32_t i = 0; i < count; i++) {
+      op->iov.push_back(ArgBytes(env, buffers.Get(i), "buffers[i]"));
+      Napi::Value p = positions.Get(i);
+      if (!p.IsNumber()) throw Napi::TypeError::New(env, "positions[i] must be a number");
+      const double d = p.As<Napi::Number>().DoubleValue();
+      if (!(d >= 0 && d <= kMaxSafeInteger && std::floor(d) == d)) throw Napi::RangeError::New(env, "positions[i] must be a non-negative safe integer");
+      op->positions.push_back(static_cast<int64_t>(d));
+    }
     // The array keeps its buffers alive; callers must not edit it until the promise settles.
     op->keepAlive = Napi::Persistent(info[1]);
     return Submit(env, std::move(op));

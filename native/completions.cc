@@ -74,6 +74,7 @@ void Completions::Settle(Op* op) {
   switch (op->kind) {
     case OpKind::kPwrite:
     case OpKind::kPwritev:
+    case OpKind::kPwriteBatch:
     case OpKind::kPread:
       op->deferred.Resolve(Napi::Number::New(env, static_cast<double>(op->result)));
       return;

@@ -14,7 +14,7 @@ namespace xdevice {
 
 class FileQueue;
 
-enum class OpKind { kPwrite, kPwritev, kPread, kFdatasync, kFallocate, kPunchHole, kFstat, kClose };
+enum class OpKind { kPwrite, kPwritev, kPwriteBatch, kPread, kFdatasync, kFallocate, kPunchHole, kFstat, kClose };
 
 struct Op {
   explicit Op(Napi::Env env, OpKind k, int file) : kind(k), fd(file), deferred(Napi::Promise::Deferred::New(env)) {}
@@ -23,6 +23,7 @@ struct Op {
   const int fd;
   std::vector<iovec> iov;  // pwrite/pread use iov[0]
   int64_t position = 0;    // pwrite/pread offset, fallocate offset
+  std::vector<int64_t> positions;  // kPwriteBatch: where iov[i] goes
   int64_t length = 0;      // fallocate/punch length
   int mode = 0;            // fallocate mode
 

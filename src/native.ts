@@ -61,6 +61,7 @@ interface Binding {
   closeFile(fd: number): Promise<void>;
   pwrite(fd: number, buf: Uint8Array, position: number): Promise<number>;
   pwritev(fd: number, bufs: Uint8Array[], position: number): Promise<number>;
+  pwriteBatch(fd: number, bufs: Uint8Array[], positions: number[]): Promise<number>;
   pread(fd: number, buf: Uint8Array, position: number): Promise<number>;
   fdatasync(fd: number): Promise<void>;
   fallocate(fd: number, offset: number, length: number, keepSize: boolean): Promise<void>;
@@ -115,6 +116,16 @@ export function pwrite(fd: number, buf: Uint8Array, position: number): Promise<n
 /** Writes the buffers back to back from position, all or nothing (as pwrite). Do not modify the array until it settles. */
 export function pwritev(fd: number, bufs: Uint8Array[], position: number): Promise<number> {
   return binding.pwritev(fd, bufs, position);
+}
+
+/**
+ * Writes bufs[i] at positions[i], in order, in one trip to the file's I/O
+ * thread (one thread wake for many scattered writes). Each write is complete
+ * or the batch rejects at the first error (earlier ones may have landed).
+ * Resolves to the bytes written. Do not modify the arrays until it settles.
+ */
+export function pwriteBatch(fd: number, bufs: Uint8Array[], positions: number[]): Promise<number> {
+  return binding.pwriteBatch(fd, bufs, positions);
 }
 
 /** Reads until buf is full or end of file; resolves to the bytes read. */

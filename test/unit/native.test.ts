@@ -223,6 +223,31 @@ t.test('pwritev writes its buffers back to back; pread stops at end of file', as
   await native.closeFile(f.fd);
 });
 
+t.test('pwriteBatch writes each buffer at its own position, in order; bad arguments throw; faults count per write', async (t) => {
+  const dir = tempDir(t);
+  const f = await native.openFile(join(dir, 'batch'), { create: true });
+  const bufs = [Buffer.from('aaaa'), Buffer.from('bbbb'), Buffer.alloc(0), Buffer.from('cc'), Buffer.from('dddd')];
+  // The last write overlaps the first: in-order execution decides the bytes.
+  t.equal(await native.pwriteBatch(f.fd, bufs, [0, 100, 50, 8192, 2]), 14);
+  const back = Buffer.alloc(8194);
+  t.equal(await native.pread(f.fd, back, 0), 8194);
+  t.equal(back.subarray(0, 6).toString(), 'aadddd');
+  t.equal(back.subarray(100, 104).toString(), 'bbbb');
+  t.equal(back.subarray(8192, 8194).toString(), 'cc');
+  t.ok(back.subarray(6, 100).every((b) => b === 0), 'nothing written between');
+  t.throws(() => native.pwriteBatch(f.fd, [Buffer.from('x')], []), TypeError);
+  t.throws(() => native.pwriteBatch(f.fd, [Buffer.from('x')], [-1]), RangeError);
+  t.throws(() => native.pwriteBatch(f.fd, ['x' as unknown as Buffer], [0]), TypeError);
+  // afterCalls counts each write of the batch, as separate pwrites would.
+  native.setFaultInjection({ pwriteErrno: errno.EIO, afterCalls: 2, fd: f.fd });
+  await t.rejects(native.pwriteBatch(f.fd, [Buffer.from('1'), Buffer.from('2'), Buffer.from('3')], [0, 1, 2]), { code: 'EIO', syscall: 'pwrite' });
+  native.setFaultInjection(null);
+  t.equal(await native.pread(f.fd, back, 0), 8194);
+  t.equal(back.subarray(0, 3).toString(), '12d', 'the writes before the failed one landed');
+  await t.rejects(native.pwriteBatch(123456, [Buffer.from('x')], [0]), { code: 'EBADF' });
+  await native.closeFile(f.fd);
+});
+
 t.test('fallocate preallocates; punchHole deallocates and reads back zeros', async (t) => {
   const dir = tempDir(t);
   const path = join(dir, 'holes');
