@@ -49,8 +49,8 @@ interface Event {
   match: Event | null; // call ↔ return
 }
 
-/** Searches for a linearization of one register's operations. Returns the ops of a stuck prefix on failure. */
-function linearizeRegister(ops: HistoryOp[], initial: string | null, budget: { steps: number }): { ok: true } | { ok: false; stuck: HistoryOp[] } {
+/** Searches for a linearization of one register's operations; on failure, how long the longest linearizable prefix was. */
+function linearizeRegister(ops: HistoryOp[], initial: string | null, budget: { steps: number }): { ok: true } | { ok: false; deepest: number } {
   // Build the event list sorted by time; calls before returns at equal times
   // (an op that returns at t and one that is called at t may overlap).
   const events: Event[] = [];
@@ -85,23 +85,45 @@ function linearizeRegister(ops: HistoryOp[], initial: string | null, budget: { s
     if (call.next) call.next.prev = call;
   };
 
+  // The cache key is the set of linearized ops plus the state. The set is
+  // kept as a 64-bit Zobrist hash (two 32-bit halves XORed per op), O(1) per
+  // step where a serialized bitset would make long histories quadratic.
   const n = ops.length;
-  const linearized = new Uint8Array(n);
+  const zobristLo = new Uint32Array(n);
+  const zobristHi = new Uint32Array(n);
+  let seed = 0x9e3779b9;
+  const next32 = () => {
+    seed = (seed + 0x6d2b79f5) >>> 0;
+    let z = seed;
+    z = Math.imul(z ^ (z >>> 15), z | 1);
+    z ^= z + Math.imul(z ^ (z >>> 7), z | 61);
+    return (z ^ (z >>> 14)) >>> 0;
+  };
+  for (let i = 0; i < n; i++) {
+    zobristLo[i] = next32();
+    zobristHi[i] = next32();
+  }
+  let setLo = 0;
+  let setHi = 0;
+  const flip = (op: number) => {
+    setLo = (setLo ^ zobristLo[op]!) >>> 0;
+    setHi = (setHi ^ zobristHi[op]!) >>> 0;
+  };
   const cache = new Set<string>();
-  const key = (state: string | null) => `${state === null ? '\u0000' : state}|${Buffer.from(linearized).toString('base64')}`;
+  const key = (state: string | null) => `${setLo}:${setHi}:${state === null ? '\u0000' : state}`;
   const stack: { call: Event; prevState: string | null }[] = [];
   let state: string | null = initial;
   let entry = head.next;
-  let deepest: HistoryOp[] = [];
+  let deepest = 0;
 
   while (head.next !== null) {
     if (--budget.steps < 0) throw new Error('linearizability search budget exhausted');
     if (entry === null) {
       // nothing more can be tried at this depth: backtrack
-      if (stack.length === 0) return { ok: false, stuck: deepest };
+      if (stack.length === 0) return { ok: false, deepest };
       const top = stack.pop()!;
       state = top.prevState;
-      linearized[top.call.op] = 0;
+      flip(top.call.op);
       unlift(top.call);
       entry = top.call.next;
       continue;
@@ -118,26 +140,26 @@ function linearizeRegister(ops: HistoryOp[], initial: string | null, budget: { s
         legal = o.value === state;
       }
       if (legal) {
-        linearized[entry.op] = 1;
+        flip(entry.op);
         const k = key(nextState);
         if (!cache.has(k)) {
           cache.add(k);
           stack.push({ call: entry, prevState: state });
           state = nextState;
           lift(entry);
-          if (stack.length > deepest.length) deepest = stack.map((s) => ops[s.call.op]!);
+          if (stack.length > deepest) deepest = stack.length;
           entry = head.next;
           continue;
         }
-        linearized[entry.op] = 0;
+        flip(entry.op);
       }
       entry = entry.next;
     } else {
       // A return: the op it belongs to must have been linearized before this point.
-      if (stack.length === 0) return { ok: false, stuck: [ops[entry.op]!] };
+      if (stack.length === 0) return { ok: false, deepest };
       const top = stack.pop()!;
       state = top.prevState;
-      linearized[top.call.op] = 0;
+      flip(top.call.op);
       unlift(top.call);
       entry = top.call.next;
     }
@@ -181,7 +203,7 @@ export function checkHistory(history: HistoryOp[], options: CheckOptions = {}): 
       violations.push({
         kind: classify(ops, initial),
         block,
-        message: `block ${block}: no linearization of ${ops.length} operations; longest linearizable prefix has ${result.stuck.length}`,
+        message: `block ${block}: no linearization of ${ops.length} operations; longest linearizable prefix has ${result.deepest}`,
         ops: ops.slice(0, 50),
       });
     }
