@@ -25,8 +25,8 @@ t.test('requests carry increasing seqs and the lowest unsettled one; settle only
   const p3 = s.propose((id) => encodeTrim(id, 1, 0, 3), 0);
   t.equal(decodeCommand(sent[2]!).firstUnacked, 3, 'nothing older is waiting');
   s.settle({ index: 12, request: decodeCommand(sent[2]!), duplicate: true, error: { code: 'EIO', message: 'x' } });
-  await p3;
-  t.pass('a duplicate counts as done');
+  await t.resolves(p3, 'a duplicate counts as done, even with an error attached');
+  t.equal(s.size, 0, 'nothing is left waiting');
 });
 
 t.test('lost proposals are sent again with the same id; unanswered ones fail with EIO', async (t) => {
