@@ -5,7 +5,7 @@
 // 1 GiB export. Prints IOPS, MB/s, p50/p99 and the ratio to nbdkit.
 // Targets: every row >= 0.8x nbdkit's IOPS, p99 <= 2x nbdkit's.
 
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -13,9 +13,8 @@ import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { formatTable, NBD_SCENARIOS, runFio, type ResultRow } from './lib/fio.ts';
 import { startNbdkit, startNbdkitFile } from './lib/nbdkit.ts';
+import { startNbdServer } from '../test/integration/helpers/nbd-server.ts';
 
-const ROOT = path.resolve(import.meta.dirname, '..');
-const SERVE = path.join(ROOT, 'test/integration/helpers/serve.ts');
 
 const argv = await yargs(hideBin(process.argv))
   .option('runtime', { type: 'number', default: 10, describe: 'seconds per fio job' })
@@ -35,23 +34,9 @@ function stopAll(): void {
 process.on('exit', stopAll);
 
 async function startOurs(backend: 'memory' | 'file', dataDir: string): Promise<string> {
-  const child = spawn(
-    process.execPath,
-    ['--import=tsx', SERVE, '--nbd-listen', '127.0.0.1:0', '--backend', backend, '--device', `bench:${SIZE_BYTES}`, '--data-dir', dataDir],
-    { cwd: ROOT, stdio: ['ignore', 'pipe', 'inherit'] },
-  );
-  children.push(child);
-  const line = await new Promise<string>((resolve, reject) => {
-    let out = '';
-    child.stdout!.on('data', (c: Buffer) => {
-      out += c.toString('utf8');
-      const nl = out.indexOf('\n');
-      if (nl >= 0) resolve(out.slice(0, nl));
-    });
-    child.once('exit', (code) => reject(new Error(`serve exited with ${code}`)));
-  });
-  const { port } = JSON.parse(line) as { port: number };
-  return `nbd://127.0.0.1:${port}/bench`;
+  const server = await startNbdServer({ backend, devices: [`bench:${SIZE_BYTES}`], dataDir });
+  children.push(server.child);
+  return server.uri('bench');
 }
 
 async function startTheirs(plugin: 'memory' | 'file', dataDir: string): Promise<string> {

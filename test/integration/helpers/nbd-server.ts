@@ -1,6 +1,5 @@
-// Starts an NBD server in a child process with the flags of
-// `xdevice-node --backend memory|file` and resolves once it listens.
-// Switching to the real binary means changing SERVER_COMMAND only.
+// Starts the real `xdevice-node --backend memory|file` in a child process and
+// resolves once it listens (the port comes from its "serving" log line).
 
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, mkdirSync, rmSync } from 'node:fs';
@@ -8,7 +7,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 
 const ROOT = path.resolve(import.meta.dirname, '../../..');
-export const SERVER_COMMAND = [process.execPath, '--import=tsx', path.join(ROOT, 'test/integration/helpers/serve.ts')];
+export const SERVER_COMMAND = [process.execPath, path.join(ROOT, 'bin/xdevice-node.js')];
 
 export interface NbdServerProcess {
   host: string;
@@ -43,6 +42,7 @@ export async function startNbdServer(options: NbdServerStartOptions = {}): Promi
   mkdirSync(dataDir, { recursive: true });
   const args = [
     '--nbd-listen', '127.0.0.1:0',
+    '--admin-listen', '127.0.0.1:0',
     '--backend', options.backend ?? 'memory',
     '--data-dir', dataDir,
     '--tls', options.tls ?? 'off',
@@ -55,11 +55,16 @@ export async function startNbdServer(options: NbdServerStartOptions = {}): Promi
   const child = spawn(SERVER_COMMAND[0]!, [...SERVER_COMMAND.slice(1), ...args], {
     cwd: ROOT,
     stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, XDEVICE_LOG_LEVEL: process.env.XDEVICE_LOG_LEVEL ?? 'warn' },
+    env: { ...process.env, XDEVICE_LOG_LEVEL: 'info', XDEVICE_LOG_FORMAT: 'json' },
   });
   let output = '';
+  let listening: ((address: { host: string; port: number }) => void) | undefined;
   child.stderr!.on('data', (c: Buffer) => {
     output += c.toString('utf8');
+    if (listening) {
+      const m = /"nbd":"([^"]+):(\d+)"[^\n]*"msg":"serving"/.exec(output);
+      if (m) listening({ host: m[1]!, port: Number(m[2]) });
+    }
     if (output.length > 1_000_000) output = output.slice(-500_000);
   });
   let exited = false;
@@ -69,13 +74,12 @@ export async function startNbdServer(options: NbdServerStartOptions = {}): Promi
       resolve(code);
     }),
   );
+  child.stdout!.resume();
   const address = await new Promise<{ host: string; port: number }>((resolve, reject) => {
-    let stdout = '';
-    child.stdout!.on('data', (c: Buffer) => {
-      stdout += c.toString('utf8');
-      const nl = stdout.indexOf('\n');
-      if (nl >= 0) resolve(JSON.parse(stdout.slice(0, nl)) as { host: string; port: number });
-    });
+    listening = (a) => {
+      listening = undefined;
+      resolve(a);
+    };
     void exit.then((code) => reject(new Error(`NBD server exited with ${code} during start-up:\n${output}`)));
   });
   return {
