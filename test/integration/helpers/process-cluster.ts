@@ -1,9 +1,9 @@
 // A cluster of real `xdevice-node` processes on loopback. With `proxied`, every
-// directed peer link i→j runs through a LinkProxy, so tests can partition any
+// directed peer link i→j runs through a FaultProxy, so tests can partition any
 // set of nodes from any other, or slow a link down.
 
 import { writeFileSync } from 'node:fs';
-import { LinkProxy } from '../nemesis/link-proxy.ts';
+import { FaultProxy } from './proxy.ts';
 import { freePorts } from './ports.ts';
 import { httpGet, startNode, tempDir, waitFor, type NodeProcess } from './node-process.ts';
 import type { NodeStatus } from '../../../src/admin/api.ts';
@@ -28,7 +28,7 @@ export interface NodeSlot {
 export class ProcessCluster {
   readonly slots: NodeSlot[] = [];
   /** proxies[i][j]: the link from node i to node j. */
-  readonly proxies: (LinkProxy | undefined)[][] = [];
+  readonly proxies: (FaultProxy | undefined)[][] = [];
 
   private constructor(readonly options: ClusterOptions) {}
 
@@ -60,8 +60,7 @@ export class ProcessCluster {
           peers.push(`${this.slots[j]!.id}=127.0.0.1:${this.slots[j]!.ports.peer}`);
           continue;
         }
-        const proxy = new LinkProxy('127.0.0.1', this.slots[j]!.ports.peer);
-        await proxy.listen();
+        const proxy = await FaultProxy.start({ host: '127.0.0.1', port: this.slots[j]!.ports.peer });
         this.proxies[i]!.push(proxy);
         peers.push(`${this.slots[j]!.id}=127.0.0.1:${proxy.port}`);
       }
@@ -199,13 +198,19 @@ export class ProcessCluster {
       for (let j = 0; j < this.size; j++) {
         const proxy = this.proxies[i]![j];
         if (!proxy) continue;
-        if (groupOf.get(i) !== groupOf.get(j)) proxy.cutLink();
+        if (groupOf.get(i) !== groupOf.get(j)) proxy.set('reset');
       }
     }
   }
 
   heal(): void {
-    for (const row of this.proxies) for (const p of row) p?.heal();
+    for (const row of this.proxies) {
+      for (const p of row) {
+        if (!p) continue;
+        p.set('forward');
+        p.delayMs = 0;
+      }
+    }
   }
 
   slowLinks(delayMs: number): void {

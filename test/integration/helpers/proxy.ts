@@ -6,18 +6,27 @@
 //             new connections are accepted and never answered: a silent
 //             partition, as a dropped cable or a DROP firewall rule makes
 //   reset     existing and new connections are closed at once (REJECT)
+//
+// Independently of the mode, `delayMs` holds every chunk back that long (a
+// slow link), in order.
 import net from 'node:net';
+import { Transform } from 'node:stream';
 
 export type ProxyMode = 'forward' | 'blackhole' | 'reset';
 
 interface Pair {
   client: net.Socket;
   upstream: net.Socket | undefined;
+  /** client → upstream and upstream → client, each through a delaying stage. */
+  up: Transform | undefined;
+  down: Transform | undefined;
 }
 
 export class FaultProxy {
   private mode: ProxyMode = 'forward';
   private readonly pairs = new Set<Pair>();
+  /** Milliseconds every chunk waits in each direction (0: none). */
+  delayMs = 0;
 
   private constructor(
     private readonly server: net.Server,
@@ -46,7 +55,7 @@ export class FaultProxy {
       client.destroy();
       return;
     }
-    const pair: Pair = { client, upstream: undefined };
+    const pair: Pair = { client, upstream: undefined, up: undefined, down: undefined };
     this.pairs.add(pair);
     client.on('close', () => {
       this.pairs.delete(pair);
@@ -62,21 +71,34 @@ export class FaultProxy {
   private connectUpstream(pair: Pair): void {
     const upstream = net.connect(this.target.port, this.target.host);
     pair.upstream = upstream;
+    pair.up = this.delayer();
+    pair.down = this.delayer();
     upstream.on('error', () => {});
     upstream.on('close', () => pair.client.destroy());
-    pair.client.pipe(upstream);
-    upstream.pipe(pair.client);
+    pair.client.pipe(pair.up).pipe(upstream);
+    upstream.pipe(pair.down).pipe(pair.client);
+  }
+
+  private delayer(): Transform {
+    return new Transform({
+      transform: (chunk: Buffer, _encoding, done) => {
+        if (this.delayMs <= 0) done(null, chunk);
+        else setTimeout(() => done(null, chunk), this.delayMs);
+      },
+    });
   }
 
   set(mode: ProxyMode): void {
+    // Re-piping a link that already flows would deliver every chunk twice.
+    if (mode === this.mode) return;
     this.mode = mode;
     for (const pair of [...this.pairs]) {
       if (mode === 'reset') {
         pair.client.destroy();
         pair.upstream?.destroy();
       } else if (mode === 'blackhole') {
-        pair.client.unpipe();
-        pair.upstream?.unpipe();
+        if (pair.up) pair.client.unpipe(pair.up);
+        if (pair.down) pair.upstream?.unpipe(pair.down);
         pair.client.pause();
         pair.upstream?.pause();
       } else if (pair.upstream === undefined) {
@@ -84,8 +106,8 @@ export class FaultProxy {
         this.connectUpstream(pair);
         pair.client.resume();
       } else {
-        pair.client.pipe(pair.upstream);
-        pair.upstream.pipe(pair.client);
+        pair.client.pipe(pair.up!);
+        pair.upstream.pipe(pair.down!);
         pair.client.resume();
         pair.upstream.resume();
       }
