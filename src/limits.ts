@@ -70,6 +70,10 @@ const limitValues = {
   raftDedupWindowMax: 4096,
 
   // ---- Cluster (src/cluster) ----------------------------------------------
+  /** Shortest cluster secret accepted (128 bits). */
+  clusterSecretBytesMin: 16,
+  /** Largest cluster secret file read. */
+  clusterSecretFileBytesMax: 4 * KiB,
   /** Largest frame on a peer link. */
   peerFrameBytesMax: 48 * MiB,
   /** Bytes queued for one peer before messages to it are dropped (Raft retries). */

@@ -5,7 +5,9 @@
 // finds the leader through the admin API.
 
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { tmpdir } from 'node:os';
 import { request } from 'node:http';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
@@ -89,6 +91,18 @@ export async function waitUntil<T>(what: string, fn: () => Promise<T | undefined
   }
 }
 
+let secretFile: string | undefined;
+
+/** One cluster secret file (mode 600) shared by the nodes this process starts: peers must authenticate. */
+export function clusterSecretFile(): string {
+  if (!secretFile) {
+    const file = join(mkdtempSync(join(tmpdir(), 'xdevice-secret-')), 'cluster.secret');
+    writeFileSync(file, randomBytes(32).toString('hex') + '\n', { mode: 0o600 });
+    secretFile = file;
+  }
+  return secretFile;
+}
+
 function argsFor(root: string, s: NodeSpec): string[] {
   const common = [
     `--node-id=${s.id}`,
@@ -96,7 +110,7 @@ function argsFor(root: string, s: NodeSpec): string[] {
     `--nbd-listen=127.0.0.1:${s.nbdPort}`,
     `--admin-listen=127.0.0.1:${s.adminPort}`,
     `--peer-listen=127.0.0.1:${s.peerPort}`,
-    ...(s.peers ? [`--peers=${s.peers}`] : []),
+    ...(s.peers ? [`--peers=${s.peers}`, `--cluster-secret-file=${clusterSecretFile()}`] : []),
     ...s.devices.map((d) => `--device=${d}`),
   ];
   if (s.entry === 'cluster-main') return [join(root, 'dist/cluster/main.js'), ...common];

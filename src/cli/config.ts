@@ -8,6 +8,7 @@
 import { readFileSync } from 'node:fs';
 import { XDeviceError } from '../errors.ts';
 import { limits } from '../limits.ts';
+import { loadPeerAuth } from '../cluster/peer-auth.ts';
 
 export class ConfigError extends XDeviceError {
   constructor(message: string) {
@@ -39,7 +40,11 @@ export interface NodeConfig {
   peerListen: HostPort;
   peers: Record<string, string>;
   join: boolean;
-  clusterSecret: string;
+  clusterSecretFile: string;
+  peerTlsCert: string;
+  peerTlsKey: string;
+  peerTlsCa: string;
+  insecurePeers: boolean;
   adminToken: string;
   tls: TlsMode;
   tlsCert: string;
@@ -74,7 +79,11 @@ export const CONFIG_KEYS: readonly KeySpec[] = [
   { key: 'peer-listen', field: 'peerListen', kind: 'hostport', default: '127.0.0.1:10829', describe: 'address for Raft traffic from peers' },
   { key: 'peers', field: 'peers', kind: 'peers', default: '', describe: 'ID=HOST:PORT,... of every initial member (may include this node)' },
   { key: 'join', field: 'join', kind: 'boolean', default: 'false', describe: 'start empty and wait to be added to an existing cluster' },
-  { key: 'cluster-secret', field: 'clusterSecret', kind: 'string', default: '', describe: 'shared secret that authenticates peers (challenge-response)' },
+  { key: 'cluster-secret-file', field: 'clusterSecretFile', kind: 'string', default: '', describe: 'file (mode 600) holding the shared peer key: 128+ bits, hex/base64/raw (openssl rand -hex 32)' },
+  { key: 'peer-tls-cert', field: 'peerTlsCert', kind: 'string', default: '', describe: 'X.509 certificate (PEM) for peer mutual TLS; its CN or DNS SAN is this node-id' },
+  { key: 'peer-tls-key', field: 'peerTlsKey', kind: 'string', default: '', describe: 'private key (PEM) for peer mutual TLS' },
+  { key: 'peer-tls-ca', field: 'peerTlsCa', kind: 'string', default: '', describe: 'CA (PEM) that signed every peer certificate' },
+  { key: 'insecure-peers', field: 'insecurePeers', kind: 'boolean', default: 'false', describe: 'accept unauthenticated peers (loopback experiments only; warns)' },
   { key: 'admin-token', field: 'adminToken', kind: 'string', default: '', describe: 'bearer token required by the admin API', reloadable: true },
   { key: 'tls', field: 'tls', kind: { oneOf: ['off', 'on', 'require'] }, default: 'off', describe: 'NBD STARTTLS: off, on (offered), require' },
   { key: 'tls-cert', field: 'tlsCert', kind: 'string', default: '', describe: 'X.509 certificate (PEM) for NBD TLS' },
@@ -214,8 +223,18 @@ export function envName(key: string): string {
   return 'XDEVICE_' + key.toUpperCase().replace(/-/g, '_');
 }
 
+/** Keys that no longer exist, and what to use instead (refused with this message). */
+export const REFUSED_KEYS: Record<string, string> = {
+  'cluster-secret': 'cluster-secret is refused: a secret given as a flag or variable is visible to other users (/proc/PID/cmdline); write it to a file with mode 600 and set cluster-secret-file',
+};
+
 export function loadConfig(sources: ConfigSources): LoadedConfig {
   const known = new Map(CONFIG_KEYS.map((k) => [k.key, k]));
+  const refuse = (key: string): void => {
+    if (REFUSED_KEYS[key]) throw new ConfigError(REFUSED_KEYS[key]);
+  };
+  for (const key of sources.flags.keys()) refuse(key);
+  for (const name of Object.keys(sources.env)) if (name.startsWith('XDEVICE_')) refuse(name.slice('XDEVICE_'.length).toLowerCase().replace(/_/g, '-'));
   let file = new Map<string, string[]>();
   const configPath = sources.configFile ?? sources.env.XDEVICE_CONFIG;
   if (configPath) {
@@ -227,6 +246,7 @@ export function loadConfig(sources: ConfigSources): LoadedConfig {
     }
     file = parseConfigFile(text, configPath);
     for (const key of file.keys()) {
+      refuse(key);
       if (!known.has(key)) throw new ConfigError(`${configPath}: unknown key "${key}"`);
     }
   }
@@ -278,6 +298,13 @@ function crossCheck(c: NodeConfig): void {
   if ((c.tlsCert === '') !== (c.tlsKey === '')) throw new ConfigError('tls-cert and tls-key go together');
   if (c.join && Object.keys(c.peers).length === 0) throw new ConfigError('join: needs peers (the existing members to contact)');
   if (c.devices.length === 0) throw new ConfigError('device: at least one device is needed');
+  if (c.backend === 'replicated') {
+    try {
+      loadPeerAuth(c);
+    } catch (err) {
+      throw new ConfigError((err as Error).message);
+    }
+  }
 }
 
 /** The effective configuration for the start-up log, secrets masked. */
@@ -285,7 +312,7 @@ export function describeConfig(loaded: LoadedConfig): Record<string, unknown> {
   const out: Record<string, unknown> = {};
   for (const spec of CONFIG_KEYS) {
     let value = loaded.config[spec.field] as unknown;
-    if ((spec.key === 'cluster-secret' || spec.key === 'admin-token') && value) value = '***';
+    if (spec.key === 'admin-token' && value) value = '***';
     if (spec.kind === 'hostport') value = formatHostPort(value as HostPort);
     if (spec.kind === 'devices') value = (value as DeviceSpec[]).map((d) => `${d.name}:${formatSize(d.size)}`);
     out[spec.key] = { value, from: loaded.origin[spec.key] };

@@ -9,7 +9,7 @@
 
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
-import { CONFIG_KEYS, ConfigError, describeConfig, formatHostPort, loadConfig, type LoadedConfig, type NodeConfig } from './config.ts';
+import { CONFIG_KEYS, REFUSED_KEYS, ConfigError, describeConfig, formatHostPort, loadConfig, type LoadedConfig, type NodeConfig } from './config.ts';
 import { createLogger, type Logger } from '../log.ts';
 import { validateLimits } from '../limits.ts';
 import { NbdServer } from '../nbd/server.ts';
@@ -45,12 +45,14 @@ function parseFlags(argv: string[]): { flags: Map<string, string | string[]>; co
       describe: `${spec.describe} (default ${spec.default || '""'})`,
     });
   }
+  // Refused keys are parsed (hidden) so loadConfig can say why they are refused.
+  for (const key of Object.keys(REFUSED_KEYS)) parser = parser.option(key, { type: 'string', hidden: true });
   const parsed = parser.parseSync() as Record<string, unknown>;
   const flags = new Map<string, string | string[]>();
-  for (const spec of CONFIG_KEYS) {
-    const v = parsed[spec.key];
+  for (const key of [...CONFIG_KEYS.map((k) => k.key), ...Object.keys(REFUSED_KEYS)]) {
+    const v = parsed[key];
     if (v === undefined) continue;
-    flags.set(spec.key, Array.isArray(v) ? v.map(String) : String(v));
+    flags.set(key, Array.isArray(v) ? v.map(String) : String(v));
   }
   const configFile = typeof parsed.config === 'string' ? parsed.config : undefined;
   return configFile === undefined ? { flags } : { flags, configFile };

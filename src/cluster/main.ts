@@ -6,16 +6,18 @@
 //
 //   node --import=tsx src/cluster/main.ts --node-id n1 --data-dir DIR
 //     --nbd-listen H:P --admin-listen H:P --peer-listen H:P
-//     --peers n1=H:P,n2=H:P,... [--device NAME:SIZE]... [--join] [--cluster-secret S]
+//     --peers n1=H:P,n2=H:P,... [--device NAME:SIZE]... [--join]
+//     --cluster-secret-file F | --peer-tls-cert C --peer-tls-key K --peer-tls-ca A | --insecure-peers
 //
 // Prints one JSON line {"ready":true,...} on stdout once serving. Exits 0 on
 // SIGTERM/SIGINT after a clean stop, 70 if the node fails (e.g. a failed
-// fdatasync): it must not keep serving. XDEVICE_FAULT_FILE arms the native
+// fdatasync): it must not keep serving; 2 for a bad configuration (peers
+// without authentication, a weak or exposed secret file). XDEVICE_FAULT_FILE arms the native
 // addon's fault injection for fault tests.
 
 import { parseArgs } from 'node:util';
 import { pino } from 'pino';
-import { parseDevice, parseHostPort, parsePeers, formatHostPort } from '../cli/config.ts';
+import { parseDevice, parseHostPort, parsePeers, formatHostPort, REFUSED_KEYS } from '../cli/config.ts';
 import { validateLimits } from '../limits.ts';
 import { NbdServer } from '../nbd/server.ts';
 import { AdminServer } from '../admin/server.ts';
@@ -23,8 +25,10 @@ import { createMetrics } from '../admin/metrics.ts';
 import { setNativeLogger } from '../native.ts';
 import { watchFaultFile } from '../wal/fault-file.ts';
 import { ClusterNode, tuningFromEnv } from './node.ts';
+import { loadPeerAuth, type PeerAuth } from './peer-auth.ts';
 
 const EXIT_FATAL = 70;
+const EXIT_CONFIG = 2;
 
 async function main(): Promise<void> {
   const { values } = parseArgs({
@@ -37,12 +41,38 @@ async function main(): Promise<void> {
       peers: { type: 'string', default: '' },
       device: { type: 'string', multiple: true },
       join: { type: 'boolean', default: false },
-      'cluster-secret': { type: 'string', default: '' },
+      'cluster-secret-file': { type: 'string', default: '' },
+      'peer-tls-cert': { type: 'string', default: '' },
+      'peer-tls-key': { type: 'string', default: '' },
+      'peer-tls-ca': { type: 'string', default: '' },
+      'insecure-peers': { type: 'boolean', default: false },
+      // Parsed only to be refused with a reason.
+      'cluster-secret': { type: 'string' },
       'log-level': { type: 'string', default: process.env.XDEVICE_LOG_LEVEL ?? 'info' },
     },
     strict: true,
   });
   validateLimits();
+  if (values['cluster-secret'] !== undefined) {
+    process.stderr.write(`xdevice cluster node: ${REFUSED_KEYS['cluster-secret']}\n`);
+    process.exit(EXIT_CONFIG);
+  }
+  const peers = values.peers ? parsePeers(values.peers) : {};
+  let peerAuth: PeerAuth;
+  try {
+    peerAuth = loadPeerAuth({
+      nodeId: values['node-id']!,
+      peers,
+      clusterSecretFile: values['cluster-secret-file']!,
+      peerTlsCert: values['peer-tls-cert']!,
+      peerTlsKey: values['peer-tls-key']!,
+      peerTlsCa: values['peer-tls-ca']!,
+      insecurePeers: values['insecure-peers']!,
+    });
+  } catch (err) {
+    process.stderr.write(`xdevice cluster node: ${(err as Error).message}\n`);
+    process.exit(EXIT_CONFIG);
+  }
   const logger = pino({ level: values['log-level']!, base: { node: values['node-id'] } }, pino.destination(2));
   setNativeLogger(logger);
   const faultFile = process.env.XDEVICE_FAULT_FILE;
@@ -53,8 +83,8 @@ async function main(): Promise<void> {
     nodeId: values['node-id']!,
     dataDir: values['data-dir']!,
     peerListen: parseHostPort(values['peer-listen']!),
-    peers: values.peers ? parsePeers(values.peers) : {},
-    ...(values['cluster-secret'] ? { clusterSecret: values['cluster-secret'] } : {}),
+    peers,
+    peerAuth,
     devices,
     join: values.join!,
     logger,

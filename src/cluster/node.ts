@@ -43,7 +43,8 @@ import { ReadGate } from './read-gate.ts';
 import { RequestError, RequestSession } from './requests.ts';
 import { SnapshotReceiver } from './snapshot-receiver.ts';
 import { SnapshotSender } from './snapshot-sender.ts';
-import { Transport, type TransportTls } from './transport.ts';
+import { Transport } from './transport.ts';
+import type { PeerAuth } from './peer-auth.ts';
 
 export interface NodeConfig {
   nodeId: string;
@@ -52,8 +53,8 @@ export interface NodeConfig {
   peerListen?: { host: string; port: number };
   /** Initial members, id → host:port (may include this node). Empty: a one-node cluster. */
   peers: Record<string, string>;
-  clusterSecret?: string;
-  tls?: TransportTls;
+  /** How peer links are authenticated; without any, every peer link is refused. */
+  peerAuth?: PeerAuth;
   /** Devices created when the cluster is bootstrapped. */
   devices: { name: string; size: number }[];
   /** Start empty and wait for an existing cluster to add this node. */
@@ -253,8 +254,7 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
         clusterId: store.clusterId,
         ...(config.peerListen ? { listen: config.peerListen } : {}),
         peers,
-        ...(config.clusterSecret ? { secret: config.clusterSecret } : {}),
-        ...(config.tls ? { tls: config.tls } : {}),
+        auth: config.peerAuth ?? {},
         logger: logger.child({ component: 'transport' }),
       });
       const node = new ClusterNode(config, wal, store, transport);

@@ -6,6 +6,7 @@ import type { Logger } from 'pino';
 import type { NodeConfig as CliConfig } from '../cli/config.ts';
 import type { Runtime } from '../cli/runtime.ts';
 import { ClusterNode, tuningFromEnv } from './node.ts';
+import { loadPeerAuth } from './peer-auth.ts';
 
 export async function startReplicatedRuntime(config: CliConfig, logger: Logger): Promise<Runtime & { node: ClusterNode }> {
   const node = await ClusterNode.start({
@@ -13,7 +14,7 @@ export async function startReplicatedRuntime(config: CliConfig, logger: Logger):
     dataDir: config.dataDir,
     peerListen: config.peerListen,
     peers: config.peers,
-    ...(config.clusterSecret ? { clusterSecret: config.clusterSecret } : {}),
+    peerAuth: loadPeerAuth(config),
     devices: config.devices,
     join: config.join,
     logger,

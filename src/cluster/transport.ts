@@ -20,6 +20,7 @@ import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { Message } from '../raft/types.ts';
 import { limits } from '../limits.ts';
+import type { PeerAuth } from './peer-auth.ts';
 import {
   type Frame,
   FrameDecoder,
@@ -34,11 +35,7 @@ import {
   encodeRaftMessage,
 } from './codec.ts';
 
-export interface TransportTls {
-  cert: string | Buffer;
-  key: string | Buffer;
-  ca: string | Buffer;
-}
+export type { TransportTls, PeerAuth } from './peer-auth.ts';
 
 export interface TransportOptions {
   nodeId: string;
@@ -47,8 +44,8 @@ export interface TransportOptions {
   listen?: { host: string; port: number };
   /** Peer id → host:port. */
   peers: Record<string, string>;
-  secret?: string;
-  tls?: TransportTls;
+  /** Peer authentication; with none of secret, tls or insecure, every link is refused. */
+  auth: PeerAuth;
   logger: Logger;
 }
 
@@ -77,7 +74,7 @@ export interface TransportEvents {
 
 type LinkState = 'idle' | 'connecting' | 'ready' | 'backoff' | 'closed';
 
-function macFor(secret: string, role: 'dialer' | 'listener', clusterId: string, dialer: string, listener: string, nonceD: Buffer, nonceL: Buffer): Buffer {
+function macFor(secret: Buffer, role: 'dialer' | 'listener', clusterId: string, dialer: string, listener: string, nonceD: Buffer, nonceL: Buffer): Buffer {
   const h = createHmac('sha256', secret);
   h.update(`xdevice-peer-v${PROTOCOL_VERSION}\0${role}\0${clusterId}\0${dialer}\0${listener}\0`);
   h.update(nonceD);
@@ -158,11 +155,19 @@ class PeerLink {
 
   connect(): void {
     if (this.state === 'closed' || this.state === 'connecting' || this.state === 'ready') return;
+    if (!this.t.authConfigured) {
+      // Never talk to a peer we cannot authenticate: stay idle, drop what was queued.
+      this.t.refuseUnauthenticated();
+      this.droppedMessages += this.queue.length;
+      this.queue = [];
+      this.queuedBytes = 0;
+      return;
+    }
     this.state = 'connecting';
     const { host, port } = parseHostPort(this.address);
     const o = this.t.options;
-    const socket: net.Socket = o.tls
-      ? tls.connect({ host, port, cert: o.tls.cert, key: o.tls.key, ca: o.tls.ca, checkServerIdentity: () => undefined })
+    const socket: net.Socket = o.auth.tls
+      ? tls.connect({ host, port, cert: o.auth.tls.cert, key: o.auth.tls.key, ca: o.auth.tls.ca, checkServerIdentity: () => undefined })
       : net.connect({ host, port });
     this.socket = socket;
     socket.setNoDelay(true);
@@ -179,7 +184,7 @@ class PeerLink {
       if (!authenticated) fail('handshake timed out');
     }, limits.peerIdleTimeoutMs);
     handshakeTimer.unref();
-    socket.once(o.tls ? 'secureConnect' : 'connect', () => {
+    socket.once(o.auth.tls ? 'secureConnect' : 'connect', () => {
       socket.write(encodeHello({ version: PROTOCOL_VERSION, clusterId: this.t.clusterId, from: o.nodeId, to: this.id, nonce: nonceD }));
     });
     socket.on('data', (chunk: Buffer) => {
@@ -199,10 +204,10 @@ class PeerLink {
         if (!authenticated) {
           if (f.kind !== FrameKind.HelloAck) return fail('expected HelloAck');
           if (f.from !== this.id) return fail(`dialled ${this.id} but ${f.from} answered`);
-          if (o.secret) {
-            const expect = macFor(o.secret, 'listener', this.t.clusterId, o.nodeId, this.id, nonceD, f.nonce);
+          if (o.auth.secret) {
+            const expect = macFor(o.auth.secret, 'listener', this.t.clusterId, o.nodeId, this.id, nonceD, f.nonce);
             if (!macEqual(expect, f.mac)) return fail('peer failed authentication');
-            socket.write(encodeAuth(macFor(o.secret, 'dialer', this.t.clusterId, o.nodeId, this.id, nonceD, f.nonce)));
+            socket.write(encodeAuth(macFor(o.auth.secret, 'dialer', this.t.clusterId, o.nodeId, this.id, nonceD, f.nonce)));
           } else {
             socket.write(encodeAuth(Buffer.alloc(0)));
           }
@@ -240,6 +245,7 @@ class PeerLink {
     this.sendPing();
     this.pingTimer = setInterval(() => this.sendPing(), limits.peerPingIntervalMs);
     this.pingTimer.unref();
+    if (this.t.options.auth.insecure) this.t.options.logger.warn({ peer: this.id }, 'insecure-peers: link to peer is NOT authenticated');
     this.t.emit('connected', this.id);
   }
 
@@ -297,9 +303,12 @@ export class Transport extends EventEmitter<TransportEvents> {
   private readonly inbound = new Set<net.Socket>();
   clusterId: string;
 
+  private refusedLogged = false;
+
   constructor(readonly options: TransportOptions) {
     super();
     this.clusterId = options.clusterId;
+    if (options.auth.insecure) options.logger.warn('insecure-peers: peer links are NOT authenticated; anyone who reaches the peer port can write to and reconfigure this cluster');
     for (const [id, address] of Object.entries(options.peers)) if (id !== options.nodeId) this.addPeer(id, address);
   }
 
@@ -308,8 +317,8 @@ export class Transport extends EventEmitter<TransportEvents> {
     const l = this.options.listen;
     if (!l) return undefined;
     const o = this.options;
-    const server = o.tls
-      ? tls.createServer({ cert: o.tls.cert, key: o.tls.key, ca: o.tls.ca, requestCert: true, rejectUnauthorized: true }, (s) => this.accept(s))
+    const server = o.auth.tls
+      ? tls.createServer({ cert: o.auth.tls.cert, key: o.auth.tls.key, ca: o.auth.tls.ca, requestCert: true, rejectUnauthorized: true }, (s) => this.accept(s))
       : net.createServer((s) => this.accept(s));
     this.server = server;
     await new Promise<void>((resolve, reject) => {
@@ -403,8 +412,26 @@ export class Transport extends EventEmitter<TransportEvents> {
     for (const l of this.links.values()) if (l.state === 'idle') l.connect();
   }
 
+  /** True if links can be authenticated (or insecure-peers was asked for). */
+  get authConfigured(): boolean {
+    const a = this.options.auth;
+    return a.secret !== undefined || a.tls !== undefined || a.insecure === true;
+  }
+
+  /** @internal Logs (once) that peer links are refused for want of authentication. */
+  refuseUnauthenticated(): void {
+    if (this.refusedLogged) return;
+    this.refusedLogged = true;
+    this.options.logger.error('peer links refused: no peer authentication configured (cluster-secret-file or peer-tls-*)');
+  }
+
   private accept(socket: net.Socket): void {
     const o = this.options;
+    if (!this.authConfigured) {
+      this.refuseUnauthenticated();
+      socket.destroy();
+      return;
+    }
     this.inbound.add(socket);
     socket.setNoDelay(true);
     socket.setKeepAlive(true, 1000);
@@ -449,18 +476,19 @@ export class Transport extends EventEmitter<TransportEvents> {
           // Both MACs cover the dialer's cluster id (checked compatible above):
           // a node that joins learns the cluster id only from its first snapshot.
           dialerClusterId = f.clusterId;
-          const mac = o.secret ? macFor(o.secret, 'listener', dialerClusterId, peer, o.nodeId, nonceD, nonceL) : Buffer.alloc(0);
+          const mac = o.auth.secret ? macFor(o.auth.secret, 'listener', dialerClusterId, peer, o.nodeId, nonceD, nonceL) : Buffer.alloc(0);
           socket.write(encodeHelloAck({ from: o.nodeId, nonce: nonceL, mac }));
           continue;
         }
         if (!authenticated) {
           if (f.kind !== FrameKind.Auth) return fail('expected Auth');
-          if (o.secret) {
-            const expect = macFor(o.secret, 'dialer', dialerClusterId, peer, o.nodeId, nonceD!, nonceL!);
+          if (o.auth.secret) {
+            const expect = macFor(o.auth.secret, 'dialer', dialerClusterId, peer, o.nodeId, nonceD!, nonceL!);
             if (!macEqual(expect, f.mac)) return fail('peer failed authentication');
           }
           authenticated = true;
           clearTimeout(handshakeTimer);
+          if (o.auth.insecure) o.logger.warn({ peer }, 'insecure-peers: link from peer is NOT authenticated');
           continue;
         }
         switch (f.kind) {

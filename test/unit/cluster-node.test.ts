@@ -43,6 +43,7 @@ async function harness(t: Test, ids: string[], tuning?: NodeConfig['tuning']): P
   const peers: Record<string, string> = {};
   for (const id of ids) peers[id] = `127.0.0.1:${await freePort()}`;
   const nodes = new Map<string, ClusterNode>();
+  const secret = randomBytes(32);
   const h: Harness = {
     dir,
     peers,
@@ -54,6 +55,7 @@ async function harness(t: Test, ids: string[], tuning?: NodeConfig['tuning']): P
         dataDir: join(dir, id),
         peerListen: { host: host!, port: Number(port) },
         peers,
+        peerAuth: { secret },
         devices: [{ name: 'default', size: 16 * MiB }],
         logger: logger.child({ node: id }),
         wal: { segmentBytes: 4 * MiB, direct: false },

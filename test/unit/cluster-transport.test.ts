@@ -30,8 +30,8 @@ function waitFor<T>(emitter: Transport, event: 'message', pred: (m: Message) => 
 async function pair(t: Test, secretA?: string, secretB?: string) {
   const [pa, pb] = [await freePort(), await freePort()];
   const peers = { a: `127.0.0.1:${pa}`, b: `127.0.0.1:${pb}` };
-  const a = new Transport({ nodeId: 'a', clusterId: 'c', listen: { host: '127.0.0.1', port: pa }, peers, logger, ...(secretA ? { secret: secretA } : {}) });
-  const b = new Transport({ nodeId: 'b', clusterId: 'c', listen: { host: '127.0.0.1', port: pb }, peers, logger, ...(secretB ? { secret: secretB } : {}) });
+  const a = new Transport({ nodeId: 'a', clusterId: 'c', listen: { host: '127.0.0.1', port: pa }, peers, logger, auth: secretA ? { secret: Buffer.from(secretA) } : { insecure: true } });
+  const b = new Transport({ nodeId: 'b', clusterId: 'c', listen: { host: '127.0.0.1', port: pb }, peers, logger, auth: secretB ? { secret: Buffer.from(secretB) } : { insecure: true } });
   await a.listen();
   await b.listen();
   t.teardown(async () => {
@@ -96,9 +96,9 @@ t.test('a raw client that skips authentication is dropped', async (t) => {
 t.test('the link reconnects after the peer restarts', async (t) => {
   const [pa, pb] = [await freePort(), await freePort()];
   const peers = { a: `127.0.0.1:${pa}`, b: `127.0.0.1:${pb}` };
-  const a = new Transport({ nodeId: 'a', clusterId: 'c', listen: { host: '127.0.0.1', port: pa }, peers, logger });
+  const a = new Transport({ nodeId: 'a', clusterId: 'c', listen: { host: '127.0.0.1', port: pa }, peers, logger, auth: { insecure: true } });
   await a.listen();
-  let b = new Transport({ nodeId: 'b', clusterId: 'c', listen: { host: '127.0.0.1', port: pb }, peers, logger });
+  let b = new Transport({ nodeId: 'b', clusterId: 'c', listen: { host: '127.0.0.1', port: pb }, peers, logger, auth: { insecure: true } });
   await b.listen();
   t.teardown(async () => {
     await a.close();
@@ -108,7 +108,7 @@ t.test('the link reconnects after the peer restarts', async (t) => {
   a.send(message({ type: MessageType.Heartbeat, from: 'a', to: 'b', commit: 1 }));
   t.equal((await first).commit, 1);
   await b.close();
-  b = new Transport({ nodeId: 'b', clusterId: 'c', listen: { host: '127.0.0.1', port: pb }, peers, logger });
+  b = new Transport({ nodeId: 'b', clusterId: 'c', listen: { host: '127.0.0.1', port: pb }, peers, logger, auth: { insecure: true } });
   await b.listen();
   // Keep sending (as Raft's heartbeats would) until one gets through.
   const got = waitFor(b, 'message', (m) => m.commit === 2);
@@ -146,10 +146,10 @@ t.test('mutual TLS: peers with certificates from the cluster CA talk, others are
   const tlsOf = (name: string, caName = 'ca') => ({ cert: readFileSync(join(dir, `${name}.crt`)), key: readFileSync(join(dir, `${name}.key`)), ca: readFileSync(join(dir, `${caName}.crt`)) });
   const [pa, pb, pc] = [await freePort(), await freePort(), await freePort()];
   const peers = { a: `127.0.0.1:${pa}`, b: `127.0.0.1:${pb}`, c: `127.0.0.1:${pc}` };
-  const a = new Transport({ nodeId: 'a', clusterId: 'x', listen: { host: '127.0.0.1', port: pa }, peers, logger, tls: tlsOf('a'), secret: 's' });
-  const b = new Transport({ nodeId: 'b', clusterId: 'x', listen: { host: '127.0.0.1', port: pb }, peers, logger, tls: tlsOf('b'), secret: 's' });
+  const a = new Transport({ nodeId: 'a', clusterId: 'x', listen: { host: '127.0.0.1', port: pa }, peers, logger, auth: { tls: tlsOf('a'), secret: Buffer.from('s') } });
+  const b = new Transport({ nodeId: 'b', clusterId: 'x', listen: { host: '127.0.0.1', port: pb }, peers, logger, auth: { tls: tlsOf('b'), secret: Buffer.from('s') } });
   // c knows the secret but its certificate comes from another CA.
-  const c = new Transport({ nodeId: 'c', clusterId: 'x', listen: { host: '127.0.0.1', port: pc }, peers, logger, tls: tlsOf('c', 'evil-ca'), secret: 's' });
+  const c = new Transport({ nodeId: 'c', clusterId: 'x', listen: { host: '127.0.0.1', port: pc }, peers, logger, auth: { tls: tlsOf('c', 'evil-ca'), secret: Buffer.from('s') } });
   for (const x of [a, b, c]) await x.listen();
   t.teardown(async () => {
     for (const x of [a, b, c]) await x.close();

@@ -12,7 +12,7 @@ import type { NodeStatus } from '../../../src/admin/api.ts';
 import { NbdClient } from '../../../src/nbd/client.ts';
 import { freePorts } from './ports.ts';
 import { FaultProxy, type ProxyMode } from './proxy.ts';
-import { ROOT, NODE_BIN, tempDir, waitFor } from './node-process.ts';
+import { ROOT, NODE_BIN, peerAuthArgs, tempDir, waitFor } from './node-process.ts';
 
 export interface ClusterNodeProcess {
   id: string;
@@ -107,7 +107,7 @@ export class TestCluster {
       .join(',');
   }
 
-  async startNode(id: string, opts: { join?: boolean; env?: NodeJS.ProcessEnv; members?: string[] } = {}): Promise<ClusterNodeProcess> {
+  async startNode(id: string, opts: { join?: boolean; env?: NodeJS.ProcessEnv; members?: string[]; extraArgs?: string[] } = {}): Promise<ClusterNodeProcess> {
     const p = this.ports.get(id) ?? (await this.allocatePorts(id));
     const dataDir = join(this.baseDir, id);
     const flags = [
@@ -120,6 +120,8 @@ export class TestCluster {
       ...(this.options.devices ?? ['default:64MiB']).flatMap((d) => ['--device', d]),
       ...(opts.join ? ['--join'] : []),
       '--log-level', this.options.logLevel ?? 'info',
+      ...peerAuthArgs(opts.extraArgs),
+      ...(opts.extraArgs ?? []),
     ];
     const useBin = process.env.XDEVICE_CLUSTER_BIN === '1';
     const args = useBin

@@ -1,7 +1,8 @@
 // Starts the real `xdevice-node` binary as a child process and waits until its
 // admin API answers. Tests kill it with real signals (SIGKILL, SIGTERM, SIGSTOP).
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, mkdirSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, writeFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { request } from 'node:http';
@@ -45,6 +46,29 @@ export function tempDir(prefix: string): string {
   return mkdtempSync(join(base, `xdevice-${prefix}-`));
 }
 
+let secretFile: string | undefined;
+
+/**
+ * The cluster secret file every node started by this test process shares
+ * (mode 600, 256 random bits): nodes with peers refuse to start without
+ * peer authentication.
+ */
+export function clusterSecretFile(): string {
+  if (!secretFile) {
+    const file = join(tempDir('secret'), 'cluster.secret');
+    writeFileSync(file, randomBytes(32).toString('hex') + '\n', { mode: 0o600 });
+    secretFile = file;
+  }
+  return secretFile;
+}
+
+const PEER_AUTH_FLAG = /^--(cluster-secret-file|peer-tls-cert|insecure-peers|cluster-secret)\b/;
+
+/** The peer-authentication flags a node needs unless the caller chose its own. */
+export function peerAuthArgs(extraArgs: readonly string[] = []): string[] {
+  return extraArgs.some((a) => PEER_AUTH_FLAG.test(a)) ? [] : [`--cluster-secret-file=${clusterSecretFile()}`];
+}
+
 export function httpGet(port: number, path: string, token = ''): Promise<{ status: number; body: string }> {
   return new Promise((resolvePromise, reject) => {
     const req = request({ host: '127.0.0.1', port, path, timeout: 3000, headers: token ? { Authorization: `Bearer ${token}` } : {} }, (res) => {
@@ -86,7 +110,7 @@ export async function startNode(options: StartOptions = {}): Promise<NodeProcess
     `--peer-listen=127.0.0.1:${peer}`,
     `--backend=${options.backend ?? 'replicated'}`,
     ...(options.devices ?? ['default:64MiB']).map((d) => `--device=${d}`),
-    ...(options.peers ? [`--peers=${options.peers}`] : []),
+    ...(options.peers ? [`--peers=${options.peers}`, ...peerAuthArgs(options.extraArgs)] : []),
     ...(options.extraArgs ?? []),
   ];
   const child = spawn(process.execPath, args, {
