@@ -60,6 +60,13 @@ const limitValues = {
   raftInFlightBytesMax: 64 * MiB,
   /** Proposed but uncommitted bytes the leader accepts before refusing proposals. */
   raftUncommittedBytesMax: 256 * MiB,
+  /**
+   * Largest term and index a peer may send (far below 2^53, where JavaScript
+   * numbers stop counting): a larger one is a protocol error that closes the
+   * link, never a value that reaches Raft or the WAL.
+   */
+  raftTermMax: 2 ** 48,
+  raftIndexMax: 2 ** 48,
   /** Pending ReadIndex requests. */
   raftReadIndexPendingMax: 4096,
   /** Payload bytes of committed entries handed to the state machine in one Ready. */
@@ -74,6 +81,16 @@ const limitValues = {
   clusterSecretBytesMin: 16,
   /** Largest cluster secret file read. */
   clusterSecretFileBytesMax: 4 * KiB,
+  /** Largest frame before a peer link is authenticated (a Hello is well under it). */
+  peerHandshakeFrameBytesMax: 1 * KiB,
+  /** Inbound peer connections handshaking at once; more are closed on arrival. */
+  peerHandshakingConnectionsMax: 32,
+  /** Inbound peer connections of any kind (TLS handshakes included). */
+  peerInboundConnectionsMax: 256,
+  /** A peer link must finish its handshake within this long. */
+  peerHandshakeTimeoutMs: 5_000,
+  /** An inbound link that carried a frame this recently is live: a second link claiming its id is refused. */
+  peerLinkLiveMs: 1_500,
   /** Largest frame on a peer link. */
   peerFrameBytesMax: 48 * MiB,
   /** Bytes queued for one peer before messages to it are dropped (Raft retries). */
@@ -129,4 +146,7 @@ export function validateLimits(l: Limits = limits): void {
   if (l.heartbeatTicks >= l.electionTicks) fail('heartbeatTicks >= electionTicks');
   if (l.nbdInFlightBytesMax < l.requestBytesMax) fail('nbdInFlightBytesMax < requestBytesMax');
   if (l.raftUncommittedBytesMax < l.requestBytesMax) fail('raftUncommittedBytesMax < requestBytesMax');
+  if (l.raftTermMax * 16 > Number.MAX_SAFE_INTEGER || l.raftIndexMax * 16 > Number.MAX_SAFE_INTEGER) fail('raftTermMax/raftIndexMax too close to 2^53');
+  if (l.peerHandshakeFrameBytesMax < 1024 - 1 || l.peerHandshakeFrameBytesMax > 4 * KiB) fail('peerHandshakeFrameBytesMax must fit a Hello (3 ids) and stay small');
+  if (l.peerLinkLiveMs < l.peerPingIntervalMs * 2) fail('peerLinkLiveMs < 2 ping intervals');
 }

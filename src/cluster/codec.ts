@@ -15,18 +15,19 @@ import { EntryType, MessageType } from '../raft/types.ts';
 import { limits } from '../limits.ts';
 import { WireError, WireReader, WireWriter, str8Size } from '../device/wire.ts';
 
-export const PROTOCOL_VERSION = 1;
+/** 2: the dialer proves the secret first; frames carry a MAC (src/cluster/peer-crypto.ts). */
+export const PROTOCOL_VERSION = 2;
 export const NONCE_BYTES = 32;
 export const MAC_BYTES = 32;
 const FRAME_HEADER_BYTES = 5;
 
 export const enum FrameKind {
-  /** Dialer → listener: who I am, whom I want, my challenge. */
+  /** Dialer → listener: who I am, whom I want, my nonce, my answer to the challenge. */
   Hello = 1,
-  /** Listener → dialer: my challenge, my answer to yours. */
-  HelloAck = 2,
-  /** Dialer → listener: my answer to your challenge. */
-  Auth = 3,
+  /** Listener → dialer, first on a new connection: a nonce and nothing else. */
+  Challenge = 2,
+  /** Listener → dialer: the dialer is accepted; the listener's own proof. */
+  Welcome = 3,
   Raft = 4,
   SnapBegin = 5,
   SnapChunk = 6,
@@ -45,16 +46,18 @@ export interface HelloFrame {
   from: string;
   to: string;
   nonce: Buffer;
-}
-export interface HelloAckFrame {
-  kind: FrameKind.HelloAck;
-  from: string;
-  nonce: Buffer;
-  /** Empty when no cluster secret is configured. */
+  /** Empty when no cluster secret is configured (TLS-only or insecure links). */
   mac: Buffer;
 }
-export interface AuthFrame {
-  kind: FrameKind.Auth;
+export interface ChallengeFrame {
+  kind: FrameKind.Challenge;
+  version: number;
+  nonce: Buffer;
+}
+export interface WelcomeFrame {
+  kind: FrameKind.Welcome;
+  from: string;
+  /** Empty when no cluster secret is configured. */
   mac: Buffer;
 }
 export interface RaftFrame {
@@ -105,8 +108,8 @@ export interface PingFrame {
 
 export type Frame =
   | HelloFrame
-  | HelloAckFrame
-  | AuthFrame
+  | ChallengeFrame
+  | WelcomeFrame
   | RaftFrame
   | SnapBeginFrame
   | SnapChunkFrame
@@ -164,9 +167,22 @@ function writeSnapshotMetadata(w: WireWriter, m: SnapshotMetadata): void {
   w.u8(cs.autoLeave ? 1 : 0);
 }
 
+/** A term or index from a peer: above the bound it is a protocol error (the link closes). */
+function readTerm(r: WireReader, what: string): number {
+  const v = r.u64();
+  if (v > limits.raftTermMax) throw new WireError(`${what} ${v} above raftTermMax`);
+  return v;
+}
+
+function readIndex(r: WireReader, what: string): number {
+  const v = r.u64();
+  if (v > limits.raftIndexMax) throw new WireError(`${what} ${v} above raftIndexMax`);
+  return v;
+}
+
 function readSnapshotMetadata(r: WireReader): SnapshotMetadata {
-  const index = r.u64();
-  const term = r.u64();
+  const index = readIndex(r, 'snapshot index');
+  const term = readTerm(r, 'snapshot term');
   const voters = readIdList(r);
   const learners = readIdList(r);
   const votersOutgoing = readIdList(r);
@@ -241,17 +257,17 @@ function decodeRaftMessage(r: WireReader): Message {
   const flags = r.u8();
   const from = r.str8();
   const to = r.str8();
-  const term = r.u64();
-  const logTerm = r.u64();
-  const index = r.u64();
-  const commit = r.u64();
-  const rejectHint = r.u64();
+  const term = readTerm(r, 'term');
+  const logTerm = readTerm(r, 'logTerm');
+  const index = readIndex(r, 'index');
+  const commit = readIndex(r, 'commit');
+  const rejectHint = readIndex(r, 'rejectHint');
   const count = r.u32();
   if (count * ENTRY_HEADER_BYTES > r.remaining) throw new WireError('entry count beyond frame');
   const heads: { term: number; index: number; type: EntryType; length: number }[] = [];
   for (let i = 0; i < count; i++) {
-    const eTerm = r.u64();
-    const eIndex = r.u64();
+    const eTerm = readTerm(r, 'entry term');
+    const eIndex = readIndex(r, 'entry index');
     const eType = r.u8();
     if (eType !== EntryType.Normal && eType !== EntryType.ConfChange) throw new WireError(`unknown entry type ${eType}`);
     heads.push({ term: eTerm, index: eIndex, type: eType, length: r.u32() });
@@ -268,28 +284,30 @@ function decodeRaftMessage(r: WireReader): Message {
 
 export function encodeHello(f: Omit<HelloFrame, 'kind'>): Buffer {
   if (f.nonce.length !== NONCE_BYTES) throw new WireError('bad nonce length');
-  const { buf, w } = frameBuffer(FrameKind.Hello, 1 + str8Size(f.clusterId) + str8Size(f.from) + str8Size(f.to) + NONCE_BYTES);
+  const { buf, w } = frameBuffer(FrameKind.Hello, 1 + str8Size(f.clusterId) + str8Size(f.from) + str8Size(f.to) + NONCE_BYTES + 1 + f.mac.length);
   w.u8(f.version);
   w.str8(f.clusterId);
   w.str8(f.from);
   w.str8(f.to);
-  w.raw(f.nonce);
-  return buf;
-}
-
-export function encodeHelloAck(f: Omit<HelloAckFrame, 'kind'>): Buffer {
-  const { buf, w } = frameBuffer(FrameKind.HelloAck, str8Size(f.from) + NONCE_BYTES + 1 + f.mac.length);
-  w.str8(f.from);
   w.raw(f.nonce);
   w.u8(f.mac.length);
   w.raw(f.mac);
   return buf;
 }
 
-export function encodeAuth(mac: Buffer): Buffer {
-  const { buf, w } = frameBuffer(FrameKind.Auth, 1 + mac.length);
-  w.u8(mac.length);
-  w.raw(mac);
+export function encodeChallenge(f: Omit<ChallengeFrame, 'kind'>): Buffer {
+  if (f.nonce.length !== NONCE_BYTES) throw new WireError('bad nonce length');
+  const { buf, w } = frameBuffer(FrameKind.Challenge, 1 + NONCE_BYTES);
+  w.u8(f.version);
+  w.raw(f.nonce);
+  return buf;
+}
+
+export function encodeWelcome(f: Omit<WelcomeFrame, 'kind'>): Buffer {
+  const { buf, w } = frameBuffer(FrameKind.Welcome, str8Size(f.from) + 1 + f.mac.length);
+  w.str8(f.from);
+  w.u8(f.mac.length);
+  w.raw(f.mac);
   return buf;
 }
 
@@ -351,20 +369,21 @@ export function decodeFrame(frame: Buffer): Frame {
       const from = r.str8();
       const to = r.str8();
       const nonce = r.slice(NONCE_BYTES);
+      const mac = r.slice(r.u8());
       r.end();
-      return { kind, version, clusterId, from, to, nonce };
+      return { kind, version, clusterId, from, to, nonce, mac };
     }
-    case FrameKind.HelloAck: {
-      const from = r.str8();
+    case FrameKind.Challenge: {
+      const version = r.u8();
       const nonce = r.slice(NONCE_BYTES);
-      const mac = r.slice(r.u8());
       r.end();
-      return { kind, from, nonce, mac };
+      return { kind, version, nonce };
     }
-    case FrameKind.Auth: {
+    case FrameKind.Welcome: {
+      const from = r.str8();
       const mac = r.slice(r.u8());
       r.end();
-      return { kind, mac };
+      return { kind, from, mac };
     }
     case FrameKind.Raft:
       return { kind, message: decodeRaftMessage(r) };
@@ -380,6 +399,7 @@ export function decodeFrame(frame: Buffer): Frame {
       const file = r.u32();
       const offset = r.u64();
       const zeroBytes = r.u64();
+      if (offset > limits.deviceBytesMax || zeroBytes > limits.deviceBytesMax) throw new WireError('snapshot chunk beyond deviceBytesMax');
       const data = r.slice(r.remaining);
       if (data.length > 0 && zeroBytes > 0) throw new WireError('chunk with both data and zeroes');
       return { kind, snapshotId, file, offset, data, zeroBytes };
@@ -387,7 +407,7 @@ export function decodeFrame(frame: Buffer): Frame {
     case FrameKind.SnapEnd: {
       const snapshotId = r.u64();
       const chunks = r.u64();
-      const appliedEnd = r.u64();
+      const appliedEnd = readIndex(r, 'appliedEnd');
       r.end();
       return { kind, snapshotId, chunks, appliedEnd };
     }
@@ -426,7 +446,8 @@ export class FrameDecoder {
   private assembling: Buffer | undefined;
   private assembled = 0;
 
-  constructor(private readonly frameBytesMax = limits.peerFrameBytesMax) {}
+  /** Largest frame accepted; a transport raises it once the link is authenticated. */
+  constructor(public frameBytesMax = limits.peerFrameBytesMax) {}
 
   /** Feeds bytes; returns the complete frame bodies (kind byte first). Throws WireError on a bad length. */
   push(chunk: Buffer): Buffer[] {

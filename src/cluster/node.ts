@@ -68,6 +68,9 @@ export interface NodeConfig {
 
 export class NodeError extends XDeviceError {}
 
+/** What a node with no configuration yet (joining) accepts from any authenticated peer. */
+const JOINING_ACCEPTS: ReadonlySet<MessageType> = new Set([MessageType.App, MessageType.Heartbeat, MessageType.Snap]);
+
 /**
  * Checkpoint and retention overrides from the environment
  * (XDEVICE_CHECKPOINT_ENTRIES, XDEVICE_WAL_RETAIN_ENTRIES): process-level
@@ -107,6 +110,9 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
   private readonly receiver: SnapshotReceiver;
   private readonly logger: Logger;
   private tickTimer: NodeJS.Timeout | undefined;
+  /** Peer messages from ids outside the configuration, dropped before Raft. */
+  peerMessagesDropped = 0;
+  private lastDropLogAt = 0;
   private readyScheduled = false;
   private installing = false;
   private advanceChain: Promise<void> = Promise.resolve();
@@ -156,7 +162,7 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
     this.confHistory = [{ index: applied, confState: wal.snapshotMetadata().confState }];
     this.session = new RequestSession((data) => this.submitProposal(data));
     this.reads = new ReadGate(config.nodeId, (ctx) => this.askReadIndex(ctx), () => (this.processedIndex >= this.readFloor ? this.processedIndex : 0));
-    this.receiver = new SnapshotReceiver(config.dataDir, transport, this.logger.child({ component: 'snapshot' }));
+    this.receiver = new SnapshotReceiver(config.dataDir, transport, this.logger.child({ component: 'snapshot' }), () => this.raw.raft.lead);
     this.sender = new SnapshotSender(
       transport,
       {
@@ -268,7 +274,7 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
 
   private async run(bootstrapped: boolean): Promise<void> {
     const t = this.transport;
-    t.on('message', (m, reply) => this.onMessage(m, reply));
+    t.on('message', (m, reply) => this.onPeerMessage(m, reply));
     t.on('removed', (by) => this.leaveRemoved(`${by} says this node was removed from the cluster`));
     t.on('frame', (from, f) => {
       if (f.kind === FrameKind.SnapResult) this.sender.onResult(from, f);
@@ -492,13 +498,39 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
     this.transport.send(m);
   }
 
-  private onMessage(m: Message, reply?: (frame: Buffer) => void): void {
+  /**
+   * A message from a peer link (authenticated, terms and indexes already
+   * bounded by the codec). Only members of the current configuration speak
+   * to Raft: anything else is dropped and counted, so a stranger's vote,
+   * proposal or ConfChange never reaches it.
+   */
+  private onPeerMessage(m: Message, reply: (frame: Buffer) => void): void {
     if (this.fatalError || this.stopped) return;
-    if (reply && this.store.wasRemoved(m.from) && !this.raw.raft.trk.progress.has(m.from)) {
-      // Removed while cut off, it never applied its own removal: tell it.
-      reply(encodeRemoved(m.from));
-      return;
+    const members = this.raw.raft.trk.progress;
+    if (!members.has(m.from)) {
+      if (this.store.wasRemoved(m.from)) {
+        // Removed while cut off, it never applied its own removal: tell it.
+        reply(encodeRemoved(m.from));
+        return;
+      }
+      // A node that has not yet learnt any configuration (it is joining) can
+      // only be brought up to date: accept what a leader sends, nothing else.
+      const joining = members.size === 0 && JOINING_ACCEPTS.has(m.type);
+      if (!joining) {
+        this.peerMessagesDropped++;
+        const now = Date.now();
+        if (now - this.lastDropLogAt > 1000) {
+          this.lastDropLogAt = now;
+          this.logger.warn({ from: m.from, type: MessageType[m.type], dropped: this.peerMessagesDropped }, 'dropped a message from a peer outside the configuration');
+        }
+        return;
+      }
     }
+    this.onMessage(m);
+  }
+
+  private onMessage(m: Message): void {
+    if (this.fatalError || this.stopped) return;
     if (m.type === MessageType.Snap) {
       // Only once the streamed files are durably staged may Raft take the snapshot.
       const staged = this.receiver.staged;

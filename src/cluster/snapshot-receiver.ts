@@ -3,12 +3,17 @@
 // leader is told so, and the Raft Snap message it then sends may be stepped
 // (the runtime checks `staged` before it does). The install itself happens
 // when Raft hands the snapshot back in a Ready (see ClusterNode).
+//
+// A stream is accepted only from the peer this node follows as leader, with
+// at most devicesMax devices; a begin that fails releases everything it
+// opened.
 
 import type { Logger } from 'pino';
 import { decodeStoreState } from '../device/checkpoint.ts';
 import { SnapshotStaging, type StagedSnapshot } from '../device/snapshot-staging.ts';
 import { encodeSnapResult, FrameKind, type Frame } from './codec.ts';
 import type { Transport } from './transport.ts';
+import { limits } from '../limits.ts';
 
 export interface ReceiveProgress {
   peer: string;
@@ -27,7 +32,12 @@ export class SnapshotReceiver {
     private readonly dataDir: string,
     private readonly transport: Transport,
     private readonly logger: Logger,
+    /** The leader this node follows now ('' if none). */
+    private readonly currentLeader: () => string,
   ) {}
+
+  /** Snapshot streams refused (not from the leader, too many devices, a failed begin). */
+  refused = 0;
 
   get progress(): ReceiveProgress | undefined {
     return this.staging ? { peer: this.staging.from, bytesDone: this.staging.bytes } : undefined;
@@ -57,18 +67,33 @@ export class SnapshotReceiver {
           this.reply(from, f.snapshotId, false, 'installing another snapshot');
           return;
         }
+        const leader = this.currentLeader();
+        if (from !== leader) {
+          this.refused++;
+          this.logger.warn({ from, leader }, 'refused a snapshot stream from a peer that is not the leader');
+          this.reply(from, f.snapshotId, false, `${from} is not the leader`);
+          return;
+        }
         if (this.staging) await this.staging.abort();
         this.staging = undefined;
         this.staged = undefined;
         let state;
         try {
           state = decodeStoreState(f.state, 'snapshot header');
+          if (state.devices.length > limits.devicesMax) throw new Error(`snapshot with ${state.devices.length} devices (at most ${limits.devicesMax})`);
         } catch (err) {
+          this.refused++;
           this.reply(from, f.snapshotId, false, (err as Error).message);
           return;
         }
         this.logger.info({ from, index: f.metadata.index, stateIndex: state.appliedIndex, devices: state.devices.length }, 'receiving snapshot');
-        this.staging = await SnapshotStaging.begin(this.dataDir, f.snapshotId, from, f.metadata, state);
+        try {
+          this.staging = await SnapshotStaging.begin(this.dataDir, f.snapshotId, from, f.metadata, state);
+        } catch (err) {
+          this.refused++;
+          this.logger.warn({ from, err: (err as Error).message }, 'snapshot stream could not begin');
+          this.reply(from, f.snapshotId, false, (err as Error).message);
+        }
         return;
       }
       case FrameKind.SnapEnd: {

@@ -5,22 +5,24 @@
 // Raft retransmits, so a dropped message costs a retry, never correctness;
 // each drop is reported as "unreachable" so Raft probes instead of streaming.
 //
-// Authentication (when a cluster secret is set) is HMAC-SHA256
-// challenge-response in both directions before any other frame counts:
-//   dialer   → Hello {from, to, nonceD}
-//   listener → HelloAck {nonceL, mac("listener", ..., nonceD, nonceL)}
-//   dialer   → Auth {mac("dialer", ..., nonceD, nonceL)}
-// Neither side proves anything by replaying an old transcript: each MAC
-// covers the other side's fresh nonce. Mutual TLS may be layered underneath.
+// Every link is authenticated before any frame counts (src/cluster/peer-auth.ts
+// says how it is configured): with a cluster secret, the handshake and the
+// per-frame MACs of src/cluster/peer-crypto.ts; with mutual TLS, each side's
+// certificate must name the node id it claims. Until the handshake is done a
+// connection may send only frames of peerHandshakeFrameBytesMax, at most
+// peerHandshakingConnectionsMax connections handshake at once, and each has
+// peerHandshakeTimeoutMs to finish. One id has one live inbound link: a second
+// connection claiming an id whose link is alive is refused and logged.
 
 import { EventEmitter } from 'node:events';
 import net from 'node:net';
 import tls from 'node:tls';
-import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { Message } from '../raft/types.ts';
 import { limits } from '../limits.ts';
-import type { PeerAuth } from './peer-auth.ts';
+import { certificateNames, type PeerAuth } from './peer-auth.ts';
+import { FrameOpener, FrameSealer, handshakeMac, macEqual, sessionKey } from './peer-crypto.ts';
 import {
   type Frame,
   FrameDecoder,
@@ -28,11 +30,11 @@ import {
   NONCE_BYTES,
   PROTOCOL_VERSION,
   decodeFrame,
-  encodeAuth,
+  encodeChallenge,
   encodeHello,
-  encodeHelloAck,
   encodePing,
   encodeRaftMessage,
+  encodeWelcome,
 } from './codec.ts';
 
 export type { TransportTls, PeerAuth } from './peer-auth.ts';
@@ -59,10 +61,13 @@ export interface PeerLinkStatus {
 }
 
 export interface TransportEvents {
-  /** A Raft message from an authenticated peer, and a way to answer on its connection. */
-  message: [Message, (frame: Buffer) => void];
-  /** Any other frame (snapshot stream) from an authenticated peer. */
-  frame: [string, Frame];
+  /**
+   * A Raft message from an authenticated peer, a way to answer on its
+   * connection, and a way to close that connection (a protocol error).
+   */
+  message: [Message, (frame: Buffer) => void, (why: string) => void];
+  /** Any other frame (snapshot stream) from an authenticated peer, and a way to close its link. */
+  frame: [string, Frame, (why: string) => void];
   /** Messages to this peer were dropped (Raft should probe it). */
   unreachable: [string];
   /** A peer told us we were removed from the cluster. */
@@ -72,19 +77,12 @@ export interface TransportEvents {
   disconnected: [string];
 }
 
+interface InboundLink {
+  socket: net.Socket;
+  lastFrameAt: number;
+}
+
 type LinkState = 'idle' | 'connecting' | 'ready' | 'backoff' | 'closed';
-
-function macFor(secret: Buffer, role: 'dialer' | 'listener', clusterId: string, dialer: string, listener: string, nonceD: Buffer, nonceL: Buffer): Buffer {
-  const h = createHmac('sha256', secret);
-  h.update(`xdevice-peer-v${PROTOCOL_VERSION}\0${role}\0${clusterId}\0${dialer}\0${listener}\0`);
-  h.update(nonceD);
-  h.update(nonceL);
-  return h.digest();
-}
-
-function macEqual(a: Buffer, b: Buffer): boolean {
-  return a.length === b.length && timingSafeEqual(a, b);
-}
 
 function parseHostPort(address: string): { host: string; port: number } {
   const i = address.lastIndexOf(':');
@@ -98,7 +96,9 @@ function parseHostPort(address: string): { host: string; port: number } {
 class PeerLink {
   state: LinkState = 'idle';
   socket: net.Socket | undefined;
-  private queue: Buffer[] = [];
+  /** Frames (each as buffers) waiting for the link: sealed when written, so MAC sequence numbers follow write order. */
+  private queue: Buffer[][] = [];
+  private sealer: FrameSealer | undefined;
   queuedBytes = 0;
   droppedMessages = 0;
   rttMs: number | undefined;
@@ -127,14 +127,19 @@ class PeerLink {
         // Everything sent during this event-loop turn leaves in one writev.
         setImmediate(() => this.uncork());
       }
-      for (const b of buffers) this.socket.write(b);
+      this.write(buffers);
       return true;
     }
     if (this.queuedBytes + bytes > limits.peerQueueBytesMax) return this.drop();
-    for (const b of buffers) this.queue.push(b);
+    this.queue.push(buffers);
     this.queuedBytes += bytes;
     if (this.state === 'idle') this.connect();
     return true;
+  }
+
+  private write(buffers: Buffer[]): void {
+    const s = this.socket!;
+    for (const b of this.sealer ? this.sealer.seal(buffers) : buffers) s.write(b);
   }
 
   /** Bytes accepted but not yet handed to the kernel (for snapshot pacing). */
@@ -166,14 +171,26 @@ class PeerLink {
     this.state = 'connecting';
     const { host, port } = parseHostPort(this.address);
     const o = this.t.options;
-    const socket: net.Socket = o.auth.tls
-      ? tls.connect({ host, port, cert: o.auth.tls.cert, key: o.auth.tls.key, ca: o.auth.tls.ca, checkServerIdentity: () => undefined })
+    const auth = o.auth;
+    const socket: net.Socket = auth.tls
+      ? tls.connect({
+          host,
+          port,
+          cert: auth.tls.cert,
+          key: auth.tls.key,
+          ca: auth.tls.ca,
+          // Not a host name: the certificate must name the node we dialled.
+          checkServerIdentity: (_host, cert) => (certificateNames(cert).includes(this.id) ? undefined : new Error(`certificate of ${this.address} does not name ${this.id}`)),
+        })
       : net.connect({ host, port });
     this.socket = socket;
+    this.sealer = undefined;
     socket.setNoDelay(true);
     socket.setKeepAlive(true, 1000);
-    const decoder = new FrameDecoder();
+    const decoder = new FrameDecoder(limits.peerHandshakeFrameBytesMax);
     const nonceD = randomBytes(NONCE_BYTES);
+    let nonceL: Buffer | undefined;
+    let opener: FrameOpener | undefined;
     let authenticated = false;
     const fail = (why: string): void => {
       this.t.options.logger.debug({ peer: this.id, why }, 'peer link down');
@@ -182,11 +199,8 @@ class PeerLink {
     // A peer behind a black hole accepts nothing and refuses nothing: give up and redial.
     const handshakeTimer = setTimeout(() => {
       if (!authenticated) fail('handshake timed out');
-    }, limits.peerIdleTimeoutMs);
+    }, limits.peerHandshakeTimeoutMs);
     handshakeTimer.unref();
-    socket.once(o.auth.tls ? 'secureConnect' : 'connect', () => {
-      socket.write(encodeHello({ version: PROTOCOL_VERSION, clusterId: this.t.clusterId, from: o.nodeId, to: this.id, nonce: nonceD }));
-    });
     socket.on('data', (chunk: Buffer) => {
       let frames: Buffer[];
       try {
@@ -194,24 +208,33 @@ class PeerLink {
       } catch (err) {
         return fail((err as Error).message);
       }
-      for (const body of frames) {
+      for (let body of frames) {
+        if (socket.destroyed) return;
         let f: Frame;
         try {
+          if (opener) body = opener.open(body);
           f = decodeFrame(body);
         } catch (err) {
           return fail((err as Error).message);
         }
-        if (!authenticated) {
-          if (f.kind !== FrameKind.HelloAck) return fail('expected HelloAck');
+        if (!nonceL) {
+          if (f.kind !== FrameKind.Challenge) return fail('expected Challenge');
+          if (f.version !== PROTOCOL_VERSION) return fail(`peer speaks protocol version ${f.version}, this node ${PROTOCOL_VERSION}`);
+          nonceL = Buffer.from(f.nonce);
+          const mac = auth.secret ? handshakeMac(auth.secret, 'dialer', this.t.clusterId, o.nodeId, this.id, nonceL, nonceD) : Buffer.alloc(0);
+          socket.write(encodeHello({ version: PROTOCOL_VERSION, clusterId: this.t.clusterId, from: o.nodeId, to: this.id, nonce: nonceD, mac }));
+        } else if (!authenticated) {
+          if (f.kind !== FrameKind.Welcome) return fail('expected Welcome');
           if (f.from !== this.id) return fail(`dialled ${this.id} but ${f.from} answered`);
-          if (o.auth.secret) {
-            const expect = macFor(o.auth.secret, 'listener', this.t.clusterId, o.nodeId, this.id, nonceD, f.nonce);
+          if (auth.secret) {
+            const expect = handshakeMac(auth.secret, 'listener', this.t.clusterId, o.nodeId, this.id, nonceL, nonceD);
             if (!macEqual(expect, f.mac)) return fail('peer failed authentication');
-            socket.write(encodeAuth(macFor(o.auth.secret, 'dialer', this.t.clusterId, o.nodeId, this.id, nonceD, f.nonce)));
-          } else {
-            socket.write(encodeAuth(Buffer.alloc(0)));
+            const ids = [this.t.clusterId, o.nodeId, this.id] as const;
+            this.sealer = new FrameSealer(sessionKey(auth.secret, 'dialer→listener', ...ids, nonceD, nonceL));
+            opener = new FrameOpener(sessionKey(auth.secret, 'listener→dialer', ...ids, nonceD, nonceL));
           }
           authenticated = true;
+          decoder.frameBytesMax = limits.peerFrameBytesMax;
           clearTimeout(handshakeTimer);
           this.ready();
         } else if (f.kind === FrameKind.Removed) {
@@ -220,6 +243,8 @@ class PeerLink {
           this.lastPongAt = Date.now();
           this.rttMs = Number(process.hrtime.bigint() - BigInt(f.sentAtNs)) / 1e6;
           this.t.emit('peerRtt', { peer: this.id, ms: this.rttMs });
+        } else {
+          return fail(`unexpected frame ${f.kind} from the listener`);
         }
       }
     });
@@ -237,7 +262,7 @@ class PeerLink {
     const s = this.socket!;
     if (this.queue.length > 0) {
       s.cork();
-      for (const b of this.queue) s.write(b);
+      for (const frame of this.queue) this.write(frame);
       s.uncork();
     }
     this.queue = [];
@@ -301,6 +326,11 @@ export class Transport extends EventEmitter<TransportEvents> {
   private readonly links = new Map<string, PeerLink>();
   private server: net.Server | undefined;
   private readonly inbound = new Set<net.Socket>();
+  /** The authenticated inbound link of each peer id. */
+  private readonly inboundById = new Map<string, InboundLink>();
+  private handshaking = 0;
+  /** Connections refused because another live link already claimed their id. */
+  duplicateLinksRefused = 0;
   clusterId: string;
 
   private refusedLogged = false;
@@ -318,8 +348,13 @@ export class Transport extends EventEmitter<TransportEvents> {
     if (!l) return undefined;
     const o = this.options;
     const server = o.auth.tls
-      ? tls.createServer({ cert: o.auth.tls.cert, key: o.auth.tls.key, ca: o.auth.tls.ca, requestCert: true, rejectUnauthorized: true }, (s) => this.accept(s))
+      ? tls.createServer(
+          { cert: o.auth.tls.cert, key: o.auth.tls.key, ca: o.auth.tls.ca, requestCert: true, rejectUnauthorized: true, handshakeTimeout: limits.peerHandshakeTimeoutMs },
+          (s) => this.accept(s),
+        )
       : net.createServer((s) => this.accept(s));
+    // TLS handshakes happen before accept() sees the socket: bound them here.
+    server.maxConnections = limits.peerInboundConnectionsMax;
     this.server = server;
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -427,29 +462,47 @@ export class Transport extends EventEmitter<TransportEvents> {
 
   private accept(socket: net.Socket): void {
     const o = this.options;
+    const auth = o.auth;
     if (!this.authConfigured) {
       this.refuseUnauthenticated();
       socket.destroy();
       return;
     }
+    if (this.handshaking >= limits.peerHandshakingConnectionsMax) {
+      o.logger.warn({ remote: socket.remoteAddress }, 'refused peer connection: too many handshakes in progress');
+      socket.destroy();
+      return;
+    }
+    this.handshaking++;
     this.inbound.add(socket);
     socket.setNoDelay(true);
     socket.setKeepAlive(true, 1000);
-    const decoder = new FrameDecoder();
+    // Until the dialer has proved itself, only handshake-sized frames: a larger
+    // length closes the socket before anything is allocated for it.
+    const decoder = new FrameDecoder(limits.peerHandshakeFrameBytesMax);
+    const nonceL = randomBytes(NONCE_BYTES);
     let peer: string | undefined;
-    let nonceD: Buffer | undefined;
-    let nonceL: Buffer | undefined;
-    let authenticated = false;
-    let dialerClusterId = '';
+    let link: InboundLink | undefined;
+    let opener: FrameOpener | undefined;
+    let sealer: FrameSealer | undefined;
+    let handshakeDone = false;
+    const endHandshake = (): void => {
+      if (handshakeDone) return;
+      handshakeDone = true;
+      this.handshaking--;
+      clearTimeout(handshakeTimer);
+    };
     const fail = (why: string): void => {
       o.logger.warn({ peer, remote: socket.remoteAddress, why }, 'refused peer connection');
       socket.destroy();
     };
-    const reply = (frame: Buffer): void => {
-      if (!socket.destroyed) socket.write(frame);
+    const write = (frame: Buffer): void => {
+      if (socket.destroyed) return;
+      for (const b of sealer ? sealer.seal([frame]) : [frame]) socket.write(b);
     };
-    const handshakeTimer = setTimeout(() => fail('handshake timeout'), limits.handshakeTimeoutMs);
+    const handshakeTimer = setTimeout(() => fail('handshake timed out'), limits.peerHandshakeTimeoutMs);
     handshakeTimer.unref();
+    socket.write(encodeChallenge({ version: PROTOCOL_VERSION, nonce: nonceL }));
     socket.on('data', (chunk: Buffer) => {
       let frames: Buffer[];
       try {
@@ -457,10 +510,11 @@ export class Transport extends EventEmitter<TransportEvents> {
       } catch (err) {
         return fail((err as Error).message);
       }
-      for (const body of frames) {
+      for (let body of frames) {
         if (socket.destroyed) return;
         let f: Frame;
         try {
+          if (opener) body = opener.open(body);
           f = decodeFrame(body);
         } catch (err) {
           return fail((err as Error).message);
@@ -469,52 +523,71 @@ export class Transport extends EventEmitter<TransportEvents> {
           if (f.kind !== FrameKind.Hello) return fail('expected Hello');
           if (f.version !== PROTOCOL_VERSION) return fail(`protocol version ${f.version}`);
           if (f.to !== o.nodeId) return fail(`dialled ${f.to}, this is ${o.nodeId}`);
+          if (f.from === o.nodeId) return fail('a peer claims this node\'s own id');
           if (f.clusterId && this.clusterId && f.clusterId !== this.clusterId) return fail(`cluster ${f.clusterId}, this is ${this.clusterId}`);
-          peer = f.from;
-          nonceD = Buffer.from(f.nonce);
-          nonceL = randomBytes(NONCE_BYTES);
+          if (auth.tls) {
+            const cert = (socket as tls.TLSSocket).getPeerCertificate();
+            if (!cert || !certificateNames(cert).includes(f.from)) return fail(`certificate does not name ${f.from}`);
+          }
           // Both MACs cover the dialer's cluster id (checked compatible above):
           // a node that joins learns the cluster id only from its first snapshot.
-          dialerClusterId = f.clusterId;
-          const mac = o.auth.secret ? macFor(o.auth.secret, 'listener', dialerClusterId, peer, o.nodeId, nonceD, nonceL) : Buffer.alloc(0);
-          socket.write(encodeHelloAck({ from: o.nodeId, nonce: nonceL, mac }));
-          continue;
-        }
-        if (!authenticated) {
-          if (f.kind !== FrameKind.Auth) return fail('expected Auth');
-          if (o.auth.secret) {
-            const expect = macFor(o.auth.secret, 'dialer', dialerClusterId, peer, o.nodeId, nonceD!, nonceL!);
-            if (!macEqual(expect, f.mac)) return fail('peer failed authentication');
+          if (auth.secret) {
+            const expect = handshakeMac(auth.secret, 'dialer', f.clusterId, f.from, o.nodeId, nonceL, f.nonce);
+            if (!macEqual(expect, f.mac)) return fail(`${f.from} failed authentication`);
           }
-          authenticated = true;
-          clearTimeout(handshakeTimer);
-          if (o.auth.insecure) o.logger.warn({ peer }, 'insecure-peers: link from peer is NOT authenticated');
+          // One id, one live link: a second process claiming a connected id is refused.
+          const existing = this.inboundById.get(f.from);
+          if (existing && !existing.socket.destroyed) {
+            if (Date.now() - existing.lastFrameAt < limits.peerLinkLiveMs) {
+              this.duplicateLinksRefused++;
+              o.logger.warn({ peer: f.from, remote: socket.remoteAddress, existing: existing.socket.remoteAddress }, 'refused a second live link claiming a connected node id');
+              socket.destroy();
+              return;
+            }
+            // The old link went quiet: its dialer is gone or redialled; the new one wins.
+            existing.socket.destroy();
+          }
+          peer = f.from;
+          link = { socket, lastFrameAt: Date.now() };
+          this.inboundById.set(peer, link);
+          const mac = auth.secret ? handshakeMac(auth.secret, 'listener', f.clusterId, peer, o.nodeId, nonceL, f.nonce) : Buffer.alloc(0);
+          socket.write(encodeWelcome({ from: o.nodeId, mac }));
+          if (auth.secret) {
+            const ids = [f.clusterId, peer, o.nodeId] as const;
+            opener = new FrameOpener(sessionKey(auth.secret, 'dialer→listener', ...ids, f.nonce, nonceL));
+            sealer = new FrameSealer(sessionKey(auth.secret, 'listener→dialer', ...ids, f.nonce, nonceL));
+          }
+          decoder.frameBytesMax = limits.peerFrameBytesMax;
+          endHandshake();
+          if (auth.insecure) o.logger.warn({ peer }, 'insecure-peers: link from peer is NOT authenticated');
           continue;
         }
+        link!.lastFrameAt = Date.now();
         switch (f.kind) {
           case FrameKind.Raft:
             // A peer speaks only for itself.
             if (f.message.from !== peer || f.message.to !== o.nodeId) return fail(`message ${f.message.from}→${f.message.to} on ${peer}'s link`);
-            this.emit('message', f.message, reply);
+            this.emit('message', f.message, write, fail);
             break;
           case FrameKind.Ping:
-            socket.write(encodePing(FrameKind.Pong, f.sentAtNs));
+            write(encodePing(FrameKind.Pong, f.sentAtNs));
             break;
           case FrameKind.Hello:
-          case FrameKind.HelloAck:
-          case FrameKind.Auth:
+          case FrameKind.Challenge:
+          case FrameKind.Welcome:
           case FrameKind.Pong:
           case FrameKind.Removed:
             return fail(`unexpected frame ${f.kind}`);
           default:
-            this.emit('frame', peer, f);
+            this.emit('frame', peer, f, fail);
         }
       }
     });
     socket.on('error', () => {});
     socket.on('close', () => {
-      clearTimeout(handshakeTimer);
+      endHandshake();
       this.inbound.delete(socket);
+      if (peer !== undefined && this.inboundById.get(peer)?.socket === socket) this.inboundById.delete(peer);
     });
   }
 

@@ -16,6 +16,7 @@ import { join } from 'node:path';
 import { ftruncate as ftruncateCb } from 'node:fs';
 import { promisify } from 'node:util';
 import { assert } from '../errors.ts';
+import { limits } from '../limits.ts';
 import * as native from '../native.ts';
 import type { SnapshotMetadata } from '../raft/types.ts';
 import { DEVICES_DIR, deviceFileName } from './block-store.ts';
@@ -35,6 +36,7 @@ export interface StagedSnapshot {
 
 export class SnapshotStaging {
   private readonly fds: number[] = [];
+  private readonly sizes: number[] = [];
   private writes: Promise<unknown> = Promise.resolve();
   private failed: Error | undefined;
   chunks = 0;
@@ -54,10 +56,22 @@ export class SnapshotStaging {
     await rm(dir, { recursive: true, force: true });
     await mkdir(join(dir, DEVICES_DIR), { recursive: true });
     const s = new SnapshotStaging(dir, snapshotId, from, metadata, state);
-    for (const d of state.devices) {
-      const { fd } = await native.openFile(join(dir, DEVICES_DIR, deviceFileName(d.id)), { create: true });
-      s.fds.push(fd);
-      await ftruncate(fd, d.size);
+    try {
+      const ids = new Set<number>();
+      for (const d of state.devices) {
+        // The id names a file: a repeated one would open it twice.
+        if (ids.has(d.id)) throw new CheckpointError(`snapshot lists device id ${d.id} twice`);
+        ids.add(d.id);
+        if (d.size > limits.deviceBytesMax) throw new CheckpointError(`snapshot device ${d.id} of ${d.size} bytes exceeds deviceBytesMax`);
+        const { fd } = await native.openFile(join(dir, DEVICES_DIR, deviceFileName(d.id)), { create: true });
+        s.fds.push(fd);
+        s.sizes.push(d.size);
+        await ftruncate(fd, d.size);
+      }
+    } catch (err) {
+      // Nothing opened for a failed begin may outlive it (descriptors, I/O threads, files).
+      await s.abort().catch(() => undefined);
+      throw err;
     }
     return s;
   }
@@ -68,6 +82,10 @@ export class SnapshotStaging {
     if (this.failed) return;
     if (file >= this.fds.length) {
       this.failed = new CheckpointError(`snapshot chunk for file ${file} of ${this.fds.length}`);
+      return;
+    }
+    if (offset + Math.max(data.length, zeroBytes) > this.sizes[file]!) {
+      this.failed = new CheckpointError(`snapshot chunk at ${offset} runs past the end of file ${file} (${this.sizes[file]} bytes)`);
       return;
     }
     // Zero runs need nothing: the staged file is sparse.
@@ -104,6 +122,7 @@ export class SnapshotStaging {
   }
 
   private async closeFiles(): Promise<void> {
+    this.sizes.splice(0);
     const fds = this.fds.splice(0);
     for (const fd of fds) await native.closeFile(fd);
   }

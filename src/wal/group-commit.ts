@@ -25,6 +25,7 @@ import {
   alignUp,
   encodeBatchHeader,
   encodeRecord,
+  unreadableRecord,
   recordBytes,
   recordHeaderBytes,
   RecordKind,
@@ -130,6 +131,10 @@ export class GroupCommitWriter {
   refusal(records: RecordSpec[]): Error | undefined {
     if (this.failed) return this.failed;
     if (this.closing) return new WalClosedError();
+    for (const r of records) {
+      const unreadable = unreadableRecord(r);
+      if (unreadable) return new WalUsageError(unreadable);
+    }
     const bytes = this.bytesOf(records);
     if (bytes > this.saveBytesMax()) return new WalUsageError(`a save of ${bytes} bytes does not fit a segment (at most ${this.saveBytesMax()})`);
     return undefined;

@@ -80,6 +80,19 @@ function readU64(buf: Buffer, at: number): number | undefined {
   return hi * two32 + buf.readUInt32LE(at);
 }
 
+/**
+ * Why a record could not be read back, or undefined: its term and index must
+ * be integers in [0, 2^53) (what readU64 accepts). The writer refuses such a
+ * record before anything is written, so the log never holds a value that
+ * makes recovery fail.
+ */
+export function unreadableRecord(spec: RecordSpec): string | undefined {
+  for (const [name, v] of [['term', spec.term], ['index', spec.index]] as const) {
+    if (!Number.isSafeInteger(v) || v < 0) return `record ${name} ${v} cannot be stored (must be an integer in [0, 2^53))`;
+  }
+  return undefined;
+}
+
 /** Bytes a record occupies in a batch. */
 export function recordBytes(payloadBytes: number): number {
   return recordHeaderBytes + payloadBytes;
@@ -90,6 +103,8 @@ export function recordBytes(payloadBytes: number): number {
  * computed over the bytes in place, so the payload is copied exactly once.
  */
 export function encodeRecord(buf: Buffer, at: number, spec: RecordSpec, salt: number, crc32c: Crc32c, aux = 0): number {
+  const unreadable = unreadableRecord(spec);
+  if (unreadable) throw new RangeError(unreadable); // refusal() keeps such records from getting here
   const length = spec.payload.length;
   buf.writeUInt32LE(length, at + 4);
   buf[at + 8] = spec.kind;

@@ -169,6 +169,8 @@ export class Wal implements Storage {
       index: copy.index,
       payload: Buffer.from(JSON.stringify(copy.confState)),
     };
+    const refusal = this.writer.refusal([record]);
+    if (refusal) throw refusal;
     const lastIndex = flavour === SnapshotFlavour.Reset ? copy.index : this.memory.lastIndex();
     const submitted = this.writer.submit([record], { lastIndex, hardState: this.memory.hardState, snapshot: copy });
     if (flavour === SnapshotFlavour.Reset) this.memory.applySnapshot(copy);

@@ -5,9 +5,9 @@ import {
   FrameDecoder,
   FrameKind,
   decodeFrame,
-  encodeAuth,
+  encodeChallenge,
   encodeHello,
-  encodeHelloAck,
+  encodeWelcome,
   encodePing,
   encodeRaftMessage,
   encodeRemoved,
@@ -64,9 +64,9 @@ t.test('a message without optional fields decodes without them', async (t) => {
 t.test('control and snapshot frames round-trip', async (t) => {
   const nonce = randomBytes(32);
   const cases: [Buffer[], object][] = [
-    [[encodeHello({ version: 1, clusterId: 'c1', from: 'a', to: 'b', nonce })], { kind: FrameKind.Hello, version: 1, clusterId: 'c1', from: 'a', to: 'b', nonce }],
-    [[encodeHelloAck({ from: 'b', nonce, mac: Buffer.alloc(32, 1) })], { kind: FrameKind.HelloAck, from: 'b', nonce, mac: Buffer.alloc(32, 1) }],
-    [[encodeAuth(Buffer.alloc(0))], { kind: FrameKind.Auth, mac: Buffer.alloc(0) }],
+    [[encodeHello({ version: 2, clusterId: 'c1', from: 'a', to: 'b', nonce, mac: Buffer.alloc(32, 2) })], { kind: FrameKind.Hello, version: 2, clusterId: 'c1', from: 'a', to: 'b', nonce, mac: Buffer.alloc(32, 2) }],
+    [[encodeChallenge({ version: 2, nonce })], { kind: FrameKind.Challenge, version: 2, nonce }],
+    [[encodeWelcome({ from: 'b', mac: Buffer.alloc(0) })], { kind: FrameKind.Welcome, from: 'b', mac: Buffer.alloc(0) }],
     [[encodePing(FrameKind.Pong, 123456789012)], { kind: FrameKind.Pong, sentAtNs: 123456789012 }],
     [[encodeRemoved('n7')], { kind: FrameKind.Removed, nodeId: 'n7' }],
     [
@@ -127,4 +127,39 @@ t.test('malformed input throws WireError, never anything else', async (t) => {
       if (!(err instanceof WireError)) t.fail(`non-WireError ${String(err)} (XDEVICE_SEED=${seed})`);
     }
   }
+});
+
+t.test('terms and indexes above the bounds are a protocol error, not a number for Raft', async (t) => {
+  const { limits } = await import('../../src/limits.ts');
+  const body = (m: Parameters<typeof message>[0]) => Buffer.concat(encodeRaftMessage(message(m))).subarray(4);
+  t.equal((decodeFrame(body({ type: MessageType.Heartbeat, from: 'a', to: 'b', term: limits.raftTermMax })) as { message: { term: number } }).message.term, limits.raftTermMax);
+  for (const [name, m] of [
+    ['term 2^53-1', { term: Number.MAX_SAFE_INTEGER }],
+    ['term above raftTermMax', { term: limits.raftTermMax + 1 }],
+    ['commit 2^53-1', { commit: Number.MAX_SAFE_INTEGER }],
+    ['index above raftIndexMax', { index: limits.raftIndexMax + 1 }],
+    ['logTerm 2^50', { logTerm: 2 ** 50 }],
+    ['rejectHint 2^53-1', { rejectHint: Number.MAX_SAFE_INTEGER }],
+    ['entry term', { entries: [{ term: Number.MAX_SAFE_INTEGER, index: 1, type: EntryType.Normal, data: Buffer.alloc(1) }] }],
+    ['entry index', { entries: [{ term: 1, index: limits.raftIndexMax + 5, type: EntryType.Normal, data: Buffer.alloc(1) }] }],
+  ] as [string, object][]) {
+    t.throws(() => decodeFrame(body({ type: MessageType.App, from: 'a', to: 'b', ...m })), { code: 'XDEVICE_ERR_BAD_FRAME', message: /above raft(Term|Index)Max/ }, name);
+  }
+  const snap = Buffer.concat(
+    encodeSnapBegin({ snapshotId: 1, metadata: { index: 2 ** 52, term: 1, confState: { voters: ['a'], learners: [], votersOutgoing: [], learnersNext: [], autoLeave: false } }, state: Buffer.alloc(0) }),
+  ).subarray(4);
+  t.throws(() => decodeFrame(snap), { message: /snapshot index/ });
+});
+
+t.test('a decoder refuses a frame above its limit before allocating', async (t) => {
+  const d = new FrameDecoder(1024);
+  const header = Buffer.alloc(4);
+  header.writeUInt32LE(48 * 1024 * 1024, 0);
+  t.throws(() => d.push(header), { message: /out of bounds/ });
+  const ok = new FrameDecoder(1024);
+  t.equal(ok.push(encodePing(FrameKind.Ping, 1)).length, 1);
+  ok.frameBytesMax = 64;
+  const big = Buffer.alloc(4);
+  big.writeUInt32LE(100, 0);
+  t.throws(() => ok.push(big), { message: /out of bounds/ });
 });

@@ -3,7 +3,9 @@ import net from 'node:net';
 import { pino } from 'pino';
 import { MessageType, message, EntryType, type Message } from '../../src/raft/types.ts';
 import { Transport } from '../../src/cluster/transport.ts';
-import { encodeHello } from '../../src/cluster/codec.ts';
+import { FrameDecoder, FrameKind, decodeFrame, encodeHello, encodePing } from '../../src/cluster/codec.ts';
+import { FrameOpener, FrameSealer, handshakeMac, sessionKey } from '../../src/cluster/peer-crypto.ts';
+import { limits } from '../../src/limits.ts';
 
 const logger = pino({ level: 'silent' });
 
@@ -74,23 +76,193 @@ t.test('a peer with the wrong secret is refused and its messages never delivered
   t.equal(delivered, 0);
 });
 
-t.test('a raw client that skips authentication is dropped', async (t) => {
-  const { b, peers } = await pair(t, 'k', 'k');
-  let delivered = 0;
-  b.on('message', () => delivered++);
-  const [host, port] = peers.b.split(':');
+/** Another transport 'a' for an existing 'b' (pair() made 'a' too, closed first here). */
+async function pairWith(t: Test, _b: Transport, peers: { a: string; b: string }) {
+  const a = new Transport({ nodeId: 'a', clusterId: 'c', peers, logger, auth: { secret: Buffer.from('k'.repeat(32)) } });
+  t.teardown(() => a.close());
+  return { a };
+}
+
+/** A raw TCP client of a listener: reads its frames, writes what a test says. */
+async function raw(address: string) {
+  const [host, port] = address.split(':');
   const s = net.connect(Number(port), host);
   await new Promise((r) => s.once('connect', r));
-  s.resume();
-  s.write(encodeHello({ version: 1, clusterId: 'c', from: 'a', to: 'b', nonce: Buffer.alloc(32) }));
-  // an Auth with a bad MAC
-  const bad = Buffer.alloc(4 + 1 + 1 + 32);
-  bad.writeUInt32LE(1 + 1 + 32, 0);
-  bad[4] = 3;
-  bad[5] = 32;
-  s.write(bad);
-  await new Promise((r) => s.once('close', r));
+  const d = new FrameDecoder();
+  const frames: Buffer[] = [];
+  s.on('data', (c: Buffer) => frames.push(...d.push(c)));
+  const closed = new Promise<void>((r) => s.once('close', () => r()));
+  s.on('error', () => {});
+  const next = async (): Promise<Buffer> => {
+    while (frames.length === 0) {
+      if (s.destroyed) throw new Error('closed');
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    return frames.shift()!;
+  };
+  return { s, frames, closed, next };
+}
+
+t.test('the listener says nothing that helps an offline guess before the dialer proves the secret', async (t) => {
+  const { b, peers } = await pair(t, 'k'.repeat(32), 'k'.repeat(32));
+  let delivered = 0;
+  b.on('message', () => delivered++);
+  const c = await raw(peers.b);
+  const first = await c.next();
+  const challenge = decodeFrame(first);
+  t.equal(challenge.kind, FrameKind.Challenge);
+  t.equal(first.length, 1 + 1 + 32, 'the Challenge is a version and a nonce, nothing derived from the secret');
+  // A Hello with a wrong MAC: closed, and no Welcome (which would carry the listener's MAC).
+  c.s.write(encodeHello({ version: 2, clusterId: 'c', from: 'a', to: 'b', nonce: Buffer.alloc(32, 7), mac: Buffer.alloc(32) }));
+  await c.closed;
+  t.same(c.frames, [], 'nothing after the Challenge');
+  // An empty MAC (the old "no secret" handshake) is refused the same way.
+  const e = await raw(peers.b);
+  await e.next();
+  e.s.write(encodeHello({ version: 2, clusterId: 'c', from: 'a', to: 'b', nonce: Buffer.alloc(32, 7), mac: Buffer.alloc(0) }));
+  await e.closed;
+  t.same(e.frames, []);
   t.equal(delivered, 0);
+});
+
+t.test('with the secret, a raw client is welcomed, and every later frame must carry a MAC', async (t) => {
+  const secret = Buffer.from('k'.repeat(32));
+  const { b, peers } = await pair(t, 'k'.repeat(32), 'k'.repeat(32));
+  const got: number[] = [];
+  b.on('message', (m) => got.push(m.commit));
+  const hello = async () => {
+    const c = await raw(peers.b);
+    const ch = decodeFrame(await c.next()) as { nonce: Buffer };
+    const nonceD = Buffer.alloc(32, 9);
+    c.s.write(encodeHello({ version: 2, clusterId: 'c', from: 'a', to: 'b', nonce: nonceD, mac: handshakeMac(secret, 'dialer', 'c', 'a', 'b', ch.nonce, nonceD) }));
+    const w = decodeFrame(await c.next()) as { kind: number; mac: Buffer };
+    t.equal(w.kind, FrameKind.Welcome);
+    t.same(w.mac, handshakeMac(secret, 'listener', 'c', 'a', 'b', ch.nonce, nonceD), 'the listener proves itself after the dialer did');
+    const sealer = new FrameSealer(sessionKey(secret, 'dialer→listener', 'c', 'a', 'b', nonceD, ch.nonce));
+    return { c, sealer };
+  };
+  const { encodeRaftMessage } = await import('../../src/cluster/codec.ts');
+  const hb = (commit: number) => encodeRaftMessage(message({ type: MessageType.Heartbeat, from: 'a', to: 'b', commit }));
+  const one = await hello();
+  for (const buf of one.sealer.seal(hb(5))) one.c.s.write(buf);
+  while (!got.includes(5)) await new Promise((r) => setTimeout(r, 5));
+  // The same sealed frame again (a replay): the sequence number no longer matches.
+  const replay = one.sealer.seal(hb(6));
+  for (const buf of replay) one.c.s.write(buf);
+  for (const buf of replay) one.c.s.write(buf);
+  await one.c.closed;
+  t.same(got, [5, 6], 'the replayed frame was refused and closed the link');
+  // An unsealed frame after the handshake (no MAC): closed, never delivered.
+  await new Promise((r) => setTimeout(r, limits.peerLinkLiveMs));
+  const two = await hello();
+  for (const buf of hb(7)) two.c.s.write(buf);
+  await two.c.closed;
+  // A sealed frame with one byte changed.
+  await new Promise((r) => setTimeout(r, limits.peerLinkLiveMs));
+  const three = await hello();
+  const sealed = Buffer.concat(three.sealer.seal(hb(8)));
+  sealed[20] ^= 1;
+  three.c.s.write(sealed);
+  await three.c.closed;
+  t.same(got, [5, 6]);
+});
+
+t.test('frame MACs: altered, replayed, reordered and reflected frames fail', async (t) => {
+  const key = (dir: 'dialer→listener' | 'listener→dialer') => sessionKey(Buffer.alloc(32, 1), dir, 'c', 'a', 'b', Buffer.alloc(32, 2), Buffer.alloc(32, 3));
+  const frame = (n: number) => Buffer.concat(new FrameSealer(key('dialer→listener')).seal([encodePing(FrameKind.Ping, n)])).subarray(4);
+  const s = new FrameSealer(key('dialer→listener'));
+  const f0 = Buffer.concat(s.seal([encodePing(FrameKind.Ping, 1)])).subarray(4);
+  const f1 = Buffer.concat(s.seal([encodePing(FrameKind.Ping, 2)])).subarray(4);
+  const o = new FrameOpener(key('dialer→listener'));
+  t.equal(decodeFrame(o.open(f0)).kind, FrameKind.Ping);
+  t.throws(() => o.open(f0), /MAC mismatch/, 'replay');
+  t.throws(() => new FrameOpener(key('dialer→listener')).open(f1), /MAC mismatch/, 'reordered (seq 1 first)');
+  t.throws(() => new FrameOpener(key('listener→dialer')).open(frame(1)), /MAC mismatch/, 'reflected into the other direction');
+  const bad = Buffer.from(frame(1));
+  bad[3] ^= 0x80;
+  t.throws(() => new FrameOpener(key('dialer→listener')).open(bad), /MAC mismatch/, 'altered');
+  t.throws(() => new FrameOpener(key('dialer→listener')).open(Buffer.alloc(10)), /too short/);
+});
+
+t.test('before authentication: big frames close the socket, idle ones time out, handshakes are capped', async (t) => {
+  const { b, peers } = await pair(t, 'k'.repeat(32), 'k'.repeat(32));
+  const big = await raw(peers.b);
+  await big.next();
+  const header = Buffer.alloc(5);
+  header.writeUInt32LE(48 * 1024 * 1024, 0);
+  header[4] = FrameKind.Hello;
+  big.s.write(header);
+  await big.closed;
+  t.ok(big.s.destroyed, 'a 48 MiB pre-auth frame closed the socket');
+  const many = [];
+  for (let i = 0; i < limits.peerHandshakingConnectionsMax + 8; i++) many.push(await raw(peers.b));
+  await new Promise((r) => setTimeout(r, 200));
+  const open = many.filter((c) => !c.s.destroyed && c.frames.length > 0).length;
+  t.equal(open, limits.peerHandshakingConnectionsMax, 'connections beyond the cap are closed at once');
+  const started = Date.now();
+  await Promise.all(many.map((c) => c.closed));
+  const waited = Date.now() - started;
+  t.ok(waited < limits.peerHandshakeTimeoutMs + 3000, `idle handshakes closed after the timeout (${waited} ms)`);
+  // The link from a real peer still comes up afterwards.
+  const { a } = await pairWith(t, b, peers);
+  const got = waitFor(b, 'message', (m) => m.commit === 3);
+  a.send(message({ type: MessageType.Heartbeat, from: 'a', to: 'b', commit: 3 }));
+  t.equal((await got).commit, 3);
+});
+
+t.test('one id, one live link: a second process claiming a connected id is refused', async (t) => {
+  const [pa, pb] = [await freePort(), await freePort()];
+  const peers = { a: `127.0.0.1:${pa}`, b: `127.0.0.1:${pb}` };
+  const auth = { secret: Buffer.alloc(32, 5) };
+  const a1 = new Transport({ nodeId: 'a', clusterId: 'c', listen: { host: '127.0.0.1', port: pa }, peers, logger, auth });
+  const a2 = new Transport({ nodeId: 'a', clusterId: 'c', peers, logger, auth });
+  const b = new Transport({ nodeId: 'b', clusterId: 'c', listen: { host: '127.0.0.1', port: pb }, peers, logger, auth });
+  await a1.listen();
+  await b.listen();
+  t.teardown(async () => {
+    for (const x of [a1, a2, b]) await x.close();
+  });
+  const first = waitFor(b, 'message', (m) => m.commit === 1);
+  a1.send(message({ type: MessageType.Heartbeat, from: 'a', to: 'b', commit: 1 }));
+  await first;
+  // a1 keeps its link alive (pings); a2 claims the same id.
+  let fromSecond = 0;
+  b.on('message', (m) => {
+    if (m.commit === 2) fromSecond++;
+  });
+  const timer = setInterval(() => a2.send(message({ type: MessageType.Heartbeat, from: 'a', to: 'b', commit: 2 })), 50);
+  const deadline = Date.now() + 3000;
+  while (b.duplicateLinksRefused < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  clearInterval(timer);
+  t.ok(b.duplicateLinksRefused >= 2, `the second link was refused (${b.duplicateLinksRefused} times)`);
+  t.equal(fromSecond, 0, 'nothing from the second process reached b');
+  // Once the first is gone, the id is free again.
+  await a1.close();
+  const later = waitFor(b, 'message', (m) => m.commit === 9);
+  const retry = setInterval(() => a2.send(message({ type: MessageType.Heartbeat, from: 'a', to: 'b', commit: 9 })), 50);
+  t.equal((await later).commit, 9, 'a2 links once a1 is gone');
+  clearInterval(retry);
+});
+
+t.test('a transport without any peer authentication refuses every link', async (t) => {
+  const [pa, pb] = [await freePort(), await freePort()];
+  const peers = { a: `127.0.0.1:${pa}`, b: `127.0.0.1:${pb}` };
+  const a = new Transport({ nodeId: 'a', clusterId: 'c', listen: { host: '127.0.0.1', port: pa }, peers, logger, auth: {} });
+  const b = new Transport({ nodeId: 'b', clusterId: 'c', listen: { host: '127.0.0.1', port: pb }, peers, logger, auth: {} });
+  await a.listen();
+  await b.listen();
+  t.teardown(async () => {
+    await a.close();
+    await b.close();
+  });
+  let delivered = 0;
+  b.on('message', () => delivered++);
+  a.send(message({ type: MessageType.Heartbeat, from: 'a', to: 'b' }));
+  const c = await raw(peers.b);
+  await c.closed;
+  t.same(c.frames, [], 'the listener closed a raw connection without a word');
+  t.equal(delivered, 0);
+  t.equal(a.status()[0]!.connected, false);
 });
 
 t.test('the link reconnects after the peer restarts', async (t) => {
