@@ -909,10 +909,27 @@ export class Raft {
     this.serveReadIndex(m);
   }
 
+  /**
+   * Alone only if we are the single voter: a removed or demoted leader still
+   * handing over must confirm with the new configuration like anyone else.
+   */
+  private isSoleVoter(): boolean {
+    return this.trk.isSingleton() && this.trk.isVoter(this.id);
+  }
+
+  /**
+   * A read index this node may use at once, without a heartbeat round or a
+   * trip through Ready: what readIndex() would answer, when that needs no
+   * one else — the sole voter leading, once it committed an entry of its
+   * term. undefined otherwise (ask readIndex()).
+   */
+  localReadIndex(): number | undefined {
+    if (this.role !== Role.Leader || !this.isSoleVoter() || !this.committedEntryInCurrentTerm()) return undefined;
+    return this.log.committed;
+  }
+
   private serveReadIndex(m: Message): void {
-    // Alone only if we are the single voter: a removed leader still handing
-    // over must confirm with the new configuration like anyone else.
-    if (this.trk.isSingleton() && this.trk.isVoter(this.id)) {
+    if (this.isSoleVoter()) {
       this.respondToReadIndex(m, this.log.committed);
       return;
     }
