@@ -90,7 +90,7 @@ function run(proposers: number): { entries: number; seconds: number; readys: num
 
   leader.raw.campaign();
   drain();
-  if (leader.raw.raft.role !== Role.Leader) throw new Error('no leader');
+  if (leader.raw.basicStatus().role !== Role.Leader) throw new Error('no leader');
   const start = process.hrtime.bigint();
   const deadline = start + BigInt(Math.round(SECONDS * 1e9));
   let turns = 0;

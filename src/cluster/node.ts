@@ -162,7 +162,7 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
     this.confHistory = [{ index: applied, confState: wal.snapshotMetadata().confState }];
     this.session = new RequestSession((data) => this.submitProposal(data));
     this.reads = new ReadGate(config.nodeId, (ctx) => this.askReadIndex(ctx), () => (this.processedIndex >= this.readFloor ? this.processedIndex : 0));
-    this.receiver = new SnapshotReceiver(config.dataDir, transport, this.logger.child({ component: 'snapshot' }), () => this.raw.raft.lead);
+    this.receiver = new SnapshotReceiver(config.dataDir, transport, this.logger.child({ component: 'snapshot' }), () => this.raw.basicStatus().lead);
     this.sender = new SnapshotSender(
       transport,
       {
@@ -281,7 +281,7 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
       else this.receiver.onFrame(from, f);
     });
     t.on('unreachable', (peer) => {
-      if (this.raw.raft.trk.progress.has(peer)) this.raw.reportUnreachable(peer);
+      if (this.raw.isMember(peer)) this.raw.reportUnreachable(peer);
     });
     t.on('peerRtt', ({ peer, ms }) => this.emit('peerRtt', { peer, seconds: ms / 1000 }));
     const bound = await t.listen();
@@ -478,8 +478,9 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
   private onSoftState(ss: SoftState): void {
     if (ss.lead !== this.lastLeader) {
       this.lastLeader = ss.lead;
-      this.logger.info({ leader: ss.lead, role: ss.role, term: this.raw.raft.term }, 'leader changed');
-      this.emit('leaderChange', { leader: ss.lead, term: this.raw.raft.term });
+      const { term } = this.raw.basicStatus();
+      this.logger.info({ leader: ss.lead, role: ss.role, term }, 'leader changed');
+      this.emit('leaderChange', { leader: ss.lead, term });
       // The new leader may never have seen what the old one was given.
       if (ss.lead !== '') this.session.retryAll();
     }
@@ -506,8 +507,7 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
    */
   private onPeerMessage(m: Message, reply: (frame: Buffer) => void): void {
     if (this.fatalError || this.stopped) return;
-    const members = this.raw.raft.trk.progress;
-    if (!members.has(m.from)) {
+    if (!this.raw.isMember(m.from)) {
       if (this.store.wasRemoved(m.from)) {
         // Removed while cut off, it never applied its own removal: tell it.
         reply(encodeRemoved(m.from));
@@ -515,7 +515,7 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
       }
       // A node that has not yet learnt any configuration (it is joining) can
       // only be brought up to date: accept what a leader sends, nothing else.
-      const joining = members.size === 0 && JOINING_ACCEPTS.has(m.type);
+      const joining = !this.raw.hasConfiguration() && JOINING_ACCEPTS.has(m.type);
       if (!joining) {
         this.peerMessagesDropped++;
         const now = Date.now();
@@ -663,7 +663,7 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
   /** Hands a command to Raft: appended here if leader, forwarded as Prop to the leader otherwise. */
   private submitProposal(data: Buffer): boolean {
     if (this.fatalError || this.stopped || this.removed) return false;
-    const r = this.raw.raft;
+    const r = this.raw.basicStatus();
     if (r.role === Role.Leader) {
       try {
         this.raw.propose(data);
@@ -684,13 +684,9 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
     } catch (err) {
       return Promise.reject(err);
     }
-    const r = this.raw.raft;
-    if (r.role === Role.Leader && r.trk.isSingleton() && r.trk.progress.has(this.config.nodeId) && r.committedEntryInCurrentTerm()) {
-      // The only voter leads by definition: its commit index is a valid
-      // read index without asking anyone (what Raft's ReadIndex would answer,
-      // minus a trip through the Ready loop).
-      return this.reads.waitApplied(r.log.committed);
-    }
+    // The sole voter leading needs no round and no trip through the Ready loop.
+    const local = this.raw.localReadIndex();
+    if (local !== undefined) return this.reads.waitApplied(local);
     return this.reads.wait();
   }
 
@@ -708,7 +704,7 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
   // ---- administration (NodeApi) ----------------------------------------------------------
 
   private requireLeader(): void {
-    const r = this.raw.raft;
+    const r = this.raw.basicStatus();
     if (r.role !== Role.Leader) throw new NotLeaderError(r.lead);
   }
 
@@ -766,7 +762,7 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
     if (to === this.config.nodeId) return;
     this.raw.transferLeader(to);
     this.schedule();
-    await this.waitFor(() => this.raw.raft.lead === to, limits.requestTimeoutMs, `leadership to move to ${to}`);
+    await this.waitFor(() => this.raw.basicStatus().lead === to, limits.requestTimeoutMs, `leadership to move to ${to}`);
   }
 
   private async tableCommand(encode: (id: RequestId) => Buffer): Promise<void> {

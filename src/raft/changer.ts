@@ -154,6 +154,9 @@ function cloneProgress(pr: Progress): Progress {
   c.pendingSnapshot = pr.pendingSnapshot;
   c.recentActive = pr.recentActive;
   c.msgAppFlowPaused = pr.msgAppFlowPaused;
+  c.ackedSinceHeartbeat = pr.ackedSinceHeartbeat;
+  c.resentBelow = pr.resentBelow;
+  c.matchAtHeartbeat = pr.matchAtHeartbeat;
   return c;
 }
 

@@ -34,6 +34,14 @@ export class Progress {
   isLearner: boolean;
   /** An App was acknowledged since the last heartbeat answer (the window is moving). */
   ackedSinceHeartbeat = false;
+  /**
+   * Replicate: everything below this index was sent again by the last
+   * go-back, so a gap reported for an App before it may be an answer to the
+   * first copy and does not trigger another one (see Raft.handleAppGap).
+   */
+  resentBelow = 0;
+  /** match at the last heartbeat answer: unchanged at the next one means the window is stuck. */
+  matchAtHeartbeat = 0;
 
   constructor(next: number, inflights: Inflights, isLearner: boolean) {
     this.next = next;
@@ -44,6 +52,7 @@ export class Progress {
   private resetState(state: ProgressState): void {
     this.msgAppFlowPaused = false;
     this.pendingSnapshot = 0;
+    this.resentBelow = 0;
     this.state = state;
     this.inflights.reset();
   }
@@ -63,6 +72,17 @@ export class Progress {
   becomeReplicate(): void {
     this.resetState(ProgressState.Replicate);
     this.next = this.match + 1;
+  }
+
+  /**
+   * Replicate: the peer reported a gap after `match`. Resend from there,
+   * still pipelined; what was in flight counts as lost.
+   */
+  goBack(): void {
+    this.resentBelow = this.next;
+    this.next = this.match + 1;
+    this.msgAppFlowPaused = false;
+    this.inflights.reset();
   }
 
   becomeSnapshot(snapshotIndex: number): void {

@@ -16,7 +16,7 @@ import {
   TooManyUncommittedBytesError,
   TransferInProgressError,
 } from './errors.ts';
-import { RaftLog } from './log.ts';
+import { payloadBytes, RaftLog } from './log.ts';
 import { ProgressState, type Progress } from './progress.ts';
 import { jointVoteResult, VoteResult } from './quorum.ts';
 import { ReadOnly, type ReadState } from './read-only.ts';
@@ -57,6 +57,9 @@ export class Raft {
   readonly readOnly = new ReadOnly();
   /** ReadIndex requests received before this leader committed an entry of its term. */
   private pendingReadIndexMessages: Message[] = [];
+  /** Follower: Apps of this term's leader that arrived ahead of a gap, by previous index (see holdApp). */
+  private readonly heldApps = new Map<number, Message>();
+  private heldAppBytes = 0;
 
   leadTransferee: NodeId = None;
   /** Index of the last membership change proposed; a new one waits until it is applied. */
@@ -220,6 +223,7 @@ export class Raft {
     this.pendingReadIndexMessages = [];
     this.needBroadcast = false;
     this.needReadHeartbeat = false;
+    this.dropHeldApps();
   }
 
   becomeFollower(term: number, lead: NodeId): void {
@@ -442,6 +446,9 @@ export class Raft {
         // flight, be rejected, and knock the peer back to probing.
         if (pr.state !== ProgressState.Replicate || !pr.ackedSinceHeartbeat) pr.msgAppFlowPaused = false;
         pr.ackedSinceHeartbeat = false;
+        // No progress for a heartbeat: the next gap reported is news (see handleAppGap).
+        if (pr.match === pr.matchAtHeartbeat) pr.resentBelow = 0;
+        pr.matchAtHeartbeat = pr.match;
         if (pr.match < this.log.lastIndex() || pr.state === ProgressState.Probe) this.maybeSendAppend(m.from, true);
         if (!m.context || m.context.length === 0) return;
         const acks = this.readOnly.recvAck(m.from, m.context);
@@ -483,6 +490,10 @@ export class Raft {
     pr.recentActive = true;
     pr.ackedSinceHeartbeat = true;
     if (m.reject) {
+      if (this.rejectionReportsGap(m)) {
+        this.handleAppGap(m, pr);
+        return;
+      }
       let nextProbeIdx = m.rejectHint;
       if (m.logTerm > 0) nextProbeIdx = this.log.findConflictByTerm(m.rejectHint, m.logTerm).index;
       if (pr.maybeDecrTo(m.index, nextProbeIdx)) {
@@ -491,8 +502,52 @@ export class Raft {
       }
       return;
     }
+    this.handleAppAck(m.from, pr, m.index);
+  }
+
+  /**
+   * A rejection whose hint names an entry we hold with the same term: by log
+   * matching the follower's log equals ours up to the hint, so the App was
+   * refused for a gap (its predecessors are still in flight, reordered, or
+   * were lost), not for a divergence. The reply left the follower only once
+   * its log was durable, so the hint is as good as an acknowledgement.
+   */
+  private rejectionReportsGap(m: Message): boolean {
+    return m.logTerm > 0 && m.rejectHint < m.index && this.log.matchTerm(m.rejectHint, m.logTerm);
+  }
+
+  /**
+   * Under reordering a pipelined stream is refused for gaps all the time:
+   * each App that overtakes its predecessors. Falling back to probing there
+   * (etcd does: it assumes an ordered transport) discards the window, resends
+   * what is already in flight, and each resend that overtakes starts it
+   * again: a lagging follower then catches up one entry per round trip. So
+   * a gap counts as an acknowledgement up to the hint; a follower that is
+   * replicating stays replicating and goes back to resend the gap at most
+   * once per window (Progress.resentBelow), and only for an App sent after
+   * the last go-back; a window that stopped moving for a heartbeat clears
+   * that (HeartbeatResp), so a real loss is still repaired.
+   */
+  private handleAppGap(m: Message, pr: Progress): void {
+    if (pr.state === ProgressState.Replicate) {
+      if (m.index <= pr.match) return; // stale: acknowledged beyond it since
+      this.handleAppAck(m.from, pr, m.rejectHint);
+      if (pr.state !== ProgressState.Replicate || m.index < pr.resentBelow) return;
+      pr.goBack();
+      while (this.maybeSendAppend(m.from, false)) {
+        // refill the window from the gap
+      }
+      return;
+    }
+    // Probe or Snapshot: the follower's log is known to match up to the hint,
+    // which is all an accepted probe would tell.
+    this.handleAppAck(m.from, pr, m.rejectHint);
+  }
+
+  /** The follower's log matches ours up to `index` and is durable there. */
+  private handleAppAck(from: NodeId, pr: Progress, index: number): void {
     const wasPaused = pr.isPaused();
-    if (pr.maybeUpdate(m.index) || (pr.match === m.index && pr.state === ProgressState.Probe)) {
+    if (pr.maybeUpdate(index) || (pr.match === index && pr.state === ProgressState.Probe)) {
       if (pr.state === ProgressState.Probe) {
         pr.becomeReplicate();
       } else if (pr.state === ProgressState.Snapshot && pr.match + 1 >= this.log.firstIndex()) {
@@ -500,18 +555,18 @@ export class Raft {
         pr.becomeProbe();
         pr.becomeReplicate();
       } else if (pr.state === ProgressState.Replicate) {
-        pr.inflights.freeLE(m.index);
+        pr.inflights.freeLE(index);
       }
       if (this.maybeCommit()) {
         this.afterCommit();
       } else if (wasPaused) {
-        this.maybeSendAppend(m.from, true);
+        this.maybeSendAppend(from, true);
       }
       // The window may have opened for several messages at once.
-      while (this.maybeSendAppend(m.from, false)) {
+      while (this.maybeSendAppend(from, false)) {
         // keep sending
       }
-      if (m.from === this.leadTransferee && pr.match === this.log.lastIndex()) this.sendTimeoutNow(m.from);
+      if (from === this.leadTransferee && pr.match === this.log.lastIndex()) this.sendTimeoutNow(from);
     }
   }
 
@@ -594,13 +649,56 @@ export class Raft {
     }
     const lastnewi = this.log.maybeAppend(m.index, m.logTerm, m.commit, m.entries);
     if (lastnewi !== undefined) {
-      this.send(message({ type: MessageType.AppResp, to: m.from, index: lastnewi }));
+      this.send(message({ type: MessageType.AppResp, to: m.from, index: Math.max(lastnewi, this.appendHeldApps()) }));
       return;
     }
+    if (m.index > this.log.lastIndex()) this.holdApp(m);
     // Reject with a hint: the last index whose term is <= the leader's term at
     // m.index, so the leader skips whole terms at once.
     const hint = this.log.findConflictByTerm(Math.min(m.index, this.log.lastIndex()), m.logTerm);
     this.send(message({ type: MessageType.AppResp, to: m.from, index: m.index, reject: true, rejectHint: hint.index, logTerm: hint.term }));
+  }
+
+  /**
+   * An App that arrived ahead of a gap (its previous entry is not here yet)
+   * is refused as usual, so the leader learns where our log ends, and also
+   * kept, within what the leader may have in flight to us: once the gap
+   * fills it is appended without another round trip. Without this, under
+   * reordering every App that overtakes its predecessor is lost work and a
+   * lagging follower catches up about one message per round trip. Keeping it
+   * is the same as the network delivering it later, which Raft allows; the
+   * held Apps are all of this term's leader (reset() drops them).
+   */
+  private holdApp(m: Message): void {
+    if (m.entries.length === 0 || this.heldApps.has(m.index)) return;
+    const bytes = payloadBytes(m.entries);
+    if (this.heldApps.size >= this.cfg.inFlightMessagesMax || this.heldAppBytes + bytes > this.cfg.inFlightBytesMax) return;
+    this.heldApps.set(m.index, m);
+    this.heldAppBytes += bytes;
+  }
+
+  /** Append the held Apps that connect to the log now; returns the highest index they matched. */
+  private appendHeldApps(): number {
+    let matched = 0;
+    for (let progressed = this.heldApps.size > 0; progressed; ) {
+      progressed = false;
+      for (const [prev, held] of this.heldApps) {
+        if (prev > this.log.lastIndex()) continue;
+        this.heldApps.delete(prev);
+        this.heldAppBytes -= payloadBytes(held.entries);
+        if (prev < this.log.committed) continue;
+        const last = this.log.maybeAppend(held.index, held.logTerm, held.commit, held.entries);
+        if (last === undefined) continue;
+        matched = Math.max(matched, last);
+        progressed = true;
+      }
+    }
+    return matched;
+  }
+
+  private dropHeldApps(): void {
+    this.heldApps.clear();
+    this.heldAppBytes = 0;
   }
 
   private handleHeartbeat(m: Message): void {
@@ -633,6 +731,7 @@ export class Raft {
       return false;
     }
     this.log.restore(s);
+    this.dropHeldApps();
     this.trk = new ProgressTracker(this.cfg.inFlightMessagesMax, this.cfg.inFlightBytesMax);
     this.switchToConfig(restoreConfState(this.trk, this.log.lastIndex(), cs));
     return true;
@@ -810,10 +909,27 @@ export class Raft {
     this.serveReadIndex(m);
   }
 
+  /**
+   * Alone only if we are the single voter: a removed or demoted leader still
+   * handing over must confirm with the new configuration like anyone else.
+   */
+  private isSoleVoter(): boolean {
+    return this.trk.isSingleton() && this.trk.isVoter(this.id);
+  }
+
+  /**
+   * A read index this node may use at once, without a heartbeat round or a
+   * trip through Ready: what readIndex() would answer, when that needs no
+   * one else — the sole voter leading, once it committed an entry of its
+   * term. undefined otherwise (ask readIndex()).
+   */
+  localReadIndex(): number | undefined {
+    if (this.role !== Role.Leader || !this.isSoleVoter() || !this.committedEntryInCurrentTerm()) return undefined;
+    return this.log.committed;
+  }
+
   private serveReadIndex(m: Message): void {
-    // Alone only if we are the single voter: a removed leader still handing
-    // over must confirm with the new configuration like anyone else.
-    if (this.trk.isSingleton() && this.trk.isVoter(this.id)) {
+    if (this.isSoleVoter()) {
       this.respondToReadIndex(m, this.log.committed);
       return;
     }

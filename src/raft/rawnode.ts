@@ -63,8 +63,10 @@ export interface PeerStatus {
   pendingSnapshot: number;
 }
 
-export interface Status {
+/** What the runtime may know of Raft without copying the configuration (etcd's BasicStatus). */
+export interface BasicStatus {
   id: NodeId;
+  /** etcd's raftState. */
   role: Role;
   term: number;
   vote: NodeId;
@@ -73,6 +75,11 @@ export interface Status {
   applied: number;
   lastIndex: number;
   leadTransferee: NodeId;
+}
+
+/** BasicStatus plus the configuration and, on the leader, every peer's progress (etcd's Status). */
+export interface Status extends BasicStatus {
+  /** The configuration: voters, learners, and the outgoing half while joint. */
   confState: ConfState;
   /** Per-peer replication state, only on the leader (empty elsewhere). */
   progress: Record<NodeId, PeerStatus>;
@@ -92,7 +99,10 @@ const LOCAL_ONLY = new Set<MessageType>([
 const RESPONSES = new Set<MessageType>([MessageType.AppResp, MessageType.VoteResp, MessageType.PreVoteResp, MessageType.HeartbeatResp, MessageType.SnapStatus, MessageType.Unreachable]);
 
 export class RawNode {
-  readonly raft: Raft;
+  // Private: the runtime reads Raft through basicStatus(), status(),
+  // isMember() and localReadIndex(); protocol tests and the simulator's
+  // invariant checks use raftForTesting().
+  private readonly raft: Raft;
   private prevSoftState: SoftState;
   private prevHardState: HardState;
   private readonly outstanding: Ready[] = [];
@@ -263,6 +273,37 @@ export class RawNode {
     return this.outstanding.length;
   }
 
+  /** Role, term, vote, leader, commit and applied: cheap enough for every request. */
+  basicStatus(): BasicStatus {
+    const r = this.raft;
+    return {
+      id: r.id,
+      role: r.role,
+      term: r.term,
+      vote: r.vote,
+      lead: r.lead,
+      commit: r.log.committed,
+      applied: r.log.applied,
+      lastIndex: r.log.lastIndex(),
+      leadTransferee: r.leadTransferee,
+    };
+  }
+
+  /** Whether `id` is in the configuration (a voter of either half, or a learner). */
+  isMember(id: NodeId): boolean {
+    return this.raft.trk.progress.has(id);
+  }
+
+  /** Whether any configuration is known yet (false on a node waiting to be added). */
+  hasConfiguration(): boolean {
+    return this.raft.trk.progress.size > 0;
+  }
+
+  /** See Raft.localReadIndex: a read index usable at once, or undefined (ask readIndex()). */
+  localReadIndex(): number | undefined {
+    return this.raft.localReadIndex();
+  }
+
   status(): Status {
     const r = this.raft;
     const progress: Record<NodeId, PeerStatus> = {};
@@ -280,20 +321,17 @@ export class RawNode {
         };
       }
     }
-    return {
-      id: r.id,
-      role: r.role,
-      term: r.term,
-      vote: r.vote,
-      lead: r.lead,
-      commit: r.log.committed,
-      applied: r.log.applied,
-      lastIndex: r.log.lastIndex(),
-      leadTransferee: r.leadTransferee,
-      confState: r.trk.confState(),
-      progress,
-    };
+    return { ...this.basicStatus(), confState: r.trk.confState(), progress };
   }
+}
+
+/**
+ * The Raft inside a RawNode. For protocol tests and the simulator's
+ * invariant checks only (they look at logs and trackers the way etcd's
+ * in-package tests do); nothing under src/ outside src/raft calls it.
+ */
+export function raftForTesting(node: RawNode): Raft {
+  return node['raft'];
 }
 
 export { None, Role };

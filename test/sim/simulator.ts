@@ -24,7 +24,7 @@ import { ConfChangeTransition, ConfChangeType, confChanges, decodeConfChange, ty
 import { decodeRequest, encodeRequest } from '../../src/raft/dedup.ts';
 import { RequestDedup, type DedupClientState } from '../../src/device/request-dedup.ts';
 import { MemoryStorage } from '../../src/raft/memory-storage.ts';
-import { RawNode, type Ready } from '../../src/raft/rawnode.ts';
+import { RawNode, raftForTesting, type Ready } from '../../src/raft/rawnode.ts';
 import { Role } from '../../src/raft/raft.ts';
 import { EntryType, MessageType, type ConfState, type Entry, type Message, type NodeId } from '../../src/raft/types.ts';
 import { EventQueue, type Timed } from './event-queue.ts';
@@ -258,7 +258,7 @@ export class Simulator {
       testingBugs: this.bugs,
     });
     // Commit recovered at restart (hard state, applied index) is not an advance by a leader.
-    n.lastCommit = n.raw.raft.log.committed;
+    n.lastCommit = n.raw.basicStatus().commit;
     this.q.push({ at: this.now + 1 + this.rng.int(TICK), kind: 'tick', node: n.id });
     this.log(`${n.id} start (incarnation ${n.incarnation}, applied ${snap.index}, last ${n.storage.lastIndex()})`);
   }
@@ -293,7 +293,7 @@ export class Simulator {
   }
 
   private onSoftState(n: SimNode, role: Role): void {
-    const raft = n.raw!.raft;
+    const raft = raftForTesting(n.raw!);
     if (role === Role.Leader && n.lastRole !== Role.Leader) {
       this.stats.elections++;
       this.log(`${n.id} LEADER term ${raft.term}`);
@@ -533,7 +533,7 @@ export class Simulator {
   private leader(): SimNode | undefined {
     let best: SimNode | undefined;
     for (const n of this.nodes.values()) {
-      if (n.alive && n.raw!.raft.role === Role.Leader && (!best || n.raw!.raft.term > best.raw!.raft.term)) best = n;
+      if (n.alive && n.raw!.basicStatus().role === Role.Leader && (!best || n.raw!.basicStatus().term > best.raw!.basicStatus().term)) best = n;
     }
     return best;
   }
@@ -646,7 +646,7 @@ export class Simulator {
       if (n === l || members.has(n.id) || n.retired || !n.alive || !n.wasMember) continue;
       const own = n.confState;
       if (own.voters.includes(n.id) || own.learners.includes(n.id) || own.votersOutgoing.includes(n.id)) continue;
-      if (n.raw!.raft.role === Role.Leader) continue;
+      if (n.raw!.basicStatus().role === Role.Leader) continue;
       if (this.rng.chance(0.2)) {
         n.retired = true;
         this.crash(n, 'removed from the cluster');
@@ -667,7 +667,7 @@ export class Simulator {
   }
 
   private checkLeader(n: SimNode): void {
-    const raft = n.raw!.raft;
+    const raft = raftForTesting(n.raw!);
     const other = this.leaderOfTerm.get(raft.term);
     if (other !== undefined && other !== n.id) violation(`election safety: ${other} and ${n.id} both lead term ${raft.term}`);
     this.leaderOfTerm.set(raft.term, n.id);
@@ -681,7 +681,7 @@ export class Simulator {
   }
 
   private checkCommit(n: SimNode): void {
-    const raft = n.raw!.raft;
+    const raft = raftForTesting(n.raw!);
     const c = raft.log.committed;
     if (raft.role === Role.Leader && c > n.lastCommit && raft.log.term(c) !== raft.term) {
       // Raft 5.4.2: a leader moves its commit index only to an entry of its own term.

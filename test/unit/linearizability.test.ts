@@ -85,3 +85,82 @@ t.test('a long random legal history (20,000 operations on one register) passes (
   const res = checkHistory(history);
   t.ok(res.ok, `seed ${seed}: ${res.violations.map((v) => v.message).join('; ')}`);
 });
+
+/**
+ * A long nemesis-like history: 100,000 operations over 16 blocks from 8
+ * clients, one in ten writes of unknown outcome (half never happen, half
+ * happen, some after the client gave up on them), each op taking effect at a
+ * random instant inside its interval. Seeded; XDEVICE_SEED replays it.
+ */
+function longHistory(seed: number): HistoryOp[] {
+  let s = seed >>> 0;
+  const rand = (n: number) => ((s = (Math.imul(s ^ (s >>> 15), 0x2c1b3c6d) + 0x9e3779b9) >>> 0) % n);
+  const events: { op: HistoryOp; at: number }[] = [];
+  let now = 0;
+  for (let i = 0; i < 100_000; i++) {
+    now += 1 + rand(3);
+    const call = now;
+    const at = call + rand(20);
+    const ret = at + rand(20);
+    const block = rand(16);
+    if (rand(2) === 0) {
+      const unknown = rand(10) === 0;
+      const op = w(rand(8), block, `v${i}`, call, ret, unknown ? 'unknown' : 'ok');
+      if (!unknown) events.push({ op, at });
+      else if (rand(2) === 0) events.push({ op, at: at + rand(200) }); // landed, perhaps long after the timeout
+      else events.push({ op, at: Infinity }); // never landed
+    } else {
+      events.push({ op: r(rand(8), block, null, call, ret), at });
+    }
+  }
+  events.sort((a, b) => a.at - b.at);
+  const value = new Map<number, string | null>();
+  for (const { op, at } of events) {
+    if (at === Infinity) continue;
+    if (op.op === 'write') value.set(op.block, op.value);
+    else op.value = value.get(op.block) ?? null;
+  }
+  return events.map((e) => e.op).sort((a, b) => a.call - b.call);
+}
+
+t.test('a long history (100,000 operations, unknown writes) passes, and one planted stale read in it is named (seeded)', async (t) => {
+  const seed = Number(process.env.XDEVICE_SEED ?? Date.now() % 1_000_000);
+  t.comment(`XDEVICE_SEED=${seed}`);
+  const history = longHistory(seed);
+  t.ok(history.filter((o) => o.status === 'unknown').length > 1000, 'over a thousand writes of unknown outcome');
+  const clean = checkHistory(history);
+  t.ok(clean.ok, `seed ${seed}: the legal history passes: ${clean.violations.map((v) => v.message).join('; ')}`);
+  t.equal(clean.opsChecked < history.length, true, 'unknown writes nobody read were dropped');
+
+  // Plant: a read in the second half returns the value of an acknowledged
+  // write that a later acknowledged write overwrote before the read began.
+  const mid = history.length / 2;
+  let planted: { read: HistoryOp; old: HistoryOp; newer: HistoryOp } | undefined;
+  for (let i = mid; i < history.length && !planted; i++) {
+    const rd = history[i]!;
+    if (rd.op !== 'read' || rd.status !== 'ok') continue;
+    const before = history.slice(0, i).filter((o) => o.block === rd.block && o.op === 'write' && o.status === 'ok' && o.return < rd.call);
+    for (let k = before.length - 1; k > 0 && !planted; k--) {
+      const newer = before[k]!;
+      const old = before.slice(0, k).reverse().find((o) => o.return < newer.call);
+      if (old) planted = { read: rd, old, newer };
+    }
+  }
+  t.ok(planted, 'found a read to make stale');
+  const { read, old, newer } = planted!;
+  const original = read.value;
+  read.value = old.value;
+  const res = checkHistory(history);
+  read.value = original;
+  t.notOk(res.ok, 'the stale read is found');
+  t.equal(res.violations.length, 1, 'one violation');
+  const v = res.violations[0]!;
+  t.equal(v.block, read.block, `the block is named: ${v.message}`);
+  t.equal(v.kind, 'not-linearizable');
+  t.ok(v.ops.includes(read), 'the stale read is among the operations named');
+  t.ok(v.ops.includes(old), 'so is the write whose value it returned');
+  const overwriter = v.ops.find((o) => o !== old && o.op === 'write');
+  t.ok(overwriter && overwriter.status === 'ok' && overwriter.call > old.return && overwriter.return < read.call, `and an acknowledged write that overwrote it before the read (planted against ${newer.value})`);
+  t.ok(v.ops.length <= 3, `${v.ops.length} operations named, not the whole block`);
+  t.match(v.message, new RegExp(`read "${old.value}" by client ${read.client}`), 'the message names the read');
+});

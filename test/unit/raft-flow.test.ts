@@ -1,9 +1,9 @@
 // Replication mechanics and backpressure: Ready/advance contracts, fast
 // backtracking, in-flight and message limits, batching, typed refusals.
 
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { NotLeaderError, TooManyUncommittedBytesError } from '../../src/raft/errors.ts';
-import { MessageType } from '../../src/raft/types.ts';
+import { MessageType, type Message } from '../../src/raft/types.ts';
 import { Network, Role } from './helpers/raft-network.ts';
 
 t.test('Ready: acks go out only after persistence, the leader’s App at once', async (t) => {
@@ -126,4 +126,94 @@ t.test('status(): role, term, commit and per-peer progress for the admin API', a
   t.equal(st.progress.b!.match, st.lastIndex);
   t.equal(st.progress.b!.state, 'replicate');
   t.same(net.get('b').node.status().progress, {}, 'followers report no progress');
+});
+
+// Simulator seed 705595: after the faults stopped, learners caught up one
+// entry per round trip amid rejections, because under reordering every App
+// that overtook its predecessor was refused, thrown away, and knocked the
+// leader back to probing. These drive a lagging follower message by
+// message, each round's messages delivered in reverse (the worst order).
+function catchUpRounds(t: Test, lose: (m: Message, round: number) => boolean, onNetwork?: (net: Network) => void): number {
+  const net = new Network(['a', 'b'], { messageBytesMax: 1, inFlightMessagesMax: 8, inFlightBytesMax: 1 << 20 });
+  onNetwork?.(net);
+  net.campaign('a');
+  net.isolate('b');
+  for (let i = 0; i < 64; i++) {
+    net.propose('a', `e${i}`);
+    net.processAll();
+    net.take(() => true);
+  }
+  net.heal();
+  const target = net.raft('a').log.lastIndex();
+  t.ok(target - net.raft('b').log.lastIndex() >= 64, 'b lags 64 entries');
+  let round = 0;
+  for (; round < 200 && net.raft('b').log.lastIndex() < target; round++) {
+    net.tick('a');
+    net.processAll();
+    const batch = net.take(() => true).reverse();
+    for (const m of batch) if (!lose(m, round)) net.deliver(m);
+  }
+  t.equal(net.raft('b').log.lastIndex(), target, `b caught up in ${round} rounds`);
+  t.same(net.logOf('b').map((e) => e.term), net.logOf('a').map((e) => e.term), 'same log');
+  return round;
+}
+
+t.test('catch-up under reordering: a lagging follower gets a whole window per round trip', async (t) => {
+  const rounds = catchUpRounds(t, () => false);
+  // A round trip is two rounds; 64 entries, 8 one-entry Apps in flight: 16
+  // rounds at full speed. Refusing and resending what overtook took 132.
+  t.ok(rounds <= 24, `${rounds} rounds for 64 entries with a window of 8`);
+});
+
+t.test('catch-up under reordering: a lost App in the window is still repaired', async (t) => {
+  let lost = 0;
+  const rounds = catchUpRounds(t, (m, round) => {
+    // Every third round loses the first App of the window (delivered last after reversal).
+    const drop = round % 3 === 0 && lost < 5 && m.type === MessageType.App && m.entries.length > 0;
+    if (drop) lost++;
+    return drop;
+  });
+  t.ok(lost > 0, `${lost} Apps lost`);
+  t.ok(rounds <= 40, `${rounds} rounds for 64 entries with losses`);
+});
+
+t.test('catch-up under reordering: the App that fills the gap is lost again and again, and still repaired', async (t) => {
+  // While rejections of held Apps keep arriving, only a window that stopped
+  // moving for a heartbeat may resend (a stream of answers is not progress).
+  let lost = 0;
+  let net: Network | undefined;
+  const rounds = catchUpRounds(t, (m) => {
+    const drop = lost < 6 && m.type === MessageType.App && m.entries.length > 0 && m.index === net!.raft('b').log.lastIndex();
+    if (drop) lost++;
+    return drop;
+  }, (n) => (net = n));
+  t.equal(lost, 6, 'six gap-filling Apps lost');
+  t.ok(rounds <= 60, `${rounds} rounds for 64 entries`);
+});
+
+t.test('a rejection for a gap is an acknowledgement up to the hint; the leader keeps replicating', async (t) => {
+  const net = new Network(['a', 'b'], { messageBytesMax: 1, inFlightMessagesMax: 4 });
+  net.campaign('a');
+  const leader = net.raft('a');
+  const pr = leader.trk.progress.get('b')!;
+  t.equal(pr.state, 'replicate');
+  const before = pr.match;
+  for (let i = 0; i < 4; i++) net.propose('a', `x${i}`);
+  net.processAll();
+  const apps = net.take((m) => m.type === MessageType.App && m.to === 'b' && m.entries.length > 0);
+  t.equal(apps.length, 4);
+  // The last App overtakes the others: b refuses it with a hint at its last index.
+  net.deliver(apps[3]!);
+  net.process('b');
+  const [rej] = net.take((m) => m.type === MessageType.AppResp && m.from === 'b');
+  t.ok(rej?.reject, 'b refuses the App that overtook its predecessors');
+  t.equal(rej!.rejectHint, before, 'hinting its last index');
+  net.deliver(rej!);
+  t.equal(pr.state, 'replicate', 'still replicating: a gap is not a divergence');
+  t.equal(pr.match, before, 'match stays at the hint');
+  // The rest arrive; b appends the held App without another round trip.
+  for (const m of apps.slice(0, 3)) net.deliver(m);
+  net.process('b');
+  const acks = net.take((m) => m.type === MessageType.AppResp && m.from === 'b' && !m.reject);
+  t.equal(Math.max(...acks.map((m) => m.index)), leader.log.lastIndex(), 'b acknowledges everything, the held App included');
 });

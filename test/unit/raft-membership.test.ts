@@ -3,6 +3,7 @@
 
 import t from 'tap';
 import { ConfChangeTransition, ConfChangeType, confChanges, decodeConfChange, encodeConfChange, type ConfChange } from '../../src/raft/confchange.ts';
+import { MessageType } from '../../src/raft/types.ts';
 import { Network, Role } from './helpers/raft-network.ts';
 
 const commitChange = (net: Network, leader: string, cc: ConfChange) => {
@@ -195,4 +196,32 @@ t.test('demote a voter to learner through joint consensus', async (t) => {
   t.same(cs.voters, ['a', 'b']);
   t.same(cs.learners, ['c']);
   t.same(cs.learnersNext, []);
+});
+
+t.test('localReadIndex: only the sole voter leading answers at once, never a demoted leader handing over', async (t) => {
+  const solo = new Network(['a']);
+  solo.get('a').node.campaign();
+  t.equal(solo.get('a').node.localReadIndex(), undefined, 'a fresh leader has not committed an entry of its term');
+  solo.stabilize();
+  t.equal(solo.get('a').node.localReadIndex(), solo.raft('a').log.committed, 'the sole voter: its commit index');
+
+  const net = new Network(['a', 'b']);
+  net.campaign('a');
+  t.equal(net.get('a').node.localReadIndex(), undefined, 'two voters: a round is needed');
+  // Demote the leader; hold back the TimeoutNow so it is still leading, as a learner, after the change.
+  net.get('a').node.proposeConfChange(confChanges.addLearner('a'));
+  for (let i = 0; i < 20; i++) {
+    net.processAll();
+    for (const m of net.take(() => true)) if (m.type !== MessageType.TimeoutNow) net.deliver(m);
+  }
+  t.same(net.get('a').confState.voters, ['b']);
+  t.same(net.get('a').confState.learners, ['a']);
+  t.equal(net.raft('a').role, Role.Leader, 'still leading while it hands over');
+  // The runtime's old shortcut (one voter, and this node tracked) would have read locally here.
+  t.ok(net.raft('a').trk.isSingleton() && net.raft('a').trk.progress.has('a'), 'the old shortcut’s condition holds');
+  t.equal(net.get('a').node.localReadIndex(), undefined, 'but a demoted leader must confirm with b');
+  net.isolate('b');
+  net.get('a').node.readIndex(Buffer.from('r1'));
+  net.stabilize();
+  t.same(net.get('a').readStates, [], 'with b cut off, no read index is granted');
 });

@@ -8,6 +8,7 @@ import { NotLeaderError } from '../../src/raft/errors.ts';
 import { strict as assert } from 'node:assert';
 import { MessageType, message, type Message } from '../../src/raft/types.ts';
 import { Network, Role } from './helpers/raft-network.ts';
+import { raftForTesting } from '../../src/raft/rawnode.ts';
 
 const elect = (net: Network, id: string) => {
   net.campaign(id);
@@ -250,11 +251,11 @@ t.test('10.2.1 the leader counts its own entries toward commit only once they ar
   for (const m of rd.messages) if (m.to === 'b') net.get('b').node.step(m);
   net.process('b');
   for (const m of net.take((m) => m.to === 'a')) a.node.step(m);
-  t.equal(a.node.raft.trk.progress.get('b')!.match, idx, 'b acknowledged');
-  t.ok(a.node.raft.log.committed < idx, 'b alone is not a majority while a has not persisted');
+  t.equal(raftForTesting(a.node).trk.progress.get('b')!.match, idx, 'b acknowledged');
+  t.ok(raftForTesting(a.node).log.committed < idx, 'b alone is not a majority while a has not persisted');
   a.storage.append(rd.entries);
   a.node.advance(rd);
-  t.equal(a.node.raft.log.committed, idx, 'a durable + b = majority');
+  t.equal(raftForTesting(a.node).log.committed, idx, 'a durable + b = majority');
 });
 
 t.test('single node: commit after the leader persists', async (t) => {

@@ -5,6 +5,7 @@ import t from 'tap';
 import { MessageType } from '../../src/raft/types.ts';
 import { ProgressState } from '../../src/raft/progress.ts';
 import { Network } from './helpers/raft-network.ts';
+import { raftForTesting } from '../../src/raft/rawnode.ts';
 
 t.test('7 a follower behind the compacted log gets a snapshot and continues from it', async (t) => {
   const net = new Network(['a', 'b', 'c']);
@@ -13,11 +14,11 @@ t.test('7 a follower behind the compacted log gets a snapshot and continues from
   for (let i = 0; i < 20; i++) net.propose('a', `e${i}`);
   net.stabilize();
   const a = net.get('a');
-  const applied = a.node.raft.log.applied;
+  const applied = raftForTesting(a.node).log.applied;
   a.storage.compact(applied, a.confState);
   net.get('b').storage.compact(applied, net.get('b').confState);
   net.heal();
-  const pr = a.node.raft.trk.progress.get('c')!;
+  const pr = raftForTesting(a.node).trk.progress.get('c')!;
   let snap;
   // Deliver round by round, stopping as soon as the Snap is on the wire.
   for (let i = 0; i < 30 && !snap; i++) {
@@ -37,7 +38,7 @@ t.test('7 a follower behind the compacted log gets a snapshot and continues from
   net.stabilize();
   const cNode = net.get('c');
   t.equal(cNode.storage.snapshotMetadata().index, applied, 'c installed the snapshot metadata');
-  t.equal(cNode.node.raft.log.committed, applied);
+  t.equal(raftForTesting(cNode.node).log.committed, applied);
   t.equal(pr.state, ProgressState.Replicate, 'c acknowledged the snapshot index: replication resumes');
   // The runtime's report arrives after that: harmless.
   a.node.reportSnapshot('c', true);
@@ -55,7 +56,7 @@ t.test('7 a failed snapshot is retried', async (t) => {
   for (let i = 0; i < 5; i++) net.propose('a', `e${i}`);
   net.stabilize();
   const a = net.get('a');
-  a.storage.compact(a.node.raft.log.applied, a.confState);
+  a.storage.compact(raftForTesting(a.node).log.applied, a.confState);
   net.heal();
   // The Snap message is lost on the way (e.g. the stream broke).
   let lost;
@@ -67,14 +68,14 @@ t.test('7 a failed snapshot is retried', async (t) => {
     for (const m of net.take(() => true)) net.deliver(m);
   }
   t.ok(lost, 'a snapshot was sent (and lost)');
-  const pr = a.node.raft.trk.progress.get('c')!;
+  const pr = raftForTesting(a.node).trk.progress.get('c')!;
   t.equal(pr.state, ProgressState.Snapshot);
   a.node.reportSnapshot('c', false);
   t.equal(pr.state, ProgressState.Probe);
   t.equal(pr.pendingSnapshot, 0);
   net.run(3);
   t.equal(pr.state, ProgressState.Replicate);
-  t.equal(net.raft('c').log.committed, a.node.raft.log.committed);
+  t.equal(net.raft('c').log.committed, raftForTesting(a.node).log.committed);
 });
 
 t.test('7 a restarted node resumes from its snapshot', async (t) => {
@@ -83,7 +84,7 @@ t.test('7 a restarted node resumes from its snapshot', async (t) => {
   for (let i = 0; i < 5; i++) net.propose('a', `e${i}`);
   net.stabilize();
   const b = net.get('b');
-  const idx = b.node.raft.log.applied;
+  const idx = raftForTesting(b.node).log.applied;
   b.storage.compact(idx, b.confState);
   net.restart('b');
   net.propose('a', 'later');

@@ -49,8 +49,17 @@ interface Event {
   match: Event | null; // call ↔ return
 }
 
-/** Searches for a linearization of one register's operations; on failure, how long the longest linearizable prefix was. */
-function linearizeRegister(ops: HistoryOp[], initial: string | null, budget: { steps: number }): { ok: true } | { ok: false; deepest: number } {
+/** Where the search got furthest: the op it could not place, with the register's value and the op that wrote it. */
+interface Stuck {
+  deepest: number;
+  op: number;
+  state: string | null;
+  /** Index of the write that produced `state` (-1: the initial value). */
+  writer: number;
+}
+
+/** Searches for a linearization of one register's operations; on failure, where the longest linearizable prefix got stuck. */
+function linearizeRegister(ops: HistoryOp[], initial: string | null, budget: { steps: number }): { ok: true } | ({ ok: false } & Stuck) {
   // Build the event list sorted by time; calls before returns at equal times
   // (an op that returns at t and one that is called at t may overlap).
   const events: Event[] = [];
@@ -111,18 +120,21 @@ function linearizeRegister(ops: HistoryOp[], initial: string | null, budget: { s
   };
   const cache = new Set<string>();
   const key = (state: string | null) => `${setLo}:${setHi}:${state === null ? '\u0000' : state}`;
-  const stack: { call: Event; prevState: string | null }[] = [];
+  const stack: { call: Event; prevState: string | null; prevWriter: number }[] = [];
   let state: string | null = initial;
+  let writer = -1;
   let entry = head.next;
-  let deepest = 0;
+  let stuck: Stuck | undefined;
+  const fail = (): { ok: false } & Stuck => ({ ok: false, ...(stuck ?? { deepest: 0, op: ops.length > 0 ? 0 : -1, state: initial, writer: -1 }) });
 
   while (head.next !== null) {
     if (--budget.steps < 0) throw new Error('linearizability search budget exhausted');
     if (entry === null) {
       // nothing more can be tried at this depth: backtrack
-      if (stack.length === 0) return { ok: false, deepest };
+      if (stack.length === 0) return fail();
       const top = stack.pop()!;
       state = top.prevState;
+      writer = top.prevWriter;
       flip(top.call.op);
       unlift(top.call);
       entry = top.call.next;
@@ -144,10 +156,10 @@ function linearizeRegister(ops: HistoryOp[], initial: string | null, budget: { s
         const k = key(nextState);
         if (!cache.has(k)) {
           cache.add(k);
-          stack.push({ call: entry, prevState: state });
+          stack.push({ call: entry, prevState: state, prevWriter: writer });
           state = nextState;
+          if (o.op === 'write') writer = entry.op;
           lift(entry);
-          if (stack.length > deepest) deepest = stack.length;
           entry = head.next;
           continue;
         }
@@ -156,9 +168,11 @@ function linearizeRegister(ops: HistoryOp[], initial: string | null, budget: { s
       entry = entry.next;
     } else {
       // A return: the op it belongs to must have been linearized before this point.
-      if (stack.length === 0) return { ok: false, deepest };
+      if (!stuck || stack.length > stuck.deepest) stuck = { deepest: stack.length, op: entry.op, state, writer };
+      if (stack.length === 0) return fail();
       const top = stack.pop()!;
       state = top.prevState;
+      writer = top.prevWriter;
       flip(top.call.op);
       unlift(top.call);
       entry = top.call.next;
@@ -193,34 +207,123 @@ export function checkHistory(history: HistoryOp[], options: CheckOptions = {}): 
         violations.push({ kind: 'phantom-read', block, message: `block ${block}: read returned "${o.value}", which no write wrote`, ops: [o] });
       }
     }
-    // Failed ops did nothing; unknown reads say nothing; unknown writes may land any time after their call.
-    const ops = all
-      .filter((o) => o.status !== 'fail' && !(o.op === 'read' && o.status === 'unknown'))
-      .map((o) => (o.status === 'unknown' ? { ...o, return: Number.MAX_SAFE_INTEGER } : o));
+    const ops = reduce(all, initial);
     opsChecked += ops.length;
-    const result = linearizeRegister(ops, initial, { steps: options.stepsPerBlockMax ?? 5_000_000 });
-    if (!result.ok) {
-      violations.push({
-        kind: classify(ops, initial),
-        block,
-        message: `block ${block}: no linearization of ${ops.length} operations; longest linearizable prefix has ${result.deepest}`,
-        ops: ops.slice(0, 50),
-      });
+    let result: ReturnType<typeof linearizeRegister>;
+    try {
+      result = linearizeRegister(ops, initial, { steps: options.stepsPerBlockMax ?? 5_000_000 });
+    } catch (e) {
+      throw new Error(`block ${block} (${ops.length} operations): ${(e as Error).message}`);
     }
+    if (!result.ok) violations.push(describeViolation(block, ops, initial, result));
   }
   return { ok: violations.length === 0, blocks: byBlock.size, opsChecked, violations };
 }
 
-/** Tells a lost write (a read, after an acknowledged write returned, sees an older value and never the write) from other anomalies. */
+/**
+ * The operations the search needs. Failed ops did nothing; unknown reads say
+ * nothing; an unknown write may take effect any time after its call, which
+ * left open (until MAX_SAFE_INTEGER) makes long histories unsearchable. Every
+ * written value is unique (the workload writes each value once), and that
+ * makes two exact reductions:
+ *   - an unknown write no read observed is dropped: a linearization without
+ *     it extends to one with it placed last, and one with it stays legal
+ *     without it (no read sits between it and the next write);
+ *   - an unknown write that was read ends at its first reader's return: only
+ *     it can precede a read of its value, so every linearization places it
+ *     before that read returned.
+ * A value written twice (a workload that breaks the premise) keeps the open
+ * interval, so the result stays exact either way.
+ */
+function reduce(all: HistoryOp[], initial: string | null): HistoryOp[] {
+  const writes = new Map<string | null, number>();
+  for (const o of all) if (o.op === 'write' && o.status !== 'fail') writes.set(o.value, (writes.get(o.value) ?? 0) + 1);
+  const firstRead = new Map<string | null, number>();
+  for (const o of all) {
+    if (o.op !== 'read' || o.status !== 'ok') continue;
+    const seen = firstRead.get(o.value);
+    if (seen === undefined || o.return < seen) firstRead.set(o.value, o.return);
+  }
+  const out: HistoryOp[] = [];
+  for (const o of all) {
+    if (o.status === 'fail' || (o.op === 'read' && o.status === 'unknown')) continue;
+    if (o.status !== 'unknown') {
+      out.push(o);
+      continue;
+    }
+    const unique = writes.get(o.value) === 1 && o.value !== initial;
+    const seen = firstRead.get(o.value);
+    if (!unique) out.push({ ...o, return: Number.MAX_SAFE_INTEGER });
+    else if (seen !== undefined) out.push({ ...o, return: Math.max(o.call, seen) });
+  }
+  return out;
+}
+
+function describeOp(o: HistoryOp | undefined): string {
+  if (!o) return 'the initial value';
+  const ret = o.status === 'unknown' ? `unknown outcome, called at ${o.call}` : `${o.call}..${o.return}`;
+  return `${o.op} "${o.value}" by client ${o.client} (${ret})`;
+}
+
+/** Names the operation the search could not place and the writes around it. */
+function describeViolation(block: number, ops: HistoryOp[], initial: string | null, stuck: Stuck): Violation {
+  const op = ops[stuck.op];
+  const holder = stuck.writer >= 0 ? ops[stuck.writer] : undefined;
+  let message = `block ${block}: no linearization of ${ops.length} operations; the longest linearizable prefix (${stuck.deepest}) ends with the register at "${stuck.state}" from ${describeOp(holder)}`;
+  if (!op) return { kind: classify(ops, initial), block, message, ops: holder ? [holder] : [] };
+  message += `, and ${describeOp(op)} cannot follow it`;
+  const named: HistoryOp[] = [];
+  if (op.op === 'read') {
+    const source = ops.find((o) => o.op === 'write' && o.value === op.value);
+    message += ` (its value is from ${describeOp(source)}`;
+    if (source) named.push(source);
+    // The proof of a stale read: an acknowledged write after the source, done before the read began.
+    const sourceReturn = source ? source.return : -Infinity;
+    let overwriter: HistoryOp | undefined;
+    for (const o of ops) {
+      if (o.op === 'write' && o.status === 'ok' && o !== source && o.call > sourceReturn && o.return < op.call && (!overwriter || o.return > overwriter.return)) overwriter = o;
+    }
+    if (overwriter) {
+      message += `, which ${describeOp(overwriter)} overwrote before the read was called`;
+      named.push(overwriter);
+    }
+    message += ')';
+    if (!overwriter && holder && holder !== source) named.push(holder);
+  } else if (holder) {
+    named.push(holder);
+  }
+  named.push(op);
+  return { kind: classify(ops, initial), block, message, ops: named };
+}
+
+/**
+ * Tells a lost write (every read called after an acknowledged write returned
+ * sees a value older than that write: written by a write that returned before
+ * it was called, or the initial value) from other anomalies. Sorting the
+ * reads by call makes it O(n log n) on long histories.
+ */
 function classify(ops: HistoryOp[], initial: string | null): Violation['kind'] {
   const writes = ops.filter((o) => o.op === 'write' && o.status === 'ok');
-  const reads = ops.filter((o) => o.op === 'read' && o.status === 'ok');
+  const reads = ops.filter((o) => o.op === 'read' && o.status === 'ok').sort((a, b) => a.call - b.call);
+  if (reads.length === 0) return 'not-linearizable';
+  const returnOf = new Map<string | null, number>();
+  for (const w of writes) returnOf.set(w.value, w.return);
+  // When the write of each read's value returned (-Infinity: the initial value; +Infinity: not an acknowledged write).
+  const sourceReturn = (r: HistoryOp) => (r.value === initial ? -Infinity : (returnOf.get(r.value) ?? Infinity));
+  const suffixMax = new Float64Array(reads.length + 1);
+  suffixMax[reads.length] = -Infinity;
+  for (let i = reads.length - 1; i >= 0; i--) suffixMax[i] = Math.max(suffixMax[i + 1]!, sourceReturn(reads[i]!));
   for (const w of writes) {
-    const later = reads.filter((r) => r.call > w.return);
-    if (later.length === 0) continue;
-    // every later read returns a value written before w was even called (or the initial value)
-    const older = new Set<string | null>([initial, ...writes.filter((x) => x.return < w.call).map((x) => x.value)]);
-    if (later.every((r) => older.has(r.value) && r.value !== w.value)) return 'lost-write';
+    let lo = 0;
+    let hi = reads.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (reads[mid]!.call > w.return) hi = mid;
+      else lo = mid + 1;
+    }
+    if (lo === reads.length) continue;
+    // Every later read's value was written before w was even called (so none of them is w's).
+    if (suffixMax[lo]! < w.call) return 'lost-write';
   }
   return 'not-linearizable';
 }

@@ -8,7 +8,7 @@ import { bootstrap } from '../../../src/raft/bootstrap.ts';
 import type { Config } from '../../../src/raft/config.ts';
 import { decodeConfChange } from '../../../src/raft/confchange.ts';
 import { MemoryStorage } from '../../../src/raft/memory-storage.ts';
-import { RawNode, type Ready } from '../../../src/raft/rawnode.ts';
+import { RawNode, raftForTesting, type Ready } from '../../../src/raft/rawnode.ts';
 import { Role } from '../../../src/raft/raft.ts';
 import type { ReadState } from '../../../src/raft/read-only.ts';
 import { EntryType, MessageType, type ConfState, type Entry, type Message, type NodeId } from '../../../src/raft/types.ts';
@@ -73,7 +73,7 @@ export class Network {
     const term = Math.max(1, ...terms);
     storage.setHardState({ term, vote: '', commit: bs.applied });
     this.bootstrapApplied.set(id, bs.applied);
-    return this.addNode(id, storage, { applied: bs.applied, rand: this.get(id).node.raft.cfg.rand, ...options }, bs.confState);
+    return this.addNode(id, storage, { applied: bs.applied, rand: raftForTesting(this.get(id).node).cfg.rand, ...options }, bs.confState);
   }
 
   /** Crash and restart a node from its storage (everything persisted survives). */
@@ -82,7 +82,7 @@ export class Network {
     // The test state machine is volatile: it restarts from the snapshot (or
     // the bootstrap entries) and replays the rest of the log.
     const applied = Math.max(old.storage.snapshotMetadata().index, this.bootstrapApplied.get(id) ?? 0);
-    return this.addNode(id, old.storage, { rand: old.node.raft.cfg.rand, ...options, applied });
+    return this.addNode(id, old.storage, { rand: raftForTesting(old.node).cfg.rand, ...options, applied });
   }
 
   get(id: NodeId): TestNode {
@@ -92,7 +92,7 @@ export class Network {
   }
 
   raft(id: NodeId) {
-    return this.get(id).node.raft;
+    return raftForTesting(this.get(id).node);
   }
 
   /** Process every Ready of one node: persist, queue messages, apply, advance. */
@@ -194,7 +194,7 @@ export class Network {
   }
 
   leaders(): NodeId[] {
-    return [...this.nodes.values()].filter((tn) => tn.node.raft.role === Role.Leader).map((tn) => tn.id);
+    return [...this.nodes.values()].filter((tn) => raftForTesting(tn.node).role === Role.Leader).map((tn) => tn.id);
   }
 
   propose(id: NodeId, data: string | Buffer): { index: number; term: number } {
