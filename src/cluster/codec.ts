@@ -215,6 +215,17 @@ export function decodeConfState(buf: Buffer): ConfState {
   return cs;
 }
 
+/** Raft message types a node only steps itself (elections it starts, storage acks): never valid from a peer. */
+const LOCAL_MESSAGE_TYPES: ReadonlySet<MessageType> = new Set([
+  MessageType.Hup,
+  MessageType.Beat,
+  MessageType.Unreachable,
+  MessageType.SnapStatus,
+  MessageType.CheckQuorum,
+  MessageType.StorageAppendResp,
+  MessageType.ForgetLeader,
+]);
+
 const FLAG_REJECT = 1;
 const FLAG_CONTEXT = 2;
 const FLAG_SNAPSHOT = 4;
@@ -254,6 +265,7 @@ export function encodeRaftMessage(m: Message): Buffer[] {
 function decodeRaftMessage(r: WireReader): Message {
   const type = r.u8() as MessageType;
   if (type > MessageType.ForgetLeader) throw new WireError(`unknown raft message type ${type}`);
+  if (LOCAL_MESSAGE_TYPES.has(type)) throw new WireError(`raft message type ${type} is local to a node, never sent between nodes`);
   const flags = r.u8();
   const from = r.str8();
   const to = r.str8();
