@@ -285,7 +285,7 @@ export function loadConfig(sources: ConfigSources): LoadedConfig {
 }
 
 /** Environment variables of ours that are not configuration keys (test hooks, tooling). */
-const NON_CONFIG_ENV = new Set(['XDEVICE_SEED', 'XDEVICE_TEST_JOBS', 'XDEVICE_FAULT_FILE', 'XDEVICE_CHECKPOINT_ENTRIES', 'XDEVICE_WAL_RETAIN_ENTRIES', 'XDEVICE_BIN', 'XDEVICE_TEST_BACKEND', 'XDEVICE_TEST_TMP', 'XDEVICE_NEMESIS_SECONDS', 'XDEVICE_PGBENCH_SECONDS', 'XDEVICE_CATCHUP_MIB']);
+const NON_CONFIG_ENV = new Set(['XDEVICE_SEED', 'XDEVICE_TEST_JOBS', 'XDEVICE_FAULT_FILE', 'XDEVICE_CHECKPOINT_ENTRIES', 'XDEVICE_WAL_RETAIN_ENTRIES', 'XDEVICE_BIN', 'XDEVICE_TEST_BACKEND', 'XDEVICE_TEST_TMP', 'XDEVICE_NEMESIS_SECONDS', 'XDEVICE_PGBENCH_SECONDS', 'XDEVICE_CATCHUP_MIB', 'XDEVICE_FUZZ_FRAMES']);
 
 function crossCheck(c: NodeConfig): void {
   if (!NAME_RE.test(c.nodeId)) throw new ConfigError(`node-id: bad id "${c.nodeId}"`);

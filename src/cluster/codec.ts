@@ -14,6 +14,7 @@ import type { ConfState, Entry, Message, SnapshotMetadata } from '../raft/types.
 import { EntryType, MessageType } from '../raft/types.ts';
 import { limits } from '../limits.ts';
 import { WireError, WireReader, WireWriter, str8Size } from '../device/wire.ts';
+import { peerMessageProblem } from './peer-input.ts';
 
 /** 2: the dialer proves the secret first; frames carry a MAC (src/cluster/peer-crypto.ts). */
 export const PROTOCOL_VERSION = 2;
@@ -257,17 +258,17 @@ function decodeRaftMessage(r: WireReader): Message {
   const flags = r.u8();
   const from = r.str8();
   const to = r.str8();
-  const term = readTerm(r, 'term');
-  const logTerm = readTerm(r, 'logTerm');
-  const index = readIndex(r, 'index');
-  const commit = readIndex(r, 'commit');
-  const rejectHint = readIndex(r, 'rejectHint');
+  const term = r.u64();
+  const logTerm = r.u64();
+  const index = r.u64();
+  const commit = r.u64();
+  const rejectHint = r.u64();
   const count = r.u32();
   if (count * ENTRY_HEADER_BYTES > r.remaining) throw new WireError('entry count beyond frame');
   const heads: { term: number; index: number; type: EntryType; length: number }[] = [];
   for (let i = 0; i < count; i++) {
-    const eTerm = readTerm(r, 'entry term');
-    const eIndex = readIndex(r, 'entry index');
+    const eTerm = r.u64();
+    const eIndex = r.u64();
     const eType = r.u8();
     if (eType !== EntryType.Normal && eType !== EntryType.ConfChange) throw new WireError(`unknown entry type ${eType}`);
     heads.push({ term: eTerm, index: eIndex, type: eType, length: r.u32() });
@@ -279,6 +280,9 @@ function decodeRaftMessage(r: WireReader): Message {
   const m: Message = { type, from, to, term, logTerm, index, entries, commit, reject: (flags & FLAG_REJECT) !== 0, rejectHint };
   if (context) m.context = context;
   if (snapshot) m.snapshot = snapshot;
+  // Bounds and types are checked here, before anything reaches Raft (src/cluster/peer-input.ts).
+  const problem = peerMessageProblem(m);
+  if (problem) throw new WireError(problem);
   return m;
 }
 

@@ -39,6 +39,7 @@ import { encodeCreateDevice, encodeDeleteDevice, encodeResizeDevice, type Reques
 import { ReplicatedDeviceTable, type ReplicaService } from '../device/replicated.ts';
 import { finishInstall, installStagedFiles, pendingInstall } from '../device/snapshot-staging.ts';
 import { encodeRemoved, FrameKind } from './codec.ts';
+import { admitPeerMessage } from './peer-input.ts';
 import { ReadGate } from './read-gate.ts';
 import { RequestError, RequestSession } from './requests.ts';
 import { SnapshotReceiver } from './snapshot-receiver.ts';
@@ -68,8 +69,6 @@ export interface NodeConfig {
 
 export class NodeError extends XDeviceError {}
 
-/** What a node with no configuration yet (joining) accepts from any authenticated peer. */
-const JOINING_ACCEPTS: ReadonlySet<MessageType> = new Set([MessageType.App, MessageType.Heartbeat, MessageType.Snap]);
 
 /**
  * Checkpoint and retention overrides from the environment
@@ -513,10 +512,7 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
         reply(encodeRemoved(m.from));
         return;
       }
-      // A node that has not yet learnt any configuration (it is joining) can
-      // only be brought up to date: accept what a leader sends, nothing else.
-      const joining = !this.raw.hasConfiguration() && JOINING_ACCEPTS.has(m.type);
-      if (!joining) {
+      if (!admitPeerMessage(m, (id) => this.raw.isMember(id), this.raw.hasConfiguration())) {
         this.peerMessagesDropped++;
         const now = Date.now();
         if (now - this.lastDropLogAt > 1000) {

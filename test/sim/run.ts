@@ -13,6 +13,7 @@ const argv = yargs(hideBin(process.argv))
   .option('seeds', { type: 'number', default: 1000, describe: 'number of seeds to run' })
   .option('from', { type: 'number', default: 1, describe: 'first seed' })
   .option('nodes', { type: 'number', describe: 'founding voters (1, 3 or 5); drawn from the seed by default' })
+  .option('hostile', { type: 'boolean', default: false, describe: 'hostile peers: out-of-range terms, strangers, a twin id (test/sim/hostile-peers.ts)' })
   .option('bug', { type: 'string', choices: ['commitPreviousTermEntries', 'replyBeforePersist'], describe: 'plant a known bug (test only)' })
   .option('quiet', { type: 'boolean', default: false })
   .strict()
@@ -20,11 +21,12 @@ const argv = yargs(hideBin(process.argv))
 
 const bugs: TestingBugs = argv.bug ? { [argv.bug]: true } : {};
 const nodes = argv.nodes;
+const hostile = argv.hostile ? { hostile: {} } : {};
 const envSeed = process.env.XDEVICE_SEED;
 
 if (envSeed !== undefined) {
   const seed = Number(envSeed);
-  const r = runSeed({ seed, testingBugs: bugs, ...(nodes ? { nodes } : {}), trace: (l) => process.stdout.write(`${l}\n`) });
+  const r = runSeed({ seed, testingBugs: bugs, ...hostile, ...(nodes ? { nodes } : {}), trace: (l) => process.stdout.write(`${l}\n`) });
   console.log(JSON.stringify(r.stats));
   if (!r.ok) {
     console.log(`seed ${seed} FAILED: ${r.error}`);
@@ -38,7 +40,7 @@ const started = process.hrtime.bigint();
 let failures = 0;
 const totals: Record<string, number> = {};
 for (let seed = argv.from; seed < argv.from + argv.seeds; seed++) {
-  const r = runSeed({ seed, testingBugs: bugs, ...(nodes ? { nodes } : {}) });
+  const r = runSeed({ seed, testingBugs: bugs, ...hostile, ...(nodes ? { nodes } : {}) });
   for (const [k, v] of Object.entries(r.stats)) totals[k] = (totals[k] ?? 0) + v;
   if (!r.ok) {
     failures++;

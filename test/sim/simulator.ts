@@ -29,6 +29,8 @@ import { Role } from '../../src/raft/raft.ts';
 import { EntryType, MessageType, type ConfState, type Entry, type Message, type NodeId } from '../../src/raft/types.ts';
 import { EventQueue, type Timed } from './event-queue.ts';
 import { Prng } from './prng.ts';
+import { HostilePeers, type HostileOptions, type HostileStats } from './hostile-peers.ts';
+import { limits } from '../../src/limits.ts';
 
 export interface SimOptions {
   seed: number;
@@ -40,6 +42,8 @@ export interface SimOptions {
   testingBugs?: TestingBugs;
   /** Write a trace of every event to this function. */
   trace?: (line: string) => void;
+  /** Hostile peers (garbage terms, strangers, a twin id) filtered by the cluster layer's rules: test/sim/hostile-peers.ts. */
+  hostile?: HostileOptions;
 }
 
 export interface SimResult {
@@ -47,6 +51,7 @@ export interface SimResult {
   ok: boolean;
   error?: string;
   stats: SimStats;
+  hostile?: HostileStats;
 }
 
 export interface SimStats {
@@ -91,7 +96,9 @@ type Ev =
   | (Timed & { kind: 'snapReport'; node: NodeId; incarnation: number; to: NodeId; ok: boolean })
   | (Timed & { kind: 'client'; client: number })
   | (Timed & { kind: 'fault' })
-  | (Timed & { kind: 'heal' });
+  | (Timed & { kind: 'heal' })
+  | (Timed & { kind: 'twinStart' })
+  | (Timed & { kind: 'twinTick' });
 
 /** The replicated state: applied client operations in order, and the dedup table. */
 interface SmSnapshot {
@@ -180,6 +187,8 @@ export class Simulator {
   private readonly reads = new Map<string, { node: NodeId; minIndex: number }>();
   private readCounter = 0;
   readonly stats: SimStats;
+  private readonly hostile: HostilePeers | undefined;
+  private readonly founders: NodeId[];
 
   constructor(o: SimOptions) {
     this.seed = o.seed;
@@ -201,6 +210,8 @@ export class Simulator {
       elections: 0, proposals: 0, acked: 0, reads: 0, readsServed: 0, confChanges: 0, transfers: 0, compactions: 0, snapshotsSent: 0, snapshotsInstalled: 0,
     };
     const ids = Array.from({ length: n }, (_, i) => `n${i + 1}`);
+    this.founders = ids;
+    this.hostile = o.hostile ? new HostilePeers(o.seed, ids, o.hostile) : undefined;
     this.nextNodeNum = n + 1;
     const bs = bootstrap(ids);
     for (const id of ids) {
@@ -432,6 +443,10 @@ export class Simulator {
         this.q.push({ at: this.now + this.rng.range(5, 50), kind: 'snapReport', node: from.id, incarnation: from.incarnation, to: m.to, ok: !lost });
       }
     }
+    if (this.hostile && this.faulty) {
+      const members = [...this.nodes.keys()];
+      for (const extra of this.hostile.onSend(m, members)) this.q.push({ at: this.now + 1 + (this.stats.messages % 7), kind: 'deliver', msg: extra });
+    }
   }
 
   private deliver(m: Message, snapshotData: SmSnapshot | undefined): void {
@@ -441,11 +456,18 @@ export class Simulator {
       this.stats.dropped++;
       return;
     }
+    // The cluster layer's checks (src/cluster/peer-input.ts) run before Raft sees anything.
+    if (this.hostile) {
+      const raw = n.raw;
+      if (!this.hostile.admit(m, (id) => raw.isMember(id), raw.hasConfiguration())) return;
+    }
     if (snapshotData) n.staged.set(snapshotData.index, snapshotData);
     if (this.trace) {
       this.log(`  ${m.from}->${m.to} ${MessageType[m.type]} t${m.term} i${m.index} lt${m.logTerm} c${m.commit} n${m.entries.length}${m.reject ? ` REJECT hint ${m.rejectHint}` : ''}`);
     }
     n.raw.step(m);
+    const term = n.raw.basicStatus().term;
+    if (term > limits.raftTermMax) violation(`${n.id} reached term ${term} (above raftTermMax: the WAL could not store its successor)`);
     this.checkCommit(n);
     this.drive(n);
   }
@@ -742,6 +764,7 @@ export class Simulator {
       for (const c of this.clients) this.q.push({ at: this.rng.range(50, 150), kind: 'client', client: this.clients.indexOf(c) });
       this.q.push({ at: this.rng.range(100, 300), kind: 'fault' });
       this.q.push({ at: this.faultyTime, kind: 'heal' });
+      if (this.hostile?.twinOf) this.q.push({ at: this.rng.range(200, Math.max(300, this.faultyTime / 2)), kind: 'twinStart' });
       const end = this.faultyTime + this.healTime;
       for (;;) {
         const ev = this.q.pop();
@@ -751,13 +774,13 @@ export class Simulator {
         this.handle(ev);
       }
       this.checkFinal();
-      return { seed: this.seed, ok: true, stats: this.stats };
+      return { seed: this.seed, ok: true, stats: this.stats, ...(this.hostile ? { hostile: this.hostile.stats } : {}) };
     } catch (e) {
       const err = e as Error;
       const msg = err instanceof InvariantViolation ? err.message : `${err.name}: ${err.message}\n${err.stack ?? ''}`;
       this.log(`FAILED: ${msg}`);
       this.log(`state:\n${this.describe()}`);
-      return { seed: this.seed, ok: false, error: msg, stats: this.stats };
+      return { seed: this.seed, ok: false, error: msg, stats: this.stats, ...(this.hostile ? { hostile: this.hostile.stats } : {}) };
     }
   }
 
@@ -814,6 +837,18 @@ export class Simulator {
         this.retireRemoved();
         this.q.push({ at: this.now + this.rng.range(20, 200), kind: 'fault' });
         return;
+      case 'twinStart':
+        this.hostile!.startTwin(this.founders);
+        this.log(`TWIN of ${this.hostile!.twinOf} starts with an empty log`);
+        this.q.push({ at: this.now + TICK, kind: 'twinTick' });
+        return;
+      case 'twinTick': {
+        // Its links are refused while the member with its id is connected.
+        const member = this.nodes.get(this.hostile!.twinOf!);
+        for (const m of this.hostile!.tickTwin(member?.alive === true)) this.q.push({ at: this.now + 1 + (this.stats.events % this.maxDelay), kind: "deliver", msg: m });
+        this.q.push({ at: this.now + TICK, kind: 'twinTick' });
+        return;
+      }
       case 'heal':
         this.faulty = false;
         this.partition = undefined;

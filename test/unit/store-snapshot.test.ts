@@ -69,3 +69,23 @@ t.test('a stream that does not finish is discarded, a wrong chunk count fails', 
   await s3.abort();
   await s.abort();
 });
+
+t.test('a begin that fails releases every descriptor it opened, and the staging directory', async (t) => {
+  const { openFileCount } = await import('../../src/native.ts');
+  const { existsSync } = await import('node:fs');
+  const dir = await tempDir(t);
+  const before = openFileCount();
+  const devices = Array.from({ length: 40 }, (_, i) => ({ id: i, name: `d${i}`, size: 4096 }));
+  // A repeated id after 40 good ones, then a size beyond deviceBytesMax.
+  for (const bad of [{ id: 3, name: 'again', size: 4096 }, { id: 99, name: 'huge', size: 2 ** 52 }]) {
+    await t.rejects(SnapshotStaging.begin(dir, 1, 'a', metadata, { ...state, devices: [...devices, bad] }), { code: 'XDEVICE_ERR_CHECKPOINT' });
+    t.equal(openFileCount(), before, 'no descriptor outlives the failed begin');
+    t.notOk(existsSync(join(dir, STAGING_DIR)), 'the staging directory is gone');
+  }
+  // A chunk past the end of its file fails the stream instead of growing the file.
+  const s = await SnapshotStaging.begin(dir, 2, 'a', metadata, { ...state, devices: [{ id: 1, name: 'x', size: 4096 }] });
+  s.chunk(0, 4000, Buffer.alloc(200), 0);
+  await t.rejects(s.finish(1, 47), /runs past the end/);
+  await s.abort();
+  t.equal(openFileCount(), before);
+});
