@@ -730,6 +730,13 @@ export class Raft {
       this.log.commitTo(s.index);
       return false;
     }
+    if (this.log.applying > this.log.applied) {
+      // Entries handed out in a Ready are still being applied, membership
+      // changes among them: the runtime will applyConfChange() them, which
+      // must not meet the snapshot's configuration. Refuse for now; the
+      // leader sends the snapshot again.
+      return false;
+    }
     this.log.restore(s);
     this.dropHeldApps();
     this.trk = new ProgressTracker(this.cfg.inFlightMessagesMax, this.cfg.inFlightBytesMax);
