@@ -2,6 +2,10 @@
 // raft.go is the model for the structure). It changes only through step()
 // and tick(); what the world must do — persist, send, apply — accumulates in
 // msgs / msgsAfterPersist / the log and is handed out by RawNode.ready().
+//
+// Over 500 lines, as etcd's raft.go: the step functions of every role and
+// the handlers they share read best together; what keeps its own state lives
+// beside it (log, progress, inflights, tracker, read-only, changer).
 
 import { assert } from '../errors.ts';
 import { Changer, restoreConfState, type ChangeResult } from './changer.ts';
