@@ -1,3 +1,6 @@
+// Over 500 lines: one script owns one report (targets, run matrix, goals and
+// every table of it); the reusable parts live in scripts/lib/.
+//
 // npm run bench -- [--runtime 20] [--scenarios a,c,d,e,f,g] [--targets single,cluster,nbdkit]
 //                  [--pgbench] [--rounds 1] [--backend replicated|file] [--node-entry bin|cluster-main]
 //                  [--size 1GiB] [--dir /var/tmp] [--goal cluster-a-p50=1.5 ...] [--cpu-prof]
@@ -21,6 +24,14 @@
 // the cluster: a check of the harness while the replicated runtime is not there.
 // --cpu-prof writes V8 profiles of the xdevice-node processes (stopped with
 // SIGTERM so that they are flushed) and prints where their time went.
+//
+// Cost (issue 13): for every job, CPU µs per operation of each process of a
+// target (utime + stime from /proc/PID/stat, descendants included, nbdkit
+// too) and summed, and bytes written to storage per byte acknowledged
+// (/proc/PID/io write_bytes: WAL and device files), both over the job after
+// its ramp. The raw disk under --dir is measured in the same run (fio: 4 KiB
+// write + fdatasync at QD1, O_DIRECT 1 MiB sequential at QD8; --no-raw-disk
+// skips it).
 
 import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
@@ -32,6 +43,8 @@ import { latencyChartSvg, type ChartPoint } from './lib/latency-chart.ts';
 import { startNbdkitFile, type Nbdkit } from './lib/nbdkit.ts';
 import { formatProfile, summarizeProfile } from './lib/cpu-profile.ts';
 import { breakdown, scrapeMetrics, type NodeBreakdown, type Samples } from './lib/node-metrics.ts';
+import { beginCost, costOf, costTable, fixed, type CostWindow, type ProcessGroup } from './lib/proc-cost.ts';
+import { measureRawDisk, type RawDisk } from './lib/raw-disk.ts';
 import { freePorts, getStatus, startBenchCluster, startBenchNode, waitUntil } from './lib/xdevice-nodes.ts';
 
 const ROOT = resolve(import.meta.dirname, '..');
@@ -59,6 +72,7 @@ const argv = await yargs(hideBin(process.argv))
   .option('cpu-prof', { type: 'boolean', default: false, describe: 'profile the xdevice-node processes' })
   .option('build', { type: 'boolean', default: true, describe: 'compile dist/ first (the node binary runs it)' })
   .option('keep', { type: 'boolean', default: false, describe: 'keep the data directories' })
+  .option('raw-disk', { type: 'boolean', default: true, describe: 'measure the raw disk under --dir (fio) in the same run' })
   .strict()
   .parseAsync();
 
@@ -163,6 +177,8 @@ interface System {
   allUris: string[];
   /** Admin API of every xdevice node (none for nbdkit): scraped around each job. */
   admin: Array<{ node: string; port: number }>;
+  /** Every process of the target, by node: its CPU and disk writes are the job's cost. */
+  processes: ProcessGroup[];
   /** host port and export name of the PostgreSQL device. */
   pg: { port: number; exportName: string };
   /** Waits until every node has applied what the leader committed (reads spread over nodes see the data). */
@@ -229,6 +245,7 @@ async function startSingle(): Promise<System> {
     uri,
     allUris: [uri],
     admin: [{ node: 'node1', port: adminPort! }],
+    processes: [{ name: 'node1', pids: node.child.pid === undefined ? [] : [node.child.pid] }],
     pg: { port: nbdPort!, exportName: 'pg' },
     async settle() {},
     async stop() {
@@ -248,6 +265,7 @@ async function startCluster(): Promise<System> {
       uri: uris[leader]!,
       allUris: [uris[leader]!, ...uris.filter((_, i) => i !== leader)],
       admin: cluster.nodes.map((n, i) => ({ node: `${n.spec.id}${i === leader ? ' (leader)' : ''}`, port: n.spec.adminPort })),
+      processes: cluster.nodes.map((n, i) => ({ name: `${n.spec.id}${i === leader ? ' (leader)' : ''}`, pids: n.child.pid === undefined ? [] : [n.child.pid] })),
       pg: { port: cluster.nodes[leader]!.spec.nbdPort, exportName: 'pg' },
       async settle() {
         await cluster.converged(120_000);
@@ -279,6 +297,7 @@ async function startNbdkitTarget(): Promise<System> {
     uri: bench.uri,
     allUris: [bench.uri],
     admin: [],
+    processes: [{ name: 'nbdkit', pids: [bench.child.pid, pg.child.pid].filter((p): p is number => p !== undefined) }],
     pg: { port: pg.port, exportName: '' },
     async settle() {},
     async stop() {
@@ -354,11 +373,15 @@ interface Measured {
   row: ResultRow;
   /** Per xdevice node, from its /metrics around the job (ramp included). */
   nodes: NodeBreakdown[];
+  /** Per process group of the target, from /proc over the job after its ramp. */
+  cost: CostWindow;
 }
 
 /** Every (scenario, target) measured in each round; the reported row is the round with the median IOPS. */
 const rounds = new Map<string, Measured[]>();
 const breakdowns = new Map<ResultRow, NodeBreakdown[]>();
+const costs = new Map<ResultRow, CostWindow>();
+let rawDisk: RawDisk | undefined;
 
 async function scrapeAll(system: System): Promise<Samples[]> {
   return await Promise.all(system.admin.map((a) => scrapeMetrics(a.port).catch(() => new Map() as Samples)));
@@ -366,12 +389,16 @@ async function scrapeAll(system: System): Promise<Samples[]> {
 
 async function measure(system: System, scenario: Scenario, target: string, uri: string | string[]): Promise<void> {
   const before = await scrapeAll(system);
-  const result = await runFio({ uri, scenario, runtimeSeconds: RUNTIME, sizeBytes: SIZE_BYTES, rampSeconds: 2 });
+  const rampSeconds = 2;
+  const window = beginCost(system.processes, rampSeconds * 1000);
+  const result = await runFio({ uri, scenario, runtimeSeconds: RUNTIME, sizeBytes: SIZE_BYTES, rampSeconds });
+  const cost = window.finish();
   const after = await scrapeAll(system);
   const nodes = system.admin.map((a, i) => breakdown(a.node, before[i]!, after[i]!));
   const key = `${scenario.id}/${target}`;
-  rounds.set(key, [...(rounds.get(key) ?? []), { row: { scenario, target, result }, nodes }]);
-  log(`${scenario.id} ${target}: ${result.iops.toFixed(0)} IOPS, p50 ${result.p50Us.toFixed(0)} µs, p99 ${result.p99Us.toFixed(0)} µs`);
+  rounds.set(key, [...(rounds.get(key) ?? []), { row: { scenario, target, result }, nodes, cost }]);
+  const c = costOf({ scenario, target, result }, cost);
+  log(`${scenario.id} ${target}: ${result.iops.toFixed(0)} IOPS, p50 ${result.p50Us.toFixed(0)} µs, p99 ${result.p99Us.toFixed(0)} µs, CPU ${fixed(c.cpuUsPerOp, 0)} µs/op`);
 }
 
 // All targets run side by side and each scenario visits them back to back:
@@ -379,6 +406,11 @@ async function measure(system: System, scenario: Scenario, target: string, uri: 
 // fair when both sides of it were measured under the same conditions. An idle
 // cluster costs a few heartbeats a second.
 async function runAll(): Promise<void> {
+  if (argv['raw-disk']) {
+    log(`raw disk under ${runDir}: 4 KiB write+fdatasync QD1, O_DIRECT 1 MiB sequential QD8`);
+    rawDisk = await measureRawDisk(runDir, Math.max(2, Math.min(RUNTIME, 10)), Math.min(SIZE_BYTES, 1024 ** 3));
+    log(`raw disk: ${rawDisk.fdatasyncCycleUs.toFixed(0)} µs per write+fdatasync (${rawDisk.fdatasyncIops.toFixed(0)}/s), ${(rawDisk.directSeqBytesPerSecond / 1e6).toFixed(0)} MB/s O_DIRECT`);
+  }
   const systems: System[] = [];
   for (const kind of targetOrder) systems.push(await startSystem(kind));
   if (scenarios.some((s) => s.rw.includes('read'))) {
@@ -433,6 +465,7 @@ for (const measured of rounds.values()) {
   const median = byIops[Math.floor((byIops.length - 1) / 2)]!;
   results.rows.push(median.row);
   if (median.nodes.length > 0) breakdowns.set(median.row, median.nodes);
+  costs.set(median.row, median.cost);
 }
 // Baselines and order: each scenario's rows together, nbdkit-file first.
 results.rows.sort(
@@ -468,6 +501,13 @@ for (const g of goalRows) {
   console.log(`| ${g.describe} | ${g.value === undefined ? 'not run' : `${g.value.toFixed(2)}x`} | ${g.op} ${g.threshold}x | ${g.holds === undefined ? '-' : g.holds ? 'yes' : 'NO'} |`);
 }
 
+if (rawDisk) {
+  console.log(
+    `\nraw disk (${runDir}): 4 KiB write+fdatasync QD1 ${rawDisk.fdatasyncCycleUs.toFixed(0)} µs (${rawDisk.fdatasyncIops.toFixed(0)}/s); O_DIRECT 1 MiB sequential write QD8 ${(rawDisk.directSeqBytesPerSecond / 1e6).toFixed(0)} MB/s`,
+  );
+}
+console.log(costTable(results.rows, costs));
+
 // Inside the nodes: the NBD server's own time per request (read off the
 // socket to reply written), the WAL's group commits, and peer round trips.
 // "per commit": data requests of the job per WAL group commit on that node.
@@ -492,6 +532,7 @@ if (breakdowns.size > 0) {
 }
 
 const jsonPath = join(resultsDir, `bench-cluster-${stamp}.json`);
+
 const svgPath = join(resultsDir, `bench-cluster-${stamp}.svg`);
 writeFileSync(
   jsonPath,
@@ -499,7 +540,8 @@ writeFileSync(
     {
       stamp,
       options: { runtimeSeconds: RUNTIME, sizeBytes: SIZE_BYTES, backend: argv.backend, targets: targetOrder, scenarios: scenarios.map((s) => s.id) },
-      rows: results.rows.map((r) => ({ scenario: r.scenario, target: r.target, result: r.result, nodes: breakdowns.get(r) })),
+      rawDisk,
+      rows: results.rows.map((r) => ({ scenario: r.scenario, target: r.target, result: r.result, nodes: breakdowns.get(r), cost: costs.get(r) && costOf(r, costs.get(r)!) })),
       rounds: Object.fromEntries([...rounds].map(([k, v]) => [k, v.map((m) => ({ result: m.row.result, nodes: m.nodes }))])),
       pgbench: Object.fromEntries(results.pgbench),
       goals: goalRows,

@@ -10,8 +10,11 @@ const SEEDS = Number(process.env.XDEVICE_SIM_SEEDS ?? 2000);
  * Seeds from campaigns beyond CI that once failed, run on every CI pass:
  *   705595  learners caught up one entry per round trip under reordering
  *           (fixed in src/raft: gaps held by the follower, not a divergence).
+ *   925927  a follower took a snapshot while its runtime was applying a
+ *           leave-joint entry, which then threw (found by the campaign after
+ *           that fix; raft.restore waits).
  */
-const REGRESSION_SEEDS = [705595];
+const REGRESSION_SEEDS = [705595, 925927];
 const FIRST = Number(process.env.XDEVICE_SIM_FROM ?? 1);
 
 t.test(`simulator: seeds ${FIRST}..${FIRST + SEEDS - 1} keep every invariant`, async (t) => {

@@ -2,10 +2,11 @@
 // metadata only; the state machine streams the payload and reports back.
 
 import t from 'tap';
-import { MessageType } from '../../src/raft/types.ts';
+import { ConfChangeTransition, ConfChangeType, confChanges, decodeConfChange, leaveJointChange } from '../../src/raft/confchange.ts';
+import { EntryType, message, MessageType } from '../../src/raft/types.ts';
 import { ProgressState } from '../../src/raft/progress.ts';
 import { Network } from './helpers/raft-network.ts';
-import { raftForTesting } from '../../src/raft/rawnode.ts';
+import { raftForTesting, type RawNode, type Ready } from '../../src/raft/rawnode.ts';
 
 t.test('7 a follower behind the compacted log gets a snapshot and continues from it', async (t) => {
   const net = new Network(['a', 'b', 'c']);
@@ -91,4 +92,78 @@ t.test('7 a restarted node resumes from its snapshot', async (t) => {
   net.stabilize();
   t.same(net.appliedData('b'), ['later']);
   t.equal(net.raft('b').log.firstIndex(), idx + 1);
+});
+
+// Simulator seed 925927: a follower had handed out a Ready whose committed
+// entries held a membership change (leave joint) and, before the runtime
+// applied it, took a snapshot: the tracker became the snapshot's
+// configuration, and applying the change threw "not in a joint
+// configuration" — a crash on input a peer can send.
+t.test('7 a snapshot waits while committed entries (membership changes among them) are being applied', async (t) => {
+  const net = new Network(['a', 'b', 'c']);
+  net.campaign('a');
+  net.addNode('d');
+  const commit = (cc: Parameters<RawNode['proposeConfChange']>[0]) => {
+    net.get('a').node.proposeConfChange(cc);
+    net.stabilize();
+  };
+  commit(confChanges.addLearner('d'));
+  commit({ transition: ConfChangeTransition.Explicit, changes: [{ type: ConfChangeType.AddNode, nodeId: 'd' }] });
+  t.same(net.get('c').confState.votersOutgoing, ['a', 'b', 'c'], 'everyone is in the joint configuration');
+  // c misses the leave; then gets it, committed, in a Ready its runtime has not applied yet.
+  net.isolate('c');
+  const leave = net.get('a').node.proposeConfChange(leaveJointChange());
+  net.stabilize();
+  net.heal();
+  const c = net.get('c');
+  let pending: Ready | undefined;
+  for (let i = 0; i < 20 && !pending; i++) {
+    net.tick('a');
+    for (const id of ['a', 'b', 'd']) net.process(id);
+    for (const m of net.take(() => true)) {
+      if (m.to !== 'c') {
+        net.deliver(m);
+        continue;
+      }
+      c.node.step(m);
+      while (c.node.hasReady() && !pending) {
+        const rd = c.node.ready();
+        c.storage.append(rd.entries);
+        if (rd.hardState) c.storage.setHardState(rd.hardState);
+        net.queue.push(...rd.messages, ...rd.messagesAfterPersist);
+        if (rd.committedEntries.some((e) => e.index === leave.index)) pending = rd;
+        else {
+          for (const e of rd.committedEntries) if (e.type === EntryType.ConfChange) c.confState = c.node.applyConfChange(decodeConfChange(e.data));
+          c.node.advance(rd);
+        }
+      }
+    }
+  }
+  t.ok(pending, 'c holds a Ready with the committed leave');
+  // The leader moves on and compacts past the leave: c is offered a snapshot.
+  // (c is left out: its runtime is busy with the Ready it holds.)
+  for (let i = 0; i < 3; i++) net.propose('a', `after-${i}`);
+  for (let round = 0; round < 20; round++) {
+    for (const id of ['a', 'b', 'd']) net.process(id);
+    for (const m of net.take(() => true)) if (m.to !== 'c') net.deliver(m);
+  }
+  const a = net.get('a');
+  a.storage.compact(raftForTesting(a.node).log.applied, a.confState);
+  const snapshot = a.storage.snapshotMetadata();
+  t.same(snapshot.confState.votersOutgoing, [], 'the snapshot is past the joint configuration');
+  const snap = message({ type: MessageType.Snap, from: 'a', to: 'c', term: raftForTesting(a.node).term, snapshot });
+  c.node.step(snap);
+  const next = c.node.ready();
+  t.equal(next.snapshot, undefined, 'c does not take the snapshot while it is applying');
+  // The runtime applies what it was handed: the leave meets the joint configuration it leaves.
+  for (const e of pending!.committedEntries) {
+    if (e.type === EntryType.ConfChange) t.doesNotThrow(() => (c.confState = c.node.applyConfChange(decodeConfChange(e.data))), `apply the change at ${e.index}`);
+  }
+  c.node.advance(pending!);
+  c.storage.append(next.entries);
+  c.node.advance(next);
+  t.same(c.confState.votersOutgoing, [], 'c left the joint configuration');
+  c.node.step(snap);
+  const later = c.node.ready();
+  t.equal(later.snapshot?.index, snapshot.index, 'once applied, the snapshot is taken');
 });
