@@ -167,6 +167,7 @@ export async function startStandaloneRuntime(config: NodeConfig, logger: Logger)
     setAddresses: (a) => node.setAddresses(a),
     // Without a WAL nothing here fails the node as a whole: device errors go to the client.
     onFatal: () => {},
+    onRemoved: () => {},
     stop: () => node.stop(),
   };
 }

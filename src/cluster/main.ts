@@ -23,6 +23,7 @@ import { createMetrics } from '../admin/metrics.ts';
 import { setNativeLogger } from '../native.ts';
 import { watchFaultFile } from '../wal/fault-file.ts';
 import { ClusterNode, tuningFromEnv } from './node.ts';
+import { EXIT_REMOVED } from '../exit-codes.ts';
 
 const EXIT_FATAL = 70;
 
@@ -75,6 +76,11 @@ async function main(): Promise<void> {
     // Close the exports so clients reconnect elsewhere; never serve again.
     void nbd.close().finally(() => process.exit(EXIT_FATAL));
     setTimeout(() => process.exit(EXIT_FATAL), 2000).unref();
+  });
+  node.onRemoved((why) => {
+    logger.warn({ why }, 'removed from the cluster; exiting');
+    void node.stop().finally(() => process.exit(EXIT_REMOVED));
+    setTimeout(() => process.exit(EXIT_REMOVED), 15_000).unref();
   });
   const stop = async (): Promise<void> => {
     if (stopping) return;

@@ -21,7 +21,6 @@
 
 import { EventEmitter } from 'node:events';
 import { createHash, randomInt } from 'node:crypto';
-import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { DeviceInfo, HealthReport, Member, NodeApi, NodeEvents, NodeStatus, PeerStatus, Role as ApiRole } from '../admin/api.ts';
@@ -34,7 +33,8 @@ import { RawNode, Role, type Ready, type SoftState } from '../raft/rawnode.ts';
 import { EntryType, MessageType, message, type ConfState, type Entry, type Message, type SnapshotMetadata } from '../raft/types.ts';
 import { Wal, type WalOptions } from '../wal/wal.ts';
 import { BlockStore } from '../device/block-store.ts';
-import { readNodeIdentity, writeNodeIdentity, writeCheckpoint } from '../device/checkpoint.ts';
+import { readCheckpoint, readNodeIdentity, writeNodeIdentity, writeCheckpoint } from '../device/checkpoint.ts';
+import { checkStartState, lockDataDir, type DataDirLock } from './data-dir.ts';
 import { encodeCreateDevice, encodeDeleteDevice, encodeResizeDevice, type RequestId } from '../device/commands.ts';
 import { ReplicatedDeviceTable, type ReplicaService } from '../device/replicated.ts';
 import { finishInstall, installStagedFiles, pendingInstall } from '../device/snapshot-staging.ts';
@@ -122,6 +122,7 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
   private readonly snapshotHolds = new Map<string, number>();
   private fatalError: Error | undefined;
   private removed = false;
+  private removedWhy: string | undefined;
   private stopping = false;
   private stopped = false;
   /** Term and vote last made durable: a hard state that changes only the commit index is not worth a WAL record. */
@@ -137,6 +138,7 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
     private readonly wal: Wal,
     readonly store: BlockStore,
     readonly transport: Transport,
+    private readonly lock: DataDirLock,
   ) {
     super();
     this.logger = config.logger;
@@ -197,9 +199,20 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
   // ---- startup ---------------------------------------------------------------------
 
   static async start(config: NodeConfig): Promise<ClusterNode> {
-    const { dataDir, nodeId, logger } = config;
+    const { dataDir, nodeId } = config;
     if (!nodeId) throw new NodeError('XDEVICE_ERR_CONFIG', 'node id is required');
-    await mkdir(dataDir, { recursive: true });
+    // Locked before anything in it is read: a second node on this directory exits here.
+    const lock = lockDataDir(dataDir);
+    try {
+      return await ClusterNode.open(config, lock);
+    } catch (err) {
+      lock.release();
+      throw err;
+    }
+  }
+
+  private static async open(config: NodeConfig, lock: DataDirLock): Promise<ClusterNode> {
+    const { dataDir, nodeId, logger } = config;
     const identity = await readNodeIdentity(dataDir);
     if (identity && identity.nodeId !== nodeId) {
       throw new NodeError('XDEVICE_ERR_CONFIG', `${dataDir} belongs to node ${identity.nodeId}, not ${nodeId}`);
@@ -217,6 +230,13 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
         if (wal.snapshotMetadata().index < interrupted.index) await wal.applySnapshot(interrupted);
         await finishInstall(dataDir);
       }
+      const checkpoint = await readCheckpoint(dataDir);
+      checkStartState({
+        dataDir,
+        identity,
+        checkpointIndex: checkpoint?.appliedIndex,
+        wal: { lastIndex: wal.lastIndex(), snapshotIndex: wal.snapshotMetadata().index, term: wal.hardState().term, confState: wal.snapshotMetadata().confState },
+      });
       const store = await BlockStore.open(dataDir, logger.child({ component: 'store' }));
       const fresh = wal.lastIndex() === 0 && wal.snapshotMetadata().index === 0 && wal.hardState().term === 0;
       const initialPeers = { ...config.peers };
@@ -257,7 +277,7 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
         ...(config.tls ? { tls: config.tls } : {}),
         logger: logger.child({ component: 'transport' }),
       });
-      const node = new ClusterNode(config, wal, store, transport);
+      const node = new ClusterNode(config, wal, store, transport, lock);
       await node.run(bootstrapped);
       return node;
     } catch (err) {
@@ -463,6 +483,7 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
   private leaveRemoved(why: string): void {
     if (this.removed) return;
     this.removed = true;
+    this.removedWhy = why;
     this.logger.warn({ why }, 'this node is no longer a member; leaving service');
     this.session.failAll('ESHUTDOWN', 'this node was removed from the cluster');
     this.reads.failAll('ESHUTDOWN', 'this node was removed from the cluster');
@@ -772,6 +793,11 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
     else this.once('fatal', listener);
   }
 
+  onRemoved(listener: (why: string) => void): void {
+    if (this.removedWhy !== undefined) listener(this.removedWhy);
+    else this.once('removed', listener);
+  }
+
   override on<K extends keyof NodeEvents>(event: K, listener: (e: NodeEvents[K]) => void): this;
   override on(event: string | symbol, listener: (...args: any[]) => void): this;
   override on(event: string | symbol, listener: (...args: any[]) => void): this {
@@ -896,6 +922,7 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
     await this.transport.close();
     await this.wal.close().catch(() => undefined);
     await this.store.closeFiles();
+    this.lock.release();
   }
 }
 

@@ -25,6 +25,7 @@ export async function startReplicatedRuntime(config: CliConfig, logger: Logger):
     api: node.api,
     setAddresses: (a) => node.setAddresses(a),
     onFatal: (listener) => node.onFatal(listener),
+    onRemoved: (listener) => node.onRemoved(listener),
     stop: () => node.stop(),
   };
 }
