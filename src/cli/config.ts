@@ -8,6 +8,7 @@
 import { readFileSync } from 'node:fs';
 import { XDeviceError } from '../errors.ts';
 import { limits } from '../limits.ts';
+import { deviceNameProblem, deviceSizeProblem } from '../device/device-rules.ts';
 
 export class ConfigError extends XDeviceError {
   constructor(message: string) {
@@ -127,12 +128,24 @@ const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
 export function parseDevice(text: string): DeviceSpec {
   const i = text.lastIndexOf(':');
   if (i <= 0) throw new Error(`not NAME:SIZE: "${text}"`);
-  const name = text.slice(0, i).trim();
-  if (!NAME_RE.test(name) || Buffer.byteLength(name) > limits.deviceNameBytesMax) throw new Error(`bad device name "${name}"`);
-  const size = parseSize(text.slice(i + 1));
-  if (size <= 0 || size > limits.deviceBytesMax) throw new Error(`device size out of range: "${text}"`);
-  if (size % 512 !== 0) throw new Error(`device size must be a multiple of 512 bytes: "${text}"`);
+  const name = parseDeviceName(text.slice(0, i).trim());
+  const size = parseDeviceSize(text.slice(i + 1));
   return { name, size };
+}
+
+/** A device name as the configuration, the admin API and xdevice-cli accept it. */
+export function parseDeviceName(name: string): string {
+  const problem = deviceNameProblem(name);
+  if (problem) throw new Error(problem);
+  return name;
+}
+
+/** A device size: text ("64MiB", "4096") or a number of bytes, whole, in range and block-aligned. */
+export function parseDeviceSize(value: string | number): number {
+  const size = typeof value === 'number' ? value : parseSize(value);
+  const problem = deviceSizeProblem(size);
+  if (problem) throw new Error(typeof value === 'string' ? `${problem} ("${value}")` : problem);
+  return size;
 }
 
 export function parsePeers(text: string): Record<string, string> {

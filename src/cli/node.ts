@@ -80,7 +80,7 @@ export async function startNode(loaded: LoadedConfig, logger: Logger): Promise<R
         };
   const nbd = new NbdServer({ devices: runtime.devices, logger: logger.child({ component: 'nbd' }), ...(tls ? { tls } : {}) });
   const metrics = createMetrics({ node: runtime.api, nbd });
-  const admin = new AdminServer({ node: runtime.api, metrics, logger: logger.child({ component: 'admin' }), token: config.adminToken });
+  const admin = new AdminServer({ node: runtime.api, exports: nbd, metrics, logger: logger.child({ component: 'admin' }), token: config.adminToken });
 
   let nbdAddress = '';
   let adminAddress = '';

@@ -65,7 +65,7 @@ async function main(): Promise<void> {
   const adminAt = parseHostPort(values['admin-listen']!);
   const nbd = new NbdServer({ devices: node.devices, logger: logger.child({ component: 'nbd' }) });
   const metrics = createMetrics({ node: node.api, nbd });
-  const admin = new AdminServer({ node: node.api, metrics, logger: logger.child({ component: 'admin' }) });
+  const admin = new AdminServer({ node: node.api, exports: nbd, metrics, logger: logger.child({ component: 'admin' }) });
   const nbdBound = await nbd.listen(nbdAt.host, nbdAt.port);
   const adminBound = await admin.listen(adminAt.host, adminAt.port);
   node.setAddresses({ nbd: formatHostPort(nbdBound), admin: formatHostPort(adminBound) });
