@@ -49,9 +49,11 @@ export interface NodeConfig {
   tlsPsk: string;
   logLevel: string;
   logFormat: LogFormat;
+  /** Bytes kept free on the data filesystem; writes get ENOSPC below it. */
+  spaceReserve: number;
 }
 
-type Kind = 'string' | 'hostport' | 'devices' | 'peers' | 'boolean' | { oneOf: readonly string[] };
+type Kind = 'string' | 'hostport' | 'devices' | 'peers' | 'boolean' | 'size' | { oneOf: readonly string[] };
 
 interface KeySpec {
   key: string;
@@ -83,6 +85,7 @@ export const CONFIG_KEYS: readonly KeySpec[] = [
   { key: 'tls-ca', field: 'tlsCa', kind: 'string', default: '', describe: 'CA (PEM) to verify client certificates' },
   { key: 'tls-psk', field: 'tlsPsk', kind: 'string', default: '', describe: 'PSK file (username:hexkey lines) for NBD TLS-PSK' },
   { key: 'log-level', field: 'logLevel', kind: { oneOf: LOG_LEVELS }, default: 'info', describe: 'trace, debug, info, warn, error, fatal', reloadable: true },
+  { key: 'space-reserve', field: 'spaceReserve', kind: 'size', default: formatSize(limits.spaceReserveBytes), describe: 'free space kept on the data filesystem: below it writes get ENOSPC before they are proposed' },
   { key: 'log-format', field: 'logFormat', kind: { oneOf: ['auto', 'json', 'pretty'] }, default: 'auto', describe: 'auto: pretty on a terminal, JSON otherwise' },
 ];
 
@@ -178,6 +181,8 @@ function parseValue(spec: KeySpec, raw: string | string[]): unknown {
       throw new Error(`must be true or false, got "${one}"`);
     case 'hostport':
       return parseHostPort(one);
+    case 'size':
+      return parseSize(one);
     case 'peers':
       return parsePeers(values.join(','));
     case 'devices': {

@@ -15,7 +15,7 @@
 
 import { parseArgs } from 'node:util';
 import { pino } from 'pino';
-import { parseDevice, parseHostPort, parsePeers, formatHostPort } from '../cli/config.ts';
+import { parseDevice, parseHostPort, parsePeers, parseSize, formatHostPort } from '../cli/config.ts';
 import { validateLimits } from '../limits.ts';
 import { NbdServer } from '../nbd/server.ts';
 import { AdminServer } from '../admin/server.ts';
@@ -40,6 +40,7 @@ async function main(): Promise<void> {
       join: { type: 'boolean', default: false },
       'cluster-secret': { type: 'string', default: '' },
       'log-level': { type: 'string', default: process.env.XDEVICE_LOG_LEVEL ?? 'info' },
+      'space-reserve': { type: 'string' },
     },
     strict: true,
   });
@@ -58,6 +59,7 @@ async function main(): Promise<void> {
     ...(values['cluster-secret'] ? { clusterSecret: values['cluster-secret'] } : {}),
     devices,
     join: values.join!,
+    ...(values['space-reserve'] ? { spaceReserveBytes: parseSize(values['space-reserve']) } : {}),
     logger,
     tuning: tuningFromEnv(),
   });

@@ -16,6 +16,7 @@ export async function startReplicatedRuntime(config: CliConfig, logger: Logger):
     ...(config.clusterSecret ? { clusterSecret: config.clusterSecret } : {}),
     devices: config.devices,
     join: config.join,
+    spaceReserveBytes: config.spaceReserve,
     logger,
     tuning: tuningFromEnv(),
   });
