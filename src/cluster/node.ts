@@ -774,6 +774,7 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
   private async probePeer(id: string, address: string): Promise<void> {
     const known = this.transport.peerAddress(id);
     if (known !== address) this.transport.addPeer(id, address);
+    this.transport.connectAll();
     const linked = () => this.transport.status().some((l) => l.id === id && l.connected);
     const deadline = Date.now() + limits.addNodeProbeTimeoutMs;
     while (!linked() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));

@@ -51,7 +51,7 @@ t.test('a node whose WAL was removed refuses to start and keeps the device files
 
   const again = await startNode({ id: 'node1', dataDir: node.dataDir, waitReady: false });
   t.teardown(() => again.kill());
-  const exit = await Promise.race([again.exited, new Promise<undefined>((r) => setTimeout(() => r(undefined), 30_000))]);
+  const exit = await Promise.race([again.exited, new Promise<undefined>((r) => setTimeout(() => r(undefined), 30_000).unref())]);
   t.equal(exit?.code, 2, 'start refuses with exit 2');
   t.match(again.output(), /WAL does not cover the checkpoint/, 'naming what is missing');
   t.same(readdirSync(join(node.dataDir, 'devices')).sort(), files, 'no device file deleted');
