@@ -8,6 +8,7 @@
 // through one uv_async per environment (completions.h).
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <linux/falloc.h>
 #include <napi.h>
 #include <unistd.h>
@@ -131,6 +132,7 @@ class Addon : public Napi::Addon<Addon> {
         InstanceMethod("crc32cHardware", &Addon::Crc32cHard),
         InstanceMethod("crc32cImplementation", &Addon::Crc32cImplementation),
         InstanceMethod("sdNotify", &Addon::SdNotifyJs),
+        InstanceMethod("lockFile", &Addon::LockFileJs),
         InstanceMethod("setFaultInjection", &Addon::SetFaultInjectionJs),
     });
   }
@@ -368,6 +370,33 @@ class Addon : public Napi::Addon<Addon> {
 
   Napi::Value Crc32cImplementation(const Napi::CallbackInfo& info) {
     return Napi::String::New(info.Env(), Crc32cHardwareAvailable() ? "sse4.2" : "software");
+  }
+
+  // Opens (creating) `path` and takes an exclusive flock on it without
+  // waiting. Returns the descriptor, which the caller keeps open for as long
+  // as it holds the lock (the kernel drops the lock when the process exits),
+  // or -1 if another open file description holds it. Synchronous: it runs
+  // once, at start-up, before anything else touches the data directory.
+  Napi::Value LockFileJs(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 1 || !info[0].IsString()) throw Napi::TypeError::New(env, "path must be a string");
+    std::string path = info[0].As<Napi::String>().Utf8Value();
+    int fd;
+    do {
+      fd = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    } while (fd < 0 && errno == EINTR);
+    if (fd < 0) throw ErrnoError(env, errno, "open", path.c_str());
+    int rc;
+    do {
+      rc = flock(fd, LOCK_EX | LOCK_NB);
+    } while (rc < 0 && errno == EINTR);
+    if (rc < 0) {
+      int err = errno;
+      close(fd);
+      if (err == EWOULDBLOCK) return Napi::Number::New(env, -1);
+      throw ErrnoError(env, err, "flock", path.c_str());
+    }
+    return Napi::Number::New(env, fd);
   }
 
   Napi::Value SdNotifyJs(const Napi::CallbackInfo& info) {

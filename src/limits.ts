@@ -120,6 +120,10 @@ const limitValues = {
   checkpointBytes: 1024 * MiB,
   /** addNode waits this long for the new learner to catch up before promoting it. */
   addNodeCatchUpTimeoutMs: 600_000,
+  /** A learner is promoted only within this many entries of the commit index (and with its snapshot installed). */
+  learnerPromotionLagEntriesMax: 64,
+  /** addNode first connects to (and authenticates with) the new node; it gives up after this long. */
+  addNodeProbeTimeoutMs: 5_000,
   /** The leader keeps this many entries below its checkpoint for lagging followers before it lets them need a snapshot. */
   walRetainEntriesMax: 100_000,
 
@@ -130,6 +134,19 @@ const limitValues = {
   deviceBytesMax: 16 * 1024 * 1024 * MiB,
   /** Device name length. */
   deviceNameBytesMax: 255,
+  /** Device sizes are whole multiples of this (the smallest logical block size a client may use). */
+  deviceSizeAlignmentBytes: 512,
+
+  // ---- Space (the data directory's filesystem) ------------------------------
+  /**
+   * Free bytes kept on the data filesystem (default of the `space-reserve`
+   * option): below it the node answers writes with ENOSPC before proposing
+   * them, so a full disk is a client error and never an apply failure on
+   * every replica. It covers a WAL segment roll plus what may be in flight.
+   */
+  spaceReserveBytes: 256 * MiB,
+  /** How often the free space of the data filesystem is measured. */
+  spaceCheckIntervalMs: 250,
 } satisfies Record<string, number>;
 
 export type Limits = { readonly [K in keyof typeof limitValues]: number };

@@ -75,6 +75,7 @@ interface Binding {
   crc32cImplementation(): 'sse4.2' | 'software';
   sdNotify(state: string, socketPath?: string): boolean;
   setFaultInjection(spec: FaultSpec | null): void;
+  lockFile(path: string): number;
 }
 
 const require = createRequire(import.meta.url);
@@ -196,4 +197,15 @@ export function setFaultInjection(spec: FaultSpec | null): void {
 
 export function isNativeError(err: unknown): err is NativeError {
   return err instanceof Error && typeof (err as NativeError).code === 'string' && typeof (err as NativeError).syscall === 'string';
+}
+
+/**
+ * Takes an exclusive flock on `path` (created if missing) without waiting:
+ * the descriptor to keep open while holding it, or undefined if another
+ * process holds it. The descriptor is not one of openFile's (no I/O thread);
+ * the lock goes when the process exits.
+ */
+export function lockFile(path: string): number | undefined {
+  const fd = binding.lockFile(path);
+  return fd < 0 ? undefined : fd;
 }

@@ -65,9 +65,30 @@ export interface HealthCheck {
   detail: string;
 }
 
+export interface SpaceInfo {
+  /** Free bytes on the data directory's filesystem (as last measured, minus writes admitted since). */
+  freeBytes: number;
+  totalBytes: number;
+  /** Below this, writes get ENOSPC before they are proposed. */
+  reserveBytes: number;
+}
+
 export interface HealthReport {
   healthy: boolean;
   checks: HealthCheck[];
+  space?: SpaceInfo;
+}
+
+export interface AddNodeOptions {
+  /** Promote to voter once caught up (default true); false leaves a learner for `members promote`. */
+  promote?: boolean;
+  /** Wait until it votes (default true). */
+  wait?: boolean;
+}
+
+export interface ResizeOptions {
+  /** Shrinking discards the tail of the device: refused unless asked for. */
+  allowShrink?: boolean;
 }
 
 /** Metric hooks a node emits; src/admin/metrics.ts turns them into Prometheus series. */
@@ -83,12 +104,16 @@ export interface NodeApi {
   health(): Promise<HealthReport>;
   members(): Member[];
   devices(): Promise<DeviceInfo[]>;
-  addNode(id: string, address: string): Promise<void>;
+  addNode(id: string, address: string, options?: AddNodeOptions): Promise<void>;
+  /** Makes a learner a voter, if it has caught up (see src/cluster/promotion.ts). */
+  promoteNode(id: string): Promise<void>;
   removeNode(id: string): Promise<void>;
   transferLeader(to: string): Promise<void>;
   createDevice(name: string, size: number): Promise<void>;
   deleteDevice(name: string): Promise<void>;
-  resizeDevice(name: string, size: number): Promise<void>;
+  resizeDevice(name: string, size: number, options?: ResizeOptions): Promise<void>;
+  /** Free space of the data filesystem, where the backend has one. */
+  space(): SpaceInfo | undefined;
   /** Proposals accepted but not yet applied here. */
   pendingProposals(): number;
   on<K extends keyof NodeEvents>(event: K, listener: (e: NodeEvents[K]) => void): unknown;

@@ -78,6 +78,7 @@ export function createMetrics(sources: MetricSources): Registry {
       this.set(node.pendingProposals());
     },
   });
+  new Gauge({ name: 'xdevice_disk_data_free_bytes', help: 'Free bytes on the data filesystem (writes get ENOSPC below the reserve).', registers: [registry], collect() { const sp = node.space(); if (sp) this.set(sp.freeBytes); } });
   new Gauge({
     name: 'xdevice_server_has_leader',
     help: '1 if this node knows a leader, 0 otherwise.',

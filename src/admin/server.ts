@@ -14,9 +14,9 @@ import { timingSafeEqual } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
 import type { Registry } from 'prom-client';
 import type { Logger } from 'pino';
-import type { NodeApi } from './api.ts';
+import type { DeviceInfo, NodeApi } from './api.ts';
 import { XDeviceError } from '../errors.ts';
-import { parseSize } from '../cli/config.ts';
+import { parseDeviceName, parseDeviceSize, parsePeers } from '../cli/config.ts';
 
 const BODY_BYTES_MAX = 64 * 1024;
 
@@ -31,8 +31,16 @@ export class HttpError extends XDeviceError {
   }
 }
 
+/** The node's NBD exports as the admin API sees them: who is connected, and cutting them off. */
+export interface ExportClients {
+  clients(name: string): number;
+  disconnect(name: string): Promise<number>;
+}
+
 export interface AdminServerOptions {
   node: NodeApi;
+  /** This node's NBD server (delete and shrink refuse while clients are connected here, unless forced). */
+  exports?: ExportClients;
   metrics: Registry;
   logger: Logger;
   /** Bearer token; empty = no authentication (loopback only is the default). */
@@ -54,6 +62,14 @@ function statusFor(err: unknown): { status: number; code: string; message: strin
     XDEVICE_ERR_EXISTS: 409,
     XDEVICE_ERR_CONF_CHANGE_IN_PROGRESS: 409,
     XDEVICE_ERR_TRANSFER_IN_PROGRESS: 409,
+    XDEVICE_ERR_INVALID_CONF_CHANGE: 400,
+    XDEVICE_ERR_PROPOSAL_DROPPED: 409,
+    XDEVICE_ERR_TOO_MANY_UNCOMMITTED_BYTES: 503,
+    XDEVICE_ERR_NOT_READY: 409,
+    XDEVICE_ERR_BUSY: 409,
+    XDEVICE_ERR_PEER_UNREACHABLE: 422,
+    XDEVICE_ERR_NO_SPACE: 507,
+    ENOSPC: 507,
     XDEVICE_ERR_UNSUPPORTED: 501,
     XDEVICE_ERR_TIMEOUT: 504,
     XDEVICE_ERR_SHUTDOWN: 503,
@@ -119,8 +135,15 @@ export class AdminServer {
       throw new HttpError(401, 'XDEVICE_ERR_UNAUTHORIZED', 'missing or wrong bearer token');
     }
     const { node } = this.options;
-    const parts = url.pathname.split('/').filter(Boolean).map(decodeURIComponent);
-    const route = `${method} /${parts[0] ?? ''}${parts.length > 1 ? '/:arg' : ''}`;
+    let parts: string[];
+    try {
+      parts = url.pathname.split('/').filter(Boolean).map(decodeURIComponent);
+    } catch {
+      throw new HttpError(400, 'XDEVICE_ERR_INVALID', `bad percent-escape in ${url.pathname}`);
+    }
+    if (parts.length > 3) throw new HttpError(404, 'XDEVICE_ERR_NOT_FOUND', `no such endpoint: ${method} ${url.pathname}`);
+    const route = `${method} /${parts[0] ?? ''}${parts.length > 1 ? '/:arg' : ''}${parts.length > 2 ? `/${parts[2]}` : ''}`;
+    const force = flag(url.searchParams.get('force'), 'force');
     switch (route) {
       case 'GET /health': {
         const report = await node.health();
@@ -134,34 +157,67 @@ export class AdminServer {
         const body = await readJson(req);
         const id = requireString(body, 'id');
         const address = requireString(body, 'address');
-        await node.addNode(id, address);
+        // The configuration's parser for --peers: the same id and HOST:PORT rules.
+        const parsed = badRequest(() => parsePeers(`${id}=${address}`));
+        await node.addNode(id, parsed[id]!, { promote: optionalBoolean(body, 'promote') ?? true, wait: optionalBoolean(body, 'wait') ?? true });
         this.options.logger.info({ id, address }, 'admin API: node added');
         return this.json(res, 200, { members: node.members() });
       }
-      case 'DELETE /members/:arg':
-        await node.removeNode(parts[1]!);
-        this.options.logger.info({ id: parts[1] }, 'admin API: node removed');
+      case 'POST /members/:arg/promote': {
+        const id = nodeId(parts[1]!);
+        await node.promoteNode(id);
+        this.options.logger.info({ id }, 'admin API: node promoted');
         return this.json(res, 200, { members: node.members() });
+      }
+      case 'DELETE /members/:arg': {
+        const id = nodeId(parts[1]!);
+        await node.removeNode(id);
+        this.options.logger.info({ id }, 'admin API: node removed');
+        return this.json(res, 200, { members: node.members() });
+      }
       case 'POST /leader': {
         const body = await readJson(req);
-        await node.transferLeader(requireString(body, 'to'));
+        await node.transferLeader(nodeId(requireString(body, 'to')));
         return this.json(res, 200, node.status());
       }
       case 'GET /devices':
-        return this.json(res, 200, { devices: await node.devices() });
+        return this.json(res, 200, { devices: await this.devices() });
       case 'POST /devices': {
         const body = await readJson(req);
-        await node.createDevice(requireString(body, 'name'), requireSize(body));
-        return this.json(res, 201, { devices: await node.devices() });
+        const name = badRequest(() => parseDeviceName(requireString(body, 'name')));
+        await node.createDevice(name, requireSize(body));
+        this.options.logger.info({ name }, 'admin API: device created');
+        return this.json(res, 201, { devices: await this.devices() });
       }
       case 'PATCH /devices/:arg': {
+        const name = badRequest(() => parseDeviceName(parts[1]!));
         const body = await readJson(req);
-        await node.resizeDevice(parts[1]!, requireSize(body));
-        return this.json(res, 200, { devices: await node.devices() });
+        const size = requireSize(body);
+        const allowShrink = optionalBoolean(body, 'allowShrink') ?? false;
+        const forced = optionalBoolean(body, 'force') ?? force;
+        const current = (await node.devices()).find((d) => d.name === name);
+        if (current && size < current.size) {
+          if (!allowShrink) throw new HttpError(400, 'XDEVICE_ERR_INVALID', `shrinking ${name} from ${current.size} to ${size} bytes discards its tail: pass allowShrink (xdevice-cli --allow-shrink)`);
+          await this.clearClients(name, forced, 'shrink');
+        }
+        await node.resizeDevice(name, size, { allowShrink });
+        this.options.logger.info({ name, size }, 'admin API: device resized');
+        return this.json(res, 200, { devices: await this.devices() });
       }
-      case 'DELETE /devices/:arg':
-        await node.deleteDevice(parts[1]!);
-        return this.json(res, 200, { devices: await node.devices() });
+      case 'DELETE /devices/:arg': {
+        const name = badRequest(() => parseDeviceName(parts[1]!));
+        if (!(await node.devices()).some((d) => d.name === name)) throw new HttpError(404, 'XDEVICE_ERR_NOT_FOUND', `no device ${name}`);
+        await this.clearClients(name, force, 'delete');
+        await node.deleteDevice(name);
+        this.options.logger.info({ name }, 'admin API: device deleted');
+        return this.json(res, 200, { devices: await this.devices() });
+      }
+      case 'POST /devices/:arg/disconnect': {
+        const name = badRequest(() => parseDeviceName(parts[1]!));
+        const disconnected = (await this.options.exports?.disconnect(name)) ?? 0;
+        this.options.logger.info({ name, disconnected }, 'admin API: clients disconnected');
+        return this.json(res, 200, { device: name, disconnected });
+      }
       case 'GET /metrics': {
         const text = await this.options.metrics.metrics();
         res.writeHead(200, { 'Content-Type': this.options.metrics.contentType });
@@ -171,6 +227,24 @@ export class AdminServer {
       default:
         throw new HttpError(404, 'XDEVICE_ERR_NOT_FOUND', `no such endpoint: ${method} ${url.pathname}`);
     }
+  }
+
+  /** Devices with the number of NBD clients connected to each on this node. */
+  private async devices(): Promise<(DeviceInfo & { clients: number })[]> {
+    const exports = this.options.exports;
+    return (await this.options.node.devices()).map((d) => ({ ...d, clients: exports?.clients(d.name) ?? 0 }));
+  }
+
+  /** Delete and shrink break connected clients: refused unless forced, and forced means they are cut off first. */
+  private async clearClients(name: string, force: boolean, what: string): Promise<void> {
+    const exports = this.options.exports;
+    const clients = exports?.clients(name) ?? 0;
+    if (clients === 0) return;
+    if (!force) {
+      throw new HttpError(409, 'XDEVICE_ERR_BUSY', `${clients} NBD client(s) are connected to ${name} on this node: disconnect them, or ${what} with force (xdevice-cli --force), which disconnects them first`, { clients });
+    }
+    const n = await exports!.disconnect(name);
+    this.options.logger.warn({ name, disconnected: n }, `admin API: clients disconnected before a forced ${what}`);
   }
 
   private json(res: ServerResponse, status: number, body: unknown): void {
@@ -214,15 +288,36 @@ function requireString(body: Record<string, unknown>, key: string): string {
   return v;
 }
 
+/** The configuration's device size rules (whole, in range, block-aligned), for a number of bytes or "64MiB". */
 function requireSize(body: Record<string, unknown>): number {
   const v = body.size;
-  if (typeof v === 'number' && Number.isSafeInteger(v) && v > 0) return v;
-  if (typeof v === 'string') {
-    try {
-      return parseSize(v);
-    } catch (err) {
-      throw new HttpError(400, 'XDEVICE_ERR_INVALID', (err as Error).message);
-    }
+  if (typeof v !== 'number' && typeof v !== 'string') throw new HttpError(400, 'XDEVICE_ERR_INVALID', '"size" (bytes, or a string like "1GiB") is required');
+  return badRequest(() => parseDeviceSize(v));
+}
+
+function optionalBoolean(body: Record<string, unknown>, key: string): boolean | undefined {
+  const v = body[key];
+  if (v === undefined) return undefined;
+  if (typeof v !== 'boolean') throw new HttpError(400, 'XDEVICE_ERR_INVALID', `"${key}" must be true or false`);
+  return v;
+}
+
+function flag(v: string | null, key: string): boolean {
+  if (v === null || v === '0' || v === 'false') return false;
+  if (v === '' || v === '1' || v === 'true') return true;
+  throw new HttpError(400, 'XDEVICE_ERR_INVALID', `?${key}= must be true or false`);
+}
+
+function nodeId(id: string): string {
+  badRequest(() => parsePeers(`${id}=127.0.0.1:1`));
+  return id;
+}
+
+/** Runs a configuration parser; its complaint becomes a 400. */
+function badRequest<T>(fn: () => T): T {
+  try {
+    return fn();
+  } catch (err) {
+    throw new HttpError(400, 'XDEVICE_ERR_INVALID', (err as Error).message);
   }
-  throw new HttpError(400, 'XDEVICE_ERR_INVALID', '"size" (bytes, or a string like "1GiB") is required');
 }

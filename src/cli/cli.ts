@@ -10,7 +10,7 @@ import { existsSync } from 'node:fs';
 import yargs, { type Argv } from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { AdminClient, AdminClientError } from './admin-client.ts';
-import { formatSize, parseSize } from './config.ts';
+import { formatSize, parseDeviceName, parseDeviceSize, parseHostPort, parsePeers } from './config.ts';
 import { ProgressBar, renderTable, type OutputFormat } from './output.ts';
 import type { DeviceInfo, HealthReport, Member, NodeStatus } from '../admin/api.ts';
 
@@ -32,9 +32,50 @@ class CliExit extends Error {
   }
 }
 
+function usage(message: string): never {
+  throw new CliExit(EXIT.usage, message);
+}
+
+/** Runs one of the configuration's parsers on an argument; its complaint is a usage error naming the argument. */
+function arg<T>(what: string, parse: () => T): T {
+  try {
+    return parse();
+  } catch (err) {
+    return usage(`${what}: ${(err as Error).message}`);
+  }
+}
+
 function client(argv: GlobalArgs): AdminClient {
   const endpoints = argv.endpoints.split(',').map((s) => s.trim()).filter(Boolean);
   return new AdminClient(endpoints, argv.token, argv.timeout * 1000);
+}
+
+/** Every endpoint's view of a device's connected NBD clients (those that answer). */
+async function clientsOn(c: AdminClient, name: string): Promise<{ endpoint: string; clients: number }[]> {
+  const out: { endpoint: string; clients: number }[] = [];
+  for (const endpoint of c.endpoints) {
+    try {
+      const res = await c.call<{ devices: (DeviceInfo & { clients?: number })[] }>(endpoint, 'GET', '/devices');
+      const d = res.status === 200 ? res.body.devices.find((x) => x.name === name) : undefined;
+      if (d?.clients) out.push({ endpoint, clients: d.clients });
+    } catch {
+      // unreachable: the leader's own check still applies
+    }
+  }
+  return out;
+}
+
+/**
+ * Delete and shrink break clients that are attached: refused while any
+ * endpoint reports one, unless --force, which first disconnects them on every
+ * endpoint (the leader refuses on its own too).
+ */
+async function clearClients(c: AdminClient, name: string, force: boolean, what: string): Promise<void> {
+  const busy = await clientsOn(c, name);
+  if (busy.length === 0) return;
+  const where = busy.map((b) => `${b.clients} on ${b.endpoint}`).join(', ');
+  if (!force) throw new CliExit(EXIT.failed, `${name} has connected NBD clients (${where}); ${what} would break them. Disconnect them, or pass --force to disconnect them first`);
+  for (const b of busy) await c.call(b.endpoint, 'POST', `/devices/${encodeURIComponent(name)}/disconnect`);
 }
 
 function print(argv: GlobalArgs, json: unknown, table: () => string): void {
@@ -62,8 +103,11 @@ function devicesTable(devices: DeviceInfo[]): string {
   );
 }
 
-/** Polls the leader until `id` has caught up with the commit index, drawing a progress bar. */
-async function waitCaughtUp(c: AdminClient, id: string, timeoutMs: number): Promise<void> {
+/**
+ * Polls the leader until `id` has caught up (and, with `voter`, been promoted
+ * by the leader), drawing a progress bar: snapshot bytes, then entries behind.
+ */
+async function waitCaughtUp(c: AdminClient, id: string, timeoutMs: number, voter: boolean): Promise<void> {
   const bar = new ProgressBar(`catching up ${id}`);
   const deadline = Date.now() + timeoutMs;
   let startLag: number | undefined;
@@ -77,14 +121,16 @@ async function waitCaughtUp(c: AdminClient, id: string, timeoutMs: number): Prom
         bar.update(snap.bytesDone, snap.bytesTotal, `snapshot ${formatSize(snap.bytesDone)} / ${formatSize(snap.bytesTotal)}`);
       } else {
         startLag ??= Math.max(peer.lagEntries, 1);
-        bar.update(startLag - peer.lagEntries, startLag, `${peer.lagEntries} entries behind`);
-        if (peer.lagEntries === 0 && peer.match > 0) {
-          bar.done('caught up');
+        bar.update(startLag - Math.min(peer.lagEntries, startLag), startLag, `${peer.lagEntries} entries behind${peer.voter ? '' : ' (learner)'}`);
+        if (peer.lagEntries === 0 && peer.match > 0 && (!voter || peer.voter)) {
+          bar.done(peer.voter ? 'caught up; voting' : 'caught up; still a learner (members promote to make it vote)');
           return;
         }
       }
     }
-    if (Date.now() > deadline) throw new CliExit(EXIT.failed, `${id} did not catch up within ${timeoutMs / 1000} s`);
+    if (Date.now() > deadline) {
+      throw new CliExit(EXIT.failed, `${id} did not catch up within ${timeoutMs / 1000} s; it stays a learner (see members list; remove-node --id=${id} removes it)`);
+    }
     await new Promise((r) => setTimeout(r, 250));
   }
 }
@@ -108,7 +154,8 @@ function ensureKernelNbd(device: string): void {
 }
 
 export function buildCli(args: string[]): Argv<GlobalArgs> {
-  return yargs(args)
+  return (
+    yargs(args)
     .scriptName('xdevice-cli')
     .usage('$0 [--endpoints HOST:PORT,...] [-w table|json] COMMAND')
     .option('endpoints', {
@@ -118,7 +165,19 @@ export function buildCli(args: string[]): Argv<GlobalArgs> {
     })
     .option('w', { alias: 'write-out', choices: ['table', 'json'] as const, default: 'table' as OutputFormat, describe: 'output format' })
     .option('token', { type: 'string', default: process.env.XDEVICE_ADMIN_TOKEN ?? '', describe: 'admin API bearer token (or XDEVICE_ADMIN_TOKEN)' })
-    .option('timeout', { type: 'number', default: 10, describe: 'seconds to wait for one request' })
+    .option('timeout', { type: 'string', default: '10', describe: 'seconds to wait for one request' })
+    .coerce('timeout', (v: unknown): number => {
+      if (Array.isArray(v)) usage('--timeout given more than once');
+      return arg('--timeout', () => positiveSeconds(v));
+    })
+    .coerce('endpoints', (v: unknown): string => {
+      if (Array.isArray(v)) usage('--endpoints given more than once: give one comma-separated list (--endpoints=H:P,H:P)');
+      const list = String(v).split(',').map((e) => e.trim()).filter(Boolean);
+      if (list.length === 0) usage('--endpoints: no endpoint given');
+      for (const e of list) arg('--endpoints', () => parseHostPort(e));
+      return list.join(',');
+    }) as unknown as Argv<GlobalArgs>
+  )
     .command(
       'status',
       'status of every endpoint',
@@ -152,13 +211,28 @@ export function buildCli(args: string[]): Argv<GlobalArgs> {
             rows.map((r) => [r.endpoint, r.healthy, r.error ?? r.checks?.filter((c) => !c.ok).map((c) => `${c.name}: ${c.detail}`).join('; ')]),
           ),
         );
+        if (rows.every((r) => r.error && r.error !== 'unauthorised')) throw new CliExit(EXIT.unreachable, 'no endpoint answered');
+        if (rows.some((r) => r.error === 'unauthorised')) throw new CliExit(EXIT.unauthorised, 'not authorised (give --token)');
         if (!rows.every((r) => r.healthy)) throw new CliExit(EXIT.failed, 'unhealthy endpoints');
       },
     )
-    .command(['members [action]', 'member [action]'], 'members list', (y) => y.positional('action', { choices: ['list'], default: 'list' }), async (argv) => {
-      const { body } = await client(argv).read<{ members: Member[] }>('/members');
-      print(argv, body, () => membersTable(body.members));
-    })
+    .command(
+      ['members [action] [id]', 'member [action] [id]'],
+      'members list | members promote ID (make a caught-up learner a voter)',
+      (y) => y.positional('action', { choices: ['list', 'promote'], default: 'list' }).positional('id', { type: 'string', describe: 'the learner to promote' }),
+      async (argv) => {
+        if (argv.action === 'promote') {
+          if (!argv.id) usage('members promote: say which learner (members promote ID)');
+          const id = arg('ID', () => Object.keys(parsePeers(`${argv.id}=127.0.0.1:1`))[0]!);
+          const { body } = await client(argv).change<{ members: Member[] }>('POST', `/members/${encodeURIComponent(id)}/promote`);
+          print(argv, body, () => membersTable(body.members));
+          return;
+        }
+        if (argv.id !== undefined) usage(`members list takes no argument (got "${argv.id}")`);
+        const { body } = await client(argv).read<{ members: Member[] }>('/members');
+        print(argv, body, () => membersTable(body.members));
+      },
+    )
     .command(
       'add-node',
       'add a node: it joins as a learner, catches up (snapshot + log), then votes',
@@ -166,12 +240,17 @@ export function buildCli(args: string[]): Argv<GlobalArgs> {
         y
           .option('id', { type: 'string', demandOption: true, describe: 'new node id' })
           .option('address', { type: 'string', demandOption: true, describe: 'its peer address HOST:PORT' })
-          .option('wait', { type: 'boolean', default: true, describe: 'wait (with a progress bar) until it has caught up' })
+          .option('wait', { type: 'boolean', default: true, describe: 'wait (with a progress bar) until it has caught up and votes' })
+          .option('promote', { type: 'boolean', default: true, describe: 'make it a voter once caught up (--no-promote: stays a learner until `members promote`)' })
           .option('wait-timeout', { type: 'number', default: 600, describe: 'seconds to wait for the catch-up' }),
       async (argv) => {
+        const peers = arg('--id/--address', () => parsePeers(`${argv.id}=${argv.address}`));
+        const waitTimeout = arg('--wait-timeout', () => positiveSeconds(argv['wait-timeout']));
         const c = client(argv);
-        const { body } = await c.change<{ members: Member[] }>('POST', '/members', { id: argv.id, address: argv.address });
-        if (argv.wait) await waitCaughtUp(c, argv.id, argv['wait-timeout'] * 1000);
+        // The leader connects to the new node first and refuses if it cannot; the learner is then
+        // promoted by the leader once caught up (an interrupted add-node leaves a learner).
+        const { body } = await c.change<{ members: Member[] }>('POST', '/members', { id: argv.id, address: peers[argv.id], promote: argv.promote, wait: false });
+        if (argv.wait) await waitCaughtUp(c, argv.id, waitTimeout * 1000, argv.promote);
         const members = argv.wait ? (await c.read<{ members: Member[] }>('/members')).body : body;
         print(argv, members, () => membersTable(members.members));
       },
@@ -181,6 +260,7 @@ export function buildCli(args: string[]): Argv<GlobalArgs> {
       'remove a node from the cluster',
       (y) => y.option('id', { type: 'string', demandOption: true }),
       async (argv) => {
+        arg('--id', () => parsePeers(`${argv.id}=127.0.0.1:1`));
         const { body } = await client(argv).change<{ members: Member[] }>('DELETE', `/members/${encodeURIComponent(argv.id)}`);
         print(argv, body, () => membersTable(body.members));
       },
@@ -203,7 +283,9 @@ export function buildCli(args: string[]): Argv<GlobalArgs> {
           'create a device',
           (y) => y.positional('name', { type: 'string', demandOption: true }).positional('size', { type: 'string', demandOption: true }),
           async (argv) => {
-            const { body } = await client(argv).change<{ devices: DeviceInfo[] }>('POST', '/devices', { name: argv.name, size: parseSize(argv.size!) });
+            const name = arg('NAME', () => parseDeviceName(argv.name!));
+            const size = arg('SIZE', () => parseDeviceSize(argv.size!));
+            const { body } = await client(argv).change<{ devices: DeviceInfo[] }>('POST', '/devices', { name, size });
             print(argv, body, () => devicesTable(body.devices));
           },
         )
@@ -214,19 +296,40 @@ export function buildCli(args: string[]): Argv<GlobalArgs> {
         .command(
           'delete <name>',
           'delete a device and its data',
-          (y) => y.positional('name', { type: 'string', demandOption: true }),
+          (y) =>
+            y
+              .positional('name', { type: 'string', demandOption: true })
+              .option('force', { type: 'boolean', default: false, describe: 'disconnect connected NBD clients first (otherwise refused while any is connected)' }),
           async (argv) => {
-            const { body } = await client(argv).change<{ devices: DeviceInfo[] }>('DELETE', `/devices/${encodeURIComponent(argv.name!)}`);
+            const name = arg('NAME', () => parseDeviceName(argv.name!));
+            const c = client(argv);
+            await clearClients(c, name, argv.force, 'deleting it');
+            const { body } = await c.change<{ devices: DeviceInfo[] }>('DELETE', `/devices/${encodeURIComponent(name)}${argv.force ? '?force=1' : ''}`);
             print(argv, body, () => devicesTable(body.devices));
           },
         )
         .command(
           'resize <name> <size>',
-          'resize a device',
-          (y) => y.positional('name', { type: 'string', demandOption: true }).positional('size', { type: 'string', demandOption: true }),
+          'resize a device (shrinking needs --allow-shrink: it discards the tail)',
+          (y) =>
+            y
+              .positional('name', { type: 'string', demandOption: true })
+              .positional('size', { type: 'string', demandOption: true })
+              .option('allow-shrink', { type: 'boolean', default: false, describe: 'allow a smaller size (the data past it is lost)' })
+              .option('force', { type: 'boolean', default: false, describe: 'when shrinking, disconnect connected NBD clients first' }),
           async (argv) => {
-            const { body } = await client(argv).change<{ devices: DeviceInfo[] }>('PATCH', `/devices/${encodeURIComponent(argv.name!)}`, {
-              size: parseSize(argv.size!),
+            const name = arg('NAME', () => parseDeviceName(argv.name!));
+            const size = arg('SIZE', () => parseDeviceSize(argv.size!));
+            const c = client(argv);
+            const current = (await c.read<{ devices: DeviceInfo[] }>('/devices')).body.devices.find((d) => d.name === name);
+            if (current && size < current.size) {
+              if (!argv['allow-shrink']) usage(`SIZE: ${formatSize(size)} is smaller than ${name}'s ${formatSize(current.size)}; shrinking discards the data past it: pass --allow-shrink`);
+              await clearClients(c, name, argv.force, 'shrinking it');
+            }
+            const { body } = await c.change<{ devices: DeviceInfo[] }>('PATCH', `/devices/${encodeURIComponent(name)}`, {
+              size,
+              allowShrink: argv['allow-shrink'],
+              force: argv.force,
             });
             print(argv, body, () => devicesTable(body.devices));
           },
@@ -275,6 +378,7 @@ export function buildCli(args: string[]): Argv<GlobalArgs> {
     )
     .demandCommand(1, 'say which command (see --help)')
     .strict()
+    .strictCommands()
     .help()
     .version(false) as unknown as Argv<GlobalArgs>;
 }
@@ -289,22 +393,30 @@ function exitCodeFor(err: unknown): number {
   return EXIT.failed;
 }
 
+function positiveSeconds(v: unknown): number {
+  const n = typeof v === 'number' ? v : Number(String(v).trim());
+  if (String(v).trim() === '' || !Number.isFinite(n) || n <= 0 || n > 86_400) throw new Error(`not a number of seconds in (0, 86400]: "${String(v)}"`);
+  return n;
+}
+
 export async function main(argv = hideBin(process.argv)): Promise<number> {
-  let usageError: string | undefined;
+  // `xdevice-cli … | head`: a reader that goes away is not an error worth a trace.
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code === 'EPIPE') process.exit(process.exitCode ?? EXIT.ok);
+  });
+  // A usage error must stop yargs before any handler runs: throwing from
+  // fail() does (returning would let the command go ahead and act).
   const cli = buildCli(argv).fail((msg, err) => {
-    if (err) throw err;
-    usageError = msg;
+    // yargs reports its own complaints (and a coerce that threw) as YError: usage.
+    if (err && err.name !== 'YError') throw err;
+    throw new CliExit(EXIT.usage, msg ?? err?.message ?? 'usage error');
   });
   try {
     await cli.parseAsync();
   } catch (err) {
     const code = exitCodeFor(err);
-    process.stderr.write(`Error: ${(err as Error).message}\n`);
+    process.stderr.write(`Error: ${(err as Error).message}\n${code === EXIT.usage ? '(see xdevice-cli --help)\n' : ''}`);
     return code;
-  }
-  if (usageError) {
-    process.stderr.write(`Error: ${usageError}\n(see xdevice-cli --help)\n`);
-    return EXIT.usage;
   }
   return EXIT.ok;
 }

@@ -9,6 +9,7 @@ import { readFileSync } from 'node:fs';
 import { XDeviceError } from '../errors.ts';
 import { limits } from '../limits.ts';
 import { loadPeerAuth } from '../cluster/peer-auth.ts';
+import { deviceNameProblem, deviceSizeProblem } from '../device/device-rules.ts';
 
 export class ConfigError extends XDeviceError {
   constructor(message: string) {
@@ -53,9 +54,11 @@ export interface NodeConfig {
   tlsPsk: string;
   logLevel: string;
   logFormat: LogFormat;
+  /** Bytes kept free on the data filesystem; writes get ENOSPC below it. */
+  spaceReserve: number;
 }
 
-type Kind = 'string' | 'hostport' | 'devices' | 'peers' | 'boolean' | { oneOf: readonly string[] };
+type Kind = 'string' | 'hostport' | 'devices' | 'peers' | 'boolean' | 'size' | { oneOf: readonly string[] };
 
 interface KeySpec {
   key: string;
@@ -91,6 +94,7 @@ export const CONFIG_KEYS: readonly KeySpec[] = [
   { key: 'tls-ca', field: 'tlsCa', kind: 'string', default: '', describe: 'CA (PEM) to verify client certificates' },
   { key: 'tls-psk', field: 'tlsPsk', kind: 'string', default: '', describe: 'PSK file (username:hexkey lines) for NBD TLS-PSK' },
   { key: 'log-level', field: 'logLevel', kind: { oneOf: LOG_LEVELS }, default: 'info', describe: 'trace, debug, info, warn, error, fatal', reloadable: true },
+  { key: 'space-reserve', field: 'spaceReserve', kind: 'size', default: formatSize(limits.spaceReserveBytes), describe: 'free space kept on the data filesystem: below it writes get ENOSPC before they are proposed' },
   { key: 'log-format', field: 'logFormat', kind: { oneOf: ['auto', 'json', 'pretty'] }, default: 'auto', describe: 'auto: pretty on a terminal, JSON otherwise' },
 ];
 
@@ -136,12 +140,24 @@ const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
 export function parseDevice(text: string): DeviceSpec {
   const i = text.lastIndexOf(':');
   if (i <= 0) throw new Error(`not NAME:SIZE: "${text}"`);
-  const name = text.slice(0, i).trim();
-  if (!NAME_RE.test(name) || Buffer.byteLength(name) > limits.deviceNameBytesMax) throw new Error(`bad device name "${name}"`);
-  const size = parseSize(text.slice(i + 1));
-  if (size <= 0 || size > limits.deviceBytesMax) throw new Error(`device size out of range: "${text}"`);
-  if (size % 512 !== 0) throw new Error(`device size must be a multiple of 512 bytes: "${text}"`);
+  const name = parseDeviceName(text.slice(0, i).trim());
+  const size = parseDeviceSize(text.slice(i + 1));
   return { name, size };
+}
+
+/** A device name as the configuration, the admin API and xdevice-cli accept it. */
+export function parseDeviceName(name: string): string {
+  const problem = deviceNameProblem(name);
+  if (problem) throw new Error(problem);
+  return name;
+}
+
+/** A device size: text ("64MiB", "4096") or a number of bytes, whole, in range and block-aligned. */
+export function parseDeviceSize(value: string | number): number {
+  const size = typeof value === 'number' ? value : parseSize(value);
+  const problem = deviceSizeProblem(size);
+  if (problem) throw new Error(typeof value === 'string' ? `${problem} ("${value}")` : problem);
+  return size;
 }
 
 export function parsePeers(text: string): Record<string, string> {
@@ -174,6 +190,8 @@ function parseValue(spec: KeySpec, raw: string | string[]): unknown {
       throw new Error(`must be true or false, got "${one}"`);
     case 'hostport':
       return parseHostPort(one);
+    case 'size':
+      return parseSize(one);
     case 'peers':
       return parsePeers(values.join(','));
     case 'devices': {

@@ -18,6 +18,9 @@ import { createMetrics } from '../admin/metrics.ts';
 import { sdNotify } from '../native.ts';
 import { startRuntime, type Runtime } from './runtime.ts';
 import { watchFaultFile } from '../wal/fault-file.ts';
+import { START_REFUSAL_CODES } from '../cluster/data-dir.ts';
+import { NODE_EXIT } from '../exit-codes.ts';
+import type { XDeviceError } from '../errors.ts';
 
 export interface RunningNode {
   config: NodeConfig;
@@ -79,7 +82,7 @@ export async function startNode(loaded: LoadedConfig, logger: Logger): Promise<R
         };
   const nbd = new NbdServer({ devices: runtime.devices, logger: logger.child({ component: 'nbd' }), ...(tls ? { tls } : {}) });
   const metrics = createMetrics({ node: runtime.api, nbd });
-  const admin = new AdminServer({ node: runtime.api, metrics, logger: logger.child({ component: 'admin' }), token: config.adminToken });
+  const admin = new AdminServer({ node: runtime.api, exports: nbd, metrics, logger: logger.child({ component: 'admin' }), token: config.adminToken });
 
   let nbdAddress = '';
   let adminAddress = '';
@@ -123,10 +126,11 @@ export async function main(argv = hideBin(process.argv)): Promise<void> {
   try {
     node = await startNode(loaded, logger);
   } catch (err) {
+    const refused = START_REFUSAL_CODES.has((err as XDeviceError).code) || err instanceof ConfigError;
     logger.fatal({ err }, 'cannot start');
     logger.flush();
     process.stderr.write(`xdevice-node: cannot start: ${(err as Error).message}\n`);
-    setTimeout(() => process.exit(1), 50);
+    setTimeout(() => process.exit(refused ? NODE_EXIT.refused : NODE_EXIT.failed), 50);
     return;
   }
 
@@ -147,6 +151,21 @@ export async function main(argv = hideBin(process.argv)): Promise<void> {
       logger.flush();
       process.exit(1);
     });
+  });
+
+  node.runtime.onRemoved((why) => {
+    // Restarting would only make it campaign against a cluster that no longer
+    // counts it: exit with a code the unit does not restart on.
+    logger.warn({ why, exitCode: NODE_EXIT.removed }, 'removed from the cluster; exiting');
+    sdNotify(`STOPPING=1\nSTATUS=removed from the cluster: ${why}`);
+    void node
+      .stop()
+      .catch(() => undefined)
+      .finally(() => {
+        logger.flush();
+        process.exit(NODE_EXIT.removed);
+      });
+    setTimeout(() => process.exit(NODE_EXIT.removed), 15_000).unref();
   });
 
   const shutdown = (signal: string) => {

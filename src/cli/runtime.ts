@@ -14,6 +14,8 @@ export interface Runtime {
   setAddresses(addresses: { nbd: string; admin: string }): void;
   /** Called once if the node can no longer serve safely (a failed fdatasync). */
   onFatal(listener: (err: Error) => void): void;
+  /** Called once if this node was removed from the cluster (it must then exit, NODE_EXIT.removed). */
+  onRemoved(listener: (why: string) => void): void;
   /** Finish in-flight work, checkpoint, close files. */
   stop(): Promise<void>;
 }

@@ -105,9 +105,15 @@ class StandaloneNode extends EventEmitter implements NodeApi {
   async transferLeader(): Promise<void> {
     this.unsupported('leadership transfer');
   }
+  async promoteNode(): Promise<void> {
+    this.unsupported('promoting a node');
+  }
+  space(): undefined {
+    return undefined;
+  }
 
   async createDevice(name: string, size: number): Promise<void> {
-    parseDevice(`${name}:${size}`);
+    checkDevice(name, size);
     if (this.table.devices.has(name)) throw new XDeviceError('XDEVICE_ERR_EXISTS', `device ${name} exists`);
     if (this.table.devices.size >= limits.devicesMax) throw new XDeviceError('XDEVICE_ERR_INVALID', `at most ${limits.devicesMax} devices`);
     this.table.devices.set(name, await this.openDevice(name, size));
@@ -123,7 +129,7 @@ class StandaloneNode extends EventEmitter implements NodeApi {
   }
 
   async resizeDevice(name: string, size: number): Promise<void> {
-    parseDevice(`${name}:${size}`);
+    checkDevice(name, size);
     const device = this.requireDevice(name);
     if (device instanceof MemoryDevice && size < device.size) {
       throw new XDeviceError('XDEVICE_ERR_INVALID', 'a memory device can only grow');
@@ -167,6 +173,16 @@ export async function startStandaloneRuntime(config: NodeConfig, logger: Logger)
     setAddresses: (a) => node.setAddresses(a),
     // Without a WAL nothing here fails the node as a whole: device errors go to the client.
     onFatal: () => {},
+    onRemoved: () => {},
     stop: () => node.stop(),
   };
+}
+
+/** The configuration's checks, as an API error (400) rather than a plain Error (500). */
+function checkDevice(name: string, size: number): void {
+  try {
+    parseDevice(`${name}:${size}`);
+  } catch (err) {
+    throw new XDeviceError('XDEVICE_ERR_INVALID', (err as Error).message);
+  }
 }

@@ -17,7 +17,7 @@
 
 import { parseArgs } from 'node:util';
 import { pino } from 'pino';
-import { parseDevice, parseHostPort, parsePeers, formatHostPort, REFUSED_KEYS } from '../cli/config.ts';
+import { parseDevice, parseHostPort, parsePeers, parseSize, formatHostPort, REFUSED_KEYS } from '../cli/config.ts';
 import { validateLimits } from '../limits.ts';
 import { NbdServer } from '../nbd/server.ts';
 import { AdminServer } from '../admin/server.ts';
@@ -26,6 +26,7 @@ import { setNativeLogger } from '../native.ts';
 import { watchFaultFile } from '../wal/fault-file.ts';
 import { ClusterNode, tuningFromEnv } from './node.ts';
 import { loadPeerAuth, type PeerAuth } from './peer-auth.ts';
+import { EXIT_REMOVED } from '../exit-codes.ts';
 
 const EXIT_FATAL = 70;
 const EXIT_CONFIG = 2;
@@ -49,6 +50,7 @@ async function main(): Promise<void> {
       // Parsed only to be refused with a reason.
       'cluster-secret': { type: 'string' },
       'log-level': { type: 'string', default: process.env.XDEVICE_LOG_LEVEL ?? 'info' },
+      'space-reserve': { type: 'string' },
     },
     strict: true,
   });
@@ -87,6 +89,7 @@ async function main(): Promise<void> {
     peerAuth,
     devices,
     join: values.join!,
+    ...(values['space-reserve'] ? { spaceReserveBytes: parseSize(values['space-reserve']) } : {}),
     logger,
     tuning: tuningFromEnv(),
   });
@@ -94,7 +97,7 @@ async function main(): Promise<void> {
   const adminAt = parseHostPort(values['admin-listen']!);
   const nbd = new NbdServer({ devices: node.devices, logger: logger.child({ component: 'nbd' }) });
   const metrics = createMetrics({ node: node.api, nbd });
-  const admin = new AdminServer({ node: node.api, metrics, logger: logger.child({ component: 'admin' }) });
+  const admin = new AdminServer({ node: node.api, exports: nbd, metrics, logger: logger.child({ component: 'admin' }) });
   const nbdBound = await nbd.listen(nbdAt.host, nbdAt.port);
   const adminBound = await admin.listen(adminAt.host, adminAt.port);
   node.setAddresses({ nbd: formatHostPort(nbdBound), admin: formatHostPort(adminBound) });
@@ -105,6 +108,11 @@ async function main(): Promise<void> {
     // Close the exports so clients reconnect elsewhere; never serve again.
     void nbd.close().finally(() => process.exit(EXIT_FATAL));
     setTimeout(() => process.exit(EXIT_FATAL), 2000).unref();
+  });
+  node.onRemoved((why) => {
+    logger.warn({ why }, 'removed from the cluster; exiting');
+    void node.stop().finally(() => process.exit(EXIT_REMOVED));
+    setTimeout(() => process.exit(EXIT_REMOVED), 15_000).unref();
   });
   const stop = async (): Promise<void> => {
     if (stopping) return;

@@ -21,10 +21,9 @@
 
 import { EventEmitter } from 'node:events';
 import { createHash, randomInt } from 'node:crypto';
-import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
-import type { DeviceInfo, HealthReport, Member, NodeApi, NodeEvents, NodeStatus, PeerStatus, Role as ApiRole } from '../admin/api.ts';
+import type { AddNodeOptions, DeviceInfo, HealthReport, Member, NodeApi, NodeEvents, NodeStatus, PeerStatus, ResizeOptions, Role as ApiRole } from '../admin/api.ts';
 import { limits } from '../limits.ts';
 import { XDeviceError } from '../errors.ts';
 import { bootstrap } from '../raft/bootstrap.ts';
@@ -34,8 +33,13 @@ import { RawNode, Role, type Ready, type SoftState } from '../raft/rawnode.ts';
 import { EntryType, MessageType, message, type ConfState, type Entry, type Message, type SnapshotMetadata } from '../raft/types.ts';
 import { Wal, type WalOptions } from '../wal/wal.ts';
 import { BlockStore } from '../device/block-store.ts';
-import { readNodeIdentity, writeNodeIdentity, writeCheckpoint } from '../device/checkpoint.ts';
-import { encodeCreateDevice, encodeDeleteDevice, encodeResizeDevice, type RequestId } from '../device/commands.ts';
+import { readCheckpoint, readNodeIdentity, writeNodeIdentity, writeCheckpoint } from '../device/checkpoint.ts';
+import { checkStartState, lockDataDir, type DataDirLock } from './data-dir.ts';
+import { deviceNameProblem, deviceSizeProblem } from '../device/device-rules.ts';
+import { promotionBlocker } from './promotion.ts';
+import { SpaceMonitor } from './space.ts';
+import { probeFileSize } from './file-size-probe.ts';
+import { COMMAND_VERSION, CommandOp, encodeCreateDevice, encodeDeleteDevice, encodeResizeDevice, type RequestId } from '../device/commands.ts';
 import { ReplicatedDeviceTable, type ReplicaService } from '../device/replicated.ts';
 import { finishInstall, installStagedFiles, pendingInstall } from '../device/snapshot-staging.ts';
 import { encodeRemoved, FrameKind } from './codec.ts';
@@ -63,6 +67,8 @@ export interface NodeConfig {
   logger: Logger;
   /** WAL tuning (tests use small segments). */
   wal?: WalOptions;
+  /** Free bytes kept on the data filesystem (default limits.spaceReserveBytes). */
+  spaceReserveBytes?: number;
   /** Overrides of checkpoint and retention limits (tests force snapshots with small values). */
   tuning?: Partial<Pick<typeof limits, 'checkpointEntries' | 'checkpointBytes' | 'walRetainEntriesMax'>>;
 }
@@ -128,6 +134,7 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
   private readonly snapshotHolds = new Map<string, number>();
   private fatalError: Error | undefined;
   private removed = false;
+  private removedWhy: string | undefined;
   private stopping = false;
   private stopped = false;
   /** Term and vote last made durable: a hard state that changes only the commit index is not worth a WAL record. */
@@ -137,12 +144,17 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
   private addresses = { nbd: '', admin: '' };
   private lastLeader = '';
   private readonly tuning: Pick<typeof limits, 'checkpointEntries' | 'checkpointBytes' | 'walRetainEntriesMax'>;
+  private readonly space: SpaceMonitor;
+  /** Learners this leader was asked to add: promoted once promotionBlocker() has nothing to say. */
+  private readonly autoPromote = new Set<string>();
+  private promoting = false;
 
   private constructor(
     private readonly config: NodeConfig,
     private readonly wal: Wal,
     readonly store: BlockStore,
     readonly transport: Transport,
+    private readonly lock: DataDirLock,
   ) {
     super();
     this.logger = config.logger;
@@ -151,6 +163,7 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
       checkpointBytes: config.tuning?.checkpointBytes ?? limits.checkpointBytes,
       walRetainEntriesMax: config.tuning?.walRetainEntriesMax ?? limits.walRetainEntriesMax,
     };
+    this.space = new SpaceMonitor(config.dataDir, config.spaceReserveBytes ?? limits.spaceReserveBytes);
     const applied = wal.snapshotMetadata().index;
     this.raw = new RawNode({ id: config.nodeId, storage: wal, rand: (n) => randomInt(n), applied });
     this.processedIndex = Math.max(applied, store.appliedIndex);
@@ -189,12 +202,14 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
       health: () => this.health(),
       members: () => this.members(),
       devices: () => this.devicesInfo(),
-      addNode: (id, address) => this.addNode(id, address),
+      addNode: (id, address, options) => this.addNode(id, address, options),
+      promoteNode: (id) => this.promoteNode(id),
       removeNode: (id) => this.removeNode(id),
       transferLeader: (to) => this.transferLeader(to),
       createDevice: (name, size) => this.createDevice(name, size),
       deleteDevice: (name) => this.deleteDevice(name),
-      resizeDevice: (name, size) => this.resizeDevice(name, size),
+      resizeDevice: (name, size, options) => this.resizeDevice(name, size, options),
+      space: () => this.space.report(),
       pendingProposals: () => this.pendingProposals(),
       on: (event, listener) => this.on(event, listener as (...args: unknown[]) => void),
     };
@@ -203,9 +218,20 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
   // ---- startup ---------------------------------------------------------------------
 
   static async start(config: NodeConfig): Promise<ClusterNode> {
-    const { dataDir, nodeId, logger } = config;
+    const { dataDir, nodeId } = config;
     if (!nodeId) throw new NodeError('XDEVICE_ERR_CONFIG', 'node id is required');
-    await mkdir(dataDir, { recursive: true });
+    // Locked before anything in it is read: a second node on this directory exits here.
+    const lock = lockDataDir(dataDir);
+    try {
+      return await ClusterNode.open(config, lock);
+    } catch (err) {
+      lock.release();
+      throw err;
+    }
+  }
+
+  private static async open(config: NodeConfig, lock: DataDirLock): Promise<ClusterNode> {
+    const { dataDir, nodeId, logger } = config;
     const identity = await readNodeIdentity(dataDir);
     if (identity && identity.nodeId !== nodeId) {
       throw new NodeError('XDEVICE_ERR_CONFIG', `${dataDir} belongs to node ${identity.nodeId}, not ${nodeId}`);
@@ -223,6 +249,13 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
         if (wal.snapshotMetadata().index < interrupted.index) await wal.applySnapshot(interrupted);
         await finishInstall(dataDir);
       }
+      const checkpoint = await readCheckpoint(dataDir);
+      checkStartState({
+        dataDir,
+        identity,
+        checkpointIndex: checkpoint?.appliedIndex,
+        wal: { lastIndex: wal.lastIndex(), snapshotIndex: wal.snapshotMetadata().index, term: wal.hardState().term, confState: wal.snapshotMetadata().confState },
+      });
       const store = await BlockStore.open(dataDir, logger.child({ component: 'store' }));
       const fresh = wal.lastIndex() === 0 && wal.snapshotMetadata().index === 0 && wal.hardState().term === 0;
       const initialPeers = { ...config.peers };
@@ -262,7 +295,7 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
         auth: config.peerAuth ?? {},
         logger: logger.child({ component: 'transport' }),
       });
-      const node = new ClusterNode(config, wal, store, transport);
+      const node = new ClusterNode(config, wal, store, transport, lock);
       await node.run(bootstrapped);
       return node;
     } catch (err) {
@@ -283,6 +316,7 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
       if (this.raw.isMember(peer)) this.raw.reportUnreachable(peer);
     });
     t.on('peerRtt', ({ peer, ms }) => this.emit('peerRtt', { peer, seconds: ms / 1000 }));
+    await this.space.start();
     const bound = await t.listen();
     if (bound && this.config.peerListen?.port === 0) this.logger.info({ peerListen: bound }, 'peer transport listening');
     t.connectAll();
@@ -337,6 +371,7 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
   private tick(): void {
     if (this.fatalError || this.stopped) return;
     this.raw.tick();
+    this.promoteCaughtUp();
     const now = Date.now();
     this.session.sweep(now);
     this.reads.sweep(now);
@@ -468,6 +503,7 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
   private leaveRemoved(why: string): void {
     if (this.removed) return;
     this.removed = true;
+    this.removedWhy = why;
     this.logger.warn({ why }, 'this node is no longer a member; leaving service');
     this.session.failAll('ESHUTDOWN', 'this node was removed from the cluster');
     this.reads.failAll('ESHUTDOWN', 'this node was removed from the cluster');
@@ -541,6 +577,17 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
       this.processReady();
       if (!this.installing) this.receiver.pinned = false;
       return;
+    }
+    if (m.type === MessageType.Prop && this.raw.basicStatus().role === Role.Leader && this.space.wouldBreachReserve(0)) {
+      // A follower's own check missed it (its disk is not this one): writes
+      // would fail at apply here, so they are not proposed; the follower's
+      // request times out (EIO) rather than stopping this node.
+      const kept = m.entries.filter((e) => !allocates(e.data));
+      if (kept.length !== m.entries.length) {
+        this.logger.warn({ from: m.from, dropped: m.entries.length - kept.length }, 'forwarded writes not proposed: data filesystem below its reserve');
+        if (kept.length === 0) return;
+        m = { ...m, entries: kept };
+      }
     }
     this.raw.step(m);
     // Right away rather than next turn: an App starts the follower's append,
@@ -725,24 +772,82 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
     }
   }
 
-  /** Adds a node: first as a learner (it catches up by snapshot and log), then as a voter. */
-  async addNode(id: string, address: string): Promise<void> {
+  /**
+   * Adds a node as a learner, once this leader has connected to it and
+   * authenticated it; it becomes a voter when it has installed its snapshot
+   * and caught up (promotionBlocker), by this leader's tick. An interrupted
+   * caller leaves a learner that `members list` shows and remove-node removes.
+   */
+  async addNode(id: string, address: string, options: AddNodeOptions = {}): Promise<void> {
     if (!id || id.length > 255) throw new NodeError('XDEVICE_ERR_INVALID', 'bad node id');
+    this.checkServing();
+    this.requireLeader();
     const cs = this.raw.status().confState;
     if (cs.voters.includes(id)) return;
-    if (!cs.learners.includes(id)) await this.proposeConfChange(confChanges.addLearner(id, Buffer.from(address)));
-    // Promote once the learner holds nearly everything committed: it can then
-    // vote without slowing the quorum down.
-    await this.waitFor(
-      () => {
-        const st = this.raw.status();
-        const pr = st.progress[id];
-        return st.role === Role.Leader && pr !== undefined && pr.match >= st.commit - 64;
-      },
-      limits.addNodeCatchUpTimeoutMs,
-      `${id} to catch up`,
+    if (!cs.learners.includes(id)) {
+      await this.probePeer(id, address);
+      await this.proposeConfChange(confChanges.addLearner(id, Buffer.from(address)));
+    }
+    if (options.promote === false) return;
+    this.autoPromote.add(id);
+    if (options.wait === false) return;
+    await this.waitFor(() => this.raw.status().confState.voters.includes(id), limits.addNodeCatchUpTimeoutMs, `${id} to catch up and become a voter`);
+  }
+
+  /** Connects to `address` as peer `id` and waits for the authenticated handshake; refuses if it does not come. */
+  private async probePeer(id: string, address: string): Promise<void> {
+    const known = this.transport.peerAddress(id);
+    if (known !== address) this.transport.addPeer(id, address);
+    this.transport.connectAll();
+    const linked = () => this.transport.status().some((l) => l.id === id && l.connected);
+    const deadline = Date.now() + limits.addNodeProbeTimeoutMs;
+    while (!linked() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    if (linked()) return;
+    if (known === undefined) this.transport.removePeer(id);
+    else if (known !== address) this.transport.addPeer(id, known);
+    throw new NodeError(
+      'XDEVICE_ERR_PEER_UNREACHABLE',
+      `cannot connect to and authenticate ${id} at ${address} within ${limits.addNodeProbeTimeoutMs / 1000} s: start it first (with --join and the cluster's peer authentication), then add it; nothing was changed`,
     );
-    await this.proposeConfChange(confChanges.addVoter(id, Buffer.from(address)));
+  }
+
+  /** Operator promotion of a learner (`members promote`): only once it could vote without hurting the cluster. */
+  async promoteNode(id: string): Promise<void> {
+    this.checkServing();
+    this.requireLeader();
+    const st = this.raw.status();
+    if (st.confState.voters.includes(id)) return;
+    if (!st.confState.learners.includes(id)) throw new NodeError('XDEVICE_ERR_NOT_FOUND', `${id} is not a learner`);
+    const why = this.promotionBlocker(id);
+    if (why) throw new NodeError('XDEVICE_ERR_NOT_READY', `${id} cannot vote yet: ${why}`);
+    await this.proposeConfChange(confChanges.addVoter(id, Buffer.from(this.store.memberAddresses()[id] ?? this.transport.peerAddress(id) ?? '')));
+    this.autoPromote.delete(id);
+  }
+
+  private promotionBlocker(id: string): string | undefined {
+    const st = this.raw.status();
+    return promotionBlocker(st.progress[id], { commit: st.commit, snapshotIndex: this.wal.snapshotMetadata().index });
+  }
+
+  /** The leader's promotion policy, run every tick: one learner at a time. */
+  private promoteCaughtUp(): void {
+    if (this.autoPromote.size === 0 || this.promoting || this.raw.basicStatus().role !== Role.Leader) return;
+    const st = this.raw.status();
+    for (const id of this.autoPromote) {
+      if (!st.confState.learners.includes(id)) {
+        this.autoPromote.delete(id);
+        continue;
+      }
+      if (this.promotionBlocker(id)) continue;
+      this.promoting = true;
+      this.logger.info({ id, match: st.progress[id]?.match, commit: st.commit }, 'learner caught up; promoting it to voter');
+      this.promoteNode(id)
+        .catch((err: Error) => this.logger.warn({ id, err: err.message }, 'promotion failed; will retry'))
+        .finally(() => {
+          this.promoting = false;
+        });
+      return;
+    }
   }
 
   async removeNode(id: string): Promise<void> {
@@ -771,16 +876,50 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
     }
   }
 
-  createDevice(name: string, size: number): Promise<void> {
+  /** Everything apply will check, checked before proposing (DESIGN contract 8). */
+  private async checkTableCommand(name: string, size?: number): Promise<void> {
+    const problem = deviceNameProblem(name) ?? (size === undefined ? undefined : deviceSizeProblem(size));
+    if (problem) throw new NodeError('XDEVICE_ERR_INVALID', problem);
+    if (size === undefined) return;
+    await probeFileSize(this.config.dataDir, size);
+    if (this.space.wouldBreachReserve(0)) {
+      const r = this.space.report();
+      throw new NodeError('XDEVICE_ERR_NO_SPACE', `the data filesystem has ${r.freeBytes} bytes free, below the reserve of ${r.reserveBytes}: free space first`);
+    }
+  }
+
+  async createDevice(name: string, size: number): Promise<void> {
+    await this.checkTableCommand(name, size);
+    if (this.store.device(name)) throw new NodeError('XDEVICE_ERR_EXISTS', `device ${name} exists`);
+    if (this.store.devices().length >= limits.devicesMax) throw new NodeError('XDEVICE_ERR_INVALID', `${limits.devicesMax} devices exist`);
     return this.tableCommand((id) => encodeCreateDevice(id, name, size));
   }
 
-  deleteDevice(name: string): Promise<void> {
+  async deleteDevice(name: string): Promise<void> {
+    await this.checkTableCommand(name);
+    if (!this.store.device(name)) throw new NodeError('XDEVICE_ERR_NOT_FOUND', `no device ${name}`);
     return this.tableCommand((id) => encodeDeleteDevice(id, name));
   }
 
-  resizeDevice(name: string, size: number): Promise<void> {
+  async resizeDevice(name: string, size: number, options: ResizeOptions = {}): Promise<void> {
+    await this.checkTableCommand(name, size);
+    const current = this.store.device(name);
+    if (!current) throw new NodeError('XDEVICE_ERR_NOT_FOUND', `no device ${name}`);
+    if (size < current.size && !options.allowShrink) {
+      throw new NodeError('XDEVICE_ERR_INVALID', `shrinking ${name} from ${current.size} to ${size} bytes discards its tail: say so with allowShrink (xdevice-cli --allow-shrink)`);
+    }
     return this.tableCommand((id) => encodeResizeDevice(id, name, size));
+  }
+
+  /** Refuses a write of `bytes` that would take the data filesystem below its reserve (ENOSPC, before proposing). */
+  checkSpace(bytes: number): void {
+    if (bytes <= 0) return;
+    if (this.space.wouldBreachReserve(bytes)) {
+      const r = this.space.report();
+      this.emit('spaceRefused', bytes);
+      throw new RequestError('ENOSPC', `data filesystem has ${r.freeBytes} bytes free, reserve ${r.reserveBytes}`);
+    }
+    this.space.admit(bytes);
   }
 
   pendingProposals(): number {
@@ -794,6 +933,11 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
   onFatal(listener: (err: Error) => void): void {
     if (this.fatalError) listener(this.fatalError);
     else this.once('fatal', listener);
+  }
+
+  onRemoved(listener: (why: string) => void): void {
+    if (this.removedWhy !== undefined) listener(this.removedWhy);
+    else this.once('removed', listener);
   }
 
   override on<K extends keyof NodeEvents>(event: K, listener: (e: NodeEvents[K]) => void): this;
@@ -876,15 +1020,33 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
     const st = this.raw.status();
     const links = this.transport.status();
     const voters = st.confState.voters;
-    const reachable = 1 + links.filter((l) => l.connected && voters.includes(l.id)).length;
+    // Reachability is counted where it means something: the leader dials every
+    // voter. A follower only sees its own links (followers need not reach each
+    // other), so it reports whether it hears from a leader, not a count.
+    let quorum: { name: string; ok: boolean; detail: string };
+    if (st.role === Role.Leader) {
+      const reachable = 1 + links.filter((l) => l.connected && voters.includes(l.id)).length;
+      quorum = { name: 'quorum', ok: reachable > voters.length / 2, detail: `${reachable} of ${voters.length} voters reachable from the leader` };
+    } else if (st.lead !== '') {
+      const heard = links.some((l) => l.id === st.lead && l.connected);
+      quorum = { name: 'quorum', ok: heard, detail: heard ? `leader ${st.lead} is reachable and holds a quorum (this node does not count voters; the leader's /health does)` : `leader ${st.lead} not reachable from here` };
+    } else {
+      quorum = { name: 'quorum', ok: false, detail: 'unknown here: no leader known' };
+    }
+    const space = this.space.report();
     const checks = [
       { name: 'storage', ok: !this.fatalError, detail: this.fatalError ? this.fatalError.message : 'WAL and device files writable' },
       { name: 'member', ok: !this.removed, detail: this.removed ? 'removed from the cluster' : `member of ${voters.length}-voter cluster` },
       { name: 'leader', ok: st.lead !== '', detail: st.lead ? `leader ${st.lead} (term ${st.term})` : 'no leader known' },
-      { name: 'quorum', ok: reachable > voters.length / 2, detail: `${reachable} of ${voters.length} voters reachable` },
+      quorum,
       { name: 'apply', ok: st.commit - this.processedIndex < 10_000, detail: `applied ${this.processedIndex} of ${st.commit} committed` },
+      {
+        name: 'space',
+        ok: space.freeBytes >= space.reserveBytes,
+        detail: `${space.freeBytes} bytes free on the data filesystem (reserve ${space.reserveBytes}${space.freeBytes < space.reserveBytes ? ': writes get ENOSPC' : ''})`,
+      },
     ];
-    return { healthy: checks.every((c) => c.ok), checks };
+    return { healthy: checks.every((c) => c.ok), checks, space };
   }
 
   // ---- leaving -----------------------------------------------------------------------------
@@ -894,6 +1056,7 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
     this.fatalError = err;
     this.logger.fatal({ err: err.message, code: (err as XDeviceError).code }, 'node failed; leaving service');
     clearInterval(this.tickTimer);
+    this.space.stop();
     this.session.failAll('ESHUTDOWN', `node failed: ${err.message}`);
     this.reads.failAll('ESHUTDOWN', `node failed: ${err.message}`);
     void this.transport.close();
@@ -908,6 +1071,7 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
     await this.waitFor(() => this.session.size === 0 && this.reads.pending === 0, limits.requestTimeoutMs, 'in-flight requests').catch(() => undefined);
     this.stopped = true;
     clearInterval(this.tickTimer);
+    this.space.stop();
     await this.advanceChain.catch(() => undefined);
     await this.applyChain.catch(() => undefined);
     if (!this.fatalError) {
@@ -920,7 +1084,13 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
     await this.transport.close();
     await this.wal.close().catch(() => undefined);
     await this.store.closeFiles();
+    this.lock.release();
   }
+}
+
+/** Does this entry payload write data (and so take space in a device file)? */
+function allocates(data: Buffer): boolean {
+  return data.length > 1 && data[0] === COMMAND_VERSION && (data[1] === CommandOp.Write || data[1] === CommandOp.WriteZeroes);
 }
 
 function safeTerm(wal: Wal, index: number): number | undefined {

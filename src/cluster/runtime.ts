@@ -17,6 +17,7 @@ export async function startReplicatedRuntime(config: CliConfig, logger: Logger):
     peerAuth: loadPeerAuth(config),
     devices: config.devices,
     join: config.join,
+    spaceReserveBytes: config.spaceReserve,
     logger,
     tuning: tuningFromEnv(),
   });
@@ -26,6 +27,7 @@ export async function startReplicatedRuntime(config: CliConfig, logger: Logger):
     api: node.api,
     setAddresses: (a) => node.setAddresses(a),
     onFatal: (listener) => node.onFatal(listener),
+    onRemoved: (listener) => node.onRemoved(listener),
     stop: () => node.stop(),
   };
 }

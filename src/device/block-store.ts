@@ -17,7 +17,7 @@
 // WAL may forget.
 
 import { ftruncate as ftruncateCb } from 'node:fs';
-import { mkdir, open, readdir, rm, unlink } from 'node:fs/promises';
+import { mkdir, open, readdir, rename, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import type { Logger } from 'pino';
@@ -29,11 +29,14 @@ import type { Extent } from './block-device.ts';
 import { type DeviceRecord, type StoreState, readCheckpoint, syncDir, writeCheckpoint } from './checkpoint.ts';
 import { type Command, CommandOp, decodeCommand, type RequestId } from './commands.ts';
 import { fileExtents } from './fiemap.ts';
+import { deviceNameProblem, deviceSizeProblem } from './device-rules.ts';
 import { RequestDedup } from './request-dedup.ts';
 
 const ftruncate = promisify(ftruncateCb);
 
 export const DEVICES_DIR = 'devices';
+/** Where files found in devices/ but not in the device table are moved (never deleted). */
+export const QUARANTINE_DIR = 'quarantine';
 
 /** Why a command did not change the state (the same on every node: it depends only on the log). */
 export interface ApplyError {
@@ -72,10 +75,6 @@ export function deviceFileName(id: number): string {
   return `dev-${id}.img`;
 }
 
-export function validDeviceName(name: string): boolean {
-  const bytes = Buffer.byteLength(name);
-  return bytes > 0 && bytes <= limits.deviceNameBytesMax && !/[\0-\x1f]/.test(name);
-}
 
 export class BlockStore {
   private readonly byId = new Map<number, OpenDevice>();
@@ -114,7 +113,7 @@ export class BlockStore {
     const state = (await readCheckpoint(dataDir)) ?? emptyState();
     const store = new BlockStore(dataDir, state, logger);
     await store.openDevices(state.devices, false);
-    await store.removeOrphans();
+    await store.quarantineOrphans();
     return store;
   }
 
@@ -151,12 +150,24 @@ export class BlockStore {
     await native.closeFile(dev.fd);
   }
 
-  /** Files from devices created after the checkpoint and before a crash: replay recreates them. */
-  private async removeOrphans(): Promise<void> {
+  /**
+   * Files the device table does not know: usually a device created after the
+   * checkpoint and before a crash (replay recreates it), but possibly the
+   * only copy of data (a checkpoint or WAL lost). Never deleted: moved to
+   * <data-dir>/quarantine/<time>/ and logged, for an operator to look at.
+   */
+  private async quarantineOrphans(): Promise<void> {
     const known = new Set([...this.byId.values()].map((d) => deviceFileName(d.record.id)));
-    for (const name of await readdir(this.devicesDir)) {
-      if (!known.has(name)) await rm(join(this.devicesDir, name), { recursive: true, force: true });
+    const orphans = (await readdir(this.devicesDir)).filter((name) => !known.has(name));
+    if (orphans.length === 0) return;
+    const dir = join(this.dataDir, QUARANTINE_DIR, new Date().toISOString().replace(/[:.]/g, '-'));
+    await mkdir(dir, { recursive: true });
+    for (const name of orphans) {
+      await rename(join(this.devicesDir, name), join(dir, name));
+      this.logger.warn({ file: join(this.devicesDir, name), movedTo: join(dir, name) }, 'file not in the device table quarantined (not deleted)');
     }
+    await syncDir(dir);
+    await syncDir(this.devicesDir);
   }
 
   // ---- the device table ------------------------------------------------------
@@ -356,11 +367,24 @@ export class BlockStore {
       case CommandOp.CreateDevice: {
         const existing = this.byName.get(cmd.name);
         if (existing !== undefined) return { code: 'XDEVICE_ERR_EXISTS', message: `device ${cmd.name} exists` };
-        if (!validDeviceName(cmd.name)) return { code: 'XDEVICE_ERR_INVALID', message: 'bad device name' };
-        if (!Number.isSafeInteger(cmd.size) || cmd.size <= 0 || cmd.size > limits.deviceBytesMax) return { code: 'XDEVICE_ERR_INVALID', message: `bad device size ${cmd.size}` };
+        const problem = deviceNameProblem(cmd.name) ?? deviceSizeProblem(cmd.size);
+        if (problem) return { code: 'XDEVICE_ERR_INVALID', message: problem };
         if (this.byId.size >= limits.devicesMax) return { code: 'XDEVICE_ERR_INVALID', message: `${limits.devicesMax} devices exist` };
         // A file from an earlier incarnation of this entry (replay) starts over.
-        await this.attach({ id: index, name: cmd.name, size: cmd.size }, join(this.devicesDir, deviceFileName(index)), false);
+        const path = join(this.devicesDir, deviceFileName(index));
+        try {
+          await this.attach({ id: index, name: cmd.name, size: cmd.size }, path, false);
+        } catch (err) {
+          const refused = sizeRefusal(err, cmd.size);
+          if (!refused) throw err;
+          // Proposals are probed against the filesystem; an entry from before that (or
+          // a replica on a smaller filesystem) fails here as a command, not as the node.
+          const dev = this.byId.get(index);
+          if (dev) await this.detach(dev);
+          await unlink(path).catch(() => undefined);
+          this.logger.error({ index, device: cmd.name, size: cmd.size, err: (err as Error).message }, 'device create refused by the filesystem; recorded as a failed command');
+          return refused;
+        }
         await syncDir(this.devicesDir);
         return undefined;
       }
@@ -375,10 +399,18 @@ export class BlockStore {
       case CommandOp.ResizeDevice: {
         const id = this.byName.get(cmd.name);
         if (id === undefined) return { code: 'XDEVICE_ERR_NOT_FOUND', message: `no device ${cmd.name}` };
-        if (!Number.isSafeInteger(cmd.size) || cmd.size <= 0 || cmd.size > limits.deviceBytesMax) return { code: 'XDEVICE_ERR_INVALID', message: `bad device size ${cmd.size}` };
+        const problem = deviceSizeProblem(cmd.size);
+        if (problem) return { code: 'XDEVICE_ERR_INVALID', message: problem };
         const dev = this.byId.get(id)!;
         // Shrinking discards the tail, so growing again reads zeroes there, as on replay.
-        await ftruncate(dev.fd, cmd.size);
+        try {
+          await ftruncate(dev.fd, cmd.size);
+        } catch (err) {
+          const refused = sizeRefusal(err, cmd.size);
+          if (!refused) throw err;
+          this.logger.error({ index, device: cmd.name, size: cmd.size, err: (err as Error).message }, 'device resize refused by the filesystem; recorded as a failed command');
+          return refused;
+        }
         dev.record.size = cmd.size;
         return undefined;
       }
@@ -477,13 +509,20 @@ export class BlockStore {
     for (const id of state.removed ?? []) this.removed.add(id);
     this.dedup = RequestDedup.from(state.dedup);
     await this.openDevices(state.devices, false);
-    await this.removeOrphans();
+    await this.quarantineOrphans();
   }
 
   /** Closes files held open for the devices (they stay on disk); for stop() and snapshot install. */
   async closeFiles(): Promise<void> {
     for (const dev of [...this.byId.values()]) await this.detach(dev);
   }
+}
+
+/** A size the filesystem will not hold (EFBIG, EINVAL from ftruncate): a failed command, the same on every like replica. */
+function sizeRefusal(err: unknown, size: number): ApplyError | undefined {
+  const code = (err as NodeJS.ErrnoException).code;
+  if (code !== 'EFBIG' && code !== 'EINVAL') return undefined;
+  return { code: 'XDEVICE_ERR_INVALID', message: `the filesystem refuses a ${size}-byte device file (${code})` };
 }
 
 export function emptyState(clusterId = ''): StoreState {

@@ -23,6 +23,8 @@ export interface ReplicaService {
   readBarrier(): Promise<void>;
   /** Throws an ESHUTDOWN error if the node has left service. */
   checkServing(): void;
+  /** Throws an ENOSPC error if `bytes` more would take the data filesystem below its reserve. */
+  checkSpace(bytes: number): void;
 }
 
 function errno(code: string, message: string): Error & { code: string } {
@@ -83,10 +85,12 @@ export class ReplicatedDevice implements BlockDevice {
     return this.service.store.read(this.id, offset, length);
   }
 
-  private mutate(encode: (id: RequestId) => Buffer): Promise<void> {
+  /** `allocates`: bytes the command may add to the device file (checked against the space reserve). */
+  private mutate(encode: (id: RequestId) => Buffer, allocates = 0): Promise<void> {
     try {
       this.service.checkServing();
       this.record();
+      this.service.checkSpace(allocates);
     } catch (err) {
       return Promise.reject(err);
     }
@@ -94,7 +98,7 @@ export class ReplicatedDevice implements BlockDevice {
   }
 
   write(offset: number, data: Buffer, _options?: WriteOptions): Promise<void> {
-    return this.mutate((id) => encodeWrite(id, this.id, offset, data));
+    return this.mutate((id) => encodeWrite(id, this.id, offset, data), data.length);
   }
 
   trim(offset: number, length: number, _options?: WriteOptions): Promise<void> {
@@ -102,7 +106,7 @@ export class ReplicatedDevice implements BlockDevice {
   }
 
   writeZeroes(offset: number, length: number, options?: ZeroOptions): Promise<void> {
-    return this.mutate((id) => encodeWriteZeroes(id, this.id, offset, length, options?.noHole ?? false));
+    return this.mutate((id) => encodeWriteZeroes(id, this.id, offset, length, options?.noHole ?? false), options?.noHole ? length : 0);
   }
 
   /** Acknowledged writes are already durable on a majority: wait only for those still in flight. */

@@ -32,6 +32,8 @@ export class NbdConnection {
   private transport: Duplex;
   private transmission: Transmission | undefined;
   private closed = false;
+  /** The export this connection negotiated (undefined while in the handshake). */
+  exportName: string | undefined;
 
   constructor(socket: Socket, context: ConnectionContext) {
     this.socket = socket;
@@ -98,6 +100,7 @@ export class NbdConnection {
         return;
       }
       this.logger?.debug({ export: negotiated.device.name, tls: negotiated.tls }, 'nbd transmission');
+      this.exportName = negotiated.device.name;
       if (this.closed) return;
       const transmission = new Transmission({
         socket: this.transport,

@@ -40,6 +40,27 @@ export class NbdServer extends EventEmitter {
     return this.connections.size;
   }
 
+  /** Connections in the transmission phase on export `name`. */
+  clients(name: string): number {
+    let n = 0;
+    for (const c of this.connections) if (c.exportName === name) n++;
+    return n;
+  }
+
+  /**
+   * Closes every connection on export `name` (in-flight requests finish,
+   * later ones get ESHUTDOWN): before an operator-forced delete or shrink.
+   * Resolves with how many there were once they are closed.
+   */
+  async disconnect(name: string): Promise<number> {
+    const doomed = [...this.connections].filter((c) => c.exportName === name);
+    for (const c of doomed) c.shutdown();
+    const deadline = Date.now() + 5_000;
+    while (doomed.some((c) => this.connections.has(c)) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    for (const c of doomed) if (this.connections.has(c)) c.destroy();
+    return doomed.length;
+  }
+
   listen(host: string, port: number): Promise<{ host: string; port: number }> {
     const server = net.createServer({ noDelay: true }, (socket) => this.accept(socket));
     server.maxConnections = limits.nbdConnectionsMax;

@@ -14,6 +14,20 @@ export class WalCorruptError extends XDeviceError {
 }
 
 /**
+ * A segment the log needs is gone (the last one, after a sealed segment; one
+ * in the middle of the sequence; the ones holding entries the rest refer to).
+ * Start-up refuses, naming it; nothing is changed on disk.
+ */
+export class WalMissingError extends XDeviceError {
+  constructor(
+    readonly segment: string,
+    why: string,
+  ) {
+    super('XDEVICE_ERR_WAL_MISSING', `WAL incomplete at segment ${segment}: ${why}`);
+  }
+}
+
+/**
  * A write or fdatasync failed: the page cache can no longer be trusted, so
  * the log refuses every further append (it "fails closed") until the process
  * restarts and recovers from what is really on disk.

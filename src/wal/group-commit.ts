@@ -242,13 +242,15 @@ export class GroupCommitWriter {
     const { alignment } = this.opts;
     const padded = alignUp(bytes, alignment);
     let segment = this.segment();
-    let created = false;
-    if (segment.offset + padded > segment.segmentBytes) {
+    let sealing: ActiveSegment | undefined;
+    // One block at the end of every segment stays free for its seal.
+    if (segment.offset + padded + alignment > segment.segmentBytes) {
+      sealing = { ...segment };
       await this.createSegment(segment.seq + 1, this.durable);
       segment = this.segment();
-      created = true;
-      assert(segment.offset + padded <= segment.segmentBytes, `a ${padded}-byte batch does not fit a new segment`);
+      assert(segment.offset + padded + alignment <= segment.segmentBytes, `a ${padded}-byte batch does not fit a new segment`);
     }
+    const created = sealing !== undefined;
     if (this.staging.length < padded) this.staging = native.allocAligned(padded, alignment);
     const buf = this.staging;
     let at = recordHeaderBytes;
@@ -269,6 +271,24 @@ export class GroupCommitWriter {
     await Promise.all(pending);
     segment.offset += padded;
     segment.nextBatchSeq++;
+    // Only now that the successor holds a durable batch: a crash before this
+    // leaves an unsealed segment and a successor recovery may drop as never started.
+    if (sealing) await this.seal(sealing, segment.seq);
+  }
+
+  /** Writes the Seal batch into the (already closed) segment `s`, naming its successor. */
+  private async seal(s: ActiveSegment, successor: number): Promise<void> {
+    const block = native.allocAligned(s.alignment, s.alignment);
+    block.fill(0);
+    const end = encodeRecord(block, recordHeaderBytes, { kind: RecordKind.Seal, type: 0, term: 0, index: successor, payload: Buffer.alloc(0) }, s.salt, native.crc32c);
+    encodeBatchHeader(block, 0, end, s.nextBatchSeq, 1, s.salt, native.crc32c);
+    const file = await native.openFile(s.path, { direct: this.opts.direct });
+    try {
+      await native.pwrite(file.fd, block, s.offset);
+      await native.fdatasync(file.fd);
+    } finally {
+      await native.closeFile(file.fd);
+    }
   }
 
   /**

@@ -29,6 +29,12 @@ export enum RecordKind {
   HardState = 3,
   /** term/index = the snapshot's; payload = JSON of its ConfState; flavour in the type byte. */
   Snapshot = 4,
+  /**
+   * The segment is complete and segment `index` (its sequence number) follows
+   * it: written alone in the segment's last batch once that successor is
+   * durable, so recovery notices a missing last segment.
+   */
+  Seal = 5,
 }
 
 export enum SnapshotFlavour {
@@ -139,7 +145,7 @@ export function decodeRecord(buf: Buffer, at: number, limit: number, salt: numbe
   if (end > limit) return { status: 'bad', why: `length ${length} runs past the end` };
   if (crc32c(buf.subarray(at + 4, end), salt) !== buf.readUInt32LE(at)) return { status: 'bad', why: 'checksum mismatch' };
   const kind = buf[at + 8]!;
-  if (kind < RecordKind.Batch || kind > RecordKind.Snapshot) return { status: 'bad', why: `unknown record kind ${kind}` };
+  if (kind < RecordKind.Batch || kind > RecordKind.Seal) return { status: 'bad', why: `unknown record kind ${kind}` };
   const term = readU64(buf, at + 16);
   const index = readU64(buf, at + 24);
   if (term === undefined || index === undefined) return { status: 'bad', why: 'term or index out of range' };

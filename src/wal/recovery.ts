@@ -18,10 +18,10 @@ import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { ConfState, HardState, SnapshotMetadata } from '../raft/types.ts';
 import * as native from '../native.ts';
-import { WalCorruptError } from './errors.ts';
+import { WalCorruptError, WalMissingError } from './errors.ts';
 import { MemoryLog } from './memory-log.ts';
 import { alignUp, decodeRecord, recordHeaderBytes, RecordKind, SnapshotFlavour, type DecodedRecord } from './record.ts';
-import { decodeSegmentHeader, listSegments, preparedSegmentName, segmentHeaderBytes, syncDirectory, type SegmentHeader, type SegmentName } from './segment.ts';
+import { decodeSegmentHeader, listSegments, segmentFileName, preparedSegmentName, segmentHeaderBytes, syncDirectory, type SegmentHeader, type SegmentName } from './segment.ts';
 
 export interface RecoveredSegment extends SegmentName {
   path: string;
@@ -107,6 +107,7 @@ function applyRecord(memory: MemoryLog, r: DecodedRecord): void {
       else if (r.type === SnapshotFlavour.Reset) memory.applySnapshot(decodeSnapshot(r));
       return;
     case RecordKind.Batch:
+    case RecordKind.Seal:
       return;
   }
 }
@@ -154,7 +155,7 @@ export async function recover(dir: string, logger?: Logger): Promise<Recovered> 
   const segments: RecoveredSegment[] = [];
   for (let i = 1; i < names.length; i++) {
     if (names[i]!.seq !== names[i - 1]!.seq + 1) {
-      throw new WalCorruptError(names[i]!.name, 0, `segment sequence jumps from ${names[i - 1]!.seq} to ${names[i]!.seq}: a segment is missing`);
+      throw new WalMissingError(names[i]!.name, `segment sequence jumps from ${names[i - 1]!.seq} to ${names[i]!.seq}: a segment is missing`);
     }
   }
 
@@ -190,6 +191,7 @@ export async function recover(dir: string, logger?: Logger): Promise<Recovered> 
     let at = alignment;
     let seq = 1;
     const batches: Array<{ at: number; records: DecodedRecord[] }> = [];
+    let sealedBy: number | undefined;
     let end: { status: 'empty' } | { status: 'bad'; at: number; why: string } = { status: 'empty' };
     while (at + recordHeaderBytes <= buf.length) {
       const scan = scanBatch(buf, at, seq, salt);
@@ -204,6 +206,14 @@ export async function recover(dir: string, logger?: Logger): Promise<Recovered> 
       batches.push({ at, records: scan.records });
       at = alignUp(scan.end, alignment);
       seq++;
+      const seal = scan.records.find((r) => r.kind === RecordKind.Seal);
+      if (seal) {
+        if (scan.records.length !== 1 || seal.index !== name.seq + 1) {
+          throw new WalCorruptError(name.name, batches.at(-1)!.at, `malformed seal (successor ${seal.index}, ${scan.records.length} records)`);
+        }
+        sealedBy = seal.index;
+        break;
+      }
     }
 
     const badAt = end.status === 'bad' ? end.at : at;
@@ -258,11 +268,17 @@ export async function recover(dir: string, logger?: Logger): Promise<Recovered> 
         throw new WalCorruptError(name.name, batch.at, `batch ${n + 1} does not apply: ${(err as Error).message}`);
       }
     }
+    if (sealedBy !== undefined && isLast) {
+      throw new WalMissingError(
+        segmentFileName(sealedBy, memory.lastIndex() + 1),
+        `segment ${name.name} was sealed when segment ${sealedBy} was started, but no such segment is in ${dir}: the last segment is missing (restore it; the node will not start without it)`,
+      );
+    }
     segments.push({ ...name, path, header, end: at, nextBatchSeq: seq });
   }
 
   if (segments.length > 0 && memory.unknownThrough > memory.snapshot.index) {
-    throw new WalCorruptError(segments[0]!.name, 0, `entries ${memory.snapshot.index + 1}..${memory.unknownThrough} are in no segment: an earlier segment is missing`);
+    throw new WalMissingError(segments[0]!.name, `entries ${memory.snapshot.index + 1}..${memory.unknownThrough} are in no segment: an earlier segment is missing`);
   }
   if (memory.hardState.commit > memory.lastIndex()) {
     const last = segments.at(-1);

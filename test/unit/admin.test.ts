@@ -35,6 +35,13 @@ class FakeNode extends EventEmitter implements NodeApi {
     if (!this.memberList.some((m) => m.id === id)) throw new XDeviceError('XDEVICE_ERR_NOT_FOUND', `no member ${id}`);
     this.memberList = this.memberList.filter((m) => m.id !== id);
   }
+  async promoteNode(id: string) {
+    const m = this.memberList.find((x) => x.id === id);
+    if (!m) throw new XDeviceError('XDEVICE_ERR_NOT_FOUND', `no member ${id}`);
+    m.voter = true;
+    m.learner = false;
+  }
+  space() { return { freeBytes: 5 << 30, totalBytes: 10 << 30, reserveBytes: 256 << 20 }; }
   async transferLeader(to: string) { throw Object.assign(new XDeviceError('XDEVICE_ERR_NOT_LEADER', 'not the leader'), { leader: to }); }
   async createDevice(name: string, size: number) { this.deviceList.push({ name, size, usedBytes: 0, readOnly: false }); }
   async deleteDevice(name: string) { this.deviceList = this.deviceList.filter((d) => d.name !== name); }

@@ -39,7 +39,7 @@ async function buildLog(t: Test, count: number, size = 100): Promise<{ dir: stri
   return { dir, last, lastStart, lastEnd };
 }
 
-async function expectCorrupt(t: Test, dir: string, segment: string, offset: number | RegExp): Promise<void> {
+async function expectCorrupt(t: Test, dir: string, segment: string, offset: number | RegExp, code = 'XDEVICE_ERR_WAL_CORRUPT'): Promise<void> {
   const before = snapshotDir(dir);
   const err = await Wal.open(dir, smallSegments).then(
     async (w) => {
@@ -48,7 +48,7 @@ async function expectCorrupt(t: Test, dir: string, segment: string, offset: numb
     },
     (e: unknown) => e,
   );
-  t.match(err, { code: 'XDEVICE_ERR_WAL_CORRUPT', segment, offset }, 'refuses to start, naming segment and offset');
+  t.match(err, code === 'XDEVICE_ERR_WAL_CORRUPT' ? { code, segment, offset } : { code, segment }, 'refuses to start, naming segment and offset');
   t.match(String((err as Error | undefined)?.message), segment, 'the message names the segment');
   const after = snapshotDir(dir);
   t.same([...after.keys()], [...before.keys()], 'no file removed');
@@ -172,13 +172,46 @@ t.test('a missing segment refuses to start', async (t) => {
   let files = segmentFiles(dir);
   t.ok(files.length >= 4, `${files.length} segments`);
   unlinkSync(join(dir, files[1]!));
-  await expectCorrupt(t, dir, files[2]!, 0);
+  await expectCorrupt(t, dir, files[2]!, 0, 'XDEVICE_ERR_WAL_MISSING');
 
   dir = await build();
   files = segmentFiles(dir);
   unlinkSync(join(dir, files[0]!));
-  await expectCorrupt(t, dir, files[1]!, 0);
+  await expectCorrupt(t, dir, files[1]!, 0, 'XDEVICE_ERR_WAL_MISSING');
 
+  // The last segment: the one before it was sealed when it was started.
+  dir = walDir(t);
+  const wal = await Wal.open(dir, smallSegments);
+  await wal.save({ entries: [entry(1, 1, 3000)], hardState: { term: 1, vote: '', commit: 0 } });
+  for (let i = 2; i <= 50; i++) await wal.save({ entries: [entry(i, 1, 3000)] });
+  await wal.close();
+  files = segmentFiles(dir);
+  unlinkSync(join(dir, files.at(-1)!));
+  const missing = segmentFiles(dir);
+  const err = (await Wal.open(dir, smallSegments).then(
+    (w) => w.close().then(() => undefined),
+    (e: unknown) => e,
+  )) as Error & { code?: string; segment?: string };
+  t.equal(err?.code, 'XDEVICE_ERR_WAL_MISSING', 'a deleted last segment is noticed');
+  t.equal(err?.segment, files.at(-1), 'the error names the missing segment');
+  t.match(err.message, missing.at(-1)!, 'and the sealed segment before it');
+  t.same(segmentFiles(dir), missing, 'no file removed');
+});
+
+t.test('a segment is sealed only once its successor holds a durable batch', async (t) => {
+  // Reopening after every roll finds a consistent log: the seal never names a successor recovery would drop.
+  const dir = walDir(t);
+  for (let i = 1; i <= 30; i++) {
+    const wal = await Wal.open(dir, smallSegments);
+    await wal.save({ entries: [entry(i, 1, 3000)], ...(i === 1 ? { hardState: { term: 1, vote: '', commit: 0 } } : {}) });
+    await wal.close();
+  }
+  const wal = await Wal.open(dir, smallSegments);
+  t.equal(wal.lastIndex(), 30);
+  const got = wal.entries(1, 31, Infinity);
+  t.equal(got.filter((e, k) => e.index === k + 1 && e.data.equals(entry(k + 1, 1, 3000).data)).length, 30, 'every entry intact');
+  t.ok(segmentFiles(dir).length >= 3, 'several segments were rolled');
+  await wal.close();
 });
 
 t.test('a zero-filled preallocated tail and a half-created last segment are not damage', async (t) => {
