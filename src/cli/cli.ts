@@ -12,6 +12,7 @@ import { hideBin } from 'yargs/helpers';
 import { AdminClient, AdminClientError } from './admin-client.ts';
 import { formatSize, parseSize } from './config.ts';
 import { ProgressBar, renderTable, type OutputFormat } from './output.ts';
+import { VERSION } from '../version.ts';
 import type { DeviceInfo, HealthReport, Member, NodeStatus } from '../admin/api.ts';
 
 export const EXIT = { ok: 0, failed: 1, usage: 2, unreachable: 3, unauthorised: 4, noKernelNbd: 5 } as const;
@@ -273,10 +274,11 @@ export function buildCli(args: string[]): Argv<GlobalArgs> {
         print(argv, { device: argv.device, detached: true }, () => `detached ${argv.device}\n`);
       },
     )
+    .completion('completion', 'print a bash completion script (eval "$(xdevice-cli completion)", or save it under /etc/bash_completion.d/)')
     .demandCommand(1, 'say which command (see --help)')
     .strict()
     .help()
-    .version(false) as unknown as Argv<GlobalArgs>;
+    .version(VERSION) as unknown as Argv<GlobalArgs>;
 }
 
 function exitCodeFor(err: unknown): number {

@@ -18,6 +18,7 @@ import { createMetrics } from '../admin/metrics.ts';
 import { sdNotify } from '../native.ts';
 import { startRuntime, type Runtime } from './runtime.ts';
 import { watchFaultFile } from '../wal/fault-file.ts';
+import { VERSION } from '../version.ts';
 
 export interface RunningNode {
   config: NodeConfig;
@@ -37,7 +38,7 @@ function parseFlags(argv: string[]): { flags: Map<string, string | string[]>; co
     .parserConfiguration({ 'camel-case-expansion': false, 'dot-notation': false, 'boolean-negation': false })
     .strict()
     .help()
-    .version(false);
+    .version(VERSION);
   for (const spec of CONFIG_KEYS) {
     parser = parser.option(spec.key, {
       type: spec.kind === 'boolean' ? 'boolean' : 'string',
