@@ -77,7 +77,7 @@ export async function startNode(loaded: LoadedConfig, logger: Logger): Promise<R
           ...(config.tlsPsk ? { pskFile: config.tlsPsk } : {}),
         };
   const nbd = new NbdServer({ devices: runtime.devices, logger: logger.child({ component: 'nbd' }), ...(tls ? { tls } : {}) });
-  const metrics = createMetrics({ node: runtime.api, nbd });
+  const metrics = createMetrics({ node: runtime.api, nbd, dataDir: config.dataDir });
   const admin = new AdminServer({ node: runtime.api, metrics, logger: logger.child({ component: 'admin' }), token: config.adminToken });
 
   let nbdAddress = '';

@@ -145,6 +145,7 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
       checkpointBytes: config.tuning?.checkpointBytes ?? limits.checkpointBytes,
       walRetainEntriesMax: config.tuning?.walRetainEntriesMax ?? limits.walRetainEntriesMax,
     };
+    wal.onBatchDurable = (e) => this.emit('walFsync', { durationSeconds: e.syncSeconds, bytes: e.bytes });
     const applied = wal.snapshotMetadata().index;
     this.raw = new RawNode({ id: config.nodeId, storage: wal, rand: (n) => randomInt(n), applied });
     this.processedIndex = Math.max(applied, store.appliedIndex);
@@ -420,6 +421,7 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
 
   private async apply(entries: Entry[]): Promise<void> {
     if (entries.length === 0) return;
+    const started = process.hrtime.bigint();
     // Waiters settle as each write is queued (see BlockStore.applyBatch);
     // reads wait for processedIndex, which moves once the batch completed.
     await this.store.applyBatch(
@@ -431,6 +433,7 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
         this.session.settle(o);
       },
     );
+    this.emit('apply', { durationSeconds: Number(process.hrtime.bigint() - started) / 1e9, entries: entries.length });
     const last = entries[entries.length - 1]!;
     this.raftAppliedIndex = Math.max(this.raftAppliedIndex, last.index);
     this.processedIndex = Math.max(this.processedIndex, last.index, this.store.appliedIndex);
@@ -801,6 +804,7 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
         lagEntries: pr ? Math.max(0, st.commit - pr.match) : 0,
         voter: cs.voters.includes(id) || cs.votersOutgoing.includes(id),
         connected: link?.connected ?? false,
+        messagesDropped: link?.droppedMessages ?? 0,
         ...(link?.rttMs !== undefined ? { rttMs: link.rttMs } : {}),
       };
     });
