@@ -57,10 +57,32 @@ function parseFlags(argv: string[]): { flags: Map<string, string | string[]>; co
   return configFile === undefined ? { flags } : { flags, configFile };
 }
 
+/**
+ * One log record that says what this node is: version, id, where its data
+ * lives, what it serves, and which settings were given (and where) rather than
+ * defaulted. The whole configuration, one key per line, is at debug level.
+ */
+export function startupSummary(loaded: LoadedConfig): Record<string, unknown> {
+  const { config } = loaded;
+  const described = describeConfig(loaded) as Record<string, { value: unknown; from: string }>;
+  const given = Object.entries(described)
+    .filter(([, d]) => d.from !== 'default')
+    .map(([key, d]) => `${key}=${Array.isArray(d.value) ? d.value.join(',') : String(d.value)} (${d.from})`);
+  return {
+    version: VERSION,
+    node: config.nodeId,
+    backend: config.backend,
+    dataDir: config.dataDir,
+    peers: Object.keys(config.peers).length,
+    given: given.join(', '),
+  };
+}
+
 export async function startNode(loaded: LoadedConfig, logger: Logger): Promise<RunningNode> {
   const { config } = loaded;
   validateLimits();
-  logger.info({ config: describeConfig(loaded) }, 'effective configuration');
+  logger.info(startupSummary(loaded), 'starting');
+  logger.debug({ config: describeConfig(loaded) }, 'effective configuration');
 
   // Test-only: XDEVICE_FAULT_FILE names a JSON file of disk faults (slow or failing
   // fdatasync/pwrite) that the fault tests change while the node runs.

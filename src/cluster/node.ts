@@ -31,6 +31,7 @@ import { bootstrap } from '../raft/bootstrap.ts';
 import { ConfChangeType, confChanges, decodeConfChange } from '../raft/confchange.ts';
 import { NotLeaderError } from '../raft/errors.ts';
 import { RawNode, Role, type Ready, type SoftState } from '../raft/rawnode.ts';
+import type { ElectionRecord, VoteTally } from '../raft/raft.ts';
 import { EntryType, MessageType, message, type ConfState, type Entry, type Message, type SnapshotMetadata } from '../raft/types.ts';
 import { Wal, type WalOptions } from '../wal/wal.ts';
 import { BlockStore } from '../device/block-store.ts';
@@ -130,6 +131,8 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
   private readonly startedAt = Date.now();
   private addresses = { nbd: '', admin: '' };
   private lastLeader = '';
+  private lastRole: Role = Role.Follower;
+  private readonly walLastIndexAtStart: number;
   private readonly tuning: Pick<typeof limits, 'checkpointEntries' | 'checkpointBytes' | 'walRetainEntriesMax'>;
 
   private constructor(
@@ -145,6 +148,7 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
       checkpointBytes: config.tuning?.checkpointBytes ?? limits.checkpointBytes,
       walRetainEntriesMax: config.tuning?.walRetainEntriesMax ?? limits.walRetainEntriesMax,
     };
+    this.walLastIndexAtStart = wal.lastIndex();
     wal.onBatchDurable = (e) => this.emit('walFsync', { durationSeconds: e.syncSeconds, bytes: e.bytes });
     const applied = wal.snapshotMetadata().index;
     this.raw = new RawNode({ id: config.nodeId, storage: wal, rand: (n) => randomInt(n), applied });
@@ -279,6 +283,9 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
       if (this.raw.raft.trk.progress.has(peer)) this.raw.reportUnreachable(peer);
     });
     t.on('peerRtt', ({ peer, ms }) => this.emit('peerRtt', { peer, seconds: ms / 1000 }));
+    // Operators learn of a lost peer from every survivor, once per loss, and of its return.
+    t.on('disconnected', (peer) => this.logger.warn({ peer }, 'peer link lost'));
+    t.on('connected', (peer) => this.logger.info({ peer }, 'peer link up'));
     const bound = await t.listen();
     if (bound && this.config.peerListen?.port === 0) this.logger.info({ peerListen: bound }, 'peer transport listening');
     t.connectAll();
@@ -460,7 +467,9 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
         if (ch.nodeId !== this.config.nodeId) this.transport.addPeer(ch.nodeId, address);
       }
     }
-    this.logger.info({ index: e.index, voters: cs.voters, learners: cs.learners }, 'membership changed');
+    // Entries this node's WAL held before it started are replays of old changes, not news.
+    if (e.index <= this.walLastIndexAtStart) this.logger.debug({ index: e.index, voters: cs.voters, learners: cs.learners }, 'membership change replayed');
+    else this.logger.info({ index: e.index, voters: cs.voters, learners: cs.learners }, 'membership changed');
   }
 
   private leaveRemoved(why: string): void {
@@ -473,9 +482,24 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
   }
 
   private onSoftState(ss: SoftState): void {
+    const previousRole = this.lastRole;
+    this.lastRole = ss.role;
+    const election = this.raw.raft.lastElection;
+    if ((previousRole === Role.Candidate || previousRole === Role.PreCandidate) && ss.role === Role.Follower && election) {
+      // A lost pre-vote repeats every timeout while a live leader is out of reach: debug, not info.
+      const lost = previousRole === Role.PreCandidate ? election.preVote : election.vote;
+      if (lost?.outcome === 'lost') this.logger[previousRole === Role.Candidate ? 'info' : 'debug'](describeElection(election), previousRole === Role.Candidate ? 'election lost' : 'pre-vote lost');
+    }
     if (ss.lead !== this.lastLeader) {
+      const previous = this.lastLeader;
       this.lastLeader = ss.lead;
-      this.logger.info({ leader: ss.lead, role: ss.role, term: this.raw.raft.term }, 'leader changed');
+      const term = this.raw.raft.term;
+      if (ss.lead === this.config.nodeId) {
+        // Why this node campaigned (timeout or transfer) and who voted for it.
+        this.logger.info({ ...(election ? describeElection(election) : { term }), previous }, 'became leader');
+      } else {
+        this.logger.info({ leader: ss.lead, previous, role: ss.role, term }, ss.lead === '' ? 'leader lost' : 'leader changed');
+      }
       this.emit('leaderChange', { leader: ss.lead, term: this.raw.raft.term });
       // The new leader may never have seen what the old one was given.
       if (ss.lead !== '') this.session.retryAll();
@@ -901,6 +925,13 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
     await this.wal.close().catch(() => undefined);
     await this.store.closeFiles();
   }
+}
+
+/** An election for one log line: {term, cause: 'timeout', preVote: 'won: granted node1,node2; rejected node3', vote: …}. */
+function describeElection(e: ElectionRecord): Record<string, unknown> {
+  const tally = (v: VoteTally | undefined) =>
+    v && `${v.outcome}: granted ${v.granted.join(',') || 'none'}${v.rejected.length > 0 ? `; rejected ${v.rejected.join(',')}` : ''}`;
+  return { term: e.term, cause: e.cause, ...(e.preVote ? { preVote: tally(e.preVote) } : {}), ...(e.vote ? { vote: tally(e.vote) } : {}) };
 }
 
 function safeTerm(wal: Wal, index: number): number | undefined {
