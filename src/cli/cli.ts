@@ -243,12 +243,21 @@ export function buildCli(args: string[]): Argv<GlobalArgs> {
           .option('export', { type: 'string', default: 'default', describe: 'export (device) name' })
           .option('connections', { type: 'number', default: 1, describe: 'connections (the export allows several: CAN_MULTI_CONN)' })
           .option('block-size', { type: 'number', default: 4096 })
+          .option('persist', { type: 'boolean', default: true, describe: 'nbd-client -persist: reconnect when the connection drops (a node restart is a pause, not EIO)' })
+          .option('nbd-timeout', { type: 'number', default: 60, describe: 'nbd-client -timeout: seconds a request may wait (covers a node restart)' })
           .option('dry-run', { type: 'boolean', default: false, describe: 'print the nbd-client command instead of running it' }),
       async (argv) => {
         const c = client(argv);
         const { body: status } = await c.read<NodeStatus>('/status');
         const [host, port] = status.nbdAddress.split(/:(?=\d+$)/);
-        const args = ['-N', argv.export, '-b', String(argv['block-size']), '-C', String(argv.connections), host!, port!, argv.device];
+        const args = [
+          '-N', argv.export,
+          '-b', String(argv['block-size']),
+          '-C', String(argv.connections),
+          ...(argv.persist ? ['-persist'] : []),
+          ...(argv['nbd-timeout'] > 0 ? ['-timeout', String(argv['nbd-timeout'])] : []),
+          host!, port!, argv.device,
+        ];
         const bin = nbdClientPath();
         if (argv['dry-run']) {
           print(argv, { command: [bin ?? 'nbd-client', ...args] }, () => [bin ?? 'nbd-client', ...args].join(' ') + '\n');
