@@ -109,6 +109,10 @@ const limitValues = {
   deviceBytesMax: 16 * 1024 * 1024 * MiB,
   /** Device name length. */
   deviceNameBytesMax: 255,
+
+  // ---- Admin (src/admin) ---------------------------------------------------
+  /** Recent events (leader changes, lost peers, membership) the status page can show. */
+  statusPageEventsMax: 100,
 } satisfies Record<string, number>;
 
 export type Limits = { readonly [K in keyof typeof limitValues]: number };

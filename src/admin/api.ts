@@ -83,6 +83,8 @@ export interface NodeEvents {
   leaderChange: { leader: string; term: number };
   proposal: { outcome: 'committed' | 'failed' };
   peerRtt: { peer: string; seconds: number };
+  /** Something an operator cares about (leader changes, lost peers, membership): the status page's recent events. */
+  notice: { level: 'info' | 'warn' | 'error'; msg: string; fields: Record<string, unknown> };
 }
 
 export interface NodeApi {

@@ -15,6 +15,7 @@ import { validateLimits } from '../limits.ts';
 import { NbdServer } from '../nbd/server.ts';
 import { AdminServer } from '../admin/server.ts';
 import { createMetrics } from '../admin/metrics.ts';
+import { EventLog } from '../admin/status-page.ts';
 import { sdNotify } from '../native.ts';
 import { startRuntime, type Runtime } from './runtime.ts';
 import { watchFaultFile } from '../wal/fault-file.ts';
@@ -100,7 +101,8 @@ export async function startNode(loaded: LoadedConfig, logger: Logger): Promise<R
         };
   const nbd = new NbdServer({ devices: runtime.devices, logger: logger.child({ component: 'nbd' }), ...(tls ? { tls } : {}) });
   const metrics = createMetrics({ node: runtime.api, nbd, dataDir: config.dataDir });
-  const admin = new AdminServer({ node: runtime.api, metrics, logger: logger.child({ component: 'admin' }), token: config.adminToken });
+  const events = new EventLog(runtime.api);
+  const admin = new AdminServer({ node: runtime.api, metrics, events, logger: logger.child({ component: 'admin' }), token: config.adminToken });
 
   let nbdAddress = '';
   let adminAddress = '';

@@ -284,8 +284,8 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
     });
     t.on('peerRtt', ({ peer, ms }) => this.emit('peerRtt', { peer, seconds: ms / 1000 }));
     // Operators learn of a lost peer from every survivor, once per loss, and of its return.
-    t.on('disconnected', (peer) => this.logger.warn({ peer }, 'peer link lost'));
-    t.on('connected', (peer) => this.logger.info({ peer }, 'peer link up'));
+    t.on('disconnected', (peer) => this.notice('warn', { peer }, 'peer link lost'));
+    t.on('connected', (peer) => this.notice('info', { peer }, 'peer link up'));
     const bound = await t.listen();
     if (bound && this.config.peerListen?.port === 0) this.logger.info({ peerListen: bound }, 'peer transport listening');
     t.connectAll();
@@ -469,16 +469,22 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
     }
     // Entries this node's WAL held before it started are replays of old changes, not news.
     if (e.index <= this.walLastIndexAtStart) this.logger.debug({ index: e.index, voters: cs.voters, learners: cs.learners }, 'membership change replayed');
-    else this.logger.info({ index: e.index, voters: cs.voters, learners: cs.learners }, 'membership changed');
+    else this.notice('info', { index: e.index, voters: cs.voters, learners: cs.learners }, 'membership changed');
   }
 
   private leaveRemoved(why: string): void {
     if (this.removed) return;
     this.removed = true;
-    this.logger.warn({ why }, 'this node is no longer a member; leaving service');
+    this.notice('warn', { why }, 'this node is no longer a member; leaving service');
     this.session.failAll('ESHUTDOWN', 'this node was removed from the cluster');
     this.reads.failAll('ESHUTDOWN', 'this node was removed from the cluster');
     this.emit('removed', why);
+  }
+
+  /** Logs an event an operator cares about and offers it to the status page's recent events. */
+  private notice(level: 'info' | 'warn', fields: Record<string, unknown>, msg: string): void {
+    this.logger[level](fields, msg);
+    this.emit('notice', { level, msg, fields });
   }
 
   private onSoftState(ss: SoftState): void {
@@ -488,7 +494,10 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
     if ((previousRole === Role.Candidate || previousRole === Role.PreCandidate) && ss.role === Role.Follower && election) {
       // A lost pre-vote repeats every timeout while a live leader is out of reach: debug, not info.
       const lost = previousRole === Role.PreCandidate ? election.preVote : election.vote;
-      if (lost?.outcome === 'lost') this.logger[previousRole === Role.Candidate ? 'info' : 'debug'](describeElection(election), previousRole === Role.Candidate ? 'election lost' : 'pre-vote lost');
+      if (lost?.outcome === 'lost') {
+        if (previousRole === Role.Candidate) this.notice('info', describeElection(election), 'election lost');
+        else this.logger.debug(describeElection(election), 'pre-vote lost');
+      }
     }
     if (ss.lead !== this.lastLeader) {
       const previous = this.lastLeader;
@@ -496,9 +505,9 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
       const term = this.raw.raft.term;
       if (ss.lead === this.config.nodeId) {
         // Why this node campaigned (timeout or transfer) and who voted for it.
-        this.logger.info({ ...(election ? describeElection(election) : { term }), previous }, 'became leader');
+        this.notice('info', { ...(election ? describeElection(election) : { term }), previous }, 'became leader');
       } else {
-        this.logger.info({ leader: ss.lead, previous, role: ss.role, term }, ss.lead === '' ? 'leader lost' : 'leader changed');
+        this.notice('info', { leader: ss.lead, previous, role: ss.role, term }, ss.lead === '' ? 'leader lost' : 'leader changed');
       }
       this.emit('leaderChange', { leader: ss.lead, term: this.raw.raft.term });
       // The new leader may never have seen what the old one was given.
@@ -897,6 +906,7 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
     if (this.fatalError || this.stopped) return;
     this.fatalError = err;
     this.logger.fatal({ err: err.message, code: (err as XDeviceError).code }, 'node failed; leaving service');
+    this.emit('notice', { level: 'error', msg: 'node failed; leaving service', fields: { err: err.message } });
     clearInterval(this.tickTimer);
     this.session.failAll('ESHUTDOWN', `node failed: ${err.message}`);
     this.reads.failAll('ESHUTDOWN', `node failed: ${err.message}`);
