@@ -8,5 +8,12 @@ if (!existsSync(fileURLToPath(entry))) {
   process.stderr.write('xdevice-node: dist/ is missing; run `npm install` (or `npm run build`) first\n');
   process.exit(2);
 }
-const { main } = await import(entry.href);
+let main;
+try {
+  ({ main } = await import(entry.href));
+} catch (err) {
+  // An unbuilt native addon lands here: one line that says what to run, not a stack.
+  process.stderr.write(`xdevice-node: ${err instanceof Error ? err.message : String(err)}\n`);
+  process.exit(1);
+}
 await main();

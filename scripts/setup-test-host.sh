@@ -35,6 +35,9 @@ declare -A NEED=(
   [make]=make
   [python3]=python3
   [runuser]=util-linux
+  [promtool]=prometheus
+  [prometheus]=prometheus
+  [chromium]=chromium
 )
 
 have() {

@@ -147,6 +147,10 @@ const limitValues = {
   spaceReserveBytes: 256 * MiB,
   /** How often the free space of the data filesystem is measured. */
   spaceCheckIntervalMs: 250,
+
+  // ---- Admin (src/admin) ---------------------------------------------------
+  /** Recent events (leader changes, lost peers, membership) the status page can show. */
+  statusPageEventsMax: 100,
 } satisfies Record<string, number>;
 
 export type Limits = { readonly [K in keyof typeof limitValues]: number };

@@ -80,7 +80,22 @@ interface Binding {
 
 const require = createRequire(import.meta.url);
 // src/ and dist/ both sit beside build/.
-const binding = require('../build/Release/xdevice.node') as Binding;
+function loadBinding(): Binding {
+  try {
+    return require('../build/Release/xdevice.node') as Binding;
+  } catch (err) {
+    // An install with scripts blocked (npm --ignore-scripts, or a strict allowScripts
+    // policy) leaves the addon unbuilt: say how to build it instead of a bare MODULE_NOT_FOUND.
+    if ((err as { code?: string }).code !== 'MODULE_NOT_FOUND') throw err;
+    throw new Error(
+      'the native addon (build/Release/xdevice.node) is not built: its install script did not run. ' +
+        'Build it with `npm rebuild -g xdevice --allow-scripts=xdevice,ioctl` (global install) or `npm run build` (checkout)',
+      { cause: err },
+    );
+  }
+}
+
+const binding = loadBinding();
 
 let logger: Logger | undefined;
 let directFallbackLogged = false;

@@ -76,7 +76,7 @@ export function breakdown(node: string, before: Samples, after: Samples): NodeBr
   for (const d of deltas) {
     const cmd = /^xdevice_nbd_request_duration_seconds\{command="([^"]+)"\}$/.exec(d.series);
     if (cmd) nbd[cmd[1]!] = { count: d.count, meanUs: d.meanUs };
-    else if (d.series === 'xdevice_disk_wal_fsync_duration_seconds') {
+    else if (d.series === 'xdevice_disk_wal_write_duration_seconds') {
       walCommits = d.count;
       walCommitMeanUs = d.meanUs;
     } else if (d.series.startsWith('xdevice_network_peer_round_trip_time_seconds')) {

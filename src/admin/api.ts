@@ -16,6 +16,8 @@ export interface PeerStatus {
   lagEntries: number;
   voter: boolean;
   connected: boolean;
+  /** Raft messages to this peer dropped since start: not sent (no link, full queue) or lost with a closed link. */
+  messagesDropped?: number;
   /** Last measured peer round trip, milliseconds (undefined if unknown). */
   rttMs?: number;
 }
@@ -93,10 +95,17 @@ export interface ResizeOptions {
 
 /** Metric hooks a node emits; src/admin/metrics.ts turns them into Prometheus series. */
 export interface NodeEvents {
+  /** A WAL save as Raft waits for it: queueing, encoding, write and sync. */
   walSync: { durationSeconds: number; bytes: number };
+  /** The call that made one WAL batch durable (fdatasync, or the O_DSYNC write). */
+  walFsync: { durationSeconds: number; bytes: number };
+  /** Committed entries applied to the block store. */
+  apply: { durationSeconds: number; entries: number };
   leaderChange: { leader: string; term: number };
   proposal: { outcome: 'committed' | 'failed' };
   peerRtt: { peer: string; seconds: number };
+  /** Something an operator cares about (leader changes, lost peers, membership): the status page's recent events. */
+  notice: { level: 'info' | 'warn' | 'error'; msg: string; fields: Record<string, unknown> };
 }
 
 export interface NodeApi {

@@ -1,45 +1,83 @@
 // Prometheus metrics, named in etcd's style (etcd_disk_wal_fsync_duration_seconds
-// → xdevice_disk_wal_fsync_duration_seconds). Counters and histograms are fed
+// → xdevice_disk_wal_fsync_duration_seconds); every per-peer series has the
+// label `peer`, every per-device one `device`. Counters and histograms are fed
 // by events; gauges are read from the node's status when scraped, so the hot
 // path pays for nothing it does not already do.
 
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics, type Metric } from 'prom-client';
-import type { NodeApi } from './api.ts';
+import { readdir, stat, statfs } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { NodeApi, NodeStatus, PeerStatus } from './api.ts';
+import { VERSION } from '../version.ts';
 
 /** What src/nbd's server emits per request. */
 export interface NbdRequestEvent {
   command: string;
+  /** Payload bytes (read or written). */
+  bytes?: number;
   durationNs: number | bigint;
   error?: string | number | undefined;
 }
 
 export interface MetricSources {
   node: NodeApi;
-  /** An EventEmitter emitting 'request' events (NbdServer). */
-  nbd?: { on(event: 'request', listener: (e: NbdRequestEvent) => void): unknown };
+  /** An EventEmitter emitting 'request' events (NbdServer), and its open connections. */
+  nbd?: { on(event: 'request', listener: (e: NbdRequestEvent) => void): unknown; readonly connectionCount?: number };
+  /** The node's data directory: WAL bytes on disk and free space are read from it when scraped. */
+  dataDir?: string;
 }
 
 const LATENCY_BUCKETS = [0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5];
 
 export function createMetrics(sources: MetricSources): Registry {
   const registry = new Registry();
-  collectDefaultMetrics({ register: registry, prefix: 'xdevice_process_' });
+  // Unprefixed, as every `process_*` / `nodejs_*` dashboard expects.
+  collectDefaultMetrics({ register: registry });
   const { node } = sources;
 
-  const fsync = new Histogram({
-    name: 'xdevice_disk_wal_fsync_duration_seconds',
-    help: 'Latency of WAL write+fdatasync batches (group commits).',
+  new Gauge({
+    name: 'xdevice_build_info',
+    help: 'Always 1; the labels say which xdevice and Node.js versions run.',
+    labelNames: ['version', 'nodejs_version'],
+    registers: [registry],
+  }).set({ version: VERSION, nodejs_version: process.versions.node }, 1);
+
+  const walWrite = new Histogram({
+    name: 'xdevice_disk_wal_write_duration_seconds',
+    help: 'Latency of WAL saves as Raft waits for them: queueing behind the batch in flight, encoding, write and sync.',
     buckets: LATENCY_BUCKETS,
     registers: [registry],
   });
   const walBytes = new Counter({
     name: 'xdevice_disk_wal_write_bytes_total',
-    help: 'Bytes written to the WAL.',
+    help: 'Entry payload bytes written to the WAL.',
     registers: [registry],
   });
   node.on('walSync', (e) => {
-    fsync.observe(e.durationSeconds);
+    walWrite.observe(e.durationSeconds);
     walBytes.inc(e.bytes);
+  });
+  const walFsync = new Histogram({
+    name: 'xdevice_disk_wal_fsync_duration_seconds',
+    help: 'Latency of the call that makes one WAL batch durable: fdatasync, or the O_DSYNC write inside which the kernel syncs.',
+    buckets: LATENCY_BUCKETS,
+    registers: [registry],
+  });
+  node.on('walFsync', (e) => walFsync.observe(e.durationSeconds));
+  const apply = new Histogram({
+    name: 'xdevice_server_apply_duration_seconds',
+    help: 'Latency of applying a batch of committed entries to the block store.',
+    buckets: LATENCY_BUCKETS,
+    registers: [registry],
+  });
+  const applied = new Counter({
+    name: 'xdevice_server_applied_entries_total',
+    help: 'Committed entries applied to this node’s block store.',
+    registers: [registry],
+  });
+  node.on('apply', (e) => {
+    apply.observe(e.durationSeconds);
+    applied.inc(e.entries);
   });
 
   const leaderChanges = new Counter({
@@ -64,71 +102,85 @@ export function createMetrics(sources: MetricSources): Registry {
   const rtt = new Histogram({
     name: 'xdevice_network_peer_round_trip_time_seconds',
     help: 'Round trip time of Raft messages to each peer.',
-    labelNames: ['to'],
+    labelNames: ['peer'],
     buckets: LATENCY_BUCKETS,
     registers: [registry],
   });
-  node.on('peerRtt', (e) => rtt.observe({ to: e.peer }, e.seconds));
+  node.on('peerRtt', (e) => rtt.observe({ peer: e.peer }, e.seconds));
 
-  new Gauge({
-    name: 'xdevice_server_proposals_pending',
-    help: 'Proposals from this node not yet applied.',
-    registers: [registry],
-    collect() {
-      this.set(node.pendingProposals());
-    },
-  });
-  new Gauge({ name: 'xdevice_disk_data_free_bytes', help: 'Free bytes on the data filesystem (writes get ENOSPC below the reserve).', registers: [registry], collect() { const sp = node.space(); if (sp) this.set(sp.freeBytes); } });
-  new Gauge({
-    name: 'xdevice_server_has_leader',
-    help: '1 if this node knows a leader, 0 otherwise.',
-    registers: [registry],
-    collect() {
-      this.set(node.status().leader ? 1 : 0);
-    },
-  });
-  new Gauge({
-    name: 'xdevice_server_is_leader',
-    help: '1 if this node is the leader.',
-    registers: [registry],
-    collect() {
-      this.set(node.status().role === 'leader' ? 1 : 0);
-    },
-  });
-  new Gauge({
-    name: 'xdevice_raft_term',
-    help: 'Current Raft term.',
-    registers: [registry],
-    collect() {
-      this.set(node.status().term);
-    },
-  });
-  new Gauge({
-    name: 'xdevice_raft_commit_index',
-    help: 'Highest committed log index known to this node.',
-    registers: [registry],
-    collect() {
-      this.set(node.status().commit);
-    },
-  });
-  new Gauge({
-    name: 'xdevice_raft_applied_index',
-    help: 'Highest log index applied to this node’s block store.',
-    registers: [registry],
-    collect() {
-      this.set(node.status().applied);
-    },
-  });
-  new Gauge({
-    name: 'xdevice_raft_replication_lag_entries',
-    help: 'How many committed entries each peer trails by (leader only).',
+  const gauge = (name: string, help: string, read: () => number) =>
+    new Gauge({
+      name,
+      help,
+      registers: [registry],
+      collect() {
+        this.set(read());
+      },
+    });
+  gauge('xdevice_server_proposals_pending', 'Proposals from this node not yet applied.', () => node.pendingProposals());
+  gauge('xdevice_server_has_leader', '1 if this node knows a leader, 0 otherwise.', () => (node.status().leader ? 1 : 0));
+  gauge('xdevice_server_is_leader', '1 if this node is the leader.', () => (node.status().role === 'leader' ? 1 : 0));
+  gauge('xdevice_server_is_learner', '1 if this node is a learner (replicates, does not vote).', () => (node.status().role === 'learner' ? 1 : 0));
+  gauge('xdevice_server_uptime_seconds', 'Seconds since this node started.', () => node.status().uptimeSeconds);
+  gauge('xdevice_raft_term', 'Current Raft term.', () => node.status().term);
+  gauge('xdevice_raft_commit_index', 'Highest committed log index known to this node.', () => node.status().commit);
+  gauge('xdevice_raft_applied_index', 'Highest log index applied to this node’s block store.', () => node.status().applied);
+
+  const perPeer = (name: string, help: string, read: (p: PeerStatus) => number | undefined) =>
+    new Gauge({
+      name,
+      help,
+      labelNames: ['peer'],
+      registers: [registry],
+      collect() {
+        this.reset();
+        for (const p of node.status().peers) {
+          const v = read(p);
+          if (v !== undefined) this.set({ peer: p.id }, v);
+        }
+      },
+    });
+  perPeer('xdevice_raft_replication_lag_entries', 'How many committed entries each peer trails by (leader only).', (p) => p.lagEntries);
+  perPeer('xdevice_network_peer_connected', '1 if the peer link is up (authenticated and ready), 0 otherwise.', (p) => (p.connected ? 1 : 0));
+  new Counter({
+    name: 'xdevice_network_peer_sent_failures_total',
+    help: 'Raft messages to each peer that could not be sent or were lost with a closed link.',
     labelNames: ['peer'],
     registers: [registry],
     collect() {
       this.reset();
-      for (const p of node.status().peers) this.set({ peer: p.id }, p.lagEntries);
+      for (const p of node.status().peers) this.inc({ peer: p.id }, p.messagesDropped ?? 0);
     },
   });
+
+  const snapshotLabels = ['direction', 'peer'] as const;
+  const snapshotGauge = (name: string, help: string, read: (s: NonNullable<NodeStatus['snapshot']>) => number) =>
+    new Gauge({
+      name,
+      help,
+      labelNames: snapshotLabels,
+      registers: [registry],
+      collect() {
+        this.reset();
+        const s = node.status().snapshot;
+        if (s) this.set({ direction: s.direction, peer: s.peer }, read(s));
+      },
+    });
+  gauge('xdevice_snapshot_in_progress', '1 while a snapshot is being sent or received.', () => (node.status().snapshot ? 1 : 0));
+  snapshotGauge('xdevice_snapshot_done_bytes', 'Bytes of the snapshot in progress sent or received so far.', (s) => s.bytesDone);
+  snapshotGauge('xdevice_snapshot_size_bytes', 'Total bytes of the snapshot being sent (0 while receiving: the receiver does not know).', (s) => s.bytesTotal);
+
+  new Gauge({
+    name: 'xdevice_health_check',
+    help: '1 if the named health check (as /health reports it) passes, 0 if not.',
+    labelNames: ['check'],
+    registers: [registry],
+    async collect() {
+      this.reset();
+      for (const c of (await node.health()).checks) this.set({ check: c.name }, c.ok ? 1 : 0);
+    },
+  });
+
   new Gauge({
     name: 'xdevice_device_disk_used_bytes',
     help: 'Bytes allocated by each device’s data file on this node.',
@@ -150,7 +202,33 @@ export function createMetrics(sources: MetricSources): Registry {
     },
   });
 
+  const { dataDir } = sources;
+  if (dataDir !== undefined) {
+    new Gauge({
+      name: 'xdevice_disk_wal_size_bytes',
+      help: 'Bytes the WAL segment files occupy on disk (allocated blocks).',
+      registers: [registry],
+      async collect() {
+        this.set(await allocatedBytes(join(dataDir, 'wal')));
+      },
+    });
+    const fsGauge = (name: string, help: string, read: (s: { bavail: number; blocks: number; bsize: number }) => number) =>
+      new Gauge({
+        name,
+        help,
+        registers: [registry],
+        async collect() {
+          // a memory-backend node may have no data directory: no sample then, not a failed scrape
+          const s = await statfs(dataDir).catch(() => undefined);
+          if (s) this.set(read(s));
+        },
+      });
+    fsGauge('xdevice_disk_data_dir_free_bytes', 'Bytes available to this node on the data directory’s file system.', (s) => s.bavail * s.bsize);
+    fsGauge('xdevice_disk_data_dir_size_bytes', 'Size of the data directory’s file system.', (s) => s.blocks * s.bsize);
+  }
+
   if (sources.nbd) {
+    const nbd = sources.nbd;
     const nbdDuration = new CommandHistogram(
       'xdevice_nbd_request_duration_seconds',
       'Time from reading an NBD request to sending its reply, by command.',
@@ -163,12 +241,43 @@ export function createMetrics(sources: MetricSources): Registry {
       labelNames: ['command'],
       registers: [registry],
     });
-    sources.nbd.on('request', (e) => {
-      nbdDuration.observe(e.command, Number(e.durationNs) / 1e9);
+    new Counter({
+      name: 'xdevice_nbd_request_bytes_total',
+      help: 'Payload bytes of NBD requests (read: sent to clients; write: received), by command.',
+      labelNames: ['command'],
+      registers: [registry],
+      collect() {
+        this.reset();
+        for (const [command, bytes] of nbdDuration.bytesByCommand()) this.inc({ command }, bytes);
+      },
+    });
+    if (nbd.connectionCount !== undefined) gauge('xdevice_nbd_connections', 'Open NBD client connections.', () => nbd.connectionCount ?? 0);
+    nbd.on('request', (e) => {
+      nbdDuration.observe(e.command, Number(e.durationNs) / 1e9, e.bytes ?? 0);
       if (e.error !== undefined && e.error !== 0) nbdErrors.inc({ command: e.command });
     });
   }
   return registry;
+}
+
+/** Allocated bytes of the files directly in `dir` (0 if it does not exist). */
+async function allocatedBytes(dir: string): Promise<number> {
+  let names: string[];
+  try {
+    names = await readdir(dir);
+  } catch {
+    return 0;
+  }
+  let total = 0;
+  for (const name of names) {
+    try {
+      const st = await stat(join(dir, name));
+      if (st.isFile()) total += st.blocks * 512;
+    } catch {
+      // removed by compaction while we looked
+    }
+  }
+  return total;
 }
 
 interface HistogramValue {
@@ -188,7 +297,7 @@ interface HistogramValue {
 class CommandHistogram {
   readonly type = 'histogram';
   readonly aggregator = 'sum';
-  private readonly series = new Map<string, { counts: Float64Array; sum: number; count: number }>();
+  private readonly series = new Map<string, { counts: Float64Array; sum: number; count: number; bytes: number }>();
 
   constructor(
     readonly name: string,
@@ -196,9 +305,10 @@ class CommandHistogram {
     private readonly bounds: readonly number[],
   ) {}
 
-  observe(command: string, seconds: number): void {
+  observe(command: string, seconds: number, bytes = 0): void {
     let s = this.series.get(command);
-    if (!s) this.series.set(command, (s = { counts: new Float64Array(this.bounds.length), sum: 0, count: 0 }));
+    if (!s) this.series.set(command, (s = { counts: new Float64Array(this.bounds.length), sum: 0, count: 0, bytes: 0 }));
+    s.bytes += bytes;
     const b = this.bounds;
     for (let i = 0; i < b.length; i++) {
       if (seconds <= b[i]!) {
@@ -212,6 +322,11 @@ class CommandHistogram {
 
   reset(): void {
     this.series.clear();
+  }
+
+  /** Payload bytes per command, counted with the same one map lookup per request. */
+  *bytesByCommand(): Iterable<[string, number]> {
+    for (const [command, s] of this.series) yield [command, s.bytes];
   }
 
   /** What prom-client's Registry formats (the shape its own metrics return). */

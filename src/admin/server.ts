@@ -6,6 +6,7 @@
 //   POST   /leader {to}       leadership transfer
 //   GET    /devices           POST /devices {name,size}    PATCH /devices/:name {size}   DELETE /devices/:name
 //   GET    /metrics           Prometheus text format
+//   GET    /                  the status page (HTML; reads the endpoints above)   GET /events  its recent events
 //
 // Errors are JSON {error: {code, message}} with a status a script can act on.
 
@@ -17,6 +18,7 @@ import type { Logger } from 'pino';
 import type { DeviceInfo, NodeApi } from './api.ts';
 import { XDeviceError } from '../errors.ts';
 import { parseDeviceName, parseDeviceSize, parsePeers } from '../cli/config.ts';
+import { STATUS_PAGE_HTML, type EventLog } from './status-page.ts';
 
 const BODY_BYTES_MAX = 64 * 1024;
 
@@ -45,6 +47,8 @@ export interface AdminServerOptions {
   logger: Logger;
   /** Bearer token; empty = no authentication (loopback only is the default). */
   token?: string;
+  /** Recent events for the status page (GET /events). */
+  events?: EventLog;
 }
 
 /** Maps errors thrown by the node to HTTP statuses. */
@@ -129,6 +133,12 @@ export class AdminServer {
   private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const url = new URL(req.url ?? '/', 'http://admin');
     const method = req.method ?? 'GET';
+    if (method === 'GET' && url.pathname === '/') {
+      // The status page holds no data (it reads the endpoints below with the token): no token needed.
+      res.writeHead(200, { 'Content-Type': 'text/html; charset=utf-8', 'Content-Security-Policy': "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'" });
+      res.end(STATUS_PAGE_HTML);
+      return;
+    }
     if (!this.authorised(req)) {
       this.options.logger.warn({ remote: req.socket.remoteAddress, method, path: url.pathname }, 'admin API: missing or wrong bearer token');
       res.setHeader('WWW-Authenticate', 'Bearer realm="xdevice"');
@@ -218,6 +228,8 @@ export class AdminServer {
         this.options.logger.info({ name, disconnected }, 'admin API: clients disconnected');
         return this.json(res, 200, { device: name, disconnected });
       }
+      case 'GET /events':
+        return this.json(res, 200, { events: this.options.events?.list() ?? [] });
       case 'GET /metrics': {
         const text = await this.options.metrics.metrics();
         res.writeHead(200, { 'Content-Type': this.options.metrics.contentType });

@@ -12,6 +12,7 @@ import { hideBin } from 'yargs/helpers';
 import { AdminClient, AdminClientError } from './admin-client.ts';
 import { formatSize, parseDeviceName, parseDeviceSize, parseHostPort, parsePeers } from './config.ts';
 import { ProgressBar, renderTable, type OutputFormat } from './output.ts';
+import { VERSION } from '../version.ts';
 import type { DeviceInfo, HealthReport, Member, NodeStatus } from '../admin/api.ts';
 
 export const EXIT = { ok: 0, failed: 1, usage: 2, unreachable: 3, unauthorised: 4, noKernelNbd: 5 } as const;
@@ -345,12 +346,21 @@ export function buildCli(args: string[]): Argv<GlobalArgs> {
           .option('export', { type: 'string', default: 'default', describe: 'export (device) name' })
           .option('connections', { type: 'number', default: 1, describe: 'connections (the export allows several: CAN_MULTI_CONN)' })
           .option('block-size', { type: 'number', default: 4096 })
+          .option('persist', { type: 'boolean', default: true, describe: 'nbd-client -persist: reconnect when the connection drops (a node restart is a pause, not EIO)' })
+          .option('nbd-timeout', { type: 'number', default: 60, describe: 'nbd-client -timeout: seconds a request may wait (covers a node restart)' })
           .option('dry-run', { type: 'boolean', default: false, describe: 'print the nbd-client command instead of running it' }),
       async (argv) => {
         const c = client(argv);
         const { body: status } = await c.read<NodeStatus>('/status');
         const [host, port] = status.nbdAddress.split(/:(?=\d+$)/);
-        const args = ['-N', argv.export, '-b', String(argv['block-size']), '-C', String(argv.connections), host!, port!, argv.device];
+        const args = [
+          '-N', argv.export,
+          '-b', String(argv['block-size']),
+          '-C', String(argv.connections),
+          ...(argv.persist ? ['-persist'] : []),
+          ...(argv['nbd-timeout'] > 0 ? ['-timeout', String(argv['nbd-timeout'])] : []),
+          host!, port!, argv.device,
+        ];
         const bin = nbdClientPath();
         if (argv['dry-run']) {
           print(argv, { command: [bin ?? 'nbd-client', ...args] }, () => [bin ?? 'nbd-client', ...args].join(' ') + '\n');
@@ -376,11 +386,12 @@ export function buildCli(args: string[]): Argv<GlobalArgs> {
         print(argv, { device: argv.device, detached: true }, () => `detached ${argv.device}\n`);
       },
     )
+    .completion('completion', 'print a bash completion script (eval "$(xdevice-cli completion)", or save it under /etc/bash_completion.d/)')
     .demandCommand(1, 'say which command (see --help)')
     .strict()
     .strictCommands()
     .help()
-    .version(false) as unknown as Argv<GlobalArgs>;
+    .version(VERSION) as unknown as Argv<GlobalArgs>;
 }
 
 function exitCodeFor(err: unknown): number {

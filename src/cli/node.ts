@@ -15,12 +15,14 @@ import { validateLimits } from '../limits.ts';
 import { NbdServer } from '../nbd/server.ts';
 import { AdminServer } from '../admin/server.ts';
 import { createMetrics } from '../admin/metrics.ts';
+import { EventLog } from '../admin/status-page.ts';
 import { sdNotify } from '../native.ts';
 import { startRuntime, type Runtime } from './runtime.ts';
 import { watchFaultFile } from '../wal/fault-file.ts';
 import { START_REFUSAL_CODES } from '../cluster/data-dir.ts';
 import { NODE_EXIT } from '../exit-codes.ts';
 import type { XDeviceError } from '../errors.ts';
+import { VERSION } from '../version.ts';
 
 export interface RunningNode {
   config: NodeConfig;
@@ -40,7 +42,7 @@ function parseFlags(argv: string[]): { flags: Map<string, string | string[]>; co
     .parserConfiguration({ 'camel-case-expansion': false, 'dot-notation': false, 'boolean-negation': false })
     .strict()
     .help()
-    .version(false);
+    .version(VERSION);
   for (const spec of CONFIG_KEYS) {
     parser = parser.option(spec.key, {
       type: spec.kind === 'boolean' ? 'boolean' : 'string',
@@ -61,10 +63,32 @@ function parseFlags(argv: string[]): { flags: Map<string, string | string[]>; co
   return configFile === undefined ? { flags } : { flags, configFile };
 }
 
+/**
+ * One log record that says what this node is: version, id, where its data
+ * lives, what it serves, and which settings were given (and where) rather than
+ * defaulted. The whole configuration, one key per line, is at debug level.
+ */
+export function startupSummary(loaded: LoadedConfig): Record<string, unknown> {
+  const { config } = loaded;
+  const described = describeConfig(loaded) as Record<string, { value: unknown; from: string }>;
+  const given = Object.entries(described)
+    .filter(([, d]) => d.from !== 'default')
+    .map(([key, d]) => `${key}=${Array.isArray(d.value) ? d.value.join(',') : String(d.value)} (${d.from})`);
+  return {
+    version: VERSION,
+    node: config.nodeId,
+    backend: config.backend,
+    dataDir: config.dataDir,
+    peers: Object.keys(config.peers).length,
+    given: given.join(', '),
+  };
+}
+
 export async function startNode(loaded: LoadedConfig, logger: Logger): Promise<RunningNode> {
   const { config } = loaded;
   validateLimits();
-  logger.info({ config: describeConfig(loaded) }, 'effective configuration');
+  logger.info(startupSummary(loaded), 'starting');
+  logger.debug({ config: describeConfig(loaded) }, 'effective configuration');
 
   // Test-only: XDEVICE_FAULT_FILE names a JSON file of disk faults (slow or failing
   // fdatasync/pwrite) that the fault tests change while the node runs.
@@ -81,8 +105,9 @@ export async function startNode(loaded: LoadedConfig, logger: Logger): Promise<R
           ...(config.tlsPsk ? { pskFile: config.tlsPsk } : {}),
         };
   const nbd = new NbdServer({ devices: runtime.devices, logger: logger.child({ component: 'nbd' }), ...(tls ? { tls } : {}) });
-  const metrics = createMetrics({ node: runtime.api, nbd });
-  const admin = new AdminServer({ node: runtime.api, exports: nbd, metrics, logger: logger.child({ component: 'admin' }), token: config.adminToken });
+  const metrics = createMetrics({ node: runtime.api, nbd, dataDir: config.dataDir });
+  const events = new EventLog(runtime.api);
+  const admin = new AdminServer({ node: runtime.api, exports: nbd, metrics, events, logger: logger.child({ component: 'admin' }), token: config.adminToken });
 
   let nbdAddress = '';
   let adminAddress = '';

@@ -30,6 +30,7 @@ import { bootstrap } from '../raft/bootstrap.ts';
 import { ConfChangeType, confChanges, decodeConfChange } from '../raft/confchange.ts';
 import { NotLeaderError } from '../raft/errors.ts';
 import { RawNode, Role, type Ready, type SoftState } from '../raft/rawnode.ts';
+import type { ElectionRecord, VoteTally } from '../raft/raft.ts';
 import { EntryType, MessageType, message, type ConfState, type Entry, type Message, type SnapshotMetadata } from '../raft/types.ts';
 import { Wal, type WalOptions } from '../wal/wal.ts';
 import { BlockStore } from '../device/block-store.ts';
@@ -143,6 +144,8 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
   private readonly startedAt = Date.now();
   private addresses = { nbd: '', admin: '' };
   private lastLeader = '';
+  private lastRole: Role = Role.Follower;
+  private readonly walLastIndexAtStart: number;
   private readonly tuning: Pick<typeof limits, 'checkpointEntries' | 'checkpointBytes' | 'walRetainEntriesMax'>;
   private readonly space: SpaceMonitor;
   /** Learners this leader was asked to add: promoted once promotionBlocker() has nothing to say. */
@@ -164,6 +167,8 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
       walRetainEntriesMax: config.tuning?.walRetainEntriesMax ?? limits.walRetainEntriesMax,
     };
     this.space = new SpaceMonitor(config.dataDir, config.spaceReserveBytes ?? limits.spaceReserveBytes);
+    this.walLastIndexAtStart = wal.lastIndex();
+    wal.onBatchDurable = (e) => this.emit('walFsync', { durationSeconds: e.syncSeconds, bytes: e.bytes });
     const applied = wal.snapshotMetadata().index;
     this.raw = new RawNode({ id: config.nodeId, storage: wal, rand: (n) => randomInt(n), applied });
     this.processedIndex = Math.max(applied, store.appliedIndex);
@@ -317,6 +322,9 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
     });
     t.on('peerRtt', ({ peer, ms }) => this.emit('peerRtt', { peer, seconds: ms / 1000 }));
     await this.space.start();
+    // Operators learn of a lost peer from every survivor, once per loss, and of its return.
+    t.on('disconnected', (peer) => this.notice('warn', { peer }, 'peer link lost'));
+    t.on('connected', (peer) => this.notice('info', { peer }, 'peer link up'));
     const bound = await t.listen();
     if (bound && this.config.peerListen?.port === 0) this.logger.info({ peerListen: bound }, 'peer transport listening');
     t.connectAll();
@@ -460,6 +468,7 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
 
   private async apply(entries: Entry[]): Promise<void> {
     if (entries.length === 0) return;
+    const started = process.hrtime.bigint();
     // Waiters settle as each write is queued (see BlockStore.applyBatch);
     // reads wait for processedIndex, which moves once the batch completed.
     await this.store.applyBatch(
@@ -471,6 +480,7 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
         this.session.settle(o);
       },
     );
+    this.emit('apply', { durationSeconds: Number(process.hrtime.bigint() - started) / 1e9, entries: entries.length });
     const last = entries[entries.length - 1]!;
     this.raftAppliedIndex = Math.max(this.raftAppliedIndex, last.index);
     this.processedIndex = Math.max(this.processedIndex, last.index, this.store.appliedIndex);
@@ -497,25 +507,50 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
         if (ch.nodeId !== this.config.nodeId) this.transport.addPeer(ch.nodeId, address);
       }
     }
-    this.logger.info({ index: e.index, voters: cs.voters, learners: cs.learners }, 'membership changed');
+    // Entries this node's WAL held before it started are replays of old changes, not news.
+    if (e.index <= this.walLastIndexAtStart) this.logger.debug({ index: e.index, voters: cs.voters, learners: cs.learners }, 'membership change replayed');
+    else this.notice('info', { index: e.index, voters: cs.voters, learners: cs.learners }, 'membership changed');
   }
 
   private leaveRemoved(why: string): void {
     if (this.removed) return;
     this.removed = true;
     this.removedWhy = why;
-    this.logger.warn({ why }, 'this node is no longer a member; leaving service');
+    this.notice('warn', { why }, 'this node is no longer a member; leaving service');
     this.session.failAll('ESHUTDOWN', 'this node was removed from the cluster');
     this.reads.failAll('ESHUTDOWN', 'this node was removed from the cluster');
     this.emit('removed', why);
   }
 
+  /** Logs an event an operator cares about and offers it to the status page's recent events. */
+  private notice(level: 'info' | 'warn', fields: Record<string, unknown>, msg: string): void {
+    this.logger[level](fields, msg);
+    this.emit('notice', { level, msg, fields });
+  }
+
   private onSoftState(ss: SoftState): void {
+    const previousRole = this.lastRole;
+    this.lastRole = ss.role;
+    const election = this.raw.lastElection();
+    if ((previousRole === Role.Candidate || previousRole === Role.PreCandidate) && ss.role === Role.Follower && election) {
+      // A lost pre-vote repeats every timeout while a live leader is out of reach: debug, not info.
+      const lost = previousRole === Role.PreCandidate ? election.preVote : election.vote;
+      if (lost?.outcome === 'lost') {
+        if (previousRole === Role.Candidate) this.notice('info', describeElection(election), 'election lost');
+        else this.logger.debug(describeElection(election), 'pre-vote lost');
+      }
+    }
     if (ss.lead !== this.lastLeader) {
+      const previous = this.lastLeader;
       this.lastLeader = ss.lead;
-      const { term } = this.raw.basicStatus();
-      this.logger.info({ leader: ss.lead, role: ss.role, term }, 'leader changed');
-      this.emit('leaderChange', { leader: ss.lead, term });
+      const term = this.raw.basicStatus().term;
+      if (ss.lead === this.config.nodeId) {
+        // Why this node campaigned (timeout or transfer) and who voted for it.
+        this.notice('info', { ...(election ? describeElection(election) : { term }), previous }, 'became leader');
+      } else {
+        this.notice('info', { leader: ss.lead, previous, role: ss.role, term }, ss.lead === '' ? 'leader lost' : 'leader changed');
+      }
+      this.emit('leaderChange', { leader: ss.lead, term: this.raw.basicStatus().term });
       // The new leader may never have seen what the old one was given.
       if (ss.lead !== '') this.session.retryAll();
     }
@@ -969,6 +1004,7 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
         lagEntries: pr ? Math.max(0, st.commit - pr.match) : 0,
         voter: cs.voters.includes(id) || cs.votersOutgoing.includes(id),
         connected: link?.connected ?? false,
+        messagesDropped: link?.droppedMessages ?? 0,
         ...(link?.rttMs !== undefined ? { rttMs: link.rttMs } : {}),
       };
     });
@@ -1055,6 +1091,7 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
     if (this.fatalError || this.stopped) return;
     this.fatalError = err;
     this.logger.fatal({ err: err.message, code: (err as XDeviceError).code }, 'node failed; leaving service');
+    this.emit('notice', { level: 'error', msg: 'node failed; leaving service', fields: { err: err.message } });
     clearInterval(this.tickTimer);
     this.space.stop();
     this.session.failAll('ESHUTDOWN', `node failed: ${err.message}`);
@@ -1091,6 +1128,13 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
 /** Does this entry payload write data (and so take space in a device file)? */
 function allocates(data: Buffer): boolean {
   return data.length > 1 && data[0] === COMMAND_VERSION && (data[1] === CommandOp.Write || data[1] === CommandOp.WriteZeroes);
+}
+
+/** An election for one log line: {term, cause: 'timeout', preVote: 'won: granted node1,node2; rejected node3', vote: …}. */
+function describeElection(e: ElectionRecord): Record<string, unknown> {
+  const tally = (v: VoteTally | undefined) =>
+    v && `${v.outcome}: granted ${v.granted.join(',') || 'none'}${v.rejected.length > 0 ? `; rejected ${v.rejected.join(',')}` : ''}`;
+  return { term: e.term, cause: e.cause, ...(e.preVote ? { preVote: tally(e.preVote) } : {}), ...(e.vote ? { vote: tally(e.vote) } : {}) };
 }
 
 function safeTerm(wal: Wal, index: number): number | undefined {

@@ -25,7 +25,7 @@ export {
 } from './errors.ts';
 export { MemoryStorage } from './memory-storage.ts';
 export { ProgressState } from './progress.ts';
-export { CAMPAIGN_TRANSFER_CONTEXT, Role } from './raft.ts';
+export { CAMPAIGN_TRANSFER_CONTEXT, Role, type ElectionRecord, type VoteTally } from './raft.ts';
 export { RawNode, type PeerStatus, type Ready, type SoftState, type Status } from './rawnode.ts';
 export type { ReadState } from './read-only.ts';
 export { StorageError, type Storage } from './storage.ts';

@@ -42,6 +42,22 @@ const isTransferContext = (ctx: Buffer | undefined): boolean => ctx !== undefine
 
 const isCompacted = (e: unknown): boolean => e instanceof StorageError && e.code === 'XDEVICE_ERR_COMPACTED';
 
+/** This node's latest campaign: why it began and how the polls went (for the runtime's log; no logic reads it). */
+export interface ElectionRecord {
+  /** The term campaigned for. */
+  term: number;
+  /** 'timeout': no leader heard within the election timeout (or an explicit campaign); 'transfer': TimeoutNow from the leader. */
+  cause: 'timeout' | 'transfer';
+  preVote?: VoteTally;
+  vote?: VoteTally;
+}
+
+export interface VoteTally {
+  granted: NodeId[];
+  rejected: NodeId[];
+  outcome: 'won' | 'lost';
+}
+
 export class Raft {
   readonly id: NodeId;
   readonly cfg: ResolvedConfig;
@@ -70,6 +86,8 @@ export class Raft {
   pendingConfIndex = 0;
   /** Payload bytes appended by this leader and not yet applied. */
   uncommittedBytes = 0;
+
+  lastElection: ElectionRecord | undefined;
 
   electionElapsed = 0;
   heartbeatElapsed = 0;
@@ -270,8 +288,17 @@ export class Raft {
   private hup(transfer: boolean): void {
     if (this.role === Role.Leader || !this.promotable()) return;
     if (this.hasUnappliedConfChanges()) return;
+    this.lastElection = { term: this.term + 1, cause: transfer ? 'transfer' : 'timeout' };
     if (this.cfg.preVote && !transfer) this.campaign(true, false);
     else this.campaign(false, transfer);
+  }
+
+  private recordTally(pre: boolean, outcome: VoteTally['outcome']): void {
+    if (!this.lastElection) return;
+    const granted: NodeId[] = [];
+    const rejected: NodeId[] = [];
+    for (const [id, v] of this.trk.votes) (v ? granted : rejected).push(id);
+    this.lastElection[pre ? 'preVote' : 'vote'] = { granted: granted.sort(), rejected: rejected.sort(), outcome };
   }
 
   private hasUnappliedConfChanges(): boolean {
@@ -297,6 +324,7 @@ export class Raft {
     // new term and vote are durable, so no other vote can arrive before that.
     this.trk.recordVote(this.id, true);
     if (this.trk.tallyVotes().result === VoteResult.Won) {
+      this.recordTally(pre, 'won');
       if (pre) this.campaign(false, transfer);
       else this.becomeLeader();
       return;
@@ -593,9 +621,11 @@ export class Raft {
         this.trk.recordVote(m.from, !m.reject);
         const { result } = this.trk.tallyVotes();
         if (result === VoteResult.Won) {
+          this.recordTally(this.role === Role.PreCandidate, 'won');
           if (this.role === Role.PreCandidate) this.campaign(false, false);
           else this.becomeLeader();
         } else if (result === VoteResult.Lost) {
+          this.recordTally(this.role === Role.PreCandidate, 'lost');
           this.becomeFollower(this.term, None);
         }
         return;

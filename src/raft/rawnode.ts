@@ -22,7 +22,7 @@ import type { Config } from './config.ts';
 import type { ConfChange } from './confchange.ts';
 import { payloadBytes } from './log.ts';
 import type { ProgressState } from './progress.ts';
-import { Raft, Role } from './raft.ts';
+import { Raft, Role, type ElectionRecord } from './raft.ts';
 import type { ReadState } from './read-only.ts';
 import { EntryType, message, MessageType, None, type ConfState, type Entry, type HardState, type Message, type NodeId, type SnapshotMetadata } from './types.ts';
 
@@ -292,6 +292,11 @@ export class RawNode {
   /** Whether `id` is in the configuration (a voter of either half, or a learner). */
   isMember(id: NodeId): boolean {
     return this.raft.trk.progress.has(id);
+  }
+
+  /** This node's latest campaign (why, and who voted how), for the runtime's logs. */
+  lastElection(): ElectionRecord | undefined {
+    return this.raft.lastElection;
   }
 
   /** Whether any configuration is known yet (false on a node waiting to be added). */

@@ -70,6 +70,18 @@ export interface WriterOptions {
   logger?: Logger;
   /** Called after a new segment is durable (its name is in the directory). */
   onSegmentCreated?: (segment: ActiveSegment) => void;
+  /** Called after each data batch is durable, with the time of the call that made it so (metrics). */
+  onBatchDurable?: (e: BatchDurable) => void;
+}
+
+export interface BatchDurable {
+  /** Padded bytes written. */
+  bytes: number;
+  /**
+   * Seconds of the call that made the batch durable: the fdatasync
+   * ('fdatasync' mode), or the O_DSYNC pwrite, inside which the kernel syncs ('dsync').
+   */
+  syncSeconds: number;
 }
 
 interface PendingSave {
@@ -264,11 +276,21 @@ export class GroupCommitWriter {
     assert(at === bytes, `batch encoded to ${at} bytes, expected ${bytes}`);
     encodeBatchHeader(buf, 0, bytes, segment.nextBatchSeq, count, segment.salt, native.crc32c);
     buf.fill(0, bytes, padded);
-    const pending: Promise<unknown>[] = [native.pwrite(segment.fd, buf.subarray(0, padded), segment.offset)];
+    const started = process.hrtime.bigint();
+    let written = started;
+    const write = native.pwrite(segment.fd, buf.subarray(0, padded), segment.offset);
+    const pending: Promise<unknown>[] = [write];
     // Queued right behind the write on the file's I/O thread: no event-loop round trip between them.
-    if (this.opts.syncMode === 'fdatasync') pending.push(native.fdatasync(segment.fd));
+    if (this.opts.syncMode === 'fdatasync') {
+      void write.then(() => (written = process.hrtime.bigint()), () => undefined);
+      pending.push(native.fdatasync(segment.fd));
+    }
     if (created) pending.push(syncDirectory(this.opts.dir));
     await Promise.all(pending);
+    if (this.opts.onBatchDurable) {
+      const syncStarted = this.opts.syncMode === 'fdatasync' ? written : started;
+      this.opts.onBatchDurable({ bytes: padded, syncSeconds: Number(process.hrtime.bigint() - syncStarted) / 1e9 });
+    }
     segment.offset += padded;
     segment.nextBatchSeq++;
     // Only now that the successor holds a durable batch: a crash before this

@@ -12,7 +12,9 @@ import { limits } from '../limits.ts';
 import { StorageError, type Storage } from '../raft/storage.ts';
 import type { ConfState, Entry, HardState, SnapshotMetadata } from '../raft/types.ts';
 import { WalClosedError, WalUsageError } from './errors.ts';
-import { GroupCommitWriter, hardStateRecord, type ActiveSegment, type LogState } from './group-commit.ts';
+import { GroupCommitWriter, hardStateRecord, type ActiveSegment, type BatchDurable, type LogState } from './group-commit.ts';
+
+export type { BatchDurable } from './group-commit.ts';
 import type { MemoryLog } from './memory-log.ts';
 import { RecordKind, SnapshotFlavour, type RecordSpec } from './record.ts';
 import { recover } from './recovery.ts';
@@ -39,6 +41,8 @@ interface SegmentRef {
 }
 
 export class Wal implements Storage {
+  /** Set by the runtime to observe each durable batch (the fsync histogram). */
+  onBatchDurable: ((e: BatchDurable) => void) | undefined;
   private closed = false;
   private deleting: Promise<void> = Promise.resolve();
 
@@ -76,6 +80,7 @@ export class Wal implements Storage {
       };
     }
     const state: LogState = { lastIndex: memory.lastIndex(), hardState: memory.hardState, snapshot: memory.snapshot };
+    let wal: Wal | undefined;
     const writer = await GroupCommitWriter.start(
       {
         dir,
@@ -86,6 +91,7 @@ export class Wal implements Storage {
         batchBytesMax: opts.batchBytesMax ?? limits.walBatchBytesMax,
         logger: opts.logger,
         onSegmentCreated: (s) => segmentRefs.push({ name: s.name, path: s.path, seq: s.seq, firstIndex: s.firstIndex }),
+        onBatchDurable: (e) => wal?.onBatchDurable?.(e),
       },
       active,
       state,
@@ -94,7 +100,8 @@ export class Wal implements Storage {
       { dir, segments: segmentRefs.length, firstIndex: memory.firstIndex(), lastIndex: memory.lastIndex() },
       'WAL recovered',
     );
-    return new Wal(dir, memory, writer, segmentRefs, opts.logger);
+    wal = new Wal(dir, memory, writer, segmentRefs, opts.logger);
+    return wal;
   }
 
   /**
