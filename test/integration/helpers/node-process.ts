@@ -110,7 +110,9 @@ export async function startNode(options: StartOptions = {}): Promise<NodeProcess
     `--peer-listen=127.0.0.1:${peer}`,
     `--backend=${options.backend ?? 'replicated'}`,
     ...(options.devices ?? ['default:64MiB']).map((d) => `--device=${d}`),
-    ...(options.peers ? [`--peers=${options.peers}`, ...peerAuthArgs(options.extraArgs)] : []),
+    // Peer authentication even without peers: a node started alone may be grown with add-node later.
+    ...(options.peers ? [`--peers=${options.peers}`] : []),
+    ...(options.backend === undefined || options.backend === 'replicated' ? peerAuthArgs(options.extraArgs) : []),
     ...(options.extraArgs ?? []),
   ];
   const child = spawn(process.execPath, args, {
