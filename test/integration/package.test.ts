@@ -21,7 +21,8 @@ function run(cmd: string, args: string[], opts: { cwd?: string; env?: NodeJS.Pro
 
 function npm(args: string[], cwd: string): SpawnSyncReturns<string> {
   // --prefer-offline: dependencies come from npm's cache when it has them (CI time).
-  return run('npm', [...args, '--no-audit', '--no-fund', '--prefer-offline', '--loglevel=warn'], { cwd, env: { npm_config_update_notifier: 'false' } });
+  // JOBS: node-gyp compiles the addons with every core (the test's longest part).
+  return run('npm', [...args, '--no-audit', '--no-fund', '--prefer-offline', '--loglevel=warn'], { cwd, env: { npm_config_update_notifier: 'false', JOBS: 'max' } });
 }
 
 t.test('npm pack → npm install -g gives working xdevice-node and xdevice-cli', { timeout: 600_000 }, async (t) => {
