@@ -25,6 +25,8 @@ EXPORT=${2:-default}
 FILE_MB=${XDVM_FILE_MB:-32}
 TIMEOUT=${XDVM_TIMEOUT:-420}
 MEM_MB=${XDVM_MEM_MB:-384}
+# Extra nbd-client flags in the guest, e.g. XDVM_NBD_FLAGS=-persist (one word: it rides on the kernel command line).
+NBD_FLAGS=${XDVM_NBD_FLAGS:-}
 
 say() { echo "[kernel-attach-vm] $*" >&2; }
 die() { say "error: $*"; exit 2; }
@@ -115,7 +117,7 @@ fail() { echo "XDVM-RESULT: FAIL $*"; dmesg | tail -n 30; poweroff -f; }
 for m in $(cat /etc/modules); do insmod /modules/$m || fail "insmod $m"; done
 ip link set lo up; ip link set eth0 up; ip addr add 10.0.2.15/24 dev eth0; ip route add default via 10.0.2.2
 attach() {
-  /usr/sbin/nbd-client -N "$export" -b 4096 -t 60 10.0.2.2 "$port" /dev/nbd0 || return 1
+  /usr/sbin/nbd-client -N "$export" -b 4096 -t 60 $nbdflags 10.0.2.2 "$port" /dev/nbd0 || return 1
   i=0; while [ "$(cat /sys/block/nbd0/size)" = 0 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
   [ "$(cat /sys/block/nbd0/size)" != 0 ]
 }
@@ -162,7 +164,7 @@ CONSOLE=$WORK/console.log
 : > "$CONSOLE"
 timeout -k 5 "$TIMEOUT" qemu-system-x86_64 -accel tcg,thread=multi -machine pc -m "$MEM_MB" -smp 1 \
   -nographic -no-reboot -kernel "$BOOT" -initrd "$WORK/initrd.gz" \
-  -append "console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init tsc=unstable i8042.noaux xdvm.port=$PORT xdvm.export=$EXPORT xdvm.mb=$FILE_MB" \
+  -append "console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init tsc=unstable i8042.noaux xdvm.port=$PORT xdvm.export=$EXPORT xdvm.mb=$FILE_MB xdvm.nbdflags=$NBD_FLAGS" \
   -netdev user,id=n0 -device e1000,netdev=n0,romfile= </dev/null >"$CONSOLE" 2>&1 &
 QEMU_PID=$!
 # Relay the guest's phase lines as they appear.

@@ -346,8 +346,8 @@ export function buildCli(args: string[]): Argv<GlobalArgs> {
           .option('export', { type: 'string', default: 'default', describe: 'export (device) name' })
           .option('connections', { type: 'number', default: 1, describe: 'connections (the export allows several: CAN_MULTI_CONN)' })
           .option('block-size', { type: 'number', default: 4096 })
-          .option('persist', { type: 'boolean', default: true, describe: 'nbd-client -persist: reconnect when the connection drops (a node restart is a pause, not EIO)' })
-          .option('nbd-timeout', { type: 'number', default: 60, describe: 'nbd-client -timeout: seconds a request may wait (covers a node restart)' })
+          .option('persist', { type: 'boolean', default: true, describe: 'nbd-client -persist: ask nbd-client to reconnect when the connection drops' })
+          .option('nbd-timeout', { type: 'number', default: 60, describe: 'nbd-client -timeout: seconds a request may wait before the kernel fails it' })
           .option('dry-run', { type: 'boolean', default: false, describe: 'print the nbd-client command instead of running it' }),
       async (argv) => {
         const c = client(argv);

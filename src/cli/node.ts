@@ -73,7 +73,7 @@ export function startupSummary(loaded: LoadedConfig): Record<string, unknown> {
   const described = describeConfig(loaded) as Record<string, { value: unknown; from: string }>;
   const given = Object.entries(described)
     .filter(([, d]) => d.from !== 'default')
-    .map(([key, d]) => `${key}=${Array.isArray(d.value) ? d.value.join(',') : String(d.value)} (${d.from})`);
+    .map(([key, d]) => `${key}=${formatValue(d.value)} (${d.from})`);
   return {
     version: VERSION,
     node: config.nodeId,
@@ -82,6 +82,12 @@ export function startupSummary(loaded: LoadedConfig): Record<string, unknown> {
     peers: Object.keys(config.peers).length,
     given: given.join(', '),
   };
+}
+
+function formatValue(value: unknown): string {
+  if (Array.isArray(value)) return value.join(',');
+  if (typeof value === 'object' && value !== null) return Object.entries(value).map(([k, v]) => `${k}=${String(v)}`).join(',');
+  return String(value);
 }
 
 export async function startNode(loaded: LoadedConfig, logger: Logger): Promise<RunningNode> {

@@ -40,6 +40,8 @@ t.test('node logs for operators', { timeout: 300_000 }, async (t) => {
     const start = all.find((l) => l.msg === 'starting');
     t.match(start, { level: 'info', version: VERSION, node: slot.id, backend: 'replicated' }, `${slot.id}: one start-up summary`);
     t.match(String(start?.given), /data-dir=.* \(flag\)/, 'the summary names the settings given and where');
+    t.match(String(start?.given), /peers=node1=127\.0\.0\.1:\d+,node2=127\.0\.0\.1:\d+,node3=127\.0\.0\.1:\d+ \(flag\)/, 'peers spelled out');
+    t.notMatch(String(start?.given), /\[object Object\]/);
     const beforeServing = all.slice(0, all.findIndex((l) => l.msg === 'serving') + 1).filter((l) => l.level !== 'debug' && l.level !== 'trace');
     t.ok(beforeServing.length <= 10, `${slot.id}: ${beforeServing.length} info lines up to "serving" (${beforeServing.map((l) => l.msg).join(' | ')})`);
     t.notOk(all.some((l) => l.msg === 'effective configuration' && l.level === 'info'), 'the full configuration is debug only');

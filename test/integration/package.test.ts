@@ -5,7 +5,7 @@
 // install with scripts blocked shows the message that says how to build the addon.
 import t from 'tap';
 import { spawn, spawnSync, type SpawnSyncReturns } from 'node:child_process';
-import { readFileSync, readdirSync, existsSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ROOT, httpGet, tempDir, waitFor } from './helpers/node-process.ts';
 import { freePorts } from './helpers/ports.ts';
@@ -21,7 +21,8 @@ function run(cmd: string, args: string[], opts: { cwd?: string; env?: NodeJS.Pro
 
 function npm(args: string[], cwd: string): SpawnSyncReturns<string> {
   // --prefer-offline: dependencies come from npm's cache when it has them (CI time).
-  return run('npm', [...args, '--no-audit', '--no-fund', '--prefer-offline', '--loglevel=warn'], { cwd, env: { npm_config_update_notifier: 'false' } });
+  // JOBS: node-gyp compiles the addons with every core (the test's longest part).
+  return run('npm', [...args, '--no-audit', '--no-fund', '--prefer-offline', '--loglevel=warn'], { cwd, env: { npm_config_update_notifier: 'false', JOBS: 'max' } });
 }
 
 t.test('npm pack → npm install -g gives working xdevice-node and xdevice-cli', { timeout: 600_000 }, async (t) => {
@@ -32,7 +33,7 @@ t.test('npm pack → npm install -g gives working xdevice-node and xdevice-cli',
   const tarball = readdirSync(work).find((f) => f.endsWith('.tgz'));
   t.ok(tarball, 'a tarball was written');
   const listing = run('tar', ['tzf', join(work, tarball!)]).stdout.split('\n');
-  for (const want of ['package/dist/cli/node.js', 'package/dist/cli/cli.js', 'package/dist/index.js', 'package/binding.gyp', 'package/native/addon.cc', 'package/systemd/xdevice-node@.service']) {
+  for (const want of ['package/dist/cli/node.js', 'package/dist/cli/cli.js', 'package/dist/index.js', 'package/dist/index.d.ts', 'package/examples/database-wal.ts', 'package/monitoring/xdevice-alerts.yml', 'package/monitoring/grafana-dashboard.json', 'package/binding.gyp', 'package/native/addon.cc', 'package/systemd/xdevice-node@.service']) {
     t.ok(listing.includes(want), `tarball ships ${want}`);
   }
   t.notOk(listing.some((f) => f.startsWith('package/test/') || f.startsWith('package/src/')), 'tests and sources stay out of the tarball');
@@ -60,6 +61,33 @@ t.test('npm pack → npm install -g gives working xdevice-node and xdevice-cli',
   }
   const addHelp = run(join(bin, 'xdevice-cli'), ['add-node', '--help'], { cwd: outside, env }).stdout;
   for (const opt of ['--id', '--address', '--wait', '--wait-timeout']) t.match(addHelp, opt, `add-node --help covers ${opt}`);
+
+  // The client library from the package root, as an application imports it (JS and TS).
+  const app = tempDir('pkg-app');
+  mkdirSync(join(app, 'node_modules'));
+  symlinkSync(join(prefix, 'lib/node_modules/xdevice'), join(app, 'node_modules/xdevice'));
+  writeFileSync(join(app, 'package.json'), '{"type":"module"}\n');
+  const imported = run(process.execPath, ['--input-type=module', '-e', "import { openDevice, WriteOutcomeUnknownError, VERSION } from 'xdevice'; console.log(typeof openDevice, typeof WriteOutcomeUnknownError, VERSION)"], { cwd: app });
+  t.equal(imported.status, 0, imported.stderr);
+  t.equal(imported.stdout.trim(), `function function ${VERSION}`, "import { openDevice } from 'xdevice' works from the installed package");
+  symlinkSync(join(ROOT, 'node_modules/@types'), join(app, 'node_modules/@types'));
+  writeFileSync(
+    join(app, 'app.ts'),
+    [
+      "import { openDevice, WriteOutcomeUnknownError, type Device, type DeviceErrorCode } from 'xdevice';",
+      "const dev: Device = await openDevice('wal', { endpoints: ['127.0.0.1:10809'], reconnectTimeoutMs: 1000 });",
+      'const size: number = dev.size;',
+      "const code: DeviceErrorCode = new WriteOutcomeUnknownError('write', 0, 4096, undefined).code;",
+      '// @ts-expect-error: the declarations are precise enough to catch this',
+      'const wrong: string = dev.size;',
+      'await dev.write(0, Buffer.alloc(4096), { fua: true });',
+      'console.log(size, code, wrong);',
+      '',
+    ].join('\n'),
+  );
+  writeFileSync(join(app, 'tsconfig.json'), JSON.stringify({ compilerOptions: { module: 'NodeNext', moduleResolution: 'NodeNext', target: 'ES2022', strict: true, noEmit: true, types: ['node'] }, files: ['app.ts'] }));
+  const typed = run(process.execPath, [join(ROOT, 'node_modules/typescript/bin/tsc'), '-p', app], { cwd: app });
+  t.equal(typed.status, 0, `an application type-checks against the shipped declarations: ${typed.stdout}${typed.stderr}`);
 
   // Bash completion as bash runs it: source the script, fill COMP_WORDS, call the function.
   const completion = run(join(bin, 'xdevice-cli'), ['completion'], { cwd: outside, env });
