@@ -5,7 +5,7 @@
 // membership changes without announcing them as new.
 import t from 'tap';
 import { ProcessCluster } from './helpers/process-cluster.ts';
-import { httpGet, waitFor } from './helpers/node-process.ts';
+import { httpGet, startNode, waitFor } from './helpers/node-process.ts';
 import { VERSION } from '../../src/version.ts';
 
 interface Line {
@@ -59,9 +59,12 @@ t.test('node logs for operators', { timeout: 300_000 }, async (t) => {
   t.match(transferred, { vote: /^won: / }, 'a transfer campaigns without pre-vote');
   t.notOk('preVote' in transferred, 'no pre-vote after TimeoutNow');
 
-  // A membership change (a learner that never comes), then a crash and restart of a follower.
+  // A membership change (a learner that joins; add-node needs a live, authenticated
+  // peer), then a crash and restart of a follower.
+  const learner = await startNode({ id: 'node9', peers: cluster.slots.map((s) => `${s.id}=127.0.0.1:${s.ports.peer}`).join(','), extraArgs: ['--join'] });
+  t.teardown(() => learner.kill());
   const now = await cluster.leader();
-  t.equal(await post(cluster.slots[now]!.ports.admin, '/members', { id: 'node9', address: '127.0.0.1:9' }), 200);
+  t.equal(await post(cluster.slots[now]!.ports.admin, '/members', { id: 'node9', address: `127.0.0.1:${learner.peerPort}`, promote: false, wait: false }), 200);
   const victim = (now + 1) % 3;
   await waitFor('the change to reach the victim', async () =>
     lines(cluster.slots[victim]!.proc!.output()).find((l) => l.msg === 'membership changed' && (l.learners as string[]).includes('node9')),
