@@ -127,7 +127,13 @@ export class AdminServer {
   }
 
   private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    const url = new URL(req.url ?? '/', 'http://admin');
+    let url: URL;
+    try {
+      // Prefixed, not resolved: a path like //x/y is a path here, not a host.
+      url = new URL(`http://admin${(req.url ?? '/').startsWith('/') ? req.url : '/'}`);
+    } catch {
+      throw new HttpError(400, 'XDEVICE_ERR_INVALID', 'bad request URL');
+    }
     const method = req.method ?? 'GET';
     if (!this.authorised(req)) {
       this.options.logger.warn({ remote: req.socket.remoteAddress, method, path: url.pathname }, 'admin API: missing or wrong bearer token');
