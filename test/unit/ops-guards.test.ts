@@ -82,3 +82,30 @@ t.test('device rules: what the config refuses, apply refuses (seeded)', async (t
   t.ok(deviceSizeProblem(1.5), 'fractions refused');
   t.equal(deviceSizeProblem(limits.deviceBytesMax), undefined, '16 TiB passes the rules (the filesystem probe decides)');
 });
+
+t.test('apply records a size the filesystem refuses as a failed command, the same on every replica', async (t) => {
+  const { BlockStore } = await import('../../src/device/block-store.ts');
+  const { encodeCreateDevice, encodeResizeDevice } = await import('../../src/device/commands.ts');
+  const { pino } = await import('pino');
+  const TiB = 1024 ** 4;
+  const outcomes: string[] = [];
+  for (const replica of ['a', 'b']) {
+    const dir = mkdtempSync(join(tmpdir(), `xdevice-efbig-${replica}-`));
+    t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+    const store = await BlockStore.open(dir, pino({ level: 'silent' }));
+    const id = (seq: number) => ({ clientId: 9, seq, firstUnacked: seq });
+    // 16 TiB passes the rules; ext4 (this test's /tmp) refuses it with EFBIG.
+    const entries = [
+      { term: 1, index: 1, type: 0, data: encodeCreateDevice(id(1), 'huge', 16 * TiB) },
+      { term: 1, index: 2, type: 0, data: encodeCreateDevice(id(2), 'small', 1024 * 1024) },
+      { term: 1, index: 3, type: 0, data: encodeResizeDevice(id(3), 'small', 16 * TiB) },
+    ];
+    const result = await store.applyBatch(entries, () => undefined);
+    outcomes.push(JSON.stringify(result.map((o) => o.error?.code ?? 'ok')));
+    t.same(store.devices().map((d) => [d.name, d.size]), [['small', 1024 * 1024]], `${replica}: the table holds what succeeded`);
+    t.equal(store.appliedIndex, 3, `${replica}: applied through the failures`);
+    await store.closeFiles();
+  }
+  t.equal(outcomes[0], JSON.stringify(['XDEVICE_ERR_INVALID', 'ok', 'XDEVICE_ERR_INVALID']), 'both refusals recorded');
+  t.equal(outcomes[0], outcomes[1], 'identically on both replicas');
+});
