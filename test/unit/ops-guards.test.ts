@@ -6,7 +6,7 @@ import t from 'tap';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { checkStartState, lockDataDir } from '../../src/cluster/data-dir.ts';
+import { checkDeviceFiles, checkStartState, lockDataDir } from '../../src/cluster/data-dir.ts';
 import { promotionBlocker } from '../../src/cluster/promotion.ts';
 import { deviceNameProblem, deviceSizeProblem } from '../../src/device/device-rules.ts';
 import { parseDevice } from '../../src/cli/config.ts';
@@ -108,4 +108,18 @@ t.test('apply records a size the filesystem refuses as a failed command, the sam
   }
   t.equal(outcomes[0], JSON.stringify(['XDEVICE_ERR_INVALID', 'ok', 'XDEVICE_ERR_INVALID']), 'both refusals recorded');
   t.equal(outcomes[0], outcomes[1], 'identically on both replicas');
+});
+
+t.test('a device file the checkpoint lists may be missing only if a later entry deletes the device', async (t) => {
+  const { encodeDeleteDevice } = await import('../../src/device/commands.ts');
+  const { mkdirSync, writeFileSync } = await import('node:fs');
+  const dir = mkdtempSync(join(tmpdir(), 'xdevice-files-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  mkdirSync(join(dir, 'devices'));
+  writeFileSync(join(dir, 'devices', 'dev-3.img'), '');
+  const devices = [{ id: 3, name: 'here', size: 512 }, { id: 4, name: 'gone', size: 512 }];
+  t.throws(() => checkDeviceFiles(dir, devices, []), { code: 'XDEVICE_ERR_STATE_MISSING', message: /dev-4\.img of device gone is missing/ });
+  const del = (name: string) => ({ term: 1, index: 9, type: 0, data: encodeDeleteDevice({ clientId: 1, seq: 1, firstUnacked: 1 }, name) });
+  t.throws(() => checkDeviceFiles(dir, devices, [del('here')]), { code: 'XDEVICE_ERR_STATE_MISSING' }, 'a delete of another device does not count');
+  t.doesNotThrow(() => checkDeviceFiles(dir, devices, [del('gone')]), 'deleted after the checkpoint: replay deletes it again');
 });
