@@ -131,7 +131,13 @@ export class AdminServer {
   }
 
   private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    const url = new URL(req.url ?? '/', 'http://admin');
+    let url: URL;
+    try {
+      // Prefixed, not resolved: a path like //x/y is a path here, not a host.
+      url = new URL(`http://admin${(req.url ?? '/').startsWith('/') ? req.url : '/'}`);
+    } catch {
+      throw new HttpError(400, 'XDEVICE_ERR_INVALID', 'bad request URL');
+    }
     const method = req.method ?? 'GET';
     if (method === 'GET' && url.pathname === '/') {
       // The status page holds no data (it reads the endpoints below with the token): no token needed.

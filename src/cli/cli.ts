@@ -251,7 +251,14 @@ export function buildCli(args: string[]): Argv<GlobalArgs> {
         // The leader connects to the new node first and refuses if it cannot; the learner is then
         // promoted by the leader once caught up (an interrupted add-node leaves a learner).
         const { body } = await c.change<{ members: Member[] }>('POST', '/members', { id: argv.id, address: peers[argv.id], promote: argv.promote, wait: false });
-        if (argv.wait) await waitCaughtUp(c, argv.id, waitTimeout * 1000, argv.promote);
+        if (argv.wait) {
+          const interrupted = () => {
+            process.stderr.write(`\ninterrupted: ${argv.id} stays a learner until it has caught up (members list shows it; remove-node --id=${argv.id} removes it)\n`);
+            process.exit(EXIT.failed);
+          };
+          process.once('SIGINT', interrupted);
+          await waitCaughtUp(c, argv.id, waitTimeout * 1000, argv.promote).finally(() => process.off('SIGINT', interrupted));
+        }
         const members = argv.wait ? (await c.read<{ members: Member[] }>('/members')).body : body;
         print(argv, members, () => membersTable(members.members));
       },

@@ -13,6 +13,7 @@ import { MemoryDevice } from '../device/memory.ts';
 import { XDeviceError } from '../errors.ts';
 import { limits } from '../limits.ts';
 import { formatHostPort, parseDevice, type NodeConfig } from './config.ts';
+import { lockDataDir } from '../cluster/data-dir.ts';
 import type { Runtime } from './runtime.ts';
 
 class MutableDeviceTable implements DeviceTable {
@@ -165,8 +166,15 @@ class StandaloneNode extends EventEmitter implements NodeApi {
 }
 
 export async function startStandaloneRuntime(config: NodeConfig, logger: Logger): Promise<Runtime> {
+  // The file backend keeps its devices under the data directory: one process there at a time.
+  const lock = config.backend === 'file' ? lockDataDir(config.dataDir) : undefined;
   const node = new StandaloneNode(config, logger);
-  for (const spec of config.devices) node.table.devices.set(spec.name, await node.openDevice(spec.name, spec.size));
+  try {
+    for (const spec of config.devices) node.table.devices.set(spec.name, await node.openDevice(spec.name, spec.size));
+  } catch (err) {
+    lock?.release();
+    throw err;
+  }
   return {
     devices: node.table,
     api: node,
@@ -174,7 +182,7 @@ export async function startStandaloneRuntime(config: NodeConfig, logger: Logger)
     // Without a WAL nothing here fails the node as a whole: device errors go to the client.
     onFatal: () => {},
     onRemoved: () => {},
-    stop: () => node.stop(),
+    stop: () => node.stop().finally(() => lock?.release()),
   };
 }
 

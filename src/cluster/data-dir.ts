@@ -10,11 +10,14 @@
 // the first one's feet, delete the files it has open and serve as a second
 // leader; the lock makes it exit 2 instead.
 
-import { closeSync, ftruncateSync, mkdirSync, readFileSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, ftruncateSync, mkdirSync, readFileSync, writeSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { XDeviceError } from '../errors.ts';
 import * as native from '../native.ts';
-import type { ConfState } from '../raft/types.ts';
+import { EntryType, type ConfState, type Entry } from '../raft/types.ts';
+import { DEVICES_DIR, deviceFileName } from '../device/block-store.ts';
+import { CommandOp, decodeCommand } from '../device/commands.ts';
+import type { DeviceRecord } from '../device/checkpoint.ts';
 
 export const LOCK_FILE = 'lock';
 
@@ -99,6 +102,33 @@ export function checkStartState(s: StartState): void {
     throw new StartRefusedError(
       'XDEVICE_ERR_STATE_MISSING',
       `the WAL in ${wal} records no members, but this node has joined cluster ${s.identity!.clusterId}: the log's start is missing. Restore the WAL, or re-add the node with an empty --data-dir`,
+    );
+  }
+}
+
+/**
+ * A device the checkpoint lists must still have its file, unless an entry
+ * after the checkpoint deletes the device (a crash between that delete and
+ * the next checkpoint). Recreating it empty would replay only the writes
+ * since the checkpoint over zeros: data lost without a word.
+ */
+export function checkDeviceFiles(dataDir: string, devices: readonly DeviceRecord[], laterEntries: readonly Entry[]): void {
+  for (const d of devices) {
+    const path = join(dataDir, DEVICES_DIR, deviceFileName(d.id));
+    if (existsSync(path)) continue;
+    const deletedLater = laterEntries.some((e) => {
+      if (e.type !== EntryType.Normal || e.data.length < 2 || e.data[1] !== CommandOp.DeleteDevice) return false;
+      try {
+        const c = decodeCommand(e.data);
+        return c.op === CommandOp.DeleteDevice && c.name === d.name;
+      } catch {
+        return false;
+      }
+    });
+    if (deletedLater) continue;
+    throw new StartRefusedError(
+      'XDEVICE_ERR_STATE_MISSING',
+      `device file ${path} of device ${d.name} is missing, and no log entry after the checkpoint deletes the device: restore the file, or re-add this node with an empty --data-dir (it then copies the device from the others)`,
     );
   }
 }

@@ -26,7 +26,8 @@ import { setNativeLogger } from '../native.ts';
 import { watchFaultFile } from '../wal/fault-file.ts';
 import { ClusterNode, tuningFromEnv } from './node.ts';
 import { loadPeerAuth, type PeerAuth } from './peer-auth.ts';
-import { EXIT_REMOVED } from '../exit-codes.ts';
+import { EXIT_REMOVED, NODE_EXIT } from '../exit-codes.ts';
+import { START_REFUSAL_CODES } from './data-dir.ts';
 
 const EXIT_FATAL = 70;
 const EXIT_CONFIG = 2;
@@ -128,6 +129,7 @@ async function main(): Promise<void> {
 }
 
 main().catch((err: Error) => {
-  process.stderr.write(`xdevice cluster node: ${err.stack ?? err.message}\n`);
-  process.exit(1);
+  const refused = START_REFUSAL_CODES.has((err as Error & { code?: string }).code ?? '');
+  process.stderr.write(`xdevice cluster node: ${refused ? err.message : (err.stack ?? err.message)}\n`);
+  process.exit(refused ? NODE_EXIT.refused : NODE_EXIT.failed);
 });

@@ -35,7 +35,7 @@ import { EntryType, MessageType, message, type ConfState, type Entry, type Messa
 import { Wal, type WalOptions } from '../wal/wal.ts';
 import { BlockStore } from '../device/block-store.ts';
 import { readCheckpoint, readNodeIdentity, writeNodeIdentity, writeCheckpoint } from '../device/checkpoint.ts';
-import { checkStartState, lockDataDir, type DataDirLock } from './data-dir.ts';
+import { checkDeviceFiles, checkStartState, lockDataDir, type DataDirLock } from './data-dir.ts';
 import { deviceNameProblem, deviceSizeProblem } from '../device/device-rules.ts';
 import { promotionBlocker } from './promotion.ts';
 import { SpaceMonitor } from './space.ts';
@@ -261,6 +261,10 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
         checkpointIndex: checkpoint?.appliedIndex,
         wal: { lastIndex: wal.lastIndex(), snapshotIndex: wal.snapshotMetadata().index, term: wal.hardState().term, confState: wal.snapshotMetadata().confState },
       });
+      if (checkpoint) {
+        const lo = Math.max(checkpoint.appliedIndex + 1, wal.firstIndex());
+        checkDeviceFiles(dataDir, checkpoint.devices, lo <= wal.lastIndex() ? wal.entries(lo, wal.lastIndex() + 1, Number.MAX_SAFE_INTEGER) : []);
+      }
       const store = await BlockStore.open(dataDir, logger.child({ component: 'store' }));
       const fresh = wal.lastIndex() === 0 && wal.snapshotMetadata().index === 0 && wal.hardState().term === 0;
       const initialPeers = { ...config.peers };

@@ -74,3 +74,26 @@ t.test('a file the device table does not know is quarantined, not deleted', { ti
   await waitFor('the quarantine log line', async () => /quarantined \(not deleted\)/.test(again.output()), 10_000);
   t.match(again.output(), /dev-999999\.img/, 'the log names the file');
 });
+
+t.test('a device file lost under the checkpoint refuses the start; one deleted after it does not', { timeout: 120_000 }, async (t) => {
+  const node = await startNode({ id: 'node1', devices: ['default:8MiB', 'gone:4MiB'] });
+  t.teardown(() => node.kill());
+  await node.kill('SIGTERM'); // a checkpoint listing both devices
+  const first = await startNode({ id: 'node1', dataDir: node.dataDir, devices: ['default:8MiB'] });
+  t.teardown(() => first.kill());
+  // Deleted after the checkpoint, then a crash: the delete replays.
+  t.equal((await api(first.adminPort, 'DELETE', '/devices/gone')).status, 200);
+  await first.kill('SIGKILL');
+  const second = await startNode({ id: 'node1', dataDir: node.dataDir, devices: ['default:8MiB'] });
+  t.teardown(() => second.kill());
+  t.equal((await httpGet(second.adminPort, '/status')).status, 200, 'a file deleted by a later entry is no loss');
+  await second.kill('SIGTERM'); // checkpoints: only default is in it
+  const files = readdirSync(join(node.dataDir, 'devices'));
+  t.equal(files.length, 1, 'one device file');
+  rmSync(join(node.dataDir, 'devices', files[0]!));
+  const again = await startNode({ id: 'node1', dataDir: node.dataDir, waitReady: false });
+  t.teardown(() => again.kill());
+  const exit = await Promise.race([again.exited, new Promise<undefined>((r) => setTimeout(() => r(undefined), 30_000).unref())]);
+  t.equal(exit?.code, 2, 'a lost device file: start refused (exit 2)');
+  t.match(again.output(), new RegExp(`device file .*${files[0]!.replace('.', '\\.')} of device default is missing`), 'naming the file and the device');
+});

@@ -129,10 +129,15 @@ t.test('joining: a learner until its snapshot is installed; interrupted add-node
   procs.push(n3);
   writeFileSync(faults3, JSON.stringify({ delayUs: 2_000_000 }));
   await new Promise((r) => setTimeout(r, 500)); // the fault file is polled
-  const adding = spawn(process.execPath, [CLI_BIN, '--endpoints', E, 'add-node', '--id=node3', `--address=127.0.0.1:${peer3}`], { stdio: 'ignore' });
+  const adding = spawn(process.execPath, [CLI_BIN, '--endpoints', E, 'add-node', '--id=node3', `--address=127.0.0.1:${peer3}`], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let addingErr = '';
+  adding.stderr!.on('data', (c: Buffer) => (addingErr += c.toString()));
   await waitFor('node3 to be a learner', async () => (await members(n1.adminPort)).some((m) => m.id === 'node3' && m.learner), 60_000);
+  await new Promise((r) => setTimeout(r, 500)); // the CLI is polling by now
   adding.kill('SIGINT');
-  await new Promise((r) => adding.once('exit', r));
+  const addingExit = await new Promise<number | null>((r) => adding.once('exit', (code) => r(code)));
+  t.equal(addingExit, 1, 'the interrupted add-node exits 1');
+  t.match(addingErr, /interrupted: node3 stays a learner.*remove-node --id=node3/, 'with a hint');
   const listed = await cli(['--endpoints', E, 'members', 'list']);
   t.match(listed.stdout, /\| node3 +\| 127\.0\.0\.1:\d+ +\| learner/, 'members list shows the learner');
   const early = await cli(['--endpoints', E, 'members', 'promote', 'node3']);
