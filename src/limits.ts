@@ -122,6 +122,13 @@ const limitValues = {
   addNodeCatchUpTimeoutMs: 600_000,
   /** The leader keeps this many entries below its checkpoint for lagging followers before it lets them need a snapshot. */
   walRetainEntriesMax: 100_000,
+  /** ... and at most this many payload bytes of them (the uncompacted log is held in memory). */
+  walRetainBytesMax: 256 * MiB,
+  /**
+   * What the in-memory log may hold: entries since the last checkpoint, those
+   * retained for followers, and proposals not yet committed (checked below).
+   */
+  walMemoryLogBytesMax: 2048 * MiB,
 
   // ---- Devices (src/device) ------------------------------------------------
   /** Devices in one cluster. */
@@ -149,4 +156,6 @@ export function validateLimits(l: Limits = limits): void {
   if (l.raftTermMax * 16 > Number.MAX_SAFE_INTEGER || l.raftIndexMax * 16 > Number.MAX_SAFE_INTEGER) fail('raftTermMax/raftIndexMax too close to 2^53');
   if (l.peerHandshakeFrameBytesMax < 1024 - 1 || l.peerHandshakeFrameBytesMax > 4 * KiB) fail('peerHandshakeFrameBytesMax must fit a Hello (3 ids) and stay small');
   if (l.peerLinkLiveMs < l.peerPingIntervalMs * 2) fail('peerLinkLiveMs < 2 ping intervals');
+  // Checkpoints start at checkpointBytes (plus one Ready of committed entries), retention adds walRetainBytesMax.
+  if (l.checkpointBytes + l.raftReadyCommittedBytesMax + l.walRetainBytesMax + l.raftUncommittedBytesMax > l.walMemoryLogBytesMax) fail('checkpointBytes + raftReadyCommittedBytesMax + walRetainBytesMax + raftUncommittedBytesMax > walMemoryLogBytesMax');
 }

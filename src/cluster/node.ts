@@ -64,7 +64,7 @@ export interface NodeConfig {
   /** WAL tuning (tests use small segments). */
   wal?: WalOptions;
   /** Overrides of checkpoint and retention limits (tests force snapshots with small values). */
-  tuning?: Partial<Pick<typeof limits, 'checkpointEntries' | 'checkpointBytes' | 'walRetainEntriesMax'>>;
+  tuning?: Partial<Pick<typeof limits, 'checkpointEntries' | 'checkpointBytes' | 'walRetainEntriesMax' | 'walRetainBytesMax'>>;
 }
 
 export class NodeError extends XDeviceError {}
@@ -136,7 +136,7 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
   private readonly startedAt = Date.now();
   private addresses = { nbd: '', admin: '' };
   private lastLeader = '';
-  private readonly tuning: Pick<typeof limits, 'checkpointEntries' | 'checkpointBytes' | 'walRetainEntriesMax'>;
+  private readonly tuning: Pick<typeof limits, 'checkpointEntries' | 'checkpointBytes' | 'walRetainEntriesMax' | 'walRetainBytesMax'>;
 
   private constructor(
     private readonly config: NodeConfig,
@@ -150,6 +150,7 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
       checkpointEntries: config.tuning?.checkpointEntries ?? limits.checkpointEntries,
       checkpointBytes: config.tuning?.checkpointBytes ?? limits.checkpointBytes,
       walRetainEntriesMax: config.tuning?.walRetainEntriesMax ?? limits.walRetainEntriesMax,
+      walRetainBytesMax: config.tuning?.walRetainBytesMax ?? limits.walRetainBytesMax,
     };
     const applied = wal.snapshotMetadata().index;
     this.raw = new RawNode({ id: config.nodeId, storage: wal, rand: (n) => randomInt(n), applied });
@@ -614,13 +615,17 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
       // A peer that got a snapshot keeps the log after it until it has caught up past it.
       const pr = st.progress[peer];
       if (!this.sender.isSending(peer) && (st.role !== Role.Leader || !pr || pr.match >= held)) this.snapshotHolds.delete(peer);
-      else target = Math.min(target, held);
+      else if (this.wal.payloadBytesBetween(held, target) > this.tuning.walRetainBytesMax) {
+        // Held too long: the log behind it would outgrow memory. The peer will need a fresh snapshot.
+        this.snapshotHolds.delete(peer);
+      } else target = Math.min(target, held);
     }
     if (st.role === Role.Leader) {
       for (const [id, pr] of Object.entries(st.progress)) {
         if (id === this.config.nodeId) continue;
-        // A follower close behind keeps its entries; one far behind will get a snapshot.
-        if (pr.match >= target - this.tuning.walRetainEntriesMax) target = Math.min(target, pr.match);
+        // A follower close behind keeps its entries; one far behind (in entries
+        // or in bytes: the log is held in memory) will get a snapshot.
+        if (pr.match >= target - this.tuning.walRetainEntriesMax && this.wal.payloadBytesBetween(pr.match, target) <= this.tuning.walRetainBytesMax) target = Math.min(target, pr.match);
       }
     }
     const floor = this.wal.snapshotMetadata().index;
