@@ -21,6 +21,8 @@ const limitValues = {
   nbdInFlightRequestsMax: 64,
   /** Payload bytes in flight on one connection (read back-pressure). */
   nbdInFlightBytesMax: 64 * MiB,
+  /** Payload bytes in flight across all of a server's connections. */
+  nbdInFlightBytesTotalMax: 512 * MiB,
   /** Connections one server accepts at once. */
   nbdConnectionsMax: 1024,
   /** Minimum / preferred / maximum block size advertised in NBD_INFO_BLOCK_SIZE. */
@@ -152,6 +154,7 @@ export function validateLimits(l: Limits = limits): void {
   if (l.peerFrameBytesMax < l.raftMessageBytesMax + l.requestBytesMax) fail('peerFrameBytesMax < raftMessageBytesMax + requestBytesMax');
   if (l.heartbeatTicks >= l.electionTicks) fail('heartbeatTicks >= electionTicks');
   if (l.nbdInFlightBytesMax < l.requestBytesMax) fail('nbdInFlightBytesMax < requestBytesMax');
+  if (l.nbdInFlightBytesTotalMax < l.nbdInFlightBytesMax) fail('nbdInFlightBytesTotalMax < nbdInFlightBytesMax');
   if (l.raftUncommittedBytesMax < l.requestBytesMax) fail('raftUncommittedBytesMax < requestBytesMax');
   if (l.raftTermMax * 16 > Number.MAX_SAFE_INTEGER || l.raftIndexMax * 16 > Number.MAX_SAFE_INTEGER) fail('raftTermMax/raftIndexMax too close to 2^53');
   if (l.peerHandshakeFrameBytesMax < 1024 - 1 || l.peerHandshakeFrameBytesMax > 4 * KiB) fail('peerHandshakeFrameBytesMax must fit a Hello (3 ids) and stay small');
