@@ -1,0 +1,28 @@
+// The rules in front of Raft (src/cluster/peer-input.ts): bounds and local
+// message types are protocol errors; only members (or, for a node without a
+// configuration yet, a leader's catch-up messages) reach Raft.
+import t from 'tap';
+import { admitPeerMessage, peerMessageProblem } from '../../src/cluster/peer-input.ts';
+import { limits } from '../../src/limits.ts';
+import { EntryType, MessageType, message } from '../../src/raft/types.ts';
+
+t.test('bounds and node-local types are protocol errors', async (t) => {
+  t.equal(peerMessageProblem(message({ type: MessageType.App, from: 'a', to: 'b', term: limits.raftTermMax, index: limits.raftIndexMax })), undefined);
+  t.match(peerMessageProblem(message({ type: MessageType.Heartbeat, from: 'a', to: 'b', term: Number.MAX_SAFE_INTEGER })), /term/);
+  t.match(peerMessageProblem(message({ type: MessageType.App, from: 'a', to: 'b', entries: [{ term: 1, index: limits.raftIndexMax + 1, type: EntryType.Normal, data: Buffer.alloc(0) }] })), /entry index/);
+  t.match(peerMessageProblem(message({ type: MessageType.Snap, from: 'a', to: 'b', snapshot: { index: 2 ** 50, term: 1, confState: { voters: [], learners: [], votersOutgoing: [], learnersNext: [], autoLeave: false } } })), /snapshot/);
+  for (const type of [MessageType.Hup, MessageType.Beat, MessageType.Unreachable, MessageType.SnapStatus, MessageType.CheckQuorum, MessageType.StorageAppendResp, MessageType.ForgetLeader]) {
+    t.match(peerMessageProblem(message({ type, from: 'a', to: 'b' })), /local to a node/, MessageType[type]);
+  }
+});
+
+t.test('only members reach Raft; a joining node takes only a leader\'s catch-up', async (t) => {
+  const members = new Set(['n1', 'n2', 'n3']);
+  t.ok(admitPeerMessage(message({ type: MessageType.Vote, from: 'n2', to: 'n1' }), members));
+  for (const type of [MessageType.Prop, MessageType.Vote, MessageType.PreVote, MessageType.App, MessageType.Heartbeat, MessageType.ReadIndex, MessageType.TransferLeader, MessageType.AppResp]) {
+    t.notOk(admitPeerMessage(message({ type, from: 'ghost', to: 'n1' }), members), `a stranger's ${MessageType[type]} is dropped`);
+  }
+  const none = new Set<string>();
+  for (const type of [MessageType.App, MessageType.Heartbeat, MessageType.Snap]) t.ok(admitPeerMessage(message({ type, from: 'n1', to: 'n4' }), none), `joining: ${MessageType[type]}`);
+  for (const type of [MessageType.Prop, MessageType.Vote, MessageType.TimeoutNow]) t.notOk(admitPeerMessage(message({ type, from: 'n1', to: 'n4' }), none), `joining: no ${MessageType[type]}`);
+});
