@@ -93,6 +93,11 @@ const limitValues = {
   peerHandshakeTimeoutMs: 5_000,
   /** An inbound link that carried a frame this recently is live: a second link claiming its id is refused. */
   peerLinkLiveMs: 1_500,
+  /**
+   * A member without a leader this long accepts a leader's messages from a
+   * peer outside its configuration (one added by a change it has not applied).
+   */
+  peerLeaderlessGraceMs: 10_000,
   /** Largest frame on a peer link. */
   peerFrameBytesMax: 48 * MiB,
   /** Bytes queued for one peer before messages to it are dropped (Raft retries). */
@@ -159,6 +164,7 @@ export function validateLimits(l: Limits = limits): void {
   if (l.raftTermMax * 16 > Number.MAX_SAFE_INTEGER || l.raftIndexMax * 16 > Number.MAX_SAFE_INTEGER) fail('raftTermMax/raftIndexMax too close to 2^53');
   if (l.peerHandshakeFrameBytesMax < 1024 - 1 || l.peerHandshakeFrameBytesMax > 4 * KiB) fail('peerHandshakeFrameBytesMax must fit a Hello (3 ids) and stay small');
   if (l.peerLinkLiveMs < l.peerPingIntervalMs * 2) fail('peerLinkLiveMs < 2 ping intervals');
+  if (l.peerLeaderlessGraceMs < l.electionTicks * l.tickMs * 10) fail('peerLeaderlessGraceMs shorter than 10 election timeouts');
   // Checkpoints start at checkpointBytes (plus one Ready of committed entries), retention adds walRetainBytesMax.
   if (l.checkpointBytes + l.raftReadyCommittedBytesMax + l.walRetainBytesMax + l.raftUncommittedBytesMax > l.walMemoryLogBytesMax) fail('checkpointBytes + raftReadyCommittedBytesMax + walRetainBytesMax + raftUncommittedBytesMax > walMemoryLogBytesMax');
 }

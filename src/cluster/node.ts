@@ -39,7 +39,7 @@ import { encodeCreateDevice, encodeDeleteDevice, encodeResizeDevice, type Reques
 import { ReplicatedDeviceTable, type ReplicaService } from '../device/replicated.ts';
 import { finishInstall, installStagedFiles, pendingInstall } from '../device/snapshot-staging.ts';
 import { encodeRemoved, FrameKind } from './codec.ts';
-import { admitPeerMessage } from './peer-input.ts';
+import { admitPeerMessage, isLeaderMessage } from './peer-input.ts';
 import { ReadGate } from './read-gate.ts';
 import { RequestError, RequestSession } from './requests.ts';
 import { SnapshotReceiver } from './snapshot-receiver.ts';
@@ -136,6 +136,8 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
   private readonly startedAt = Date.now();
   private addresses = { nbd: '', admin: '' };
   private lastLeader = '';
+  /** Date.now() when this node last stepped a leader's message (App, Heartbeat, Snap). */
+  private leaderContactAt = Date.now();
   private readonly tuning: Pick<typeof limits, 'checkpointEntries' | 'checkpointBytes' | 'walRetainEntriesMax' | 'walRetainBytesMax'>;
 
   private constructor(
@@ -513,7 +515,8 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
         reply(encodeRemoved(m.from));
         return;
       }
-      if (!admitPeerMessage(m, members)) {
+      const leaderlessLong = this.raw.raft.role !== Role.Leader && Date.now() - this.leaderContactAt >= limits.peerLeaderlessGraceMs;
+      if (!admitPeerMessage(m, members, { term: this.raw.raft.term, lead: this.raw.raft.lead, leaderlessLong })) {
         this.peerMessagesDropped++;
         const now = Date.now();
         if (now - this.lastDropLogAt > 1000) {
@@ -523,6 +526,7 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
         return;
       }
     }
+    if (isLeaderMessage(m)) this.leaderContactAt = Date.now();
     this.onMessage(m);
   }
 

@@ -457,7 +457,7 @@ export class Simulator {
       return;
     }
     // The cluster layer's checks (src/cluster/peer-input.ts) run before Raft sees anything.
-    if (this.hostile && !this.hostile.admit(m, n.raw.raft.trk.progress)) return;
+    if (this.hostile && !this.hostile.admit(m, n.raw.raft.trk.progress, { id: n.id, leading: n.raw.raft.role === Role.Leader, lead: n.raw.raft.lead, term: n.raw.raft.term, now: this.now })) return;
     if (snapshotData) n.staged.set(snapshotData.index, snapshotData);
     if (this.trace) {
       this.log(`  ${m.from}->${m.to} ${MessageType[m.type]} t${m.term} i${m.index} lt${m.logTerm} c${m.commit} n${m.entries.length}${m.reject ? ` REJECT hint ${m.rejectHint}` : ''}`);

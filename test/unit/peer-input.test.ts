@@ -23,6 +23,14 @@ t.test('only members reach Raft; a joining node takes only a leader\'s catch-up'
     t.notOk(admitPeerMessage(message({ type, from: 'ghost', to: 'n1' }), members), `a stranger's ${MessageType[type]} is dropped`);
   }
   const none = new Set<string>();
-  for (const type of [MessageType.App, MessageType.Heartbeat, MessageType.Snap]) t.ok(admitPeerMessage(message({ type, from: 'n1', to: 'n4' }), none), `joining: ${MessageType[type]}`);
-  for (const type of [MessageType.Prop, MessageType.Vote, MessageType.TimeoutNow]) t.notOk(admitPeerMessage(message({ type, from: 'n1', to: 'n4' }), none), `joining: no ${MessageType[type]}`);
+  for (const type of [MessageType.App, MessageType.Heartbeat, MessageType.Snap, MessageType.Vote]) t.ok(admitPeerMessage(message({ type, from: 'n1', to: 'n4' }), none), `joining: ${MessageType[type]}`);
+  for (const type of [MessageType.Prop, MessageType.TimeoutNow, MessageType.ReadIndex]) t.notOk(admitPeerMessage(message({ type, from: 'n1', to: 'n4' }), none), `joining: no ${MessageType[type]}`);
+  // The leader this node follows is heard even if outside its configuration; others only after a long silence.
+  const follower = { term: 7, lead: 'n5', leaderlessLong: false };
+  t.ok(admitPeerMessage(message({ type: MessageType.ReadIndexResp, from: 'n5', to: 'n1', term: 7 }), members, follower), 'its leader');
+  t.ok(admitPeerMessage(message({ type: MessageType.App, from: 'n9', to: 'n1', term: 6 }), members, follower), 'a stale leader, to be told its term is over');
+  t.notOk(admitPeerMessage(message({ type: MessageType.Prop, from: 'n9', to: 'n1', term: 0 }), members, follower), 'never a stranger\'s proposal');
+  t.notOk(admitPeerMessage(message({ type: MessageType.Heartbeat, from: 'n9', to: 'n1', term: 9 }), members, follower), 'a stranger while the leader is heard');
+  t.ok(admitPeerMessage(message({ type: MessageType.Heartbeat, from: 'n9', to: 'n1', term: 9 }), members, { ...follower, leaderlessLong: true }), 'a leader outside the configuration after a long silence');
+  t.notOk(admitPeerMessage(message({ type: MessageType.Vote, from: 'n9', to: 'n1', term: 9 }), members, { ...follower, leaderlessLong: true }), 'but never a stranger\'s vote');
 });
