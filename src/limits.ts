@@ -21,6 +21,8 @@ const limitValues = {
   nbdInFlightRequestsMax: 64,
   /** Payload bytes in flight on one connection (read back-pressure). */
   nbdInFlightBytesMax: 64 * MiB,
+  /** Payload bytes in flight across all of a server's connections. */
+  nbdInFlightBytesTotalMax: 512 * MiB,
   /** Connections one server accepts at once. */
   nbdConnectionsMax: 1024,
   /** Minimum / preferred / maximum block size advertised in NBD_INFO_BLOCK_SIZE. */
@@ -91,6 +93,11 @@ const limitValues = {
   peerHandshakeTimeoutMs: 5_000,
   /** An inbound link that carried a frame this recently is live: a second link claiming its id is refused. */
   peerLinkLiveMs: 1_500,
+  /**
+   * A member without a leader this long accepts a leader's messages from a
+   * peer outside its configuration (one added by a change it has not applied).
+   */
+  peerLeaderlessGraceMs: 10_000,
   /** Largest frame on a peer link. */
   peerFrameBytesMax: 48 * MiB,
   /** Bytes queued for one peer before messages to it are dropped (Raft retries). */
@@ -126,6 +133,13 @@ const limitValues = {
   addNodeProbeTimeoutMs: 5_000,
   /** The leader keeps this many entries below its checkpoint for lagging followers before it lets them need a snapshot. */
   walRetainEntriesMax: 100_000,
+  /** ... and at most this many payload bytes of them (the uncompacted log is held in memory). */
+  walRetainBytesMax: 256 * MiB,
+  /**
+   * What the in-memory log may hold: entries since the last checkpoint, those
+   * retained for followers, and proposals not yet committed (checked below).
+   */
+  walMemoryLogBytesMax: 2048 * MiB,
 
   // ---- Devices (src/device) ------------------------------------------------
   /** Devices in one cluster. */
@@ -166,8 +180,12 @@ export function validateLimits(l: Limits = limits): void {
   if (l.peerFrameBytesMax < l.raftMessageBytesMax + l.requestBytesMax) fail('peerFrameBytesMax < raftMessageBytesMax + requestBytesMax');
   if (l.heartbeatTicks >= l.electionTicks) fail('heartbeatTicks >= electionTicks');
   if (l.nbdInFlightBytesMax < l.requestBytesMax) fail('nbdInFlightBytesMax < requestBytesMax');
+  if (l.nbdInFlightBytesTotalMax < l.nbdInFlightBytesMax) fail('nbdInFlightBytesTotalMax < nbdInFlightBytesMax');
   if (l.raftUncommittedBytesMax < l.requestBytesMax) fail('raftUncommittedBytesMax < requestBytesMax');
   if (l.raftTermMax * 16 > Number.MAX_SAFE_INTEGER || l.raftIndexMax * 16 > Number.MAX_SAFE_INTEGER) fail('raftTermMax/raftIndexMax too close to 2^53');
   if (l.peerHandshakeFrameBytesMax < 1024 - 1 || l.peerHandshakeFrameBytesMax > 4 * KiB) fail('peerHandshakeFrameBytesMax must fit a Hello (3 ids) and stay small');
   if (l.peerLinkLiveMs < l.peerPingIntervalMs * 2) fail('peerLinkLiveMs < 2 ping intervals');
+  if (l.peerLeaderlessGraceMs < l.electionTicks * l.tickMs * 10) fail('peerLeaderlessGraceMs shorter than 10 election timeouts');
+  // Checkpoints start at checkpointBytes (plus one Ready of committed entries), retention adds walRetainBytesMax.
+  if (l.checkpointBytes + l.raftReadyCommittedBytesMax + l.walRetainBytesMax + l.raftUncommittedBytesMax > l.walMemoryLogBytesMax) fail('checkpointBytes + raftReadyCommittedBytesMax + walRetainBytesMax + raftUncommittedBytesMax > walMemoryLogBytesMax');
 }

@@ -44,7 +44,7 @@ import { COMMAND_VERSION, CommandOp, encodeCreateDevice, encodeDeleteDevice, enc
 import { ReplicatedDeviceTable, type ReplicaService } from '../device/replicated.ts';
 import { finishInstall, installStagedFiles, pendingInstall } from '../device/snapshot-staging.ts';
 import { encodeRemoved, FrameKind } from './codec.ts';
-import { admitPeerMessage } from './peer-input.ts';
+import { admitPeerMessage, isLeaderMessage } from './peer-input.ts';
 import { ReadGate } from './read-gate.ts';
 import { RequestError, RequestSession } from './requests.ts';
 import { SnapshotReceiver } from './snapshot-receiver.ts';
@@ -71,7 +71,7 @@ export interface NodeConfig {
   /** Free bytes kept on the data filesystem (default limits.spaceReserveBytes). */
   spaceReserveBytes?: number;
   /** Overrides of checkpoint and retention limits (tests force snapshots with small values). */
-  tuning?: Partial<Pick<typeof limits, 'checkpointEntries' | 'checkpointBytes' | 'walRetainEntriesMax'>>;
+  tuning?: Partial<Pick<typeof limits, 'checkpointEntries' | 'checkpointBytes' | 'walRetainEntriesMax' | 'walRetainBytesMax'>>;
 }
 
 export class NodeError extends XDeviceError {}
@@ -146,11 +146,13 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
   private lastLeader = '';
   private lastRole: Role = Role.Follower;
   private readonly walLastIndexAtStart: number;
-  private readonly tuning: Pick<typeof limits, 'checkpointEntries' | 'checkpointBytes' | 'walRetainEntriesMax'>;
+  private readonly tuning: Pick<typeof limits, 'checkpointEntries' | 'checkpointBytes' | 'walRetainEntriesMax' | 'walRetainBytesMax'>;
   private readonly space: SpaceMonitor;
   /** Learners this leader was asked to add: promoted once promotionBlocker() has nothing to say. */
   private readonly autoPromote = new Set<string>();
   private promoting = false;
+  /** Date.now() when this node last stepped a leader's message (App, Heartbeat, Snap). */
+  private leaderContactAt = Date.now();
 
   private constructor(
     private readonly config: NodeConfig,
@@ -165,6 +167,7 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
       checkpointEntries: config.tuning?.checkpointEntries ?? limits.checkpointEntries,
       checkpointBytes: config.tuning?.checkpointBytes ?? limits.checkpointBytes,
       walRetainEntriesMax: config.tuning?.walRetainEntriesMax ?? limits.walRetainEntriesMax,
+      walRetainBytesMax: config.tuning?.walRetainBytesMax ?? limits.walRetainBytesMax,
     };
     this.space = new SpaceMonitor(config.dataDir, config.spaceReserveBytes ?? limits.spaceReserveBytes);
     this.walLastIndexAtStart = wal.lastIndex();
@@ -587,7 +590,9 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
         reply(encodeRemoved(m.from));
         return;
       }
-      if (!admitPeerMessage(m, (id) => this.raw.isMember(id), this.raw.hasConfiguration())) {
+      const st = this.raw.basicStatus();
+      const leaderlessLong = st.role !== Role.Leader && Date.now() - this.leaderContactAt >= limits.peerLeaderlessGraceMs;
+      if (!admitPeerMessage(m, (id) => this.raw.isMember(id), this.raw.hasConfiguration(), { term: st.term, lead: st.lead, leaderlessLong })) {
         this.peerMessagesDropped++;
         const now = Date.now();
         if (now - this.lastDropLogAt > 1000) {
@@ -597,6 +602,7 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
         return;
       }
     }
+    if (isLeaderMessage(m)) this.leaderContactAt = Date.now();
     this.onMessage(m);
   }
 
@@ -700,13 +706,17 @@ export class ClusterNode extends EventEmitter implements ReplicaService {
       // A peer that got a snapshot keeps the log after it until it has caught up past it.
       const pr = st.progress[peer];
       if (!this.sender.isSending(peer) && (st.role !== Role.Leader || !pr || pr.match >= held)) this.snapshotHolds.delete(peer);
-      else target = Math.min(target, held);
+      else if (this.wal.payloadBytesBetween(held, target) > this.tuning.walRetainBytesMax) {
+        // Held too long: the log behind it would outgrow memory. The peer will need a fresh snapshot.
+        this.snapshotHolds.delete(peer);
+      } else target = Math.min(target, held);
     }
     if (st.role === Role.Leader) {
       for (const [id, pr] of Object.entries(st.progress)) {
         if (id === this.config.nodeId) continue;
-        // A follower close behind keeps its entries; one far behind will get a snapshot.
-        if (pr.match >= target - this.tuning.walRetainEntriesMax) target = Math.min(target, pr.match);
+        // A follower close behind keeps its entries; one far behind (in entries
+        // or in bytes: the log is held in memory) will get a snapshot.
+        if (pr.match >= target - this.tuning.walRetainEntriesMax && this.wal.payloadBytesBetween(pr.match, target) <= this.tuning.walRetainBytesMax) target = Math.min(target, pr.match);
       }
     }
     const floor = this.wal.snapshotMetadata().index;

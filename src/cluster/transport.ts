@@ -23,6 +23,7 @@ import type { Message } from '../raft/types.ts';
 import { limits } from '../limits.ts';
 import { certificateNames, type PeerAuth } from './peer-auth.ts';
 import { FrameOpener, FrameSealer, handshakeMac, macEqual, sessionKey } from './peer-crypto.ts';
+import { InboundLinks } from './peer-inbound.ts';
 import {
   type Frame,
   FrameDecoder,
@@ -30,11 +31,9 @@ import {
   NONCE_BYTES,
   PROTOCOL_VERSION,
   decodeFrame,
-  encodeChallenge,
   encodeHello,
   encodePing,
   encodeRaftMessage,
-  encodeWelcome,
 } from './codec.ts';
 
 export type { TransportTls, PeerAuth } from './peer-auth.ts';
@@ -75,11 +74,6 @@ export interface TransportEvents {
   peerRtt: [{ peer: string; ms: number }];
   connected: [string];
   disconnected: [string];
-}
-
-interface InboundLink {
-  socket: net.Socket;
-  lastFrameAt: number;
 }
 
 type LinkState = 'idle' | 'connecting' | 'ready' | 'backoff' | 'closed';
@@ -325,12 +319,7 @@ class PeerLink {
 export class Transport extends EventEmitter<TransportEvents> {
   private readonly links = new Map<string, PeerLink>();
   private server: net.Server | undefined;
-  private readonly inbound = new Set<net.Socket>();
-  /** The authenticated inbound link of each peer id. */
-  private readonly inboundById = new Map<string, InboundLink>();
-  private handshaking = 0;
-  /** Connections refused because another live link already claimed their id. */
-  duplicateLinksRefused = 0;
+  private readonly inbound = new InboundLinks(this);
   clusterId: string;
 
   private refusedLogged = false;
@@ -350,9 +339,9 @@ export class Transport extends EventEmitter<TransportEvents> {
     const server = o.auth.tls
       ? tls.createServer(
           { cert: o.auth.tls.cert, key: o.auth.tls.key, ca: o.auth.tls.ca, requestCert: true, rejectUnauthorized: true, handshakeTimeout: limits.peerHandshakeTimeoutMs },
-          (s) => this.accept(s),
+          (s) => this.inbound.accept(s),
         )
-      : net.createServer((s) => this.accept(s));
+      : net.createServer((s) => this.inbound.accept(s));
     // TLS handshakes happen before accept() sees the socket: bound them here.
     server.maxConnections = limits.peerInboundConnectionsMax;
     this.server = server;
@@ -447,6 +436,11 @@ export class Transport extends EventEmitter<TransportEvents> {
     for (const l of this.links.values()) if (l.state === 'idle') l.connect();
   }
 
+  /** Connections refused because another live link already claimed their id. */
+  get duplicateLinksRefused(): number {
+    return this.inbound.duplicateLinksRefused;
+  }
+
   /** True if links can be authenticated (or insecure-peers was asked for). */
   get authConfigured(): boolean {
     const a = this.options.auth;
@@ -460,142 +454,10 @@ export class Transport extends EventEmitter<TransportEvents> {
     this.options.logger.error('peer links refused: no peer authentication configured (cluster-secret-file or peer-tls-*)');
   }
 
-  private accept(socket: net.Socket): void {
-    const o = this.options;
-    const auth = o.auth;
-    if (!this.authConfigured) {
-      this.refuseUnauthenticated();
-      socket.destroy();
-      return;
-    }
-    if (this.handshaking >= limits.peerHandshakingConnectionsMax) {
-      o.logger.warn({ remote: socket.remoteAddress }, 'refused peer connection: too many handshakes in progress');
-      socket.destroy();
-      return;
-    }
-    this.handshaking++;
-    this.inbound.add(socket);
-    socket.setNoDelay(true);
-    socket.setKeepAlive(true, 1000);
-    // Until the dialer has proved itself, only handshake-sized frames: a larger
-    // length closes the socket before anything is allocated for it.
-    const decoder = new FrameDecoder(limits.peerHandshakeFrameBytesMax);
-    const nonceL = randomBytes(NONCE_BYTES);
-    let peer: string | undefined;
-    let link: InboundLink | undefined;
-    let opener: FrameOpener | undefined;
-    let sealer: FrameSealer | undefined;
-    let handshakeDone = false;
-    const endHandshake = (): void => {
-      if (handshakeDone) return;
-      handshakeDone = true;
-      this.handshaking--;
-      clearTimeout(handshakeTimer);
-    };
-    const fail = (why: string): void => {
-      o.logger.warn({ peer, remote: socket.remoteAddress, why }, 'refused peer connection');
-      socket.destroy();
-    };
-    const write = (frame: Buffer): void => {
-      if (socket.destroyed) return;
-      for (const b of sealer ? sealer.seal([frame]) : [frame]) socket.write(b);
-    };
-    const handshakeTimer = setTimeout(() => fail('handshake timed out'), limits.peerHandshakeTimeoutMs);
-    handshakeTimer.unref();
-    socket.write(encodeChallenge({ version: PROTOCOL_VERSION, nonce: nonceL }));
-    socket.on('data', (chunk: Buffer) => {
-      let frames: Buffer[];
-      try {
-        frames = decoder.push(chunk);
-      } catch (err) {
-        return fail((err as Error).message);
-      }
-      for (let body of frames) {
-        if (socket.destroyed) return;
-        let f: Frame;
-        try {
-          if (opener) body = opener.open(body);
-          f = decodeFrame(body);
-        } catch (err) {
-          return fail((err as Error).message);
-        }
-        if (peer === undefined) {
-          if (f.kind !== FrameKind.Hello) return fail('expected Hello');
-          if (f.version !== PROTOCOL_VERSION) return fail(`protocol version ${f.version}`);
-          if (f.to !== o.nodeId) return fail(`dialled ${f.to}, this is ${o.nodeId}`);
-          if (f.from === o.nodeId) return fail('a peer claims this node\'s own id');
-          if (f.clusterId && this.clusterId && f.clusterId !== this.clusterId) return fail(`cluster ${f.clusterId}, this is ${this.clusterId}`);
-          if (auth.tls) {
-            const cert = (socket as tls.TLSSocket).getPeerCertificate();
-            if (!cert || !certificateNames(cert).includes(f.from)) return fail(`certificate does not name ${f.from}`);
-          }
-          // Both MACs cover the dialer's cluster id (checked compatible above):
-          // a node that joins learns the cluster id only from its first snapshot.
-          if (auth.secret) {
-            const expect = handshakeMac(auth.secret, 'dialer', f.clusterId, f.from, o.nodeId, nonceL, f.nonce);
-            if (!macEqual(expect, f.mac)) return fail(`${f.from} failed authentication`);
-          }
-          // One id, one live link: a second process claiming a connected id is refused.
-          const existing = this.inboundById.get(f.from);
-          if (existing && !existing.socket.destroyed) {
-            if (Date.now() - existing.lastFrameAt < limits.peerLinkLiveMs) {
-              this.duplicateLinksRefused++;
-              o.logger.warn({ peer: f.from, remote: socket.remoteAddress, existing: existing.socket.remoteAddress }, 'refused a second live link claiming a connected node id');
-              socket.destroy();
-              return;
-            }
-            // The old link went quiet: its dialer is gone or redialled; the new one wins.
-            existing.socket.destroy();
-          }
-          peer = f.from;
-          link = { socket, lastFrameAt: Date.now() };
-          this.inboundById.set(peer, link);
-          const mac = auth.secret ? handshakeMac(auth.secret, 'listener', f.clusterId, peer, o.nodeId, nonceL, f.nonce) : Buffer.alloc(0);
-          socket.write(encodeWelcome({ from: o.nodeId, mac }));
-          if (auth.secret) {
-            const ids = [f.clusterId, peer, o.nodeId] as const;
-            opener = new FrameOpener(sessionKey(auth.secret, 'dialer→listener', ...ids, f.nonce, nonceL));
-            sealer = new FrameSealer(sessionKey(auth.secret, 'listener→dialer', ...ids, f.nonce, nonceL));
-          }
-          decoder.frameBytesMax = limits.peerFrameBytesMax;
-          endHandshake();
-          if (auth.insecure) o.logger.warn({ peer }, 'insecure-peers: link from peer is NOT authenticated');
-          continue;
-        }
-        link!.lastFrameAt = Date.now();
-        switch (f.kind) {
-          case FrameKind.Raft:
-            // A peer speaks only for itself.
-            if (f.message.from !== peer || f.message.to !== o.nodeId) return fail(`message ${f.message.from}→${f.message.to} on ${peer}'s link`);
-            this.emit('message', f.message, write, fail);
-            break;
-          case FrameKind.Ping:
-            write(encodePing(FrameKind.Pong, f.sentAtNs));
-            break;
-          case FrameKind.Hello:
-          case FrameKind.Challenge:
-          case FrameKind.Welcome:
-          case FrameKind.Pong:
-          case FrameKind.Removed:
-            return fail(`unexpected frame ${f.kind}`);
-          default:
-            this.emit('frame', peer, f, fail);
-        }
-      }
-    });
-    socket.on('error', () => {});
-    socket.on('close', () => {
-      endHandshake();
-      this.inbound.delete(socket);
-      if (peer !== undefined && this.inboundById.get(peer)?.socket === socket) this.inboundById.delete(peer);
-    });
-  }
-
   async close(): Promise<void> {
     for (const l of this.links.values()) l.close();
     this.links.clear();
-    for (const s of this.inbound) s.destroy();
-    this.inbound.clear();
+    this.inbound.closeAll();
     const server = this.server;
     this.server = undefined;
     if (server) await new Promise<void>((resolve) => server.close(() => resolve()));

@@ -2,6 +2,7 @@
 // an in-place TLS upgrade on STARTTLS, then the transmission phase on the
 // same input queue so no byte is lost between the phases.
 
+import type { InFlightBudget } from './in-flight-budget.ts';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
@@ -20,6 +21,8 @@ export interface ConnectionContext {
   isShuttingDown(): boolean;
   logger: Logger | undefined;
   onRequest: ((event: RequestEvent) => void) | undefined;
+  /** Payload bytes in flight across the server's connections. */
+  budget?: InFlightBudget | undefined;
 }
 
 /** More than one option's worth of unread bytes during the handshake means the client is not waiting for replies. */
@@ -108,6 +111,7 @@ export class NbdConnection {
         negotiated,
         logger: this.logger,
         onRequest: this.context.onRequest,
+        budget: this.context.budget,
       });
       this.transmission = transmission;
       if (this.context.isShuttingDown()) transmission.shutdown();

@@ -2,6 +2,7 @@
 // and the transmission phase against a DeviceTable, and reports every request
 // as a 'request' event ({command, bytes, durationNs, error?}) for metrics.
 
+import { InFlightBudget } from './in-flight-budget.ts';
 import { EventEmitter } from 'node:events';
 import * as net from 'node:net';
 import type { Logger } from 'pino';
@@ -17,9 +18,13 @@ export interface NbdServerOptions {
   devices: DeviceTable;
   tls?: NbdTlsOptions;
   logger?: Logger;
+  /** Overrides limits.nbdInFlightBytesTotalMax (tests). */
+  inFlightBytesTotalMax?: number;
 }
 
 export class NbdServer extends EventEmitter {
+  /** Payload bytes in flight across every connection (limits.nbdInFlightBytesTotalMax). */
+  readonly budget: InFlightBudget;
   private readonly devices: DeviceTable;
   private readonly tls: ServerTls | undefined;
   private readonly logger: Logger | undefined;
@@ -30,6 +35,7 @@ export class NbdServer extends EventEmitter {
 
   constructor(options: NbdServerOptions) {
     super();
+    this.budget = new InFlightBudget(options.inFlightBytesTotalMax);
     this.devices = options.devices;
     this.logger = options.logger;
     // Certificate and key files are read here so a bad path fails at startup, not at the first STARTTLS.
@@ -104,6 +110,7 @@ export class NbdServer extends EventEmitter {
       logger: this.logger,
       // Timing every request costs a clock read; only pay for it when someone listens.
       onRequest: this.listenerCount('request') > 0 ? onRequest : undefined,
+      budget: this.budget,
     });
     this.connections.add(connection);
     const done = connection.run().finally(() => {

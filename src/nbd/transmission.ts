@@ -12,6 +12,7 @@ import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import type { BlockDevice, Extent } from '../device/block-device.ts';
 import { limits } from '../limits.ts';
+import { InFlightBudget } from './in-flight-budget.ts';
 import {
   BASE_ALLOCATION_CONTEXT_ID,
   commandName,
@@ -55,6 +56,8 @@ export interface TransmissionOptions {
   negotiated: Negotiated;
   logger?: Logger | undefined;
   onRequest?: ((event: RequestEvent) => void) | undefined;
+  /** The server-wide budget of payload bytes in flight (one per connection if omitted). */
+  budget?: InFlightBudget | undefined;
 }
 
 interface Request {
@@ -87,6 +90,13 @@ export class Transmission {
 
   private inFlightRequests = 0;
   private inFlightBytes = 0;
+  private readonly budget: InFlightBudget;
+  private readonly wake = (): void => {
+    if (this.closed || !this.paused) return;
+    // Another connection woken first may have spent the budget again: wait on.
+    if (this.budget.spent) this.budget.onRoom(this.wake);
+    else if (!this.atLimit()) this.parse();
+  };
   /** A WRITE whose payload is still arriving. */
   private pending:
     | { request: Request; payload: Buffer | null; parts: Buffer[] | null; filled: number; error: NbdError }
@@ -115,6 +125,7 @@ export class Transmission {
     };
     this.logger = options.logger;
     this.onRequest = options.onRequest;
+    this.budget = options.budget ?? new InFlightBudget(Number.MAX_SAFE_INTEGER);
     this.donePromise = new Promise((resolve) => {
       this.resolveDone = resolve;
     });
@@ -201,6 +212,8 @@ export class Transmission {
       if (this.draining) return;
       if (this.atLimit()) {
         this.pause();
+        // Woken when another connection returns bytes to the server's budget.
+        if (this.budget.spent) this.budget.onRoom(this.wake);
         return;
       }
       if (input.length < REQUEST_HEADER_BYTES) {
@@ -253,7 +266,7 @@ export class Transmission {
           filled: 0,
           error,
         };
-        if (error === NO_ERROR) this.inFlightBytes += length;
+        if (error === NO_ERROR) this.addBytes(length);
         continue;
       }
 
@@ -269,7 +282,7 @@ export class Transmission {
   /** A WRITE whose payload has fully arrived; `bytesCounted` when its bytes were counted at the header. */
   private admitWrite(request: Request, payload: Buffer | Buffer[] | null, error: NbdError, bytesCounted: boolean): void {
     this.inFlightRequests++;
-    if (!bytesCounted) this.inFlightBytes += request.weight;
+    if (!bytesCounted) this.addBytes(request.weight);
     if (error !== NO_ERROR || payload === null) {
       const nbdError = error === NO_ERROR ? NbdError.EINVAL : error;
       this.replyError(request, nbdError, `write refused: ${nbdErrorName(nbdError)}`);
@@ -280,13 +293,21 @@ export class Transmission {
 
   private begin(request: Request): void {
     this.inFlightRequests++;
-    this.inFlightBytes += request.weight;
+    this.addBytes(request.weight);
+  }
+
+  /** Counts payload bytes against this connection's limit and the server's budget. */
+  private addBytes(bytes: number): void {
+    this.inFlightBytes += bytes;
+    if (bytes > 0) this.budget.take(bytes);
+    else if (bytes < 0) this.budget.give(-bytes);
   }
 
   private atLimit(): boolean {
     return (
       this.inFlightRequests >= limits.nbdInFlightRequestsMax ||
       this.inFlightBytes >= limits.nbdInFlightBytesMax ||
+      this.budget.spent ||
       this.waitingForDrain
     );
   }
@@ -423,7 +444,7 @@ export class Transmission {
 
   private finish(request: Request, error: string | undefined): void {
     this.inFlightRequests--;
-    this.inFlightBytes -= request.weight;
+    this.addBytes(-request.weight);
     if (this.onRequest !== undefined) {
       const event: RequestEvent = {
         command: commandName(request.type),
@@ -480,6 +501,11 @@ export class Transmission {
   private onClosed(): void {
     if (this.closed) return;
     this.closed = true;
+    this.budget.cancel(this.wake);
+    // A WRITE whose payload never fully arrived never finishes: return its bytes.
+    const pending = this.pending;
+    this.pending = undefined;
+    if (pending !== undefined && pending.error === NO_ERROR) this.addBytes(-pending.request.weight);
     this.input.close();
     this.resolveDone();
   }

@@ -100,6 +100,16 @@ export class MemoryLog {
     return out;
   }
 
+  /** Payload bytes of the entries held in (lo, hi] (clamped to what is held). */
+  payloadBytesBetween(lo: number, hi: number): number {
+    const first = this.firstIndex();
+    const from = Math.max(lo + 1, first);
+    const to = Math.min(hi, this.lastIndex());
+    let bytes = 0;
+    for (let i = from; i <= to; i++) bytes += this.log[i - first]!.data.length;
+    return bytes;
+  }
+
   term(index: number): number {
     if (index === this.snapshot.index) return this.snapshot.term;
     if (index < this.snapshot.index) throw new StorageError('XDEVICE_ERR_COMPACTED', `term of ${index}: compacted through ${this.snapshot.index}`);

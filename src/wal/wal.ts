@@ -254,6 +254,11 @@ export class Wal implements Storage {
     return this.memory.term(index);
   }
 
+  /** Payload bytes of the held entries in (lo, hi]: what keeping them costs in memory. */
+  payloadBytesBetween(lo: number, hi: number): number {
+    return this.memory.payloadBytesBetween(lo, hi);
+  }
+
   firstIndex(): number {
     return this.memory.firstIndex();
   }

@@ -19,7 +19,7 @@ import { ConfChangeTransition, ConfChangeType, encodeConfChange } from '../../sr
 import { MemoryStorage } from '../../src/raft/memory-storage.ts';
 import { RawNode } from '../../src/raft/rawnode.ts';
 import { EntryType, MessageType, message, type Message, type NodeId } from '../../src/raft/types.ts';
-import { admitPeerMessage, peerMessageProblem } from '../../src/cluster/peer-input.ts';
+import { admitPeerMessage, isLeaderMessage, peerMessageProblem } from '../../src/cluster/peer-input.ts';
 import { limits } from '../../src/limits.ts';
 import { Prng } from './prng.ts';
 
@@ -36,6 +36,9 @@ export interface HostileStats {
   twinMessages: number;
   twinRefused: number;
 }
+
+/** peerLeaderlessGraceMs in simulator time: 20 election timeouts (10 ticks of 10 units). */
+const LEADERLESS_GRACE = 2000;
 
 const HUGE = [Number.MAX_SAFE_INTEGER, limits.raftTermMax + 1, 2 ** 50];
 
@@ -106,17 +109,23 @@ export class HostilePeers {
     return out;
   }
 
+  /** Sim time each node last stepped a leader's message (for the node's peerLeaderlessGraceMs, in sim units). */
+  private readonly leaderContactAt = new Map<NodeId, number>();
+
   /** The cluster layer's verdict on a message about to be stepped by a node with these members. */
-  admit(m: Message, isMember: (id: string) => boolean, configured: boolean): boolean {
+  admit(m: Message, isMember: (id: string) => boolean, configured: boolean, receiver: { id: NodeId; leading: boolean; lead: NodeId; term: number; now: number }): boolean {
     if (this.options.skipChecks) return true;
     if (peerMessageProblem(m)) {
       this.stats.protocolErrors++;
       return false;
     }
-    if (!admitPeerMessage(m, isMember, configured)) {
+    if (!this.leaderContactAt.has(receiver.id)) this.leaderContactAt.set(receiver.id, receiver.now);
+    const leaderlessLong = !receiver.leading && receiver.now - this.leaderContactAt.get(receiver.id)! >= LEADERLESS_GRACE;
+    if (!admitPeerMessage(m, isMember, configured, { term: receiver.term, lead: receiver.lead, leaderlessLong })) {
       this.stats.strangersDropped++;
       return false;
     }
+    if (isLeaderMessage(m)) this.leaderContactAt.set(receiver.id, receiver.now);
     return true;
   }
 

@@ -5,19 +5,17 @@
 // invariant holds (election safety: no two leaders in a term); without them
 // (planted), the out-of-range terms break the cluster.
 //
-// Liveness is reported, not required: dropping everything from ids outside a
-// node's current configuration means a node whose configuration is behind —
-// it has not yet applied the change that added the current leader — cannot
-// hear that leader (the simulator's new members replay the log from the
-// bootstrap entries, so they meet this often; a real joining node starts from
-// a snapshot, which names the leader). That trade-off is the issue's rule.
+// Liveness is required too: the rules hear the leader a node follows even
+// when it is outside that node's configuration (added by a change not applied
+// there yet, or leading on after removing itself), a stale leader's messages
+// (so it learns its term is over), and any leader after a long silence.
 import t from 'tap';
 import { runSeed } from './simulator.ts';
 import type { HostileStats } from './hostile-peers.ts';
 
 const SEEDS = Number(process.env.XDEVICE_SIM_HOSTILE_SEEDS ?? 300);
 
-t.test(`hostile peers: seeds 1..${SEEDS} keep every safety invariant`, async (t) => {
+t.test(`hostile peers: seeds 1..${SEEDS} keep every invariant`, async (t) => {
   const totals: Partial<Record<keyof HostileStats, number>> = {};
   const failures: string[] = [];
   const stalled: number[] = [];
@@ -26,11 +24,11 @@ t.test(`hostile peers: seeds 1..${SEEDS} keep every safety invariant`, async (t)
     for (const [k, v] of Object.entries(r.hostile ?? {}) as [keyof HostileStats, number][]) totals[k] = (totals[k] ?? 0) + v;
     if (r.ok) continue;
     if (r.error!.startsWith('liveness')) stalled.push(seed);
-    else failures.push(`seed ${seed}: ${r.error}\n  replay: XDEVICE_SEED=${seed} npm run sim -- --hostile`);
+    failures.push(`seed ${seed}: ${r.error}\n  replay: XDEVICE_SEED=${seed} npm run sim -- --hostile`);
   }
   t.comment(`totals: ${JSON.stringify(totals)}`);
-  t.comment(`liveness only (a member behind on configuration): ${stalled.length} seeds ${JSON.stringify(stalled.slice(0, 20))}`);
-  t.same(failures, [], 'no seed broke a safety invariant (election safety, log matching, commits, term bound)');
+  t.same(failures, [], 'no seed broke an invariant (election safety, log matching, commits, term bound, liveness)');
+  t.same(stalled, [], 'none stalled');
   for (const k of ['garbageSent', 'protocolErrors', 'strangerSent', 'strangersDropped', 'twinMessages', 'twinRefused'] as const) {
     t.ok((totals[k] ?? 0) > 0, `${k} happened (${totals[k]})`);
   }

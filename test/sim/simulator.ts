@@ -459,7 +459,8 @@ export class Simulator {
     // The cluster layer's checks (src/cluster/peer-input.ts) run before Raft sees anything.
     if (this.hostile) {
       const raw = n.raw;
-      if (!this.hostile.admit(m, (id) => raw.isMember(id), raw.hasConfiguration())) return;
+      const st = raw.basicStatus();
+      if (!this.hostile.admit(m, (id) => raw.isMember(id), raw.hasConfiguration(), { id: n.id, leading: st.role === Role.Leader, lead: st.lead, term: st.term, now: this.now })) return;
     }
     if (snapshotData) n.staged.set(snapshotData.index, snapshotData);
     if (this.trace) {

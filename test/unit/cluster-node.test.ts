@@ -181,3 +181,25 @@ t.test('a new node joins as a learner, catches up by snapshot, votes; then a nod
   await n4.devices.get('default')!.write(0, x);
   t.same(await leader.devices.get('default')!.read(0, 512), x, 'the three remaining nodes still commit');
 });
+
+t.test('retention for a lagging follower is bounded in bytes: past it, the follower gets a snapshot', async (t) => {
+  const h = await startCluster(t, { checkpointEntries: 20, walRetainEntriesMax: 1_000_000, walRetainBytesMax: 64 * 1024 });
+  const leader = h.leader()!;
+  const lagger = [...h.nodes.values()].find((n) => n !== leader)!;
+  const laggerId = lagger.status().id;
+  const matchBefore = leader.status().peers.find((p) => p.id === laggerId)!.match;
+  await lagger.stop();
+  h.nodes.delete(laggerId);
+  const written = new Map<number, Buffer>();
+  for (let i = 0; i < 100; i++) {
+    const data = randomBytes(4096);
+    await leader.devices.get('default')!.write((i % 32) * 4096, data);
+    written.set(i % 32, data);
+  }
+  // 400 KiB behind is more than 64 KiB: the leader compacts past the follower.
+  await until('the leader compacted past the stopped follower', () => (leader.status().logFirstIndex ?? 0) > matchBefore + 1);
+  const back = await h.start(laggerId);
+  const commit = leader.status().commit;
+  await until('the follower catches up (by snapshot)', () => back.status().applied >= commit, 60_000);
+  for (const [slot, data] of written) t.same(await back.devices.get('default')!.read(slot * 4096, 4096), data, `block ${slot}`);
+});

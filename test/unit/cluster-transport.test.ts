@@ -337,4 +337,27 @@ t.test('mutual TLS: peers with certificates from the cluster CA talk, others are
   c.send(message({ type: MessageType.Heartbeat, from: 'c', to: 'b', commit: 7 }));
   t.equal(await refused, 'b', 'c could not establish a link to b');
   t.equal(fromC, 0, 'nothing from c was delivered');
+
+  // A certificate from the right CA binds its holder to the id it names.
+  const px = await freePort();
+  const x = new Transport({ nodeId: 'x', clusterId: 'x', peers: { ...peers, x: `127.0.0.1:${px}` }, logger, auth: { tls: tlsOf('a') } });
+  t.teardown(() => x.close());
+  let fromX = 0;
+  b.on('message', (m) => {
+    if (m.from === 'x') fromX++;
+  });
+  const xRefused = new Promise<string>((resolve) => x.once('unreachable', resolve));
+  x.send(message({ type: MessageType.Heartbeat, from: 'x', to: 'b', commit: 8 }));
+  t.equal(await xRefused, 'b', "x, holding a's certificate, is refused by b");
+  t.equal(fromX, 0);
+  // And a dialer checks that the listener's certificate names the node it dialled:
+  // here "b" is at a's address, and a's certificate (from the right CA) names a.
+  const lines: string[] = [];
+  const capture = pino({ level: 'debug' }, { write: (l: string) => lines.push(l) });
+  const dialer = new Transport({ nodeId: 'b', clusterId: 'x', peers: { b: peers.b, a: peers.c, c: peers.a }, logger: capture, auth: { tls: tlsOf('b') } });
+  t.teardown(() => dialer.close());
+  const wrongRefused = new Promise<string>((resolve) => dialer.once('unreachable', resolve));
+  dialer.send(message({ type: MessageType.Heartbeat, from: 'b', to: 'c', commit: 9 }));
+  t.equal(await wrongRefused, 'c');
+  t.match(lines.join(''), /does not name c/, "the dialer refused a listener whose certificate names another node");
 });

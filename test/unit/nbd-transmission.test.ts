@@ -302,3 +302,51 @@ t.test('a WRITE payload trickled one byte per segment is gathered and lands inta
   t.ok((await h.devices.a.read(65536, payload.length)).equals(payload));
   raw.socket.destroy();
 });
+
+t.test('payload bytes in flight are bounded across connections, not only per connection', async (t) => {
+  const budgetBytes = 1 << 20;
+  const h = await startHarness({ inFlightBytesTotalMax: budgetBytes });
+  t.teardown(() => h.close());
+  const device = h.devices.a;
+  let running = 0;
+  let maxRunning = 0;
+  let release!: () => void;
+  const gate = new Promise<void>((resolve) => (release = resolve));
+  const hold = async () => {
+    running++;
+    maxRunning = Math.max(maxRunning, running);
+    await gate;
+    running--;
+  };
+  const originalWrite = device.write.bind(device);
+  const originalWritev = device.writev.bind(device);
+  device.write = async (o, d, opts) => {
+    await hold();
+    return originalWrite(o, d, opts);
+  };
+  device.writev = async (o, d, opts) => {
+    await hold();
+    return originalWritev(o, d, opts);
+  };
+  const size = 256 * 1024;
+  const clients = await Promise.all(Array.from({ length: 8 }, () => h.client('a')));
+  const writes = clients.flatMap((c, i) => Array.from({ length: 8 }, (_, k) => c.write((i * 8 + k) * size, Buffer.alloc(size, i + 1))));
+  await new Promise((r) => setTimeout(r, 300));
+  // 1 MiB of 256 KiB writes is 4, plus at most one request past the budget.
+  t.ok(maxRunning <= budgetBytes / size + 1, `at most ${budgetBytes / size + 1} writes held at once across 8 connections (saw ${maxRunning})`);
+  t.ok(maxRunning >= 2, 'several connections did get writes through');
+  t.ok(h.server.budget.bytes <= budgetBytes + size, `budget in use ${h.server.budget.bytes}`);
+  release();
+  await Promise.all(writes);
+  t.equal(h.server.budget.bytes, 0, 'every byte returned to the budget');
+  for (let i = 0; i < 8; i++) t.ok((await clients[i]!.read(i * 8 * size, size)).every((b) => b === i + 1), `client ${i}'s data`);
+  // A connection closed in the middle of a WRITE payload returns its bytes too.
+  const raw = await rawTransmission(h.port);
+  raw.socket.write(encodeRequest(0, NbdCommand.WRITE, 0, 1, 0, size));
+  raw.socket.write(Buffer.alloc(1000));
+  await new Promise((r) => setTimeout(r, 100));
+  t.equal(h.server.budget.bytes, size, 'the half-sent write holds its bytes');
+  raw.socket.destroy();
+  await new Promise((r) => setTimeout(r, 200));
+  t.equal(h.server.budget.bytes, 0, 'and returns them when its connection closes');
+});

@@ -162,3 +162,22 @@ t.test('after a failed fdatasync the log fails closed for every waiter, now and 
   t.ok(reopened.lastIndex() >= 3, 'acknowledged entries survive');
   t.same(reopened.entries(1, 4, 1e9), entries(1, 3, 1));
 });
+
+t.test('the writer refuses a term or index it could not read back, before writing anything', async (t) => {
+  const dir = walDir(t);
+  let wal = await Wal.open(dir, smallSegments);
+  await wal.save({ entries: entries(1, 3, 1), hardState: { term: 1, vote: '', commit: 2 } });
+  for (const bad of [2 ** 53, Number.MAX_SAFE_INTEGER + 2, -1, 1.5, Number.NaN]) {
+    await t.rejects(wal.save({ hardState: { term: bad, vote: 'x', commit: 3 } }), { code: 'XDEVICE_ERR_WAL_USAGE', message: /cannot be stored/ }, `hard state term ${bad}`);
+    await t.rejects(wal.save({ entries: [{ ...entry(4, 1), term: bad }] }), { code: 'XDEVICE_ERR_WAL_USAGE' }, `entry term ${bad}`);
+  }
+  await t.rejects(wal.applySnapshot({ index: 2 ** 53, term: 1, confState }), { code: 'XDEVICE_ERR_WAL_USAGE' });
+  t.same(wal.hardState(), { term: 1, vote: '', commit: 2 }, 'the in-memory state did not take the refused values');
+  t.equal(wal.lastIndex(), 3);
+  // Still writable, and it recovers: nothing unreadable reached the disk.
+  await wal.save({ entries: entries(4, 4, Number.MAX_SAFE_INTEGER), hardState: { term: Number.MAX_SAFE_INTEGER, vote: '', commit: 3 } });
+  await wal.close();
+  wal = await openWal(t, dir);
+  t.equal(wal.hardState().term, Number.MAX_SAFE_INTEGER, '2^53-1 is the largest term that reads back');
+  t.equal(wal.lastIndex(), 4);
+});

@@ -32,6 +32,8 @@ export interface ClusterOptions {
   proxied?: boolean;
   env?: NodeJS.ProcessEnv;
   logLevel?: string;
+  /** Extra flags for each node (e.g. peer TLS files); without peer-auth flags, the shared secret file is used. */
+  nodeArgs?: (id: string) => string[];
 }
 
 export interface AdminResponse<T = unknown> {
@@ -120,8 +122,8 @@ export class TestCluster {
       ...(this.options.devices ?? ['default:64MiB']).flatMap((d) => ['--device', d]),
       ...(opts.join ? ['--join'] : []),
       '--log-level', this.options.logLevel ?? 'info',
-      ...peerAuthArgs(opts.extraArgs),
-      ...(opts.extraArgs ?? []),
+      ...peerAuthArgs(opts.extraArgs ?? this.options.nodeArgs?.(id)),
+      ...(opts.extraArgs ?? this.options.nodeArgs?.(id) ?? []),
     ];
     const useBin = process.env.XDEVICE_CLUSTER_BIN === '1';
     const args = useBin
