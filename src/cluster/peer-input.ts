@@ -19,18 +19,7 @@
 //     leader is heard until a newer term replaces it.
 
 import { limits } from '../limits.ts';
-import { MessageType, type Message } from '../raft/types.ts';
-
-/** Raft message types a node only steps itself: never valid from a peer. */
-export const LOCAL_MESSAGE_TYPES: ReadonlySet<MessageType> = new Set([
-  MessageType.Hup,
-  MessageType.Beat,
-  MessageType.Unreachable,
-  MessageType.SnapStatus,
-  MessageType.CheckQuorum,
-  MessageType.StorageAppendResp,
-  MessageType.ForgetLeader,
-]);
+import { LOCAL_MESSAGE_TYPES, MessageType, type Message } from '../raft/types.ts';
 
 /** Messages only a leader sends to bring a follower up to date. */
 const LEADER_MESSAGES: ReadonlySet<MessageType> = new Set([MessageType.App, MessageType.Heartbeat, MessageType.Snap]);

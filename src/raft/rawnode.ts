@@ -24,7 +24,7 @@ import { payloadBytes } from './log.ts';
 import type { ProgressState } from './progress.ts';
 import { Raft, Role, type ElectionRecord } from './raft.ts';
 import type { ReadState } from './read-only.ts';
-import { EntryType, message, MessageType, None, type ConfState, type Entry, type HardState, type Message, type NodeId, type SnapshotMetadata } from './types.ts';
+import { EntryType, LOCAL_MESSAGE_TYPES, message, MessageType, None, type ConfState, type Entry, type HardState, type Message, type NodeId, type SnapshotMetadata } from './types.ts';
 
 export interface SoftState {
   lead: NodeId;
@@ -85,16 +85,6 @@ export interface Status extends BasicStatus {
   progress: Record<NodeId, PeerStatus>;
 }
 
-/** Message types that only the local node may step; from the network they are dropped. */
-const LOCAL_ONLY = new Set<MessageType>([
-  MessageType.Hup,
-  MessageType.Beat,
-  MessageType.Unreachable,
-  MessageType.SnapStatus,
-  MessageType.CheckQuorum,
-  MessageType.StorageAppendResp,
-  MessageType.ForgetLeader,
-]);
 
 const RESPONSES = new Set<MessageType>([MessageType.AppResp, MessageType.VoteResp, MessageType.PreVoteResp, MessageType.HeartbeatResp, MessageType.SnapStatus, MessageType.Unreachable]);
 
@@ -131,7 +121,7 @@ export class RawNode {
    * type, or a response from a node not in the configuration.
    */
   step(m: Message): boolean {
-    if (LOCAL_ONLY.has(m.type)) return false;
+    if (LOCAL_MESSAGE_TYPES.has(m.type)) return false;
     if (RESPONSES.has(m.type) && !this.raft.trk.progress.has(m.from)) return false;
     this.raft.step(m);
     return true;

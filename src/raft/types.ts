@@ -117,3 +117,14 @@ export function emptyConfState(): ConfState {
 export function isEmptyHardState(hs: HardState): boolean {
   return hs.term === 0 && hs.vote === None && hs.commit === 0;
 }
+
+/** Message types only the local node steps (ticks, storage acks, reports): never valid from the network. */
+export const LOCAL_MESSAGE_TYPES: ReadonlySet<MessageType> = new Set([
+  MessageType.Hup,
+  MessageType.Beat,
+  MessageType.Unreachable,
+  MessageType.SnapStatus,
+  MessageType.CheckQuorum,
+  MessageType.StorageAppendResp,
+  MessageType.ForgetLeader,
+]);

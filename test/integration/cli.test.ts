@@ -1,28 +1,10 @@
 // Every xdevice-cli command against a live 3-node cluster, in table and JSON
 // form, with the exit codes scripts rely on.
 import t from 'tap';
-import { spawn } from 'node:child_process';
-import { CLI_BIN, httpGet, startNode, waitFor } from './helpers/node-process.ts';
+import { httpGet, startNode, waitFor, runCli as cli } from './helpers/node-process.ts';
 import { ProcessCluster } from './helpers/process-cluster.ts';
 import { freePorts } from './helpers/ports.ts';
 import parsePrometheusTextFormat from 'parse-prometheus-text-format';
-
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-function cli(args: string[], env: NodeJS.ProcessEnv = {}): Promise<Run> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [CLI_BIN, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
-    child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
-    child.on('exit', (code) => resolve({ code, stdout, stderr }));
-  });
-}
 
 t.test('xdevice-cli drives a live cluster', { timeout: 600_000 }, async (t) => {
   const cluster = await ProcessCluster.start({ size: 3, devices: ['default:32MiB'] });

@@ -5,52 +5,9 @@
 // shrink under a connected nbdsh client need --force (which disconnects it).
 import t from 'tap';
 import { spawn } from 'node:child_process';
-import { request } from 'node:http';
-import { CLI_BIN, httpGet, startNode, waitFor } from './helpers/node-process.ts';
+import { CLI_BIN, httpGet, startNode, waitFor, runCli as cli, adminRequest as api, type CliRun } from './helpers/node-process.ts';
 import { ProcessCluster } from './helpers/process-cluster.ts';
 import { freePorts } from './helpers/ports.ts';
-
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-function cli(args: string[]): Promise<Run> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [CLI_BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
-    child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
-    child.on('exit', (code) => resolve({ code, stdout, stderr }));
-  });
-}
-
-function api(port: number, method: string, path: string, body?: unknown): Promise<{ status: number; body: any }> {
-  return new Promise((resolve, reject) => {
-    const payload = body === undefined ? undefined : Buffer.from(typeof body === 'string' ? body : JSON.stringify(body));
-    const req = request(
-      { host: '127.0.0.1', port, method, path, timeout: 30_000, headers: payload ? { 'Content-Type': 'application/json', 'Content-Length': payload.length } : {} },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () => {
-          const text = Buffer.concat(chunks).toString('utf8');
-          let parsed: unknown = text;
-          try {
-            parsed = JSON.parse(text);
-          } catch {
-            // not JSON
-          }
-          resolve({ status: res.statusCode ?? 0, body: parsed });
-        });
-      },
-    );
-    req.on('error', reject);
-    req.end(payload);
-  });
-}
 
 async function deviceList(port: number): Promise<{ name: string; size: number }[]> {
   const res = await api(port, 'GET', '/devices');
@@ -128,7 +85,7 @@ t.test('each xdevice-cli mistake changes nothing and exits 2 naming the argument
   t.equal((await cli(['--endpoints', `127.0.0.1:${dead}`, 'status'])).code, 3, 'status with no node running: exit 3');
 
   // `xdevice-cli … | head`: the reader is gone before the output is written.
-  const quiet = await new Promise<Run>((resolve) => {
+  const quiet = await new Promise<CliRun>((resolve) => {
     const child = spawn(process.execPath, [CLI_BIN, '--endpoints', E, '-w', 'json', 'device', 'list'], { stdio: ['ignore', 'pipe', 'pipe'] });
     child.stdout.destroy();
     let stderr = '';

@@ -6,46 +6,11 @@
 import t from 'tap';
 import { spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
-import { request } from 'node:http';
-import { CLI_BIN, startNode, waitFor, type NodeProcess } from './helpers/node-process.ts';
+import { CLI_BIN, startNode, waitFor, type NodeProcess, runCli as cli, adminRequest as api } from './helpers/node-process.ts';
 import { ProcessCluster } from './helpers/process-cluster.ts';
 import { freePorts } from './helpers/ports.ts';
 import { EXIT_REMOVED } from '../../src/exit-codes.ts';
 import type { HealthReport, Member, NodeStatus } from '../../src/admin/api.ts';
-
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-function cli(args: string[]): Promise<Run> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [CLI_BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
-    child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
-    child.on('exit', (code) => resolve({ code, stdout, stderr }));
-  });
-}
-
-function api<T = any>(port: number, method: string, path: string, body?: unknown, timeoutMs = 30_000): Promise<{ status: number; body: T }> {
-  return new Promise((resolve, reject) => {
-    const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
-    const req = request(
-      { host: '127.0.0.1', port, method, path, timeout: timeoutMs, headers: payload ? { 'Content-Type': 'application/json', 'Content-Length': payload.length } : {} },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, body: JSON.parse(Buffer.concat(chunks).toString('utf8') || 'null') as T }));
-      },
-    );
-    req.on('timeout', () => req.destroy(new Error('timeout')));
-    req.on('error', reject);
-    req.end(payload);
-  });
-}
 
 const members = async (port: number): Promise<Member[]> => (await api<{ members: Member[] }>(port, 'GET', '/members')).body.members;
 
