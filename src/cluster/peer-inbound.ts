@@ -10,8 +10,9 @@ import { randomBytes } from 'node:crypto';
 import { limits } from '../limits.ts';
 import { certificateNames } from './peer-auth.ts';
 import { FrameOpener, FrameSealer, handshakeMac, macEqual, sessionKey } from './peer-crypto.ts';
-import { type Frame, FrameDecoder, FrameKind, NONCE_BYTES, PROTOCOL_VERSION, decodeFrame, encodeChallenge, encodePing, encodeWelcome } from './codec.ts';
+import { FrameDecoder, FrameKind, NONCE_BYTES, PROTOCOL_VERSION, encodeChallenge, encodePing, encodeWelcome } from './codec.ts';
 import type { Transport } from './transport.ts';
+import { readFrames } from './frame-reader.ts';
 
 interface InboundLink {
   socket: net.Socket;
@@ -71,84 +72,68 @@ export class InboundLinks {
     const handshakeTimer = setTimeout(() => fail('handshake timed out'), limits.peerHandshakeTimeoutMs);
     handshakeTimer.unref();
     socket.write(encodeChallenge({ version: PROTOCOL_VERSION, nonce: nonceL }));
-    socket.on('data', (chunk: Buffer) => {
-      let frames: Buffer[];
-      try {
-        frames = decoder.push(chunk);
-      } catch (err) {
-        return fail((err as Error).message);
+    readFrames(socket, decoder, () => opener, fail, (f) => {
+      if (peer === undefined) {
+        if (f.kind !== FrameKind.Hello) return fail('expected Hello');
+        if (f.version !== PROTOCOL_VERSION) return fail(`protocol version ${f.version}`);
+        if (f.to !== o.nodeId) return fail(`dialled ${f.to}, this is ${o.nodeId}`);
+        if (f.from === o.nodeId) return fail('a peer claims this node\'s own id');
+        if (f.clusterId && this.t.clusterId && f.clusterId !== this.t.clusterId) return fail(`cluster ${f.clusterId}, this is ${this.t.clusterId}`);
+        if (auth.tls) {
+          const cert = (socket as tls.TLSSocket).getPeerCertificate();
+          if (!cert || !certificateNames(cert).includes(f.from)) return fail(`certificate does not name ${f.from}`);
+        }
+        // Both MACs cover the dialer's cluster id (checked compatible above):
+        // a node that joins learns the cluster id only from its first snapshot.
+        if (auth.secret) {
+          const expect = handshakeMac(auth.secret, 'dialer', f.clusterId, f.from, o.nodeId, nonceL, f.nonce);
+          if (!macEqual(expect, f.mac)) return fail(`${f.from} failed authentication`);
+        }
+        // One id, one live link: a second process claiming a connected id is refused.
+        const existing = this.byId.get(f.from);
+        if (existing && !existing.socket.destroyed) {
+          if (Date.now() - existing.lastFrameAt < limits.peerLinkLiveMs) {
+            this.duplicateLinksRefused++;
+            o.logger.warn({ peer: f.from, remote: socket.remoteAddress, existing: existing.socket.remoteAddress }, 'refused a second live link claiming a connected node id');
+            socket.destroy();
+            return;
+          }
+          // The old link went quiet: its dialer is gone or redialled; the new one wins.
+          existing.socket.destroy();
+        }
+        peer = f.from;
+        link = { socket, lastFrameAt: Date.now() };
+        this.byId.set(peer, link);
+        const mac = auth.secret ? handshakeMac(auth.secret, 'listener', f.clusterId, peer, o.nodeId, nonceL, f.nonce) : Buffer.alloc(0);
+        socket.write(encodeWelcome({ from: o.nodeId, mac }));
+        if (auth.secret) {
+          const ids = [f.clusterId, peer, o.nodeId] as const;
+          opener = new FrameOpener(sessionKey(auth.secret, 'dialer→listener', ...ids, f.nonce, nonceL));
+          sealer = new FrameSealer(sessionKey(auth.secret, 'listener→dialer', ...ids, f.nonce, nonceL));
+        }
+        decoder.frameBytesMax = limits.peerFrameBytesMax;
+        endHandshake();
+        if (auth.insecure) o.logger.warn({ peer }, 'insecure-peers: link from peer is NOT authenticated');
+        return;
       }
-      for (let body of frames) {
-        if (socket.destroyed) return;
-        let f: Frame;
-        try {
-          if (opener) body = opener.open(body);
-          f = decodeFrame(body);
-        } catch (err) {
-          return fail((err as Error).message);
-        }
-        if (peer === undefined) {
-          if (f.kind !== FrameKind.Hello) return fail('expected Hello');
-          if (f.version !== PROTOCOL_VERSION) return fail(`protocol version ${f.version}`);
-          if (f.to !== o.nodeId) return fail(`dialled ${f.to}, this is ${o.nodeId}`);
-          if (f.from === o.nodeId) return fail('a peer claims this node\'s own id');
-          if (f.clusterId && this.t.clusterId && f.clusterId !== this.t.clusterId) return fail(`cluster ${f.clusterId}, this is ${this.t.clusterId}`);
-          if (auth.tls) {
-            const cert = (socket as tls.TLSSocket).getPeerCertificate();
-            if (!cert || !certificateNames(cert).includes(f.from)) return fail(`certificate does not name ${f.from}`);
-          }
-          // Both MACs cover the dialer's cluster id (checked compatible above):
-          // a node that joins learns the cluster id only from its first snapshot.
-          if (auth.secret) {
-            const expect = handshakeMac(auth.secret, 'dialer', f.clusterId, f.from, o.nodeId, nonceL, f.nonce);
-            if (!macEqual(expect, f.mac)) return fail(`${f.from} failed authentication`);
-          }
-          // One id, one live link: a second process claiming a connected id is refused.
-          const existing = this.byId.get(f.from);
-          if (existing && !existing.socket.destroyed) {
-            if (Date.now() - existing.lastFrameAt < limits.peerLinkLiveMs) {
-              this.duplicateLinksRefused++;
-              o.logger.warn({ peer: f.from, remote: socket.remoteAddress, existing: existing.socket.remoteAddress }, 'refused a second live link claiming a connected node id');
-              socket.destroy();
-              return;
-            }
-            // The old link went quiet: its dialer is gone or redialled; the new one wins.
-            existing.socket.destroy();
-          }
-          peer = f.from;
-          link = { socket, lastFrameAt: Date.now() };
-          this.byId.set(peer, link);
-          const mac = auth.secret ? handshakeMac(auth.secret, 'listener', f.clusterId, peer, o.nodeId, nonceL, f.nonce) : Buffer.alloc(0);
-          socket.write(encodeWelcome({ from: o.nodeId, mac }));
-          if (auth.secret) {
-            const ids = [f.clusterId, peer, o.nodeId] as const;
-            opener = new FrameOpener(sessionKey(auth.secret, 'dialer→listener', ...ids, f.nonce, nonceL));
-            sealer = new FrameSealer(sessionKey(auth.secret, 'listener→dialer', ...ids, f.nonce, nonceL));
-          }
-          decoder.frameBytesMax = limits.peerFrameBytesMax;
-          endHandshake();
-          if (auth.insecure) o.logger.warn({ peer }, 'insecure-peers: link from peer is NOT authenticated');
-          continue;
-        }
-        link!.lastFrameAt = Date.now();
-        switch (f.kind) {
-          case FrameKind.Raft:
-            // A peer speaks only for itself.
-            if (f.message.from !== peer || f.message.to !== o.nodeId) return fail(`message ${f.message.from}→${f.message.to} on ${peer}'s link`);
-            this.t.emit('message', f.message, write, fail);
-            break;
-          case FrameKind.Ping:
-            write(encodePing(FrameKind.Pong, f.sentAtNs));
-            break;
-          case FrameKind.Hello:
-          case FrameKind.Challenge:
-          case FrameKind.Welcome:
-          case FrameKind.Pong:
-          case FrameKind.Removed:
-            return fail(`unexpected frame ${f.kind}`);
-          default:
-            this.t.emit('frame', peer, f, fail);
-        }
+      link!.lastFrameAt = Date.now();
+      switch (f.kind) {
+        case FrameKind.Raft:
+          // A peer speaks only for itself.
+          if (f.message.from !== peer || f.message.to !== o.nodeId) return fail(`message ${f.message.from}→${f.message.to} on ${peer}'s link`);
+          this.t.emit('message', f.message, write, fail);
+          break;
+        case FrameKind.Ping:
+          write(encodePing(FrameKind.Pong, f.sentAtNs));
+          break;
+        case FrameKind.Hello:
+        case FrameKind.Challenge:
+        case FrameKind.Welcome:
+        case FrameKind.Pong:
+        case FrameKind.Removed:
+          return fail(`unexpected frame ${f.kind}`);
+        default:
+          this.t.emit('frame', peer, f, fail);
       }
     });
     socket.on('error', () => {});

@@ -24,13 +24,13 @@ import { limits } from '../limits.ts';
 import { certificateNames, type PeerAuth } from './peer-auth.ts';
 import { FrameOpener, FrameSealer, handshakeMac, macEqual, sessionKey } from './peer-crypto.ts';
 import { InboundLinks } from './peer-inbound.ts';
+import { readFrames } from './frame-reader.ts';
 import {
   type Frame,
   FrameDecoder,
   FrameKind,
   NONCE_BYTES,
   PROTOCOL_VERSION,
-  decodeFrame,
   encodeHello,
   encodePing,
   encodeRaftMessage,
@@ -195,51 +195,35 @@ class PeerLink {
       if (!authenticated) fail('handshake timed out');
     }, limits.peerHandshakeTimeoutMs);
     handshakeTimer.unref();
-    socket.on('data', (chunk: Buffer) => {
-      let frames: Buffer[];
-      try {
-        frames = decoder.push(chunk);
-      } catch (err) {
-        return fail((err as Error).message);
-      }
-      for (let body of frames) {
-        if (socket.destroyed) return;
-        let f: Frame;
-        try {
-          if (opener) body = opener.open(body);
-          f = decodeFrame(body);
-        } catch (err) {
-          return fail((err as Error).message);
+    readFrames(socket, decoder, () => opener, fail, (f) => {
+      if (!nonceL) {
+        if (f.kind !== FrameKind.Challenge) return fail('expected Challenge');
+        if (f.version !== PROTOCOL_VERSION) return fail(`peer speaks protocol version ${f.version}, this node ${PROTOCOL_VERSION}`);
+        nonceL = Buffer.from(f.nonce);
+        const mac = auth.secret ? handshakeMac(auth.secret, 'dialer', this.t.clusterId, o.nodeId, this.id, nonceL, nonceD) : Buffer.alloc(0);
+        socket.write(encodeHello({ version: PROTOCOL_VERSION, clusterId: this.t.clusterId, from: o.nodeId, to: this.id, nonce: nonceD, mac }));
+      } else if (!authenticated) {
+        if (f.kind !== FrameKind.Welcome) return fail('expected Welcome');
+        if (f.from !== this.id) return fail(`dialled ${this.id} but ${f.from} answered`);
+        if (auth.secret) {
+          const expect = handshakeMac(auth.secret, 'listener', this.t.clusterId, o.nodeId, this.id, nonceL, nonceD);
+          if (!macEqual(expect, f.mac)) return fail('peer failed authentication');
+          const ids = [this.t.clusterId, o.nodeId, this.id] as const;
+          this.sealer = new FrameSealer(sessionKey(auth.secret, 'dialer→listener', ...ids, nonceD, nonceL));
+          opener = new FrameOpener(sessionKey(auth.secret, 'listener→dialer', ...ids, nonceD, nonceL));
         }
-        if (!nonceL) {
-          if (f.kind !== FrameKind.Challenge) return fail('expected Challenge');
-          if (f.version !== PROTOCOL_VERSION) return fail(`peer speaks protocol version ${f.version}, this node ${PROTOCOL_VERSION}`);
-          nonceL = Buffer.from(f.nonce);
-          const mac = auth.secret ? handshakeMac(auth.secret, 'dialer', this.t.clusterId, o.nodeId, this.id, nonceL, nonceD) : Buffer.alloc(0);
-          socket.write(encodeHello({ version: PROTOCOL_VERSION, clusterId: this.t.clusterId, from: o.nodeId, to: this.id, nonce: nonceD, mac }));
-        } else if (!authenticated) {
-          if (f.kind !== FrameKind.Welcome) return fail('expected Welcome');
-          if (f.from !== this.id) return fail(`dialled ${this.id} but ${f.from} answered`);
-          if (auth.secret) {
-            const expect = handshakeMac(auth.secret, 'listener', this.t.clusterId, o.nodeId, this.id, nonceL, nonceD);
-            if (!macEqual(expect, f.mac)) return fail('peer failed authentication');
-            const ids = [this.t.clusterId, o.nodeId, this.id] as const;
-            this.sealer = new FrameSealer(sessionKey(auth.secret, 'dialer→listener', ...ids, nonceD, nonceL));
-            opener = new FrameOpener(sessionKey(auth.secret, 'listener→dialer', ...ids, nonceD, nonceL));
-          }
-          authenticated = true;
-          decoder.frameBytesMax = limits.peerFrameBytesMax;
-          clearTimeout(handshakeTimer);
-          this.ready();
-        } else if (f.kind === FrameKind.Removed) {
-          if (f.nodeId === o.nodeId) this.t.emit('removed', this.id);
-        } else if (f.kind === FrameKind.Pong) {
-          this.lastPongAt = Date.now();
-          this.rttMs = Number(process.hrtime.bigint() - BigInt(f.sentAtNs)) / 1e6;
-          this.t.emit('peerRtt', { peer: this.id, ms: this.rttMs });
-        } else {
-          return fail(`unexpected frame ${f.kind} from the listener`);
-        }
+        authenticated = true;
+        decoder.frameBytesMax = limits.peerFrameBytesMax;
+        clearTimeout(handshakeTimer);
+        this.ready();
+      } else if (f.kind === FrameKind.Removed) {
+        if (f.nodeId === o.nodeId) this.t.emit('removed', this.id);
+      } else if (f.kind === FrameKind.Pong) {
+        this.lastPongAt = Date.now();
+        this.rttMs = Number(process.hrtime.bigint() - BigInt(f.sentAtNs)) / 1e6;
+        this.t.emit('peerRtt', { peer: this.id, ms: this.rttMs });
+      } else {
+        return fail(`unexpected frame ${f.kind} from the listener`);
       }
     });
     socket.on('error', (err) => this.t.options.logger.debug({ peer: this.id, err: err.message }, 'peer socket error'));

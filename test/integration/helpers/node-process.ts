@@ -1,7 +1,7 @@
 // Starts the real `xdevice-node` binary as a child process and waits until its
 // admin API answers. Tests kill it with real signals (SIGKILL, SIGTERM, SIGSTOP).
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, mkdirSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -40,10 +40,34 @@ export interface StartOptions {
   waitReady?: boolean;
 }
 
+const createdDirs: string[] = [];
+let cleanupHooked = false;
+
+/**
+ * A fresh directory under $XDEVICE_TEST_TMP (or the system's). Data
+ * directories hold preallocated WAL segments (64 MiB each), so they are
+ * removed when the test process exits cleanly; a failed run keeps them for a
+ * look, as does XDEVICE_KEEP_TMP=1.
+ */
 export function tempDir(prefix: string): string {
   const base = process.env.XDEVICE_TEST_TMP ?? tmpdir();
   mkdirSync(base, { recursive: true });
-  return mkdtempSync(join(base, `xdevice-${prefix}-`));
+  const dir = mkdtempSync(join(base, `xdevice-${prefix}-`));
+  createdDirs.push(dir);
+  if (!cleanupHooked) {
+    cleanupHooked = true;
+    process.on('exit', (code) => {
+      if (code !== 0 || process.exitCode || process.env.XDEVICE_KEEP_TMP === '1') return;
+      for (const d of createdDirs) {
+        try {
+          rmSync(d, { recursive: true, force: true });
+        } catch {
+          // a mount or a busy file: leave it
+        }
+      }
+    });
+  }
+  return dir;
 }
 
 let secretFile: string | undefined;
