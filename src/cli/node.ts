@@ -152,6 +152,13 @@ export async function main(argv = hideBin(process.argv)): Promise<void> {
     process.exit(err instanceof ConfigError ? 2 : 1);
   }
   const logger = createLogger({ level: loaded.config.logLevel, format: loaded.config.logFormat, name: `xdevice-node/${loaded.config.nodeId}` });
+  // A rejected I/O promise nobody observed means state this process can no
+  // longer vouch for: fail closed, as a failed fdatasync does.
+  process.on('unhandledRejection', (err) => {
+    logger.fatal({ err: (err as Error)?.message, code: (err as { code?: string })?.code }, 'unobserved failure; leaving service');
+    logger.flush();
+    process.exit(NODE_EXIT.failed);
+  });
 
   let node: RunningNode;
   try {

@@ -77,6 +77,12 @@ async function main(): Promise<void> {
     process.exit(EXIT_CONFIG);
   }
   const logger = pino({ level: values['log-level']!, base: { node: values['node-id'] } }, pino.destination(2));
+  // A rejected I/O promise nobody observed means state this process can no
+  // longer vouch for: fail closed, as a failed fdatasync does.
+  process.on('unhandledRejection', (err) => {
+    logger.fatal({ err: (err as Error)?.message, code: (err as { code?: string })?.code }, 'unobserved failure; leaving service');
+    process.exit(EXIT_FATAL);
+  });
   setNativeLogger(logger);
   const faultFile = process.env.XDEVICE_FAULT_FILE;
   if (faultFile) watchFaultFile(faultFile, logger);
