@@ -299,12 +299,11 @@ export class BlockStore {
       }
       return outcomes;
     } finally {
-      if (gathered.size > 0) {
-        // Thrown mid-batch (the caller fails the node): writes already
-        // acknowledged still go down; their outcome no longer matters here.
-        submitGathered();
-        for (const p of pending) p.catch(() => undefined);
-      }
+      // Thrown mid-batch (the caller fails the node): writes already
+      // acknowledged still go down, and no write's failure goes unobserved
+      // (after a normal end both lists are empty).
+      submitGathered();
+      for (const p of pending) p.catch(() => undefined);
       this.applying = false;
     }
   }
