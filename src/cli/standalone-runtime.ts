@@ -14,7 +14,7 @@ import { XDeviceError } from '../errors.ts';
 import { limits } from '../limits.ts';
 import { formatHostPort, parseDevice, type NodeConfig } from './config.ts';
 import { lockDataDir } from '../cluster/data-dir.ts';
-import type { Runtime } from './runtime.ts';
+import type { Runtime } from '../runtime.ts';
 
 class MutableDeviceTable implements DeviceTable {
   readonly devices = new Map<string, BlockDevice>();

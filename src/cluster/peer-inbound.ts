@@ -11,12 +11,23 @@ import { limits } from '../limits.ts';
 import { certificateNames } from './peer-auth.ts';
 import { FrameOpener, FrameSealer, handshakeMac, macEqual, sessionKey } from './peer-crypto.ts';
 import { FrameDecoder, FrameKind, NONCE_BYTES, PROTOCOL_VERSION, encodeChallenge, encodePing, encodeWelcome } from './codec.ts';
-import type { Transport } from './transport.ts';
+import type { Logger } from 'pino';
+import type { PeerAuth } from './peer-auth.ts';
 import { readFrames } from './frame-reader.ts';
 
 interface InboundLink {
   socket: net.Socket;
   lastFrameAt: number;
+}
+
+/** What inbound links need of the transport that owns them (Transport in transport.ts). */
+export interface InboundHost {
+  readonly options: { readonly nodeId: string; readonly auth: PeerAuth; readonly logger: Logger };
+  readonly clusterId: string;
+  readonly authConfigured: boolean;
+  refuseUnauthenticated(): void;
+  /** 'message' (a Raft message, a reply writer, a fail) or 'frame' (peer id, frame, fail). */
+  emit(event: 'message' | 'frame', ...args: unknown[]): boolean;
 }
 
 export class InboundLinks {
@@ -27,7 +38,7 @@ export class InboundLinks {
   /** Connections refused because another live link already claimed their id. */
   duplicateLinksRefused = 0;
 
-  constructor(private readonly t: Transport) {}
+  constructor(private readonly t: InboundHost) {}
 
   accept(socket: net.Socket): void {
     const o = this.t.options;

@@ -4,7 +4,7 @@
 
 import type { Logger } from 'pino';
 import type { NodeConfig as CliConfig } from '../cli/config.ts';
-import type { Runtime } from '../cli/runtime.ts';
+import type { Runtime } from '../runtime.ts';
 import { ClusterNode, tuningFromEnv } from './node.ts';
 import { loadPeerAuth } from './peer-auth.ts';
 
