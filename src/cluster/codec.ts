@@ -14,7 +14,7 @@ import type { ConfState, Entry, Message, SnapshotMetadata } from '../raft/types.
 import { EntryType, MessageType } from '../raft/types.ts';
 import { limits } from '../limits.ts';
 import { WireError, WireReader, WireWriter, str8Size } from '../device/wire.ts';
-import { peerMessageProblem } from './peer-input.ts';
+import { peerMessageProblem } from '../replica/peer-input.ts';
 
 /** 2: the dialer proves the secret first; frames carry a MAC (src/cluster/peer-crypto.ts). */
 export const PROTOCOL_VERSION = 2;
@@ -280,7 +280,7 @@ function decodeRaftMessage(r: WireReader): Message {
   const m: Message = { type, from, to, term, logTerm, index, entries, commit, reject: (flags & FLAG_REJECT) !== 0, rejectHint };
   if (context) m.context = context;
   if (snapshot) m.snapshot = snapshot;
-  // Bounds and types are checked here, before anything reaches Raft (src/cluster/peer-input.ts).
+  // Bounds and types are checked here, before anything reaches Raft (src/replica/peer-input.ts).
   const problem = peerMessageProblem(m);
   if (problem) throw new WireError(problem);
   return m;

@@ -1,6 +1,6 @@
 // Hostile peers for the simulator (SimOptions.hostile): what reaches a node
 // besides its cluster's own messages, and the cluster layer's rules that
-// decide what of it Raft may see (src/cluster/peer-input.ts, the same code
+// decide what of it Raft may see (src/replica/peer-input.ts, the same code
 // the node runs; the one-live-link rule of src/cluster/transport.ts).
 //
 //   garbage   copies of real messages with out-of-range terms and indexes
@@ -19,7 +19,7 @@ import { ConfChangeTransition, ConfChangeType, encodeConfChange } from '../../sr
 import { MemoryStorage } from '../../src/raft/memory-storage.ts';
 import { RawNode } from '../../src/raft/rawnode.ts';
 import { EntryType, MessageType, message, type Message, type NodeId } from '../../src/raft/types.ts';
-import { admitPeerMessage, isLeaderMessage, peerMessageProblem } from '../../src/cluster/peer-input.ts';
+import { admitPeerMessage, isLeaderMessage, peerMessageProblem } from '../../src/replica/peer-input.ts';
 import { limits } from '../../src/limits.ts';
 import { Prng } from './prng.ts';
 

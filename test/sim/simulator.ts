@@ -456,7 +456,7 @@ export class Simulator {
       this.stats.dropped++;
       return;
     }
-    // The cluster layer's checks (src/cluster/peer-input.ts) run before Raft sees anything.
+    // The cluster layer's checks (src/replica/peer-input.ts) run before Raft sees anything.
     if (this.hostile) {
       const raw = n.raw;
       const st = raw.basicStatus();

@@ -68,7 +68,7 @@ async function harness(t: Test, ids: string[], tuning?: NodeConfig['tuning']): P
       nodes.set(id, n);
       return n;
     },
-    leader: () => [...nodes.values()].find((n) => n.status().role === 'leader'),
+    leader: () => [...nodes.values()].find((n) => n.api.status().role === 'leader'),
   };
   t.teardown(async () => {
     for (const n of nodes.values()) await n.stop().catch(() => undefined);
@@ -90,7 +90,7 @@ t.test('writes through the leader read back identically on every follower, and t
   const followers = [...h.nodes.values()].filter((n) => n !== leader);
   const a = randomBytes(64 * 1024);
   await leader.devices.get('default')!.write(8192, a);
-  for (const f of followers) t.same(await f.devices.get('default')!.read(8192, a.length), a, `read on ${f.status().id}`);
+  for (const f of followers) t.same(await f.devices.get('default')!.read(8192, a.length), a, `read on ${f.api.status().id}`);
   const b = randomBytes(4096);
   await followers[0]!.devices.get('default')!.write(0, b);
   t.same(await leader.devices.get('default')!.read(0, 4096), b, 'a follower forwarded the write');
@@ -100,7 +100,7 @@ t.test('writes through the leader read back identically on every follower, and t
   await leader.devices.get('default')!.writeZeroes(12288, 4096);
   const expect = Buffer.from(a);
   expect.fill(0, 0, 8192);
-  for (const n of h.nodes.values()) t.same(await n.devices.get('default')!.read(8192, a.length), expect, `holes on ${n.status().id}`);
+  for (const n of h.nodes.values()) t.same(await n.devices.get('default')!.read(8192, a.length), expect, `holes on ${n.api.status().id}`);
   // The device table is replicated too.
   await followers[0]!.api.createDevice('second', 2 * MiB);
   await until('second device everywhere', () => [...h.nodes.values()].every((n) => n.devices.get('second')?.size === 2 * MiB));
@@ -109,7 +109,7 @@ t.test('writes through the leader read back identically on every follower, and t
   t.equal(followers[1]!.devices.get('second')!.size === 3 * MiB || (await until('resize', () => followers[1]!.devices.get('second')?.size === 3 * MiB), true), true);
   await leader.api.deleteDevice('second');
   await until('second device gone', () => [...h.nodes.values()].every((n) => n.devices.get('second') === undefined));
-  const st = leader.status();
+  const st = leader.api.status();
   t.equal(st.peers.length, 2);
   t.ok(st.peers.every((p) => p.voter && p.match > 0));
 });
@@ -117,7 +117,7 @@ t.test('writes through the leader read back identically on every follower, and t
 t.test('the leader stops: a new one is elected, writes continue, the old one catches up on restart', async (t) => {
   const h = await startCluster(t);
   const old = h.leader()!;
-  const oldId = old.status().id;
+  const oldId = old.api.status().id;
   const survivor = [...h.nodes.values()].find((n) => n !== old)!;
   const dev = () => survivor.devices.get('default')!;
   const written = new Map<number, Buffer>();
@@ -135,8 +135,8 @@ t.test('the leader stops: a new one is elected, writes continue, the old one cat
     written.set(i, data);
   }
   const back = await h.start(oldId);
-  const commit = h.leader()!.status().commit;
-  await until('the restarted node catches up', () => back.status().applied >= commit);
+  const commit = h.leader()!.api.status().commit;
+  await until('the restarted node catches up', () => back.api.status().applied >= commit);
   for (const [i, data] of written) t.same(await back.devices.get('default')!.read(i * 4096, 4096), data, `block ${i} on the restarted node`);
 });
 
@@ -150,7 +150,7 @@ t.test('a new node joins as a learner, catches up by snapshot, votes; then a nod
     await dev.write((i % 64) * 4096 * 4, data);
     written.set(i % 64, data);
   }
-  await until('the leader compacted its log', () => (leader.status().logFirstIndex ?? 0) > 10);
+  await until('the leader compacted its log', () => (leader.api.status().logFirstIndex ?? 0) > 10);
   const n4addr = `127.0.0.1:${await freePort()}`;
   const n4 = await h.start('n4', { join: true, peers: { ...h.peers, n4: n4addr } });
   // Writes keep flowing while the node joins.
@@ -168,12 +168,12 @@ t.test('a new node joins as a learner, catches up by snapshot, votes; then a nod
   stop = true;
   await background;
   t.ok(leader.api.members().find((m) => m.id === 'n4')?.voter, 'n4 is a voter');
-  const commit = leader.status().commit;
-  await until('n4 catches up', () => n4.status().applied >= commit);
+  const commit = leader.api.status().commit;
+  await until('n4 catches up', () => n4.api.status().applied >= commit);
   for (const [slot, data] of written) t.same(await n4.devices.get('default')!.read(slot * 4096 * 4, 4096), data, `slot ${slot} on n4`);
   // Remove one of the founders (not the leader).
   const victim = [...h.nodes.values()].find((n) => n !== leader && n !== n4)!;
-  const victimId = victim.status().id;
+  const victimId = victim.api.status().id;
   await leader.api.removeNode(victimId);
   t.notOk(leader.api.members().some((m) => m.id === victimId), 'removed from the membership');
   await t.rejects(victim.devices.get('default')!.write(0, Buffer.alloc(512)), { code: 'ESHUTDOWN' }, 'the removed node refuses writes');
@@ -186,8 +186,8 @@ t.test('retention for a lagging follower is bounded in bytes: past it, the follo
   const h = await startCluster(t, { checkpointEntries: 20, walRetainEntriesMax: 1_000_000, walRetainBytesMax: 64 * 1024 });
   const leader = h.leader()!;
   const lagger = [...h.nodes.values()].find((n) => n !== leader)!;
-  const laggerId = lagger.status().id;
-  const matchBefore = leader.status().peers.find((p) => p.id === laggerId)!.match;
+  const laggerId = lagger.api.status().id;
+  const matchBefore = leader.api.status().peers.find((p) => p.id === laggerId)!.match;
   await lagger.stop();
   h.nodes.delete(laggerId);
   const written = new Map<number, Buffer>();
@@ -197,9 +197,9 @@ t.test('retention for a lagging follower is bounded in bytes: past it, the follo
     written.set(i % 32, data);
   }
   // 400 KiB behind is more than 64 KiB: the leader compacts past the follower.
-  await until('the leader compacted past the stopped follower', () => (leader.status().logFirstIndex ?? 0) > matchBefore + 1);
+  await until('the leader compacted past the stopped follower', () => (leader.api.status().logFirstIndex ?? 0) > matchBefore + 1);
   const back = await h.start(laggerId);
-  const commit = leader.status().commit;
-  await until('the follower catches up (by snapshot)', () => back.status().applied >= commit, 60_000);
+  const commit = leader.api.status().commit;
+  await until('the follower catches up (by snapshot)', () => back.api.status().applied >= commit, 60_000);
   for (const [slot, data] of written) t.same(await back.devices.get('default')!.read(slot * 4096, 4096), data, `block ${slot}`);
 });

@@ -1,14 +1,18 @@
 // The request session and the read gate are driven by explicit clocks here:
 // retries, timeouts and settling, without timers.
 import t from 'tap';
-import { RequestSession } from '../../src/cluster/requests.ts';
-import { ReadGate } from '../../src/cluster/read-gate.ts';
+import { RequestSession } from '../../src/replica/requests.ts';
+import { ReadGate } from '../../src/replica/read-gate.ts';
 import { decodeCommand, encodeTrim } from '../../src/device/commands.ts';
 import { limits } from '../../src/limits.ts';
+import type { Clock } from '../../src/replica/env.ts';
+
+// Time is passed explicitly to every call below; deferred work runs on the next turn.
+const testClock: Clock = { now: () => 0, after: () => () => undefined, defer: (fn) => void setImmediate(fn) };
 
 t.test('requests carry increasing seqs and the lowest unsettled one; settle only our own', async (t) => {
   const sent: Buffer[] = [];
-  const s = new RequestSession((d) => (sent.push(d), true));
+  const s = new RequestSession((d) => (sent.push(d), true), testClock, (n) => n - 1);
   const p1 = s.propose((id) => encodeTrim(id, 1, 0, 1), 0);
   const p2 = s.propose((id) => encodeTrim(id, 1, 0, 2), 0);
   const c1 = decodeCommand(sent[0]!);
@@ -32,11 +36,15 @@ t.test('requests carry increasing seqs and the lowest unsettled one; settle only
 t.test('lost proposals are sent again with the same id; unanswered ones fail with EIO', async (t) => {
   let accept = false;
   const sent: Buffer[] = [];
-  const s = new RequestSession((d) => {
-    if (!accept) return false;
-    sent.push(d);
-    return true;
-  });
+  const s = new RequestSession(
+    (d) => {
+      if (!accept) return false;
+      sent.push(d);
+      return true;
+    },
+    testClock,
+    (n) => n - 1,
+  );
   const p = s.propose((id) => encodeTrim(id, 1, 0, 1), 0);
   t.equal(sent.length, 0, 'no leader: nothing sent');
   s.sweep(50);
@@ -62,7 +70,7 @@ t.test('lost proposals are sent again with the same id; unanswered ones fail wit
 t.test('reads of one turn share a round; they wait for apply; lost rounds are asked again', async (t) => {
   const asked: Buffer[] = [];
   let applied = 5;
-  const g = new ReadGate('n1', (ctx) => (asked.push(ctx), true), () => applied);
+  const g = new ReadGate('n1', (ctx) => (asked.push(ctx), true), () => applied, testClock);
   const r1 = g.wait(0);
   const r2 = g.wait(0);
   await new Promise((r) => setImmediate(r));

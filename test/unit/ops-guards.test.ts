@@ -7,7 +7,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { checkDeviceFiles, checkStartState, lockDataDir } from '../../src/cluster/data-dir.ts';
-import { promotionBlocker } from '../../src/cluster/promotion.ts';
+import { promotionBlocker } from '../../src/replica/promotion.ts';
 import { deviceNameProblem, deviceSizeProblem } from '../../src/device/device-rules.ts';
 import { parseDevice } from '../../src/cli/config.ts';
 import { limits } from '../../src/limits.ts';

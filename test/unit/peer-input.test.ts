@@ -1,8 +1,8 @@
-// The rules in front of Raft (src/cluster/peer-input.ts): bounds and local
+// The rules in front of Raft (src/replica/peer-input.ts): bounds and local
 // message types are protocol errors; only members (or, for a node without a
 // configuration yet, a leader's catch-up messages) reach Raft.
 import t from 'tap';
-import { admitPeerMessage as admitWith, peerMessageProblem, type ReceiverState } from '../../src/cluster/peer-input.ts';
+import { admitPeerMessage as admitWith, peerMessageProblem, type ReceiverState } from '../../src/replica/peer-input.ts';
 import { limits } from '../../src/limits.ts';
 import { EntryType, MessageType, message, type Message } from '../../src/raft/types.ts';
 

@@ -8,14 +8,13 @@
 // socket's drain, and the Raft message goes out only once the receiver says
 // the files are durably staged.
 
-import { open, type FileHandle } from 'node:fs/promises';
 import type { Logger } from 'pino';
 import { limits } from '../limits.ts';
 import type { Message } from '../raft/types.ts';
 import { type StoreState, encodeStoreState } from '../device/checkpoint.ts';
-import { fileExtents } from '../device/fiemap.ts';
-import { encodeSnapBegin, encodeSnapChunk, encodeSnapEnd, type SnapResultFrame } from './codec.ts';
-import type { Transport } from './transport.ts';
+import type { Clock, Host, PeerTransport, SnapshotFile, SnapshotFrame } from './env.ts';
+
+type SnapResultFrame = Extract<SnapshotFrame, { kind: 'result' }>;
 
 export interface SnapshotSource {
   /** Runs between two apply batches: the state and paths of the files as of the applied index. */
@@ -40,13 +39,18 @@ export interface SnapshotProgress {
 
 export class SnapshotSender {
   private readonly active = new Map<string, { id: number; progress: SnapshotProgress; result?: (f: SnapResultFrame) => void }>();
-  private nextId = Date.now();
+  private nextId: number;
 
   constructor(
-    private readonly transport: Transport,
+    private readonly transport: PeerTransport,
     private readonly source: SnapshotSource,
+    private readonly files: Host['snapshots'],
+    private readonly clock: Clock,
     private readonly logger: Logger,
-  ) {}
+  ) {
+    // Unique across restarts of this node: a stale SnapResult never matches a new stream.
+    this.nextId = Math.floor(clock.now());
+  }
 
   get progress(): SnapshotProgress | undefined {
     for (const a of this.active.values()) return { ...a.progress };
@@ -65,11 +69,11 @@ export class SnapshotSender {
     const entry = { id, progress: { peer, bytesDone: 0, bytesTotal: 0 } } as { id: number; progress: SnapshotProgress; result?: (f: SnapResultFrame) => void };
     this.active.set(peer, entry);
     this.source.hold(peer, snap.snapshot!.index);
-    const started = Date.now();
+    const started = this.clock.now();
     this.stream(peer, id, snap, entry)
       .then(
         (ok) => {
-          this.logger.info({ peer, ok, ms: Date.now() - started, bytes: entry.progress.bytesDone }, 'snapshot stream finished');
+          this.logger.info({ peer, ok, ms: Math.round(this.clock.now() - started), bytes: entry.progress.bytesDone }, 'snapshot stream finished');
           return ok;
         },
         (err: Error) => {
@@ -94,13 +98,13 @@ export class SnapshotSender {
     const { state, paths } = await this.source.capture();
     const result = new Promise<SnapResultFrame | undefined>((resolve) => {
       entry.result = resolve;
-      setTimeout(() => resolve(undefined), limits.snapshotResultTimeoutMs).unref();
+      this.clock.after(limits.snapshotResultTimeoutMs, () => resolve(undefined));
     });
     entry.progress.bytesTotal = state.devices.reduce((n, d) => n + d.size, 0);
-    const handles: (FileHandle | undefined)[] = [];
+    const handles: (SnapshotFile | undefined)[] = [];
     try {
-      for (const p of paths) handles.push(await open(p, 'r').catch(() => undefined));
-      if (!this.transport.sendFrame(peer, encodeSnapBegin({ snapshotId: id, metadata: snap.snapshot!, state: encodeStoreState(state) }))) return false;
+      for (const p of paths) handles.push(await this.files.openForSend(p));
+      if (!this.transport.sendFrame(peer, { kind: 'begin', snapshotId: id, metadata: snap.snapshot!, state: encodeStoreState(state) })) return false;
       let chunks = 0;
       const buf = Buffer.allocUnsafe(limits.snapshotChunkBytes);
       for (let file = 0; file < state.devices.length; file++) {
@@ -108,22 +112,22 @@ export class SnapshotSender {
         const size = state.devices[file]!.size;
         // A file deleted since the capture: the receiver replays the delete.
         if (!h) continue;
-        for (const range of dataRanges(h.fd, size)) {
+        for (const range of h.dataRanges(size)) {
           for (let off = range.offset; off < range.end; off += limits.snapshotChunkBytes) {
             const n = Math.min(limits.snapshotChunkBytes, range.end - off);
-            const { bytesRead } = await h.read(buf, 0, n, off);
+            const bytesRead = await h.read(buf.subarray(0, n), off);
             if (bytesRead === 0) break;
             const data = buf.subarray(0, bytesRead);
             if (isZero(data)) continue;
             await this.transport.waitDrain(peer);
             // The frame is encoded (copied) before the buffer is reused: write() may keep a reference.
-            if (!this.transport.sendFrame(peer, [Buffer.concat(encodeSnapChunk({ snapshotId: id, file, offset: off, data, zeroBytes: 0 }))])) return false;
+            if (!this.transport.sendFrame(peer, { kind: 'chunk', snapshotId: id, file, offset: off, data, zeroBytes: 0 })) return false;
             chunks++;
             entry.progress.bytesDone += bytesRead;
           }
         }
       }
-      if (!this.transport.sendFrame(peer, [encodeSnapEnd({ snapshotId: id, chunks, appliedEnd: this.source.appliedIndex() })])) return false;
+      if (!this.transport.sendFrame(peer, { kind: 'end', snapshotId: id, chunks, appliedEnd: this.source.appliedIndex() })) return false;
       const r = await result;
       if (!r) return false;
       if (!r.ok) this.logger.warn({ peer, reason: r.reason }, 'peer refused the snapshot');
@@ -140,24 +144,4 @@ function isZero(b: Buffer): boolean {
   for (let i = 0; i < n; i += 8) if (b.readBigUInt64LE(i) !== 0n) return false;
   for (let i = n; i < b.length; i++) if (b[i] !== 0) return false;
   return true;
-}
-
-/** Ranges of [0, size) that may hold data; the whole file where FIEMAP is unavailable. */
-function dataRanges(fd: number, size: number): { offset: number; end: number }[] {
-  const out: { offset: number; end: number }[] = [];
-  try {
-    let at = 0;
-    while (at < size) {
-      const extents = fileExtents(fd, at, size - at);
-      if (extents.length === 0) break;
-      for (const e of extents) {
-        // flags & 1: a hole; & 2: reads as zeroes (unwritten).
-        if ((e.flags & 3) === 0) out.push({ offset: at, end: at + e.length });
-        at += e.length;
-      }
-    }
-    return out;
-  } catch {
-    return [{ offset: 0, end: size }];
-  }
 }

@@ -10,6 +10,7 @@
 
 import { limits } from '../limits.ts';
 import { RequestError } from './requests.ts';
+import type { Clock } from './env.ts';
 
 interface Waiter {
   resolve: () => void;
@@ -41,6 +42,7 @@ export class ReadGate {
     private readonly nodeId: string,
     private readonly ask: (context: Buffer) => boolean,
     private readonly applied: () => number,
+    private readonly clock: Clock,
   ) {}
 
   get pending(): number {
@@ -50,12 +52,12 @@ export class ReadGate {
   }
 
   /** Resolves when a read may be served from the local files. */
-  wait(now = Date.now()): Promise<void> {
+  wait(now = this.clock.now()): Promise<void> {
     return new Promise<void>((resolve, reject) => {
       this.batch.push({ resolve, reject, deadline: now + limits.requestTimeoutMs });
       if (!this.flushScheduled) {
         this.flushScheduled = true;
-        setImmediate(() => {
+        this.clock.defer(() => {
           this.flushScheduled = false;
           this.flush();
         });
@@ -64,14 +66,14 @@ export class ReadGate {
   }
 
   /** Resolves once this node has applied `index` (the caller knows it is a valid read index). */
-  waitApplied(index: number, now = Date.now()): Promise<void> {
+  waitApplied(index: number, now = this.clock.now()): Promise<void> {
     if (this.applied() >= index) return Promise.resolve();
     return new Promise<void>((resolve, reject) => {
       this.applyWaiters.push({ index, waiter: { resolve, reject, deadline: now + limits.requestTimeoutMs } });
     });
   }
 
-  private flush(now = Date.now()): void {
+  private flush(now = this.clock.now()): void {
     if (this.batch.length === 0) return;
     const waiters = this.batch;
     this.batch = [];
@@ -111,7 +113,7 @@ export class ReadGate {
   }
 
   /** Periodic: ask lost rounds again, fail reads past their deadline. */
-  sweep(now = Date.now()): void {
+  sweep(now = this.clock.now()): void {
     for (const [key, round] of [...this.rounds]) {
       const live = round.waiters.filter((w) => {
         if (now < w.deadline) return true;

@@ -10,9 +10,8 @@
 
 import type { Logger } from 'pino';
 import { decodeStoreState } from '../device/checkpoint.ts';
-import { SnapshotStaging, type StagedSnapshot } from '../device/snapshot-staging.ts';
-import { encodeSnapResult, FrameKind, type Frame } from './codec.ts';
-import type { Transport } from './transport.ts';
+import type { StagedSnapshot } from '../device/snapshot-staging.ts';
+import type { Host, PeerTransport, SnapshotFrame, StagingHandle } from './env.ts';
 import { limits } from '../limits.ts';
 
 export interface ReceiveProgress {
@@ -21,7 +20,7 @@ export interface ReceiveProgress {
 }
 
 export class SnapshotReceiver {
-  private staging: SnapshotStaging | undefined;
+  private staging: StagingHandle | undefined;
   private chain: Promise<void> = Promise.resolve();
   /** A complete, durable staging waiting for Raft's Snap message. */
   staged: (StagedSnapshot & { from: string }) | undefined;
@@ -29,8 +28,8 @@ export class SnapshotReceiver {
   pinned = false;
 
   constructor(
-    private readonly dataDir: string,
-    private readonly transport: Transport,
+    private readonly snapshots: Host['snapshots'],
+    private readonly transport: PeerTransport,
     private readonly logger: Logger,
     /** The leader this node follows now ('' if none). */
     private readonly currentLeader: () => string,
@@ -44,8 +43,8 @@ export class SnapshotReceiver {
   }
 
   /** Handles SnapBegin / SnapChunk / SnapEnd, strictly in arrival order. */
-  onFrame(from: string, f: Frame): void {
-    if (f.kind === FrameKind.SnapChunk) {
+  onFrame(from: string, f: SnapshotFrame): void {
+    if (f.kind === 'chunk') {
       // Chunks are queued synchronously so order holds even while begin() is pending.
       this.chain = this.chain.then(() => {
         const s = this.staging;
@@ -60,9 +59,9 @@ export class SnapshotReceiver {
     this.chain = this.chain.then(() => this.handle(from, f)).catch((err: Error) => this.logger.error({ err: err.message }, 'snapshot receive error'));
   }
 
-  private async handle(from: string, f: Frame): Promise<void> {
+  private async handle(from: string, f: SnapshotFrame): Promise<void> {
     switch (f.kind) {
-      case FrameKind.SnapBegin: {
+      case 'begin': {
         if (this.pinned) {
           this.reply(from, f.snapshotId, false, 'installing another snapshot');
           return;
@@ -88,7 +87,7 @@ export class SnapshotReceiver {
         }
         this.logger.info({ from, index: f.metadata.index, stateIndex: state.appliedIndex, devices: state.devices.length }, 'receiving snapshot');
         try {
-          this.staging = await SnapshotStaging.begin(this.dataDir, f.snapshotId, from, f.metadata, state);
+          this.staging = await this.snapshots.beginStaging(f.snapshotId, from, f.metadata, state);
         } catch (err) {
           this.refused++;
           this.logger.warn({ from, err: (err as Error).message }, 'snapshot stream could not begin');
@@ -96,7 +95,7 @@ export class SnapshotReceiver {
         }
         return;
       }
-      case FrameKind.SnapEnd: {
+      case 'end': {
         const s = this.staging;
         if (!s || s.snapshotId !== f.snapshotId || s.from !== from) {
           this.reply(from, f.snapshotId, false, 'no such snapshot stream');
@@ -120,7 +119,7 @@ export class SnapshotReceiver {
   }
 
   private reply(to: string, snapshotId: number, ok: boolean, reason: string): void {
-    this.transport.sendFrame(to, [encodeSnapResult({ snapshotId, ok, reason })]);
+    this.transport.sendFrame(to, { kind: 'result', snapshotId, ok, reason });
   }
 
   /** Runs fn with no frame being handled (snapshot install touches the staging directory). */

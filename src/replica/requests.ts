@@ -10,10 +10,10 @@
 // dedup applies an id at most once, so retries are safe. A request that is
 // not applied within requestTimeoutMs fails with EIO: the node has no quorum.
 
-import { randomInt } from 'node:crypto';
 import { limits } from '../limits.ts';
 import type { RequestId } from '../device/commands.ts';
 import type { ApplyOutcome } from '../device/block-store.ts';
+import type { Clock } from './env.ts';
 import { XDeviceError } from '../errors.ts';
 
 /** An errno-style error the NBD layer maps (EIO, ESHUTDOWN, ENOSPC, ...), or an XDEVICE_ERR_* for admin calls. */
@@ -36,7 +36,7 @@ interface Pending {
 
 export class RequestSession {
   /** Random per process start: a restarted node never reuses an id it may have proposed before. */
-  readonly clientId = randomInt(1, 2 ** 47) * 64 + randomInt(0, 64);
+  readonly clientId: number;
   private nextSeq = 1;
   private readonly pending = new Map<number, Pending>();
 
@@ -44,7 +44,13 @@ export class RequestSession {
    * @param submit proposes (or forwards) the encoded command; returns false
    *   when it could not be handed to Raft now (no leader): the sweep retries.
    */
-  constructor(private readonly submit: (data: Buffer) => boolean) {}
+  constructor(
+    private readonly submit: (data: Buffer) => boolean,
+    private readonly clock: Clock,
+    rand: (n: number) => number,
+  ) {
+    this.clientId = (1 + rand(2 ** 47 - 1)) * 64 + rand(64);
+  }
 
   get size(): number {
     return this.pending.size;
@@ -57,7 +63,7 @@ export class RequestSession {
   }
 
   /** Proposes the command `encode` builds for a fresh request id; resolves when it applied here. */
-  propose(encode: (id: RequestId) => Buffer, now = Date.now()): Promise<void> {
+  propose(encode: (id: RequestId) => Buffer, now = this.clock.now()): Promise<void> {
     const seq = this.nextSeq++;
     const firstUnacked = this.pending.size === 0 ? seq : this.firstUnacked();
     const data = encode({ clientId: this.clientId, seq, firstUnacked });
@@ -79,7 +85,7 @@ export class RequestSession {
   }
 
   /** Proposes everything still waiting again (a new leader may never have seen it). */
-  retryAll(now = Date.now()): void {
+  retryAll(now = this.clock.now()): void {
     for (const p of this.pending.values()) {
       p.lastProposedAt = now;
       p.unsent = !this.submit(p.data);
@@ -87,7 +93,7 @@ export class RequestSession {
   }
 
   /** Periodic: retry stale proposals, fail expired ones. */
-  sweep(now = Date.now()): void {
+  sweep(now = this.clock.now()): void {
     for (const p of this.pending.values()) {
       if (now >= p.deadline) {
         this.pending.delete(p.seq);

@@ -9,10 +9,10 @@
 // CAN_MULTI_CONN holds. A node without a quorum answers EIO (the request
 // timed out) or ESHUTDOWN (it left service), never stale data.
 
-import type { BlockDevice, BlockDeviceCapabilities, DeviceTable, Extent, WriteOptions, ZeroOptions } from './block-device.ts';
-import type { BlockStore } from './block-store.ts';
-import type { DeviceRecord } from './checkpoint.ts';
-import { encodeTrim, encodeWrite, encodeWriteZeroes, type RequestId } from './commands.ts';
+import type { BlockDevice, BlockDeviceCapabilities, DeviceTable, Extent, WriteOptions, ZeroOptions } from '../device/block-device.ts';
+import type { BlockStore } from '../device/block-store.ts';
+import type { DeviceRecord } from '../device/checkpoint.ts';
+import { encodeTrim, encodeWrite, encodeWriteZeroes, type RequestId } from '../device/commands.ts';
 
 /** What a replicated device needs from the node runtime. */
 export interface ReplicaService {

@@ -1,0 +1,680 @@
+// The replica core: drives Raft's Ready loop against the WAL, the peer
+// transport and the block store, in the order the contracts need:
+//
+//   ready()  ─┬─ send messages now (the leader's App goes out while its own
+//             │  append is still being written)
+//             ├─ WAL save (one group commit) ── then send messagesAfterPersist
+//             ├─ apply committedEntries in order ── settle waiters, reads
+//             └─ advance() once saved and applied, in Ready order
+//
+// Several Readys are in flight at once (the WAL merges their writes into
+// group commits); every proposal and read made in one turn lands in one
+// Ready. Requests from this node's NBD connections are proposed here (the
+// leader) or forwarded to the leader as Raft Prop messages (a follower) and
+// settle when they apply on this node (requests.ts). Reads go through
+// ReadIndex on every node (read-gate.ts).
+//
+// Deterministic: the clock, the transport, the WAL, the store and the host
+// come in through ReplicaEnv (env.ts) and nothing else does. The production
+// runtime (src/cluster/node.ts) and the simulator (test/sim/) both run this.
+//
+// A failed WAL write or fdatasync, or a failed apply, takes the replica out
+// of service: every waiter gets ESHUTDOWN, the transport closes, 'fatal'
+// fires. Nothing unacknowledged was promised, and what was acknowledged is on
+// a majority's disks.
+
+import { EventEmitter } from 'node:events';
+import type { Logger } from 'pino';
+import type { NodeEvents } from '../admin/api.ts';
+import { limits } from '../limits.ts';
+import { XDeviceError } from '../errors.ts';
+import { RawNode, Role, type Ready, type SoftState } from '../raft/rawnode.ts';
+import type { ElectionRecord, VoteTally } from '../raft/raft.ts';
+import { EntryType, MessageType, message, type Entry, type Message, type SnapshotMetadata } from '../raft/types.ts';
+import type { BlockStore } from '../device/block-store.ts';
+import { COMMAND_VERSION, CommandOp, decodeCommand, type RequestId } from '../device/commands.ts';
+import type { Clock, Host, LogStorage, PeerTransport, SnapshotFrame } from './env.ts';
+import { admitPeerMessage, isLeaderMessage } from './peer-input.ts';
+import { ReadGate } from './read-gate.ts';
+import { RequestError, RequestSession } from './requests.ts';
+import { SnapshotReceiver } from './snapshot-receiver.ts';
+import { SnapshotSender } from './snapshot-sender.ts';
+import { ReplicatedDeviceTable, type ReplicaService } from './device.ts';
+import { Housekeeping, type Tuning } from './housekeeping.ts';
+import { Membership } from './membership.ts';
+import { ReplicaError } from './errors.ts';
+
+export interface ReplicaEnv {
+  clock: Clock;
+  transport: PeerTransport;
+  log: LogStorage;
+  store: BlockStore;
+  host: Host;
+  /** Uniform integer in [0, n). */
+  rand(n: number): number;
+  logger: Logger;
+}
+
+export interface ReplicaOptions {
+  nodeId: string;
+  /** Devices created when this replica founded the cluster. */
+  devices: { name: string; size: number }[];
+  tuning?: Partial<Tuning>;
+  /** Planted faults for the simulator's self-test (test/sim/planted-bugs.test.ts); never set in production. */
+  plantedBugs?: PlantedBugs;
+}
+
+/** Runtime bugs the simulator must find (each is a real way to lose data or serve stale reads). */
+export interface PlantedBugs {
+  /** Settle a proposal as soon as it is appended locally, before it commits. */
+  ackBeforeCommit?: boolean;
+  /** Promote a learner as soon as it is added. */
+  promoteEarly?: boolean;
+  /** Apply a retried request again instead of recognising it as a duplicate (src/device/request-dedup.ts). */
+  applyDuplicates?: boolean;
+  /** Serve reads without waiting for the read index to be applied. */
+  readBeforeApplied?: boolean;
+}
+
+export class Replica extends EventEmitter implements ReplicaService {
+  readonly nodeId: string;
+  readonly devices: ReplicatedDeviceTable;
+  readonly raw: RawNode;
+  readonly clock: Clock;
+  readonly log: LogStorage;
+  readonly store: BlockStore;
+  readonly transport: PeerTransport;
+  readonly host: Host;
+  readonly logger: Logger;
+  readonly session: RequestSession;
+  readonly reads: ReadGate;
+  readonly sender: SnapshotSender;
+  readonly receiver: SnapshotReceiver;
+  readonly housekeeping: Housekeeping;
+  readonly membership: Membership;
+  readonly bugs: PlantedBugs;
+  /** Peer messages from ids outside the configuration, dropped before Raft. */
+  peerMessagesDropped = 0;
+  /** Highest committed index reflected in the store (entries at or below the store's own index are skipped). */
+  processedIndex: number;
+  /** Highest committed index Raft handed to apply: membership is known up to here. */
+  raftAppliedIndex: number;
+  /** After a fuzzy snapshot, reads wait until replay made the files consistent up to here. */
+  readFloor = 0;
+  fatalError: Error | undefined;
+  removed = false;
+  removedWhy: string | undefined;
+  stopping = false;
+  stopped = false;
+  readonly startedAt: number;
+  readonly walLastIndexAtStart: number;
+  private lastDropLogAt = -Infinity;
+  private readyScheduled = false;
+  private installing = false;
+  private advanceChain: Promise<void> = Promise.resolve();
+  applyChain: Promise<void> = Promise.resolve();
+  private cancelTick: (() => void) | undefined;
+  /** Term and vote last made durable: a hard state that changes only the commit index is not worth a WAL record. */
+  private savedTerm: number;
+  private savedVote: string;
+  private lastLeader = '';
+  private lastRole: Role = Role.Follower;
+  /** When this replica last stepped a leader's message (App, Heartbeat, Snap). */
+  private leaderContactAt: number;
+
+  constructor(
+    env: ReplicaEnv,
+    private readonly options: ReplicaOptions,
+  ) {
+    super();
+    this.nodeId = options.nodeId;
+    this.clock = env.clock;
+    this.log = env.log;
+    this.store = env.store;
+    this.transport = env.transport;
+    this.host = env.host;
+    this.logger = env.logger;
+    this.bugs = options.plantedBugs ?? {};
+    this.startedAt = this.clock.now();
+    this.leaderContactAt = this.startedAt;
+    const log = this.log;
+    this.walLastIndexAtStart = log.lastIndex();
+    log.onBatchDurable = (e) => this.emit('walFsync', { durationSeconds: e.syncSeconds, bytes: e.bytes });
+    const applied = log.snapshotMetadata().index;
+    this.raw = new RawNode({ id: options.nodeId, storage: log, rand: env.rand, applied });
+    this.processedIndex = Math.max(applied, this.store.appliedIndex);
+    this.raftAppliedIndex = applied;
+    const hs = log.hardState();
+    this.savedTerm = hs.term;
+    this.savedVote = hs.vote;
+    this.session = new RequestSession((data) => this.submitProposal(data), this.clock, env.rand);
+    this.reads = new ReadGate(
+      options.nodeId,
+      (ctx) => this.askReadIndex(ctx),
+      () => (this.processedIndex >= this.readFloor ? this.processedIndex : 0),
+      this.clock,
+    );
+    const snapLogger = this.logger.child({ component: 'snapshot' });
+    this.receiver = new SnapshotReceiver(this.host.snapshots, this.transport, snapLogger, () => this.raw.basicStatus().lead);
+    this.sender = new SnapshotSender(
+      this.transport,
+      {
+        capture: () =>
+          this.onApplyChain(() => {
+            const state = this.store.captureState();
+            return { state, paths: this.store.filePaths(state) };
+          }),
+        appliedIndex: () => this.processedIndex,
+        done: (peer, ok, snap) => {
+          if (ok) this.transport.send(snap);
+          this.raw.reportSnapshot(peer, ok);
+          this.schedule();
+        },
+        hold: (peer, index) => this.housekeeping.hold(peer, index),
+      },
+      this.host.snapshots,
+      this.clock,
+      snapLogger,
+    );
+    this.housekeeping = new Housekeeping(this, {
+      checkpointEntries: options.tuning?.checkpointEntries ?? limits.checkpointEntries,
+      checkpointBytes: options.tuning?.checkpointBytes ?? limits.checkpointBytes,
+      walRetainEntriesMax: options.tuning?.walRetainEntriesMax ?? limits.walRetainEntriesMax,
+      walRetainBytesMax: options.tuning?.walRetainBytesMax ?? limits.walRetainBytesMax,
+    });
+    this.membership = new Membership(this);
+    this.devices = new ReplicatedDeviceTable(this, options.devices[0]?.name);
+  }
+
+  /** Starts ticking; a sole voter campaigns at once. `founded`: this replica just bootstrapped the cluster. */
+  async start(founded: boolean): Promise<void> {
+    const tick = (): void => {
+      this.cancelTick = this.clock.after(limits.tickMs, () => {
+        this.tick();
+        if (!this.stopped && !this.fatalError) tick();
+      });
+    };
+    tick();
+    const cs = this.raw.status().confState;
+    if (cs.voters.length === 1 && cs.voters[0] === this.nodeId && cs.learners.length === 0) {
+      // Alone: no one to wait for, become leader now.
+      this.raw.campaign();
+    }
+    this.schedule();
+    if (founded) {
+      const alone = cs.voters.length === 1;
+      const created = this.createInitialDevices(alone);
+      // A standalone node serves its devices as soon as start() returns.
+      if (alone) await created;
+    }
+  }
+
+  /** Devices named in the configuration are created once, when the cluster is founded. */
+  private async createInitialDevices(alone: boolean): Promise<void> {
+    for (const d of this.options.devices) {
+      try {
+        await this.membership.createDevice(d.name, d.size);
+      } catch (err) {
+        if ((err as XDeviceError).code === 'XDEVICE_ERR_EXISTS') continue;
+        if (this.stopped || this.fatalError) return;
+        if (!alone) {
+          // Other founders propose the same device; one of them wins.
+          this.logger.debug({ device: d.name, err: (err as Error).message }, 'initial device not created here');
+          continue;
+        }
+        this.logger.error({ device: d.name, err: (err as Error).message }, 'could not create the initial device');
+      }
+    }
+  }
+
+  /** Resolves once the configured devices exist (a standalone node right after start). */
+  async waitForDevices(timeoutMs = limits.requestTimeoutMs): Promise<void> {
+    await this.waitFor(() => this.options.devices.every((d) => this.store.device(d.name)), timeoutMs, 'the configured devices to be created');
+  }
+
+  // ---- the loop ----------------------------------------------------------------------
+
+  private tick(): void {
+    if (this.fatalError || this.stopped) return;
+    this.raw.tick();
+    this.membership.promoteCaughtUp();
+    const now = this.clock.now();
+    this.session.sweep(now);
+    this.reads.sweep(now);
+    this.schedule();
+  }
+
+  schedule(): void {
+    if (this.readyScheduled || this.stopped || this.fatalError) return;
+    this.readyScheduled = true;
+    this.clock.defer(() => {
+      this.readyScheduled = false;
+      this.processReady();
+    });
+  }
+
+  private processReady(): void {
+    if (this.fatalError || this.stopped) return;
+    while (!this.installing && this.raw.outstandingReadys < limits.readyOutstandingMax && this.raw.hasReady()) {
+      const rd = this.raw.ready();
+      try {
+        this.handleReady(rd);
+      } catch (err) {
+        this.fail(err as Error);
+        return;
+      }
+    }
+  }
+
+  private handleReady(rd: Ready): void {
+    if (rd.softState) this.onSoftState(rd.softState);
+    for (const m of rd.messages) this.send(m);
+    let persisted: Promise<void>;
+    let applied: Promise<void>;
+    if (rd.snapshot) {
+      // Rare: stop handing out Readys until the snapshot replaced the state
+      // (a later Ready's entries must not reach the WAL before the reset).
+      this.installing = true;
+      const snap = rd.snapshot;
+      persisted = this.applyChain.then(() => this.installSnapshot(snap)).then(() => this.persist(rd));
+      applied = this.applyChain = persisted.then(() => this.apply(rd.committedEntries));
+    } else {
+      persisted = this.persist(rd);
+      applied = this.applyChain = this.applyChain.then(() => this.apply(rd.committedEntries));
+    }
+    if (this.bugs.ackBeforeCommit && rd.entries.length > 0) this.settleEarly(rd.entries);
+    persisted.then(
+      () => {
+        for (const m of rd.messagesAfterPersist) this.send(m);
+      },
+      () => undefined,
+    );
+    for (const rs of rd.readStates) this.reads.onReadState(rs.context, rs.index);
+    this.advanceChain = this.advanceChain
+      .then(() => Promise.all([persisted, applied]))
+      .then(
+        () => {
+          if (this.fatalError) return;
+          this.raw.advance(rd);
+          if (rd.snapshot) this.installing = false;
+          // At once, not next turn: the leader's own append may just have
+          // committed entries whose writers are waiting.
+          this.processReady();
+        },
+        (err: Error) => this.fail(err),
+      );
+  }
+
+  private persist(rd: Ready): Promise<void> {
+    // The commit index need not be durable: after a restart Raft learns it
+    // again from the leader (or, alone, by committing a new entry), and the
+    // checkpoint says what the files hold. So a hard state goes to the WAL
+    // only when term or vote change — one record less in nearly every save.
+    const hs = rd.hardState;
+    const hardState = hs && (hs.term !== this.savedTerm || hs.vote !== this.savedVote) ? hs : undefined;
+    if (rd.entries.length === 0 && !hardState) return Promise.resolve();
+    if (hardState) {
+      this.savedTerm = hardState.term;
+      this.savedVote = hardState.vote;
+    }
+    const started = this.clock.now();
+    let bytes = 0;
+    for (const e of rd.entries) bytes += e.data.length;
+    return this.log.save({ ...(hardState ? { hardState } : {}), entries: rd.entries }).then(() => {
+      this.emit('walSync', { durationSeconds: (this.clock.now() - started) / 1000, bytes });
+    });
+  }
+
+  private async apply(entries: Entry[]): Promise<void> {
+    if (entries.length === 0) return;
+    const started = this.clock.now();
+    // Waiters settle as each write is queued (see BlockStore.applyBatch);
+    // reads wait for processedIndex, which moves once the batch completed.
+    await this.store.applyBatch(
+      entries,
+      (e) => this.membership.applyConfEntry(e),
+      (o) => {
+        if (o.request?.clientId !== this.session.clientId) return;
+        this.emit('proposal', { outcome: o.error && !o.duplicate ? 'failed' : 'committed' });
+        this.session.settle(o);
+      },
+    );
+    this.emit('apply', { durationSeconds: (this.clock.now() - started) / 1000, entries: entries.length });
+    const last = entries[entries.length - 1]!;
+    this.raftAppliedIndex = Math.max(this.raftAppliedIndex, last.index);
+    this.processedIndex = Math.max(this.processedIndex, last.index, this.store.appliedIndex);
+    this.housekeeping.noteApplied(entries);
+    this.reads.onApplied(this.processedIndex);
+    this.housekeeping.maybeCheckpoint();
+  }
+
+  private onSoftState(ss: SoftState): void {
+    const previousRole = this.lastRole;
+    this.lastRole = ss.role;
+    const election = this.raw.lastElection();
+    if ((previousRole === Role.Candidate || previousRole === Role.PreCandidate) && ss.role === Role.Follower && election) {
+      // A lost pre-vote repeats every timeout while a live leader is out of reach: debug, not info.
+      const lost = previousRole === Role.PreCandidate ? election.preVote : election.vote;
+      if (lost?.outcome === 'lost') {
+        if (previousRole === Role.Candidate) this.notice('info', describeElection(election), 'election lost');
+        else this.logger.debug(describeElection(election), 'pre-vote lost');
+      }
+    }
+    if (ss.lead !== this.lastLeader) {
+      const previous = this.lastLeader;
+      this.lastLeader = ss.lead;
+      const term = this.raw.basicStatus().term;
+      if (ss.lead === this.nodeId) {
+        // Why this replica campaigned (timeout or transfer) and who voted for it.
+        this.notice('info', { ...(election ? describeElection(election) : { term }), previous }, 'became leader');
+      } else {
+        this.notice('info', { leader: ss.lead, previous, role: ss.role, term }, ss.lead === '' ? 'leader lost' : 'leader changed');
+      }
+      this.emit('leaderChange', { leader: ss.lead, term });
+      // The new leader may never have seen what the old one was given.
+      if (ss.lead !== '') this.session.retryAll();
+    }
+  }
+
+  private send(m: Message): void {
+    if (m.to === this.nodeId) {
+      this.raw.step(m);
+      this.schedule();
+      return;
+    }
+    if (m.type === MessageType.Snap) {
+      this.sender.send(m);
+      return;
+    }
+    this.transport.send(m);
+  }
+
+  // ---- what arrives from peers --------------------------------------------------------
+
+  /**
+   * A message from a peer link (authenticated, terms and indexes already
+   * bounded by the decoder). Only members of the current configuration speak
+   * to Raft: anything else is dropped and counted, so a stranger's vote,
+   * proposal or ConfChange never reaches it.
+   */
+  onPeerMessage(m: Message): void {
+    if (this.fatalError || this.stopped) return;
+    if (!this.raw.isMember(m.from)) {
+      if (this.store.wasRemoved(m.from)) {
+        // Removed while cut off, it never applied its own removal: tell it.
+        this.transport.tellRemoved(m.from);
+        return;
+      }
+      const st = this.raw.basicStatus();
+      const now = this.clock.now();
+      const leaderlessLong = st.role !== Role.Leader && now - this.leaderContactAt >= limits.peerLeaderlessGraceMs;
+      if (!admitPeerMessage(m, (id) => this.raw.isMember(id), this.raw.hasConfiguration(), { term: st.term, lead: st.lead, leaderlessLong })) {
+        this.peerMessagesDropped++;
+        if (now - this.lastDropLogAt > 1000) {
+          this.lastDropLogAt = now;
+          this.logger.warn({ from: m.from, type: MessageType[m.type], dropped: this.peerMessagesDropped }, 'dropped a message from a peer outside the configuration');
+        }
+        return;
+      }
+    }
+    if (isLeaderMessage(m)) this.leaderContactAt = this.clock.now();
+    this.onMessage(m);
+  }
+
+  private onMessage(m: Message): void {
+    if (m.type === MessageType.Snap) {
+      // Only once the streamed files are durably staged may Raft take the snapshot.
+      const staged = this.receiver.staged;
+      if (!staged || staged.metadata.index !== m.snapshot?.index || staged.from !== m.from) {
+        this.logger.warn({ from: m.from, index: m.snapshot?.index }, 'snapshot message without staged data; dropped');
+        return;
+      }
+      // Raft may now hand the snapshot back to be installed: keep the staging
+      // from being replaced by another stream until that is settled.
+      this.receiver.pinned = true;
+      this.raw.step(m);
+      this.processReady();
+      if (!this.installing) this.receiver.pinned = false;
+      return;
+    }
+    if (m.type === MessageType.Prop && this.raw.basicStatus().role === Role.Leader && this.host.space.wouldBreachReserve(0)) {
+      // A follower's own check missed it (its disk is not this one): writes
+      // would fail at apply here, so they are not proposed; the follower's
+      // request times out (EIO) rather than stopping this replica.
+      const kept = m.entries.filter((e) => !allocates(e.data));
+      if (kept.length !== m.entries.length) {
+        this.logger.warn({ from: m.from, dropped: m.entries.length - kept.length }, 'forwarded writes not proposed: data filesystem below its reserve');
+        if (kept.length === 0) return;
+        m = { ...m, entries: kept };
+      }
+    }
+    this.raw.step(m);
+    // Right away rather than next turn: an App starts the follower's append,
+    // an AppResp may commit writes someone waits for. (Proposals, in
+    // contrast, are gathered for a turn: they share one Ready.)
+    this.processReady();
+  }
+
+  /** A snapshot frame from a peer link. */
+  onFrame(from: string, f: SnapshotFrame): void {
+    if (this.fatalError || this.stopped) return;
+    if (f.kind === 'result') this.sender.onResult(from, f);
+    else this.receiver.onFrame(from, f);
+  }
+
+  /** The link to a peer failed: Raft probes it instead of pipelining. */
+  onUnreachable(peer: string): void {
+    if (this.raw.isMember(peer)) this.raw.reportUnreachable(peer);
+  }
+
+  /** A peer says this replica was removed while it was cut off. */
+  onRemovedBy(by: string): void {
+    this.leaveRemoved(`${by} says this node was removed from the cluster`);
+  }
+
+  /** Operators learn of a lost peer from every survivor, once per loss, and of its return. */
+  onLink(peer: string, up: boolean): void {
+    if (up) this.notice('info', { peer }, 'peer link up');
+    else this.notice('warn', { peer }, 'peer link lost');
+  }
+
+  /** Runs fn between two apply batches. */
+  onApplyChain<T>(fn: () => T | Promise<T>): Promise<T> {
+    const p = this.applyChain.then(fn);
+    this.applyChain = p.then(
+      () => undefined,
+      () => undefined,
+    );
+    return p;
+  }
+
+  private installSnapshot(meta: SnapshotMetadata): Promise<void> {
+    return this.receiver.exclusive(() => this.housekeeping.installStaged(meta));
+  }
+
+  // ---- proposals and reads (ReplicaService) ------------------------------------------------
+
+  checkServing(): void {
+    if (this.fatalError) throw new RequestError('ESHUTDOWN', `node failed: ${this.fatalError.message}`);
+    if (this.removed) throw new RequestError('ESHUTDOWN', 'node removed from the cluster');
+    if (this.stopping || this.stopped) throw new RequestError('ESHUTDOWN', 'node stopping');
+  }
+
+  propose(encode: (id: RequestId) => Buffer): Promise<void> {
+    try {
+      this.checkServing();
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    const p = this.session.propose(encode);
+    this.schedule();
+    return p;
+  }
+
+  /** Hands a command to Raft: appended here if leader, forwarded as Prop to the leader otherwise. */
+  private submitProposal(data: Buffer): boolean {
+    if (this.fatalError || this.stopped || this.removed) return false;
+    const r = this.raw.basicStatus();
+    if (r.role === Role.Leader) {
+      try {
+        this.raw.propose(data);
+        return true;
+      } catch {
+        // Transfer in progress, too many uncommitted bytes, removed: retry later.
+        return false;
+      }
+    }
+    if (r.lead === '') return false;
+    this.raw.step(message({ type: MessageType.Prop, from: this.nodeId, entries: [{ term: 0, index: 0, type: EntryType.Normal, data }] }));
+    return true;
+  }
+
+  readBarrier(): Promise<void> {
+    try {
+      this.checkServing();
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    if (this.bugs.readBeforeApplied) return Promise.resolve();
+    // The sole voter leading needs no round and no trip through the Ready loop.
+    const local = this.raw.localReadIndex();
+    if (local !== undefined) return this.reads.waitApplied(local);
+    return this.reads.wait();
+  }
+
+  private askReadIndex(context: Buffer): boolean {
+    if (this.fatalError || this.stopped || this.removed) return false;
+    try {
+      this.raw.readIndex(context);
+    } catch {
+      return false;
+    }
+    this.schedule();
+    return true;
+  }
+
+  /** Refuses a write of `bytes` that would take the data filesystem below its reserve (ENOSPC, before proposing). */
+  checkSpace(bytes: number): void {
+    if (bytes <= 0) return;
+    const space = this.host.space;
+    if (space.wouldBreachReserve(bytes)) {
+      const r = space.report();
+      this.emit('spaceRefused', bytes);
+      throw new RequestError('ENOSPC', `data filesystem has ${r.freeBytes} bytes free, reserve ${r.reserveBytes}`);
+    }
+    space.admit(bytes);
+  }
+
+  // ---- planted bugs (simulator self-test only) -------------------------------------------
+
+  private settleEarly(entries: Entry[]): void {
+    for (const e of entries) {
+      if (e.type !== EntryType.Normal || e.data.length === 0) continue;
+      let request: RequestId;
+      try {
+        request = decodeCommand(e.data);
+      } catch {
+        continue;
+      }
+      if (request.clientId === this.session.clientId) this.session.settle({ index: e.index, request });
+    }
+  }
+
+  // ---- waiting, events, leaving -------------------------------------------------------------
+
+  sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => this.clock.after(ms, resolve));
+  }
+
+  async waitFor(cond: () => boolean, timeoutMs: number, what: string): Promise<void> {
+    const deadline = this.clock.now() + timeoutMs;
+    while (!cond()) {
+      if (this.fatalError || this.stopped) throw new RequestError('ESHUTDOWN', 'node stopped');
+      if (this.clock.now() > deadline) throw new ReplicaError('XDEVICE_ERR_TIMEOUT', `timed out waiting for ${what}`);
+      await this.sleep(limits.tickMs);
+    }
+  }
+
+  /** Logs an event an operator cares about and offers it to the status page's recent events. */
+  notice(level: 'info' | 'warn', fields: Record<string, unknown>, msg: string): void {
+    this.logger[level](fields, msg);
+    this.emit('notice', { level, msg, fields });
+  }
+
+  leaveRemoved(why: string): void {
+    if (this.removed) return;
+    this.removed = true;
+    this.removedWhy = why;
+    this.notice('warn', { why }, 'this node is no longer a member; leaving service');
+    this.session.failAll('ESHUTDOWN', 'this node was removed from the cluster');
+    this.reads.failAll('ESHUTDOWN', 'this node was removed from the cluster');
+    this.emit('removed', why);
+  }
+
+  fail(err: Error): void {
+    if (this.fatalError || this.stopped) return;
+    this.fatalError = err;
+    this.logger.fatal({ err: err.message, code: (err as XDeviceError).code }, 'node failed; leaving service');
+    this.emit('notice', { level: 'error', msg: 'node failed; leaving service', fields: { err: err.message } });
+    this.cancelTick?.();
+    this.session.failAll('ESHUTDOWN', `node failed: ${err.message}`);
+    this.reads.failAll('ESHUTDOWN', `node failed: ${err.message}`);
+    void this.transport.close();
+    this.emit('fatal', err);
+  }
+
+  onFatal(listener: (err: Error) => void): void {
+    if (this.fatalError) listener(this.fatalError);
+    else this.once('fatal', listener);
+  }
+
+  onRemoved(listener: (why: string) => void): void {
+    if (this.removedWhy !== undefined) listener(this.removedWhy);
+    else this.once('removed', listener);
+  }
+
+  override on<K extends keyof NodeEvents>(event: K, listener: (e: NodeEvents[K]) => void): this;
+  override on(event: string | symbol, listener: (...args: any[]) => void): this;
+  override on(event: string | symbol, listener: (...args: any[]) => void): this {
+    return super.on(event, listener);
+  }
+
+  /** Finishes in-flight work, checkpoints, closes the transport and the WAL (the owner closes the rest). */
+  async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopping = true;
+    // Let requests already admitted finish (bounded: they time out).
+    await this.waitFor(() => this.session.size === 0 && this.reads.pending === 0, limits.requestTimeoutMs, 'in-flight requests').catch(() => undefined);
+    this.stopped = true;
+    this.cancelTick?.();
+    await this.advanceChain.catch(() => undefined);
+    await this.applyChain.catch(() => undefined);
+    if (!this.fatalError) await this.housekeeping.finalCheckpoint();
+    this.session.failAll('ESHUTDOWN', 'node stopped');
+    this.reads.failAll('ESHUTDOWN', 'node stopped');
+    await this.receiver.close();
+    await this.transport.close();
+    await this.log.close().catch(() => undefined);
+    await this.store.closeFiles();
+  }
+
+  /** Stops at once without a checkpoint (the simulator's crash: volatile state is simply dropped). */
+  halt(): void {
+    this.stopped = true;
+    this.cancelTick?.();
+    this.session.failAll('ESHUTDOWN', 'node crashed');
+    this.reads.failAll('ESHUTDOWN', 'node crashed');
+  }
+}
+
+/** Does this entry payload write data (and so take space in a device file)? */
+function allocates(data: Buffer): boolean {
+  return data.length > 1 && data[0] === COMMAND_VERSION && (data[1] === CommandOp.Write || data[1] === CommandOp.WriteZeroes);
+}
+
+/** An election for one log line: {term, cause: 'timeout', preVote: 'won: granted node1,node2; rejected node3', vote: …}. */
+function describeElection(e: ElectionRecord): Record<string, unknown> {
+  const tally = (v: VoteTally | undefined) =>
+    v && `${v.outcome}: granted ${v.granted.join(',') || 'none'}${v.rejected.length > 0 ? `; rejected ${v.rejected.join(',')}` : ''}`;
+  return { term: e.term, cause: e.cause, ...(e.preVote ? { preVote: tally(e.preVote) } : {}), ...(e.vote ? { vote: tally(e.vote) } : {}) };
+}

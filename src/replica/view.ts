@@ -1,0 +1,122 @@
+// The admin API's read-only view of one replica: status, members, devices,
+// health. Nothing here changes state.
+
+import type { DeviceInfo, HealthReport, Member, NodeStatus, PeerStatus, Role as ApiRole } from '../admin/api.ts';
+import { Role } from '../raft/rawnode.ts';
+import type { Replica } from './replica.ts';
+
+/** Where this node is reached (known to the process that owns the listeners). */
+export interface Addresses {
+  nbd: string;
+  admin: string;
+  peer: string;
+}
+
+export class ReplicaView {
+  constructor(
+    private readonly r: Replica,
+    private readonly addresses: () => Addresses,
+  ) {}
+
+  status(): NodeStatus {
+    const st = this.r.raw.status();
+    const cs = st.confState;
+    const members = this.r.store.memberAddresses();
+    const links = new Map(this.r.transport.status().map((l) => [l.id, l]));
+    const isLearner = cs.learners.includes(this.r.nodeId);
+    const role: ApiRole = isLearner ? 'learner' : (st.role as ApiRole);
+    const peerIds = new Set([...cs.voters, ...cs.learners, ...cs.votersOutgoing]);
+    peerIds.delete(this.r.nodeId);
+    const peers: PeerStatus[] = [...peerIds].sort().map((id) => {
+      const pr = st.progress[id];
+      const link = links.get(id);
+      return {
+        id,
+        address: members[id] ?? link?.address ?? '',
+        match: pr?.match ?? 0,
+        next: pr?.next ?? 0,
+        state: pr?.state ?? 'unknown',
+        lagEntries: pr ? Math.max(0, st.commit - pr.match) : 0,
+        voter: cs.voters.includes(id) || cs.votersOutgoing.includes(id),
+        connected: link?.connected ?? false,
+        messagesDropped: link?.droppedMessages ?? 0,
+        ...(link?.rttMs !== undefined ? { rttMs: link.rttMs } : {}),
+      };
+    });
+    const sending = this.r.sender.progress;
+    const receiving = this.r.receiver.progress;
+    return {
+      id: this.r.nodeId,
+      role,
+      term: st.term,
+      leader: st.lead,
+      commit: st.commit,
+      applied: this.r.processedIndex,
+      logFirstIndex: this.r.log.firstIndex(),
+      logLastIndex: this.r.log.lastIndex(),
+      backend: 'replicated',
+      peers,
+      nbdAddress: this.addresses().nbd,
+      adminAddress: this.addresses().admin,
+      ...(sending
+        ? { snapshot: { direction: 'sending' as const, peer: sending.peer, bytesDone: sending.bytesDone, bytesTotal: sending.bytesTotal } }
+        : receiving
+          ? { snapshot: { direction: 'receiving' as const, peer: receiving.peer, bytesDone: receiving.bytesDone, bytesTotal: 0 } }
+          : {}),
+      uptimeSeconds: Math.floor((this.r.clock.now() - this.r.startedAt) / 1000),
+    };
+  }
+
+  members(): Member[] {
+    const cs = this.r.raw.status().confState;
+    const addr = this.r.store.memberAddresses();
+    const ids = [...new Set([...cs.voters, ...cs.learners, ...cs.votersOutgoing])].sort();
+    return ids.map((id) => ({
+      id,
+      address: addr[id] ?? (id === this.r.nodeId ? this.addresses().peer : ''),
+      voter: cs.voters.includes(id) || cs.votersOutgoing.includes(id),
+      learner: cs.learners.includes(id),
+      ...(id === this.r.nodeId && this.addresses().admin ? { adminAddress: this.addresses().admin } : {}),
+      ...(id === this.r.nodeId && this.addresses().nbd ? { nbdAddress: this.addresses().nbd } : {}),
+    }));
+  }
+
+  async devicesInfo(): Promise<DeviceInfo[]> {
+    const out: DeviceInfo[] = [];
+    for (const d of this.r.store.devices()) out.push({ name: d.name, size: d.size, usedBytes: await this.r.store.usedBytes(d.id), readOnly: false });
+    return out.sort((a, b) => a.name.localeCompare(b.name));
+  }
+
+  async health(): Promise<HealthReport> {
+    const st = this.r.raw.status();
+    const links = this.r.transport.status();
+    const voters = st.confState.voters;
+    // Reachability is counted where it means something: the leader dials every
+    // voter. A follower only sees its own links (followers need not reach each
+    // other), so it reports whether it hears from a leader, not a count.
+    let quorum: { name: string; ok: boolean; detail: string };
+    if (st.role === Role.Leader) {
+      const reachable = 1 + links.filter((l) => l.connected && voters.includes(l.id)).length;
+      quorum = { name: 'quorum', ok: reachable > voters.length / 2, detail: `${reachable} of ${voters.length} voters reachable from the leader` };
+    } else if (st.lead !== '') {
+      const heard = links.some((l) => l.id === st.lead && l.connected);
+      quorum = { name: 'quorum', ok: heard, detail: heard ? `leader ${st.lead} is reachable and holds a quorum (this node does not count voters; the leader's /health does)` : `leader ${st.lead} not reachable from here` };
+    } else {
+      quorum = { name: 'quorum', ok: false, detail: 'unknown here: no leader known' };
+    }
+    const space = this.r.host.space.report();
+    const checks = [
+      { name: 'storage', ok: !this.r.fatalError, detail: this.r.fatalError ? this.r.fatalError.message : 'WAL and device files writable' },
+      { name: 'member', ok: !this.r.removed, detail: this.r.removed ? 'removed from the cluster' : `member of ${voters.length}-voter cluster` },
+      { name: 'leader', ok: st.lead !== '', detail: st.lead ? `leader ${st.lead} (term ${st.term})` : 'no leader known' },
+      quorum,
+      { name: 'apply', ok: st.commit - this.r.processedIndex < 10_000, detail: `applied ${this.r.processedIndex} of ${st.commit} committed` },
+      {
+        name: 'space',
+        ok: space.freeBytes >= space.reserveBytes,
+        detail: `${space.freeBytes} bytes free on the data filesystem (reserve ${space.reserveBytes}${space.freeBytes < space.reserveBytes ? ': writes get ENOSPC' : ''})`,
+      },
+    ];
+    return { healthy: checks.every((c) => c.ok), checks, space };
+  }
+}
