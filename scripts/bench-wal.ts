@@ -19,6 +19,7 @@ import { parseArgs } from 'node:util';
 import { Wal } from '../src/wal/wal.ts';
 import { preallocateSegmentFile } from '../src/wal/segment.ts';
 import * as native from '../src/native.ts';
+import { nativeDisk } from '../src/disk/native-disk.ts';
 
 const { values } = parseArgs({
   options: {
@@ -53,7 +54,7 @@ async function rawLimit(): Promise<Row> {
   const bytes = 256 * 1024 * 1024;
   // Same preparation as a WAL segment: written zeros, so neither pays for extent conversion.
   const f = await preallocateSegmentFile(file, bytes, true);
-  await native.closeFile(f.fd);
+  await nativeDisk.closeFile(f);
   const out = execFileSync(
     'fio',
     [

@@ -2,6 +2,8 @@
 // nbdkit's backends are the model: a device states what it can do, and the
 // handshake flags follow from that.
 
+import type { Extent } from '../disk/disk-io.ts';
+
 export interface BlockDeviceCapabilities {
   /** Writes are refused with EPERM. */
   readOnly: boolean;
@@ -20,12 +22,8 @@ export interface BlockDeviceCapabilities {
   canCache: boolean;
 }
 
-export interface Extent {
-  /** Length in bytes. */
-  length: number;
-  /** NBD_STATE_HOLE (1) | NBD_STATE_ZERO (2) flags, as base:allocation defines them. */
-  flags: number;
-}
+// One run of the allocation map (NBD base:allocation), defined with the disk layer that reads it.
+export type { Extent };
 
 export interface WriteOptions {
   /** Force unit access: durable before the promise resolves. */

@@ -6,7 +6,8 @@
 // from any checkpoint at or below the files' real state ends in the same
 // bytes. A retried request is applied at most once (RequestDedup).
 //
-// Ordering: writes go through the native addon, whose per-descriptor I/O
+// All I/O goes through a DiskIo (the real disk unless the simulator passes
+// its own). Ordering: writes go through the native addon, whose per-descriptor I/O
 // thread completes them in submission order — two writes to one block land
 // in log order without awaiting each. The applied index moves only once a
 // batch's writes have completed, so a read issued when applied >= i sees
@@ -16,23 +17,18 @@
 // WAL holds the entries durably; a checkpoint syncs the files before the
 // WAL may forget.
 
-import { ftruncate as ftruncateCb } from 'node:fs';
-import { mkdir, open, readdir, rename, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import type { Logger } from 'pino';
+import { type DiskFile, type DiskIo, pathExists } from '../disk/disk-io.ts';
+import { nativeDisk } from '../disk/native-disk.ts';
 import { assert } from '../errors.ts';
 import { limits } from '../limits.ts';
-import * as native from '../native.ts';
 import { EntryType, type Entry } from '../raft/types.ts';
 import type { Extent } from './block-device.ts';
 import { type DeviceRecord, type StoreState, readCheckpoint, syncDir, writeCheckpoint } from './checkpoint.ts';
 import { type Command, CommandOp, decodeCommand, type RequestId } from './commands.ts';
-import { fileExtents } from './fiemap.ts';
 import { deviceNameProblem, deviceSizeProblem } from './device-rules.ts';
 import { RequestDedup } from './request-dedup.ts';
-
-const ftruncate = promisify(ftruncateCb);
 
 export const DEVICES_DIR = 'devices';
 /** Where files found in devices/ but not in the device table are moved (never deleted). */
@@ -68,7 +64,7 @@ interface OpenDevice {
    * the same block (a second descriptor with its own thread let a read see a
    * half-copied 4 KiB page — a torn read the nemesis caught).
    */
-  fd: number;
+  file: DiskFile;
 }
 
 export function deviceFileName(id: number): string {
@@ -93,6 +89,7 @@ export class BlockStore {
     readonly dataDir: string,
     state: StoreState,
     private readonly logger: Logger,
+    private readonly disk: DiskIo,
   ) {
     this.clusterId = state.clusterId;
     this.appliedIndex = state.appliedIndex;
@@ -108,10 +105,11 @@ export class BlockStore {
   }
 
   /** Opens the store as the checkpoint describes it (an empty store on a fresh data directory). */
-  static async open(dataDir: string, logger: Logger): Promise<BlockStore> {
-    await mkdir(join(dataDir, DEVICES_DIR), { recursive: true });
-    const state = (await readCheckpoint(dataDir)) ?? emptyState();
-    const store = new BlockStore(dataDir, state, logger);
+  static async open(dataDir: string, logger: Logger, opts: { disk?: DiskIo } = {}): Promise<BlockStore> {
+    const disk = opts.disk ?? nativeDisk;
+    await disk.mkdir(join(dataDir, DEVICES_DIR), { recursive: true });
+    const state = (await readCheckpoint(dataDir, disk)) ?? emptyState();
+    const store = new BlockStore(dataDir, state, logger, disk);
     await store.openDevices(state.devices, false);
     await store.quarantineOrphans();
     return store;
@@ -124,21 +122,17 @@ export class BlockStore {
         // A device in the checkpoint whose file is gone was deleted by an
         // entry after the checkpoint (replay deletes it again); recreate it
         // empty so replay has something to write to.
-        const exists = await open(path, 'r').then(
-          (h) => h.close().then(() => true),
-          () => false,
-        );
-        if (!exists) this.logger.warn({ device: record.name, path }, 'device file missing; recreated empty for replay');
+        if (!(await pathExists(this.disk, path))) this.logger.warn({ device: record.name, path }, 'device file missing; recreated empty for replay');
       }
       await this.attach(record, path, !fresh);
     }
   }
 
   private async attach(record: DeviceRecord, path: string, keepContents: boolean): Promise<OpenDevice> {
-    const { fd } = await native.openFile(path, { create: true });
-    if (!keepContents) await ftruncate(fd, 0);
-    await ftruncate(fd, record.size);
-    const dev: OpenDevice = { record: { ...record }, path, fd };
+    const file = await this.disk.openFile(path, { create: true });
+    if (!keepContents) await this.disk.truncate(file, 0);
+    await this.disk.truncate(file, record.size);
+    const dev: OpenDevice = { record: { ...record }, path, file };
     this.byId.set(record.id, dev);
     this.byName.set(record.name, record.id);
     return dev;
@@ -147,7 +141,7 @@ export class BlockStore {
   private async detach(dev: OpenDevice): Promise<void> {
     this.byId.delete(dev.record.id);
     if (this.byName.get(dev.record.name) === dev.record.id) this.byName.delete(dev.record.name);
-    await native.closeFile(dev.fd);
+    await this.disk.closeFile(dev.file);
   }
 
   /**
@@ -158,16 +152,16 @@ export class BlockStore {
    */
   private async quarantineOrphans(): Promise<void> {
     const known = new Set([...this.byId.values()].map((d) => deviceFileName(d.record.id)));
-    const orphans = (await readdir(this.devicesDir)).filter((name) => !known.has(name));
+    const orphans = (await this.disk.readdir(this.devicesDir)).filter((name) => !known.has(name));
     if (orphans.length === 0) return;
     const dir = join(this.dataDir, QUARANTINE_DIR, new Date().toISOString().replace(/[:.]/g, '-'));
-    await mkdir(dir, { recursive: true });
+    await this.disk.mkdir(dir, { recursive: true });
     for (const name of orphans) {
-      await rename(join(this.devicesDir, name), join(dir, name));
+      await this.disk.rename(join(this.devicesDir, name), join(dir, name));
       this.logger.warn({ file: join(this.devicesDir, name), movedTo: join(dir, name) }, 'file not in the device table quarantined (not deleted)');
     }
-    await syncDir(dir);
-    await syncDir(this.devicesDir);
+    await syncDir(dir, this.disk);
+    await syncDir(this.devicesDir, this.disk);
   }
 
   // ---- the device table ------------------------------------------------------
@@ -237,12 +231,12 @@ export class BlockStore {
     // I/O-thread wake for the batch instead of one per write). They are
     // submitted before this function yields (so before any waiter settled
     // above can run) and before any other operation on the same file.
-    const gathered = new Map<number, GatheredWrites>();
-    const submitGathered = (fd?: number): void => {
-      for (const [gfd, g] of gathered) {
-        if (fd !== undefined && gfd !== fd) continue;
-        gathered.delete(gfd);
-        pending.push(g.bufs.length === 1 ? native.pwrite(gfd, g.bufs[0]!, g.positions[0]!) : native.pwriteBatch(gfd, g.bufs, g.positions));
+    const gathered = new Map<DiskFile, GatheredWrites>();
+    const submitGathered = (file?: DiskFile): void => {
+      for (const [gfile, g] of gathered) {
+        if (file !== undefined && gfile !== file) continue;
+        gathered.delete(gfile);
+        pending.push(g.bufs.length === 1 ? this.disk.pwrite(gfile, g.bufs[0]!, g.positions[0]!) : this.disk.pwriteBatch(gfile, g.bufs, g.positions));
       }
     };
     const barrier = async (): Promise<void> => {
@@ -330,16 +324,16 @@ export class BlockStore {
   private submitDataCommand(
     cmd: Command,
     pending: Promise<unknown>[],
-    gathered: Map<number, GatheredWrites>,
-    submitGathered: (fd: number) => void,
+    gathered: Map<DiskFile, GatheredWrites>,
+    submitGathered: (file: DiskFile) => void,
   ): ApplyError | undefined {
     switch (cmd.op) {
       case CommandOp.Write: {
         const r = this.checkRange(cmd, cmd.data.length);
         if ('error' in r) return r.error;
         if (cmd.data.length === 0) return undefined;
-        let g = gathered.get(r.dev.fd);
-        if (!g) gathered.set(r.dev.fd, (g = { bufs: [], positions: [] }));
+        let g = gathered.get(r.dev.file);
+        if (!g) gathered.set(r.dev.file, (g = { bufs: [], positions: [] }));
         g.bufs.push(cmd.data);
         g.positions.push(cmd.offset);
         return undefined;
@@ -350,10 +344,10 @@ export class BlockStore {
         if ('error' in r) return r.error;
         if (cmd.length === 0) return undefined;
         // Earlier writes to this file go first: the file's I/O thread keeps submission order.
-        submitGathered(r.dev.fd);
-        pending.push(native.punchHole(r.dev.fd, cmd.offset, cmd.length));
+        submitGathered(r.dev.file);
+        pending.push(this.disk.punchHole(r.dev.file, cmd.offset, cmd.length));
         // NO_HOLE: the client wants the range allocated; unwritten extents read as zeroes.
-        if (cmd.op === CommandOp.WriteZeroes && cmd.noHole) pending.push(native.fallocate(r.dev.fd, cmd.offset, cmd.length, { keepSize: true }));
+        if (cmd.op === CommandOp.WriteZeroes && cmd.noHole) pending.push(this.disk.fallocate(r.dev.file, cmd.offset, cmd.length, { keepSize: true }));
         return undefined;
       }
       default:
@@ -380,11 +374,11 @@ export class BlockStore {
           // a replica on a smaller filesystem) fails here as a command, not as the node.
           const dev = this.byId.get(index);
           if (dev) await this.detach(dev);
-          await unlink(path).catch(() => undefined);
+          await this.disk.unlink(path).catch(() => undefined);
           this.logger.error({ index, device: cmd.name, size: cmd.size, err: (err as Error).message }, 'device create refused by the filesystem; recorded as a failed command');
           return refused;
         }
-        await syncDir(this.devicesDir);
+        await syncDir(this.devicesDir, this.disk);
         return undefined;
       }
       case CommandOp.DeleteDevice: {
@@ -392,7 +386,7 @@ export class BlockStore {
         if (id === undefined) return { code: 'XDEVICE_ERR_NOT_FOUND', message: `no device ${cmd.name}` };
         const dev = this.byId.get(id)!;
         await this.detach(dev);
-        await unlink(dev.path).catch(() => undefined);
+        await this.disk.unlink(dev.path).catch(() => undefined);
         return undefined;
       }
       case CommandOp.ResizeDevice: {
@@ -403,7 +397,7 @@ export class BlockStore {
         const dev = this.byId.get(id)!;
         // Shrinking discards the tail, so growing again reads zeroes there, as on replay.
         try {
-          await ftruncate(dev.fd, cmd.size);
+          await this.disk.truncate(dev.file, cmd.size);
         } catch (err) {
           const refused = sizeRefusal(err, cmd.size);
           if (!refused) throw err;
@@ -425,7 +419,7 @@ export class BlockStore {
     const dev = this.byId.get(deviceId);
     if (!dev) throw Object.assign(new Error(`device ${deviceId} no longer exists`), { code: 'ESHUTDOWN' });
     const out = Buffer.allocUnsafe(length);
-    const n = await native.pread(dev.fd, out, offset);
+    const n = await this.disk.pread(dev.file, out, offset);
     // Past the end of a file that shrank meanwhile: zeroes.
     if (n < length) out.fill(0, n);
     return out;
@@ -435,14 +429,14 @@ export class BlockStore {
   extents(deviceId: number, offset: number, length: number): Extent[] {
     const dev = this.byId.get(deviceId);
     if (!dev) throw Object.assign(new Error(`device ${deviceId} no longer exists`), { code: 'ESHUTDOWN' });
-    return fileExtents(dev.fd, offset, length);
+    return this.disk.extents(dev.file, offset, length);
   }
 
   async usedBytes(deviceId: number): Promise<number> {
     const dev = this.byId.get(deviceId);
     if (!dev) return 0;
-    const st = await native.fstat(dev.fd);
-    return st.blocks * 512;
+    const st = await this.disk.fstat(dev.file);
+    return st.allocatedBytes;
   }
 
   // ---- checkpoints and snapshots -----------------------------------------------
@@ -474,21 +468,21 @@ export class BlockStore {
    */
   async checkpoint(state: StoreState): Promise<void> {
     for (const path of this.filePaths(state)) {
-      let fd: number;
+      let file: DiskFile;
       try {
-        ({ fd } = await native.openFile(path, {}));
+        file = await this.disk.openFile(path, {});
       } catch (err) {
         // Deleted after the capture: its entries replay from the log.
         if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue;
         throw err;
       }
       try {
-        await native.fdatasync(fd);
+        await this.disk.fdatasync(file);
       } finally {
-        await native.closeFile(fd);
+        await this.disk.closeFile(file);
       }
     }
-    await writeCheckpoint(this.dataDir, state);
+    await writeCheckpoint(this.dataDir, state, this.disk);
     this.checkpointIndex = Math.max(this.checkpointIndex, state.appliedIndex);
   }
 

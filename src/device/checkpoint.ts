@@ -9,8 +9,9 @@
 // rename, fsync the directory): after a crash either the old or the new one
 // is there, whole. The same state travels as the header of a snapshot stream.
 
-import { open, readFile, rename, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
+import type { DiskIo } from '../disk/disk-io.ts';
+import { nativeDisk } from '../disk/native-disk.ts';
 import { XDeviceError } from '../errors.ts';
 import { crc32c } from '../native.ts';
 import type { DedupClientState } from './request-dedup.ts';
@@ -85,43 +86,32 @@ export function decodeStoreState(buf: Buffer, what = 'checkpoint'): StoreState {
   return state;
 }
 
-export async function syncDir(dir: string): Promise<void> {
-  const h = await open(dir, 'r');
-  try {
-    await h.sync();
-  } finally {
-    await h.close();
-  }
+export function syncDir(dir: string, disk: DiskIo = nativeDisk): Promise<void> {
+  return disk.syncDir(dir);
 }
 
 /** Writes `name` in `dir` atomically and durably. */
-export async function writeFileAtomic(dir: string, name: string, data: Buffer): Promise<void> {
+export async function writeFileAtomic(dir: string, name: string, data: Buffer, disk: DiskIo = nativeDisk): Promise<void> {
   const tmp = join(dir, `${name}.tmp`);
-  const h = await open(tmp, 'w', 0o644);
-  try {
-    await h.writeFile(data);
-    await h.sync();
-  } finally {
-    await h.close();
-  }
-  await rename(tmp, join(dir, name));
-  await syncDir(dir);
+  await disk.writeFile(tmp, data, { sync: true, mode: 0o644 });
+  await disk.rename(tmp, join(dir, name));
+  await disk.syncDir(dir);
 }
 
-export async function writeCheckpoint(dataDir: string, state: StoreState): Promise<void> {
-  await writeFileAtomic(dataDir, CHECKPOINT_FILE, encodeStoreState(state));
+export async function writeCheckpoint(dataDir: string, state: StoreState, disk: DiskIo = nativeDisk): Promise<void> {
+  await writeFileAtomic(dataDir, CHECKPOINT_FILE, encodeStoreState(state), disk);
 }
 
 /** The checkpoint, or undefined on a fresh data directory. A damaged one throws: the node must not guess. */
-export async function readCheckpoint(dataDir: string): Promise<StoreState | undefined> {
+export async function readCheckpoint(dataDir: string, disk: DiskIo = nativeDisk): Promise<StoreState | undefined> {
   let buf: Buffer;
   try {
-    buf = await readFile(join(dataDir, CHECKPOINT_FILE));
+    buf = await disk.readFile(join(dataDir, CHECKPOINT_FILE));
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
     throw err;
   }
-  await unlink(join(dataDir, `${CHECKPOINT_FILE}.tmp`)).catch(() => undefined);
+  await disk.unlink(join(dataDir, `${CHECKPOINT_FILE}.tmp`)).catch(() => undefined);
   return decodeStoreState(buf, join(dataDir, CHECKPOINT_FILE));
 }
 
@@ -130,10 +120,10 @@ export interface NodeIdentity {
   nodeId: string;
 }
 
-export async function readNodeIdentity(dataDir: string): Promise<NodeIdentity | undefined> {
+export async function readNodeIdentity(dataDir: string, disk: DiskIo = nativeDisk): Promise<NodeIdentity | undefined> {
   let text: string;
   try {
-    text = await readFile(join(dataDir, NODE_ID_FILE), 'utf8');
+    text = (await disk.readFile(join(dataDir, NODE_ID_FILE))).toString('utf8');
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
     throw err;
@@ -143,6 +133,6 @@ export async function readNodeIdentity(dataDir: string): Promise<NodeIdentity | 
   return v;
 }
 
-export async function writeNodeIdentity(dataDir: string, identity: NodeIdentity): Promise<void> {
-  await writeFileAtomic(dataDir, NODE_ID_FILE, Buffer.from(JSON.stringify(identity) + '\n'));
+export async function writeNodeIdentity(dataDir: string, identity: NodeIdentity, disk: DiskIo = nativeDisk): Promise<void> {
+  await writeFileAtomic(dataDir, NODE_ID_FILE, Buffer.from(JSON.stringify(identity) + '\n'), disk);
 }

@@ -11,7 +11,7 @@ import { assert } from '../errors.ts';
 import { closeFile, openFile, punchHole } from '../native.ts';
 import type { BlockDevice, BlockDeviceCapabilities, Extent, WriteOptions, ZeroOptions } from './block-device.ts';
 import { deviceError, readFully, writeFully, writeZeroBytes } from './fd-io.ts';
-import { fileExtents } from './fiemap.ts';
+import { fileExtents } from '../disk/fiemap.ts';
 
 export interface FileDeviceOptions {
   name: string;

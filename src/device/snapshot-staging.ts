@@ -11,18 +11,14 @@
 //   3. the staging directory goes.
 // While INSTALL exists, startup redoes 1 and 2 before anything else.
 
-import { mkdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { ftruncate as ftruncateCb } from 'node:fs';
-import { promisify } from 'node:util';
+import { type DiskFile, type DiskIo, pathExists } from '../disk/disk-io.ts';
+import { nativeDisk } from '../disk/native-disk.ts';
 import { assert } from '../errors.ts';
 import { limits } from '../limits.ts';
-import * as native from '../native.ts';
 import type { SnapshotMetadata } from '../raft/types.ts';
 import { DEVICES_DIR, deviceFileName } from './block-store.ts';
 import { CHECKPOINT_FILE, type StoreState, encodeStoreState, syncDir, writeFileAtomic, CheckpointError } from './checkpoint.ts';
-
-const ftruncate = promisify(ftruncateCb);
 
 export const STAGING_DIR = 'snapshot.staging';
 const INSTALL_MARKER = 'INSTALL';
@@ -35,7 +31,7 @@ export interface StagedSnapshot {
 }
 
 export class SnapshotStaging {
-  private readonly fds: number[] = [];
+  private readonly files: DiskFile[] = [];
   private readonly sizes: number[] = [];
   private writes: Promise<unknown> = Promise.resolve();
   private failed: Error | undefined;
@@ -48,14 +44,22 @@ export class SnapshotStaging {
     readonly from: string,
     readonly metadata: SnapshotMetadata,
     readonly state: StoreState,
+    private readonly disk: DiskIo,
   ) {}
 
   /** Starts a fresh staging area (any earlier, unfinished one is discarded). */
-  static async begin(dataDir: string, snapshotId: number, from: string, metadata: SnapshotMetadata, state: StoreState): Promise<SnapshotStaging> {
+  static async begin(
+    dataDir: string,
+    snapshotId: number,
+    from: string,
+    metadata: SnapshotMetadata,
+    state: StoreState,
+    disk: DiskIo = nativeDisk,
+  ): Promise<SnapshotStaging> {
     const dir = join(dataDir, STAGING_DIR);
-    await rm(dir, { recursive: true, force: true });
-    await mkdir(join(dir, DEVICES_DIR), { recursive: true });
-    const s = new SnapshotStaging(dir, snapshotId, from, metadata, state);
+    await disk.rm(dir, { recursive: true, force: true });
+    await disk.mkdir(join(dir, DEVICES_DIR), { recursive: true });
+    const s = new SnapshotStaging(dir, snapshotId, from, metadata, state, disk);
     try {
       const ids = new Set<number>();
       for (const d of state.devices) {
@@ -63,10 +67,10 @@ export class SnapshotStaging {
         if (ids.has(d.id)) throw new CheckpointError(`snapshot lists device id ${d.id} twice`);
         ids.add(d.id);
         if (d.size > limits.deviceBytesMax) throw new CheckpointError(`snapshot device ${d.id} of ${d.size} bytes exceeds deviceBytesMax`);
-        const { fd } = await native.openFile(join(dir, DEVICES_DIR, deviceFileName(d.id)), { create: true });
-        s.fds.push(fd);
+        const file = await disk.openFile(join(dir, DEVICES_DIR, deviceFileName(d.id)), { create: true });
+        s.files.push(file);
         s.sizes.push(d.size);
-        await ftruncate(fd, d.size);
+        await disk.truncate(file, d.size);
       }
     } catch (err) {
       // Nothing opened for a failed begin may outlive it (descriptors, I/O threads, files).
@@ -80,8 +84,8 @@ export class SnapshotStaging {
   chunk(file: number, offset: number, data: Buffer, zeroBytes: number): void {
     this.chunks++;
     if (this.failed) return;
-    if (file >= this.fds.length) {
-      this.failed = new CheckpointError(`snapshot chunk for file ${file} of ${this.fds.length}`);
+    if (file >= this.files.length) {
+      this.failed = new CheckpointError(`snapshot chunk for file ${file} of ${this.files.length}`);
       return;
     }
     if (offset + Math.max(data.length, zeroBytes) > this.sizes[file]!) {
@@ -91,7 +95,7 @@ export class SnapshotStaging {
     // Zero runs need nothing: the staged file is sparse.
     if (zeroBytes > 0 || data.length === 0) return;
     this.bytes += data.length;
-    const w = native.pwrite(this.fds[file]!, data, offset).catch((err: Error) => {
+    const w = this.disk.pwrite(this.files[file]!, data, offset).catch((err: Error) => {
       this.failed ??= err;
     });
     this.writes = Promise.all([this.writes, w]);
@@ -107,64 +111,57 @@ export class SnapshotStaging {
     await this.writes;
     if (this.failed) throw this.failed;
     if (expectedChunks !== this.chunks) throw new CheckpointError(`snapshot stream had ${this.chunks} chunks, sender says ${expectedChunks}`);
-    for (const fd of this.fds) await native.fdatasync(fd);
+    for (const f of this.files) await this.disk.fdatasync(f);
     await this.closeFiles();
-    await syncDir(join(this.dir, DEVICES_DIR));
-    await writeFileAtomic(this.dir, CHECKPOINT_FILE, encodeStoreState(this.state));
-    await writeFileAtomic(this.dir, INSTALL_MARKER, Buffer.from(JSON.stringify(this.metadata)));
+    await syncDir(join(this.dir, DEVICES_DIR), this.disk);
+    await writeFileAtomic(this.dir, CHECKPOINT_FILE, encodeStoreState(this.state), this.disk);
+    await writeFileAtomic(this.dir, INSTALL_MARKER, Buffer.from(JSON.stringify(this.metadata)), this.disk);
     return { metadata: this.metadata, state: this.state, consistentIndex: Math.max(consistentIndex, this.state.appliedIndex) };
   }
 
   async abort(): Promise<void> {
     await this.writes.catch(() => undefined);
     await this.closeFiles();
-    await rm(this.dir, { recursive: true, force: true });
+    await this.disk.rm(this.dir, { recursive: true, force: true });
   }
 
   private async closeFiles(): Promise<void> {
     this.sizes.splice(0);
-    const fds = this.fds.splice(0);
-    for (const fd of fds) await native.closeFile(fd);
+    const files = this.files.splice(0);
+    for (const f of files) await this.disk.closeFile(f);
   }
-}
-
-async function exists(path: string): Promise<boolean> {
-  return stat(path).then(
-    () => true,
-    () => false,
-  );
 }
 
 /** Metadata of a complete staging that is not fully installed yet (crash recovery), if any. */
-export async function pendingInstall(dataDir: string): Promise<SnapshotMetadata | undefined> {
+export async function pendingInstall(dataDir: string, disk: DiskIo = nativeDisk): Promise<SnapshotMetadata | undefined> {
   const marker = join(dataDir, STAGING_DIR, INSTALL_MARKER);
-  if (!(await exists(marker))) {
+  if (!(await pathExists(disk, marker))) {
     // An incomplete staging is worthless: the leader sends a new snapshot.
-    await rm(join(dataDir, STAGING_DIR), { recursive: true, force: true });
+    await disk.rm(join(dataDir, STAGING_DIR), { recursive: true, force: true });
     return undefined;
   }
-  return JSON.parse(await readFile(marker, 'utf8')) as SnapshotMetadata;
+  return JSON.parse((await disk.readFile(marker)).toString('utf8')) as SnapshotMetadata;
 }
 
 /**
  * Step 1: moves the staged device files and checkpoint into place. The
  * caller has closed the current device files. Safe to repeat.
  */
-export async function installStagedFiles(dataDir: string): Promise<void> {
+export async function installStagedFiles(dataDir: string, disk: DiskIo = nativeDisk): Promise<void> {
   const staging = join(dataDir, STAGING_DIR);
-  assert(await exists(join(staging, INSTALL_MARKER)), 'install of an incomplete snapshot staging');
+  assert(await pathExists(disk, join(staging, INSTALL_MARKER)), 'install of an incomplete snapshot staging');
   const stagedDevices = join(staging, DEVICES_DIR);
-  if (await exists(stagedDevices)) {
-    await rm(join(dataDir, DEVICES_DIR), { recursive: true, force: true });
-    await rename(stagedDevices, join(dataDir, DEVICES_DIR));
+  if (await pathExists(disk, stagedDevices)) {
+    await disk.rm(join(dataDir, DEVICES_DIR), { recursive: true, force: true });
+    await disk.rename(stagedDevices, join(dataDir, DEVICES_DIR));
   }
   const stagedCheckpoint = join(staging, CHECKPOINT_FILE);
-  if (await exists(stagedCheckpoint)) await rename(stagedCheckpoint, join(dataDir, CHECKPOINT_FILE));
-  await syncDir(dataDir);
+  if (await pathExists(disk, stagedCheckpoint)) await disk.rename(stagedCheckpoint, join(dataDir, CHECKPOINT_FILE));
+  await syncDir(dataDir, disk);
 }
 
 /** Step 3: the WAL holds the snapshot; the staging can go. */
-export async function finishInstall(dataDir: string): Promise<void> {
-  await rm(join(dataDir, STAGING_DIR), { recursive: true, force: true });
-  await syncDir(dataDir);
+export async function finishInstall(dataDir: string, disk: DiskIo = nativeDisk): Promise<void> {
+  await disk.rm(join(dataDir, STAGING_DIR), { recursive: true, force: true });
+  await syncDir(dataDir, disk);
 }

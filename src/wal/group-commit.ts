@@ -13,11 +13,10 @@
 // the writer rejects the failed batch, everything queued, and every later
 // save with the same WalFailedError.
 
-import { rename, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
-import { randomInt } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { HardState, SnapshotMetadata } from '../raft/types.ts';
+import type { DiskFile, DiskIo } from '../disk/disk-io.ts';
 import * as native from '../native.ts';
 import { assert } from '../errors.ts';
 import { WalClosedError, WalFailedError, WalUsageError } from './errors.ts';
@@ -46,7 +45,7 @@ export interface ActiveSegment {
   path: string;
   seq: number;
   firstIndex: number;
-  fd: number;
+  file: DiskFile;
   salt: number;
   alignment: number;
   segmentBytes: number;
@@ -57,6 +56,11 @@ export interface ActiveSegment {
 
 export interface WriterOptions {
   dir: string;
+  disk: DiskIo;
+  /** Runs fn once the current turn's saves are in (setImmediate; a simulator passes its own). */
+  defer: (fn: () => void) => void;
+  /** A fresh segment's salt, in [1, 2^32 - 1) (random; a simulator passes a seeded source). */
+  salt: () => number;
   direct: boolean;
   /**
    * How a batch is made durable. 'dsync' (default): segments are opened
@@ -101,7 +105,7 @@ export class GroupCommitWriter {
   private idleWaiters: Array<() => void> = [];
   private staging: Buffer;
   private active: ActiveSegment | undefined;
-  private prepared: Promise<native.OpenedFile> | undefined;
+  private prepared: Promise<DiskFile> | undefined;
   /** The state after the last durable batch: a new segment's baseline. */
   private durable: LogState;
 
@@ -112,7 +116,7 @@ export class GroupCommitWriter {
   ) {
     this.active = active;
     this.durable = durable;
-    this.staging = native.allocAligned(opts.batchBytesMax + opts.alignment, opts.alignment);
+    this.staging = opts.disk.allocAligned(opts.batchBytesMax + opts.alignment, opts.alignment);
   }
 
   /** Continues appending to `active` (a recovered segment), or creates the first segment when there is none. */
@@ -176,9 +180,9 @@ export class GroupCommitWriter {
     }
     await this.discardPrepared();
     if (this.active) {
-      const fd = this.active.fd;
+      const file = this.active.file;
       this.active = undefined;
-      await native.closeFile(fd);
+      await this.opts.disk.closeFile(file);
     }
   }
 
@@ -200,7 +204,7 @@ export class GroupCommitWriter {
   private scheduleFlush(): void {
     if (this.flushScheduled || this.inFlight) return;
     this.flushScheduled = true;
-    setImmediate(this.flushSoon);
+    this.opts.defer(this.flushSoon);
   }
 
   private readonly flushSoon = (): void => {
@@ -251,7 +255,7 @@ export class GroupCommitWriter {
   }
 
   private async writeBatch(batch: PendingSave[], bytes: number): Promise<void> {
-    const { alignment } = this.opts;
+    const { alignment, disk } = this.opts;
     const padded = alignUp(bytes, alignment);
     let segment = this.segment();
     let sealing: ActiveSegment | undefined;
@@ -263,7 +267,7 @@ export class GroupCommitWriter {
       assert(segment.offset + padded + alignment <= segment.segmentBytes, `a ${padded}-byte batch does not fit a new segment`);
     }
     const created = sealing !== undefined;
-    if (this.staging.length < padded) this.staging = native.allocAligned(padded, alignment);
+    if (this.staging.length < padded) this.staging = disk.allocAligned(padded, alignment);
     const buf = this.staging;
     let at = recordHeaderBytes;
     let count = 0;
@@ -278,14 +282,14 @@ export class GroupCommitWriter {
     buf.fill(0, bytes, padded);
     const started = process.hrtime.bigint();
     let written = started;
-    const write = native.pwrite(segment.fd, buf.subarray(0, padded), segment.offset);
+    const write = disk.pwrite(segment.file, buf.subarray(0, padded), segment.offset);
     const pending: Promise<unknown>[] = [write];
     // Queued right behind the write on the file's I/O thread: no event-loop round trip between them.
     if (this.opts.syncMode === 'fdatasync') {
       void write.then(() => (written = process.hrtime.bigint()), () => undefined);
-      pending.push(native.fdatasync(segment.fd));
+      pending.push(disk.fdatasync(segment.file));
     }
-    if (created) pending.push(syncDirectory(this.opts.dir));
+    if (created) pending.push(syncDirectory(this.opts.dir, disk));
     await Promise.all(pending);
     if (this.opts.onBatchDurable) {
       const syncStarted = this.opts.syncMode === 'fdatasync' ? written : started;
@@ -300,16 +304,17 @@ export class GroupCommitWriter {
 
   /** Writes the Seal batch into the (already closed) segment `s`, naming its successor. */
   private async seal(s: ActiveSegment, successor: number): Promise<void> {
-    const block = native.allocAligned(s.alignment, s.alignment);
+    const { disk } = this.opts;
+    const block = disk.allocAligned(s.alignment, s.alignment);
     block.fill(0);
     const end = encodeRecord(block, recordHeaderBytes, { kind: RecordKind.Seal, type: 0, term: 0, index: successor, payload: Buffer.alloc(0) }, s.salt, native.crc32c);
     encodeBatchHeader(block, 0, end, s.nextBatchSeq, 1, s.salt, native.crc32c);
-    const file = await native.openFile(s.path, { direct: this.opts.direct });
+    const file = await disk.openFile(s.path, { direct: this.opts.direct });
     try {
-      await native.pwrite(file.fd, block, s.offset);
-      await native.fdatasync(file.fd);
+      await disk.pwrite(file, block, s.offset);
+      await disk.fdatasync(file);
     } finally {
-      await native.closeFile(file.fd);
+      await disk.closeFile(file);
     }
   }
 
@@ -321,26 +326,26 @@ export class GroupCommitWriter {
    * leaves a last segment without a valid baseline, which recovery removes.
    */
   private async createSegment(seq: number, state: LogState): Promise<void> {
-    const { alignment, segmentBytes, dir, direct } = this.opts;
+    const { alignment, segmentBytes, dir, direct, disk } = this.opts;
     const firstIndex = state.lastIndex + 1;
     const name = segmentFileName(seq, firstIndex);
     const path = join(dir, name);
-    const salt = randomInt(1, 0xffff_ffff);
-    let file: native.OpenedFile;
+    const salt = this.opts.salt();
+    let file: DiskFile;
     if (this.prepared) {
       file = await this.prepared;
       this.prepared = undefined;
       // Under its final name only now: a crash before the baseline is durable
       // leaves a last segment recovery recognises as never started.
-      await rename(join(dir, preparedSegmentName), path);
+      await disk.rename(join(dir, preparedSegmentName), path);
     } else {
-      file = await preallocateSegmentFile(path, segmentBytes, direct);
+      file = await preallocateSegmentFile(path, segmentBytes, direct, disk);
     }
     if (this.opts.syncMode === 'dsync') {
       // Zero-filling ran without O_DSYNC (one fdatasync at its end); appends use it.
       const zeroed = file;
-      file = await native.openFile(path, { direct, dsync: true });
-      await native.closeFile(zeroed.fd);
+      file = await disk.openFile(path, { direct, dsync: true });
+      await disk.closeFile(zeroed);
     }
     try {
       const baseline: RecordSpec[] = [
@@ -354,22 +359,22 @@ export class GroupCommitWriter {
         hardStateRecord(state.hardState),
       ];
       const baselineBytes = recordHeaderBytes + baseline.reduce((n, r) => n + recordBytes(r.payload.length), 0);
-      const head = native.allocAligned(alignment + alignUp(baselineBytes, alignment), alignment);
+      const head = disk.allocAligned(alignment + alignUp(baselineBytes, alignment), alignment);
       encodeSegmentHeader(head, { seq, firstIndex, salt, alignment, segmentBytes }, native.crc32c);
       let at = alignment + recordHeaderBytes;
       for (const r of baseline) at = encodeRecord(head, at, r, salt, native.crc32c);
       encodeBatchHeader(head, alignment, baselineBytes, 1, baseline.length, salt, native.crc32c);
-      await native.pwrite(file.fd, head, 0);
+      await disk.pwrite(file, head, 0);
       const previous = this.active;
-      this.active = { name, path, seq, firstIndex, fd: file.fd, salt, alignment, segmentBytes, offset: head.length, nextBatchSeq: 2 };
-      if (previous) await native.closeFile(previous.fd);
+      this.active = { name, path, seq, firstIndex, file, salt, alignment, segmentBytes, offset: head.length, nextBatchSeq: 2 };
+      if (previous) await disk.closeFile(previous.file);
       if (seq === 1) {
         // No data batch follows yet: make the empty log durable now.
-        await native.fdatasync(file.fd);
-        await syncDirectory(dir);
+        await disk.fdatasync(file);
+        await syncDirectory(dir, disk);
       }
     } catch (err) {
-      if (this.active?.fd !== file.fd) await native.closeFile(file.fd).catch(() => undefined);
+      if (this.active?.file !== file) await disk.closeFile(file).catch(() => undefined);
       throw err;
     }
     this.opts.onSegmentCreated?.(this.active);
@@ -378,12 +383,14 @@ export class GroupCommitWriter {
 
   /** Zero-fills the next segment in the background so a roll costs a rename, not 64 MiB of writes. */
   private prepareNext(): void {
+    const { disk } = this.opts;
     const path = join(this.opts.dir, preparedSegmentName);
-    const prepared = unlink(path)
+    const prepared = disk
+      .unlink(path)
       .catch((err: NodeJS.ErrnoException) => {
         if (err.code !== 'ENOENT') throw err;
       })
-      .then(() => preallocateSegmentFile(path, this.opts.segmentBytes, this.opts.direct));
+      .then(() => preallocateSegmentFile(path, this.opts.segmentBytes, this.opts.direct, disk));
     prepared.catch(() => undefined); // a failure surfaces at the roll that needs it
     this.prepared = prepared;
   }
@@ -393,8 +400,8 @@ export class GroupCommitWriter {
     this.prepared = undefined;
     if (!prepared) return;
     const file = await prepared.catch(() => undefined);
-    if (file) await native.closeFile(file.fd).catch(() => undefined);
-    await unlink(join(this.opts.dir, preparedSegmentName)).catch(() => undefined);
+    if (file) await this.opts.disk.closeFile(file).catch(() => undefined);
+    await this.opts.disk.unlink(join(this.opts.dir, preparedSegmentName)).catch(() => undefined);
   }
 }
 

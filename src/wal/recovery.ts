@@ -13,10 +13,11 @@
 // segments cannot account for) is corruption: WalCorruptError names the
 // segment and offset, and the files are left as they are.
 
-import { readFile, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { ConfState, HardState, SnapshotMetadata } from '../raft/types.ts';
+import type { DiskIo } from '../disk/disk-io.ts';
+import { nativeDisk } from '../disk/native-disk.ts';
 import * as native from '../native.ts';
 import { WalCorruptError, WalMissingError } from './errors.ts';
 import { MemoryLog } from './memory-log.ts';
@@ -117,7 +118,7 @@ function applyRecord(memory: MemoryLog, r: DecodedRecord): void {
  * bring back unwritten extents and their journal commits on the next append),
  * so its stale bytes can never be read as records again.
  */
-async function zeroTail(path: string, buf: Buffer, from: number, alignment: number): Promise<void> {
+async function zeroTail(disk: DiskIo, path: string, buf: Buffer, from: number, alignment: number): Promise<void> {
   const chunk = 64 * 1024;
   const zeros = Buffer.alloc(chunk);
   let last = buf.length;
@@ -128,12 +129,12 @@ async function zeroTail(path: string, buf: Buffer, from: number, alignment: numb
   }
   const to = Math.min(buf.length, alignUp(last, alignment));
   if (to <= from) return;
-  const f = await native.openFile(path);
+  const f = await disk.openFile(path);
   try {
-    await native.pwrite(f.fd, Buffer.alloc(to - from), from);
-    await native.fdatasync(f.fd);
+    await disk.pwrite(f, Buffer.alloc(to - from), from);
+    await disk.fdatasync(f);
   } finally {
-    await native.closeFile(f.fd);
+    await disk.closeFile(f);
   }
 }
 
@@ -146,11 +147,11 @@ function holdsBatches(buf: Buffer): boolean {
   return findLaterBatch(buf, alignment, alignment, salt) !== undefined;
 }
 
-export async function recover(dir: string, logger?: Logger): Promise<Recovered> {
-  await unlink(join(dir, preparedSegmentName)).catch((err: NodeJS.ErrnoException) => {
+export async function recover(dir: string, logger?: Logger, disk: DiskIo = nativeDisk): Promise<Recovered> {
+  await disk.unlink(join(dir, preparedSegmentName)).catch((err: NodeJS.ErrnoException) => {
     if (err.code !== 'ENOENT') throw err;
   });
-  const names = await listSegments(dir);
+  const names = await listSegments(dir, disk);
   const memory = new MemoryLog();
   const segments: RecoveredSegment[] = [];
   for (let i = 1; i < names.length; i++) {
@@ -164,7 +165,7 @@ export async function recover(dir: string, logger?: Logger): Promise<Recovered> 
     const isLast = i === names.length - 1;
     const path = join(dir, name.name);
     // Payloads are slices of this buffer: the log keeps them without copying.
-    let buf: Buffer = await readFile(path);
+    let buf: Buffer = await disk.readFile(path);
     const decoded = decodeSegmentHeader(buf, native.crc32c);
     const alignment = decoded.ok ? decoded.header.alignment : 0;
     const salt = decoded.ok ? decoded.header.salt : 0;
@@ -178,8 +179,8 @@ export async function recover(dir: string, logger?: Logger): Promise<Recovered> 
       if (isLast && !holdsBatches(buf)) {
         // Created but never made durable before a crash: it held nothing acknowledged.
         logger?.warn({ segment: name.name, why }, 'removing a WAL segment whose creation did not complete');
-        await unlink(path);
-        await syncDirectory(dir);
+        await disk.unlink(path);
+        await syncDirectory(dir, disk);
         continue;
       }
       throw new WalCorruptError(name.name, 0, `segment header: ${why}`);
@@ -225,12 +226,12 @@ export async function recover(dir: string, logger?: Logger): Promise<Recovered> 
       if (!isLast) throw new WalCorruptError(name.name, badAt, end.why);
       if (batches.length === 0) {
         logger?.warn({ segment: name.name, why: end.why }, 'removing a WAL segment whose first batch never became durable');
-        await unlink(path);
-        await syncDirectory(dir);
+        await disk.unlink(path);
+        await syncDirectory(dir, disk);
         continue;
       }
       logger?.warn({ segment: name.name, offset: at, why: end.why, badAt }, 'truncating a torn WAL tail');
-      await zeroTail(path, buf, at, alignment);
+      await zeroTail(disk, path, buf, at, alignment);
     }
 
     // Payloads stay slices of the segment buffer (no copy per entry), but a

@@ -19,8 +19,8 @@
 //  48..64       zero
 // Batches start at offset `alignment`.
 
-import { open, readdir } from 'node:fs/promises';
-import * as native from '../native.ts';
+import type { DiskFile, DiskIo } from '../disk/disk-io.ts';
+import { nativeDisk } from '../disk/native-disk.ts';
 
 export const segmentHeaderBytes = 64;
 const magic = Buffer.from('XDWALSG1', 'latin1');
@@ -57,8 +57,8 @@ export function parseSegmentFileName(name: string): SegmentName | undefined {
 }
 
 /** The segment files of a WAL directory in sequence order; other files are ignored. */
-export async function listSegments(dir: string): Promise<SegmentName[]> {
-  const names = await readdir(dir);
+export async function listSegments(dir: string, disk: DiskIo = nativeDisk): Promise<SegmentName[]> {
+  const names = await disk.readdir(dir);
   return names
     .map(parseSegmentFileName)
     .filter((s): s is SegmentName => s !== undefined)
@@ -103,17 +103,12 @@ export function decodeSegmentHeader(
 }
 
 /** fsync of the directory: makes a created, renamed or removed segment name durable. */
-export async function syncDirectory(dir: string): Promise<void> {
-  const handle = await open(dir, 'r');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
+export function syncDirectory(dir: string, disk: DiskIo = nativeDisk): Promise<void> {
+  return disk.syncDir(dir);
 }
 
 const zeroChunkBytes = 1024 * 1024;
-let zeroChunk: Buffer | undefined;
+const zeroChunks = new WeakMap<DiskIo, Buffer>();
 
 /**
  * Creates a segment file of `bytes` whose blocks are allocated AND written
@@ -122,20 +117,21 @@ let zeroChunk: Buffer | undefined;
  * latency for every append. Writing the zeros once up front (as PostgreSQL
  * does for its WAL) keeps later fdatasyncs data-only.
  */
-export async function preallocateSegmentFile(path: string, bytes: number, direct: boolean): Promise<native.OpenedFile> {
-  zeroChunk ??= native.allocAligned(zeroChunkBytes);
-  const file = await native.openFile(path, { direct, create: true });
+export async function preallocateSegmentFile(path: string, bytes: number, direct: boolean, disk: DiskIo = nativeDisk): Promise<DiskFile> {
+  let zeroChunk = zeroChunks.get(disk);
+  if (!zeroChunk) zeroChunks.set(disk, (zeroChunk = disk.allocAligned(zeroChunkBytes)));
+  const file = await disk.openFile(path, { direct, create: true });
   try {
-    await native.fallocate(file.fd, 0, bytes);
+    await disk.fallocate(file, 0, bytes);
     const writes: Promise<number>[] = [];
     for (let at = 0; at < bytes; at += zeroChunkBytes) {
       const length = Math.min(zeroChunkBytes, bytes - at);
-      writes.push(native.pwrite(file.fd, zeroChunk.subarray(0, length), at));
+      writes.push(disk.pwrite(file, zeroChunk.subarray(0, length), at));
     }
     await Promise.all(writes);
-    await native.fdatasync(file.fd);
+    await disk.fdatasync(file);
   } catch (err) {
-    await native.closeFile(file.fd).catch(() => undefined);
+    await disk.closeFile(file).catch(() => undefined);
     throw err;
   }
   return file;

@@ -6,8 +6,10 @@
 // durable: a later save must see the earlier one (to place its entries and
 // truncate correctly), and Raft only acts on durability through the promise.
 
-import { mkdir, unlink } from 'node:fs/promises';
+import { randomInt } from 'node:crypto';
 import type { Logger } from 'pino';
+import type { DiskIo } from '../disk/disk-io.ts';
+import { nativeDisk } from '../disk/native-disk.ts';
 import { limits } from '../limits.ts';
 import { StorageError, type Storage } from '../raft/storage.ts';
 import type { ConfState, Entry, HardState, SnapshotMetadata } from '../raft/types.ts';
@@ -19,7 +21,6 @@ import type { MemoryLog } from './memory-log.ts';
 import { RecordKind, SnapshotFlavour, type RecordSpec } from './record.ts';
 import { recover } from './recovery.ts';
 import { syncDirectory } from './segment.ts';
-import * as native from '../native.ts';
 
 export interface WalOptions {
   logger?: Logger;
@@ -31,7 +32,15 @@ export interface WalOptions {
   segmentBytes?: number;
   alignmentBytes?: number;
   batchBytesMax?: number;
+  /** Where the segment files live (default: the real disk; the simulator passes a simulated one). */
+  disk?: DiskIo;
+  /** Defers the group-commit flush to the end of the turn (default setImmediate). */
+  defer?: (fn: () => void) => void;
+  /** Draws each new segment's salt, in [1, 2^32 - 1) (default crypto randomInt; a simulator passes a seeded one). */
+  salt?: () => number;
 }
+
+const randomSalt = (): number => randomInt(1, 0xffff_ffff);
 
 interface SegmentRef {
   name: string;
@@ -52,12 +61,14 @@ export class Wal implements Storage {
     private readonly writer: GroupCommitWriter,
     private readonly segments: SegmentRef[],
     private readonly logger: Logger | undefined,
+    private readonly disk: DiskIo,
   ) {}
 
   /** Opens (creating if needed) the WAL in `dir` and recovers it; throws WalCorruptError on damage before the tail. */
   static async open(dir: string, opts: WalOptions = {}): Promise<Wal> {
-    await mkdir(dir, { recursive: true });
-    const { memory, segments } = await recover(dir, opts.logger);
+    const disk = opts.disk ?? nativeDisk;
+    await disk.mkdir(dir, { recursive: true });
+    const { memory, segments } = await recover(dir, opts.logger, disk);
     const segmentRefs: SegmentRef[] = segments.map((s) => ({ name: s.name, path: s.path, seq: s.seq, firstIndex: s.firstIndex }));
     const last = segments.at(-1);
     const alignment = last?.header.alignment ?? opts.alignmentBytes ?? limits.walAlignmentBytes;
@@ -65,13 +76,13 @@ export class Wal implements Storage {
     const syncMode = opts.syncMode ?? 'dsync';
     let active: ActiveSegment | undefined;
     if (last) {
-      const file = await native.openFile(last.path, { direct, dsync: syncMode === 'dsync' });
+      const file = await disk.openFile(last.path, { direct, dsync: syncMode === 'dsync' });
       active = {
         name: last.name,
         path: last.path,
         seq: last.seq,
         firstIndex: last.firstIndex,
-        fd: file.fd,
+        file,
         salt: last.header.salt,
         alignment,
         segmentBytes: last.header.segmentBytes,
@@ -84,6 +95,9 @@ export class Wal implements Storage {
     const writer = await GroupCommitWriter.start(
       {
         dir,
+        disk,
+        defer: opts.defer ?? setImmediate,
+        salt: opts.salt ?? randomSalt,
         direct,
         syncMode,
         segmentBytes: opts.segmentBytes ?? limits.walSegmentBytes,
@@ -100,7 +114,7 @@ export class Wal implements Storage {
       { dir, segments: segmentRefs.length, firstIndex: memory.firstIndex(), lastIndex: memory.lastIndex() },
       'WAL recovered',
     );
-    wal = new Wal(dir, memory, writer, segmentRefs, opts.logger);
+    wal = new Wal(dir, memory, writer, segmentRefs, opts.logger, disk);
     return wal;
   }
 
@@ -201,8 +215,8 @@ export class Wal implements Storage {
         doomed.push(this.segments.shift()!);
       }
       if (doomed.length === 0) return;
-      for (const s of doomed) await unlink(s.path);
-      await syncDirectory(this.dir);
+      for (const s of doomed) await this.disk.unlink(s.path);
+      await syncDirectory(this.dir, this.disk);
       this.logger?.debug({ segments: doomed.map((s) => s.name) }, 'deleted compacted WAL segments');
     });
     return this.deleting;
