@@ -4,18 +4,15 @@
 // and runs the replica core (src/replica/) in it. Everything the replica does
 // is in src/replica/; this file owns only what touches the machine.
 
-import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { NodeApi } from '../admin/api.ts';
 import { limits } from '../limits.ts';
 import { XDeviceError } from '../errors.ts';
-import { Wal, type WalOptions } from '../wal/wal.ts';
-import { BlockStore } from '../device/block-store.ts';
-import { readCheckpoint, readNodeIdentity, writeNodeIdentity } from '../device/checkpoint.ts';
-import { finishInstall, installStagedFiles, pendingInstall } from '../device/snapshot-staging.ts';
+import type { Wal, WalOptions } from '../wal/wal.ts';
+import type { BlockStore } from '../device/block-store.ts';
 import { Replica, type ReplicaOptions } from '../replica/replica.ts';
 import type { ReplicatedDeviceTable } from '../replica/device.ts';
-import { foundCluster } from '../replica/found.ts';
+import { openReplicaState } from '../replica/open.ts';
 import { ReplicaView } from '../replica/view.ts';
 import type { Tuning } from '../replica/housekeeping.ts';
 import { checkDeviceFiles, checkStartState, lockDataDir, type DataDirLock } from './data-dir.ts';
@@ -69,8 +66,6 @@ export function tuningFromEnv(env: NodeJS.ProcessEnv = process.env): NodeConfig[
   if (retain !== undefined) tuning.walRetainEntriesMax = retain;
   return tuning;
 }
-
-const WAL_DIR = 'wal';
 
 export class ClusterNode {
   readonly replica: Replica;
@@ -139,50 +134,19 @@ export class ClusterNode {
 
   private static async open(config: NodeConfig, lock: DataDirLock): Promise<ClusterNode> {
     const { dataDir, nodeId, logger } = config;
-    const identity = await readNodeIdentity(dataDir);
-    if (identity && identity.nodeId !== nodeId) {
-      throw new NodeError('XDEVICE_ERR_CONFIG', `${dataDir} belongs to node ${identity.nodeId}, not ${nodeId}`);
-    }
-
-    // A snapshot install interrupted by a crash is finished first (see snapshot-staging.ts).
-    const interrupted = await pendingInstall(dataDir);
-    if (interrupted) {
-      logger.warn({ index: interrupted.index }, 'finishing an interrupted snapshot install');
-      await installStagedFiles(dataDir);
-    }
-    const wal = await Wal.open(join(dataDir, WAL_DIR), { logger: logger.child({ component: 'wal' }), ...config.wal });
+    const initialPeers = { ...config.peers };
+    if (config.peerListen && !initialPeers[nodeId]) initialPeers[nodeId] = `${config.peerListen.host}:${config.peerListen.port}`;
+    const { wal, store, founded } = await openReplicaState({
+      dataDir,
+      nodeId,
+      peers: initialPeers,
+      join: config.join ?? false,
+      logger,
+      ...(config.wal ? { wal: config.wal } : {}),
+      checkStart: checkStartState,
+      checkFiles: checkDeviceFiles,
+    });
     try {
-      if (interrupted) {
-        if (wal.snapshotMetadata().index < interrupted.index) await wal.applySnapshot(interrupted);
-        await finishInstall(dataDir);
-      }
-      const checkpoint = await readCheckpoint(dataDir);
-      checkStartState({
-        dataDir,
-        identity,
-        checkpointIndex: checkpoint?.appliedIndex,
-        wal: { lastIndex: wal.lastIndex(), snapshotIndex: wal.snapshotMetadata().index, term: wal.hardState().term, confState: wal.snapshotMetadata().confState },
-      });
-      if (checkpoint) {
-        const lo = Math.max(checkpoint.appliedIndex + 1, wal.firstIndex());
-        checkDeviceFiles(dataDir, checkpoint.devices, lo <= wal.lastIndex() ? wal.entries(lo, wal.lastIndex() + 1, Number.MAX_SAFE_INTEGER) : []);
-      }
-      const store = await BlockStore.open(dataDir, logger.child({ component: 'store' }));
-      const fresh = wal.lastIndex() === 0 && wal.snapshotMetadata().index === 0 && wal.hardState().term === 0;
-      const initialPeers = { ...config.peers };
-      if (config.peerListen && !initialPeers[nodeId]) initialPeers[nodeId] = `${config.peerListen.host}:${config.peerListen.port}`;
-      let bootstrapped = false;
-      // node.id is written last: without it, a founder's bootstrap did not
-      // finish (or never began) and is done (again) now.
-      if (!identity && !config.join) {
-        if (Object.keys(initialPeers).length > 0 && !initialPeers[nodeId]) throw new NodeError('XDEVICE_ERR_CONFIG', `--peers does not list this node (${nodeId})`);
-        const clusterId = await foundCluster(wal, store, initialPeers, nodeId);
-        await writeNodeIdentity(dataDir, { clusterId, nodeId });
-        bootstrapped = true;
-        logger.info({ clusterId, voters: Object.keys(initialPeers).length > 0 ? Object.keys(initialPeers) : [nodeId] }, 'bootstrapped a new cluster');
-      } else if (fresh && !identity) {
-        await writeNodeIdentity(dataDir, { clusterId: '', nodeId });
-      }
       // Addresses given on the command line win over those remembered (an operator moved a peer).
       const peers: Record<string, string> = { ...store.memberAddresses(), ...initialPeers };
       const transport = new Transport({
@@ -195,7 +159,7 @@ export class ClusterNode {
       });
       const space = new SpaceMonitor(dataDir, config.spaceReserveBytes ?? limits.spaceReserveBytes);
       const node = new ClusterNode(config, wal, store, transport, space, lock);
-      await node.run(bootstrapped);
+      await node.run(founded);
       return node;
     } catch (err) {
       await wal.close().catch(() => undefined);

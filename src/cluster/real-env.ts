@@ -2,15 +2,14 @@
 // timers, the peer transport's sockets, statfs, and the snapshot files in the
 // data directory. Only the production runtime builds these.
 
-import { open } from 'node:fs/promises';
 import type { Message } from '../raft/types.ts';
 import type { Clock, Host, PeerTransport, SnapshotFile, SnapshotFrame } from '../replica/env.ts';
-import { fileExtents } from '../device/fiemap.ts';
+import type { DiskFile, DiskIo } from '../disk/disk-io.ts';
+import { nativeDisk } from '../disk/native-disk.ts';
 import { writeNodeIdentity } from '../device/checkpoint.ts';
 import { finishInstall, installStagedFiles, SnapshotStaging } from '../device/snapshot-staging.ts';
 import { encodeRemoved, encodeSnapBegin, encodeSnapChunk, encodeSnapEnd, encodeSnapResult, FrameKind, type Frame } from './codec.ts';
 import { probeFileSize } from './file-size-probe.ts';
-import type { SpaceMonitor } from './space.ts';
 import type { Transport } from './transport.ts';
 
 export const realClock: Clock = {
@@ -74,35 +73,40 @@ export function snapshotFrameOf(f: Frame): SnapshotFrame | undefined {
   }
 }
 
-export function realHost(dataDir: string, nodeId: string, space: SpaceMonitor): Host {
+export function realHost(dataDir: string, nodeId: string, space: Host['space'], disk: DiskIo = nativeDisk): Host {
   return {
     space,
     probeFileSize: (size) => probeFileSize(dataDir, size),
-    snapshots: {
-      beginStaging: (snapshotId, from, metadata, state) => SnapshotStaging.begin(dataDir, snapshotId, from, metadata, state),
-      installFiles: () => installStagedFiles(dataDir),
-      finishInstall: () => finishInstall(dataDir),
-      recordClusterId: (clusterId) => writeNodeIdentity(dataDir, { clusterId, nodeId }),
-      openForSend: async (path): Promise<SnapshotFile | undefined> => {
-        const h = await open(path, 'r').catch(() => undefined);
-        if (!h) return undefined;
-        return {
-          dataRanges: (size) => dataRanges(h.fd, size),
-          read: async (buf, offset) => (await h.read(buf, 0, buf.length, offset)).bytesRead,
-          close: () => h.close(),
-        };
-      },
+    snapshots: diskSnapshots(dataDir, nodeId, disk),
+  };
+}
+
+/** Snapshot files in the data directory, on any DiskIo (the simulator passes its simulated disk). */
+export function diskSnapshots(dataDir: string, nodeId: string, disk: DiskIo): Host['snapshots'] {
+  return {
+    beginStaging: (snapshotId, from, metadata, state) => SnapshotStaging.begin(dataDir, snapshotId, from, metadata, state, disk),
+    installFiles: () => installStagedFiles(dataDir, disk),
+    finishInstall: () => finishInstall(dataDir, disk),
+    recordClusterId: (clusterId) => writeNodeIdentity(dataDir, { clusterId, nodeId }, disk),
+    openForSend: async (path): Promise<SnapshotFile | undefined> => {
+      const f = await disk.openFile(path, { readOnly: true }).catch(() => undefined);
+      if (!f) return undefined;
+      return {
+        dataRanges: (size) => dataRanges(disk, f, size),
+        read: (buf, offset) => disk.pread(f, buf, offset),
+        close: () => disk.closeFile(f),
+      };
     },
   };
 }
 
-/** Ranges of [0, size) that may hold data; the whole file where FIEMAP is unavailable. */
-function dataRanges(fd: number, size: number): { offset: number; end: number }[] {
+/** Ranges of [0, size) that may hold data; the whole file where the allocation map is unavailable. */
+function dataRanges(disk: DiskIo, f: DiskFile, size: number): { offset: number; end: number }[] {
   const out: { offset: number; end: number }[] = [];
   try {
     let at = 0;
     while (at < size) {
-      const extents = fileExtents(fd, at, size - at);
+      const extents = disk.extents(f, at, size - at);
       if (extents.length === 0) break;
       for (const e of extents) {
         // flags & 1: a hole; & 2: reads as zeroes (unwritten).
