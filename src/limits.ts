@@ -68,6 +68,13 @@ const limitValues = {
    * link, never a value that reaches Raft or the WAL.
    */
   raftTermMax: 2 ** 48,
+  /**
+   * How far above this node's term a peer outside the configuration may lead
+   * it (the leaderless and joining exceptions of src/replica/peer-input.ts).
+   * A stranger's term near raftTermMax would otherwise spread through the
+   * cluster and leave no term to elect a leader in (found by the simulator).
+   */
+  peerTermJumpMax: 2 ** 32,
   raftIndexMax: 2 ** 48,
   /** Pending ReadIndex requests. */
   raftReadIndexPendingMax: 4096,
@@ -182,6 +189,7 @@ export function validateLimits(l: Limits = limits): void {
   if (l.nbdInFlightBytesMax < l.requestBytesMax) fail('nbdInFlightBytesMax < requestBytesMax');
   if (l.nbdInFlightBytesTotalMax < l.nbdInFlightBytesMax) fail('nbdInFlightBytesTotalMax < nbdInFlightBytesMax');
   if (l.raftUncommittedBytesMax < l.requestBytesMax) fail('raftUncommittedBytesMax < requestBytesMax');
+  if (l.peerTermJumpMax * 1024 > l.raftTermMax) fail('peerTermJumpMax leaves too few jumps below raftTermMax');
   if (l.raftTermMax * 16 > Number.MAX_SAFE_INTEGER || l.raftIndexMax * 16 > Number.MAX_SAFE_INTEGER) fail('raftTermMax/raftIndexMax too close to 2^53');
   if (l.peerHandshakeFrameBytesMax < 1024 - 1 || l.peerHandshakeFrameBytesMax > 4 * KiB) fail('peerHandshakeFrameBytesMax must fit a Hello (3 ids) and stay small');
   if (l.peerLinkLiveMs < l.peerPingIntervalMs * 2) fail('peerLinkLiveMs < 2 ping intervals');

@@ -17,6 +17,10 @@
 //     by a change it has not applied. A healthy cluster never waits that long,
 //     so a stranger's leader messages are dropped there. Once followed, that
 //     leader is heard until a newer term replaces it.
+//   - Neither exception lets a peer outside the configuration raise this
+//     node's term by more than peerTermJumpMax: a stranger's term near
+//     raftTermMax would spread through the cluster and leave no term to
+//     elect a leader in.
 
 import { limits } from '../limits.ts';
 import { LOCAL_MESSAGE_TYPES, MessageType, type Message } from '../raft/types.ts';
@@ -71,6 +75,7 @@ export function isLeaderMessage(m: Message): boolean {
  */
 export function admitPeerMessage(m: Message, isMember: (id: string) => boolean, configured: boolean, receiver?: ReceiverState): boolean {
   if (isMember(m.from)) return true;
+  if (receiver !== undefined && m.term > receiver.term + limits.peerTermJumpMax) return false;
   // The leader this node already follows, at its term or later: it may be
   // outside the configuration (added by a change not applied here yet, or
   // leading on after removing itself).

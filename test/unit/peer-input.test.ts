@@ -36,4 +36,10 @@ t.test('only members reach Raft; a joining node takes only a leader\'s catch-up'
   t.notOk(admitPeerMessage(message({ type: MessageType.Heartbeat, from: 'n9', to: 'n1', term: 9 }), members, follower), 'a stranger while the leader is heard');
   t.ok(admitPeerMessage(message({ type: MessageType.Heartbeat, from: 'n9', to: 'n1', term: 9 }), members, { ...follower, leaderlessLong: true }), 'a leader outside the configuration after a long silence');
   t.notOk(admitPeerMessage(message({ type: MessageType.Vote, from: 'n9', to: 'n1', term: 9 }), members, { ...follower, leaderlessLong: true }), 'but never a stranger\'s vote');
+  // Found by the simulator on the real replica (seed 11): a stranger's term at
+  // raftTermMax spread through the cluster and left no term to elect a leader in.
+  const far = follower.term + limits.peerTermJumpMax + 1;
+  t.notOk(admitPeerMessage(message({ type: MessageType.Heartbeat, from: 'n9', to: 'n1', term: far }), members, { ...follower, leaderlessLong: true }), 'nor a stranger far ahead in terms');
+  t.notOk(admitPeerMessage(message({ type: MessageType.App, from: 'n9', to: 'n1', term: limits.peerTermJumpMax + 1 }), new Set(), { term: 0, lead: '', leaderlessLong: true }), 'a joining node is not led far ahead either');
+  t.ok(admitPeerMessage(message({ type: MessageType.App, from: 'n9', to: 'n1', term: 12_345 }), new Set(), { term: 0, lead: '', leaderlessLong: true }), 'a joining node follows a real leader');
 });
