@@ -43,7 +43,7 @@ async function run(entry: readonly string[], extra: string[], untilReady = false
     await waitFor('the ready line on stdout', async () => out.includes('{"ready":true'), 10_000);
     child.kill('SIGKILL');
   }
-  const code = await Promise.race([exited, new Promise<null>((r) => setTimeout(() => r(null), 60_000))]);
+  const code = await Promise.race([exited, new Promise<null>((r) => setTimeout(() => r(null), 60_000).unref())]);
   if (code === null && child.exitCode === null) child.kill('SIGKILL');
   return { code, out };
 }
