@@ -1,9 +1,12 @@
-// The node's configuration: one schema, three sources.
+// A node's configuration: the one type (NodeConfig), one schema, three
+// sources, read by xdevice-node's one entry (./main.ts) and nowhere else.
 //
 // Precedence (highest first): command-line flags, XDEVICE_<KEY> environment
 // variables, the --config file, the embedded defaults. Every key has the same
 // name in all three places (`--data-dir`, `XDEVICE_DATA_DIR`, `data-dir = …`).
-// Unknown keys and bad values are rejected with a message naming the key.
+// Unknown keys and bad values are rejected with a ConfigError naming the key
+// (exit 2). The values themselves are read by the one parser of their kind
+// (src/parse.ts), which the admin API and xdevice-cli share.
 
 import { readFileSync } from 'node:fs';
 import yargs from 'yargs';

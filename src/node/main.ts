@@ -78,6 +78,8 @@ function superviseRuntime(node: RunningNode, logger: Logger): void {
       logger.flush();
       process.exit(NODE_EXIT.failed);
     });
+    // It must not keep serving: if stopping hangs on what failed, leave anyway.
+    setTimeout(() => process.exit(NODE_EXIT.failed), 15_000).unref();
   });
 
   node.runtime.onRemoved((why) => {
