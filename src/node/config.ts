@@ -51,6 +51,8 @@ export interface NodeConfig {
   logFormat: LogFormat;
   /** Bytes kept free on the data filesystem; writes get ENOSPC below it. */
   spaceReserve: number;
+  /** Print {"ready":true,...} on stdout once serving (off: stdout carries log records only). */
+  readyLine: boolean;
 }
 
 type Kind = 'string' | 'hostport' | 'devices' | 'peers' | 'boolean' | 'size' | { oneOf: readonly string[] };
@@ -91,6 +93,7 @@ export const CONFIG_KEYS: readonly KeySpec[] = [
   { key: 'log-level', field: 'logLevel', kind: { oneOf: LOG_LEVELS }, default: 'info', describe: 'trace, debug, info, warn, error, fatal', reloadable: true },
   { key: 'space-reserve', field: 'spaceReserve', kind: 'size', default: formatSize(limits.spaceReserveBytes), describe: 'free space kept on the data filesystem: below it writes get ENOSPC before they are proposed' },
   { key: 'log-format', field: 'logFormat', kind: { oneOf: ['auto', 'json', 'pretty'] }, default: 'auto', describe: 'auto: pretty on a terminal, JSON otherwise' },
+  { key: 'ready-line', field: 'readyLine', kind: 'boolean', default: 'false', describe: 'once serving, print one JSON line {"ready":true,"nodeId","nbd","admin","peer"} on stdout (for launchers without a systemd notify socket)' },
 ];
 
 function parseValue(spec: KeySpec, raw: string | string[]): unknown {

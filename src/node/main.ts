@@ -5,7 +5,9 @@
 // as it stands (tests, benchmarks).
 //
 // Once serving it tells systemd (READY=1, then WATCHDOG=1 pings when asked)
-// and prints one JSON line on stdout: {"ready":true,"nodeId","nbd","admin","peer"}.
+// and, with --ready-line, prints one JSON line on stdout for launchers
+// without a notify socket: {"ready":true,"nodeId","nbd","admin","peer"}
+// (off by default: the journal and log shippers read stdout as log records).
 //
 // Signals: SIGTERM/SIGINT stop accepting, finish in-flight requests,
 // checkpoint and exit 0; SIGHUP reloads what can change without a restart
@@ -53,7 +55,7 @@ export async function main(argv = hideBin(process.argv)): Promise<void> {
   }
 
   sdNotify(`READY=1\nSTATUS=serving NBD on ${node.nbdAddress}, admin on ${node.adminAddress}\nMAINPID=${process.pid}`);
-  process.stdout.write(JSON.stringify({ ready: true, nodeId: node.config.nodeId, nbd: node.nbdAddress, admin: node.adminAddress, peer: node.peerAddress }) + '\n');
+  if (node.config.readyLine) process.stdout.write(JSON.stringify({ ready: true, nodeId: node.config.nodeId, nbd: node.nbdAddress, admin: node.adminAddress, peer: node.peerAddress }) + '\n');
   const watchdog = startWatchdog();
   superviseRuntime(node, logger);
   handleSignals(node, logger, argv, watchdog);

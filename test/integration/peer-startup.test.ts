@@ -2,8 +2,8 @@
 // the installed binary (bin/xdevice-node.js → dist/node/main.js) and as the
 // source the tests run (src/node/main.ts under tsx), exits 2 with a message
 // naming the keys, refuses a secret on the command line, a weak or exposed
-// secret file; --insecure-peers starts and warns; once serving it prints its
-// {"ready":true,...} line.
+// secret file; --insecure-peers starts and warns; with --ready-line, once
+// serving, it prints its {"ready":true,...} line.
 import t from 'tap';
 import { spawn } from 'node:child_process';
 import { chmodSync, writeFileSync } from 'node:fs';
@@ -40,7 +40,7 @@ async function run(entry: readonly string[], extra: string[], untilReady = false
       if (code !== undefined) throw new Error(`exited ${code}: ${out}`);
       return (await httpGet(admin!, '/status').catch(() => ({ status: 0 }))).status === 200;
     }, 60_000);
-    await waitFor('the ready line on stdout', async () => out.includes('{"ready":true'), 10_000);
+    if (extra.includes('--ready-line')) await waitFor('the ready line on stdout', async () => out.includes('{"ready":true'), 10_000);
     child.kill('SIGKILL');
   }
   const code = await Promise.race([exited, new Promise<null>((r) => setTimeout(() => r(null), 60_000).unref())]);
@@ -77,7 +77,7 @@ for (const [name, entry] of [['xdevice-node', [NODE_BIN]], ['src/node/main.ts', 
 }
 
 t.test('xdevice-node: a good secret file starts; --insecure-peers starts and warns', async (t) => {
-  const ok = await run([NODE_BIN], [`--cluster-secret-file=${secret(randomBytes(32).toString('hex'))}`], true);
+  const ok = await run([NODE_BIN], [`--cluster-secret-file=${secret(randomBytes(32).toString('hex'))}`, '--ready-line'], true);
   t.notMatch(ok.out, /NOT authenticated/);
   const ready = JSON.parse(ok.out.split('\n').find((l) => l.startsWith('{"ready":true'))!) as Record<string, unknown>;
   t.equal(ready.nodeId, 'n1', 'the ready line names the node');
