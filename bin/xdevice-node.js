@@ -3,7 +3,7 @@
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 
-const entry = new URL('../dist/cli/node.js', import.meta.url);
+const entry = new URL('../dist/node/main.js', import.meta.url);
 if (!existsSync(fileURLToPath(entry))) {
   process.stderr.write('xdevice-node: dist/ is missing; run `npm install` (or `npm run build`) first\n');
   process.exit(2);

@@ -2,7 +2,7 @@
 // every table of it); the reusable parts live in scripts/lib/.
 //
 // npm run bench -- [--runtime 20] [--scenarios a,c,d,e,f,g] [--targets single,cluster,nbdkit]
-//                  [--pgbench] [--rounds 1] [--backend replicated|file] [--node-entry bin|cluster-main]
+//                  [--pgbench] [--rounds 1] [--backend replicated|file]
 //                  [--size 1GiB] [--dir /var/tmp] [--goal cluster-a-p50=1.5 ...] [--cpu-prof]
 //
 // The replicated device's benchmark (issue 5): fio (ioengine=nbd) against
@@ -46,6 +46,7 @@ import { breakdown, scrapeMetrics, type NodeBreakdown, type Samples } from './li
 import { beginCost, costOf, costTable, fixed, type CostWindow, type ProcessGroup } from './lib/proc-cost.ts';
 import { measureRawDisk, type RawDisk } from './lib/raw-disk.ts';
 import { freePorts, getStatus, startBenchCluster, startBenchNode, waitUntil } from './lib/xdevice-nodes.ts';
+import { parseSize } from '../src/parse.ts';
 
 const ROOT = resolve(import.meta.dirname, '..');
 const TMPFS_MAGIC = 0x01021994;
@@ -60,11 +61,6 @@ const argv = await yargs(hideBin(process.argv))
   .option('pgbench-clients', { type: 'number', default: 8 })
   .option('pgbench-scale', { type: 'number', default: 10 })
   .option('backend', { choices: ['replicated', 'file'] as const, default: 'replicated' as const, describe: 'backend of the xdevice targets' })
-  .option('node-entry', {
-    choices: ['bin', 'cluster-main'] as const,
-    default: 'bin' as const,
-    describe: 'bin: bin/xdevice-node.js; cluster-main: dist/cluster/main.js (the replicated runtime alone)',
-  })
   .option('size', { type: 'string', default: '1GiB', describe: 'bytes of the export fio touches (e.g. 1GiB, 256MiB)' })
   .option('dir', { type: 'string', default: process.env.XDEVICE_BENCH_DIR ?? '/var/tmp', describe: 'where data directories go (a real disk)' })
   .option('rounds', { type: 'number', default: 1, describe: 'repeat the matrix; each row reports its median-IOPS round' })
@@ -75,13 +71,6 @@ const argv = await yargs(hideBin(process.argv))
   .option('raw-disk', { type: 'boolean', default: true, describe: 'measure the raw disk under --dir (fio) in the same run' })
   .strict()
   .parseAsync();
-
-function parseSize(text: string): number {
-  const m = /^(\d+(?:\.\d+)?)\s*(|KiB|MiB|GiB|TiB)$/i.exec(text.trim());
-  if (!m) throw new Error(`not a size: ${text}`);
-  const unit = { '': 1, kib: 1024, mib: 1024 ** 2, gib: 1024 ** 3, tib: 1024 ** 4 }[m[2]!.toLowerCase()]!;
-  return Math.round(Number(m[1]) * unit);
-}
 
 const SIZE_BYTES = parseSize(argv.size);
 const PG_DEVICE_BYTES = 2 * 1024 ** 3;
@@ -221,7 +210,7 @@ async function startSingle(): Promise<System> {
   const node = await startBenchNode(ROOT, {
     id: 'node1',
     dataDir: join(runDir, 'single'),
-    entry: argv['node-entry'],
+    entry: 'bin',
     backend: argv.backend,
     devices,
     nbdPort: nbdPort!,
@@ -256,7 +245,7 @@ async function startSingle(): Promise<System> {
 }
 
 async function startCluster(): Promise<System> {
-  const cluster = await startBenchCluster(ROOT, { size: 3, dataDir: join(runDir, 'cluster'), entry: argv['node-entry'], devices, nodeArgs: (id) => nodeArgs(`cluster-${id}`) });
+  const cluster = await startBenchCluster(ROOT, { size: 3, dataDir: join(runDir, 'cluster'), entry: 'bin', devices, nodeArgs: (id) => nodeArgs(`cluster-${id}`) });
   try {
     const leader = await cluster.leader(60_000);
     const uris = cluster.nodes.map((n) => `nbd://127.0.0.1:${n.spec.nbdPort}/bench`);
@@ -342,7 +331,7 @@ function buildDist(): void {
   // fail the type check while still emitting, so a failure only warns.
   const r = spawnSync(join(ROOT, 'node_modules/.bin/tsc'), ['-p', 'tsconfig.build.json'], { cwd: ROOT, encoding: 'utf8' });
   if (r.status !== 0) process.stderr.write(`warning: tsc -p tsconfig.build.json reported errors; running the dist/ it emitted\n${r.stdout.slice(0, 3000)}\n`);
-  if (!existsSync(join(ROOT, 'dist/cli/node.js'))) throw new Error('dist/cli/node.js is missing after the build');
+  if (!existsSync(join(ROOT, 'dist/node/main.js'))) throw new Error('dist/node/main.js is missing after the build');
 }
 
 const wantedScenarios = new Set(argv.scenarios.split(',').map((s) => s.trim()));
@@ -451,7 +440,6 @@ const targetOrderRows = ['nbdkit-file', 'single', 'cluster', 'cluster-spread'];
 let failed: unknown;
 try {
   if (argv.build && targetOrder.some((t) => t !== 'nbdkit')) buildDist();
-  if (argv['node-entry'] === 'cluster-main' && argv.backend !== 'replicated') throw new Error('--node-entry cluster-main runs the replicated backend only');
   await runAll();
 } catch (err) {
   failed = err;
@@ -476,7 +464,7 @@ for (const row of results.rows) {
 }
 
 const header = [
-  `XDevice benchmark ${stamp}: ${RUNTIME} s per job, ${argv.size} export, backend ${argv.backend} (${argv['node-entry']}), data on ${runDir}`,
+  `XDevice benchmark ${stamp}: ${RUNTIME} s per job, ${argv.size} export, backend ${argv.backend}, data on ${runDir}`,
   `host: ${spawnSync('uname', ['-r'], { encoding: 'utf8' }).stdout.trim()}, ${(await import('node:os')).cpus().length} CPUs, fio ${execFileSync('fio', ['--version'], { encoding: 'utf8' }).trim()}`,
 ].join('\n');
 console.log(header);

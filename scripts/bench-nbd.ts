@@ -14,18 +14,19 @@ import { hideBin } from 'yargs/helpers';
 import { formatTable, NBD_SCENARIOS, runFio, type ResultRow } from './lib/fio.ts';
 import { startNbdkit, startNbdkitFile } from './lib/nbdkit.ts';
 import { startNbdServer } from '../test/integration/helpers/nbd-server.ts';
+import { parseSize } from '../src/parse.ts';
 
 
 const argv = await yargs(hideBin(process.argv))
   .option('runtime', { type: 'number', default: 10, describe: 'seconds per fio job' })
   .option('scenarios', { type: 'string', default: NBD_SCENARIOS.map((s) => s.id).join(',') })
   .option('targets', { type: 'string', default: 'memory,file' })
-  .option('size', { type: 'string', default: '1GiB', describe: 'export size' })
+  .option('size', { type: 'string', default: '1GiB', describe: 'export size (e.g. 1GiB, 256MiB)' })
   .option('json', { type: 'boolean', default: false, describe: 'also print the rows as JSON' })
   .strict()
   .parseAsync();
 
-const SIZE_BYTES = 1024 ** 3 * (argv.size === '1GiB' ? 1 : Number.parseFloat(argv.size) || 1);
+const SIZE_BYTES = parseSize(argv.size);
 
 const children: ChildProcess[] = [];
 function stopAll(): void {

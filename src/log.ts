@@ -5,9 +5,10 @@
 // — a level name, not pino's number, and an ISO 8601 UTC time, not epoch ms.
 
 import { pino, type Logger, type LoggerOptions } from 'pino';
-import type { LogFormat } from './cli/config.ts';
-
 export type { Logger };
+
+/** auto: pretty on a terminal, JSON otherwise (the log-format key of xdevice-node). */
+export type LogFormat = 'auto' | 'json' | 'pretty';
 
 /** The options of a JSON logger (exported for tests that capture lines). */
 export function jsonLoggerOptions(level: string, name: string): LoggerOptions {

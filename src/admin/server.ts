@@ -17,7 +17,7 @@ import type { Registry } from 'prom-client';
 import type { Logger } from 'pino';
 import type { DeviceInfo, NodeApi } from './api.ts';
 import { XDeviceError } from '../errors.ts';
-import { parseDeviceName, parseDeviceSize, parsePeers } from '../cli/config.ts';
+import { parseDeviceName, parseDeviceSize, parseNodeId, parsePeers } from '../parse.ts';
 import { STATUS_PAGE_HTML, type EventLog } from './status-page.ts';
 
 const BODY_BYTES_MAX = 64 * 1024;
@@ -327,8 +327,7 @@ function flag(v: string | null, key: string): boolean {
 }
 
 function nodeId(id: string): string {
-  badRequest(() => parsePeers(`${id}=127.0.0.1:1`));
-  return id;
+  return badRequest(() => parseNodeId(id));
 }
 
 /** Runs a configuration parser; its complaint becomes a 400. */

@@ -5,6 +5,7 @@
 import { request } from 'node:http';
 import { XDeviceError } from '../errors.ts';
 import type { Member, NodeStatus } from '../admin/api.ts';
+import { parseHostPort, type HostPort } from '../parse.ts';
 
 export class AdminClientError extends XDeviceError {
   constructor(
@@ -33,13 +34,13 @@ export class AdminClient {
 
   /** One HTTP request to one endpoint; JSON in and out. */
   async call<T = unknown>(endpoint: string, method: string, path: string, body?: unknown): Promise<AdminResponse<T>> {
-    const [host, portText] = splitHostPort(endpoint);
+    const { host, port } = endpointAddress(endpoint);
     const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
     return await new Promise<AdminResponse<T>>((resolve, reject) => {
       const req = request(
         {
           host,
-          port: Number(portText),
+          port,
           method,
           path,
           timeout: this.timeoutMs,
@@ -158,9 +159,11 @@ export class AdminClient {
   }
 }
 
-function splitHostPort(endpoint: string): [string, string] {
-  const cleaned = endpoint.replace(/^https?:\/\//, '').replace(/\/$/, '');
-  const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d+)$/.exec(cleaned);
-  if (!m) throw new AdminClientError('XDEVICE_ERR_CONFIG', `endpoint is not HOST:PORT: "${endpoint}"`);
-  return [m[1] ?? m[2]!, m[3]!];
+/** An endpoint as HOST:PORT (a leading http:// and a trailing / are allowed), by the one HOST:PORT parser. */
+function endpointAddress(endpoint: string): HostPort {
+  try {
+    return parseHostPort(endpoint.replace(/^https?:\/\//, '').replace(/\/$/, ''));
+  } catch (err) {
+    throw new AdminClientError('XDEVICE_ERR_CONFIG', `endpoint: ${(err as Error).message}`);
+  }
 }

@@ -10,7 +10,7 @@ import { existsSync } from 'node:fs';
 import yargs, { type Argv } from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { AdminClient, AdminClientError } from './admin-client.ts';
-import { formatSize, parseDeviceName, parseDeviceSize, parseHostPort, parsePeers } from './config.ts';
+import { formatSize, parseDeviceName, parseDeviceSize, parseHostPort, parseNodeId, parsePeers } from '../parse.ts';
 import { ProgressBar, renderTable, type OutputFormat } from './output.ts';
 import { VERSION } from '../version.ts';
 import type { DeviceInfo, HealthReport, Member, NodeStatus } from '../admin/api.ts';
@@ -224,7 +224,7 @@ export function buildCli(args: string[]): Argv<GlobalArgs> {
       async (argv) => {
         if (argv.action === 'promote') {
           if (!argv.id) usage('members promote: say which learner (members promote ID)');
-          const id = arg('ID', () => Object.keys(parsePeers(`${argv.id}=127.0.0.1:1`))[0]!);
+          const id = arg('ID', () => parseNodeId(String(argv.id)));
           const { body } = await client(argv).change<{ members: Member[] }>('POST', `/members/${encodeURIComponent(id)}/promote`);
           print(argv, body, () => membersTable(body.members));
           return;
@@ -268,7 +268,7 @@ export function buildCli(args: string[]): Argv<GlobalArgs> {
       'remove a node from the cluster',
       (y) => y.option('id', { type: 'string', demandOption: true }),
       async (argv) => {
-        arg('--id', () => parsePeers(`${argv.id}=127.0.0.1:1`));
+        arg('--id', () => parseNodeId(String(argv.id)));
         const { body } = await client(argv).change<{ members: Member[] }>('DELETE', `/members/${encodeURIComponent(argv.id)}`);
         print(argv, body, () => membersTable(body.members));
       },

@@ -23,7 +23,7 @@ import { NbdClient } from '../nbd/client.ts';
 import { NbdError } from '../nbd/constants.ts';
 import { NbdConnectionClosedError, NbdRemoteError, nbdErrorName } from '../nbd/errors.ts';
 import type { ClientTlsOptions } from '../nbd/tls.ts';
-import { parseHostPort } from '../cli/config.ts';
+import { parseHostPort } from '../parse.ts';
 
 export interface OpenDeviceOptions {
   /** NBD addresses (HOST:PORT) of the cluster's members; tried in order, then round robin. */

@@ -21,6 +21,7 @@ import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { Message } from '../raft/types.ts';
 import { limits } from '../limits.ts';
+import { parseHostPort } from '../parse.ts';
 import { certificateNames, type PeerAuth } from './peer-auth.ts';
 import { FrameOpener, FrameSealer, handshakeMac, macEqual, sessionKey } from './peer-crypto.ts';
 import { InboundLinks } from './peer-inbound.ts';
@@ -77,14 +78,6 @@ export interface TransportEvents {
 }
 
 type LinkState = 'idle' | 'connecting' | 'ready' | 'backoff' | 'closed';
-
-function parseHostPort(address: string): { host: string; port: number } {
-  const i = address.lastIndexOf(':');
-  const host = address.slice(0, i).replace(/^\[(.*)\]$/, '$1');
-  const port = Number(address.slice(i + 1));
-  if (i <= 0 || !Number.isInteger(port) || port <= 0 || port > 65535) throw new Error(`bad peer address ${address}`);
-  return { host, port };
-}
 
 /** One outbound link: dial, authenticate, write, reconnect with backoff. */
 class PeerLink {

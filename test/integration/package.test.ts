@@ -9,7 +9,7 @@ import { existsSync, mkdirSync, readFileSync, readdirSync, symlinkSync, writeFil
 import { join } from 'node:path';
 import { ROOT, httpGet, tempDir, waitFor } from './helpers/node-process.ts';
 import { freePorts } from './helpers/ports.ts';
-import { CONFIG_KEYS } from '../../src/cli/config.ts';
+import { CONFIG_KEYS } from '../../src/node/config.ts';
 
 const VERSION = (JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string }).version;
 // PATH without the checkout's node_modules/.bin: the installed tools must stand alone.
@@ -33,7 +33,7 @@ t.test('npm pack → npm install -g gives working xdevice-node and xdevice-cli',
   const tarball = readdirSync(work).find((f) => f.endsWith('.tgz'));
   t.ok(tarball, 'a tarball was written');
   const listing = run('tar', ['tzf', join(work, tarball!)]).stdout.split('\n');
-  for (const want of ['package/dist/cli/node.js', 'package/dist/cli/cli.js', 'package/dist/index.js', 'package/dist/index.d.ts', 'package/examples/database-wal.ts', 'package/monitoring/xdevice-alerts.yml', 'package/monitoring/grafana-dashboard.json', 'package/binding.gyp', 'package/native/addon.cc', 'package/systemd/xdevice-node@.service']) {
+  for (const want of ['package/dist/node/main.js', 'package/dist/cli/cli.js', 'package/dist/index.js', 'package/dist/index.d.ts', 'package/examples/database-wal.ts', 'package/monitoring/xdevice-alerts.yml', 'package/monitoring/grafana-dashboard.json', 'package/binding.gyp', 'package/native/addon.cc', 'package/systemd/xdevice-node@.service']) {
     t.ok(listing.includes(want), `tarball ships ${want}`);
   }
   t.notOk(listing.some((f) => f.startsWith('package/test/') || f.startsWith('package/src/')), 'tests and sources stay out of the tarball');

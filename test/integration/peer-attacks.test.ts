@@ -195,7 +195,7 @@ t.test('a stranger and a bad frame can neither write, reconfigure nor stop the c
     const term0 = (await c.status(leader)).term;
     const child = spawn(
       process.execPath,
-      ['--import=tsx', join(ROOT, 'src/cluster/main.ts'), '--node-id', twin, '--data-dir', join(c.baseDir, 'twin'), '--nbd-listen', `127.0.0.1:${nbd}`, '--admin-listen', `127.0.0.1:${adm}`,
+      ['--import=tsx', join(ROOT, 'src/node/main.ts'), '--node-id', twin, '--data-dir', join(c.baseDir, 'twin'), '--nbd-listen', `127.0.0.1:${nbd}`, '--admin-listen', `127.0.0.1:${adm}`,
         '--peer-listen', `127.0.0.1:${peer}`, '--peers', peers, '--device', 'default:16MiB', `--cluster-secret-file=${clusterSecretFile()}`],
       { cwd: ROOT, stdio: ['ignore', 'ignore', 'ignore'] },
     );

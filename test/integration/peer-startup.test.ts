@@ -1,7 +1,9 @@
-// A node with peers starts only with authenticated peers: the real binaries
-// (bin/xdevice-node.js and the cluster runtime's own entry) exit 2 with a
-// message naming the keys, refuse a secret on the command line, a weak or
-// exposed secret file; --insecure-peers starts and warns.
+// A node with peers starts only with authenticated peers: the one entry, as
+// the installed binary (bin/xdevice-node.js → dist/node/main.js) and as the
+// source the tests run (src/node/main.ts under tsx), exits 2 with a message
+// naming the keys, refuses a secret on the command line, a weak or exposed
+// secret file; --insecure-peers starts and warns; with --ready-line, once
+// serving, it prints its {"ready":true,...} line.
 import t from 'tap';
 import { spawn } from 'node:child_process';
 import { chmodSync, writeFileSync } from 'node:fs';
@@ -10,13 +12,13 @@ import { join } from 'node:path';
 import { ROOT, NODE_BIN, tempDir, waitFor, httpGet } from './helpers/node-process.ts';
 import { freePorts } from './helpers/ports.ts';
 
-const CLUSTER_MAIN = join(ROOT, 'dist/cluster/main.js');
+const FROM_SOURCE = ['--import=tsx', join(ROOT, 'src/node/main.ts')] as const;
 
-async function run(entry: string, extra: string[], untilReady = false): Promise<{ code: number | null; out: string }> {
+async function run(entry: readonly string[], extra: string[], untilReady = false): Promise<{ code: number | null; out: string }> {
   const [nbd, admin, peer, p2] = await freePorts(4);
   const dir = tempDir('peer-startup');
   const args = [
-    entry,
+    ...entry,
     '--node-id=n1',
     `--data-dir=${join(dir, 'd')}`,
     `--nbd-listen=127.0.0.1:${nbd}`,
@@ -38,9 +40,10 @@ async function run(entry: string, extra: string[], untilReady = false): Promise<
       if (code !== undefined) throw new Error(`exited ${code}: ${out}`);
       return (await httpGet(admin!, '/status').catch(() => ({ status: 0 }))).status === 200;
     }, 60_000);
+    if (extra.includes('--ready-line')) await waitFor('the ready line on stdout', async () => out.includes('{"ready":true'), 10_000);
     child.kill('SIGKILL');
   }
-  const code = await Promise.race([exited, new Promise<null>((r) => setTimeout(() => r(null), 60_000))]);
+  const code = await Promise.race([exited, new Promise<null>((r) => setTimeout(() => r(null), 60_000).unref())]);
   if (code === null && child.exitCode === null) child.kill('SIGKILL');
   return { code, out };
 }
@@ -52,7 +55,7 @@ function secret(text: string, mode = 0o600): string {
   return p;
 }
 
-for (const [name, entry] of [['xdevice-node', NODE_BIN], ['cluster main', CLUSTER_MAIN]] as const) {
+for (const [name, entry] of [['xdevice-node', [NODE_BIN]], ['src/node/main.ts', FROM_SOURCE]] as const) {
   t.test(`${name}: peers without authentication → exit 2 naming the keys`, async (t) => {
     const r = await run(entry, []);
     t.equal(r.code, 2, r.out);
@@ -74,8 +77,12 @@ for (const [name, entry] of [['xdevice-node', NODE_BIN], ['cluster main', CLUSTE
 }
 
 t.test('xdevice-node: a good secret file starts; --insecure-peers starts and warns', async (t) => {
-  const ok = await run(NODE_BIN, [`--cluster-secret-file=${secret(randomBytes(32).toString('hex'))}`], true);
+  const ok = await run([NODE_BIN], [`--cluster-secret-file=${secret(randomBytes(32).toString('hex'))}`, '--ready-line'], true);
   t.notMatch(ok.out, /NOT authenticated/);
-  const insecure = await run(NODE_BIN, ['--insecure-peers'], true);
+  const ready = JSON.parse(ok.out.split('\n').find((l) => l.startsWith('{"ready":true'))!) as Record<string, unknown>;
+  t.equal(ready.nodeId, 'n1', 'the ready line names the node');
+  t.match(ready.nbd, /^127\.0\.0\.1:\d+$/, 'and where it serves NBD');
+  t.match(ready.peer, /^127\.0\.0\.1:\d+$/, 'and its peer address');
+  const insecure = await run([NODE_BIN], ['--insecure-peers'], true);
   t.match(insecure.out, /insecure-peers: peer links are NOT authenticated/);
 });

@@ -34,7 +34,7 @@ t.test('peers over mutual TLS: ids bound to certificates', async (t) => {
   }
   t.notMatch(c.logs(400), /NOT authenticated/, 'no insecure link');
   // n2's certificate used by a process that says it is n3: refused at start.
-  const r = spawnSync(process.execPath, ['--import=tsx', join(ROOT, 'src/cluster/main.ts'), '--node-id=n3', `--data-dir=${join(dir, 'x')}`, '--peers=n1=127.0.0.1:1,n3=127.0.0.1:2', ...tlsArgs('n3', 'n2')], { cwd: ROOT, encoding: 'utf8', timeout: 60_000 });
+  const r = spawnSync(process.execPath, ['--import=tsx', join(ROOT, 'src/node/main.ts'), '--node-id=n3', `--data-dir=${join(dir, 'x')}`, '--peers=n1=127.0.0.1:1,n3=127.0.0.1:2', ...tlsArgs('n3', 'n2')], { cwd: ROOT, encoding: 'utf8', timeout: 60_000 });
   t.equal(r.status, 2, r.stderr);
   t.match(r.stderr, /does not name this node \(n3\)/);
 });

@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { pino } from 'pino';
 import { ClusterNode, type NodeConfig } from '../../src/cluster/node.ts';
+import { parseHostPort } from '../../src/parse.ts';
 
 const logger = pino({ level: process.env.XDEVICE_TEST_LOG ?? 'silent' });
 const MiB = 1024 * 1024;
@@ -49,11 +50,11 @@ async function harness(t: Test, ids: string[], tuning?: NodeConfig['tuning']): P
     peers,
     nodes,
     config: (id, extra) => {
-      const [host, port] = (extra?.peers?.[id] ?? peers[id])!.split(':');
+      const peerListen = parseHostPort((extra?.peers?.[id] ?? peers[id])!);
       return {
         nodeId: id,
         dataDir: join(dir, id),
-        peerListen: { host: host!, port: Number(port) },
+        peerListen,
         peers,
         peerAuth: { secret },
         devices: [{ name: 'default', size: 16 * MiB }],

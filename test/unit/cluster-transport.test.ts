@@ -6,6 +6,7 @@ import { Transport } from '../../src/cluster/transport.ts';
 import { FrameDecoder, FrameKind, decodeFrame, encodeHello, encodePing } from '../../src/cluster/codec.ts';
 import { FrameOpener, FrameSealer, handshakeMac, sessionKey } from '../../src/cluster/peer-crypto.ts';
 import { limits } from '../../src/limits.ts';
+import { parseHostPort } from '../../src/parse.ts';
 
 const logger = pino({ level: 'silent' });
 
@@ -85,8 +86,8 @@ async function pairWith(t: Test, _b: Transport, peers: { a: string; b: string })
 
 /** A raw TCP client of a listener: reads its frames, writes what a test says. */
 async function raw(address: string) {
-  const [host, port] = address.split(':');
-  const s = net.connect(Number(port), host);
+  const { host, port } = parseHostPort(address);
+  const s = net.connect(port, host);
   await new Promise((r) => s.once('connect', r));
   const d = new FrameDecoder();
   const frames: Buffer[] = [];

@@ -2,7 +2,7 @@ import t from 'tap';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { loadConfig, parseConfigFile, parseSize, parsePeers, describeConfig, ConfigError } from '../../src/cli/config.ts';
+import { loadConfig, parseConfigFile, describeConfig, ConfigError, parseFlags, readConfiguration } from '../../src/node/config.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'xdevice-config-'));
 function file(name: string, text: string): string {
@@ -65,20 +65,34 @@ t.test('unknown keys and bad values are rejected naming the key', async (t) => {
   t.throws(() => parseConfigFile('just words\n', 'x.conf'), { message: /x\.conf:1: expected "key = value"/ });
 });
 
-t.test('sizes and peers parse the ways operators write them', async (t) => {
-  t.equal(parseSize('4096'), 4096);
-  t.equal(parseSize('1GiB'), 1024 ** 3);
-  t.equal(parseSize('1G'), 1024 ** 3);
-  t.equal(parseSize('1GB'), 1000 ** 3);
-  t.equal(parseSize('1.5MiB'), 1.5 * 1024 * 1024);
-  t.throws(() => parseSize('-1'));
-  t.same(parsePeers('n1=[::1]:5,n2=localhost:6'), { n1: '[::1]:5', n2: 'localhost:6' });
-  t.throws(() => parsePeers('n1=127.0.0.1:99999'), /port out of range/);
-});
-
 t.test('the effective configuration masks secrets', async (t) => {
   const loaded = loadConfig({ flags: new Map([['admin-token', 'tok']]), env: {} });
   const described = JSON.stringify(describeConfig(loaded));
   t.notMatch(described, /"tok"/);
   t.match(described, /\*\*\*/);
+});
+
+t.test('the command line: every key as --KEY; a bad or unknown flag is a ConfigError naming it', async (t) => {
+  const { flags, configFile } = parseFlags(['--config=/etc/x.conf', '--device', 'a:1MiB', '--device=b:2MiB', '--join', '--peers=n1=127.0.0.1:1']);
+  t.equal(configFile, '/etc/x.conf');
+  t.same(flags.get('device'), ['a:1MiB', 'b:2MiB']);
+  t.equal(flags.get('join'), 'true');
+  t.notOk(flags.has('data-dir'), 'only what was given');
+  t.throws(() => parseFlags(['--nbd-lsten=127.0.0.1:1']), ConfigError, 'an unknown flag is refused as configuration (exit 2), not a crash');
+  t.throws(() => parseFlags(['--nbd-lsten=127.0.0.1:1']), { message: /nbd-lsten/ });
+  const loaded = readConfiguration(['--node-id=n7', '--admin-listen=[::1]:7000', '--backend=memory'], { XDEVICE_DATA_DIR: '/env/dir' });
+  t.equal(loaded.config.nodeId, 'n7');
+  t.same(loaded.config.adminListen, { host: '::1', port: 7000 });
+  t.equal(loaded.config.dataDir, '/env/dir');
+  t.equal(loaded.origin['data-dir'], 'env');
+  t.throws(() => readConfiguration(['--cluster-secret=abc'], {}), { message: /cluster-secret is refused/ });
+  for (const [flag, reason] of [
+    ['--space-reserve=12q', /--space-reserve: not a size/],
+    ['--peer-listen=[::1]:99999', /--peer-listen: port out of range/],
+    ['--peers=n1', /--peers: not ID=HOST:PORT/],
+    ['--node-id=-n1', /node-id: bad node id "-n1"/],
+    ['--device=bad name:1MiB', /--device: bad device name/],
+  ] as const) {
+    t.throws(() => readConfiguration([flag, '--backend=memory'], {}), { name: 'ConfigError', message: reason }, flag);
+  }
 });

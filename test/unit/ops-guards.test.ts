@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { checkDeviceFiles, checkStartState, lockDataDir } from '../../src/cluster/data-dir.ts';
 import { promotionBlocker } from '../../src/replica/promotion.ts';
 import { deviceNameProblem, deviceSizeProblem } from '../../src/device/device-rules.ts';
-import { parseDevice } from '../../src/cli/config.ts';
+import { parseDevice } from '../../src/parse.ts';
 import { limits } from '../../src/limits.ts';
 
 const emptyConf = { voters: [], learners: [], votersOutgoing: [], learnersNext: [], autoLeave: false };

@@ -6,7 +6,7 @@ import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ConfigError, loadConfig } from '../../src/cli/config.ts';
+import { ConfigError, loadConfig } from '../../src/node/config.ts';
 import { decodeSecret, loadPeerAuth, readClusterSecret } from '../../src/cluster/peer-auth.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'xdevice-peer-auth-'));

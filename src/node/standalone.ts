@@ -12,9 +12,10 @@ import { FileDevice } from '../device/file.ts';
 import { MemoryDevice } from '../device/memory.ts';
 import { XDeviceError } from '../errors.ts';
 import { limits } from '../limits.ts';
-import { formatHostPort, parseDevice, type NodeConfig } from './config.ts';
+import { formatHostPort, parseDevice } from '../parse.ts';
 import { lockDataDir } from '../cluster/data-dir.ts';
-import type { Runtime } from '../runtime.ts';
+import type { NodeConfig } from './config.ts';
+import type { Runtime } from './runtime.ts';
 
 class MutableDeviceTable implements DeviceTable {
   readonly devices = new Map<string, BlockDevice>();

@@ -1,15 +1,22 @@
-// The node's configuration: one schema, three sources.
+// A node's configuration: the one type (NodeConfig), one schema, three
+// sources, read by xdevice-node's one entry (./main.ts) and nowhere else.
 //
 // Precedence (highest first): command-line flags, XDEVICE_<KEY> environment
 // variables, the --config file, the embedded defaults. Every key has the same
 // name in all three places (`--data-dir`, `XDEVICE_DATA_DIR`, `data-dir = …`).
-// Unknown keys and bad values are rejected with a message naming the key.
+// Unknown keys and bad values are rejected with a ConfigError naming the key
+// (exit 2). The values themselves are read by the one parser of their kind
+// (src/parse.ts), which the admin API and xdevice-cli share.
 
 import { readFileSync } from 'node:fs';
+import yargs from 'yargs';
 import { XDeviceError } from '../errors.ts';
 import { limits } from '../limits.ts';
+import { VERSION } from '../version.ts';
 import { loadPeerAuth } from '../cluster/peer-auth.ts';
-import { deviceNameProblem, deviceSizeProblem } from '../device/device-rules.ts';
+import type { LogFormat } from '../log.ts';
+import type { TlsMode } from '../nbd/tls.ts';
+import { formatHostPort, formatSize, parseDevice, parseHostPort, parseNodeId, parsePeers, parseSize, type DeviceSpec, type HostPort } from '../parse.ts';
 
 export class ConfigError extends XDeviceError {
   constructor(message: string) {
@@ -17,19 +24,7 @@ export class ConfigError extends XDeviceError {
   }
 }
 
-export interface HostPort {
-  host: string;
-  port: number;
-}
-
-export interface DeviceSpec {
-  name: string;
-  size: number;
-}
-
 export type Backend = 'replicated' | 'file' | 'memory';
-export type TlsMode = 'off' | 'on' | 'require';
-export type LogFormat = 'auto' | 'json' | 'pretty';
 
 export interface NodeConfig {
   dataDir: string;
@@ -56,6 +51,8 @@ export interface NodeConfig {
   logFormat: LogFormat;
   /** Bytes kept free on the data filesystem; writes get ENOSPC below it. */
   spaceReserve: number;
+  /** Print {"ready":true,...} on stdout once serving (off: stdout carries log records only). */
+  readyLine: boolean;
 }
 
 type Kind = 'string' | 'hostport' | 'devices' | 'peers' | 'boolean' | 'size' | { oneOf: readonly string[] };
@@ -96,82 +93,8 @@ export const CONFIG_KEYS: readonly KeySpec[] = [
   { key: 'log-level', field: 'logLevel', kind: { oneOf: LOG_LEVELS }, default: 'info', describe: 'trace, debug, info, warn, error, fatal', reloadable: true },
   { key: 'space-reserve', field: 'spaceReserve', kind: 'size', default: formatSize(limits.spaceReserveBytes), describe: 'free space kept on the data filesystem: below it writes get ENOSPC before they are proposed' },
   { key: 'log-format', field: 'logFormat', kind: { oneOf: ['auto', 'json', 'pretty'] }, default: 'auto', describe: 'auto: pretty on a terminal, JSON otherwise' },
+  { key: 'ready-line', field: 'readyLine', kind: 'boolean', default: 'false', describe: 'once serving, print one JSON line {"ready":true,"nodeId","nbd","admin","peer"} on stdout (for launchers without a systemd notify socket)' },
 ];
-
-const SIZE_UNITS: Record<string, number> = {
-  '': 1, b: 1,
-  k: 1024, kb: 1000, kib: 1024,
-  m: 1024 ** 2, mb: 1000 ** 2, mib: 1024 ** 2,
-  g: 1024 ** 3, gb: 1000 ** 3, gib: 1024 ** 3,
-  t: 1024 ** 4, tb: 1000 ** 4, tib: 1024 ** 4,
-};
-
-/** "1GiB", "512M", "4096" → bytes. */
-export function parseSize(text: string): number {
-  const m = /^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$/.exec(text);
-  const unit = m ? SIZE_UNITS[m[2]!.toLowerCase()] : undefined;
-  if (!m || unit === undefined) throw new Error(`not a size: "${text}" (use e.g. 4096, 512MiB, 1GiB)`);
-  const bytes = Math.round(Number(m[1]) * unit);
-  if (!Number.isSafeInteger(bytes)) throw new Error(`size too large: "${text}"`);
-  return bytes;
-}
-
-export function formatSize(bytes: number): string {
-  for (const [unit, n] of [['TiB', 1024 ** 4], ['GiB', 1024 ** 3], ['MiB', 1024 ** 2], ['KiB', 1024]] as const) {
-    if (bytes >= n && bytes % n === 0) return `${bytes / n}${unit}`;
-  }
-  return `${bytes}`;
-}
-
-export function parseHostPort(text: string): HostPort {
-  const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d{1,5})$/.exec(text.trim());
-  if (!m) throw new Error(`not HOST:PORT: "${text}"`);
-  const port = Number(m[3]);
-  if (port > 65535) throw new Error(`port out of range: "${text}"`);
-  return { host: m[1] ?? (m[2] || '127.0.0.1'), port };
-}
-
-export function formatHostPort(hp: HostPort): string {
-  return hp.host.includes(':') ? `[${hp.host}]:${hp.port}` : `${hp.host}:${hp.port}`;
-}
-
-const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
-
-export function parseDevice(text: string): DeviceSpec {
-  const i = text.lastIndexOf(':');
-  if (i <= 0) throw new Error(`not NAME:SIZE: "${text}"`);
-  const name = parseDeviceName(text.slice(0, i).trim());
-  const size = parseDeviceSize(text.slice(i + 1));
-  return { name, size };
-}
-
-/** A device name as the configuration, the admin API and xdevice-cli accept it. */
-export function parseDeviceName(name: string): string {
-  const problem = deviceNameProblem(name);
-  if (problem) throw new Error(problem);
-  return name;
-}
-
-/** A device size: text ("64MiB", "4096") or a number of bytes, whole, in range and block-aligned. */
-export function parseDeviceSize(value: string | number): number {
-  const size = typeof value === 'number' ? value : parseSize(value);
-  const problem = deviceSizeProblem(size);
-  if (problem) throw new Error(typeof value === 'string' ? `${problem} ("${value}")` : problem);
-  return size;
-}
-
-export function parsePeers(text: string): Record<string, string> {
-  const peers: Record<string, string> = {};
-  for (const part of text.split(',').map((s) => s.trim()).filter(Boolean)) {
-    const i = part.indexOf('=');
-    if (i <= 0) throw new Error(`not ID=HOST:PORT: "${part}"`);
-    const id = part.slice(0, i);
-    if (!NAME_RE.test(id)) throw new Error(`bad node id "${id}"`);
-    if (peers[id] !== undefined) throw new Error(`node id "${id}" given twice`);
-    peers[id] = formatHostPort(parseHostPort(part.slice(i + 1)));
-  }
-  return peers;
-}
 
 function parseValue(spec: KeySpec, raw: string | string[]): unknown {
   const values = Array.isArray(raw) ? raw : [raw];
@@ -303,10 +226,21 @@ export function loadConfig(sources: ConfigSources): LoadedConfig {
 }
 
 /** Environment variables of ours that are not configuration keys (test hooks, tooling). */
-const NON_CONFIG_ENV = new Set(['XDEVICE_SEED', 'XDEVICE_TEST_JOBS', 'XDEVICE_FAULT_FILE', 'XDEVICE_CHECKPOINT_ENTRIES', 'XDEVICE_WAL_RETAIN_ENTRIES', 'XDEVICE_BIN', 'XDEVICE_TEST_BACKEND', 'XDEVICE_TEST_TMP', 'XDEVICE_NEMESIS_SECONDS', 'XDEVICE_PGBENCH_SECONDS', 'XDEVICE_CATCHUP_MIB', 'XDEVICE_FUZZ_FRAMES']);
+// The test runner's and benchmarks' own knobs are here because the test
+// launchers start every node with the runner's environment.
+const NON_CONFIG_ENV = new Set([
+  'XDEVICE_SEED', 'XDEVICE_TEST_JOBS', 'XDEVICE_FAULT_FILE', 'XDEVICE_CHECKPOINT_ENTRIES', 'XDEVICE_WAL_RETAIN_ENTRIES', 'XDEVICE_BIN',
+  'XDEVICE_TEST_BACKEND', 'XDEVICE_TEST_TMP', 'XDEVICE_TEST_LOG', 'XDEVICE_KEEP_TMP', 'XDEVICE_KEEP_TEST_DIRS', 'XDEVICE_NEMESIS_SECONDS',
+  'XDEVICE_PGBENCH_SECONDS', 'XDEVICE_CATCHUP_MIB', 'XDEVICE_FUZZ_FRAMES', 'XDEVICE_SIM_SEEDS', 'XDEVICE_SIM_FROM', 'XDEVICE_SIM_HOSTILE_SEEDS',
+  'XDEVICE_WAL_CRASH_CYCLES', 'XDEVICE_NBD_FUZZ_CONNECTIONS', 'XDEVICE_BENCH_DIR',
+]);
 
 function crossCheck(c: NodeConfig): void {
-  if (!NAME_RE.test(c.nodeId)) throw new ConfigError(`node-id: bad id "${c.nodeId}"`);
+  try {
+    parseNodeId(c.nodeId);
+  } catch (err) {
+    throw new ConfigError(`node-id: ${(err as Error).message}`);
+  }
   if (c.backend !== 'replicated' && Object.keys(c.peers).some((id) => id !== c.nodeId)) {
     throw new ConfigError(`peers: backend ${c.backend} serves one node without Raft; use --backend replicated for a cluster`);
   }
@@ -336,4 +270,81 @@ export function describeConfig(loaded: LoadedConfig): Record<string, unknown> {
     out[spec.key] = { value, from: loaded.origin[spec.key] };
   }
   return out;
+}
+
+export interface ParsedFlags {
+  /** Values by key (repeatable keys as arrays); only the flags that were given. */
+  flags: Map<string, string | string[]>;
+  configFile?: string;
+}
+
+/**
+ * xdevice-node's command line: every configuration key as --KEY, plus
+ * --config, --help and --version (those two print and exit 0). A flag that
+ * is unknown or malformed is a ConfigError (exit 2), as a bad key is.
+ */
+export function parseFlags(argv: string[]): ParsedFlags {
+  let parser = yargs(argv)
+    .scriptName('xdevice-node')
+    .usage('$0 [--config FILE] [options]\n\nEvery option is also a config-file key of the same name and an XDEVICE_<KEY> environment variable.\nPrecedence: flags > environment > config file > defaults.')
+    .option('config', { type: 'string', describe: 'configuration file (key = value lines)' })
+    .parserConfiguration({ 'camel-case-expansion': false, 'dot-notation': false, 'boolean-negation': false })
+    .strict()
+    .fail((message, err) => {
+      throw new ConfigError(message ?? err?.message ?? 'bad command line');
+    })
+    .help()
+    .version(VERSION);
+  for (const spec of CONFIG_KEYS) {
+    parser = parser.option(spec.key, {
+      type: spec.kind === 'boolean' ? 'boolean' : 'string',
+      array: spec.kind === 'devices',
+      describe: `${spec.describe} (default ${spec.default || '""'})`,
+    });
+  }
+  // Refused keys are parsed (hidden) so loadConfig can say why they are refused.
+  for (const key of Object.keys(REFUSED_KEYS)) parser = parser.option(key, { type: 'string', hidden: true });
+  const parsed = parser.parseSync() as Record<string, unknown>;
+  const flags = new Map<string, string | string[]>();
+  for (const key of [...CONFIG_KEYS.map((k) => k.key), ...Object.keys(REFUSED_KEYS)]) {
+    const v = parsed[key];
+    if (v === undefined) continue;
+    flags.set(key, Array.isArray(v) ? v.map(String) : String(v));
+  }
+  const configFile = typeof parsed.config === 'string' ? parsed.config : undefined;
+  return configFile === undefined ? { flags } : { flags, configFile };
+}
+
+/** Flags, then the environment and the config file they name: the node's whole configuration, or a ConfigError. */
+export function readConfiguration(argv: string[], env: NodeJS.ProcessEnv): LoadedConfig & { configFile?: string } {
+  const { flags, configFile } = parseFlags(argv);
+  const loaded = loadConfig({ flags, env, ...(configFile ? { configFile } : {}) });
+  return configFile ? { ...loaded, configFile } : loaded;
+}
+
+/**
+ * One log record that says what this node is: version, id, where its data
+ * lives, what it serves, and which settings were given (and where) rather than
+ * defaulted. The whole configuration, one key per line, is at debug level.
+ */
+export function startupSummary(loaded: LoadedConfig): Record<string, unknown> {
+  const { config } = loaded;
+  const described = describeConfig(loaded) as Record<string, { value: unknown; from: string }>;
+  const given = Object.entries(described)
+    .filter(([, d]) => d.from !== 'default')
+    .map(([key, d]) => `${key}=${formatValue(d.value)} (${d.from})`);
+  return {
+    version: VERSION,
+    node: config.nodeId,
+    backend: config.backend,
+    dataDir: config.dataDir,
+    peers: Object.keys(config.peers).length,
+    given: given.join(', '),
+  };
+}
+
+function formatValue(value: unknown): string {
+  if (Array.isArray(value)) return value.join(',');
+  if (typeof value === 'object' && value !== null) return Object.entries(value).map(([k, v]) => `${k}=${String(v)}`).join(',');
+  return String(value);
 }

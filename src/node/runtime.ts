@@ -1,0 +1,53 @@
+// What xdevice-node runs behind its NBD server and admin API: a Runtime. The
+// replicated one is here (a ClusterNode: Raft, the WAL, the peer transport,
+// the block store); the file/memory one, which tests the NBD layer alone
+// without Raft, is ./standalone.ts. ./serve.ts picks one by --backend and
+// wires it without knowing which it has.
+
+import type { Logger } from 'pino';
+import type { NodeApi } from '../admin/api.ts';
+import type { DeviceTable } from '../device/block-device.ts';
+import { ClusterNode, tuningFromEnv } from '../cluster/node.ts';
+import { loadPeerAuth } from '../cluster/peer-auth.ts';
+import type { NodeConfig } from './config.ts';
+
+export interface Runtime {
+  readonly devices: DeviceTable;
+  readonly api: NodeApi;
+  /** Where peers reach this node (the replicated backend only). */
+  readonly peerAddress?: string;
+  /** The addresses the node ended up listening on (status shows them). */
+  setAddresses(addresses: { nbd: string; admin: string }): void;
+  /** Called once if the node can no longer serve safely (a failed fdatasync). */
+  onFatal(listener: (err: Error) => void): void;
+  /** Called once if this node was removed from the cluster (it must then exit, NODE_EXIT.removed). */
+  onRemoved(listener: (why: string) => void): void;
+  /** Finish in-flight work, checkpoint, close files. */
+  stop(): Promise<void>;
+}
+
+export async function startReplicatedRuntime(config: NodeConfig, logger: Logger): Promise<Runtime> {
+  const node = await ClusterNode.start({
+    nodeId: config.nodeId,
+    dataDir: config.dataDir,
+    peerListen: config.peerListen,
+    peers: config.peers,
+    peerAuth: loadPeerAuth(config),
+    devices: config.devices,
+    join: config.join,
+    spaceReserveBytes: config.spaceReserve,
+    logger,
+    tuning: tuningFromEnv(),
+  });
+  return {
+    devices: node.devices,
+    api: node.api,
+    get peerAddress() {
+      return node.peerAddress;
+    },
+    setAddresses: (a) => node.setAddresses(a),
+    onFatal: (listener) => node.onFatal(listener),
+    onRemoved: (listener) => node.onRemoved(listener),
+    stop: () => node.stop(),
+  };
+}
