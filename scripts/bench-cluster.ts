@@ -219,15 +219,7 @@ function nodeArgs(system: string): string[] {
 const devices = [`bench:${SIZE_BYTES}`, `pg:${PG_DEVICE_BYTES}`];
 
 async function startSingle(): Promise<System> {
-  const options = nodeArgs('single');
-  const node = await startNode({
-    id: 'node1',
-    dataDir: join(runDir, 'single'),
-    entry: argv['node-entry'],
-    backend: argv.backend,
-    devices,
-    ...(options.length > 0 ? { nodeOptions: options } : {}),
-  });
+  const node = await startNode({ id: 'node1', dataDir: join(runDir, 'single'), entry: argv['node-entry'], backend: argv.backend, devices, nodeOptions: nodeArgs('single') });
   try {
     if (argv.backend === 'replicated') await waitFor('the single node to lead', async () => (await node.status()).role === 'leader', 60_000);
   } catch (err) {
@@ -252,7 +244,7 @@ async function startSingle(): Promise<System> {
 }
 
 async function startCluster(): Promise<System> {
-  const cluster = await Cluster.start({ size: 3, baseDir: join(runDir, 'cluster'), entry: argv['node-entry'], devices, logLevel: process.env.XDEVICE_LOG_LEVEL!, nodeOptions: (id) => nodeArgs(`cluster-${id}`) });
+  const cluster = await Cluster.start({ size: 3, baseDir: join(runDir, 'cluster'), entry: argv['node-entry'], devices, nodeOptions: (id) => nodeArgs(`cluster-${id}`) });
   try {
     const leader = await cluster.leaderIndex(60_000);
     const uris = cluster.slots.map((s) => cluster.nbdUri(s.id, 'bench'));

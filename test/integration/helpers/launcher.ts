@@ -13,6 +13,8 @@
 // shared secret file (mode 600) unless the caller passes its own peer-auth
 // flags. Their output is kept for failure messages (`output()`, `logs()`).
 // Admin calls go through the product's client (src/cli/admin-client.ts).
+// About 500 lines on purpose: one node and a cluster of them share the
+// command, peer authentication and readiness, so they are one module.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
@@ -31,7 +33,7 @@ export type NodeEntry = 'bin' | 'cluster-main';
  * The one place that says how a node process starts: the arguments for
  * `process.execPath`. `nodeOptions` are Node's own (--cpu-prof, refused in NODE_OPTIONS).
  */
-export function nodeCommand(flags: readonly string[], options: { entry?: NodeEntry; nodeOptions?: readonly string[] } = {}): string[] {
+export function nodeCommand(flags: readonly string[], options: { entry?: NodeEntry | undefined; nodeOptions?: readonly string[] | undefined } = {}): string[] {
   const pre = options.nodeOptions ?? [];
   if (options.entry === 'cluster-main') {
     const bad = flags.find((f) => f.startsWith('--backend') && f !== '--backend=replicated');
@@ -110,14 +112,15 @@ export interface StartOptions {
   ports?: { nbd: number; admin: number; peer: number };
   /** --peers: ID=HOST:PORT,... */
   peers?: string;
-  join?: boolean;
-  logLevel?: string;
+  join?: boolean | undefined;
+  /** --log-level (a flag: it overrides XDEVICE_LOG_LEVEL, which defaults to ours or info). */
+  logLevel?: string | undefined;
   /** More flags (peer TLS, --config, --space-reserve ...); peer-auth flags here replace the shared secret. */
   extraArgs?: string[];
   /** Environment on top of ours (XDEVICE_FAULT_FILE, XDEVICE_CHECKPOINT_ENTRIES ...). */
   env?: NodeJS.ProcessEnv;
-  entry?: NodeEntry;
-  nodeOptions?: string[];
+  entry?: NodeEntry | undefined;
+  nodeOptions?: string[] | undefined;
   /** Wait for /status (and a standalone replicated node's devices); default true. */
   waitReady?: boolean;
 }
@@ -153,7 +156,7 @@ export async function startNode(options: StartOptions = {}): Promise<NodeProcess
     ...(backend === 'replicated' ? peerAuthArgs(options.extraArgs) : []),
     ...(options.extraArgs ?? []),
   ];
-  const args = nodeCommand(flags, { ...(options.entry ? { entry: options.entry } : {}), ...(options.nodeOptions ? { nodeOptions: options.nodeOptions } : {}) });
+  const args = nodeCommand(flags, { entry: options.entry, nodeOptions: options.nodeOptions });
   const child = spawn(process.execPath, args, {
     cwd: ROOT,
     env: { ...process.env, XDEVICE_LOG_FORMAT: 'json', XDEVICE_LOG_LEVEL: process.env.XDEVICE_LOG_LEVEL ?? 'info', ...options.env },
@@ -337,20 +340,18 @@ export class Cluster {
   /** Starts (or restarts, on the same data directory and ports) a node; a new id gets a new slot. */
   async startNode(ref: NodeRef, opts: { join?: boolean; env?: NodeJS.ProcessEnv; members?: string[]; extraArgs?: string[] } = {}): Promise<NodeProcess> {
     const slot = typeof ref === 'string' && !this.slots.some((s) => s.id === ref) ? await this.addSlot(ref) : this.slot(ref);
-    const extraArgs = opts.extraArgs ?? this.options.nodeArgs?.(slot.id) ?? [];
-    const nodeOptions = this.options.nodeOptions?.(slot.id);
     slot.proc = await startNode({
       id: slot.id,
       dataDir: slot.dataDir,
       ports: slot.ports,
       peers: this.peersFor(slot.id, opts.members ?? this.ids),
       devices: this.options.devices ?? ['default:64MiB'],
-      ...(opts.join ? { join: true } : {}),
-      logLevel: this.options.logLevel ?? 'info',
-      extraArgs,
+      join: opts.join,
+      logLevel: this.options.logLevel,
+      extraArgs: opts.extraArgs ?? this.options.nodeArgs?.(slot.id) ?? [],
       env: { XDEVICE_FAULT_FILE: this.faultFile(slot.id), ...this.options.env, ...opts.env },
-      ...(this.options.entry ? { entry: this.options.entry } : {}),
-      ...(nodeOptions ? { nodeOptions } : {}),
+      entry: this.options.entry,
+      nodeOptions: this.options.nodeOptions?.(slot.id),
     });
     slot.paused = false;
     return slot.proc;
