@@ -42,10 +42,12 @@ import { formatTable, NBD_SCENARIOS, runFio, type FioResult, type ResultRow, typ
 import { latencyChartSvg, type ChartPoint } from './lib/latency-chart.ts';
 import { startNbdkitFile, type Nbdkit } from './lib/nbdkit.ts';
 import { formatProfile, summarizeProfile } from './lib/cpu-profile.ts';
-import { breakdown, scrapeMetrics, type NodeBreakdown, type Samples } from './lib/node-metrics.ts';
+import { breakdown, emptySamples, scrapeMetrics, type NodeBreakdown, type Samples } from './lib/node-metrics.ts';
 import { beginCost, costOf, costTable, fixed, type CostWindow, type ProcessGroup } from './lib/proc-cost.ts';
 import { measureRawDisk, type RawDisk } from './lib/raw-disk.ts';
-import { freePorts, getStatus, startBenchCluster, startBenchNode, waitUntil } from './lib/xdevice-nodes.ts';
+import { Cluster, startNode } from '../test/integration/helpers/launcher.ts';
+import { freePorts } from '../test/integration/helpers/ports.ts';
+import { waitFor } from '../test/integration/helpers/tools.ts';
 import { parseSize } from '../src/parse.ts';
 
 const ROOT = resolve(import.meta.dirname, '..');
@@ -206,56 +208,43 @@ function nodeArgs(system: string): string[] {
 const devices = [`bench:${SIZE_BYTES}`, `pg:${PG_DEVICE_BYTES}`];
 
 async function startSingle(): Promise<System> {
-  const [nbdPort, adminPort, peerPort] = await freePorts(3);
-  const node = await startBenchNode(ROOT, {
-    id: 'node1',
-    dataDir: join(runDir, 'single'),
-    entry: 'bin',
-    backend: argv.backend,
-    devices,
-    nbdPort: nbdPort!,
-    adminPort: adminPort!,
-    peerPort: peerPort!,
-    peers: '',
-    nodeArgs: nodeArgs('single'),
-  });
+  const node = await startNode({ id: 'node1', dataDir: join(runDir, 'single'), backend: argv.backend, devices, nodeOptions: nodeArgs('single') });
   try {
-    if (argv.backend === 'replicated') {
-      await waitUntil('the single node to lead', async () => ((await getStatus(adminPort!))?.role === 'leader' ? true : undefined), 60_000);
-    }
+    if (argv.backend === 'replicated') await waitFor('the single node to lead', async () => (await node.status()).role === 'leader', 60_000);
   } catch (err) {
     process.stderr.write(node.output().slice(-3000));
-    await node.stop();
+    await node.kill();
     throw err;
   }
-  const uri = `nbd://127.0.0.1:${nbdPort}/bench`;
+  const uri = node.uri('bench');
   return {
     name: 'single',
     uri,
     allUris: [uri],
-    admin: [{ node: 'node1', port: adminPort! }],
+    admin: [{ node: 'node1', port: node.adminPort }],
     processes: [{ name: 'node1', pids: node.child.pid === undefined ? [] : [node.child.pid] }],
-    pg: { port: nbdPort!, exportName: 'pg' },
+    pg: { port: node.nbdPort, exportName: 'pg' },
     async settle() {},
     async stop() {
-      const exit = await node.stop(argv['cpu-prof'] ? 'SIGTERM' : 'SIGKILL');
+      const exit = await node.kill(argv['cpu-prof'] ? 'SIGTERM' : 'SIGKILL');
       if (argv['cpu-prof'] && exit.code !== 0) process.stderr.write(`single node exited with ${JSON.stringify(exit)}:\n${node.output().slice(-3000)}\n`);
     },
   };
 }
 
 async function startCluster(): Promise<System> {
-  const cluster = await startBenchCluster(ROOT, { size: 3, dataDir: join(runDir, 'cluster'), entry: 'bin', devices, nodeArgs: (id) => nodeArgs(`cluster-${id}`) });
+  const cluster = await Cluster.start({ size: 3, baseDir: join(runDir, 'cluster'), devices, nodeOptions: (id) => nodeArgs(`cluster-${id}`) });
   try {
-    const leader = await cluster.leader(60_000);
-    const uris = cluster.nodes.map((n) => `nbd://127.0.0.1:${n.spec.nbdPort}/bench`);
+    const leader = await cluster.leaderIndex(60_000);
+    const uris = cluster.slots.map((s) => cluster.nbdUri(s.id, 'bench'));
+    const name = (i: number): string => `${cluster.slots[i]!.id}${i === leader ? ' (leader)' : ''}`;
     return {
       name: 'cluster',
       uri: uris[leader]!,
       allUris: [uris[leader]!, ...uris.filter((_, i) => i !== leader)],
-      admin: cluster.nodes.map((n, i) => ({ node: `${n.spec.id}${i === leader ? ' (leader)' : ''}`, port: n.spec.adminPort })),
-      processes: cluster.nodes.map((n, i) => ({ name: `${n.spec.id}${i === leader ? ' (leader)' : ''}`, pids: n.child.pid === undefined ? [] : [n.child.pid] })),
-      pg: { port: cluster.nodes[leader]!.spec.nbdPort, exportName: 'pg' },
+      admin: cluster.slots.map((s, i) => ({ node: name(i), port: s.ports.admin })),
+      processes: cluster.slots.map((s, i) => ({ name: name(i), pids: s.proc?.child.pid === undefined ? [] : [s.proc.child.pid] })),
+      pg: { port: cluster.slots[leader]!.ports.nbd, exportName: 'pg' },
       async settle() {
         await cluster.converged(120_000);
       },
@@ -264,7 +253,7 @@ async function startCluster(): Promise<System> {
       },
     };
   } catch (err) {
-    for (const n of cluster.nodes) process.stderr.write(`---- ${n.spec.id}\n${n.output().slice(-3000)}\n`);
+    process.stderr.write(cluster.logs(60));
     await cluster.stop();
     throw err;
   }
@@ -373,7 +362,7 @@ const costs = new Map<ResultRow, CostWindow>();
 let rawDisk: RawDisk | undefined;
 
 async function scrapeAll(system: System): Promise<Samples[]> {
-  return await Promise.all(system.admin.map((a) => scrapeMetrics(a.port).catch(() => new Map() as Samples)));
+  return await Promise.all(system.admin.map((a) => scrapeMetrics(a.port).catch(() => emptySamples())));
 }
 
 async function measure(system: System, scenario: Scenario, target: string, uri: string | string[]): Promise<void> {

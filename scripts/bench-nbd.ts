@@ -13,7 +13,7 @@ import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { formatTable, NBD_SCENARIOS, runFio, type ResultRow } from './lib/fio.ts';
 import { startNbdkit, startNbdkitFile } from './lib/nbdkit.ts';
-import { startNbdServer } from '../test/integration/helpers/nbd-server.ts';
+import { startNode } from '../test/integration/helpers/launcher.ts';
 import { parseSize } from '../src/parse.ts';
 
 
@@ -35,7 +35,7 @@ function stopAll(): void {
 process.on('exit', stopAll);
 
 async function startOurs(backend: 'memory' | 'file', dataDir: string): Promise<string> {
-  const server = await startNbdServer({ backend, devices: [`bench:${SIZE_BYTES}`], dataDir });
+  const server = await startNode({ backend, devices: [`bench:${SIZE_BYTES}`], dataDir });
   children.push(server.child);
   return server.uri('bench');
 }

@@ -4,28 +4,46 @@
 // time, the mean WAL group commit (and how many commits there were), and the
 // mean peer round trip over exactly that job.
 
-import { request } from 'node:http';
+import parsePrometheusTextFormat from 'parse-prometheus-text-format';
+import { adminApi } from '../../test/integration/helpers/launcher.ts';
 
-/** `name{labels}` → value, for the _sum and _count samples and counters. */
-export type Samples = Map<string, number>;
+/** One histogram series (a name and its labels) at one scrape. */
+export interface HistogramSample {
+  name: string;
+  labels: Record<string, string>;
+  count: number;
+  sum: number;
+}
+
+/** One scrape: histograms and plain values (counters, gauges), keyed `name{labels}`. */
+export interface Samples {
+  histograms: Map<string, HistogramSample>;
+  values: Map<string, number>;
+}
+
+export function emptySamples(): Samples {
+  return { histograms: new Map(), values: new Map() };
+}
+
+const seriesKey = (name: string, labels: Record<string, string> = {}): string => {
+  const l = Object.entries(labels).sort(([a], [b]) => a.localeCompare(b));
+  return l.length === 0 ? name : `${name}{${l.map(([k, v]) => `${k}=${JSON.stringify(v)}`).join(',')}}`;
+};
 
 export async function scrapeMetrics(adminPort: number): Promise<Samples> {
-  const text = await new Promise<string>((resolve, reject) => {
-    const req = request({ host: '127.0.0.1', port: adminPort, path: '/metrics', timeout: 5000 }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('end', () => (res.statusCode === 200 ? resolve(Buffer.concat(chunks).toString('utf8')) : reject(new Error(`/metrics: HTTP ${res.statusCode}`))));
-    });
-    req.on('timeout', () => req.destroy(new Error('/metrics timed out')));
-    req.on('error', reject);
-    req.end();
-  });
-  const samples: Samples = new Map();
-  for (const line of text.split('\n')) {
-    if (line.startsWith('#') || line === '') continue;
-    const m = /^([a-zA-Z_:][\w:]*)(\{[^}]*\})?\s+(\S+)/.exec(line);
-    if (!m || !m[1]!.startsWith('xdevice_') || /_bucket$/.test(m[1]!)) continue;
-    samples.set(`${m[1]}${m[2] ?? ''}`, Number(m[3]));
+  const res = await adminApi<string>(adminPort, 'GET', '/metrics', undefined, { timeoutMs: 5000 });
+  if (res.status !== 200) throw new Error(`/metrics: HTTP ${res.status}`);
+  const samples = emptySamples();
+  for (const family of parsePrometheusTextFormat(res.body)) {
+    if (!family.name.startsWith('xdevice_')) continue;
+    for (const m of family.metrics) {
+      const key = seriesKey(family.name, m.labels);
+      if (family.type === 'HISTOGRAM' || family.type === 'SUMMARY') {
+        samples.histograms.set(key, { name: family.name, labels: m.labels ?? {}, count: Number(m.count ?? 0), sum: Number(m.sum ?? 0) });
+      } else {
+        samples.values.set(key, Number(m.value));
+      }
+    }
   }
   return samples;
 }
@@ -38,17 +56,14 @@ export interface HistogramDelta {
 }
 
 /** Every histogram series that moved between two scrapes: how many observations, and their mean. */
-export function histogramDeltas(before: Samples, after: Samples): HistogramDelta[] {
-  const out: HistogramDelta[] = [];
-  for (const [key, sumAfter] of after) {
-    const m = /^(.*)_sum(\{.*\})?$/.exec(key);
-    if (!m) continue;
-    const series = `${m[1]}${m[2] ?? ''}`;
-    const countKey = `${m[1]}_count${m[2] ?? ''}`;
-    const count = (after.get(countKey) ?? 0) - (before.get(countKey) ?? 0);
+export function histogramDeltas(before: Samples, after: Samples): (HistogramDelta & { name: string; labels: Record<string, string> })[] {
+  const out: (HistogramDelta & { name: string; labels: Record<string, string> })[] = [];
+  for (const [series, a] of after.histograms) {
+    const b = before.histograms.get(series);
+    const count = a.count - (b?.count ?? 0);
     if (count <= 0) continue;
-    const sum = sumAfter - (before.get(key) ?? 0);
-    out.push({ series, count, meanUs: (sum / count) * 1e6 });
+    const sum = a.sum - (b?.sum ?? 0);
+    out.push({ series, name: a.name, labels: a.labels, count, meanUs: (sum / count) * 1e6 });
   }
   return out;
 }
@@ -74,16 +89,15 @@ export function breakdown(node: string, before: Samples, after: Samples): NodeBr
   let walCommits = 0;
   let walCommitMeanUs = NaN;
   for (const d of deltas) {
-    const cmd = /^xdevice_nbd_request_duration_seconds\{command="([^"]+)"\}$/.exec(d.series);
-    if (cmd) nbd[cmd[1]!] = { count: d.count, meanUs: d.meanUs };
-    else if (d.series === 'xdevice_disk_wal_write_duration_seconds') {
+    if (d.name === 'xdevice_nbd_request_duration_seconds' && d.labels.command) nbd[d.labels.command] = { count: d.count, meanUs: d.meanUs };
+    else if (d.name === 'xdevice_disk_wal_write_duration_seconds') {
       walCommits = d.count;
       walCommitMeanUs = d.meanUs;
-    } else if (d.series.startsWith('xdevice_network_peer_round_trip_time_seconds')) {
+    } else if (d.name === 'xdevice_network_peer_round_trip_time_seconds') {
       rttSum += d.meanUs * d.count;
       rttCount += d.count;
     }
   }
-  const walBytes = (after.get('xdevice_disk_wal_write_bytes_total') ?? 0) - (before.get('xdevice_disk_wal_write_bytes_total') ?? 0);
+  const walBytes = (after.values.get('xdevice_disk_wal_write_bytes_total') ?? 0) - (before.values.get('xdevice_disk_wal_write_bytes_total') ?? 0);
   return { node, nbd, walCommits, walCommitMeanUs, walBytes, peerRttMeanUs: rttCount > 0 ? rttSum / rttCount : NaN };
 }

@@ -34,8 +34,16 @@ export class AdminClient {
 
   /** One HTTP request to one endpoint; JSON in and out. */
   async call<T = unknown>(endpoint: string, method: string, path: string, body?: unknown): Promise<AdminResponse<T>> {
+    return await this.callRaw<T>(endpoint, method, path, body === undefined ? undefined : Buffer.from(JSON.stringify(body)));
+  }
+
+  /**
+   * One HTTP request with a body sent as given (tests send malformed JSON);
+   * the reply as `call` reads it: JSON when it says so, text otherwise.
+   */
+  async callRaw<T = unknown>(endpoint: string, method: string, path: string, payload?: string | Buffer): Promise<AdminResponse<T>> {
     const { host, port } = endpointAddress(endpoint);
-    const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
+    if (typeof payload === 'string') payload = Buffer.from(payload);
     return await new Promise<AdminResponse<T>>((resolve, reject) => {
       const req = request(
         {

@@ -3,8 +3,8 @@
 import t from 'tap';
 import { createHash } from 'node:crypto';
 import { NbdClient } from '../../src/nbd/client.ts';
-import { ProcessCluster } from './helpers/process-cluster.ts';
-import { waitFor } from './helpers/node-process.ts';
+import { Cluster } from './helpers/launcher.ts';
+import { waitFor } from './helpers/tools.ts';
 
 const TOTAL_MIB = Number(process.env.XDEVICE_CATCHUP_MIB ?? 1024);
 const CHUNK = 1024 * 1024;
@@ -19,9 +19,9 @@ function chunk(i: number): Buffer {
 }
 
 t.test(`a restarted node catches up ${TOTAL_MIB} MiB of writes`, { timeout: 900_000 }, async (t) => {
-  const cluster = await ProcessCluster.start({ size: 3, devices: [`default:${TOTAL_MIB + 64}MiB`] });
+  const cluster = await Cluster.start({ size: 3, devices: [`default:${TOTAL_MIB + 64}MiB`] });
   t.teardown(() => cluster.stop());
-  const leader = await cluster.leader();
+  const leader = await cluster.leaderIndex();
   const lagging = (leader + 2) % 3;
   await cluster.kill(lagging);
 

@@ -1,15 +1,15 @@
 // Every xdevice-cli command against a live 3-node cluster, in table and JSON
 // form, with the exit codes scripts rely on.
 import t from 'tap';
-import { httpGet, startNode, waitFor, runCli as cli } from './helpers/node-process.ts';
-import { ProcessCluster } from './helpers/process-cluster.ts';
+import { adminApi, startNode, Cluster } from './helpers/launcher.ts';
+import { waitFor, runCli as cli } from './helpers/tools.ts';
 import { freePorts } from './helpers/ports.ts';
 import parsePrometheusTextFormat from 'parse-prometheus-text-format';
 
 t.test('xdevice-cli drives a live cluster', { timeout: 600_000 }, async (t) => {
-  const cluster = await ProcessCluster.start({ size: 3, devices: ['default:32MiB'] });
+  const cluster = await Cluster.start({ size: 3, devices: ['default:32MiB'] });
   t.teardown(() => cluster.stop());
-  const leader = await cluster.leader();
+  const leader = await cluster.leaderIndex();
   const endpoints = cluster.slots.map((s) => `127.0.0.1:${s.ports.admin}`).join(',');
   // A follower first: changes must still find their way to the leader.
   const followerFirst = [(leader + 1) % 3, (leader + 2) % 3, leader].map((i) => `127.0.0.1:${cluster.slots[i]!.ports.admin}`).join(',');
@@ -78,7 +78,7 @@ t.test('xdevice-cli drives a live cluster', { timeout: 600_000 }, async (t) => {
     const m = JSON.parse((await cli(['--endpoints', endpoints, '-w', 'json', 'members', 'list'])).stdout) as { members: { id: string; voter: boolean }[] };
     return m.members.find((x) => x.id === 'node4')?.voter === true;
   }, 60_000);
-  const node4Status = JSON.parse((await httpGet(admin!, '/status')).body) as { applied: number };
+  const node4Status = (await adminApi(admin!, 'GET', '/status')).body as { applied: number };
   t.ok(node4Status.applied > 0, 'node4 applied the log');
 
   // shrink
@@ -87,7 +87,7 @@ t.test('xdevice-cli drives a live cluster', { timeout: 600_000 }, async (t) => {
   t.notOk((JSON.parse(removed.stdout) as { members: { id: string }[] }).members.some((m) => m.id === 'node4'));
 
   // the live leader's metrics parse as Prometheus text, with replication figures
-  const scraped = await httpGet(cluster.slots[(leader + 2) % 3]!.ports.admin, '/metrics');
+  const scraped = await adminApi(cluster.slots[(leader + 2) % 3]!.ports.admin, 'GET', '/metrics');
   t.equal(scraped.status, 200);
   const families = new Map(parsePrometheusTextFormat(scraped.body).map((f) => [f.name, f]));
   t.equal(families.get('xdevice_server_has_leader')?.metrics[0]?.value, '1');

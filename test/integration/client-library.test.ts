@@ -7,8 +7,8 @@
 import t from 'tap';
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
-import { ROOT } from './helpers/node-process.ts';
-import { ProcessCluster } from './helpers/process-cluster.ts';
+import { ROOT } from './helpers/tools.ts';
+import { Cluster } from './helpers/launcher.ts';
 import { FaultProxy } from './helpers/proxy.ts';
 import { freePort } from './helpers/ports.ts';
 import {
@@ -50,9 +50,9 @@ function runExample(name: string, args: string[], onLine: (l: string) => void = 
 const lastJson = (e: Example) => JSON.parse(e.lines.filter((l) => l.startsWith('{')).at(-1) ?? '{}') as Record<string, unknown>;
 
 t.test('client library and examples against a 3-node cluster', { timeout: 400_000 }, async (t) => {
-  const cluster = await ProcessCluster.start({ size: 3, devices: ['default:8MiB', 'wal:16MiB', 'queue:8MiB', 'applog:8MiB'] });
+  const cluster = await Cluster.start({ size: 3, devices: ['default:8MiB', 'wal:16MiB', 'queue:8MiB', 'applog:8MiB'] });
   t.teardown(() => cluster.stop());
-  const leader = await cluster.leader();
+  const leader = await cluster.leaderIndex();
   const nbd = (i: number) => `127.0.0.1:${cluster.slots[i]!.ports.nbd}`;
 
   t.test('typed errors', async (t) => {
@@ -116,10 +116,10 @@ t.test('client library and examples against a 3-node cluster', { timeout: 400_00
   });
 
   t.test('example: database WAL across a SIGKILL of its leader', async (t) => {
-    const now = await cluster.leader();
+    const now = await cluster.leaderIndex();
     // The leader first: the log's connection is the one that dies.
     const order = [now, (now + 1) % 3, (now + 2) % 3];
-    let killed: Promise<void> | undefined;
+    let killed: Promise<unknown> | undefined;
     const wal = await runExample('database-wal', [`--endpoints=${order.map(nbd).join(',')}`, '--records=400'], (line) => {
       const m = /"committed":(\d+)/.exec(line);
       if (m && Number(m[1]) >= 60 && !killed) killed = cluster.kill(now);

@@ -5,26 +5,14 @@
 // recovers its WAL and catches up.
 import t from 'tap';
 import { randomBytes } from 'node:crypto';
-import { rename, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
-import { TestCluster } from './helpers/cluster.ts';
-import { tempDir, waitFor } from './helpers/node-process.ts';
+import { Cluster } from './helpers/launcher.ts';
+import { waitFor } from './helpers/tools.ts';
 import type { NbdClient } from '../../src/nbd/client.ts';
 
-async function setFaults(path: string, spec: object): Promise<void> {
-  await writeFile(`${path}.tmp`, JSON.stringify(spec));
-  await rename(`${path}.tmp`, path);
-}
-
 t.test('a node whose fdatasync fails leaves the cluster without losing acknowledged data', async (t) => {
-  const faultDir = tempDir('faults');
-  const faultFile = (id: string): string => join(faultDir, `${id}.json`);
-  const c = await TestCluster.start({ devices: ['default:32MiB'] });
-  t.teardown(() => c.destroy());
-  // Restart each node with its own fault file (empty: no faults yet).
-  await c.stopAll();
-  for (const id of c.ids) await setFaults(faultFile(id), {});
-  await Promise.all(c.ids.map((id) => c.startNode(id, { env: { XDEVICE_FAULT_FILE: faultFile(id) } })));
+  const c = await Cluster.start({ devices: ['default:32MiB'] });
+  t.teardown(() => c.stop());
+  // Every node watches its own fault file (absent: no faults yet).
   const leader = await c.waitForLeader();
   const others = c.ids.filter((id) => id !== leader);
 
@@ -65,11 +53,11 @@ t.test('a node whose fdatasync fails leaves the cluster without losing acknowled
 
   // The WAL writes with O_DSYNC (fdatasync only when it starts a segment):
   // a failing disk fails both.
-  await setFaults(faultFile(leader), { fdatasyncErrno: 'EIO', pwriteErrno: 'EIO' });
+  c.setDiskFault(leader, { fdatasyncErrno: 'EIO', pwriteErrno: 'EIO' });
   dead.add(leader);
-  const exit = await c.nodes.get(leader)!.exited;
+  const exit = await c.node(leader).exited;
   t.not(exit.code, 0, `the failed node exited non-zero (${exit.code ?? exit.signal})`);
-  t.match(c.nodes.get(leader)!.output(), /leaving service/, 'it said why');
+  t.match(c.node(leader).output(), /leaving service/, 'it said why');
   const newLeader = await c.waitForLeader(others);
   t.not(newLeader, leader);
   const before = acks;
@@ -93,8 +81,8 @@ t.test('a node whose fdatasync fails leaves the cluster without losing acknowled
   }
 
   // A new disk (no faults): the node recovers from what is really on disk and catches up.
-  await setFaults(faultFile(leader), {});
-  await c.startNode(leader, { env: { XDEVICE_FAULT_FILE: faultFile(leader) } });
+  c.setDiskFault(leader, {});
+  await c.startNode(leader);
   const commit = (await c.status(newLeader)).commit;
   await waitFor(`${leader} to catch up`, async () => (await c.status(leader)).applied >= commit, 120_000);
   const r = await c.client(leader);

@@ -7,13 +7,13 @@
 import t from 'tap';
 import { randomBytes } from 'node:crypto';
 import { spawn } from 'node:child_process';
-import { TestCluster } from './helpers/cluster.ts';
+import { Cluster } from './helpers/launcher.ts';
 import type { NbdClient } from '../../src/nbd/client.ts';
-import { waitFor } from './helpers/node-process.ts';
+import { waitFor } from './helpers/tools.ts';
 
 t.test('kill -9 the leader under load', async (t) => {
-  const c = await TestCluster.start({ devices: ['default:128MiB'] });
-  t.teardown(() => c.destroy());
+  const c = await Cluster.start({ devices: ['default:128MiB'] });
+  t.teardown(() => c.stop());
   const leader = await c.waitForLeader();
   const followers = c.ids.filter((id) => id !== leader);
 

@@ -4,15 +4,15 @@
 // and the cluster keeps committing without it.
 import t from 'tap';
 import { randomBytes } from 'node:crypto';
-import { TestCluster, admin } from './helpers/cluster.ts';
-import { waitFor } from './helpers/node-process.ts';
+import { Cluster, adminApi } from './helpers/launcher.ts';
+import { waitFor } from './helpers/tools.ts';
 import type { Member } from '../../src/admin/api.ts';
 
 t.test('add a node under writes (snapshot catch-up), then remove one', async (t) => {
   // Tiny checkpoints and no retention for laggards: the log is compacted
   // after a few hundred writes, so a new node can only catch up by snapshot.
-  const c = await TestCluster.start({ devices: ['default:64MiB'], env: { XDEVICE_CHECKPOINT_ENTRIES: '200', XDEVICE_WAL_RETAIN_ENTRIES: '0' } });
-  t.teardown(() => c.destroy());
+  const c = await Cluster.start({ devices: ['default:64MiB'], env: { XDEVICE_CHECKPOINT_ENTRIES: '200', XDEVICE_WAL_RETAIN_ENTRIES: '0' } });
+  t.teardown(() => c.stop());
   const leader = await c.waitForLeader();
   const acked = new Map<number, Buffer>();
   const w = await c.client(leader);
@@ -40,7 +40,7 @@ t.test('add a node under writes (snapshot catch-up), then remove one', async (t)
     }
   })();
   const n4 = await c.startNode('n4', { join: true, members: [...c.ids, 'n4'] });
-  const added = await admin<{ members: Member[] }>(c.ports.get(leader)!.admin, 'POST', '/members', { id: 'n4', address: `127.0.0.1:${n4.peerPort}` }, 300_000);
+  const added = await adminApi<{ members: Member[] }>(c.slot(leader).ports.admin, 'POST', '/members', { id: 'n4', address: `127.0.0.1:${n4.peerPort}` }, { timeoutMs: 300_000 });
   if (added.status !== 200) t.comment(JSON.stringify(added.body));
   t.equal(added.status, 200, "POST /members answered 200");
   t.ok(added.body.members.find((m) => m.id === 'n4')?.voter, 'n4 is a voter');
@@ -59,7 +59,7 @@ t.test('add a node under writes (snapshot catch-up), then remove one', async (t)
 
   // Remove a founder that is not the leader.
   const victim = c.ids.find((id) => id !== leader)!;
-  const removed = await admin<{ members: Member[] }>(c.ports.get(leader)!.admin, 'DELETE', `/members/${victim}`);
+  const removed = await adminApi<{ members: Member[] }>(c.slot(leader).ports.admin, 'DELETE', `/members/${victim}`);
   t.equal(removed.status, 200);
   t.notOk(removed.body.members.some((m) => m.id === victim), `${victim} is no longer a member`);
   const survivors = [...c.ids.filter((id) => id !== victim), 'n4'];

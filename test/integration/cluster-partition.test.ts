@@ -5,12 +5,12 @@
 // reads the majority's data.
 import t from 'tap';
 import { randomBytes } from 'node:crypto';
-import { TestCluster } from './helpers/cluster.ts';
-import { waitFor } from './helpers/node-process.ts';
+import { Cluster } from './helpers/launcher.ts';
+import { waitFor } from './helpers/tools.ts';
 
 t.test('the minority side of a partition acknowledges no write and serves no read', async (t) => {
-  const c = await TestCluster.start({ proxied: true, devices: ['default:16MiB'] });
-  t.teardown(() => c.destroy());
+  const c = await Cluster.start({ proxied: true, devices: ['default:16MiB'] });
+  t.teardown(() => c.stop());
   const old = await c.waitForLeader();
   const majority = c.ids.filter((id) => id !== old);
 
@@ -18,7 +18,7 @@ t.test('the minority side of a partition acknowledges no write and serves no rea
   const onOld = await c.client(old);
   await onOld.write(0, v1);
 
-  c.partition([old], 'blackhole');
+  c.partition([[old]], 'blackhole');
   const newLeader = await c.waitForLeader(majority);
   t.not(newLeader, old, 'the majority elected a new leader');
   const v2 = randomBytes(4096);

@@ -5,13 +5,13 @@
 import t from 'tap';
 import { randomBytes } from 'node:crypto';
 import { spawnSync } from 'node:child_process';
-import { TestCluster } from './helpers/cluster.ts';
+import { Cluster } from './helpers/launcher.ts';
 
 const MiB = 1024 * 1024;
 
 t.test('write on the leader, read the same bytes on each follower; whole-cluster restart keeps everything', async (t) => {
-  const c = await TestCluster.start({ devices: ['default:64MiB'] });
-  t.teardown(() => c.destroy());
+  const c = await Cluster.start({ devices: ['default:64MiB'] });
+  t.teardown(() => c.stop());
   const leader = await c.waitForLeader();
   const followers = c.ids.filter((id) => id !== leader);
 
@@ -53,7 +53,7 @@ t.test('write on the leader, read the same bytes on each follower; whole-cluster
 
   // Stop everything cleanly, start everything again: all data present.
   await c.stopAll();
-  for (const n of c.nodes.values()) t.equal((await n.exited).code, 0, `${n.id} stopped cleanly`);
+  for (const n of c.slots.map((s) => c.node(s.id))) t.equal((await n.exited).code, 0, `${n.id} stopped cleanly`);
   await Promise.all(c.ids.map((id) => c.startNode(id)));
   await c.waitForLeader();
   for (const id of c.ids) {

@@ -4,8 +4,8 @@
 // survivor (warn) and its return (info), and a restart that replays old
 // membership changes without announcing them as new.
 import t from 'tap';
-import { ProcessCluster } from './helpers/process-cluster.ts';
-import { httpGet, startNode, waitFor } from './helpers/node-process.ts';
+import { Cluster, adminApi, startNode } from './helpers/launcher.ts';
+import { waitFor } from './helpers/tools.ts';
 import { VERSION } from '../../src/version.ts';
 
 interface Line {
@@ -22,15 +22,11 @@ function lines(output: string): Line[] {
     .map((l) => JSON.parse(l) as Line);
 }
 
-function post(port: number, path: string, body: unknown): Promise<number> {
-  return fetch(`http://127.0.0.1:${port}${path}`, { method: 'POST', body: JSON.stringify(body), headers: { 'content-type': 'application/json' } }).then((r) => r.status);
-}
-
 t.test('node logs for operators', { timeout: 300_000 }, async (t) => {
   // debug, so that the replayed membership change can be seen to be logged as a replay
-  const cluster = await ProcessCluster.start({ size: 3, devices: ['default:8MiB'], env: { XDEVICE_LOG_LEVEL: 'debug' } });
+  const cluster = await Cluster.start({ size: 3, devices: ['default:8MiB'], env: { XDEVICE_LOG_LEVEL: 'debug' } });
   t.teardown(() => cluster.stop());
-  const leader = await cluster.leader();
+  const leader = await cluster.leaderIndex();
 
   for (const slot of cluster.slots) {
     const all = lines(slot.proc!.output());
@@ -52,7 +48,7 @@ t.test('node logs for operators', { timeout: 300_000 }, async (t) => {
 
   // A leadership transfer: the new leader names the cause.
   const target = (leader + 1) % 3;
-  t.equal(await post(cluster.slots[leader]!.ports.admin, '/leader', { to: cluster.slots[target]!.id }), 200);
+  t.equal((await adminApi(cluster.slots[leader]!.ports.admin, 'POST', '/leader', { to: cluster.slots[target]!.id })).status, 200);
   const transferred = await waitFor('the transfer to be logged', async () =>
     lines(cluster.slots[target]!.proc!.output()).find((l) => l.msg === 'became leader' && l.cause === 'transfer'),
   );
@@ -63,8 +59,8 @@ t.test('node logs for operators', { timeout: 300_000 }, async (t) => {
   // peer), then a crash and restart of a follower.
   const learner = await startNode({ id: 'node9', peers: cluster.slots.map((s) => `${s.id}=127.0.0.1:${s.ports.peer}`).join(','), extraArgs: ['--join'] });
   t.teardown(() => learner.kill());
-  const now = await cluster.leader();
-  t.equal(await post(cluster.slots[now]!.ports.admin, '/members', { id: 'node9', address: `127.0.0.1:${learner.peerPort}`, promote: false, wait: false }), 200);
+  const now = await cluster.leaderIndex();
+  t.equal((await adminApi(cluster.slots[now]!.ports.admin, 'POST', '/members', { id: 'node9', address: `127.0.0.1:${learner.peerPort}`, promote: false, wait: false })).status, 200);
   const victim = (now + 1) % 3;
   await waitFor('the change to reach the victim', async () =>
     lines(cluster.slots[victim]!.proc!.output()).find((l) => l.msg === 'membership changed' && (l.learners as string[]).includes('node9')),
@@ -85,7 +81,7 @@ t.test('node logs for operators', { timeout: 300_000 }, async (t) => {
     );
     t.equal(up.level, 'info', `${cluster.slots[i]!.id} says ${cluster.slots[victim]!.id} is back`);
   }
-  await waitFor('the restarted node to apply', async () => (await httpGet(restarted.adminPort, '/status')).status === 200);
+  await waitFor('the restarted node to apply', async () => (await adminApi(restarted.adminPort, 'GET', '/status')).status === 200);
   await cluster.converged();
   const after = lines(restarted.output());
   t.ok(after.some((l) => l.msg === 'membership change replayed' && l.level === 'debug' && (l.learners as string[]).includes('node9')), 'the old change is replayed (debug)');

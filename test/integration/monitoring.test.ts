@@ -11,8 +11,8 @@ import t from 'tap';
 import { spawn, spawnSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { ROOT, httpGet, tempDir, waitFor } from './helpers/node-process.ts';
-import { ProcessCluster } from './helpers/process-cluster.ts';
+import { adminApi, Cluster } from './helpers/launcher.ts';
+import { ROOT, tempDir, waitFor } from './helpers/tools.ts';
 import { freePort } from './helpers/ports.ts';
 import { NbdClient } from '../../src/nbd/client.ts';
 
@@ -38,9 +38,15 @@ function metricsIn(expr: string): string[] {
   return [...noStrings.matchAll(/\b(xdevice_[a-z0-9_]+|process_[a-z0-9_]+|nodejs_[a-z0-9_]+|up)\b/g)].map((m) => m[1]!);
 }
 
+/** Prometheus's own HTTP API (not ours): the status and the JSON (or text) it answered. */
+async function promGet(port: number, path: string): Promise<{ status: number; body: any }> {
+  const res = await fetch(`http://127.0.0.1:${port}${path}`, { signal: AbortSignal.timeout(10_000) });
+  const text = await res.text();
+  return { status: res.status, body: (res.headers.get('content-type') ?? '').includes('json') ? JSON.parse(text) : text };
+}
+
 async function promQuery(port: number, query: string): Promise<{ metric: Record<string, string>; value: [number, string] }[]> {
-  const res = await httpGet(port, `/api/v1/query?query=${encodeURIComponent(query)}`);
-  const body = JSON.parse(res.body) as { status: string; data?: { result: { metric: Record<string, string>; value: [number, string] }[] }; error?: string };
+  const body = (await promGet(port, `/api/v1/query?query=${encodeURIComponent(query)}`)).body as { status: string; data?: { result: { metric: Record<string, string>; value: [number, string] }[] }; error?: string };
   if (body.status !== 'success') throw new Error(`${query}: ${body.error}`);
   return body.data!.result;
 }
@@ -60,9 +66,9 @@ t.test('promtool checks the alert rules and runs their unit tests', async (t) =>
 });
 
 t.test('a real Prometheus scrapes a live 3-node cluster', { timeout: 300_000 }, async (t) => {
-  const cluster = await ProcessCluster.start({ size: 3, devices: ['default:16MiB'] });
+  const cluster = await Cluster.start({ size: 3, devices: ['default:16MiB'] });
   t.teardown(() => cluster.stop());
-  const leader = await cluster.leader();
+  const leader = await cluster.leaderIndex();
 
   // Some writes, so that the WAL and NBD histograms have samples on every node.
   const nbd = await NbdClient.connect({ host: '127.0.0.1', port: cluster.slots[leader]!.ports.nbd });
@@ -73,7 +79,7 @@ t.test('a real Prometheus scrapes a live 3-node cluster', { timeout: 300_000 }, 
 
   const texts: string[] = [];
   for (const slot of cluster.slots) {
-    const res = await httpGet(slot.ports.admin, '/metrics');
+    const res = await adminApi(slot.ports.admin, 'GET', '/metrics');
     t.equal(res.status, 200);
     texts.push(res.body);
     const lint = spawnSync('promtool', ['check', 'metrics'], { input: res.body, encoding: 'utf8' });
@@ -130,7 +136,7 @@ t.test('a real Prometheus scrapes a live 3-node cluster', { timeout: 300_000 }, 
   });
   await waitFor('Prometheus to be ready', async () => {
     if (prom.exitCode !== null) throw new Error(`prometheus exited: ${promLog}`);
-    return (await httpGet(promPort, '/-/ready')).status === 200;
+    return (await promGet(promPort, '/-/ready')).status === 200;
   }, 60_000, 250);
 
   const up = await waitFor('every node scraped', async () => {
@@ -150,7 +156,7 @@ t.test('a real Prometheus scrapes a live 3-node cluster', { timeout: 300_000 }, 
   const p99 = await promQuery(promPort, 'histogram_quantile(0.99, sum by (le) (xdevice_disk_wal_fsync_duration_seconds_bucket{job="xdevice"}))');
   t.ok(Number(p99[0]?.value[1]) > 0 && Number(p99[0]?.value[1]) < 5, `fsync p99 is a real duration (${p99[0]?.value[1]} s)`);
 
-  const rules = JSON.parse((await httpGet(promPort, '/api/v1/rules')).body) as { data: { groups: { rules: { name: string; health: string }[] }[] } };
+  const rules = (await promGet(promPort, '/api/v1/rules')).body as { data: { groups: { rules: { name: string; health: string }[] }[] } };
   const loaded = rules.data.groups.flatMap((g) => g.rules);
   t.equal(loaded.length, 8, 'Prometheus loaded the 8 rules');
   t.ok(loaded.every((r) => r.health !== 'err'), 'no rule fails to evaluate');
@@ -160,7 +166,7 @@ t.test('a real Prometheus scrapes a live 3-node cluster', { timeout: 300_000 }, 
   const victimInstance = `127.0.0.1:${cluster.slots[victim]!.ports.admin}`;
   await cluster.kill(victim);
   const alerts = await waitFor('node-down and peer-down alerts', async () => {
-    const body = JSON.parse((await httpGet(promPort, '/api/v1/alerts')).body) as { data: { alerts: { labels: Record<string, string>; state: string }[] } };
+    const body = (await promGet(promPort, '/api/v1/alerts')).body as { data: { alerts: { labels: Record<string, string>; state: string }[] } };
     const a = body.data.alerts;
     const nodeDown = a.find((x) => x.labels.alertname === 'XDeviceNodeDown' && x.labels.instance === victimInstance);
     const peerDown = a.filter((x) => x.labels.alertname === 'XDevicePeerDown' && x.labels.peer === cluster.slots[victim]!.id);

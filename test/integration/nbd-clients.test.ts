@@ -7,11 +7,12 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
 import { NbdClient } from '../../src/nbd/client.ts';
-import { run, startNbdServer, tempDir } from './helpers/nbd-server.ts';
+import { startNode } from './helpers/launcher.ts';
+import { run, tempDir } from './helpers/tools.ts';
 
 for (const backend of ['memory', 'file'] as const) {
   t.test(`nbdinfo --list, --json and --map (${backend})`, async (t) => {
-    const server = await startNbdServer({ backend, devices: ['a:64MiB', 'b:16MiB'] });
+    const server = await startNode({ backend, devices: ['a:64MiB', 'b:16MiB'] });
     t.teardown(() => server.stop());
 
     const list = await run('nbdinfo', ['--list', '--json', server.uri()]);
@@ -41,7 +42,7 @@ for (const backend of ['memory', 'file'] as const) {
     const defaultExport = await run('nbdinfo', ['--size', server.uri()]);
     t.equal(defaultExport.stdout.trim(), String(64 << 20), 'the empty name is the default export (a)');
 
-    const client = await NbdClient.connect({ host: server.host, port: server.port });
+    const client = await NbdClient.connect({ host: server.host, port: server.nbdPort });
     await client.openDevice('a');
     await client.write(1 << 20, Buffer.alloc(1 << 20, 0x42), { fua: true });
     await client.close();
@@ -57,9 +58,9 @@ for (const backend of ['memory', 'file'] as const) {
 }
 
 t.test('nbd-client -l lists the exports', async (t) => {
-  const server = await startNbdServer({ devices: ['alpha:1MiB', 'beta:2MiB'] });
+  const server = await startNode({ backend: 'memory', devices: ['alpha:1MiB', 'beta:2MiB'] });
   t.teardown(() => server.stop());
-  const listed = await run('nbd-client', ['-l', '127.0.0.1', '-p', String(server.port)]);
+  const listed = await run('nbd-client', ['-l', '127.0.0.1', '-p', String(server.nbdPort)]);
   t.equal(listed.code, 0, listed.stderr);
   t.match(listed.stdout, /alpha/);
   t.match(listed.stdout, /beta/);
@@ -67,7 +68,7 @@ t.test('nbd-client -l lists the exports', async (t) => {
 
 t.test('nbdcopy round trip checked with qemu-img compare (file backend)', async (t) => {
   const dir = tempDir('nbdcopy');
-  const server = await startNbdServer({ backend: 'file', devices: ['disk:32MiB'] });
+  const server = await startNode({ backend: 'file', devices: ['disk:32MiB'] });
   t.teardown(() => server.stop());
   const source = path.join(dir, 'source.img');
   // Data with holes in between, so sparse copying and zeroing are exercised too.
@@ -85,7 +86,7 @@ t.test('nbdcopy round trip checked with qemu-img compare (file backend)', async 
 });
 
 t.test('qemu-io patterns: unaligned writes, write -z, discard', async (t) => {
-  const server = await startNbdServer({ devices: ['q:8MiB'] });
+  const server = await startNode({ backend: 'memory', devices: ['q:8MiB'] });
   t.teardown(() => server.stop());
   const io = async (...commands: string[]): Promise<string> => {
     const result = await run('qemu-io', ['-f', 'raw', ...commands.flatMap((c) => ['-c', c]), server.uri('q')]);

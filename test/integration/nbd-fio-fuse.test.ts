@@ -8,7 +8,8 @@ import { randomBytes } from 'node:crypto';
 import { spawn } from 'node:child_process';
 import path from 'node:path';
 import t from 'tap';
-import { run, startNbdServer, tempDir } from './helpers/nbd-server.ts';
+import { startNode } from './helpers/launcher.ts';
+import { run, tempDir } from './helpers/tools.ts';
 
 async function fio(uri: string, extra: string[]): Promise<{ code: number | null; out: string }> {
   const result = await run('fio', [
@@ -29,7 +30,7 @@ async function fio(uri: string, extra: string[]): Promise<{ code: number | null;
 
 t.test('fio with crc32c verification, one job and 4 jobs on separate connections', async (t) => {
   for (const backend of ['memory', 'file'] as const) {
-    const server = await startNbdServer({ backend, devices: ['f:64MiB'] });
+    const server = await startNode({ backend, devices: ['f:64MiB'] });
     const single = await fio(server.uri('f'), ['--size=16m']);
     t.equal(single.code, 0, `fio verify (${backend}): ${single.code === 0 ? '' : single.out.slice(-2000)}`);
     // fio's nbd engine opens one connection per job; each job verifies its own region.
@@ -49,7 +50,7 @@ t.test('fio with crc32c verification, one job and 4 jobs on separate connections
 });
 
 t.test('nbdfuse + losetup + mkfs.ext4 + mount + write/read + e2fsck -fn', async (t) => {
-  const server = await startNbdServer({ backend: 'file', devices: ['fs:64MiB'] });
+  const server = await startNode({ backend: 'file', devices: ['fs:64MiB'] });
   t.teardown(() => server.stop());
   const dir = tempDir('nbdfuse');
   const fuseDir = path.join(dir, 'fuse');

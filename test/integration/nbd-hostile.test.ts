@@ -17,7 +17,7 @@ import {
 } from '../../src/nbd/codec.ts';
 import { NbdCommand, NbdOption } from '../../src/nbd/constants.ts';
 import { makeRandom, seedFromEnv, type Random } from '../unit/helpers/nbd-random.ts';
-import { startNbdServer } from './helpers/nbd-server.ts';
+import { startNode } from './helpers/launcher.ts';
 
 const REFERENCE_OFFSET = 8 << 20;
 const REFERENCE_BYTES = 1 << 20;
@@ -89,10 +89,10 @@ t.test('the server survives garbage, mutations and abuse; the reference region i
   const seed = seedFromEnv();
   t.comment(`XDEVICE_SEED=${seed}`);
   const random = makeRandom(seed);
-  const server = await startNbdServer({ devices: ['a:64MiB', 'b:16MiB'] });
+  const server = await startNode({ backend: 'memory', devices: ['a:64MiB', 'b:16MiB'] });
   t.teardown(() => server.stop());
 
-  const writer = await NbdClient.connect({ host: server.host, port: server.port });
+  const writer = await NbdClient.connect({ host: server.host, port: server.nbdPort });
   await writer.openDevice('a');
   await writer.write(REFERENCE_OFFSET, reference(), { fua: true });
   await writer.close();
@@ -126,7 +126,7 @@ t.test('the server survives garbage, mutations and abuse; the reference region i
     },
   ];
   for (const c of cases) {
-    const outcome = await exchange(server.port, c.chunks);
+    const outcome = await exchange(server.nbdPort, c.chunks);
     t.equal(outcome.closedByServer, c.expectClose, `${c.name}: ${c.expectClose ? 'disconnected' : 'answered and kept open'}`);
     t.ok(server.alive(), `${c.name}: server alive`);
   }
@@ -149,7 +149,7 @@ t.test('the server survives garbage, mutations and abuse; the reference region i
       }
     }
     inputs += chunks.length;
-    await exchange(server.port, chunks, 30);
+    await exchange(server.nbdPort, chunks, 30);
     if (!server.alive()) {
       t.fail(`server died on connection ${i} (XDEVICE_SEED=${seed})\n${server.output().slice(-3000)}`);
       return;
@@ -157,7 +157,7 @@ t.test('the server survives garbage, mutations and abuse; the reference region i
   }
   t.ok(server.alive(), `server alive after ${connections} fuzzed connections (${inputs} inputs)`);
 
-  const checker = await NbdClient.connect({ host: server.host, port: server.port });
+  const checker = await NbdClient.connect({ host: server.host, port: server.nbdPort });
   await checker.openDevice('a');
   t.ok((await checker.read(REFERENCE_OFFSET, REFERENCE_BYTES)).equals(reference()), 'reference region intact');
   await checker.close();

@@ -8,7 +8,8 @@ import t from 'tap';
 import { MemoryDevice } from '../../src/device/memory.ts';
 import { StaticDeviceTable } from '../../src/device/table.ts';
 import { NbdServer } from '../../src/nbd/server.ts';
-import { run, startNbdServer } from './helpers/nbd-server.ts';
+import { startNode } from './helpers/launcher.ts';
+import { run } from './helpers/tools.ts';
 
 const ENV = { PATH: `/usr/bin:${process.env.PATH ?? ''}` };
 
@@ -19,7 +20,7 @@ async function nbdsh(t: { equal: (...args: any[]) => unknown }, name: string, li
 }
 
 t.test('nbdsh edge cases against a server process', async (t) => {
-  const server = await startNbdServer({ devices: ['a:16MiB', 'b:1MiB'] });
+  const server = await startNode({ backend: 'memory', devices: ['a:16MiB', 'b:1MiB'] });
   t.teardown(() => server.stop());
   const uri = server.uri('a');
 

@@ -3,7 +3,7 @@
 // a WRITE payload (a deadlock found by the kernel client, reproduced by fio).
 import t from 'tap';
 import { spawnSync } from 'node:child_process';
-import { startNode } from './helpers/node-process.ts';
+import { startNode } from './helpers/launcher.ts';
 import { limits } from '../../src/limits.ts';
 
 for (const backend of ['memory', 'replicated'] as const) {

@@ -9,7 +9,7 @@ import t from 'tap';
 import { RawDevice } from '../../src/device/raw.ts';
 import { StaticDeviceTable } from '../../src/device/table.ts';
 import { NbdServer } from '../../src/nbd/server.ts';
-import { run, tempDir } from './helpers/nbd-server.ts';
+import { run, tempDir } from './helpers/tools.ts';
 
 const SIZE = 32 << 20;
 

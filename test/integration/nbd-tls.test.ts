@@ -9,7 +9,8 @@ import t from 'tap';
 import { NbdClient } from '../../src/nbd/client.ts';
 import { NbdReply } from '../../src/nbd/constants.ts';
 import { NbdRemoteError } from '../../src/nbd/errors.ts';
-import { run, startNbdServer, tempDir } from './helpers/nbd-server.ts';
+import { startNode } from './helpers/launcher.ts';
+import { run, tempDir } from './helpers/tools.ts';
 
 const NBDSH_ENV = { PATH: `/usr/bin:${process.env.PATH ?? ''}` };
 
@@ -40,9 +41,9 @@ t.test('TLS-PSK: libnbd with a PSK file, our client with the key, and refusals',
   writeFileSync(pskFile, `# test keys\nalice:${key.toString('hex')}\n`);
   const wrongFile = path.join(dir, 'wrong.psk');
   writeFileSync(wrongFile, `alice:${randomBytes(32).toString('hex')}\n`);
-  const server = await startNbdServer({ tls: 'require', tlsPsk: pskFile, devices: ['a:16MiB'] });
+  const server = await startNode({ backend: 'memory', devices: ['a:16MiB'], extraArgs: ['--tls=require', `--tls-psk=${pskFile}`] });
   t.teardown(() => server.stop());
-  const uri = `nbds://alice@127.0.0.1:${server.port}/a?tls-psk-file=${pskFile}`;
+  const uri = `nbds://alice@127.0.0.1:${server.nbdPort}/a?tls-psk-file=${pskFile}`;
 
   const info = await run('nbdinfo', ['--json', uri]);
   t.equal(info.code, 0, `nbdinfo over TLS-PSK: ${info.stderr}`);
@@ -61,12 +62,12 @@ t.test('TLS-PSK: libnbd with a PSK file, our client with the key, and refusals',
   const sh = await run('nbdsh', ['-c', script], { env: NBDSH_ENV });
   t.equal(sh.code, 0, `nbdsh write/read over TLS-PSK: ${sh.stderr}`);
 
-  const wrong = await run('nbdinfo', [`nbds://alice@127.0.0.1:${server.port}/a?tls-psk-file=${wrongFile}`]);
+  const wrong = await run('nbdinfo', [`nbds://alice@127.0.0.1:${server.nbdPort}/a?tls-psk-file=${wrongFile}`]);
   t.not(wrong.code, 0, 'a wrong key fails the TLS handshake');
-  const plain = await run('nbdinfo', [`nbd://127.0.0.1:${server.port}/a`]);
+  const plain = await run('nbdinfo', [`nbd://127.0.0.1:${server.nbdPort}/a`]);
   t.not(plain.code, 0, 'nbdinfo without TLS is refused');
 
-  const refusing = await NbdClient.connect({ host: '127.0.0.1', port: server.port });
+  const refusing = await NbdClient.connect({ host: '127.0.0.1', port: server.nbdPort });
   try {
     await refusing.openDevice('a');
     t.fail('GO without TLS must fail');
@@ -75,7 +76,7 @@ t.test('TLS-PSK: libnbd with a PSK file, our client with the key, and refusals',
   }
   refusing.destroy();
 
-  const ours = await NbdClient.connect({ host: '127.0.0.1', port: server.port, tls: { psk: { identity: 'alice', key } } });
+  const ours = await NbdClient.connect({ host: '127.0.0.1', port: server.nbdPort, tls: { psk: { identity: 'alice', key } } });
   await ours.openDevice('a');
   t.ok((await ours.read(4096, 600)).equals(Buffer.from('secret'.repeat(100))), 'our client reads over TLS-PSK what libnbd wrote');
   await ours.close();
@@ -85,36 +86,34 @@ t.test('TLS-PSK: libnbd with a PSK file, our client with the key, and refusals',
 t.test('X.509: libnbd with a certificate directory; TLS on is optional for clients', async (t) => {
   const dir = tempDir('tls-x509');
   await makeCertificates(dir);
-  const server = await startNbdServer({
-    tls: 'on',
-    tlsCert: path.join(dir, 'server-cert.pem'),
-    tlsKey: path.join(dir, 'server-key.pem'),
-    tlsCa: path.join(dir, 'ca-cert.pem'),
+  const server = await startNode({
+    backend: 'memory',
     devices: ['a:16MiB', 'b:1MiB'],
+    extraArgs: ['--tls=on', `--tls-cert=${path.join(dir, 'server-cert.pem')}`, `--tls-key=${path.join(dir, 'server-key.pem')}`, `--tls-ca=${path.join(dir, 'ca-cert.pem')}`],
   });
   t.teardown(() => server.stop());
 
-  const list = await run('nbdinfo', ['--list', '--json', `nbds://127.0.0.1:${server.port}/?tls-certificates=${dir}`]);
+  const list = await run('nbdinfo', ['--list', '--json', `nbds://127.0.0.1:${server.nbdPort}/?tls-certificates=${dir}`]);
   t.equal(list.code, 0, `nbdinfo --list with certificates: ${list.stderr}`);
   const json = JSON.parse(list.stdout) as { TLS: boolean; exports: Array<{ 'export-name': string }> };
   t.equal(json.TLS, true);
   t.same(json.exports.map((e) => e['export-name']), ['a', 'b']);
 
-  const plain = await run('nbdinfo', ['--json', `nbd://127.0.0.1:${server.port}/b`]);
+  const plain = await run('nbdinfo', ['--json', `nbd://127.0.0.1:${server.nbdPort}/b`]);
   t.equal(plain.code, 0, '--tls on still serves clients without TLS');
   t.equal((JSON.parse(plain.stdout) as { TLS: boolean }).TLS, false);
 
   const ca = (await import('node:fs')).readFileSync(path.join(dir, 'ca-cert.pem'));
   const cert = (await import('node:fs')).readFileSync(path.join(dir, 'client-cert.pem'));
   const key = (await import('node:fs')).readFileSync(path.join(dir, 'client-key.pem'));
-  const ours = await NbdClient.connect({ host: '127.0.0.1', port: server.port, tls: { ca, cert, key, servername: 'localhost' } });
+  const ours = await NbdClient.connect({ host: '127.0.0.1', port: server.nbdPort, tls: { ca, cert, key, servername: 'localhost' } });
   await ours.openDevice('b');
   await ours.write(0, Buffer.from('over x509'));
   t.equal((await ours.read(0, 9)).toString(), 'over x509');
   t.ok(ours.tls);
   await ours.close();
 
-  const noClientCert = await NbdClient.connect({ host: '127.0.0.1', port: server.port, tls: { ca, servername: 'localhost' } }).then(
+  const noClientCert = await NbdClient.connect({ host: '127.0.0.1', port: server.nbdPort, tls: { ca, servername: 'localhost' } }).then(
     async (c) => {
       // TLS 1.3 reports a refused client certificate after the handshake, on first use.
       try {

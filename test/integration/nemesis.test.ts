@@ -4,7 +4,7 @@
 import t from 'tap';
 import { join } from 'node:path';
 import { formatReport, runNemesis } from './nemesis/nemesis.ts';
-import { tempDir } from './helpers/node-process.ts';
+import { tempDir } from './helpers/tools.ts';
 
 t.test('linearizable under kill -9, pauses, partitions, slow links and slow disks', { timeout: 600_000 }, async (t) => {
   const seed = Number(process.env.XDEVICE_SEED ?? Date.now() % 1_000_000_000);

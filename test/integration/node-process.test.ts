@@ -4,7 +4,8 @@ import t from 'tap';
 import { spawnSync } from 'node:child_process';
 import { copyFileSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { httpGet, NODE_BIN, ROOT, startNode, tempDir } from './helpers/node-process.ts';
+import { adminApi, nodeCommand, startNode } from './helpers/launcher.ts';
+import { ROOT, tempDir } from './helpers/tools.ts';
 import { notifySocket } from './helpers/notify-socket.ts';
 
 const BACKEND = (process.env.XDEVICE_TEST_BACKEND as 'replicated' | 'memory' | undefined) ?? 'memory';
@@ -16,7 +17,7 @@ t.test('READY=1 once serving, STOPPING=1 on SIGTERM, then a clean exit', async (
   t.teardown(() => node.kill());
   await notify.waitFor('READY=1');
   t.ok(notify.messages.some((m) => m.startsWith('STATUS=serving NBD on 127.0.0.1:')), 'status line names the NBD address');
-  t.equal((await httpGet(node.adminPort, '/health')).status, 200, 'healthy once ready');
+  t.equal((await adminApi(node.adminPort, 'GET', '/health')).status, 200, 'healthy once ready');
   node.child.kill('SIGTERM');
   const exit = await node.exited;
   t.equal(exit.code, 0, 'exit code 0 after SIGTERM');
@@ -37,16 +38,16 @@ t.test('bad configuration is refused naming the key (exit 2)', async (t) => {
   const dir = tempDir('badconf');
   const conf = join(dir, 'node.conf');
   writeFileSync(conf, 'data-dir = /tmp/x\nnbd-lsten = 127.0.0.1:1\n');
-  let run = spawnSync(process.execPath, [NODE_BIN, `--config=${conf}`], { encoding: 'utf8' });
+  let run = spawnSync(process.execPath, nodeCommand([`--config=${conf}`]), { encoding: 'utf8' });
   t.equal(run.status, 2);
   t.match(run.stderr, /unknown key "nbd-lsten"/);
-  run = spawnSync(process.execPath, [NODE_BIN, '--backend=raft'], { encoding: 'utf8' });
+  run = spawnSync(process.execPath, nodeCommand(['--backend=raft']), { encoding: 'utf8' });
   t.equal(run.status, 2);
   t.match(run.stderr, /backend/);
-  run = spawnSync(process.execPath, [NODE_BIN, '--backend=memory'], { encoding: 'utf8', env: { ...process.env, XDEVICE_NBD_LISTEN: 'nowhere' } });
+  run = spawnSync(process.execPath, nodeCommand(['--backend=memory']), { encoding: 'utf8', env: { ...process.env, XDEVICE_NBD_LISTEN: 'nowhere' } });
   t.equal(run.status, 2);
   t.match(run.stderr, /XDEVICE_NBD_LISTEN: not HOST:PORT/);
-  run = spawnSync(process.execPath, [NODE_BIN, '--device=x:12q'], { encoding: 'utf8' });
+  run = spawnSync(process.execPath, nodeCommand(['--device=x:12q']), { encoding: 'utf8' });
   t.equal(run.status, 2);
   t.match(run.stderr, /--device: not a size/);
 });
@@ -58,17 +59,17 @@ t.test('the config file form works and SIGHUP reloads the admin token', async (t
   const node = await startNode({ backend: BACKEND, extraArgs: [`--config=${conf}`], waitReady: false });
   t.teardown(() => node.kill());
   const deadline = Date.now() + 30_000;
-  while ((await httpGet(node.adminPort, '/status', 'first').catch(() => ({ status: 0 }))).status !== 200) {
+  while ((await adminApi(node.adminPort, 'GET', '/status', undefined, { token: 'first' }).catch(() => ({ status: 0 }))).status !== 200) {
     if (Date.now() > deadline) throw new Error(`node did not come up:\n${node.output()}`);
     await new Promise((r) => setTimeout(r, 100));
   }
-  t.equal((await httpGet(node.adminPort, '/status')).status, 401, 'no token: 401');
+  t.equal((await adminApi(node.adminPort, 'GET', '/status')).status, 401, 'no token: 401');
   writeFileSync(conf, `admin-token = second\n`);
   node.child.kill('SIGHUP');
   const until = Date.now() + 10_000;
-  while ((await httpGet(node.adminPort, '/status', 'second')).status !== 200 && Date.now() < until) await new Promise((r) => setTimeout(r, 100));
-  t.equal((await httpGet(node.adminPort, '/status', 'second')).status, 200, 'new token accepted after SIGHUP');
-  t.equal((await httpGet(node.adminPort, '/status', 'first')).status, 401, 'old token refused');
+  while ((await adminApi(node.adminPort, 'GET', '/status', undefined, { token: 'second' })).status !== 200 && Date.now() < until) await new Promise((r) => setTimeout(r, 100));
+  t.equal((await adminApi(node.adminPort, 'GET', '/status', undefined, { token: 'second' })).status, 200, 'new token accepted after SIGHUP');
+  t.equal((await adminApi(node.adminPort, 'GET', '/status', undefined, { token: 'first' })).status, 401, 'old token refused');
   t.match(node.output(), /SIGHUP: configuration reloaded/);
 });
 

@@ -5,8 +5,8 @@
 // shrink under a connected nbdsh client need --force (which disconnects it).
 import t from 'tap';
 import { spawn } from 'node:child_process';
-import { CLI_BIN, httpGet, startNode, waitFor, runCli as cli, adminRequest as api, type CliRun } from './helpers/node-process.ts';
-import { ProcessCluster } from './helpers/process-cluster.ts';
+import { adminApi as api, startNode, Cluster } from './helpers/launcher.ts';
+import { CLI_BIN, waitFor, runCli as cli, type CliRun } from './helpers/tools.ts';
 import { freePorts } from './helpers/ports.ts';
 
 async function deviceList(port: number): Promise<{ name: string; size: number }[]> {
@@ -46,7 +46,7 @@ t.test('the admin API applies the configuration’s checks: 400 with a message, 
   }
   t.same(await deviceList(node.adminPort), before, 'nothing changed');
   t.notMatch(node.output(), /admin API request failed/, 'no user error logged as a server error');
-  t.equal((await httpGet(node.adminPort, '/status')).status, 200, 'the node is up');
+  t.equal((await api(node.adminPort, 'GET', '/status')).status, 200, 'the node is up');
 });
 
 t.test('each xdevice-cli mistake changes nothing and exits 2 naming the argument', { timeout: 120_000 }, async (t) => {
@@ -97,9 +97,9 @@ t.test('each xdevice-cli mistake changes nothing and exits 2 naming the argument
 });
 
 t.test('16 TiB: refused with 400 where proposed; every node stays up', { timeout: 300_000 }, async (t) => {
-  const cluster = await ProcessCluster.start({ size: 3, devices: ['default:32MiB'] });
+  const cluster = await Cluster.start({ size: 3, devices: ['default:32MiB'] });
   t.teardown(() => cluster.stop());
-  const leader = await cluster.leader();
+  const leader = await cluster.leaderIndex();
   const follower = (leader + 1) % 3;
   const at = (i: number) => cluster.slots[i]!.ports.admin;
 

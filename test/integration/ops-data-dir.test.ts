@@ -4,24 +4,8 @@
 import t from 'tap';
 import { existsSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { request } from 'node:http';
-import { httpGet, startNode, waitFor } from './helpers/node-process.ts';
-
-function api(port: number, method: string, path: string, body?: unknown): Promise<{ status: number; body: string }> {
-  return new Promise((resolve, reject) => {
-    const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
-    const req = request(
-      { host: '127.0.0.1', port, method, path, timeout: 20_000, headers: payload ? { 'Content-Type': 'application/json', 'Content-Length': payload.length } : {} },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString('utf8') }));
-      },
-    );
-    req.on('error', reject);
-    req.end(payload);
-  });
-}
+import { adminApi as api, startNode } from './helpers/launcher.ts';
+import { waitFor } from './helpers/tools.ts';
 
 t.test('a second node on a live data directory exits 2 naming the directory and the holder', { timeout: 120_000 }, async (t) => {
   const first = await startNode({ id: 'node1' });
@@ -35,7 +19,7 @@ t.test('a second node on a live data directory exits 2 naming the directory and 
   t.match(second.output(), `pid ${first.child.pid}`, "and the holder's pid");
   t.notMatch(second.output(), /WAL recovered/, 'it read nothing before the lock');
   t.same(readdirSync(join(first.dataDir, 'devices')).sort(), before, "the first node's device files are untouched");
-  t.equal((await httpGet(first.adminPort, '/status')).status, 200, 'the first node still serves');
+  t.equal((await api(first.adminPort, 'GET', '/status')).status, 200, 'the first node still serves');
   const created = await api(first.adminPort, 'POST', '/devices', { name: 'after', size: '1MiB' });
   t.equal(created.status, 201, 'and still commits');
 });
@@ -86,7 +70,7 @@ t.test('a device file lost under the checkpoint refuses the start; one deleted a
   await first.kill('SIGKILL');
   const second = await startNode({ id: 'node1', dataDir: node.dataDir, devices: ['default:8MiB'] });
   t.teardown(() => second.kill());
-  t.equal((await httpGet(second.adminPort, '/status')).status, 200, 'a file deleted by a later entry is no loss');
+  t.equal((await api(second.adminPort, 'GET', '/status')).status, 200, 'a file deleted by a later entry is no loss');
   await second.kill('SIGTERM'); // checkpoints: only default is in it
   const files = readdirSync(join(node.dataDir, 'devices'));
   t.equal(files.length, 1, 'one device file');

@@ -6,8 +6,8 @@
 import t from 'tap';
 import { spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
-import { CLI_BIN, startNode, waitFor, type NodeProcess, runCli as cli, adminRequest as api } from './helpers/node-process.ts';
-import { ProcessCluster } from './helpers/process-cluster.ts';
+import { startNode, type NodeProcess, adminApi as api, Cluster } from './helpers/launcher.ts';
+import { CLI_BIN, waitFor, runCli as cli } from './helpers/tools.ts';
 import { freePorts } from './helpers/ports.ts';
 import { EXIT_REMOVED } from '../../src/exit-codes.ts';
 import type { HealthReport, Member, NodeStatus } from '../../src/admin/api.ts';
@@ -59,7 +59,7 @@ t.test('joining: a learner until its snapshot is installed; interrupted add-node
     env: { ...env, XDEVICE_FAULT_FILE: faults2 },
   });
   procs.push(n2);
-  const add = await api(n1.adminPort, 'POST', '/members', { id: 'node2', address: `127.0.0.1:${peer2}`, wait: false }, 120_000);
+  const add = await api(n1.adminPort, 'POST', '/members', { id: 'node2', address: `127.0.0.1:${peer2}`, wait: false }, { timeoutMs: 120_000 });
   t.equal(add.status, 200, 'node2 added');
   const samples: { voter: boolean; receiving: boolean; applied: number }[] = [];
   await waitFor(
@@ -144,9 +144,9 @@ t.test('members promote makes a caught-up learner a voter', { timeout: 180_000 }
 });
 
 t.test('after a leader kill, a follower’s health does not count voters it cannot see', { timeout: 180_000 }, async (t) => {
-  const cluster = await ProcessCluster.start({ size: 3, devices: ['default:16MiB'] });
+  const cluster = await Cluster.start({ size: 3, devices: ['default:16MiB'] });
   t.teardown(() => cluster.stop());
-  const old = await cluster.leader();
+  const old = await cluster.leaderIndex();
   await cluster.kill(old);
   const leader = await waitFor('a new leader', async () => {
     for (let i = 0; i < 3; i++) if (i !== old && (await cluster.status(i))?.role === 'leader') return i + 1;

@@ -7,7 +7,8 @@ import t, { type Test } from 'tap';
 import { execFileSync, spawn } from 'node:child_process';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { httpGet, startNode, tempDir, type NodeProcess } from './helpers/node-process.ts';
+import { adminApi, startNode, type NodeProcess } from './helpers/launcher.ts';
+import { tempDir } from './helpers/tools.ts';
 import { freePorts } from './helpers/ports.ts';
 import type { HealthReport } from '../../src/admin/api.ts';
 
@@ -66,10 +67,10 @@ t.test('a filled data filesystem: ENOSPC for clients, every node up and serving 
   const leader = await (async () => {
     for (let k = 0; k < 300; k++) {
       for (const n of nodes) {
-        const s = await httpGet(n.adminPort, '/status');
-        if (s.status === 200 && JSON.parse(s.body).role === 'leader') {
-          const d = await httpGet(n.adminPort, '/devices');
-          if (JSON.parse(d.body).devices.length > 0) return n;
+        const s = await adminApi(n.adminPort, 'GET', '/status');
+        if (s.status === 200 && s.body.role === 'leader') {
+          const d = await adminApi(n.adminPort, 'GET', '/devices');
+          if (d.body.devices.length > 0) return n;
         }
       }
       await new Promise((r) => setTimeout(r, 100));
@@ -119,11 +120,11 @@ t.test('a filled data filesystem: ENOSPC for clients, every node up and serving 
     ['import errno', `h.connect_uri("nbd://127.0.0.1:${leader.nbdPort}/default")`, 'try:', '    h.pwrite(b"x" * 65536, 0)', '    print("accepted")', 'except nbd.Error as e:', '    print("refused", errno.errorcode.get(e.errno, e.errno))'].join('\n'),
   );
   t.match(again.stdout, /refused ENOSPC/, 'later writes: ENOSPC as well');
-  const health = JSON.parse((await httpGet(leader.adminPort, '/health')).body) as HealthReport;
+  const health = (await adminApi(leader.adminPort, 'GET', '/health')).body as HealthReport;
   const space = health.checks.find((c) => c.name === 'space')!;
   t.notOk(space.ok, `/health: ${space.detail}`);
   t.ok(health.space && health.space.freeBytes < health.space.reserveBytes, '/health reports free space below the reserve');
-  const metrics = (await httpGet(leader.adminPort, '/metrics')).body;
+  const metrics = (await adminApi(leader.adminPort, 'GET', '/metrics')).body;
   t.match(metrics, /^xdevice_disk_data_dir_free_bytes \d+/m, 'the free-space metric');
   for (const n of nodes) t.equal(n.child.exitCode, null, `${n.id} is still running`);
   t.notMatch(nodes.map((n) => n.output()).join('\n'), /node failed; leaving service/, 'no node left service');

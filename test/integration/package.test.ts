@@ -7,7 +7,8 @@ import t from 'tap';
 import { spawn, spawnSync, type SpawnSyncReturns } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, readdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { ROOT, httpGet, tempDir, waitFor } from './helpers/node-process.ts';
+import { adminApi } from './helpers/launcher.ts';
+import { ROOT, tempDir, waitFor } from './helpers/tools.ts';
 import { freePorts } from './helpers/ports.ts';
 import { CONFIG_KEYS } from '../../src/node/config.ts';
 
@@ -119,8 +120,8 @@ t.test('npm pack → npm install -g gives working xdevice-node and xdevice-cli',
   });
   await waitFor('the installed node to serve its device', async () => {
     if (node.exitCode !== null) throw new Error(`xdevice-node exited: ${output}`);
-    const res = await httpGet(adminPort!, '/devices');
-    return res.status === 200 && res.body.includes('"default"');
+    const res = await adminApi(adminPort!, 'GET', '/devices');
+    return res.status === 200 && res.body.devices.some((d: { name: string }) => d.name === 'default');
   }, 60_000);
   const info = run('nbdinfo', ['--size', `nbd://127.0.0.1:${nbdPort}/default`], { cwd: outside });
   t.equal(info.status, 0, info.stderr);

@@ -8,9 +8,9 @@ import t from 'tap';
 import { spawn } from 'node:child_process';
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { TestCluster, admin } from './helpers/cluster.ts';
+import { Cluster, adminApi, clusterSecretFile, nodeCommand } from './helpers/launcher.ts';
 import { PeerClient } from './helpers/peer-client.ts';
-import { ROOT, clusterSecretFile, waitFor } from './helpers/node-process.ts';
+import { ROOT, waitFor } from './helpers/tools.ts';
 import { freePorts } from './helpers/ports.ts';
 import { readClusterSecret } from '../../src/cluster/peer-auth.ts';
 import { encodeRaftMessage, encodeSnapBegin, encodeChallenge } from '../../src/cluster/codec.ts';
@@ -45,14 +45,14 @@ const ghostProp = (from: string, to: string) =>
 const hugeTermHeartbeat = (from: string, to: string) => encodeRaftMessage(message({ type: MessageType.Heartbeat, from, to, term: Number.MAX_SAFE_INTEGER, commit: 0 }));
 
 t.test('a stranger and a bad frame can neither write, reconfigure nor stop the cluster', async (t) => {
-  const c = await TestCluster.start({ devices: ['default:16MiB'] });
-  t.teardown(() => c.destroy());
+  const c = await Cluster.start({ devices: ['default:16MiB'] });
+  t.teardown(() => c.stop());
   const secret = readClusterSecret(clusterSecretFile());
   const leader = await c.waitForLeader();
   const ids = c.ids;
   const followers = ids.filter((id) => id !== leader);
-  const peerPort = (id: string) => c.nodes.get(id)!.peerPort;
-  const pid = (id: string) => c.nodes.get(id)!.child.pid!;
+  const peerPort = (id: string) => c.node(id).peerPort;
+  const pid = (id: string) => c.node(id).child.pid!;
 
   // Known contents, read back through every node.
   const pattern = Buffer.alloc(64 * KiB, 0x5a);
@@ -68,7 +68,7 @@ t.test('a stranger and a bad frame can neither write, reconfigure nor stop the c
       t.ok(got.equals(pattern), `${what}: ${id} still holds the pattern`);
     }
   };
-  const membersOf = async (id: string) => ((await admin<{ members: { id: string }[] }>(c.nodes.get(id)!.adminPort, 'GET', '/members')).body.members.map((m) => m.id).sort());
+  const membersOf = async (id: string) => ((await adminApi<{ members: { id: string }[] }>(c.node(id).adminPort, 'GET', '/members')).body.members.map((m) => m.id).sort());
   const members = await membersOf(leader);
   t.same(members, [...ids].sort());
   await new Promise((r) => setTimeout(r, 1000));
@@ -180,7 +180,7 @@ t.test('a stranger and a bad frame can neither write, reconfigure nor stop the c
     p.send(hugeTermHeartbeat(impersonated, victim));
     await p.closed;
     await new Promise((r) => setTimeout(r, 1000));
-    t.notOk(existsSync(join(c.nodes.get(victim)!.dataDir, STAGING_DIR)), 'no staging area was created');
+    t.notOk(existsSync(join(c.node(victim).dataDir, STAGING_DIR)), 'no staging area was created');
     const after = proc(pid(victim));
     t.ok(after.fds <= before.fds + 2, `descriptors back to baseline (${before.fds} → ${after.fds})`);
     t.ok(after.threads <= before.threads + 2, `threads back to baseline (${before.threads} → ${after.threads})`);
@@ -195,14 +195,14 @@ t.test('a stranger and a bad frame can neither write, reconfigure nor stop the c
     const term0 = (await c.status(leader)).term;
     const child = spawn(
       process.execPath,
-      ['--import=tsx', join(ROOT, 'src/node/main.ts'), '--node-id', twin, '--data-dir', join(c.baseDir, 'twin'), '--nbd-listen', `127.0.0.1:${nbd}`, '--admin-listen', `127.0.0.1:${adm}`,
-        '--peer-listen', `127.0.0.1:${peer}`, '--peers', peers, '--device', 'default:16MiB', `--cluster-secret-file=${clusterSecretFile()}`],
+      nodeCommand(['--node-id', twin, '--data-dir', join(c.baseDir, 'twin'), '--nbd-listen', `127.0.0.1:${nbd}`, '--admin-listen', `127.0.0.1:${adm}`,
+        '--peer-listen', `127.0.0.1:${peer}`, '--peers', peers, '--device', 'default:16MiB', `--cluster-secret-file=${clusterSecretFile()}`]),
       { cwd: ROOT, stdio: ['ignore', 'ignore', 'ignore'] },
     );
     t.teardown(() => {
       child.kill('SIGKILL');
     });
-    await waitFor('the twin to try its links', async () => c.nodes.get(leader)!.output().includes('refused a second live link'), 60_000);
+    await waitFor('the twin to try its links', async () => c.node(leader).output().includes('refused a second live link'), 60_000);
     await new Promise((r) => setTimeout(r, 3000));
     child.kill('SIGKILL');
     t.equal((await c.status(leader)).term, term0, 'the twin\'s campaigns never reached the cluster');

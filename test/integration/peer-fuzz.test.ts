@@ -2,8 +2,7 @@
 // live 3-node cluster: 10^5 frames per CI run (XDEVICE_FUZZ_FRAMES to change;
 // `npm run fuzz:peer` sends 10^6). Prints its seed; XDEVICE_SEED replays it.
 import t from 'tap';
-import { TestCluster } from './helpers/cluster.ts';
-import { clusterSecretFile } from './helpers/node-process.ts';
+import { Cluster, clusterSecretFile } from './helpers/launcher.ts';
 import { readClusterSecret } from '../../src/cluster/peer-auth.ts';
 import { fuzzPeers, fuzzSeed } from './peer-fuzz/fuzz.ts';
 
@@ -11,8 +10,8 @@ t.test('authenticated random and mutated peer frames stop nothing and lose no ac
   const seed = fuzzSeed();
   const frames = Number(process.env.XDEVICE_FUZZ_FRAMES ?? 100_000);
   t.comment(`XDEVICE_SEED=${seed} XDEVICE_FUZZ_FRAMES=${frames}`);
-  const c = await TestCluster.start({ devices: ['default:16MiB'], logLevel: 'error' });
-  t.teardown(() => c.destroy());
+  const c = await Cluster.start({ ids: ['n1', 'n2', 'n3'], devices: ['default:16MiB'], logLevel: 'error' });
+  t.teardown(() => c.stop());
   const started = Date.now();
   const stats = await fuzzPeers(c, readClusterSecret(clusterSecretFile()), seed, frames, (s) => t.comment(s));
   t.comment(`${JSON.stringify(stats)} in ${((Date.now() - started) / 1000).toFixed(1)} s`);

@@ -9,16 +9,14 @@ import { spawn } from 'node:child_process';
 import { chmodSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
-import { ROOT, NODE_BIN, tempDir, waitFor, httpGet } from './helpers/node-process.ts';
+import { adminApi, nodeCommand, type NodeEntry } from './helpers/launcher.ts';
+import { ROOT, tempDir, waitFor } from './helpers/tools.ts';
 import { freePorts } from './helpers/ports.ts';
 
-const FROM_SOURCE = ['--import=tsx', join(ROOT, 'src/node/main.ts')] as const;
-
-async function run(entry: readonly string[], extra: string[], untilReady = false): Promise<{ code: number | null; out: string }> {
+async function run(entry: NodeEntry, extra: string[], untilReady = false): Promise<{ code: number | null; out: string }> {
   const [nbd, admin, peer, p2] = await freePorts(4);
   const dir = tempDir('peer-startup');
-  const args = [
-    ...entry,
+  const args = nodeCommand([
     '--node-id=n1',
     `--data-dir=${join(dir, 'd')}`,
     `--nbd-listen=127.0.0.1:${nbd}`,
@@ -27,7 +25,7 @@ async function run(entry: readonly string[], extra: string[], untilReady = false
     `--peers=n1=127.0.0.1:${peer},n2=127.0.0.1:${p2}`,
     '--device=default:16MiB',
     ...extra,
-  ];
+  ], { entry });
   const child = spawn(process.execPath, args, { cwd: ROOT, env: { ...process.env, XDEVICE_LOG_FORMAT: 'json' }, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   child.stdout.on('data', (c: Buffer) => (out += c.toString()));
@@ -38,7 +36,7 @@ async function run(entry: readonly string[], extra: string[], untilReady = false
     void exited.then((c) => (code = c));
     await waitFor('the node to answer /status', async () => {
       if (code !== undefined) throw new Error(`exited ${code}: ${out}`);
-      return (await httpGet(admin!, '/status').catch(() => ({ status: 0 }))).status === 200;
+      return (await adminApi(admin!, 'GET', '/status').catch(() => ({ status: 0 }))).status === 200;
     }, 60_000);
     if (extra.includes('--ready-line')) await waitFor('the ready line on stdout', async () => out.includes('{"ready":true'), 10_000);
     child.kill('SIGKILL');
@@ -55,7 +53,7 @@ function secret(text: string, mode = 0o600): string {
   return p;
 }
 
-for (const [name, entry] of [['xdevice-node', [NODE_BIN]], ['src/node/main.ts', FROM_SOURCE]] as const) {
+for (const [name, entry] of [['xdevice-node', 'bin'], ['src/node/main.ts', 'source']] as const) {
   t.test(`${name}: peers without authentication → exit 2 naming the keys`, async (t) => {
     const r = await run(entry, []);
     t.equal(r.code, 2, r.out);
@@ -77,12 +75,12 @@ for (const [name, entry] of [['xdevice-node', [NODE_BIN]], ['src/node/main.ts', 
 }
 
 t.test('xdevice-node: a good secret file starts; --insecure-peers starts and warns', async (t) => {
-  const ok = await run([NODE_BIN], [`--cluster-secret-file=${secret(randomBytes(32).toString('hex'))}`, '--ready-line'], true);
+  const ok = await run('bin', [`--cluster-secret-file=${secret(randomBytes(32).toString('hex'))}`, '--ready-line'], true);
   t.notMatch(ok.out, /NOT authenticated/);
   const ready = JSON.parse(ok.out.split('\n').find((l) => l.startsWith('{"ready":true'))!) as Record<string, unknown>;
   t.equal(ready.nodeId, 'n1', 'the ready line names the node');
   t.match(ready.nbd, /^127\.0\.0\.1:\d+$/, 'and where it serves NBD');
   t.match(ready.peer, /^127\.0\.0\.1:\d+$/, 'and its peer address');
-  const insecure = await run([NODE_BIN], ['--insecure-peers'], true);
+  const insecure = await run('bin', ['--insecure-peers'], true);
   t.match(insecure.out, /insecure-peers: peer links are NOT authenticated/);
 });

@@ -4,8 +4,8 @@
 import t from 'tap';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { join } from 'node:path';
-import { TestCluster } from './helpers/cluster.ts';
-import { ROOT, tempDir, waitFor } from './helpers/node-process.ts';
+import { Cluster, nodeCommand } from './helpers/launcher.ts';
+import { ROOT, tempDir, waitFor } from './helpers/tools.ts';
 
 t.test('peers over mutual TLS: ids bound to certificates', async (t) => {
   const dir = tempDir('peer-tls');
@@ -17,8 +17,8 @@ t.test('peers over mutual TLS: ids bound to certificates', async (t) => {
     ssl('x509', '-req', '-in', `${id}.csr`, '-CA', 'ca.crt', '-CAkey', 'ca.key', '-CAcreateserial', '-days', '2', '-out', `${id}.crt`);
   }
   const tlsArgs = (id: string, certOf = id) => [`--peer-tls-cert=${join(dir, `${certOf}.crt`)}`, `--peer-tls-key=${join(dir, `${certOf}.key`)}`, `--peer-tls-ca=${join(dir, 'ca.crt')}`];
-  const c = await TestCluster.start({ devices: ['default:16MiB'], nodeArgs: (id) => tlsArgs(id) });
-  t.teardown(() => c.destroy());
+  const c = await Cluster.start({ ids: ['n1', 'n2', 'n3'], devices: ['default:16MiB'], nodeArgs: (id) => tlsArgs(id) });
+  t.teardown(() => c.stop());
   const leader = await c.waitForLeader();
   const data = Buffer.alloc(8192, 0x42);
   const w = await c.client(leader);
@@ -34,7 +34,7 @@ t.test('peers over mutual TLS: ids bound to certificates', async (t) => {
   }
   t.notMatch(c.logs(400), /NOT authenticated/, 'no insecure link');
   // n2's certificate used by a process that says it is n3: refused at start.
-  const r = spawnSync(process.execPath, ['--import=tsx', join(ROOT, 'src/node/main.ts'), '--node-id=n3', `--data-dir=${join(dir, 'x')}`, '--peers=n1=127.0.0.1:1,n3=127.0.0.1:2', ...tlsArgs('n3', 'n2')], { cwd: ROOT, encoding: 'utf8', timeout: 60_000 });
+  const r = spawnSync(process.execPath, nodeCommand(['--node-id=n3', `--data-dir=${join(dir, 'x')}`, '--peers=n1=127.0.0.1:1,n3=127.0.0.1:2', ...tlsArgs('n3', 'n2')]), { cwd: ROOT, encoding: 'utf8', timeout: 60_000 });
   t.equal(r.status, 2, r.stderr);
   t.match(r.stderr, /does not name this node \(n3\)/);
 });

@@ -5,7 +5,7 @@ import t from 'tap';
 import { createHash, randomBytes } from 'node:crypto';
 import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
-import { ProcessCluster } from './helpers/process-cluster.ts';
+import { Cluster } from './helpers/launcher.ts';
 import { attachExport, fsck } from './helpers/blockdev.ts';
 
 function writeDurably(path: string, data: Buffer): void {
@@ -25,9 +25,9 @@ function fsyncDir(path: string): void {
 }
 
 t.test('ext4 on a 3-node cluster survives kill -9 of the leader mid-write', { timeout: 600_000 }, async (t) => {
-  const cluster = await ProcessCluster.start({ size: 3, devices: ['default:256MiB'] });
+  const cluster = await Cluster.start({ size: 3, devices: ['default:256MiB'] });
   t.teardown(() => cluster.stop());
-  const leader = await cluster.leader();
+  const leader = await cluster.leaderIndex();
   const follower = (leader + 1) % 3;
   // The filesystem talks to a follower: it keeps serving while the leader dies.
   const dev = await attachExport(cluster.slots[follower]!.ports.nbd, 'default', { connections: 2 });
@@ -55,7 +55,7 @@ t.test('ext4 on a 3-node cluster survives kill -9 of the leader mid-write', { ti
     }
   }
   t.equal(killedAt, total / 2, 'the leader was killed in the middle');
-  const newLeader = await cluster.leader();
+  const newLeader = await cluster.leaderIndex();
   t.not(newLeader, leader, 'a new leader took over');
 
   dev.unmount();

@@ -6,8 +6,8 @@
 import t from 'tap';
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
-import { ProcessCluster } from './helpers/process-cluster.ts';
-import { ROOT } from './helpers/node-process.ts';
+import { Cluster } from './helpers/launcher.ts';
+import { ROOT } from './helpers/tools.ts';
 
 function runVm(port: number, onPhase: (phase: string) => void): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
@@ -27,9 +27,9 @@ function runVm(port: number, onPhase: (phase: string) => void): Promise<{ code: 
 }
 
 t.test('a kernel /dev/nbd0 on a 3-node cluster, with and without a leader kill', { timeout: 900_000 }, async (t) => {
-  const cluster = await ProcessCluster.start({ size: 3, devices: ['default:256MiB'] });
+  const cluster = await Cluster.start({ size: 3, devices: ['default:256MiB'] });
   t.teardown(() => cluster.stop());
-  const leader = await cluster.leader();
+  const leader = await cluster.leaderIndex();
   const follower = (leader + 1) % 3;
 
   const quiet = await runVm(cluster.slots[follower]!.ports.nbd, () => {});
@@ -48,6 +48,6 @@ t.test('a kernel /dev/nbd0 on a 3-node cluster, with and without a leader kill',
   t.equal(killedDuring, 'write-start', 'the leader was killed while the guest was writing');
   t.equal(faulty.code, 0, `guest passed with the leader killed:\n${faulty.stdout}\n${faulty.stderr.slice(-3000)}`);
   t.match(faulty.stdout, /^PASS/m);
-  const newLeader = await cluster.leader();
+  const newLeader = await cluster.leaderIndex();
   t.not(newLeader, leader, 'another node leads');
 });

@@ -5,7 +5,7 @@
 // pg_amcheck must be clean.
 import t from 'tap';
 import { join } from 'node:path';
-import { ProcessCluster } from './helpers/process-cluster.ts';
+import { Cluster } from './helpers/launcher.ts';
 import { attachExport } from './helpers/blockdev.ts';
 import { freePort } from './helpers/ports.ts';
 import { initPostgres, pgAmcheck, pgbenchInit, runPgbench, type Postgres } from './helpers/postgres.ts';
@@ -38,9 +38,9 @@ async function ledger(db: Postgres, stop: () => boolean): Promise<{ acked: numbe
 }
 
 t.test('pgbench with its WAL on XDevice survives kill -9 of the Raft leader', { timeout: 900_000 }, async (t) => {
-  const cluster = await ProcessCluster.start({ size: 3, devices: ['default:1GiB'] });
+  const cluster = await Cluster.start({ size: 3, devices: ['default:1GiB'] });
   t.teardown(() => cluster.stop());
-  const leader = await cluster.leader();
+  const leader = await cluster.leaderIndex();
   const follower = (leader + 1) % 3;
   const dev = await attachExport(cluster.slots[follower]!.ports.nbd, 'default', { connections: 2 });
   t.teardown(() => dev.detach());

@@ -8,8 +8,8 @@ import t from 'tap';
 import { spawn } from 'node:child_process';
 import { copyFileSync, existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { ROOT, httpGet, tempDir, waitFor } from './helpers/node-process.ts';
-import { ProcessCluster } from './helpers/process-cluster.ts';
+import { adminApi, Cluster } from './helpers/launcher.ts';
+import { ROOT, tempDir, waitFor } from './helpers/tools.ts';
 import { NbdClient } from '../../src/nbd/client.ts';
 import type { NodeStatus } from '../../src/admin/api.ts';
 
@@ -45,9 +45,9 @@ function memberState(html: string, id: string): string | undefined {
 
 t.test('the status page shows the cluster, and a killed node down then back', { timeout: 420_000 }, async (t) => {
   t.ok(existsSync(CHROMIUM), 'chromium is installed (scripts/setup-test-host.sh)');
-  const cluster = await ProcessCluster.start({ size: 3, devices: ['default:16MiB'] });
+  const cluster = await Cluster.start({ size: 3, devices: ['default:16MiB'] });
   t.teardown(() => cluster.stop());
-  const leader = await cluster.leader();
+  const leader = await cluster.leaderIndex();
   const slot = cluster.slots[leader]!;
   const page = `http://127.0.0.1:${slot.ports.admin}/`;
 
@@ -56,7 +56,7 @@ t.test('the status page shows the cluster, and a killed node down then back', { 
   for (let i = 0; i < 32; i++) await nbd.write(i * 65536, Buffer.alloc(65536, i + 1));
   await nbd.close();
 
-  const plain = await httpGet(slot.ports.admin, '/');
+  const plain = await adminApi(slot.ports.admin, 'GET', '/');
   t.equal(plain.status, 200);
   t.match(plain.body, /^<!doctype html>/, 'GET / is the HTML page');
 
@@ -72,7 +72,7 @@ t.test('the status page shows the cluster, and a killed node down then back', { 
   const victimId = cluster.slots[victim]!.id;
   await cluster.kill(victim);
   await waitFor('the leader to see the link down', async () => {
-    const st = JSON.parse((await httpGet(slot.ports.admin, '/status')).body) as NodeStatus;
+    const st = (await adminApi(slot.ports.admin, 'GET', '/status')).body as NodeStatus;
     return st.peers.find((p) => p.id === victimId)?.connected === false;
   }, 60_000);
   const down = await dom(page);
@@ -89,7 +89,7 @@ t.test('the status page shows the cluster, and a killed node down then back', { 
 
   await cluster.startNode(victim);
   await waitFor('the leader to see the link up', async () => {
-    const st = JSON.parse((await httpGet(slot.ports.admin, '/status')).body) as NodeStatus;
+    const st = (await adminApi(slot.ports.admin, 'GET', '/status')).body as NodeStatus;
     return st.peers.find((p) => p.id === victimId)?.connected === true;
   }, 60_000);
   const back = await dom(page);

@@ -10,7 +10,8 @@ import t from 'tap';
 import { spawn, spawnSync } from 'node:child_process';
 import { copyFileSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { CLI_BIN, NODE_BIN, ROOT, httpGet, tempDir, waitFor } from './helpers/node-process.ts';
+import { nodeCommand, adminApi } from './helpers/launcher.ts';
+import { CLI_BIN, ROOT, tempDir, waitFor } from './helpers/tools.ts';
 import { freePorts } from './helpers/ports.ts';
 import { notifySocket } from './helpers/notify-socket.ts';
 import { NbdClient } from '../../src/nbd/client.ts';
@@ -107,7 +108,7 @@ t.test('a node under strace makes only system calls the unit allows', { timeout:
   t.teardown(() => notify.close());
   const child = spawn(
     'strace',
-    ['-f', '-qq', '-c', '-o', trace, process.execPath, NODE_BIN, `--data-dir=${join(dir, 'data')}`, `--nbd-listen=127.0.0.1:${nbdPort}`, `--admin-listen=127.0.0.1:${adminPort}`, `--peer-listen=127.0.0.1:${peerPort}`, '--device=default:16MiB', '--log-format=json'],
+    ['-f', '-qq', '-c', '-o', trace, process.execPath, ...nodeCommand([`--data-dir=${join(dir, 'data')}`, `--nbd-listen=127.0.0.1:${nbdPort}`, `--admin-listen=127.0.0.1:${adminPort}`, `--peer-listen=127.0.0.1:${peerPort}`, '--device=default:16MiB', '--log-format=json'])],
     { env: { ...process.env, NOTIFY_SOCKET: notify.path, WATCHDOG_USEC: '400000' }, stdio: ['ignore', 'pipe', 'pipe'] },
   );
   let output = '';
@@ -128,7 +129,7 @@ t.test('a node under strace makes only system calls the unit allows', { timeout:
   });
   await notify.waitFor('READY=1', 120_000);
   await notify.waitFor('WATCHDOG=1', 30_000);
-  await waitFor('the device', async () => (await httpGet(adminPort!, '/devices')).body.includes('"default"'), 60_000);
+  await waitFor('the device', async () => (await adminApi(adminPort!, 'GET', '/devices')).body.devices.some((d: { name: string }) => d.name === 'default'), 60_000);
 
   const nbd = await NbdClient.connect({ host: '127.0.0.1', port: nbdPort! });
   await nbd.openDevice('default');
@@ -139,8 +140,8 @@ t.test('a node under strace makes only system calls the unit allows', { timeout:
   await nbd.trim(1 << 20, 65536);
   t.same(await nbd.read(0, data.length), data, 'reads back what was written');
   await nbd.close();
-  t.equal((await httpGet(adminPort!, '/metrics')).status, 200);
-  t.equal((await httpGet(adminPort!, '/health')).status, 200);
+  t.equal((await adminApi(adminPort!, 'GET', '/metrics')).status, 200);
+  t.equal((await adminApi(adminPort!, 'GET', '/health')).status, 200);
   // SIGTERM to the node itself (strace's child), as systemd's KillMode=mixed sends it to the main process.
   const nodePid = Number(/"pid":(\d+)/.exec(output)?.[1]);
   t.ok(nodePid > 0 && nodePid !== child.pid, 'the node process under strace');
@@ -159,7 +160,7 @@ t.test('a node under strace makes only system calls the unit allows', { timeout:
 t.test('xdevice-cli attach runs nbd-client with -persist and a timeout', async (t) => {
   const [nbdPort, adminPort, peerPort] = await freePorts(3);
   const dir = tempDir('attach');
-  const child = spawn(process.execPath, [NODE_BIN, `--data-dir=${dir}`, `--nbd-listen=127.0.0.1:${nbdPort}`, `--admin-listen=127.0.0.1:${adminPort}`, `--peer-listen=127.0.0.1:${peerPort}`, '--device=default:8MiB'], {
+  const child = spawn(process.execPath, nodeCommand([`--data-dir=${dir}`, `--nbd-listen=127.0.0.1:${nbdPort}`, `--admin-listen=127.0.0.1:${adminPort}`, `--peer-listen=127.0.0.1:${peerPort}`, '--device=default:8MiB']), {
     stdio: 'ignore',
   });
   const exited = new Promise((r) => child.once('exit', r));
@@ -167,7 +168,7 @@ t.test('xdevice-cli attach runs nbd-client with -persist and a timeout', async (
     child.kill('SIGKILL');
     await exited;
   });
-  await waitFor('the node', async () => (await httpGet(adminPort!, '/status')).status === 200, 60_000);
+  await waitFor('the node', async () => (await adminApi(adminPort!, 'GET', '/status')).status === 200, 60_000);
   // The arguments the attach unit passes.
   const run = spawnSync(process.execPath, [CLI_BIN, `--endpoints=127.0.0.1:${adminPort}`, '-w', 'json', 'attach', '--device=/dev/nbd3', '--export=default', '--connections=4', '--persist', '--nbd-timeout=45', '--dry-run'], {
     encoding: 'utf8',

@@ -4,7 +4,7 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { tempDir, waitFor } from './node-process.ts';
+import { tempDir, waitFor } from './tools.ts';
 
 function run(cmd: string, args: string[], options: { allowFail?: boolean } = {}): string {
   const r = spawnSync(cmd, args, { encoding: 'utf8', env: { ...process.env, PATH: `/usr/sbin:/sbin:/usr/bin:/bin:${process.env.PATH}` } });

@@ -2,7 +2,7 @@
 // so a few lines of Python hold it) whose datagrams arrive here as lines.
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
-import { tempDir, waitFor } from './node-process.ts';
+import { tempDir, waitFor } from './tools.ts';
 
 const LISTENER = `
 import socket, sys

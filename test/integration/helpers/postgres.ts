@@ -5,7 +5,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { chmodSync, chownSync, mkdirSync, readFileSync, writeFileSync, appendFileSync, readdirSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import pg from 'pg';
-import { tempDir } from './node-process.ts';
+import { tempDir } from './tools.ts';
 
 export const PG_BIN = '/usr/lib/postgresql/15/bin';
 

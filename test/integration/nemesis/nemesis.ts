@@ -4,7 +4,7 @@
 // converge and serve again, and the recorded history must be linearizable.
 
 import { writeFileSync } from 'node:fs';
-import { ProcessCluster } from '../helpers/process-cluster.ts';
+import { Cluster } from '../helpers/launcher.ts';
 import { checkHistory, toJsonLines, type CheckResult } from './checker.ts';
 import { rng, sleep, Workload } from './workload.ts';
 
@@ -39,7 +39,7 @@ const FAULTS: Fault[] = ['kill-leader', 'kill-follower', 'pause', 'partition-one
 export async function runNemesis(options: NemesisOptions): Promise<NemesisReport> {
   const log = options.log ?? (() => {});
   const rand = rng(options.seed ^ 0x5eed);
-  const cluster = await ProcessCluster.start({ size: options.nodes ?? 3, proxied: true, devices: ['default:16MiB'] });
+  const cluster = await Cluster.start({ size: options.nodes ?? 3, proxied: true, devices: ['default:16MiB'] });
   const faults: Record<string, number> = {};
   const failoverMs: number[] = [];
   const workload = new Workload({
@@ -51,13 +51,13 @@ export async function runNemesis(options: NemesisOptions): Promise<NemesisReport
     seed: options.seed,
   });
   try {
-    await cluster.leader();
+    await cluster.leaderIndex();
     workload.start();
     const end = Date.now() + options.seconds * 1000;
     while (Date.now() < end) {
       await sleep(500 + rand.int(1500));
       const fault = FAULTS[rand.int(FAULTS.length)]!;
-      const leader = await cluster.leader(15_000).catch(() => -1);
+      const leader = await cluster.leaderIndex(15_000).catch(() => -1);
       const pick = (exclude: number) => {
         const others = cluster.slots.map((_, i) => i).filter((i) => i !== exclude);
         return others[rand.int(others.length)]!;
@@ -117,7 +117,7 @@ export async function runNemesis(options: NemesisOptions): Promise<NemesisReport
       if (!cluster.isUp(i)) await cluster.startNode(i);
     }
     const healedAt = Date.now();
-    await cluster.leader(30_000);
+    await cluster.leaderIndex(30_000);
     await sleep(1000);
     await workload.stop();
     await cluster.converged(60_000);

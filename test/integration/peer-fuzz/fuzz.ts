@@ -13,7 +13,7 @@
 // Everything random comes from one seed (XDEVICE_SEED replays a run).
 import { Prng } from '../../sim/prng.ts';
 import { PeerClient } from '../helpers/peer-client.ts';
-import type { TestCluster } from '../helpers/cluster.ts';
+import type { Cluster } from '../helpers/launcher.ts';
 import { limits } from '../../../src/limits.ts';
 import {
   FrameKind,
@@ -181,7 +181,7 @@ async function confirm(p: PeerClient, marker: number): Promise<boolean> {
   }
 }
 
-export async function fuzzPeers(c: TestCluster, secret: Buffer, seed: number, frames: number, log: (s: string) => void = () => {}): Promise<FuzzStats> {
+export async function fuzzPeers(c: Cluster, secret: Buffer, seed: number, frames: number, log: (s: string) => void = () => {}): Promise<FuzzStats> {
   const root = new Prng(seed);
   const members = [...c.ids];
   const stats: FuzzStats = { frames: 0, handshakes: 0, linksClosed: 0, unexpectedCloses: 0, writesAcked: 0, writesFailed: 0 };
@@ -223,7 +223,7 @@ export async function fuzzPeers(c: TestCluster, secret: Buffer, seed: number, fr
     Array.from({ length: LINKS_PER_NODE }, async (_, k) => {
       const r = root.fork();
       const self = `fz${n}${k}`;
-      const port = c.nodes.get(to)!.peerPort;
+      const port = c.node(to).peerPort;
       let sent = 0;
       let marker = 1 << 30;
       let batch = 0;
