@@ -57,6 +57,8 @@ export interface SimDiskOptions {
   faults?: Partial<Record<SimFault, number>>;
   /** Allocated bytes past which writes fail with ENOSPC (default: unlimited). */
   capacityBytes?: number;
+  /** Hears one line per completed operation, fault and crash (a replay's trace). */
+  trace?: (line: string) => void;
 }
 
 export interface SimDiskStats {
@@ -117,6 +119,7 @@ export class SimDisk implements DiskIo {
   /** Writes running now (on the platter's way), torn by a crash. */
   private readonly running = new Set<{ inode: Inode; data: Uint8Array[]; positions: number[] }>();
   private armed: ArmedFault[] = [];
+  private readonly trace: ((line: string) => void) | undefined;
 
   constructor(opts: SimDiskOptions) {
     this.prng = new Prng(opts.seed);
@@ -124,6 +127,7 @@ export class SimDisk implements DiskIo {
     this.latency = { min: 0, max: 2, slowChance: 0.02, slowMax: 20, ...opts.latency };
     this.faults = { writeEio: 0, tornWrite: 0, syncEio: 0, ...opts.faults };
     this.capacityBytes = opts.capacityBytes ?? Number.POSITIVE_INFINITY;
+    this.trace = opts.trace;
   }
 
   // ---- control -------------------------------------------------------------------
@@ -141,6 +145,7 @@ export class SimDisk implements DiskIo {
   crash(): void {
     this.stats.crashes++;
     this.generation++;
+    this.trace?.(`disk crash (${this.running.size} writes in flight)`);
     for (const w of this.running) w.data.forEach((d, i) => w.inode.write(d, w.positions[i]!));
     this.running.clear();
     this.handles.clear();
@@ -176,15 +181,18 @@ export class SimDisk implements DiskIo {
   }
 
   /** Runs `effect` when the operation completes; nothing settles if the disk crashed meanwhile. */
-  private op<T>(effect: () => T, generation = this.generation): Promise<T> {
+  private op<T>(what: string, effect: () => T, generation = this.generation): Promise<T> {
     if (generation !== this.generation) return never;
     this.stats.ops++;
     return new Promise<T>((resolve, reject) => {
       this.scheduler.after(this.delay(), () => {
         if (generation !== this.generation) return;
         try {
-          resolve(effect());
+          const result = effect();
+          this.trace?.(`disk ${what}: ok`);
+          resolve(result);
         } catch (err) {
+          this.trace?.(`disk ${what}: ${(err as Error).message}`);
           reject(err as Error);
         }
       });
@@ -192,7 +200,7 @@ export class SimDisk implements DiskIo {
   }
 
   /** Queues `effect` behind everything submitted on this handle. */
-  private fileOp<T>(file: DiskFile, syscall: string, effect: (f: SimFile) => T, write?: { data: Uint8Array[]; positions: number[] }): Promise<T> {
+  private fileOp<T>(file: DiskFile, syscall: string, effect: (f: SimFile) => T, write?: { data: Uint8Array[]; positions: number[] }, detail = ''): Promise<T> {
     const f = file as SimFile;
     if (!(f instanceof SimFile)) throw new TypeError('not a handle of this SimDisk');
     if (f.generation !== this.generation) return never;
@@ -201,10 +209,14 @@ export class SimDisk implements DiskIo {
       if (f.closed) throw simError('EBADF', syscall, f.path);
       const running = write && { inode: f.inode, ...write };
       if (running) this.running.add(running);
-      return this.op(() => {
-        if (running) this.running.delete(running);
-        return effect(f);
-      }, f.generation);
+      return this.op(
+        `${syscall} ${f.path}${detail}`,
+        () => {
+          if (running) this.running.delete(running);
+          return effect(f);
+        },
+        f.generation,
+      );
     });
     f.tail = run.then(
       () => undefined,
@@ -248,6 +260,7 @@ export class SimDisk implements DiskIo {
       this.stats.tornWrites++;
       const sectors = Math.floor(data.length / SECTOR_BYTES);
       const landed = this.prng.int(sectors + 1) * SECTOR_BYTES;
+      this.trace?.(`disk torn ${syscall} ${f.path} [${position}, +${data.length}): ${landed} bytes landed`);
       if (landed > 0) {
         f.inode.write(data.subarray(0, landed), position);
         if (f.dsync) f.inode.makeRangeDurable(position, landed);
@@ -302,7 +315,7 @@ export class SimDisk implements DiskIo {
   // ---- DiskIo: open files ----------------------------------------------------------------
 
   openFile(path: string, opts: DiskOpenOptions = {}): Promise<DiskFile> {
-    return this.op(() => {
+    return this.op(`open ${path}`, () => {
       let inode = this.lookup(path);
       if (inode?.isDir) throw simError('EISDIR', 'open', path);
       if (!inode) {
@@ -342,6 +355,7 @@ export class SimDisk implements DiskIo {
         return data.length;
       },
       { data: [data], positions: [position] },
+      ` [${position}, +${data.length})`,
     );
   }
 
@@ -360,6 +374,7 @@ export class SimDisk implements DiskIo {
         return n;
       },
       { data, positions: at },
+      ` ${data.length} writes`,
     );
   }
 
@@ -402,7 +417,7 @@ export class SimDisk implements DiskIo {
   // ---- DiskIo: paths ---------------------------------------------------------------------
 
   readdir(dir: string): Promise<string[]> {
-    return this.op(() => {
+    return this.op(`readdir ${dir}`, () => {
       const inode = this.existing(dir, 'scandir');
       if (!inode.isDir) throw simError('ENOTDIR', 'scandir', dir);
       return [...inode.children.keys()];
@@ -410,7 +425,7 @@ export class SimDisk implements DiskIo {
   }
 
   mkdir(dir: string, opts: { recursive?: boolean } = {}): Promise<void> {
-    return this.op(() => {
+    return this.op(`mkdir ${dir}`, () => {
       const parts = dir.split('/').filter((p) => p !== '' && p !== '.');
       let at = this.fs.root;
       for (const [i, part] of parts.entries()) {
@@ -431,14 +446,14 @@ export class SimDisk implements DiskIo {
   }
 
   stat(path: string): Promise<DiskPathStat> {
-    return this.op(() => {
+    return this.op(`stat ${path}`, () => {
       const inode = this.existing(path, 'stat');
       return { size: inode.isDir ? PAGE_BYTES : inode.size, isDirectory: inode.isDir };
     });
   }
 
   rename(from: string, to: string): Promise<void> {
-    return this.op(() => {
+    return this.op(`rename ${from} ${to}`, () => {
       const source = this.existing(from, 'rename');
       const src = this.parentOf(from, 'rename');
       const dst = this.parentOf(to, 'rename');
@@ -457,7 +472,7 @@ export class SimDisk implements DiskIo {
   }
 
   unlink(path: string): Promise<void> {
-    return this.op(() => {
+    return this.op(`unlink ${path}`, () => {
       const inode = this.existing(path, 'unlink');
       if (inode.isDir) throw simError('EISDIR', 'unlink', path);
       const { dir, name } = this.parentOf(path, 'unlink');
@@ -466,7 +481,7 @@ export class SimDisk implements DiskIo {
   }
 
   rm(path: string, opts: { recursive?: boolean; force?: boolean } = {}): Promise<void> {
-    return this.op(() => {
+    return this.op(`rm ${path}`, () => {
       const inode = this.lookup(path);
       if (!inode) {
         if (opts.force) return;
@@ -486,7 +501,7 @@ export class SimDisk implements DiskIo {
   }
 
   syncDir(dir: string): Promise<void> {
-    return this.op(() => {
+    return this.op(`fsync ${dir}`, () => {
       const inode = this.existing(dir, 'fsync');
       if (this.draw('syncEio', dir)) {
         this.stats.syncErrors++;
@@ -497,7 +512,7 @@ export class SimDisk implements DiskIo {
   }
 
   readFile(path: string): Promise<Buffer> {
-    return this.op(() => {
+    return this.op(`readFile ${path}`, () => {
       const inode = this.existing(path, 'open');
       if (inode.isDir) throw simError('EISDIR', 'read', path);
       const out = Buffer.alloc(inode.size);
@@ -508,7 +523,7 @@ export class SimDisk implements DiskIo {
 
   writeFile(path: string, data: Uint8Array, opts: { sync?: boolean } = {}): Promise<void> {
     const bytes = Uint8Array.from(data);
-    return this.op(() => {
+    return this.op(`writeFile ${path} ${bytes.length}`, () => {
       let inode = this.lookup(path);
       if (inode?.isDir) throw simError('EISDIR', 'open', path);
       inode ??= this.createFile(path, 'open');
