@@ -322,8 +322,12 @@ export class GroupCommitWriter {
    * Creates, preallocates and starts segment `seq`: header block plus a
    * baseline batch (the snapshot and hard state as of `state`), so that every
    * segment can be replayed without the ones before it once they are compacted.
-   * The first data batch's fdatasync makes it durable; a crash before that
-   * leaves a last segment without a valid baseline, which recovery removes.
+   * The head is durable before the first data batch is written (O_DSYNC, or
+   * its own fdatasync): a crash before that leaves a last segment without a
+   * valid baseline and with nothing after it, which recovery removes. (Made
+   * durable only by the first batch's fdatasync, the two could land in either
+   * order: a durable batch behind a torn baseline, which recovery must call
+   * corrupt. The simulated disk found that.)
    */
   private async createSegment(seq: number, state: LogState): Promise<void> {
     const { alignment, segmentBytes, dir, direct, disk } = this.opts;
@@ -372,6 +376,9 @@ export class GroupCommitWriter {
         // No data batch follows yet: make the empty log durable now.
         await disk.fdatasync(file);
         await syncDirectory(dir, disk);
+      } else if (this.opts.syncMode === 'fdatasync') {
+        // Once per segment: the baseline must be down before a batch after it can be.
+        await disk.fdatasync(file);
       }
     } catch (err) {
       if (this.active?.file !== file) await disk.closeFile(file).catch(() => undefined);

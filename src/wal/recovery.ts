@@ -233,6 +233,16 @@ export async function recover(dir: string, logger?: Logger, disk: DiskIo = nativ
       logger?.warn({ segment: name.name, offset: at, why: end.why, badAt }, 'truncating a torn WAL tail');
       await zeroTail(disk, path, buf, at, alignment);
     }
+    if (batches.length === 0) {
+      // A header and nothing after it: the write of the head was cut short
+      // (a crash, a torn write) before the segment held anything. Appending
+      // to it would write batches no baseline precedes.
+      if (!isLast) throw new WalCorruptError(name.name, at, 'no baseline batch after the header');
+      logger?.warn({ segment: name.name }, 'removing a WAL segment whose baseline never became durable');
+      await disk.unlink(path);
+      await syncDirectory(dir, disk);
+      continue;
+    }
 
     // Payloads stay slices of the segment buffer (no copy per entry), but a
     // mostly-empty last segment would pin its preallocated zeros: keep a
