@@ -30,18 +30,39 @@ const seriesKey = (name: string, labels: Record<string, string> = {}): string =>
   return l.length === 0 ? name : `${name}{${l.map(([k, v]) => `${k}=${JSON.stringify(v)}`).join(',')}}`;
 };
 
+/**
+ * The xdevice_ series of one node's /metrics. parse-prometheus-text-format
+ * (1.1.1) folds a histogram's series into one sample and drops the labels,
+ * sums and counts of labelled ones (`{command="write"}`, `{peer="node2"}`),
+ * so histograms are handed to it untyped: each `_sum` and `_count` line then
+ * comes back as a sample of its own family, with its labels.
+ */
 export async function scrapeMetrics(adminPort: number): Promise<Samples> {
   const res = await adminApi<string>(adminPort, 'GET', '/metrics', undefined, { timeoutMs: 5000 });
   if (res.status !== 200) throw new Error(`/metrics: HTTP ${res.status}`);
+  const histograms = new Set<string>();
+  const untyped = res.body
+    .split('\n')
+    .filter((line) => {
+      const [hash, kind, name, type] = line.split(' ');
+      if (hash !== '#' || kind !== 'TYPE' || (type !== 'histogram' && type !== 'summary')) return true;
+      histograms.add(name!);
+      return false;
+    })
+    .join('\n');
   const samples = emptySamples();
-  for (const family of parsePrometheusTextFormat(res.body)) {
+  for (const family of parsePrometheusTextFormat(untyped)) {
     if (!family.name.startsWith('xdevice_')) continue;
+    const part = /_(sum|count)$/.exec(family.name);
+    const base = part ? family.name.slice(0, -part[0].length) : '';
     for (const m of family.metrics) {
-      const key = seriesKey(family.name, m.labels);
-      if (family.type === 'HISTOGRAM' || family.type === 'SUMMARY') {
-        samples.histograms.set(key, { name: family.name, labels: m.labels ?? {}, count: Number(m.count ?? 0), sum: Number(m.sum ?? 0) });
-      } else {
-        samples.values.set(key, Number(m.value));
+      if (part && histograms.has(base)) {
+        const key = seriesKey(base, m.labels);
+        const h = samples.histograms.get(key) ?? { name: base, labels: m.labels ?? {}, count: 0, sum: 0 };
+        h[part[1] as 'sum' | 'count'] = Number(m.value);
+        samples.histograms.set(key, h);
+      } else if (!histograms.has(family.name.replace(/_bucket$/, ''))) {
+        samples.values.set(seriesKey(family.name, m.labels), Number(m.value));
       }
     }
   }
