@@ -112,6 +112,8 @@ export class Replica extends EventEmitter implements ReplicaService {
   private readyScheduled = false;
   private installing = false;
   private advanceChain: Promise<void> = Promise.resolve();
+  /** The latest WAL save handed out: durable means this and every save before it. */
+  private lastSave: Promise<void> = Promise.resolve();
   applyChain: Promise<void> = Promise.resolve();
   private cancelTick: (() => void) | undefined;
   /** Term and vote last made durable: a hard state that changes only the commit index is not worth a WAL record. */
@@ -319,7 +321,11 @@ export class Replica extends EventEmitter implements ReplicaService {
     // only when term or vote change — one record less in nearly every save.
     const hs = rd.hardState;
     const hardState = hs && (hs.term !== this.savedTerm || hs.vote !== this.savedVote) ? hs : undefined;
-    if (rd.entries.length === 0 && !hardState) return Promise.resolve();
+    // A Ready with nothing to write still promises what earlier Readys are
+    // writing: an AppResp for entries a duplicated App found already in the
+    // log must wait until they are durable (found by the simulator, seed 554:
+    // a follower acknowledged an entry whose write then failed, and lost it).
+    if (rd.entries.length === 0 && !hardState) return this.lastSave;
     if (hardState) {
       this.savedTerm = hardState.term;
       this.savedVote = hardState.vote;
@@ -327,9 +333,15 @@ export class Replica extends EventEmitter implements ReplicaService {
     const started = this.clock.now();
     let bytes = 0;
     for (const e of rd.entries) bytes += e.data.length;
-    return this.log.save({ ...(hardState ? { hardState } : {}), entries: rd.entries }).then(() => {
+    const previous = this.lastSave;
+    const saved = this.log.save({ ...(hardState ? { hardState } : {}), entries: rd.entries });
+    // Durable in order: a save counts only once every save before it is durable too.
+    const p = Promise.all([previous, saved]).then(() => {
       this.emit('walSync', { durationSeconds: (this.clock.now() - started) / 1000, bytes });
     });
+    this.lastSave = p;
+    p.catch(() => undefined);
+    return p;
   }
 
   private async apply(entries: Entry[]): Promise<void> {

@@ -1,0 +1,704 @@
+// The simulator on the real replica core, in the spirit of TigerBeetle's VOPR:
+// several src/replica/ Replicas in one process, each over the real WAL and
+// the real block store on a simulated disk, linked by a simulated network,
+// all driven by one event queue and one seeded PRNG. Same seed, same run.
+//
+//   time      the event queue's clock in ms; every Replica's Clock reads it,
+//             timers and deferrals are events
+//   network   every Raft message is encoded and decoded by the real peer
+//             codec (src/cluster/codec.ts), then dropped, duplicated,
+//             delayed (hence reordered) or cut by a partition; snapshot
+//             streams flow in order per link and die with a partition;
+//             strangers send random messages that must change nothing
+//   disk      test/sim/sim-disk.ts under src/wal and src/device: latency,
+//             failed and torn writes, failed fdatasync, lost unsynced data
+//             at a crash, a full disk
+//   nodes     crash (volatile state gone, unsynced data lost) and restart
+//             through src/replica/open.ts, as the production runtime does
+//   clients   NBD-level writes, reads, trims, write-zeroes and flushes on
+//             any node's device (src/replica/device.ts); device-table
+//             changes; membership changes and leadership transfers
+//
+// After every event: election safety, leader completeness, the commit rule,
+// committed entries never change, applied entries identical across
+// replicas at equal indexes, votes that made a leader came from voters, no
+// replica failed except from an injected disk fault. At the end, after the
+// faults heal: a leader, every client operation answered, every member
+// applied as far as the leader, every block identical on every member and
+// the whole history linearizable per block (test/integration/nemesis/checker.ts).
+
+import { pino } from 'pino';
+import { EventQueue, type Timed } from './event-queue.ts';
+import { Prng } from './prng.ts';
+import { SimDisk, type SimDiskStats, type SimFault } from './sim-disk.ts';
+import type { DiskIo } from '../../src/disk/disk-io.ts';
+import { checkHistory, type HistoryOp } from '../integration/nemesis/checker.ts';
+import { Replica, type PlantedBugs } from '../../src/replica/replica.ts';
+import { openReplicaState } from '../../src/replica/open.ts';
+import type { Host, PeerTransport, SnapshotFrame, LinkStatus, Clock } from '../../src/replica/env.ts';
+import { diskSnapshots } from '../../src/cluster/real-env.ts';
+import { checkStartState } from '../../src/cluster/data-dir.ts';
+import { decodeFrame, encodeRaftMessage, FrameKind } from '../../src/cluster/codec.ts';
+import { raftForTesting } from '../../src/raft/rawnode.ts';
+import { Role } from '../../src/raft/raft.ts';
+import { MessageType, message, type Entry, type Message } from '../../src/raft/types.ts';
+import { limits } from '../../src/limits.ts';
+
+export interface ReplicaSimOptions {
+  seed: number;
+  /** Founding voters: 1, 3 or 5 (default: drawn from the seed). */
+  nodes?: number;
+  /** Simulated ms with faults, then ms healed. */
+  faultyMs?: number;
+  healMs?: number;
+  bugs?: PlantedBugs;
+  trace?: (line: string) => void;
+}
+
+export interface ReplicaSimStats {
+  nodes: number;
+  events: number;
+  messages: number;
+  dropped: number;
+  duplicated: number;
+  partitions: number;
+  crashes: number;
+  diskFaults: number;
+  elections: number;
+  writes: number;
+  acked: number;
+  reads: number;
+  readsServed: number;
+  tableChanges: number;
+  confChanges: number;
+  transfers: number;
+  snapshotsInstalled: number;
+  strangerMessages: number;
+}
+
+export interface ReplicaSimResult {
+  seed: number;
+  ok: boolean;
+  error?: string;
+  stats: ReplicaSimStats;
+}
+
+const BLOCK = 4096;
+/** Blocks 0..CHECKED-1 carry unique values and are checked for linearizability; the rest take trims and zeroes too. */
+const CHECKED = 6;
+const BLOCKS = 10;
+const DEVICE_BYTES = 1024 * 1024;
+const DISK_BYTES = 512 * 1024 * 1024;
+/** Free space kept back on the data filesystem (writes past it get ENOSPC before they are proposed). */
+const RESERVE = 8 * 1024 * 1024;
+const silent = pino({ level: 'silent' });
+
+class Violation extends Error {}
+function violation(msg: string): never {
+  throw new Violation(msg);
+}
+
+type Ev = Timed & { what: string; fn: () => void };
+
+interface Node {
+  id: string;
+  disk: SimDisk;
+  /** The disk as this incarnation sees it (after a crash, the old one's calls never settle). */
+  io: DiskIo;
+  incarnation: number;
+  alive: boolean;
+  /** Stopped for good (removed from the cluster). */
+  retired: boolean;
+  join: boolean;
+  starting: boolean;
+  replica?: Replica;
+  lastRole?: Role;
+  /** Disk faults were armed while this incarnation ran: a failure is expected, not a bug. */
+  faulted: boolean;
+}
+
+class Sim {
+  readonly rng: Prng;
+  readonly q = new EventQueue<Ev>();
+  now = 0;
+  readonly nodes = new Map<string, Node>();
+  readonly stats: ReplicaSimStats;
+  readonly history: HistoryOp[] = [];
+  private partitioned = new Set<string>();
+  private faulty = true;
+  private readonly leaderOfTerm = new Map<number, string>();
+  private readonly committedTerm = new Map<number, number>();
+  private maxCommitted = 0;
+  private readonly appliedAt = new Map<number, { term: number; data: Buffer }>();
+  private clientsBusy = 0;
+  private nextValue = 0;
+  private spare: string[] = [];
+  private pendingFailure: string | undefined;
+
+  constructor(readonly o: ReplicaSimOptions) {
+    this.rng = new Prng(o.seed);
+    const n = o.nodes ?? this.rng.pick([1, 3, 3, 5]);
+    this.stats = {
+      nodes: n, events: 0, messages: 0, dropped: 0, duplicated: 0, partitions: 0, crashes: 0, diskFaults: 0, elections: 0,
+      writes: 0, acked: 0, reads: 0, readsServed: 0, tableChanges: 0, confChanges: 0, transfers: 0, snapshotsInstalled: 0, strangerMessages: 0,
+    };
+    for (let i = 1; i <= n; i++) this.addNode(`n${i}`, false);
+    this.spare = n === 1 ? [] : [`n${n + 1}`];
+  }
+
+  /** Uniform in [0, 1). */
+  uniform(): number {
+    return this.rng.next() / 4294967296;
+  }
+
+  trace(line: string): void {
+    this.o.trace?.(`${String(this.now).padStart(7)} ${line}`);
+  }
+
+  at(delay: number, what: string, fn: () => void): void {
+    this.q.push({ at: this.now + Math.max(0, Math.floor(delay)), what, fn });
+  }
+
+  private addNode(id: string, join: boolean): Node {
+    const disk = new SimDisk({ seed: this.rng.int(2 ** 31), capacityBytes: DISK_BYTES, scheduler: { after: (ms, fn) => this.at(ms, `disk ${id}`, fn) }, ...(this.o.trace ? { trace: (l: string) => this.trace(`${id} ${l}`) } : {}) });
+    const n: Node = { id, disk, io: disk.io(), incarnation: 0, alive: false, retired: false, join, starting: false, faulted: false };
+    this.nodes.set(id, n);
+    return n;
+  }
+
+  private founders(): Record<string, string> {
+    const peers: Record<string, string> = {};
+    for (const n of this.nodes.values()) if (!n.join) peers[n.id] = `${n.id}:1`;
+    return this.stats.nodes === 1 ? {} : peers;
+  }
+
+  // ---- the environment of one incarnation -------------------------------------------
+
+  private clock(n: Node, inc: number): Clock {
+    return {
+      now: () => this.now,
+      after: (ms, fn) => {
+        let live = true;
+        this.at(ms, `timer ${n.id}`, () => live && n.incarnation === inc && fn());
+        return () => {
+          live = false;
+        };
+      },
+      defer: (fn) => this.at(0, `turn ${n.id}`, () => n.incarnation === inc && fn()),
+    };
+  }
+
+  private linked(a: string, b: string): boolean {
+    return !this.partitioned.has(a) && !this.partitioned.has(b);
+  }
+
+  private transport(n: Node, inc: number): PeerTransport {
+    const peers = new Map<string, string>();
+    const live = (): boolean => n.incarnation === inc && n.alive;
+    const sim = this;
+    const t: PeerTransport = {
+      clusterId: '',
+      send: (m) => {
+        if (!live()) return;
+        sim.stats.messages++;
+        if (sim.o.trace) sim.trace(`send ${MessageType[m.type]} ${m.from}->${m.to} term ${m.term} index ${m.index} logTerm ${m.logTerm} commit ${m.commit}${m.reject ? ` reject hint ${m.rejectHint}` : ''} entries ${m.entries.length}${m.snapshot ? ` snap ${m.snapshot.index}` : ''}`);
+        // Through the real codec: what the peer gets is what the wire carries.
+        const wire = Buffer.concat(encodeRaftMessage(m));
+        const copies = sim.faulty && sim.rng.chance(0.02) ? 2 : 1;
+        if (copies === 2) sim.stats.duplicated++;
+        for (let i = 0; i < copies; i++) {
+          if (!sim.linked(n.id, m.to) || (sim.faulty && sim.rng.chance(0.05))) {
+            sim.stats.dropped++;
+            continue;
+          }
+          const delay = sim.faulty ? sim.rng.range(1, 60) : sim.rng.range(1, 4);
+          sim.at(delay, `deliver ${MessageType[m.type]} ${m.from}->${m.to}`, () => sim.deliver(m.to, wire));
+        }
+      },
+      sendFrame: (peer, f) => {
+        if (!live() || !sim.linked(n.id, peer)) return false;
+        const copy: SnapshotFrame = f.kind === 'chunk' ? { ...f, data: Buffer.from(f.data) } : f;
+        // In order per link: a stream is one TCP connection.
+        const key = `${n.id}>${peer}`;
+        const at = Math.max(sim.now + 1, (sim.linkClock.get(key) ?? 0) + 1);
+        sim.linkClock.set(key, at);
+        sim.at(at - sim.now, `frame ${f.kind} ${n.id}->${peer}`, () => {
+          const to = sim.nodes.get(peer);
+          if (!to?.alive || !to.replica || !sim.linked(n.id, peer)) return;
+          sim.guard(to, () => to.replica!.onFrame(n.id, copy));
+        });
+        return true;
+      },
+      waitDrain: () => new Promise((resolve) => sim.at(1, `drain ${n.id}`, resolve)),
+      tellRemoved: (peer) => sim.at(sim.rng.range(1, 10), `removed ${peer}`, () => {
+        const p = sim.nodes.get(peer);
+        if (p?.alive && p.replica) sim.guard(p, () => p.replica!.onRemovedBy(n.id));
+      }),
+      addPeer: (id, address) => void peers.set(id, address),
+      removePeer: (id) => void peers.delete(id),
+      peerAddress: (id) => peers.get(id),
+      status: (): LinkStatus[] =>
+        [...peers].map(([id, address]) => ({ id, address, connected: !!sim.nodes.get(id)?.alive && sim.linked(n.id, id), droppedMessages: 0 })),
+      connectAll: () => undefined,
+      close: async () => undefined,
+    };
+    return t;
+  }
+
+  private readonly linkClock = new Map<string, number>();
+
+  private host(n: Node): Host {
+    const disk = n.disk;
+    const free = (): number => Math.max(0, disk.capacityBytes - disk.usedBytes());
+    return {
+      space: {
+        wouldBreachReserve: (bytes) => free() - bytes < RESERVE,
+        admit: () => undefined,
+        report: () => ({ freeBytes: free(), totalBytes: DISK_BYTES, reserveBytes: RESERVE }),
+      },
+      probeFileSize: async () => undefined,
+      snapshots: diskSnapshots(`/${n.id}`, n.id, n.io),
+    };
+  }
+
+  // ---- nodes -----------------------------------------------------------------------------
+
+  async start(n: Node): Promise<void> {
+    // One process per data directory (the runtime holds a lock on it): a restart of a running node is a no-op.
+    if (n.alive || n.starting || n.retired) return;
+    n.starting = true;
+    try {
+      await this.open(n);
+    } finally {
+      n.starting = false;
+    }
+  }
+
+  private async open(n: Node): Promise<void> {
+    const inc = ++n.incarnation;
+    n.io = n.disk.io();
+    // Faults armed before the heal may still surface in a process that ran through it; a restart after it starts clean.
+    if (!this.faulty) n.faulted = false;
+    const clock = this.clock(n, inc);
+    const transport = this.transport(n, inc);
+    let opened;
+    try {
+      opened = await openReplicaState({
+        dataDir: `/${n.id}`,
+        nodeId: n.id,
+        peers: this.founders(),
+        join: n.join,
+        logger: silent,
+        disk: n.io,
+        wal: { defer: (fn: () => void) => clock.defer(fn), salt: () => 1 + this.rng.int(2 ** 32 - 2), segmentBytes: 256 * 1024 },
+        checkStart: checkStartState,
+      });
+    } catch (err) {
+      if (n.faulted) {
+        // An injected fault while opening: the operator restarts it later.
+        this.trace(`${n.id} open failed (${(err as Error).message}); retry later`);
+        this.at(500, `restart ${n.id}`, () => void this.start(n).catch((e) => this.fail(e)));
+        return;
+      }
+      violation(`${n.id} cannot open its data directory: ${(err as Error).message}`);
+    }
+    if (n.incarnation !== inc) return;
+    transport.clusterId = opened.store.clusterId;
+    for (const [id, address] of Object.entries({ ...opened.store.memberAddresses(), ...this.founders() })) if (id !== n.id) transport.addPeer(id, address);
+    const replica = new Replica(
+      { clock, transport, log: opened.wal, store: opened.store, host: this.host(n), rand: (k) => this.rng.int(k), logger: silent },
+      { nodeId: n.id, devices: [{ name: 'default', size: DEVICE_BYTES }], tuning: { checkpointEntries: 40, walRetainEntriesMax: 30 }, ...(this.o.bugs ? { plantedBugs: this.o.bugs } : {}) },
+    );
+    n.replica = replica;
+    n.alive = true;
+    n.lastRole = undefined;
+    replica.onFatal((err) => {
+      if (n.incarnation !== inc) return;
+      if (!n.faulted) this.fail(new Violation(`${n.id} failed without an injected fault: ${err.message} (disk used ${n.disk.usedBytes()} of ${n.disk.capacityBytes})`));
+      this.crash(n, `fatal: ${err.message}`);
+      this.at(this.rng.range(200, 1500), `restart ${n.id}`, () => void this.start(n).catch((e) => this.fail(e)));
+    });
+    replica.onRemoved(() => {
+      this.at(this.rng.range(10, 200), `retire ${n.id}`, () => {
+        if (n.incarnation === inc && !n.retired) {
+          n.retired = true;
+          this.crash(n, 'removed from the cluster');
+        }
+      });
+    });
+    this.hookApply(n, replica);
+    this.trace(`${n.id} started (incarnation ${inc}, applied ${replica.processedIndex})`);
+    await replica.start(opened.founded);
+  }
+
+  crash(n: Node, why: string): void {
+    if (!n.alive) return;
+    this.stats.crashes++;
+    n.alive = false;
+    n.replica?.halt();
+    n.replica = undefined;
+    n.incarnation++;
+    n.disk.crash();
+    this.trace(`${n.id} crashed: ${why}`);
+    const ops = this.inFlight.get(n);
+    this.inFlight.delete(n);
+    for (const op of ops ?? []) op.fail();
+  }
+
+  /** Records what every replica applies: the same entry at the same index everywhere. */
+  private hookApply(n: Node, r: Replica): void {
+    const store = r.store;
+    const apply = store.applyBatch.bind(store);
+    store.applyBatch = (entries: readonly Entry[], ...rest) => {
+      for (const e of entries) {
+        const seen = this.appliedAt.get(e.index);
+        if (!seen) this.appliedAt.set(e.index, { term: e.term, data: e.data });
+        else if (seen.term !== e.term || !seen.data.equals(e.data)) this.fail(new Violation(`state machine safety: ${n.id} applies ${e.index}/${e.term}, another replica applied ${e.index}/${seen.term}`));
+      }
+      return apply(entries, ...rest);
+    };
+  }
+
+  guard(n: Node, fn: () => void): void {
+    try {
+      fn();
+    } catch (err) {
+      this.fail(new Violation(`${n.id} threw on peer input: ${(err as Error).stack ?? err}`));
+    }
+  }
+
+  deliver(to: string, wire: Buffer): void {
+    const n = this.nodes.get(to);
+    if (!n?.alive || !n.replica) return;
+    let f;
+    try {
+      f = decodeFrame(wire.subarray(4));
+    } catch {
+      // The real transport closes the link on a frame it cannot decode; nothing reaches the replica.
+      this.stats.dropped++;
+      return;
+    }
+    if (f.kind !== FrameKind.Raft) violation('codec returned a non-Raft frame for a Raft message');
+    const m = f.message;
+    if (m.type === MessageType.VoteResp || m.type === MessageType.PreVoteResp) this.noteVote(n);
+    this.guard(n, () => n.replica!.onPeerMessage(m));
+  }
+
+  private noteVote(_n: Node): void {
+    // Votes are checked where they count: a new leader's tally (checkLeader).
+  }
+
+  fail(err: unknown): void {
+    this.pendingFailure ??= err instanceof Violation ? err.message : `simulator error: ${(err as Error).stack ?? err}`;
+  }
+
+  // ---- faults, operators, clients ----------------------------------------------------------
+
+  private members(): Node[] {
+    return [...this.nodes.values()].filter((n) => !n.retired);
+  }
+
+  private leader(): Node | undefined {
+    let best: Node | undefined;
+    for (const n of this.nodes.values()) {
+      if (!n.alive || !n.replica) continue;
+      const b = n.replica.raw.basicStatus();
+      if (b.role === Role.Leader && (!best || b.term > best.replica!.raw.basicStatus().term)) best = n;
+    }
+    return best;
+  }
+
+  private fault(): void {
+    if (!this.faulty) return;
+    const r = this.uniform();
+    const live = this.members().filter((n) => n.alive);
+    if (r < 0.25 && live.length > 0) {
+      const n = this.rng.pick(live);
+      this.crash(n, 'killed');
+      this.at(this.rng.range(100, 2000), `restart ${n.id}`, () => void this.start(n).catch((e) => this.fail(e)));
+    } else if (r < 0.45) {
+      this.partitioned = new Set(this.members().filter(() => this.rng.chance(0.3)).map((n) => n.id));
+      this.stats.partitions++;
+      this.trace(`partition: ${[...this.partitioned].join(',') || 'none'}`);
+    } else if (r < 0.55) {
+      this.partitioned.clear();
+    } else if (r < 0.7 && live.length > 0) {
+      const n = this.rng.pick(live);
+      n.faulted = true;
+      const fault = this.rng.pick(['writeEio', 'tornWrite', 'syncEio', 'full'] as const);
+      if (fault === 'full') n.disk.capacityBytes = n.disk.usedBytes() + this.rng.range(0, 2 * RESERVE);
+      else n.disk.arm(fault as SimFault, { skip: this.rng.int(20) });
+      this.stats.diskFaults++;
+      this.trace(`${n.id} disk fault armed`);
+    } else if (r < 0.8) {
+      void this.operator();
+    } else {
+      this.stranger();
+    }
+    this.at(this.rng.range(200, 1500), 'fault', () => this.fault());
+  }
+
+  /** A peer outside the configuration speaks: nothing it says may change anything. */
+  private stranger(): void {
+    const live = this.members().filter((n) => n.alive && n.replica);
+    if (live.length === 0) return;
+    const n = this.rng.pick(live);
+    const term = this.rng.chance(0.5) ? this.rng.int(1000) : limits.raftTermMax;
+    const type = this.rng.pick([MessageType.Vote, MessageType.PreVote, MessageType.App, MessageType.Heartbeat, MessageType.Prop, MessageType.TimeoutNow]);
+    const m: Message = message({ type, from: 'x9', to: n.id, term, index: this.rng.int(100), logTerm: this.rng.int(term + 1), commit: this.rng.int(100) });
+    this.stats.strangerMessages++;
+    this.deliver(n.id, Buffer.concat(encodeRaftMessage(m)));
+  }
+
+  private async operator(): Promise<void> {
+    const l = this.leader();
+    if (!l?.replica) return;
+    const r = l.replica;
+    const cs = r.raw.status().confState;
+    const pick = this.uniform();
+    try {
+      if (pick < 0.3 && this.spare.length > 0) {
+        const id = this.spare.shift()!;
+        const n = this.addNode(id, true);
+        await this.start(n);
+        this.stats.confChanges++;
+        await r.membership.addNode(id, `${id}:1`, { wait: false });
+      } else if (pick < 0.45 && cs.voters.length > 3) {
+        const victim = this.rng.pick(cs.voters.filter((v) => v !== l.id));
+        this.stats.confChanges++;
+        await r.membership.removeNode(victim);
+      } else if (pick < 0.7 && cs.voters.length > 1) {
+        this.stats.transfers++;
+        await r.membership.transferLeader(this.rng.pick(cs.voters.filter((v) => v !== l.id)));
+      } else {
+        this.stats.tableChanges++;
+        const aux = r.store.device('aux');
+        if (!aux) await r.membership.createDevice('aux', 64 * 1024);
+        else if (this.rng.chance(0.5)) await r.membership.resizeDevice('aux', aux.size + 4096);
+        else await r.membership.deleteDevice('aux');
+      }
+    } catch (err) {
+      this.trace(`operator: ${(err as Error).message}`);
+    }
+  }
+
+  private value(): string {
+    return `v${this.o.seed}.${++this.nextValue}`;
+  }
+
+  /** One client operation on a random serving node; the next follows when it is answered. */
+  private client(c: number): void {
+    const serving = this.members().filter((n) => n.alive && n.replica?.devices.get('default'));
+    if (serving.length === 0 || (!this.faulty && this.now > this.end - 2 * limits.requestTimeoutMs)) {
+      if (this.now < this.end - 2 * limits.requestTimeoutMs) this.at(50, `client ${c}`, () => this.client(c));
+      return;
+    }
+    const n = this.rng.pick(serving);
+    const dev = n.replica!.devices.get('default')!;
+    const block = this.rng.int(BLOCKS);
+    const kind = this.uniform();
+    const call = this.now;
+    this.clientsBusy++;
+    let answered = false;
+    const inFlight = { fail: (): void => undefined, what: `${n.id} block ${block} kind ${kind.toFixed(2)} at ${call}` };
+    const done = (): void => {
+      if (answered) return;
+      answered = true;
+      this.inFlight.get(n)?.delete(inFlight);
+      this.clientsBusy--;
+      this.at(this.rng.range(1, 30), `client ${c}`, () => this.client(c));
+    };
+    // A crash of the node resets the client's connection: the answer never comes.
+    inFlight.fail = done;
+    let set = this.inFlight.get(n);
+    if (!set) this.inFlight.set(n, (set = new Set()));
+    set.add(inFlight);
+    if (block < CHECKED && kind < 0.6) {
+      const value = this.value();
+      const data = Buffer.alloc(BLOCK);
+      data.write(value);
+      this.stats.writes++;
+      const op: HistoryOp = { client: c, op: 'write', block, value, call, return: Number.MAX_SAFE_INTEGER, status: 'unknown' };
+      this.history.push(op);
+      dev.write(block * BLOCK, data).then(
+        () => {
+          this.stats.acked++;
+          op.return = this.now;
+          op.status = 'ok';
+          done();
+        },
+        () => done(),
+      );
+    } else if (block < CHECKED) {
+      this.stats.reads++;
+      dev.read(block * BLOCK, BLOCK).then(
+        (buf) => {
+          this.stats.readsServed++;
+          this.history.push({ client: c, op: 'read', block, value: decodeValue(buf), call, return: this.now, status: 'ok' });
+          done();
+        },
+        () => done(),
+      );
+    } else {
+      const p = kind < 0.3 ? dev.trim(block * BLOCK, BLOCK) : kind < 0.5 ? dev.writeZeroes(block * BLOCK, BLOCK) : kind < 0.8 ? dev.write(block * BLOCK, Buffer.alloc(BLOCK, c + 1)) : dev.flush();
+      p.then(done, done);
+    }
+  }
+
+  // ---- invariants -------------------------------------------------------------------------
+
+  private check(): void {
+    for (const n of this.nodes.values()) {
+      if (!n.alive || !n.replica) continue;
+      const raft = raftForTesting(n.replica.raw);
+      if (raft.role === Role.Leader && n.lastRole !== Role.Leader) this.checkLeader(n);
+      n.lastRole = raft.role;
+      this.checkCommit(n);
+    }
+  }
+
+  private checkLeader(n: Node): void {
+    const raft = raftForTesting(n.replica!.raw);
+    this.stats.elections++;
+    const other = this.leaderOfTerm.get(raft.term);
+    if (other !== undefined && other !== n.id) violation(`election safety: ${other} and ${n.id} both lead term ${raft.term}`);
+    this.leaderOfTerm.set(raft.term, n.id);
+    if (raft.log.lastIndex() < this.maxCommitted) violation(`leader completeness: ${n.id} leads term ${raft.term} with last index ${raft.log.lastIndex()} < committed ${this.maxCommitted}`);
+    for (let i = Math.max(raft.log.firstIndex(), 1); i <= this.maxCommitted; i++) {
+      const t = this.committedTerm.get(i);
+      if (t !== undefined && raft.log.term(i) !== t) violation(`leader completeness: ${n.id} (term ${raft.term}) has ${i}/${raft.log.term(i)}, committed ${i}/${t}`);
+    }
+    const e = n.replica!.raw.lastElection();
+    const cs = n.replica!.raw.status().confState;
+    if (e?.vote && e.term === raft.term) {
+      for (const id of e.vote.granted) if (!cs.voters.includes(id) && !cs.votersOutgoing.includes(id)) violation(`learners never vote: ${n.id} won term ${raft.term} with a vote from ${id}, not a voter`);
+    }
+  }
+
+  private checkCommit(n: Node): void {
+    const raft = raftForTesting(n.replica!.raw);
+    const c = raft.log.committed;
+    if (c <= this.maxCommitted) return;
+    for (let i = Math.max(this.maxCommitted + 1, raft.log.firstIndex()); i <= c; i++) {
+      const t = raft.log.term(i);
+      const prev = this.committedTerm.get(i);
+      if (prev !== undefined && prev !== t) violation(`commit: ${n.id} commits ${i}/${t}, previously committed ${i}/${prev}`);
+      this.committedTerm.set(i, t);
+    }
+    this.maxCommitted = c;
+  }
+
+  private end = 0;
+  private readonly inFlight = new Map<Node, Set<{ fail: () => void; what: string }>>();
+
+  async run(): Promise<void> {
+    const faultyMs = this.o.faultyMs ?? 20_000;
+    const healMs = this.o.healMs ?? 30_000;
+    this.end = faultyMs + healMs;
+    for (const n of this.nodes.values()) this.at(this.rng.int(20), `start ${n.id}`, () => void this.start(n).catch((e) => this.fail(e)));
+    this.at(500, 'fault', () => this.fault());
+    for (let c = 0; c < 3; c++) this.at(300 + c, `client ${c}`, () => this.client(c));
+    this.at(faultyMs, 'heal', () => this.heal());
+    await this.runUntil(() => false, this.end);
+    let done = false;
+    const final = this.finalChecks().then(
+      () => undefined,
+      (err: unknown) => err,
+    );
+    void final.then(() => {
+      done = true;
+    });
+    // The final reads go through the simulated disk: events keep running.
+    await this.runUntil(() => done, this.end + 60_000);
+    const err = await final;
+    if (err) throw err;
+  }
+
+  /** Runs events in time order until `stop()` or the queue passes `until`. */
+  private async runUntil(stop: () => boolean, until: number): Promise<void> {
+    while (this.q.size > 0 && !stop()) {
+      const ev = this.q.pop()!;
+      if (ev.at > until) {
+        // Not yet: it stays queued for a later run.
+        this.q.push({ at: ev.at, what: ev.what, fn: ev.fn });
+        break;
+      }
+      this.now = ev.at;
+      this.stats.events++;
+      ev.fn();
+      // Every promise reaction the event set off runs before the next event.
+      await new Promise((r) => setImmediate(r));
+      if (this.pendingFailure) violation(this.pendingFailure);
+      this.check();
+    }
+  }
+
+  private heal(): void {
+    this.faulty = false;
+    this.partitioned.clear();
+    for (const n of this.nodes.values()) {
+      n.disk.disarm();
+      n.disk.capacityBytes = DISK_BYTES;
+      if (!n.alive && !n.retired) this.at(this.rng.range(1, 100), `restart ${n.id}`, () => void this.start(n).catch((e) => this.fail(e)));
+    }
+    this.trace('healed');
+  }
+
+  private async finalChecks(): Promise<void> {
+    const l = this.leader();
+    if (!l?.replica) {
+      const who = [...this.nodes.values()].map((n) => `${n.id}:${n.alive ? `${n.replica?.raw.basicStatus().role}@${n.replica?.raw.basicStatus().term}` : 'down'}`);
+      violation(`liveness: no leader after the faults healed (${who.join(' ')})`);
+    }
+    if (this.clientsBusy > 0) {
+      const open = [...this.inFlight.values()].flatMap((set) => [...set].map((o) => o.what));
+      violation(`liveness: ${this.clientsBusy} client operations unanswered after the faults healed: ${open.join('; ')}`);
+    }
+    const cs = l.replica.raw.status().confState;
+    const members = [...new Set([...cs.voters, ...cs.learners])].map((id) => this.nodes.get(id)!);
+    for (const n of members) {
+      if (!n.alive || !n.replica) violation(`liveness: member ${n.id} is down after healing`);
+      if (n.replica.processedIndex < l.replica.processedIndex) violation(`liveness: ${n.id} applied ${n.replica.processedIndex}, leader ${l.id} applied ${l.replica.processedIndex}`);
+    }
+    // Every block identical on every member, read from its own files.
+    const dev = l.replica.store.device('default');
+    if (dev) {
+      for (let b = 0; b < BLOCKS; b++) {
+        const ref = await l.replica.store.read(dev.id, b * BLOCK, BLOCK);
+        for (const n of members) {
+          const got = await n.replica!.store.read(dev.id, b * BLOCK, BLOCK);
+          if (!got.equals(ref)) violation(`replicas differ: block ${b} on ${n.id} is ${decodeValue(got)}, on leader ${l.id} ${decodeValue(ref)}`);
+        }
+        if (b < CHECKED) this.history.push({ client: 'final', op: 'read', block: b, value: decodeValue(ref), call: this.now, return: this.now + 1, status: 'ok' });
+      }
+    }
+    const result = checkHistory(this.history);
+    if (!result.ok) {
+      const v = result.violations[0]!;
+      violation(`linearizability: block ${v.block}: ${v.message}`);
+    }
+  }
+}
+
+function decodeValue(buf: Buffer): string | null {
+  const end = buf.indexOf(0);
+  const s = buf.subarray(0, end < 0 ? buf.length : end).toString('latin1');
+  return s === '' ? null : s;
+}
+
+export async function runReplicaSeed(o: ReplicaSimOptions): Promise<ReplicaSimResult> {
+  const sim = new Sim(o);
+  // An I/O error nobody observes: in production the node's safety net would exit on it (a crash, not a clean failure).
+  const unobserved = (err: unknown): void => sim.fail(new Violation(`unobserved rejection: ${(err as Error).stack ?? err}`));
+  process.on('unhandledRejection', unobserved);
+  try {
+    await sim.run();
+    return { seed: o.seed, ok: true, stats: sim.stats };
+  } catch (err) {
+    return { seed: o.seed, ok: false, error: err instanceof Violation ? err.message : `simulator error: ${(err as Error).stack ?? err}`, stats: sim.stats };
+  } finally {
+    process.off('unhandledRejection', unobserved);
+  }
+}
+
+export type { SimDiskStats };
