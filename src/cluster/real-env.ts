@@ -7,7 +7,7 @@ import type { Clock, Host, PeerTransport, SnapshotFile, SnapshotFrame } from '..
 import type { DiskFile, DiskIo } from '../disk/disk-io.ts';
 import { nativeDisk } from '../disk/native-disk.ts';
 import { writeNodeIdentity } from '../device/checkpoint.ts';
-import { finishInstall, installStagedFiles, SnapshotStaging } from '../device/snapshot-staging.ts';
+import { beginInstall, finishInstall, installStagedFiles, SnapshotStaging } from '../device/snapshot-staging.ts';
 import { encodeRemoved, encodeSnapBegin, encodeSnapChunk, encodeSnapEnd, encodeSnapResult, FrameKind, type Frame } from './codec.ts';
 import { probeFileSize } from './file-size-probe.ts';
 import type { Transport } from './transport.ts';
@@ -85,7 +85,10 @@ export function realHost(dataDir: string, nodeId: string, space: Host['space'], 
 export function diskSnapshots(dataDir: string, nodeId: string, disk: DiskIo): Host['snapshots'] {
   return {
     beginStaging: (snapshotId, from, metadata, state) => SnapshotStaging.begin(dataDir, snapshotId, from, metadata, state, disk),
-    installFiles: () => installStagedFiles(dataDir, disk),
+    installFiles: async (metadata) => {
+      await beginInstall(dataDir, metadata, disk);
+      await installStagedFiles(dataDir, disk);
+    },
     finishInstall: () => finishInstall(dataDir, disk),
     recordClusterId: (clusterId) => writeNodeIdentity(dataDir, { clusterId, nodeId }, disk),
     openForSend: async (path): Promise<SnapshotFile | undefined> => {

@@ -73,6 +73,8 @@ export function deviceFileName(id: number): string {
 
 
 export class BlockStore {
+  /** TEST ONLY, a planted bug for the simulator's self-test: a retried request applies again instead of being recognised as a duplicate. */
+  testingApplyDuplicates = false;
   private readonly byId = new Map<number, OpenDevice>();
   private readonly byName = new Map<string, number>();
   private dedup: RequestDedup;
@@ -270,7 +272,7 @@ export class BlockStore {
           continue;
         }
         const request = { clientId: cmd.clientId, seq: cmd.seq, firstUnacked: cmd.firstUnacked };
-        if (!this.dedup.admit(request)) {
+        if (!this.dedup.admit(request) && !this.testingApplyDuplicates) {
           decided({ index: e.index, request, duplicate: true });
           continue;
         }

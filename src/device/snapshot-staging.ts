@@ -3,9 +3,15 @@
 //
 //   <data-dir>/snapshot.staging/devices/dev-<id>.img   streamed contents
 //   <data-dir>/snapshot.staging/checkpoint             the sender's state (applied index a)
-//   <data-dir>/snapshot.staging/INSTALL                written last: the staging is complete
+//   <data-dir>/snapshot.staging/INSTALL                written when Raft takes the snapshot
+//
+// A staging that is complete but that Raft has not taken (its Snap message
+// lost or outdated, the node caught up from the log instead) is worthless
+// after a restart and is removed then: installing it would roll the devices
+// back to an older state (found by the simulator on the real core, seed 24).
 //
 // Install (idempotent, so a crash at any step is finished at the next start):
+//   0. write INSTALL (beginInstall), once Raft hands the snapshot back;
 //   1. replace <data-dir>/devices by the staged devices, and the checkpoint;
 //   2. the runtime resets the WAL to the snapshot (Wal.applySnapshot);
 //   3. the staging directory goes.
@@ -115,7 +121,6 @@ export class SnapshotStaging {
     await this.closeFiles();
     await syncDir(join(this.dir, DEVICES_DIR), this.disk);
     await writeFileAtomic(this.dir, CHECKPOINT_FILE, encodeStoreState(this.state), this.disk);
-    await writeFileAtomic(this.dir, INSTALL_MARKER, Buffer.from(JSON.stringify(this.metadata)), this.disk);
     return { metadata: this.metadata, state: this.state, consistentIndex: Math.max(consistentIndex, this.state.appliedIndex) };
   }
 
@@ -147,6 +152,13 @@ export async function pendingInstall(dataDir: string, disk: DiskIo = nativeDisk)
  * Step 1: moves the staged device files and checkpoint into place. The
  * caller has closed the current device files. Safe to repeat.
  */
+/** Raft took the staged snapshot: from here a crash finishes the install at the next start. */
+export async function beginInstall(dataDir: string, metadata: SnapshotMetadata, disk: DiskIo = nativeDisk): Promise<void> {
+  const staging = join(dataDir, STAGING_DIR);
+  assert(await pathExists(disk, join(staging, CHECKPOINT_FILE)), 'install of an incomplete snapshot staging');
+  await writeFileAtomic(staging, INSTALL_MARKER, Buffer.from(JSON.stringify(metadata)), disk);
+}
+
 export async function installStagedFiles(dataDir: string, disk: DiskIo = nativeDisk): Promise<void> {
   const staging = join(dataDir, STAGING_DIR);
   assert(await pathExists(disk, join(staging, INSTALL_MARKER)), 'install of an incomplete snapshot staging');

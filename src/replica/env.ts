@@ -105,8 +105,8 @@ export interface Host {
   /** Snapshot files: staging a received stream, installing it, reading files to send. */
   snapshots: {
     beginStaging(snapshotId: number, from: NodeId, metadata: SnapshotMetadata, state: StoreState): Promise<StagingHandle>;
-    /** Moves the staged files into place (crash-safe: src/device/snapshot-staging.ts); finish() once the WAL was reset. */
-    installFiles(): Promise<void>;
+    /** Marks the staging as taken by Raft and moves its files into place (crash-safe: src/device/snapshot-staging.ts); finishInstall() once the WAL was reset. */
+    installFiles(metadata: SnapshotMetadata): Promise<void>;
     finishInstall(): Promise<void>;
     /** A joiner learned its cluster id from a snapshot: recorded in the node identity. */
     recordClusterId(clusterId: string): Promise<void>;

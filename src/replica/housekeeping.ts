@@ -125,7 +125,7 @@ export class Housekeeping {
     if (!staged || staged.metadata.index !== meta.index) throw new ReplicaError('XDEVICE_ERR_ASSERTION', `Raft installs snapshot ${meta.index} but none is staged`);
     r.logger.info({ index: meta.index, stateIndex: staged.state.appliedIndex, consistentIndex: staged.consistentIndex }, 'installing snapshot');
     await r.store.closeFiles();
-    await r.host.snapshots.installFiles();
+    await r.host.snapshots.installFiles(meta);
     await r.store.reload(staged.state);
     await r.log.applySnapshot(meta);
     await r.host.snapshots.finishInstall();

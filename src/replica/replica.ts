@@ -30,6 +30,7 @@ import { limits } from '../limits.ts';
 import { XDeviceError } from '../errors.ts';
 import { RawNode, Role, type Ready, type SoftState } from '../raft/rawnode.ts';
 import type { ElectionRecord, VoteTally } from '../raft/raft.ts';
+import type { TestingBugs } from '../raft/config.ts';
 import { EntryType, MessageType, message, type Entry, type Message, type SnapshotMetadata } from '../raft/types.ts';
 import type { BlockStore } from '../device/block-store.ts';
 import { COMMAND_VERSION, CommandOp, decodeCommand, type RequestId } from '../device/commands.ts';
@@ -74,6 +75,8 @@ export interface PlantedBugs {
   applyDuplicates?: boolean;
   /** Serve reads without waiting for the read index to be applied. */
   readBeforeApplied?: boolean;
+  /** Protocol bugs planted in Raft itself (src/raft/config.ts). */
+  raft?: TestingBugs;
 }
 
 export class Replica extends EventEmitter implements ReplicaService {
@@ -143,7 +146,7 @@ export class Replica extends EventEmitter implements ReplicaService {
     this.walLastIndexAtStart = log.lastIndex();
     log.onBatchDurable = (e) => this.emit('walFsync', { durationSeconds: e.syncSeconds, bytes: e.bytes });
     const applied = log.snapshotMetadata().index;
-    this.raw = new RawNode({ id: options.nodeId, storage: log, rand: env.rand, applied });
+    this.raw = new RawNode({ id: options.nodeId, storage: log, rand: env.rand, applied, ...(this.bugs.raft ? { testingBugs: this.bugs.raft } : {}) });
     this.processedIndex = Math.max(applied, this.store.appliedIndex);
     this.raftAppliedIndex = applied;
     const hs = log.hardState();

@@ -76,6 +76,8 @@ export interface WriterOptions {
   onSegmentCreated?: (segment: ActiveSegment) => void;
   /** Called after each data batch is durable, with the time of the call that made it so (metrics). */
   onBatchDurable?: (e: BatchDurable) => void;
+  /** TEST ONLY, a planted bug for the simulator's self-test: in 'fdatasync' mode, every Nth batch gets no fdatasync. */
+  testingSkipSyncEvery?: number | undefined;
 }
 
 export interface BatchDurable {
@@ -97,6 +99,8 @@ interface PendingSave {
 }
 
 export class GroupCommitWriter {
+  /** Data batches written (for testingSkipSyncEvery). */
+  private batchesWritten = 0;
   private readonly queue: PendingSave[] = [];
   private inFlight = false;
   private flushScheduled = false;
@@ -285,7 +289,8 @@ export class GroupCommitWriter {
     const write = disk.pwrite(segment.file, buf.subarray(0, padded), segment.offset);
     const pending: Promise<unknown>[] = [write];
     // Queued right behind the write on the file's I/O thread: no event-loop round trip between them.
-    if (this.opts.syncMode === 'fdatasync') {
+    const skip = this.opts.testingSkipSyncEvery !== undefined && ++this.batchesWritten % this.opts.testingSkipSyncEvery === 0;
+    if (this.opts.syncMode === 'fdatasync' && !skip) {
       void write.then(() => (written = process.hrtime.bigint()), () => undefined);
       pending.push(disk.fdatasync(segment.file));
     }

@@ -38,6 +38,8 @@ export interface WalOptions {
   defer?: (fn: () => void) => void;
   /** Draws each new segment's salt, in [1, 2^32 - 1) (default crypto randomInt; a simulator passes a seeded one). */
   salt?: () => number;
+  /** TEST ONLY (simulator self-test): in 'fdatasync' mode, every Nth group commit skips its fdatasync. */
+  testingSkipSyncEvery?: number;
 }
 
 const randomSalt = (): number => randomInt(1, 0xffff_ffff);
@@ -106,6 +108,7 @@ export class Wal implements Storage {
         logger: opts.logger,
         onSegmentCreated: (s) => segmentRefs.push({ name: s.name, path: s.path, seq: s.seq, firstIndex: s.firstIndex }),
         onBatchDurable: (e) => wal?.onBatchDurable?.(e),
+        testingSkipSyncEvery: opts.testingSkipSyncEvery,
       },
       active,
       state,

@@ -41,7 +41,8 @@ import { checkStartState } from '../../src/cluster/data-dir.ts';
 import { decodeFrame, encodeRaftMessage, FrameKind } from '../../src/cluster/codec.ts';
 import { raftForTesting } from '../../src/raft/rawnode.ts';
 import { Role } from '../../src/raft/raft.ts';
-import { MessageType, message, type Entry, type Message } from '../../src/raft/types.ts';
+import { EntryType, MessageType, message, type Entry, type Message } from '../../src/raft/types.ts';
+import { ConfChangeType, decodeConfChange } from '../../src/raft/confchange.ts';
 import { limits } from '../../src/limits.ts';
 
 export interface ReplicaSimOptions {
@@ -51,8 +52,28 @@ export interface ReplicaSimOptions {
   /** Simulated ms with faults, then ms healed. */
   faultyMs?: number;
   healMs?: number;
-  bugs?: PlantedBugs;
+  /** How WAL batches are made durable (default: drawn from the seed). */
+  syncMode?: 'dsync' | 'fdatasync';
+  /** A planted bug the simulator must find (test/sim/planted-bugs.test.ts). */
+  plant?: Plant;
   trace?: (line: string) => void;
+}
+
+export const PLANTS = ['ackBeforeCommit', 'promoteEarly', 'skipSync', 'applyDuplicates', 'readBeforeApplied', 'commitPreviousTermEntries', 'replyBeforePersist'] as const;
+export type Plant = (typeof PLANTS)[number];
+
+function plantedBugs(plant: Plant | undefined): PlantedBugs | undefined {
+  switch (plant) {
+    case 'ackBeforeCommit':
+    case 'promoteEarly':
+    case 'readBeforeApplied':
+      return { [plant]: true };
+    case 'commitPreviousTermEntries':
+    case 'replyBeforePersist':
+      return { raft: { [plant]: true } };
+    default:
+      return undefined;
+  }
 }
 
 export interface ReplicaSimStats {
@@ -135,8 +156,15 @@ class Sim {
   private spare: string[] = [];
   private pendingFailure: string | undefined;
 
+  private readonly bugs: PlantedBugs | undefined;
+  /** Both ways a WAL batch is made durable run (production's default is 'dsync'). */
+  private readonly syncMode: 'dsync' | 'fdatasync';
+
   constructor(readonly o: ReplicaSimOptions) {
     this.rng = new Prng(o.seed);
+    this.bugs = plantedBugs(o.plant);
+    const drawn = this.rng.chance(0.5) ? 'fdatasync' : 'dsync';
+    this.syncMode = o.plant === 'skipSync' ? 'fdatasync' : (o.syncMode ?? drawn);
     const n = o.nodes ?? this.rng.pick([1, 3, 3, 5]);
     this.stats = {
       nodes: n, events: 0, messages: 0, dropped: 0, duplicated: 0, partitions: 0, crashes: 0, diskFaults: 0, elections: 0,
@@ -290,7 +318,13 @@ class Sim {
         join: n.join,
         logger: silent,
         disk: n.io,
-        wal: { defer: (fn: () => void) => clock.defer(fn), salt: () => 1 + this.rng.int(2 ** 32 - 2), segmentBytes: 256 * 1024 },
+        wal: {
+          defer: (fn: () => void) => clock.defer(fn),
+          salt: () => 1 + this.rng.int(2 ** 32 - 2),
+          segmentBytes: 256 * 1024,
+          syncMode: this.syncMode,
+          ...(this.o.plant === 'skipSync' ? { testingSkipSyncEvery: 3 } : {}),
+        },
         checkStart: checkStartState,
       });
     } catch (err) {
@@ -303,11 +337,12 @@ class Sim {
       violation(`${n.id} cannot open its data directory: ${(err as Error).message}`);
     }
     if (n.incarnation !== inc) return;
+    if (this.o.plant === 'applyDuplicates') opened.store.testingApplyDuplicates = true;
     transport.clusterId = opened.store.clusterId;
     for (const [id, address] of Object.entries({ ...opened.store.memberAddresses(), ...this.founders() })) if (id !== n.id) transport.addPeer(id, address);
     const replica = new Replica(
       { clock, transport, log: opened.wal, store: opened.store, host: this.host(n), rand: (k) => this.rng.int(k), logger: silent },
-      { nodeId: n.id, devices: [{ name: 'default', size: DEVICE_BYTES }], tuning: { checkpointEntries: 40, walRetainEntriesMax: 30 }, ...(this.o.bugs ? { plantedBugs: this.o.bugs } : {}) },
+      { nodeId: n.id, devices: [{ name: 'default', size: DEVICE_BYTES }], tuning: { checkpointEntries: 40, walRetainEntriesMax: 30 }, ...(this.bugs ? { plantedBugs: this.bugs } : {}) },
     );
     n.replica = replica;
     n.alive = true;
@@ -351,12 +386,24 @@ class Sim {
     const apply = store.applyBatch.bind(store);
     store.applyBatch = (entries: readonly Entry[], ...rest) => {
       for (const e of entries) {
+        if (e.type === EntryType.ConfChange && r.raw.basicStatus().role === Role.Leader) this.checkPromotion(n, r, e);
         const seen = this.appliedAt.get(e.index);
         if (!seen) this.appliedAt.set(e.index, { term: e.term, data: e.data });
         else if (seen.term !== e.term || !seen.data.equals(e.data)) this.fail(new Violation(`state machine safety: ${n.id} applies ${e.index}/${e.term}, another replica applied ${e.index}/${seen.term}`));
       }
       return apply(entries, ...rest);
     };
+  }
+
+  /** A learner becomes a voter only once it holds the log: promoted with nothing replicated, it can stall every commit. */
+  private checkPromotion(n: Node, r: Replica, e: Entry): void {
+    const cc = decodeConfChange(e.data);
+    const st = r.raw.status();
+    for (const ch of cc.changes) {
+      if (ch.type !== ConfChangeType.AddNode || !st.confState.learners.includes(ch.nodeId)) continue;
+      const match = st.progress[ch.nodeId]?.match ?? 0;
+      if (match < r.log.snapshotMetadata().index || match === 0) violation(`promotion: ${n.id} makes learner ${ch.nodeId} a voter at match ${match} (snapshot ${r.log.snapshotMetadata().index}, commit ${st.commit}): it has not caught up`);
+    }
   }
 
   guard(n: Node, fn: () => void): void {
@@ -518,7 +565,7 @@ class Sim {
       const data = Buffer.alloc(BLOCK);
       data.write(value);
       this.stats.writes++;
-      const op: HistoryOp = { client: c, op: 'write', block, value, call, return: Number.MAX_SAFE_INTEGER, status: 'unknown' };
+      const op: HistoryOp = { client: `${c}@${n.id}`, op: 'write', block, value, call, return: Number.MAX_SAFE_INTEGER, status: 'unknown' };
       this.history.push(op);
       dev.write(block * BLOCK, data).then(
         () => {
@@ -534,7 +581,7 @@ class Sim {
       dev.read(block * BLOCK, BLOCK).then(
         (buf) => {
           this.stats.readsServed++;
-          this.history.push({ client: c, op: 'read', block, value: decodeValue(buf), call, return: this.now, status: 'ok' });
+          this.history.push({ client: `${c}@${n.id}`, op: 'read', block, value: decodeValue(buf), call, return: this.now, status: 'ok' });
           done();
         },
         () => done(),

@@ -9,7 +9,7 @@ import { randomBytes } from 'node:crypto';
 import { pino } from 'pino';
 import { BlockStore } from '../../src/device/block-store.ts';
 import { readCheckpoint } from '../../src/device/checkpoint.ts';
-import { SnapshotStaging, finishInstall, installStagedFiles, pendingInstall, STAGING_DIR } from '../../src/device/snapshot-staging.ts';
+import { SnapshotStaging, beginInstall, finishInstall, installStagedFiles, pendingInstall, STAGING_DIR } from '../../src/device/snapshot-staging.ts';
 import { emptyConfState } from '../../src/raft/types.ts';
 
 const logger = pino({ level: 'silent' });
@@ -37,7 +37,14 @@ t.test('a staged snapshot installs, and the install is idempotent', async (t) =>
   s.chunk(0, 2 * MiB, Buffer.alloc(0), MiB);
   const staged = await s.finish(3, 50);
   t.equal(staged.consistentIndex, 50);
-  t.same(await pendingInstall(dir), metadata, 'a complete staging is pending');
+  t.same(await pendingInstall(dir), undefined, 'complete but not taken by Raft: not pending (and removed: a restart must not roll the devices back to it)');
+  const s2 = await SnapshotStaging.begin(dir, 1, 'leader', metadata, state);
+  s2.chunk(0, MiB, a, 0);
+  s2.chunk(1, 0, b, 0);
+  s2.chunk(0, 2 * MiB, Buffer.alloc(0), MiB);
+  await s2.finish(3, 50);
+  await beginInstall(dir, metadata);
+  t.same(await pendingInstall(dir), metadata, 'taken by Raft: pending until finished');
   await installStagedFiles(dir);
   await installStagedFiles(dir); // a crash after the first: redone harmlessly
   t.same(await pendingInstall(dir), metadata, 'still pending until the WAL holds it');
