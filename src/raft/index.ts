@@ -12,7 +12,6 @@ export {
   type ConfChange,
   type ConfChangeSingle,
 } from './confchange.ts';
-export { decodeRequest, encodeRequest, type RequestHeader } from './dedup.ts';
 export {
   ConfChangeInProgressError,
   InvalidConfChangeError,

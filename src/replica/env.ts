@@ -16,7 +16,9 @@
 // onUnreachable, onRemovedBy, onLink), never callbacks registered here, so
 // this file stays a list of what the core asks of the world.
 
+import type { Logger } from 'pino';
 import type { Storage } from '../raft/storage.ts';
+import type { BlockStore } from '../device/block-store.ts';
 import type { Entry, HardState, Message, NodeId, SnapshotMetadata } from '../raft/types.ts';
 import type { StoreState } from '../device/checkpoint.ts';
 import type { StagedSnapshot } from '../device/snapshot-staging.ts';
@@ -122,4 +124,16 @@ export interface StagingHandle {
   settled(): Promise<unknown>;
   finish(chunks: number, appliedEnd: number): Promise<StagedSnapshot>;
   abort(): Promise<void>;
+}
+
+/** Everything a Replica is given. */
+export interface ReplicaEnv {
+  clock: Clock;
+  transport: PeerTransport;
+  log: LogStorage;
+  store: BlockStore;
+  host: Host;
+  /** Uniform integer in [0, n). */
+  rand(n: number): number;
+  logger: Logger;
 }

@@ -166,6 +166,25 @@ export class Membership {
     await r.waitFor(() => r.raw.basicStatus().lead === to, limits.requestTimeoutMs, `leadership to move to ${to}`);
   }
 
+  /** Devices named in the configuration are created once, when the cluster is founded. */
+  async createInitialDevices(devices: readonly { name: string; size: number }[], alone: boolean): Promise<void> {
+    const r = this.r;
+    for (const d of devices) {
+      try {
+        await this.createDevice(d.name, d.size);
+      } catch (err) {
+        if ((err as XDeviceError).code === 'XDEVICE_ERR_EXISTS') continue;
+        if (r.stopped || r.fatalError) return;
+        if (!alone) {
+          // Other founders propose the same device; one of them wins.
+          r.logger.debug({ device: d.name, err: (err as Error).message }, 'initial device not created here');
+          continue;
+        }
+        r.logger.error({ device: d.name, err: (err as Error).message }, 'could not create the initial device');
+      }
+    }
+  }
+
   // ---- the device table -------------------------------------------------------------------
 
   private async tableCommand(encode: (id: RequestId) => Buffer): Promise<void> {

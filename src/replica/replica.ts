@@ -18,24 +18,28 @@
 // come in through ReplicaEnv (env.ts) and nothing else does. The production
 // runtime (src/cluster/node.ts) and the simulator (test/sim/) both run this.
 //
+// Longer than 500 lines on purpose: the Ready loop's ordering (the persist,
+// apply and advance chains, the snapshot-install gate, what settles when) is
+// one piece of state, and it is easier to check in one place. Peer input
+// (inbound.ts), leadership (leadership.ts), housekeeping, membership and the
+// admin view live beside it.
+//
 // A failed WAL write or fdatasync, or a failed apply, takes the replica out
 // of service: every waiter gets ESHUTDOWN, the transport closes, 'fatal'
 // fires. Nothing unacknowledged was promised, and what was acknowledged is on
 // a majority's disks.
 
 import { EventEmitter } from 'node:events';
-import type { Logger } from 'pino';
 import type { NodeEvents } from '../admin/api.ts';
 import { limits } from '../limits.ts';
 import { XDeviceError } from '../errors.ts';
 import { RawNode, Role, type Ready, type SoftState } from '../raft/rawnode.ts';
-import type { ElectionRecord, VoteTally } from '../raft/raft.ts';
-import type { TestingBugs } from '../raft/config.ts';
 import { EntryType, MessageType, message, type Entry, type Message, type SnapshotMetadata } from '../raft/types.ts';
+import type { RequestId } from '../device/commands.ts';
 import type { BlockStore } from '../device/block-store.ts';
-import { COMMAND_VERSION, CommandOp, decodeCommand, type RequestId } from '../device/commands.ts';
-import type { Clock, Host, LogStorage, PeerTransport, SnapshotFrame } from './env.ts';
-import { admitPeerMessage, isLeaderMessage } from './peer-input.ts';
+import type { Logger } from 'pino';
+import type { Clock, Host, LogStorage, PeerTransport, ReplicaEnv, SnapshotFrame } from './env.ts';
+import { settleEarly, type PlantedBugs } from './planted.ts';
 import { ReadGate } from './read-gate.ts';
 import { RequestError, RequestSession } from './requests.ts';
 import { SnapshotReceiver } from './snapshot-receiver.ts';
@@ -43,18 +47,12 @@ import { SnapshotSender } from './snapshot-sender.ts';
 import { ReplicatedDeviceTable, type ReplicaService } from './device.ts';
 import { Housekeeping, type Tuning } from './housekeeping.ts';
 import { Membership } from './membership.ts';
+import { PeerInbox } from './inbound.ts';
+import { Leadership } from './leadership.ts';
 import { ReplicaError } from './errors.ts';
 
-export interface ReplicaEnv {
-  clock: Clock;
-  transport: PeerTransport;
-  log: LogStorage;
-  store: BlockStore;
-  host: Host;
-  /** Uniform integer in [0, n). */
-  rand(n: number): number;
-  logger: Logger;
-}
+export type { ReplicaEnv } from './env.ts';
+export type { PlantedBugs } from './planted.ts';
 
 export interface ReplicaOptions {
   nodeId: string;
@@ -63,20 +61,6 @@ export interface ReplicaOptions {
   tuning?: Partial<Tuning>;
   /** Planted faults for the simulator's self-test (test/sim/planted-bugs.test.ts); never set in production. */
   plantedBugs?: PlantedBugs;
-}
-
-/** Runtime bugs the simulator must find (each is a real way to lose data or serve stale reads). */
-export interface PlantedBugs {
-  /** Settle a proposal as soon as it is appended locally, before it commits. */
-  ackBeforeCommit?: boolean;
-  /** Promote a learner as soon as it is added. */
-  promoteEarly?: boolean;
-  /** Apply a retried request again instead of recognising it as a duplicate (src/device/request-dedup.ts). */
-  applyDuplicates?: boolean;
-  /** Serve reads without waiting for the read index to be applied. */
-  readBeforeApplied?: boolean;
-  /** Protocol bugs planted in Raft itself (src/raft/config.ts). */
-  raft?: TestingBugs;
 }
 
 export class Replica extends EventEmitter implements ReplicaService {
@@ -95,6 +79,8 @@ export class Replica extends EventEmitter implements ReplicaService {
   readonly receiver: SnapshotReceiver;
   readonly housekeeping: Housekeeping;
   readonly membership: Membership;
+  private readonly inbox: PeerInbox;
+  private readonly leadership: Leadership;
   readonly bugs: PlantedBugs;
   /** Peer messages from ids outside the configuration, dropped before Raft. */
   peerMessagesDropped = 0;
@@ -111,9 +97,9 @@ export class Replica extends EventEmitter implements ReplicaService {
   stopped = false;
   readonly startedAt: number;
   readonly walLastIndexAtStart: number;
-  private lastDropLogAt = -Infinity;
   private readyScheduled = false;
-  private installing = false;
+  /** A snapshot is being installed: no Ready is handed out meanwhile. */
+  installing = false;
   private advanceChain: Promise<void> = Promise.resolve();
   /** The latest WAL save handed out: durable means this and every save before it. */
   private lastSave: Promise<void> = Promise.resolve();
@@ -122,10 +108,6 @@ export class Replica extends EventEmitter implements ReplicaService {
   /** Term and vote last made durable: a hard state that changes only the commit index is not worth a WAL record. */
   private savedTerm: number;
   private savedVote: string;
-  private lastLeader = '';
-  private lastRole: Role = Role.Follower;
-  /** When this replica last stepped a leader's message (App, Heartbeat, Snap). */
-  private leaderContactAt: number;
 
   constructor(
     env: ReplicaEnv,
@@ -141,7 +123,6 @@ export class Replica extends EventEmitter implements ReplicaService {
     this.logger = env.logger;
     this.bugs = options.plantedBugs ?? {};
     this.startedAt = this.clock.now();
-    this.leaderContactAt = this.startedAt;
     const log = this.log;
     this.walLastIndexAtStart = log.lastIndex();
     log.onBatchDurable = (e) => this.emit('walFsync', { durationSeconds: e.syncSeconds, bytes: e.bytes });
@@ -188,6 +169,8 @@ export class Replica extends EventEmitter implements ReplicaService {
       walRetainBytesMax: options.tuning?.walRetainBytesMax ?? limits.walRetainBytesMax,
     });
     this.membership = new Membership(this);
+    this.inbox = new PeerInbox(this);
+    this.leadership = new Leadership(this);
     this.devices = new ReplicatedDeviceTable(this, options.devices[0]?.name);
   }
 
@@ -208,27 +191,9 @@ export class Replica extends EventEmitter implements ReplicaService {
     this.schedule();
     if (founded) {
       const alone = cs.voters.length === 1;
-      const created = this.createInitialDevices(alone);
+      const created = this.membership.createInitialDevices(this.options.devices, alone);
       // A standalone node serves its devices as soon as start() returns.
       if (alone) await created;
-    }
-  }
-
-  /** Devices named in the configuration are created once, when the cluster is founded. */
-  private async createInitialDevices(alone: boolean): Promise<void> {
-    for (const d of this.options.devices) {
-      try {
-        await this.membership.createDevice(d.name, d.size);
-      } catch (err) {
-        if ((err as XDeviceError).code === 'XDEVICE_ERR_EXISTS') continue;
-        if (this.stopped || this.fatalError) return;
-        if (!alone) {
-          // Other founders propose the same device; one of them wins.
-          this.logger.debug({ device: d.name, err: (err as Error).message }, 'initial device not created here');
-          continue;
-        }
-        this.logger.error({ device: d.name, err: (err as Error).message }, 'could not create the initial device');
-      }
     }
   }
 
@@ -258,7 +223,8 @@ export class Replica extends EventEmitter implements ReplicaService {
     });
   }
 
-  private processReady(): void {
+  /** Hands out every Ready Raft has, up to readyOutstandingMax in flight. */
+  processReady(): void {
     if (this.fatalError || this.stopped) return;
     while (!this.installing && this.raw.outstandingReadys < limits.readyOutstandingMax && this.raw.hasReady()) {
       const rd = this.raw.ready();
@@ -294,7 +260,7 @@ export class Replica extends EventEmitter implements ReplicaService {
     // itself still reaches fail() through advanceChain.
     persisted.catch(() => undefined);
     applied.catch(() => undefined);
-    if (this.bugs.ackBeforeCommit && rd.entries.length > 0) this.settleEarly(rd.entries);
+    if (this.bugs.ackBeforeCommit && rd.entries.length > 0) settleEarly(this.session, rd.entries);
     persisted.then(
       () => {
         for (const m of rd.messagesAfterPersist) this.send(m);
@@ -371,31 +337,7 @@ export class Replica extends EventEmitter implements ReplicaService {
   }
 
   private onSoftState(ss: SoftState): void {
-    const previousRole = this.lastRole;
-    this.lastRole = ss.role;
-    const election = this.raw.lastElection();
-    if ((previousRole === Role.Candidate || previousRole === Role.PreCandidate) && ss.role === Role.Follower && election) {
-      // A lost pre-vote repeats every timeout while a live leader is out of reach: debug, not info.
-      const lost = previousRole === Role.PreCandidate ? election.preVote : election.vote;
-      if (lost?.outcome === 'lost') {
-        if (previousRole === Role.Candidate) this.notice('info', describeElection(election), 'election lost');
-        else this.logger.debug(describeElection(election), 'pre-vote lost');
-      }
-    }
-    if (ss.lead !== this.lastLeader) {
-      const previous = this.lastLeader;
-      this.lastLeader = ss.lead;
-      const term = this.raw.basicStatus().term;
-      if (ss.lead === this.nodeId) {
-        // Why this replica campaigned (timeout or transfer) and who voted for it.
-        this.notice('info', { ...(election ? describeElection(election) : { term }), previous }, 'became leader');
-      } else {
-        this.notice('info', { leader: ss.lead, previous, role: ss.role, term }, ss.lead === '' ? 'leader lost' : 'leader changed');
-      }
-      this.emit('leaderChange', { leader: ss.lead, term });
-      // The new leader may never have seen what the old one was given.
-      if (ss.lead !== '') this.session.retryAll();
-    }
+    this.leadership.onSoftState(ss);
   }
 
   private send(m: Message): void {
@@ -411,90 +353,24 @@ export class Replica extends EventEmitter implements ReplicaService {
     this.transport.send(m);
   }
 
-  // ---- what arrives from peers --------------------------------------------------------
+  // ---- what arrives from peers (inbound.ts) ------------------------------------------------
 
-  /**
-   * A message from a peer link (authenticated, terms and indexes already
-   * bounded by the decoder). Only members of the current configuration speak
-   * to Raft: anything else is dropped and counted, so a stranger's vote,
-   * proposal or ConfChange never reaches it.
-   */
   onPeerMessage(m: Message): void {
-    if (this.fatalError || this.stopped) return;
-    if (!this.raw.isMember(m.from)) {
-      if (this.store.wasRemoved(m.from)) {
-        // Removed while cut off, it never applied its own removal: tell it.
-        this.transport.tellRemoved(m.from);
-        return;
-      }
-      const st = this.raw.basicStatus();
-      const now = this.clock.now();
-      const leaderlessLong = st.role !== Role.Leader && now - this.leaderContactAt >= limits.peerLeaderlessGraceMs;
-      if (!admitPeerMessage(m, (id) => this.raw.isMember(id), this.raw.hasConfiguration(), { term: st.term, lead: st.lead, leaderlessLong })) {
-        this.peerMessagesDropped++;
-        if (now - this.lastDropLogAt > 1000) {
-          this.lastDropLogAt = now;
-          this.logger.warn({ from: m.from, type: MessageType[m.type], dropped: this.peerMessagesDropped }, 'dropped a message from a peer outside the configuration');
-        }
-        return;
-      }
-    }
-    if (isLeaderMessage(m)) this.leaderContactAt = this.clock.now();
-    this.onMessage(m);
+    this.inbox.onPeerMessage(m);
   }
 
-  private onMessage(m: Message): void {
-    if (m.type === MessageType.Snap) {
-      // Only once the streamed files are durably staged may Raft take the snapshot.
-      const staged = this.receiver.staged;
-      if (!staged || staged.metadata.index !== m.snapshot?.index || staged.from !== m.from) {
-        this.logger.warn({ from: m.from, index: m.snapshot?.index }, 'snapshot message without staged data; dropped');
-        return;
-      }
-      // Raft may now hand the snapshot back to be installed: keep the staging
-      // from being replaced by another stream until that is settled.
-      this.receiver.pinned = true;
-      this.raw.step(m);
-      this.processReady();
-      if (!this.installing) this.receiver.pinned = false;
-      return;
-    }
-    if (m.type === MessageType.Prop && this.raw.basicStatus().role === Role.Leader && this.host.space.wouldBreachReserve(0)) {
-      // A follower's own check missed it (its disk is not this one): writes
-      // would fail at apply here, so they are not proposed; the follower's
-      // request times out (EIO) rather than stopping this replica.
-      const kept = m.entries.filter((e) => !allocates(e.data));
-      if (kept.length !== m.entries.length) {
-        this.logger.warn({ from: m.from, dropped: m.entries.length - kept.length }, 'forwarded writes not proposed: data filesystem below its reserve');
-        if (kept.length === 0) return;
-        m = { ...m, entries: kept };
-      }
-    }
-    this.raw.step(m);
-    // Right away rather than next turn: an App starts the follower's append,
-    // an AppResp may commit writes someone waits for. (Proposals, in
-    // contrast, are gathered for a turn: they share one Ready.)
-    this.processReady();
-  }
-
-  /** A snapshot frame from a peer link. */
   onFrame(from: string, f: SnapshotFrame): void {
-    if (this.fatalError || this.stopped) return;
-    if (f.kind === 'result') this.sender.onResult(from, f);
-    else this.receiver.onFrame(from, f);
+    this.inbox.onFrame(from, f);
   }
 
-  /** The link to a peer failed: Raft probes it instead of pipelining. */
   onUnreachable(peer: string): void {
-    if (this.raw.isMember(peer)) this.raw.reportUnreachable(peer);
+    this.inbox.onUnreachable(peer);
   }
 
-  /** A peer says this replica was removed while it was cut off. */
   onRemovedBy(by: string): void {
     this.leaveRemoved(`${by} says this node was removed from the cluster`);
   }
 
-  /** Operators learn of a lost peer from every survivor, once per loss, and of its return. */
   onLink(peer: string, up: boolean): void {
     if (up) this.notice('info', { peer }, 'peer link up');
     else this.notice('warn', { peer }, 'peer link lost');
@@ -587,21 +463,6 @@ export class Replica extends EventEmitter implements ReplicaService {
     space.admit(bytes);
   }
 
-  // ---- planted bugs (simulator self-test only) -------------------------------------------
-
-  private settleEarly(entries: Entry[]): void {
-    for (const e of entries) {
-      if (e.type !== EntryType.Normal || e.data.length === 0) continue;
-      let request: RequestId;
-      try {
-        request = decodeCommand(e.data);
-      } catch {
-        continue;
-      }
-      if (request.clientId === this.session.clientId) this.session.settle({ index: e.index, request });
-    }
-  }
-
   // ---- waiting, events, leaving -------------------------------------------------------------
 
   sleep(ms: number): Promise<void> {
@@ -687,16 +548,4 @@ export class Replica extends EventEmitter implements ReplicaService {
     this.session.failAll('ESHUTDOWN', 'node crashed');
     this.reads.failAll('ESHUTDOWN', 'node crashed');
   }
-}
-
-/** Does this entry payload write data (and so take space in a device file)? */
-function allocates(data: Buffer): boolean {
-  return data.length > 1 && data[0] === COMMAND_VERSION && (data[1] === CommandOp.Write || data[1] === CommandOp.WriteZeroes);
-}
-
-/** An election for one log line: {term, cause: 'timeout', preVote: 'won: granted node1,node2; rejected node3', vote: …}. */
-function describeElection(e: ElectionRecord): Record<string, unknown> {
-  const tally = (v: VoteTally | undefined) =>
-    v && `${v.outcome}: granted ${v.granted.join(',') || 'none'}${v.rejected.length > 0 ? `; rejected ${v.rejected.join(',')}` : ''}`;
-  return { term: e.term, cause: e.cause, ...(e.preVote ? { preVote: tally(e.preVote) } : {}), ...(e.vote ? { vote: tally(e.vote) } : {}) };
 }

@@ -41,7 +41,7 @@ import { checkStartState } from '../../src/cluster/data-dir.ts';
 import { decodeFrame, encodeRaftMessage, FrameKind } from '../../src/cluster/codec.ts';
 import { raftForTesting } from '../../src/raft/rawnode.ts';
 import { Role } from '../../src/raft/raft.ts';
-import { EntryType, MessageType, message, type Entry, type Message } from '../../src/raft/types.ts';
+import { EntryType, MessageType, message, type Entry, type Message, type SnapshotMetadata } from '../../src/raft/types.ts';
 import { ConfChangeType, decodeConfChange } from '../../src/raft/confchange.ts';
 import { limits } from '../../src/limits.ts';
 
@@ -285,7 +285,16 @@ class Sim {
         report: () => ({ freeBytes: free(), totalBytes: DISK_BYTES, reserveBytes: RESERVE }),
       },
       probeFileSize: async () => undefined,
-      snapshots: diskSnapshots(`/${n.id}`, n.id, n.io),
+      snapshots: (() => {
+        const real = diskSnapshots(`/${n.id}`, n.id, n.io);
+        return {
+          ...real,
+          installFiles: async (meta: SnapshotMetadata) => {
+            this.stats.snapshotsInstalled++;
+            await real.installFiles(meta);
+          },
+        };
+      })(),
     };
   }
 
@@ -321,7 +330,7 @@ class Sim {
         wal: {
           defer: (fn: () => void) => clock.defer(fn),
           salt: () => 1 + this.rng.int(2 ** 32 - 2),
-          segmentBytes: 256 * 1024,
+          segmentBytes: 1024 * 1024,
           syncMode: this.syncMode,
           ...(this.o.plant === 'skipSync' ? { testingSkipSyncEvery: 3 } : {}),
         },
@@ -402,7 +411,7 @@ class Sim {
     for (const ch of cc.changes) {
       if (ch.type !== ConfChangeType.AddNode || !st.confState.learners.includes(ch.nodeId)) continue;
       const match = st.progress[ch.nodeId]?.match ?? 0;
-      if (match < r.log.snapshotMetadata().index || match === 0) violation(`promotion: ${n.id} makes learner ${ch.nodeId} a voter at match ${match} (snapshot ${r.log.snapshotMetadata().index}, commit ${st.commit}): it has not caught up`);
+      if (match < r.log.snapshotMetadata().index || match === 0) this.fail(new Violation(`promotion: ${n.id} makes learner ${ch.nodeId} a voter at match ${match} (snapshot ${r.log.snapshotMetadata().index}, commit ${st.commit}): it has not caught up`));
     }
   }
 
@@ -490,8 +499,14 @@ class Sim {
     const live = this.members().filter((n) => n.alive && n.replica);
     if (live.length === 0) return;
     const n = this.rng.pick(live);
-    const term = this.rng.chance(0.5) ? this.rng.int(1000) : limits.raftTermMax;
-    const type = this.rng.pick([MessageType.Vote, MessageType.PreVote, MessageType.App, MessageType.Heartbeat, MessageType.Prop, MessageType.TimeoutNow]);
+    // Votes, proposals and TimeoutNow at any term (up to raftTermMax), and a
+    // leader's App or Heartbeat only from a term before the node's own: a
+    // peer that holds the cluster secret and forges a current leader's
+    // messages is byzantine, beyond what Raft (or etcd) defends against.
+    const own = n.replica!.raw.basicStatus().term;
+    const leaderish = this.rng.chance(0.4);
+    const type = leaderish ? this.rng.pick([MessageType.App, MessageType.Heartbeat]) : this.rng.pick([MessageType.Vote, MessageType.PreVote, MessageType.Prop, MessageType.TimeoutNow]);
+    const term = leaderish ? this.rng.int(Math.max(1, own)) : this.rng.chance(0.5) ? this.rng.int(1000) : limits.raftTermMax;
     const m: Message = message({ type, from: 'x9', to: n.id, term, index: this.rng.int(100), logTerm: this.rng.int(term + 1), commit: this.rng.int(100) });
     this.stats.strangerMessages++;
     this.deliver(n.id, Buffer.concat(encodeRaftMessage(m)));

@@ -1,58 +1,54 @@
-// The simulator's command line.
+// The simulator's command line (test/sim/replica-sim.ts: the real replica
+// core on a simulated network, disk and clock).
 //
-//   npm run sim -- --seeds 100000          a campaign over seeds 1..N (or --from S)
-//   XDEVICE_SEED=1234 npm run sim          replay one seed with a verbose trace
-//   npm run sim -- --seeds 100 --bug commitPreviousTermEntries   (planted bug)
+//   npm run sim -- --seeds 100000 --from 2000000   a campaign
+//   XDEVICE_SEED=1234 npm run sim                    replay one seed with a full trace
+//   npm run sim -- --seeds 100 --plant skipSync      a planted bug (test only)
 
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
-import type { TestingBugs } from '../../src/raft/config.ts';
-import { runSeed } from './simulator.ts';
+import { PLANTS, runReplicaSeed, type Plant } from './replica-sim.ts';
 
 const argv = yargs(hideBin(process.argv))
   .option('seeds', { type: 'number', default: 1000, describe: 'number of seeds to run' })
   .option('from', { type: 'number', default: 1, describe: 'first seed' })
   .option('nodes', { type: 'number', describe: 'founding voters (1, 3 or 5); drawn from the seed by default' })
-  .option('hostile', { type: 'boolean', default: false, describe: 'hostile peers: out-of-range terms, strangers, a twin id (test/sim/hostile-peers.ts)' })
-  .option('bug', { type: 'string', choices: ['commitPreviousTermEntries', 'replyBeforePersist'], describe: 'plant a known bug (test only)' })
+  .option('plant', { type: 'string', choices: PLANTS, describe: 'plant a known bug (test only)' })
+  .option('stop-after', { type: 'number', default: 10, describe: 'stop after this many failing seeds' })
   .option('quiet', { type: 'boolean', default: false })
   .strict()
   .parseSync();
 
-const bugs: TestingBugs = argv.bug ? { [argv.bug]: true } : {};
-const nodes = argv.nodes;
-const hostile = argv.hostile ? { hostile: {} } : {};
+const plant = argv.plant as Plant | undefined;
+const common = { ...(argv.nodes ? { nodes: argv.nodes } : {}), ...(plant ? { plant } : {}) };
+const replay = (seed: number): string => `XDEVICE_SEED=${seed} npm run sim${plant ? ` -- --plant ${plant}` : ''}`;
 const envSeed = process.env.XDEVICE_SEED;
 
 if (envSeed !== undefined) {
   const seed = Number(envSeed);
-  const r = runSeed({ seed, testingBugs: bugs, ...hostile, ...(nodes ? { nodes } : {}), trace: (l) => process.stdout.write(`${l}\n`) });
+  const r = await runReplicaSeed({ seed, ...common, trace: (l) => process.stdout.write(`${l}\n`) });
   console.log(JSON.stringify(r.stats));
-  if (!r.ok) {
-    console.log(`seed ${seed} FAILED: ${r.error}`);
-    process.exit(1);
-  }
-  console.log(`seed ${seed} ok`);
-  process.exit(0);
+  console.log(r.ok ? `seed ${seed} ok` : `seed ${seed} FAILED: ${r.error}`);
+  process.exit(r.ok ? 0 : 1);
 }
 
 const started = process.hrtime.bigint();
-let failures = 0;
+const failed: number[] = [];
 const totals: Record<string, number> = {};
 for (let seed = argv.from; seed < argv.from + argv.seeds; seed++) {
-  const r = runSeed({ seed, testingBugs: bugs, ...hostile, ...(nodes ? { nodes } : {}) });
+  const r = await runReplicaSeed({ seed, ...common });
   for (const [k, v] of Object.entries(r.stats)) totals[k] = (totals[k] ?? 0) + v;
   if (!r.ok) {
-    failures++;
+    failed.push(seed);
     console.log(`seed ${seed} FAILED: ${r.error}`);
-    console.log(`  replay: XDEVICE_SEED=${seed} npm run sim${argv.bug ? ` -- --bug ${argv.bug}` : ''}`);
-    if (failures >= 10) break;
+    console.log(`  replay: ${replay(seed)}`);
+    if (failed.length >= argv['stop-after']) break;
   }
-  if (!argv.quiet && (seed - argv.from + 1) % 1000 === 0) {
-    console.log(`${seed - argv.from + 1} seeds, ${failures} failed, ${Number(process.hrtime.bigint() - started) / 1e9}s`);
+  if (!argv.quiet && (seed - argv.from + 1) % 500 === 0) {
+    console.log(`${seed - argv.from + 1} seeds, ${failed.length} failed, ${(Number(process.hrtime.bigint() - started) / 1e9).toFixed(0)}s`);
   }
 }
 const secs = Number(process.hrtime.bigint() - started) / 1e9;
-console.log(`seeds ${argv.from}..${argv.from + argv.seeds - 1}: ${failures} failed in ${secs.toFixed(1)}s`);
+console.log(`seeds ${argv.from}..${argv.from + argv.seeds - 1}: ${failed.length} failed${failed.length ? ` (${failed.join(', ')})` : ''} in ${secs.toFixed(1)}s`);
 console.log(`totals: ${JSON.stringify(totals)}`);
-process.exit(failures > 0 ? 1 : 0);
+process.exit(failed.length > 0 ? 1 : 0);
