@@ -73,8 +73,9 @@ export function deviceFileName(id: number): string {
 
 
 export class BlockStore {
-  /** TEST ONLY, a planted bug for the simulator's self-test: a retried request applies again instead of being recognised as a duplicate. */
-  testingApplyDuplicates = false;
+  /** TEST ONLY, a planted bug for the simulator's self-test: each batch's writes are applied again after the next batch's (an entry applied twice, out of order). */
+  testingApplyTwice = false;
+  private testingPrevious: Command[] = [];
   private readonly byId = new Map<number, OpenDevice>();
   private readonly byName = new Map<string, number>();
   private dedup: RequestDedup;
@@ -248,6 +249,7 @@ export class BlockStore {
       pending = [];
       await Promise.all(p);
     };
+    const testingCurrent: Command[] = [];
     try {
       let last: Entry | undefined;
       for (const e of entries) {
@@ -272,7 +274,7 @@ export class BlockStore {
           continue;
         }
         const request = { clientId: cmd.clientId, seq: cmd.seq, firstUnacked: cmd.firstUnacked };
-        if (!this.dedup.admit(request) && !this.testingApplyDuplicates) {
+        if (!this.dedup.admit(request)) {
           decided({ index: e.index, request, duplicate: true });
           continue;
         }
@@ -284,9 +286,14 @@ export class BlockStore {
           if (error) outcome.error = error;
         } else {
           const error = this.submitDataCommand(cmd, pending, gathered, submitGathered);
+          if (this.testingApplyTwice && !error) testingCurrent.push(cmd);
           if (error) outcome.error = error;
         }
         decided(outcome);
+      }
+      if (this.testingApplyTwice) {
+        for (const cmd of this.testingPrevious) this.submitDataCommand(cmd, pending, gathered, submitGathered);
+        this.testingPrevious = testingCurrent;
       }
       await barrier();
       if (last) {

@@ -14,8 +14,6 @@ export interface PlantedBugs {
   ackBeforeCommit?: boolean;
   /** Promote a learner as soon as it is added. */
   promoteEarly?: boolean;
-  /** Apply a retried request again instead of recognising it as a duplicate (src/device/request-dedup.ts). */
-  applyDuplicates?: boolean;
   /** Serve reads without waiting for the read index to be applied. */
   readBeforeApplied?: boolean;
   /** Protocol bugs planted in Raft itself (src/raft/config.ts). */

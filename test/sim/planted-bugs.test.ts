@@ -12,7 +12,7 @@ const cases: Array<{ plant: Plant; why: string }> = [
   { plant: 'ackBeforeCommit', why: 'a write acknowledged when appended, before it commits' },
   { plant: 'promoteEarly', why: 'a learner promoted before it caught up' },
   { plant: 'skipSync', why: 'the fdatasync of every third group commit skipped' },
-  { plant: 'applyDuplicates', why: 'a retried request applied again (not idempotent)' },
+  { plant: 'applyTwice', why: 'each batch of writes applied again after the next one (an entry applied twice, not idempotent)' },
   { plant: 'readBeforeApplied', why: 'a read served before its read index is applied' },
   { plant: 'commitPreviousTermEntries', why: 'counting replicas of an earlier term’s entry (Raft figure 8)' },
   { plant: 'replyBeforePersist', why: 'votes and append acks sent before the state they promise is durable' },

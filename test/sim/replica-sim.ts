@@ -59,7 +59,7 @@ export interface ReplicaSimOptions {
   trace?: (line: string) => void;
 }
 
-export const PLANTS = ['ackBeforeCommit', 'promoteEarly', 'skipSync', 'applyDuplicates', 'readBeforeApplied', 'commitPreviousTermEntries', 'replyBeforePersist'] as const;
+export const PLANTS = ['ackBeforeCommit', 'promoteEarly', 'skipSync', 'applyTwice', 'readBeforeApplied', 'commitPreviousTermEntries', 'replyBeforePersist'] as const;
 export type Plant = (typeof PLANTS)[number];
 
 function plantedBugs(plant: Plant | undefined): PlantedBugs | undefined {
@@ -346,7 +346,7 @@ class Sim {
       violation(`${n.id} cannot open its data directory: ${(err as Error).message}`);
     }
     if (n.incarnation !== inc) return;
-    if (this.o.plant === 'applyDuplicates') opened.store.testingApplyDuplicates = true;
+    if (this.o.plant === 'applyTwice') opened.store.testingApplyTwice = true;
     transport.clusterId = opened.store.clusterId;
     for (const [id, address] of Object.entries({ ...opened.store.memberAddresses(), ...this.founders() })) if (id !== n.id) transport.addPeer(id, address);
     const replica = new Replica(
