@@ -51,6 +51,12 @@ t.test('member addresses through Raft, status --cluster', { timeout: 600_000 }, 
     t.match(table.stdout, new RegExp(`\\| ${cluster.slots[i]!.id} +\\| 127\\.0\\.0\\.1:\\d+ +\\| voter +\\| ${adminOf(i).replace(/\./g, '\\.')} +\\| ${nbdOf(i).replace(/\./g, '\\.')} +\\| ${VERSION.replace(/\./g, '\\.')}`), `table row of ${cluster.slots[i]!.id}`);
   }
 
+  // Some data, so every member's device file holds bytes.
+  const nbd0 = await cluster.client(0);
+  await nbd0.write(0, Buffer.alloc(1 << 20, 0x5a));
+  await nbd0.close();
+  await cluster.converged();
+
   // status --cluster: one endpoint given, every member asked.
   const json = await cli(['--endpoints', adminOf(0), '-w', 'json', 'status', '--cluster']);
   t.equal(json.code, 0, json.stderr);
@@ -62,7 +68,7 @@ t.test('member addresses through Raft, status --cluster', { timeout: 600_000 }, 
     t.equal(r.status?.id, r.id);
     t.equal(r.status?.version, VERSION);
     t.ok((r.status?.walBytes ?? 0) > 0, `${r.id}: WAL bytes on disk (${r.status?.walBytes})`);
-    t.ok((r.status?.dataBytes ?? -1) >= 0, `${r.id}: data bytes (${r.status?.dataBytes})`);
+    t.ok((r.status?.dataBytes ?? 0) >= 1 << 20, `${r.id}: data bytes (${r.status?.dataBytes}) cover the 1 MiB written`);
     t.ok((r.status?.freeBytes ?? 0) > 0, `${r.id}: free space (${r.status?.freeBytes})`);
     t.ok(r.lag !== undefined && r.lag >= 0, `${r.id}: lag ${r.lag}`);
   }
