@@ -40,6 +40,24 @@ export interface NodeStatus {
   /** Bytes of a snapshot being sent or received, for progress bars. */
   snapshot?: { direction: 'sending' | 'receiving'; peer: string; bytesDone: number; bytesTotal: number };
   uptimeSeconds: number;
+  /** The version of the running program. */
+  version: string;
+  /** Bytes the WAL's segment files occupy on disk (GET /status; DiskUsage). */
+  walBytes?: number;
+  /** Bytes allocated in this node's device files. */
+  dataBytes?: number;
+  /** Free bytes on the data filesystem. */
+  freeBytes?: number;
+  totalBytes?: number;
+}
+
+/** The part of a node's status that reads the disk (GET /status merges it into NodeStatus). */
+export interface DiskUsage {
+  /** Absent where there is no WAL (the file and memory backends). */
+  walBytes?: number;
+  dataBytes: number;
+  freeBytes?: number;
+  totalBytes?: number;
 }
 
 export interface Member {
@@ -48,9 +66,12 @@ export interface Member {
   address: string;
   voter: boolean;
   learner: boolean;
-  /** Admin address, when the member has told us. */
+  /** Admin and NBD addresses, as the member published them through Raft (PUBLISH_MEMBER). */
   adminAddress?: string;
   nbdAddress?: string;
+  /** The version it runs and when it started (epoch ms), as it published them. */
+  version?: string;
+  startedAt?: number;
 }
 
 export interface DeviceInfo {
@@ -109,7 +130,10 @@ export interface NodeEvents {
 }
 
 export interface NodeApi {
+  /** Cheap and synchronous (metrics read it): no disk figures. */
   status(): NodeStatus;
+  /** WAL and data bytes, free space: what status() leaves out. */
+  diskUsage(): Promise<DiskUsage>;
   health(): Promise<HealthReport>;
   members(): Member[];
   devices(): Promise<DeviceInfo[]>;

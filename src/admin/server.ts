@@ -1,7 +1,7 @@
 // The HTTP admin API: loopback by default, a bearer token when configured.
 //
 //   GET    /health            200 healthy / 503 not, with the checks
-//   GET    /status            role, term, leader, commit/applied, peers
+//   GET    /status            role, term, leader, commit/applied, peers, version, WAL/data bytes, free space
 //   GET    /members           POST /members {id,address}   DELETE /members/:id
 //   POST   /leader {to}       leadership transfer
 //   GET    /devices           POST /devices {name,size}    PATCH /devices/:name {size}   DELETE /devices/:name
@@ -166,7 +166,8 @@ export class AdminServer {
         return this.json(res, report.healthy ? 200 : 503, report);
       }
       case 'GET /status':
-        return this.json(res, 200, node.status());
+        // status() is what metrics read every scrape; the disk figures are read only here.
+        return this.json(res, 200, { ...node.status(), ...(await node.diskUsage()) });
       case 'GET /members':
         return this.json(res, 200, { members: node.members() });
       case 'POST /members': {

@@ -12,8 +12,9 @@ import { hideBin } from 'yargs/helpers';
 import { AdminClient, AdminClientError } from './admin-client.ts';
 import { formatSize, parseDeviceName, parseDeviceSize, parseHostPort, parseNodeId, parsePeers } from '../parse.ts';
 import { ProgressBar, renderTable, type OutputFormat } from './output.ts';
+import { clusterHealth, clusterStatus, endpointHealth, endpointStatus, healthTable, statusTable } from './cluster-status.ts';
 import { VERSION } from '../version.ts';
-import type { DeviceInfo, HealthReport, Member, NodeStatus } from '../admin/api.ts';
+import type { DeviceInfo, Member, NodeStatus } from '../admin/api.ts';
 
 export const EXIT = { ok: 0, failed: 1, usage: 2, unreachable: 3, unauthorised: 4, noKernelNbd: 5 } as const;
 
@@ -83,17 +84,10 @@ function print(argv: GlobalArgs, json: unknown, table: () => string): void {
   process.stdout.write(argv.w === 'json' ? JSON.stringify(json, null, 2) + '\n' : table());
 }
 
-function statusTable(rows: { endpoint: string; status?: NodeStatus; error?: string }[]): string {
-  return renderTable(
-    ['endpoint', 'id', 'role', 'term', 'leader', 'commit', 'applied', 'error'],
-    rows.map((r) => [r.endpoint, r.status?.id, r.status?.role, r.status?.term, r.status?.leader, r.status?.commit, r.status?.applied, r.error]),
-  );
-}
-
 function membersTable(members: Member[]): string {
   return renderTable(
-    ['id', 'address', 'role', 'admin', 'nbd'],
-    members.map((m) => [m.id, m.address, m.voter ? 'voter' : 'learner', m.adminAddress, m.nbdAddress]),
+    ['id', 'address', 'role', 'admin', 'nbd', 'version'],
+    members.map((m) => [m.id, m.address, m.voter ? 'voter' : 'learner', m.adminAddress, m.nbdAddress, m.version]),
   );
 }
 
@@ -181,37 +175,23 @@ export function buildCli(args: string[]): Argv<GlobalArgs> {
   )
     .command(
       'status',
-      'status of every endpoint',
-      () => {},
+      'status of every endpoint (--cluster: of every member, found through the member list)',
+      (y) => y.option('cluster', { type: 'boolean', default: false, describe: 'ask one endpoint for the members, then every member at its published admin address' }),
       async (argv) => {
-        const rows = await client(argv).statusAll();
+        const c = client(argv);
+        const rows = argv.cluster ? await clusterStatus(c) : await endpointStatus(c);
         print(argv, rows, () => statusTable(rows));
-        if (rows.every((r) => r.error)) throw new CliExit(EXIT.unreachable, 'no endpoint answered');
+        if (rows.every((r) => r.error)) throw new CliExit(EXIT.unreachable, argv.cluster ? 'no member answered' : 'no endpoint answered');
       },
     )
     .command(
       'health',
-      'health of every endpoint (exit 1 if any is unhealthy)',
-      () => {},
+      'health of every endpoint (--cluster: of every member; exit 1 if any is unhealthy)',
+      (y) => y.option('cluster', { type: 'boolean', default: false, describe: 'ask one endpoint for the members, then every member at its published admin address' }),
       async (argv) => {
         const c = client(argv);
-        const rows = await Promise.all(
-          c.endpoints.map(async (endpoint) => {
-            try {
-              const res = await c.call<HealthReport>(endpoint, 'GET', '/health');
-              if (res.status === 401) return { endpoint, healthy: false, error: 'unauthorised' };
-              return { endpoint, healthy: res.body.healthy, checks: res.body.checks };
-            } catch (err) {
-              return { endpoint, healthy: false, error: (err as Error).message };
-            }
-          }),
-        );
-        print(argv, rows, () =>
-          renderTable(
-            ['endpoint', 'healthy', 'detail'],
-            rows.map((r) => [r.endpoint, r.healthy, r.error ?? r.checks?.filter((c) => !c.ok).map((c) => `${c.name}: ${c.detail}`).join('; ')]),
-          ),
-        );
+        const rows = argv.cluster ? await clusterHealth(c) : await endpointHealth(c);
+        print(argv, rows, () => healthTable(rows));
         if (rows.every((r) => r.error && r.error !== 'unauthorised')) throw new CliExit(EXIT.unreachable, 'no endpoint answered');
         if (rows.some((r) => r.error === 'unauthorised')) throw new CliExit(EXIT.unauthorised, 'not authorised (give --token)');
         if (!rows.every((r) => r.healthy)) throw new CliExit(EXIT.failed, 'unhealthy endpoints');
@@ -280,7 +260,7 @@ export function buildCli(args: string[]): Argv<GlobalArgs> {
       async (argv) => {
         const c = client(argv);
         await c.change('POST', '/leader', { to: argv.to });
-        const rows = await c.statusAll();
+        const rows = await endpointStatus(c);
         print(argv, rows, () => statusTable(rows));
       },
     )

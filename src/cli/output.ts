@@ -36,3 +36,26 @@ export class ProgressBar {
     else this.stream.write(`${this.label}: ${message}\n`);
   }
 }
+
+/** Bytes for people: "0 B", "812 B", "4.0 KiB", "1.5 GiB" (one decimal above KiB). */
+export function formatBytes(bytes: number): string {
+  if (bytes < 1024) return `${bytes} B`;
+  const units = ['KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
+  let v = bytes / 1024;
+  let i = 0;
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  return `${v.toFixed(1)} ${units[i]}`;
+}
+
+/** Seconds for people: "45s", "3m07s", "2h05m", "4d03h". */
+export function formatDuration(seconds: number): string {
+  const s = Math.max(0, Math.floor(seconds));
+  const pad = (n: number) => String(n).padStart(2, '0');
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m${pad(s % 60)}s`;
+  if (s < 86400) return `${Math.floor(s / 3600)}h${pad(Math.floor(s / 60) % 60)}m`;
+  return `${Math.floor(s / 86400)}d${pad(Math.floor(s / 3600) % 24)}h`;
+}

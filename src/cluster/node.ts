@@ -21,6 +21,11 @@ import { peerTransport, realClock, realHost, snapshotFrameOf } from './real-env.
 import { Transport } from './transport.ts';
 import type { PeerAuth } from './peer-auth.ts';
 import { randomInt } from 'node:crypto';
+import { stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { WAL_DIR } from '../replica/open.ts';
+import { MemberPublisher } from '../replica/publish.ts';
+import { VERSION } from '../version.ts';
 
 export interface NodeConfig {
   nodeId: string;
@@ -74,6 +79,8 @@ export class ClusterNode {
   readonly api: NodeApi;
   peerAddress = '';
   private addresses = { nbd: '', admin: '' };
+  /** Publishes this member's client addresses through Raft once it serves (setAddresses). */
+  private readonly publisher: MemberPublisher;
   /** The connection a stranger's message arrived on, while it is being handled (to tell it that it was removed). */
   private replyingTo: { peer: string; reply: (frame: Buffer) => void } | undefined;
 
@@ -97,10 +104,16 @@ export class ClusterNode {
     };
     const r = (this.replica = new Replica(env, options));
     this.devices = r.devices;
-    const view = new ReplicaView(r, () => ({ ...this.addresses, peer: this.peerAddress }));
+    const view = new ReplicaView(r, {
+      addresses: () => ({ ...this.addresses, peer: this.peerAddress }),
+      version: VERSION,
+      walBytes: () => segmentBytes(join(config.dataDir, WAL_DIR), wal.segmentNames()),
+    });
+    this.publisher = new MemberPublisher(r);
     const m = r.membership;
     this.api = {
       status: () => view.status(),
+      diskUsage: () => view.diskUsage(),
       health: () => view.health(),
       members: () => view.members(),
       devices: () => view.devicesInfo(),
@@ -205,8 +218,10 @@ export class ClusterNode {
     return this.replica.peerMessagesDropped;
   }
 
+  /** Where this node now serves clients: shown by status, and published to every member through Raft. */
   setAddresses(addresses: { nbd: string; admin: string }): void {
     this.addresses = addresses;
+    this.publisher.publish({ adminAddress: addresses.admin, nbdAddress: addresses.nbd, version: VERSION });
   }
 
   onFatal(listener: (err: Error) => void): void {
@@ -224,4 +239,14 @@ export class ClusterNode {
     this.space.stop();
     this.lock.release();
   }
+}
+
+/** Allocated bytes of the WAL's segment files (a file compacted away meanwhile counts 0). */
+async function segmentBytes(dir: string, names: string[]): Promise<number> {
+  let total = 0;
+  for (const name of names) {
+    const st = await stat(join(dir, name)).catch(() => undefined);
+    if (st) total += st.blocks * 512;
+  }
+  return total;
 }

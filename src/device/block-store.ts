@@ -28,6 +28,7 @@ import type { Extent } from './block-device.ts';
 import { type DeviceRecord, type StoreState, readCheckpoint, syncDir, writeCheckpoint } from './checkpoint.ts';
 import { type Command, CommandOp, decodeCommand, type RequestId } from './commands.ts';
 import { deviceNameProblem, deviceSizeProblem } from './device-rules.ts';
+import { MemberTable, type PublishedMember } from './member-table.ts';
 import { RequestDedup } from './request-dedup.ts';
 
 export const DEVICES_DIR = 'devices';
@@ -81,6 +82,7 @@ export class BlockStore {
   private dedup: RequestDedup;
   private members: Record<string, string>;
   private readonly removed = new Set<string>();
+  private published: MemberTable;
   private applying = false;
   clusterId: string;
   appliedIndex: number;
@@ -101,6 +103,7 @@ export class BlockStore {
     this.members = { ...state.members };
     for (const id of state.removed ?? []) this.removed.add(id);
     this.dedup = RequestDedup.from(state.dedup);
+    this.published = MemberTable.from(state.published);
   }
 
   get devicesDir(): string {
@@ -192,10 +195,16 @@ export class BlockStore {
     if (address === undefined) {
       delete this.members[id];
       this.removed.add(id);
+      this.published.forget(id);
     } else {
       this.members[id] = address;
       this.removed.delete(id);
     }
+  }
+
+  /** What member `id` published about itself (PUBLISH_MEMBER), if anything. */
+  publishedMember(id: string): PublishedMember | undefined {
+    return this.published.get(id);
   }
 
   /** Whether `id` was removed from the cluster (and not added back). */
@@ -280,7 +289,11 @@ export class BlockStore {
         }
         const outcome: ApplyOutcome = { index: e.index, request };
         const isTableOp = cmd.op === CommandOp.CreateDevice || cmd.op === CommandOp.DeleteDevice || cmd.op === CommandOp.ResizeDevice;
-        if (isTableOp) {
+        if (cmd.op === CommandOp.PublishMember) {
+          // No file is touched: nothing to order against the writes around it.
+          const problem = this.published.apply(cmd, e.index, this.removed.has(cmd.nodeId));
+          if (problem) outcome.error = { code: 'XDEVICE_ERR_INVALID', message: problem };
+        } else if (isTableOp) {
           await barrier();
           const error = await this.applyTableCommand(cmd, e.index);
           if (error) outcome.error = error;
@@ -461,6 +474,7 @@ export class BlockStore {
       members: { ...this.members },
       removed: [...this.removed].sort(),
       dedup: this.dedup.export(),
+      published: this.published.export(),
     };
   }
 
@@ -510,6 +524,7 @@ export class BlockStore {
     this.removed.clear();
     for (const id of state.removed ?? []) this.removed.add(id);
     this.dedup = RequestDedup.from(state.dedup);
+    this.published = MemberTable.from(state.published);
     await this.openDevices(state.devices, false);
     await this.quarantineOrphans();
   }

@@ -14,6 +14,7 @@ import type { DiskIo } from '../disk/disk-io.ts';
 import { nativeDisk } from '../disk/native-disk.ts';
 import { XDeviceError } from '../errors.ts';
 import { crc32c } from '../native.ts';
+import { type PublishedMember, validPublished } from './member-table.ts';
 import type { DedupClientState } from './request-dedup.ts';
 
 export const CHECKPOINT_FILE = 'checkpoint';
@@ -41,6 +42,8 @@ export interface StoreState {
   /** Nodes removed from the cluster (told so if they call). Absent in older checkpoints. */
   removed?: string[];
   dedup: DedupClientState[];
+  /** What members published about themselves (client addresses, version), by id. Absent in older checkpoints. */
+  published?: Record<string, PublishedMember>;
 }
 
 export class CheckpointError extends XDeviceError {
@@ -81,7 +84,8 @@ export function decodeStoreState(buf: Buffer, what = 'checkpoint'): StoreState {
     state.devices.every((d) => Number.isSafeInteger(d.id) && typeof d.name === 'string' && Number.isSafeInteger(d.size) && d.size >= 0) &&
     typeof state.members === 'object' &&
     state.members !== null &&
-    Array.isArray(state.dedup);
+    Array.isArray(state.dedup) &&
+    validPublished(state.published);
   if (!ok) throw new CheckpointError(`${what}: malformed state`);
   return state;
 }

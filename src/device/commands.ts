@@ -16,8 +16,11 @@
 //   CREATE_DEVICE  str8 name | u64 size
 //   DELETE_DEVICE  str8 name
 //   RESIZE_DEVICE  str8 name | u64 size
+//   PUBLISH_MEMBER str8 nodeId | str8 adminAddress | str8 nbdAddress | str8 version | u64 startedAt
+//                  (op 255: new ops take free values from the top down, see the section below)
 
 import { XDeviceError } from '../errors.ts';
+import type { Publication } from './member-table.ts';
 import { WireReader, WireWriter, str8Size } from './wire.ts';
 
 export const COMMAND_VERSION = 1;
@@ -30,6 +33,8 @@ export const enum CommandOp {
   CreateDevice = 4,
   DeleteDevice = 5,
   ResizeDevice = 6,
+  /** A member's client addresses (src/device/member-table.ts). */
+  PublishMember = 255,
 }
 
 export interface RequestId {
@@ -50,7 +55,8 @@ export type Command =
   | (RequestId & { op: CommandOp.WriteZeroes; deviceId: number; offset: number; length: number; noHole: boolean })
   | (RequestId & { op: CommandOp.CreateDevice; name: string; size: number })
   | (RequestId & { op: CommandOp.DeleteDevice; name: string })
-  | (RequestId & { op: CommandOp.ResizeDevice; name: string; size: number });
+  | (RequestId & { op: CommandOp.ResizeDevice; name: string; size: number })
+  | (RequestId & { op: CommandOp.PublishMember } & Publication);
 
 export class CommandDecodeError extends XDeviceError {
   constructor(message: string) {
@@ -128,6 +134,8 @@ export function encodeCommand(c: Command): Buffer {
       return encodeDeleteDevice(c, c.name);
     case CommandOp.ResizeDevice:
       return encodeResizeDevice(c, c.name, c.size);
+    case CommandOp.PublishMember:
+      return encodePublishMember(c, c);
   }
 }
 
@@ -180,6 +188,8 @@ export function decodeCommand(data: Buffer): Command {
         r.end();
         return c;
       }
+      case CommandOp.PublishMember:
+        return { op, clientId, seq, firstUnacked, ...decodePublication(r) };
       default:
         throw new CommandDecodeError(`unknown command op ${op as number}`);
     }
@@ -187,4 +197,22 @@ export function decodeCommand(data: Buffer): Command {
     if (err instanceof CommandDecodeError) throw err;
     throw new CommandDecodeError((err as Error).message);
   }
+}
+
+// ---- PUBLISH_MEMBER (the member table) ----------------------------------------
+
+export function encodePublishMember(id: RequestId, p: Publication): Buffer {
+  const w = header(str8Size(p.nodeId) + str8Size(p.adminAddress) + str8Size(p.nbdAddress) + str8Size(p.version) + 8, CommandOp.PublishMember, id);
+  w.str8(p.nodeId);
+  w.str8(p.adminAddress);
+  w.str8(p.nbdAddress);
+  w.str8(p.version);
+  w.u64(p.startedAt);
+  return w.buf;
+}
+
+function decodePublication(r: WireReader): Publication {
+  const p = { nodeId: r.str8(), adminAddress: r.str8(), nbdAddress: r.str8(), version: r.str8(), startedAt: r.u64() };
+  r.end();
+  return p;
 }

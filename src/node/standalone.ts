@@ -6,7 +6,8 @@ import { EventEmitter } from 'node:events';
 import { mkdir, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
-import type { DeviceInfo, HealthReport, Member, NodeApi, NodeStatus } from '../admin/api.ts';
+import type { DeviceInfo, DiskUsage, HealthReport, Member, NodeApi, NodeStatus } from '../admin/api.ts';
+import { VERSION } from '../version.ts';
 import type { BlockDevice, DeviceTable } from '../device/block-device.ts';
 import { FileDevice } from '../device/file.ts';
 import { MemoryDevice } from '../device/memory.ts';
@@ -72,7 +73,15 @@ class StandaloneNode extends EventEmitter implements NodeApi {
       nbdAddress: this.addresses.nbd,
       adminAddress: this.addresses.admin,
       uptimeSeconds: Math.round((Date.now() - this.startedAt) / 1000),
+      version: VERSION,
     };
+  }
+
+  /** No WAL here; the data is what the devices hold. */
+  async diskUsage(): Promise<DiskUsage> {
+    let dataBytes = 0;
+    for (const d of await this.devices()) dataBytes += d.usedBytes;
+    return { dataBytes };
   }
 
   async health(): Promise<HealthReport> {
@@ -81,7 +90,9 @@ class StandaloneNode extends EventEmitter implements NodeApi {
   }
 
   members(): Member[] {
-    return [{ id: this.config.nodeId, address: formatHostPort(this.config.peerListen), voter: true, learner: false, adminAddress: this.addresses.admin, nbdAddress: this.addresses.nbd }];
+    return [
+      { id: this.config.nodeId, address: formatHostPort(this.config.peerListen), voter: true, learner: false, adminAddress: this.addresses.admin, nbdAddress: this.addresses.nbd, version: VERSION, startedAt: this.startedAt },
+    ];
   }
 
   async devices(): Promise<DeviceInfo[]> {

@@ -1,7 +1,7 @@
 // The admin API's read-only view of one replica: status, members, devices,
 // health. Nothing here changes state.
 
-import type { DeviceInfo, HealthReport, Member, NodeStatus, PeerStatus, Role as ApiRole } from '../admin/api.ts';
+import type { DeviceInfo, DiskUsage, HealthReport, Member, NodeStatus, PeerStatus, Role as ApiRole } from '../admin/api.ts';
 import { Role } from '../raft/rawnode.ts';
 import type { Replica } from './replica.ts';
 
@@ -12,11 +12,24 @@ export interface Addresses {
   peer: string;
 }
 
+/** What the view needs from the process besides the replica. */
+export interface ViewSources {
+  addresses: () => Addresses;
+  /** The running program's version. */
+  version: string;
+  /** Bytes the WAL's segment files occupy on disk. */
+  walBytes: () => Promise<number>;
+}
+
 export class ReplicaView {
+  private readonly addresses: () => Addresses;
+
   constructor(
     private readonly r: Replica,
-    private readonly addresses: () => Addresses,
-  ) {}
+    private readonly sources: ViewSources,
+  ) {
+    this.addresses = sources.addresses;
+  }
 
   status(): NodeStatus {
     const st = this.r.raw.status();
@@ -64,21 +77,40 @@ export class ReplicaView {
           ? { snapshot: { direction: 'receiving' as const, peer: receiving.peer, bytesDone: receiving.bytesDone, bytesTotal: 0 } }
           : {}),
       uptimeSeconds: Math.floor((this.r.clock.now() - this.r.startedAt) / 1000),
+      version: this.sources.version,
     };
+  }
+
+  /** What status() leaves out because it takes the disk: WAL and device-file bytes, free space. */
+  async diskUsage(): Promise<DiskUsage> {
+    let dataBytes = 0;
+    for (const d of this.r.store.devices()) dataBytes += await this.r.store.usedBytes(d.id);
+    const space = this.r.host.space.report();
+    return { walBytes: await this.sources.walBytes(), dataBytes, freeBytes: space.freeBytes, totalBytes: space.totalBytes };
   }
 
   members(): Member[] {
     const cs = this.r.raw.status().confState;
     const addr = this.r.store.memberAddresses();
     const ids = [...new Set([...cs.voters, ...cs.learners, ...cs.votersOutgoing])].sort();
-    return ids.map((id) => ({
-      id,
-      address: addr[id] ?? (id === this.r.nodeId ? this.addresses().peer : ''),
-      voter: cs.voters.includes(id) || cs.votersOutgoing.includes(id),
-      learner: cs.learners.includes(id),
-      ...(id === this.r.nodeId && this.addresses().admin ? { adminAddress: this.addresses().admin } : {}),
-      ...(id === this.r.nodeId && this.addresses().nbd ? { nbdAddress: this.addresses().nbd } : {}),
-    }));
+    const own = this.addresses();
+    return ids.map((id) => {
+      // Client addresses as the member published them through Raft; this
+      // node's own as it listens now (the table may not have caught up yet).
+      const pub = this.r.store.publishedMember(id);
+      const self = id === this.r.nodeId;
+      const adminAddress = (self ? own.admin : '') || pub?.adminAddress || '';
+      const nbdAddress = (self ? own.nbd : '') || pub?.nbdAddress || '';
+      return {
+        id,
+        address: addr[id] ?? (self ? own.peer : ''),
+        voter: cs.voters.includes(id) || cs.votersOutgoing.includes(id),
+        learner: cs.learners.includes(id),
+        ...(adminAddress ? { adminAddress } : {}),
+        ...(nbdAddress ? { nbdAddress } : {}),
+        ...(pub ? { version: pub.version, startedAt: pub.startedAt } : {}),
+      };
+    });
   }
 
   async devicesInfo(): Promise<DeviceInfo[]> {

@@ -27,7 +27,8 @@ function send(port: number, method: string, path: string, body: string): Promise
 t.test('random requests never get a 5xx', async (t) => {
   const changes: string[] = [];
   const node = new (class extends EventEmitter {
-    status() { return { id: 'n1', role: 'leader', term: 1, leader: 'n1', commit: 1, applied: 1, backend: 'replicated', peers: [], nbdAddress: '', adminAddress: '', uptimeSeconds: 0 }; }
+    status() { return { id: 'n1', role: 'leader', term: 1, leader: 'n1', commit: 1, applied: 1, backend: 'replicated', peers: [], nbdAddress: '', adminAddress: '', uptimeSeconds: 0, version: '0.0.0' }; }
+    async diskUsage() { return { walBytes: 0, dataBytes: 0 }; }
     async health() { return { healthy: true, checks: [] }; }
     members() { return [{ id: 'n1', address: '127.0.0.1:1', voter: true, learner: false }]; }
     async devices() { return [{ name: 'default', size: 1 << 20, usedBytes: 0, readOnly: false }]; }

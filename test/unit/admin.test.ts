@@ -25,10 +25,11 @@ class FakeNode extends EventEmitter implements NodeApi {
     return {
       id: 'node1', role: 'leader', term: 3, leader: 'node1', commit: 10, applied: 10, backend: 'replicated',
       peers: [{ id: 'node2', address: '127.0.0.1:2', match: 7, next: 8, state: 'replicate', lagEntries: 3, voter: true, connected: true, messagesDropped: 5 }],
-      nbdAddress: '127.0.0.1:10809', adminAddress: '127.0.0.1:10819', uptimeSeconds: 1,
+      nbdAddress: '127.0.0.1:10809', adminAddress: '127.0.0.1:10819', uptimeSeconds: 1, version: VERSION,
       ...(this.snapshot ? { snapshot: this.snapshot } : {}),
     };
   }
+  async diskUsage() { return { walBytes: 64 << 20, dataBytes: 4096, freeBytes: 5 << 30, totalBytes: 10 << 30 }; }
   async health(): Promise<HealthReport> {
     return { healthy: this.healthy, checks: [{ name: 'leader', ok: this.healthy, detail: this.healthy ? 'node1' : 'none' }] };
   }
@@ -75,7 +76,9 @@ async function start(t: { teardown(fn: () => unknown): void }, token = '') {
 t.test('routes answer with JSON and map errors to statuses', async (t) => {
   const { endpoint, node } = await start(t);
   const c = new AdminClient([endpoint]);
-  t.equal((await c.call<NodeStatus>(endpoint, 'GET', '/status')).body.term, 3);
+  const status = (await c.call<NodeStatus>(endpoint, 'GET', '/status')).body;
+  t.equal(status.term, 3);
+  t.match(status, { version: VERSION, walBytes: 64 << 20, dataBytes: 4096, freeBytes: 5 << 30 }, 'GET /status carries the disk figures');
   t.equal((await c.call(endpoint, 'GET', '/health')).status, 200);
   node.healthy = false;
   t.equal((await c.call(endpoint, 'GET', '/health')).status, 503, 'unhealthy is 503');
