@@ -395,7 +395,8 @@ class Sim {
     const apply = store.applyBatch.bind(store);
     store.applyBatch = (entries: readonly Entry[], ...rest) => {
       for (const e of entries) {
-        if (e.type === EntryType.ConfChange && r.raw.basicStatus().role === Role.Leader) this.checkPromotion(n, r, e);
+        // Checked by the leader that proposed it (a newer leader knows no match for anyone yet).
+        if (e.type === EntryType.ConfChange && r.raw.basicStatus().role === Role.Leader && e.term === r.raw.basicStatus().term) this.checkPromotion(n, r, e);
         const seen = this.appliedAt.get(e.index);
         if (!seen) this.appliedAt.set(e.index, { term: e.term, data: e.data });
         else if (seen.term !== e.term || !seen.data.equals(e.data)) this.fail(new Violation(`state machine safety: ${n.id} applies ${e.index}/${e.term}, another replica applied ${e.index}/${seen.term}`));
