@@ -76,6 +76,8 @@ export function deviceFileName(id: number): string {
 export class BlockStore {
   /** TEST ONLY, a planted bug for the simulator's self-test: each batch's writes are applied again after the next batch's (an entry applied twice, out of order). */
   testingApplyTwice = false;
+  /** Wall-clock ms, for quarantine directory names. */
+  private now: () => number = Date.now;
   private testingPrevious: Command[] = [];
   private readonly byId = new Map<number, OpenDevice>();
   private readonly byName = new Map<string, number>();
@@ -111,12 +113,14 @@ export class BlockStore {
   }
 
   /** Opens the store as the checkpoint describes it (an empty store on a fresh data directory). */
-  static async open(dataDir: string, logger: Logger, opts: { disk?: DiskIo } = {}): Promise<BlockStore> {
+  /** `now` names quarantine directories (wall-clock ms; the simulator passes its own clock). */
+  static async open(dataDir: string, logger: Logger, opts: { disk?: DiskIo; now?: () => number } = {}): Promise<BlockStore> {
     const disk = opts.disk ?? nativeDisk;
     await disk.mkdir(join(dataDir, DEVICES_DIR), { recursive: true });
     const state = (await readCheckpoint(dataDir, disk)) ?? emptyState();
     const store = new BlockStore(dataDir, state, logger, disk);
     await store.openDevices(state.devices, false);
+    if (opts.now) store.now = opts.now;
     await store.quarantineOrphans();
     return store;
   }
@@ -157,10 +161,11 @@ export class BlockStore {
    * <data-dir>/quarantine/<time>/ and logged, for an operator to look at.
    */
   private async quarantineOrphans(): Promise<void> {
+    const now = this.now;
     const known = new Set([...this.byId.values()].map((d) => deviceFileName(d.record.id)));
     const orphans = (await this.disk.readdir(this.devicesDir)).filter((name) => !known.has(name));
     if (orphans.length === 0) return;
-    const dir = join(this.dataDir, QUARANTINE_DIR, new Date().toISOString().replace(/[:.]/g, '-'));
+    const dir = join(this.dataDir, QUARANTINE_DIR, new Date(now()).toISOString().replace(/[:.]/g, '-'));
     await this.disk.mkdir(dir, { recursive: true });
     for (const name of orphans) {
       await this.disk.rename(join(this.devicesDir, name), join(dir, name));

@@ -29,6 +29,8 @@ export interface OpenOptions {
   logger: Logger;
   wal?: WalOptions;
   disk?: DiskIo;
+  /** Wall-clock ms (names quarantine directories; the simulator passes its clock). */
+  now?: () => number;
   /** Refuses pieces that do not fit together (src/cluster/data-dir.ts checkStartState). */
   checkStart?: (s: {
     dataDir: string;
@@ -78,7 +80,7 @@ export async function openReplicaState(o: OpenOptions): Promise<OpenedState> {
       const lo = Math.max(checkpoint.appliedIndex + 1, wal.firstIndex());
       o.checkFiles(dataDir, checkpoint.devices, lo <= wal.lastIndex() ? wal.entries(lo, wal.lastIndex() + 1, Number.MAX_SAFE_INTEGER) : []);
     }
-    const store = await BlockStore.open(dataDir, logger.child({ component: 'store' }), { disk });
+    const store = await BlockStore.open(dataDir, logger.child({ component: 'store' }), { disk, ...(o.now ? { now: o.now } : {}) });
     const fresh = wal.lastIndex() === 0 && wal.snapshotMetadata().index === 0 && wal.hardState().term === 0;
     let founded = false;
     // node.id is written last: without it, a founder's bootstrap did not

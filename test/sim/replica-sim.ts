@@ -327,6 +327,7 @@ class Sim {
         join: n.join,
         logger: silent,
         disk: n.io,
+        now: () => this.now,
         wal: {
           defer: (fn: () => void) => clock.defer(fn),
           salt: () => 1 + this.rng.int(2 ** 32 - 2),
