@@ -15,6 +15,7 @@ import { nativeDisk } from '../disk/native-disk.ts';
 import { XDeviceError } from '../errors.ts';
 import { crc32c } from '../native.ts';
 import type { DedupClientState } from './request-dedup.ts';
+import type { VerifyRecord } from './verify.ts';
 
 export const CHECKPOINT_FILE = 'checkpoint';
 export const NODE_ID_FILE = 'node.id';
@@ -27,6 +28,8 @@ export interface DeviceRecord {
   id: number;
   name: string;
   size: number;
+  /** Writes refused with EPERM (NBD READ_ONLY). Set only when true; absent in older checkpoints. */
+  readOnly?: true;
 }
 
 /** The replicated state besides the device files' bytes. */
@@ -41,6 +44,8 @@ export interface StoreState {
   /** Nodes removed from the cluster (told so if they call). Absent in older checkpoints. */
   removed?: string[];
   dedup: DedupClientState[];
+  /** The latest verifies and their per-node results (src/device/verify.ts). Absent in older checkpoints. */
+  verifies?: VerifyRecord[];
 }
 
 export class CheckpointError extends XDeviceError {
@@ -78,12 +83,33 @@ export function decodeStoreState(buf: Buffer, what = 'checkpoint'): StoreState {
     Number.isSafeInteger(state.appliedIndex) &&
     Number.isSafeInteger(state.appliedTerm) &&
     Array.isArray(state.devices) &&
-    state.devices.every((d) => Number.isSafeInteger(d.id) && typeof d.name === 'string' && Number.isSafeInteger(d.size) && d.size >= 0) &&
+    state.devices.every(
+      (d) => Number.isSafeInteger(d.id) && typeof d.name === 'string' && Number.isSafeInteger(d.size) && d.size >= 0 && (d.readOnly === undefined || d.readOnly === true),
+    ) &&
+    (state.verifies === undefined || (Array.isArray(state.verifies) && state.verifies.every(wellFormedVerify))) &&
     typeof state.members === 'object' &&
     state.members !== null &&
     Array.isArray(state.dedup);
   if (!ok) throw new CheckpointError(`${what}: malformed state`);
   return state;
+}
+
+function wellFormedVerify(v: VerifyRecord): boolean {
+  return (
+    typeof v === 'object' &&
+    v !== null &&
+    Number.isSafeInteger(v.id) &&
+    typeof v.device === 'string' &&
+    Number.isSafeInteger(v.deviceId) &&
+    Number.isSafeInteger(v.size) &&
+    Number.isSafeInteger(v.rangeBytes) &&
+    v.rangeBytes > 0 &&
+    Number.isSafeInteger(v.clientId) &&
+    Number.isSafeInteger(v.seq) &&
+    typeof v.results === 'object' &&
+    v.results !== null &&
+    Object.values(v.results).every((r) => typeof r === 'object' && r !== null && (typeof (r as { digests?: unknown }).digests === 'string' || typeof (r as { why?: unknown }).why === 'string'))
+  );
 }
 
 export function syncDir(dir: string, disk: DiskIo = nativeDisk): Promise<void> {
