@@ -144,8 +144,9 @@ export function encodeVerifyDevice(id: RequestId, name: string, rangeBytes: numb
   return w.buf;
 }
 
-/** One node's checksums for a verify (`digests`), or why it has none (`why`). */
+/** One node's checksums for a verify (`digests`), or why it has none (`why`, cut to 255 bytes). */
 export function encodeVerifyResult(id: RequestId, verifyId: number, nodeId: string, result: { digests: Uint32Array } | { why: string }): Buffer {
+  if ('why' in result) result = { why: cut255(result.why) };
   const body = 8 + str8Size(nodeId) + 1 + ('digests' in result ? 4 + 4 * result.digests.length : str8Size(result.why));
   const w = header(body, CommandOp.VerifyResult, id);
   w.u64(verifyId);
@@ -182,6 +183,17 @@ export function encodeCommand(c: Command): Buffer {
     case CommandOp.VerifyResult:
       return encodeVerifyResult(c, c.verifyId, c.nodeId, c.digests ? { digests: c.digests } : { why: c.why ?? '' });
   }
+}
+
+/** The longest prefix of s within 255 UTF-8 bytes (never half a character). */
+function cut255(s: string): string {
+  if (Buffer.byteLength(s) <= 255) return s;
+  let out = '';
+  for (const ch of s) {
+    if (Buffer.byteLength(out + ch) > 255) break;
+    out += ch;
+  }
+  return out;
 }
 
 function deviceFlags(flags: number): number {

@@ -35,8 +35,11 @@ export class ReplicaVerifier implements VerifyListener {
     if (r.stopping || r.stopped || r.fatalError || r.removed) return;
     if ('why' in outcome) r.logger.warn({ verify: v.id, device: v.device, why: outcome.why }, 'verify: no checksums from this node');
     else r.logger.info({ verify: v.id, device: v.device, ranges: outcome.digests.length }, 'verify: checksums computed');
-    r.propose((id) => encodeVerifyResult(id, v.id, r.nodeId, outcome)).catch((err: Error) =>
-      r.logger.warn({ verify: v.id, err: err.message }, 'verify: proposing this node’s result failed'),
-    );
+    const failed = (err: Error) => r.logger.warn({ verify: v.id, err: err.message }, 'verify: proposing this node’s result failed');
+    try {
+      r.propose((id) => encodeVerifyResult(id, v.id, r.nodeId, outcome)).catch(failed);
+    } catch (err) {
+      failed(err as Error);
+    }
   }
 }

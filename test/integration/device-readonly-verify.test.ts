@@ -9,7 +9,7 @@ import { randomBytes } from 'node:crypto';
 import { spawn } from 'node:child_process';
 import { open, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { Cluster } from './helpers/launcher.ts';
+import { Cluster, startNode } from './helpers/launcher.ts';
 import { run, runCli, waitFor } from './helpers/tools.ts';
 import { NbdError } from '../../src/nbd/constants.ts';
 import { NbdRemoteError } from '../../src/nbd/errors.ts';
@@ -222,4 +222,35 @@ t.test('device verify: clean under writes, then exactly the corrupted range of o
   t.same((leaderless as Report).mismatches.map((m) => m.nodes), [['node3']]);
   const unknown = await cli(c, 'device', 'verify', 'nope');
   t.equal(unknown.code, 1, 'verify of an unknown device fails');
+});
+
+t.test('the admin API refuses malformed flag and verify requests; a memory backend has neither', { timeout: 120_000 }, async (t) => {
+  const node = await startNode({ id: 'node1', devices: ['default:8MiB'] });
+  t.teardown(() => node.kill());
+  const refused: [string, string, unknown, number][] = [
+    ['PATCH', '/devices/default', { readOnly: 'yes' }, 400],
+    ['PATCH', '/devices/default', { readOnly: true, size: '16MiB' }, 400],
+    ['PATCH', '/devices/nope', { readOnly: true }, 404],
+    ['POST', '/devices', { name: 'x', size: '1MiB', readOnly: 1 }, 400],
+    ['POST', '/devices/nope/verify', undefined, 404],
+    ['POST', '/devices/bad%20name/verify', undefined, 400],
+    ['GET', '/verify/abc', undefined, 400],
+    ['GET', '/verify/99999', undefined, 404],
+  ];
+  for (const [method, path, body, want] of refused) {
+    const res = await node.api(method, path, body);
+    t.equal(res.status, want, `${method} ${path} ${JSON.stringify(body) ?? ''} → ${want}`);
+  }
+  t.match((await node.api('GET', '/devices')).body.devices, [{ name: 'default', readOnly: false }], 'nothing changed');
+  // One node: its own checksums, nothing to disagree with.
+  const one = await runCli(['--endpoints', `127.0.0.1:${node.adminPort}`, 'device', 'verify', 'default', '-w', 'json']);
+  t.equal(one.code, 0, one.stderr);
+  t.match(JSON.parse(one.stdout), { verified: ['node1'], complete: true, mismatches: [] });
+  t.match((await node.api('GET', '/verify')).body.verifies, [{ device: 'default', verified: ['node1'] }], 'GET /verify lists it');
+
+  const mem = await startNode({ id: 'm1', backend: 'memory', devices: ['default:8MiB'] });
+  t.teardown(() => mem.kill());
+  t.equal((await mem.api('PATCH', '/devices/default', { readOnly: true })).status, 501, 'memory backend: no read-only flag');
+  t.equal((await mem.api('POST', '/devices', { name: 'r', size: '1MiB', readOnly: true })).status, 501, 'nor a read-only create');
+  t.equal((await mem.api('POST', '/devices/default/verify')).status, 501, 'nor verify');
 });

@@ -68,6 +68,8 @@ t.test('codec: flags, verify and results round-trip; old CREATE_DEVICE entries s
   const digests = Uint32Array.from([0, 1, 0xffffffff, 0xdeadbeef]);
   t.same(decodeCommand(encodeVerifyResult(id, 77, 'node2', { digests })), { op: CommandOp.VerifyResult, ...id, verifyId: 77, nodeId: 'node2', digests });
   t.same(decodeCommand(encodeVerifyResult(id, 77, 'node2', { why: 'replayed' })), { op: CommandOp.VerifyResult, ...id, verifyId: 77, nodeId: 'node2', why: 'replayed' });
+  const long = decodeCommand(encodeVerifyResult(id, 1, 'n', { why: 'é'.repeat(200) }));
+  t.ok('why' in long && long.why !== undefined && Buffer.byteLength(long.why) <= 255 && long.why.startsWith('éé'), 'a long reason is cut to 255 bytes');
   const truncated = encodeVerifyResult(id, 77, 'node2', { digests }).subarray(0, -1);
   t.throws(() => decodeCommand(truncated), { code: 'XDEVICE_ERR_BAD_COMMAND' }, 'a digest count that does not match the payload is refused');
   t.same(decodeDigests(encodeDigests(digests)), digests);
