@@ -220,6 +220,9 @@ t.test('device verify: clean under writes, then exactly the corrupted range of o
     return res.status === 200 && res.body.complete ? res.body : undefined;
   });
   t.same((leaderless as Report).mismatches.map((m) => m.nodes), [['node3']]);
+  const metrics = await c.node('node1').api('GET', '/metrics');
+  t.match(String(metrics.body), /xdevice_verify_mismatched_ranges\{device="v"\} 1\b/, 'the metric counts the mismatching range');
+  t.match(String(metrics.body), /xdevice_device_read_only\{device="v"\} 0\b/);
   const unknown = await cli(c, 'device', 'verify', 'nope');
   t.equal(unknown.code, 1, 'verify of an unknown device fails');
 });
