@@ -5,7 +5,7 @@
 //   GET    /members           POST /members {id,address}   DELETE /members/:id
 //   POST   /leader {to}       leadership transfer
 //   GET    /devices           POST /devices {name,size,readOnly?}   PATCH /devices/:name {size?,readOnly?}   DELETE /devices/:name
-//   POST   /devices/:name/verify   start a verify (202 {id})   GET /verify   GET /verify/:id  its report
+//   POST   /devices/:name/verify   start a verify (202, its report so far)   GET /verify   GET /verify/:id  its report
 //   GET    /metrics           Prometheus text format
 //   GET    /                  the status page (HTML; reads the endpoints above)   GET /events  its recent events
 //

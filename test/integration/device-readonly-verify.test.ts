@@ -225,6 +225,13 @@ t.test('device verify: clean under writes, then exactly the corrupted range of o
   t.match(String(metrics.body), /xdevice_device_read_only\{device="v"\} 0\b/);
   const unknown = await cli(c, 'device', 'verify', 'nope');
   t.equal(unknown.code, 1, 'verify of an unknown device fails');
+  // A member that is down gives no checksums: the command says who, and fails.
+  await c.kill('node3');
+  await c.waitForLeader(['node1', 'node2']);
+  const partial = await cli(c, 'device', 'verify', 'v', '--wait-timeout', '3', '-w', 'json');
+  t.equal(partial.code, 1, 'incomplete: exit 1');
+  t.match(partial.stderr, /no checksums from node3/);
+  t.match(JSON.parse(partial.stdout), { verified: ['node1', 'node2'], pending: ['node3'], complete: false, mismatches: [] });
 });
 
 t.test('the admin API refuses malformed flag and verify requests; a memory backend has neither', { timeout: 120_000 }, async (t) => {
