@@ -157,6 +157,14 @@ const limitValues = {
   deviceNameBytesMax: 255,
   /** Device sizes are whole multiples of this (the smallest logical block size a client may use). */
   deviceSizeAlignmentBytes: 512,
+  /** Checksummed ranges of one verify (a VERIFY_RESULT carries 4 bytes each): big devices get larger ranges. */
+  verifyRangesMax: 16384,
+  /** Verify records kept in the replicated table (older ones are forgotten as new ones apply). */
+  verifiesKept: 4,
+  /** Bytes a verify may have read ahead of later writes and not yet checksummed; apply waits beyond it. */
+  verifyReadAheadBytesMax: 64 * MiB,
+  /** How long `device verify` waits for every member's result by default. */
+  verifyWaitMs: 120_000,
 
   // ---- Space (the data directory's filesystem) ------------------------------
   /**

@@ -2,6 +2,8 @@
 // The replicated runtime (src/cluster) and the single-node file/memory
 // backends both implement it; the HTTP layer never reaches past it.
 
+import type { VerifyMismatch, VerifyReport } from '../device/verify.ts';
+
 export type Role = 'leader' | 'follower' | 'candidate' | 'pre-candidate' | 'learner' | 'standalone';
 
 export interface PeerStatus {
@@ -109,6 +111,13 @@ export interface AddNodeOptions {
   wait?: boolean;
 }
 
+export interface CreateDeviceOptions {
+  /** Writes refused with EPERM; NBD clients see READ_ONLY. */
+  readOnly?: boolean;
+}
+
+export type { VerifyMismatch, VerifyReport };
+
 export interface ResizeOptions {
   /** Shrinking discards the tail of the device: refused unless asked for. */
   allowShrink?: boolean;
@@ -142,7 +151,13 @@ export interface NodeApi {
   promoteNode(id: string): Promise<void>;
   removeNode(id: string): Promise<void>;
   transferLeader(to: string): Promise<void>;
-  createDevice(name: string, size: number): Promise<void>;
+  createDevice(name: string, size: number, options?: CreateDeviceOptions): Promise<void>;
+  /** Replicated backend only (absent: the admin API answers 501). */
+  setDeviceReadOnly?(name: string, readOnly: boolean): Promise<void>;
+  /** Starts a verify of a device's replicas; resolves with its id. */
+  verifyDevice?(name: string): Promise<number>;
+  verifyReport?(id: number): VerifyReport;
+  verifyReports?(): VerifyReport[];
   deleteDevice(name: string): Promise<void>;
   resizeDevice(name: string, size: number, options?: ResizeOptions): Promise<void>;
   /** Free space of the data filesystem, where the backend has one. */

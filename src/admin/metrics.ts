@@ -202,6 +202,29 @@ export function createMetrics(sources: MetricSources): Registry {
     },
   });
 
+  new Gauge({
+    name: 'xdevice_device_read_only',
+    help: '1 if the device refuses writes (the replicated read-only flag), 0 if not.',
+    labelNames: ['device'],
+    registers: [registry],
+    async collect() {
+      this.reset();
+      for (const d of await node.devices()) this.set({ device: d.name }, d.readOnly ? 1 : 0);
+    },
+  });
+  new Gauge({
+    name: 'xdevice_verify_mismatched_ranges',
+    help: 'Ranges whose checksums differ between replicas in the latest complete verify of each device (xdevice-cli device verify).',
+    labelNames: ['device'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      const latest = new Map<string, number>();
+      for (const r of node.verifyReports?.() ?? []) if (r.complete && Object.keys(r.unavailable).length === 0) latest.set(r.device, r.mismatches.length);
+      for (const [device, n] of latest) this.set({ device }, n);
+    },
+  });
+
   const { dataDir } = sources;
   if (dataDir !== undefined) {
     new Gauge({

@@ -4,7 +4,8 @@
 //   GET    /status            role, term, leader, commit/applied, peers, version, WAL/data bytes, free space
 //   GET    /members           POST /members {id,address}   DELETE /members/:id
 //   POST   /leader {to}       leadership transfer
-//   GET    /devices           POST /devices {name,size}    PATCH /devices/:name {size}   DELETE /devices/:name
+//   GET    /devices           POST /devices {name,size,readOnly?}   PATCH /devices/:name {size?,readOnly?}   DELETE /devices/:name
+//   POST   /devices/:name/verify   start a verify (202, its report so far)   GET /verify   GET /verify/:id  its report
 //   GET    /metrics           Prometheus text format
 //   GET    /                  the status page (HTML; reads the endpoints above)   GET /events  its recent events
 //
@@ -202,13 +203,24 @@ export class AdminServer {
       case 'POST /devices': {
         const body = await readJson(req);
         const name = badRequest(() => parseDeviceName(requireString(body, 'name')));
-        await node.createDevice(name, requireSize(body));
+        const size = requireSize(body);
+        const readOnly = optionalBoolean(body, 'readOnly') ?? false;
+        if (readOnly && !node.setDeviceReadOnly) throw new HttpError(501, 'XDEVICE_ERR_UNSUPPORTED', 'read-only devices need --backend replicated');
+        await node.createDevice(name, size, readOnly ? { readOnly } : {});
         this.options.logger.info({ name }, 'admin API: device created');
         return this.json(res, 201, { devices: await this.devices() });
       }
       case 'PATCH /devices/:arg': {
         const name = badRequest(() => parseDeviceName(parts[1]!));
         const body = await readJson(req);
+        const readOnly = optionalBoolean(body, 'readOnly');
+        if (readOnly !== undefined && body.size === undefined) {
+          if (!node.setDeviceReadOnly) throw new HttpError(501, 'XDEVICE_ERR_UNSUPPORTED', 'read-only devices need --backend replicated');
+          await node.setDeviceReadOnly(name, readOnly);
+          this.options.logger.info({ name, readOnly }, 'admin API: device flags set');
+          return this.json(res, 200, { devices: await this.devices() });
+        }
+        if (readOnly !== undefined) throw new HttpError(400, 'XDEVICE_ERR_INVALID', 'give "size" or "readOnly", not both');
         const size = requireSize(body);
         const allowShrink = optionalBoolean(body, 'allowShrink') ?? false;
         const forced = optionalBoolean(body, 'force') ?? force;
@@ -234,6 +246,21 @@ export class AdminServer {
         const disconnected = (await this.options.exports?.disconnect(name)) ?? 0;
         this.options.logger.info({ name, disconnected }, 'admin API: clients disconnected');
         return this.json(res, 200, { device: name, disconnected });
+      }
+      case 'POST /devices/:arg/verify': {
+        const name = badRequest(() => parseDeviceName(parts[1]!));
+        if (!node.verifyDevice || !node.verifyReport) throw new HttpError(501, 'XDEVICE_ERR_UNSUPPORTED', 'verify compares replicas: it needs --backend replicated');
+        const id = await node.verifyDevice(name);
+        this.options.logger.info({ name, id }, 'admin API: verify started');
+        return this.json(res, 202, node.verifyReport(id));
+      }
+      case 'GET /verify':
+        return this.json(res, 200, { verifies: node.verifyReports?.() ?? [] });
+      case 'GET /verify/:arg': {
+        const id = Number(parts[1]);
+        if (!/^[0-9]{1,15}$/.test(parts[1]!) || !Number.isSafeInteger(id)) throw new HttpError(400, 'XDEVICE_ERR_INVALID', `bad verify id "${parts[1]}"`);
+        if (!node.verifyReport) throw new HttpError(404, 'XDEVICE_ERR_NOT_FOUND', `no verify ${id}`);
+        return this.json(res, 200, node.verifyReport(id));
       }
       case 'GET /events':
         return this.json(res, 200, { events: this.options.events?.list() ?? [] });

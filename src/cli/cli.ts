@@ -14,7 +14,7 @@ import { formatSize, parseDeviceName, parseDeviceSize, parseHostPort, parseNodeI
 import { ProgressBar, renderTable, type OutputFormat } from './output.ts';
 import { clusterHealth, clusterStatus, endpointHealth, endpointStatus, healthTable, statusTable } from './cluster-status.ts';
 import { VERSION } from '../version.ts';
-import type { DeviceInfo, Member, NodeStatus } from '../admin/api.ts';
+import type { DeviceInfo, Member, NodeStatus, VerifyReport } from '../admin/api.ts';
 
 export const EXIT = { ok: 0, failed: 1, usage: 2, unreachable: 3, unauthorised: 4, noKernelNbd: 5 } as const;
 
@@ -96,6 +96,79 @@ function devicesTable(devices: DeviceInfo[]): string {
     ['name', 'size', 'used', 'read-only'],
     devices.map((d) => [d.name, formatSize(d.size), formatSize(d.usedBytes), d.readOnly]),
   );
+}
+
+// ---- device set / device verify ------------------------------------------------------
+
+/** `device set NAME --read-only | --read-write`: the replicated read-only flag. */
+function deviceSetCommand(y: Argv<GlobalArgs>): Argv<GlobalArgs> {
+  return y.command(
+    'set <name>',
+    'change a device: --read-only (writes get EPERM; NBD clients see READ_ONLY) or --read-write',
+    (y) =>
+      y
+        .positional('name', { type: 'string', demandOption: true })
+        .option('read-only', { type: 'boolean', describe: 'refuse writes (clients connecting from now on see a read-only export)' })
+        .option('read-write', { type: 'boolean', describe: 'accept writes again (clients reconnect to see a writable export)' }),
+    async (argv) => {
+      const name = arg('NAME', () => parseDeviceName(argv.name!));
+      const ro = argv['read-only'] === true;
+      const rw = argv['read-write'] === true;
+      if (ro === rw) usage('device set: say --read-only or --read-write (one of them)');
+      const { body } = await client(argv).change<{ devices: DeviceInfo[] }>('PATCH', `/devices/${encodeURIComponent(name)}`, { readOnly: ro });
+      print(argv, body, () => devicesTable(body.devices));
+    },
+  ) as unknown as Argv<GlobalArgs>;
+}
+
+function verifyTable(r: VerifyReport): string {
+  const lines = [
+    `verify ${r.id} of ${r.device}: ${r.ranges} ranges of ${formatSize(r.rangeBytes)}, compared on ${r.verified.join(', ') || 'no node'}`,
+    ...Object.entries(r.unavailable).map(([node, why]) => `${node}: not compared: ${why}`),
+    ...(r.pending.length > 0 ? [`no result from ${r.pending.join(', ')}`] : []),
+    r.mismatches.length === 0 ? (r.verified.length >= 2 ? 'no mismatching range' : 'fewer than two nodes compared: nothing to compare') : `${r.mismatches.length} mismatching range(s):`,
+  ].join('\n');
+  if (r.mismatches.length === 0) return lines + '\n';
+  return lines + '\n' + renderTable(['range', 'offset', 'length', 'differs on', 'crc32c'], r.mismatches.map((m) => [m.range, m.offset, m.length, m.nodes.join(','), Object.entries(m.digests).map(([n, d]) => `${n}=${d}`).join(' ')]));
+}
+
+/**
+ * `device verify NAME`: the replicas' content compared at one log index, like
+ * `drbdadm verify`. Exit 0 when every member's checksums agree, 1 on a
+ * mismatch or when a member gave none within --wait-timeout.
+ */
+function deviceVerifyCommand(y: Argv<GlobalArgs>): Argv<GlobalArgs> {
+  return y.command(
+    'verify <name>',
+    'compare the replicas of a device at one log index (per-range CRC32C); exit 1 on a mismatch',
+    (y) =>
+      y
+        .positional('name', { type: 'string', demandOption: true })
+        .option('wait-timeout', { type: 'number', default: 120, describe: 'seconds to wait for every member’s checksums' }),
+    async (argv) => {
+      const name = arg('NAME', () => parseDeviceName(argv.name!));
+      const waitTimeout = arg('--wait-timeout', () => positiveSeconds(argv['wait-timeout']));
+      const c = client(argv);
+      const started = await c.change<VerifyReport>('POST', `/devices/${encodeURIComponent(name)}/verify`);
+      // The node that proposed it has applied it; it hears every result as it applies.
+      let report = started.body;
+      const deadline = Date.now() + waitTimeout * 1000;
+      while (!report.complete && Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 250));
+        const res = await c.call<VerifyReport>(started.endpoint, 'GET', `/verify/${report.id}`);
+        if (res.status === 200) report = res.body;
+      }
+      print(argv, report, () => verifyTable(report));
+      if (report.mismatches.length > 0) throw new CliExit(EXIT.failed, `${report.mismatches.length} range(s) of ${name} differ between replicas`);
+      if (!report.complete) throw new CliExit(EXIT.failed, `no checksums from ${report.pending.join(', ')} within ${waitTimeout} s`);
+      if (Object.keys(report.unavailable).length > 0) throw new CliExit(EXIT.failed, `not compared on ${Object.keys(report.unavailable).join(', ')}`);
+    },
+  ) as unknown as Argv<GlobalArgs>;
+}
+
+/** The device subcommands kept apart from the chain in buildCli (set, verify). */
+function deviceExtraCommands(y: Argv<GlobalArgs>): Argv<GlobalArgs> {
+  return deviceVerifyCommand(deviceSetCommand(y));
 }
 
 /**
@@ -265,15 +338,19 @@ export function buildCli(args: string[]): Argv<GlobalArgs> {
       },
     )
     .command('device', 'manage devices (exports)', (y) =>
-      y
+      deviceExtraCommands(y as unknown as Argv<GlobalArgs>)
         .command(
           'create <name> <size>',
           'create a device',
-          (y) => y.positional('name', { type: 'string', demandOption: true }).positional('size', { type: 'string', demandOption: true }),
+          (y) =>
+            y
+              .positional('name', { type: 'string', demandOption: true })
+              .positional('size', { type: 'string', demandOption: true })
+              .option('read-only', { type: 'boolean', default: false, describe: 'create it read-only (device set --read-write makes it writable)' }),
           async (argv) => {
             const name = arg('NAME', () => parseDeviceName(argv.name!));
             const size = arg('SIZE', () => parseDeviceSize(argv.size!));
-            const { body } = await client(argv).change<{ devices: DeviceInfo[] }>('POST', '/devices', { name, size });
+            const { body } = await client(argv).change<{ devices: DeviceInfo[] }>('POST', '/devices', { name, size, ...(argv['read-only'] ? { readOnly: true } : {}) });
             print(argv, body, () => devicesTable(body.devices));
           },
         )
@@ -322,7 +399,7 @@ export function buildCli(args: string[]): Argv<GlobalArgs> {
             print(argv, body, () => devicesTable(body.devices));
           },
         )
-        .demandCommand(1, 'say which: create, list, delete, resize'),
+        .demandCommand(1, 'say which: create, list, delete, resize, set, verify'),
     )
     .command(
       'attach',

@@ -16,6 +16,13 @@
 // several times cheaper than node:fs). Nothing is fdatasync'd on apply: the
 // WAL holds the entries durably; a checkpoint syncs the files before the
 // WAL may forget.
+//
+// Read-only devices (SET_DEVICE_FLAGS, CREATE_DEVICE flags) refuse data
+// commands at apply with EPERM, the same on every node: the NBD layer
+// refuses them before proposing, this catches a write proposed before the
+// flag applied. Verify (VERIFY_DEVICE/RESULT) lives in verify.ts; this file
+// only hooks it into apply. (Over 500 lines: apply and its table commands
+// read best in one place.)
 
 import { join } from 'node:path';
 import type { Logger } from 'pino';
@@ -26,10 +33,11 @@ import { limits } from '../limits.ts';
 import { EntryType, type Entry } from '../raft/types.ts';
 import type { Extent } from './block-device.ts';
 import { type DeviceRecord, type StoreState, readCheckpoint, syncDir, writeCheckpoint } from './checkpoint.ts';
-import { type Command, CommandOp, decodeCommand, type RequestId } from './commands.ts';
+import { type Command, CommandOp, DEVICE_FLAG_READ_ONLY, decodeCommand, type RequestId } from './commands.ts';
 import { deviceNameProblem, deviceSizeProblem } from './device-rules.ts';
 import { MemberTable, type PublishedMember } from './member-table.ts';
 import { RequestDedup } from './request-dedup.ts';
+import { encodeDigests, verifyRangeProblem, VerifyTable, type VerifyRecord } from './verify.ts';
 
 export const DEVICES_DIR = 'devices';
 /** Where files found in devices/ but not in the device table are moved (never deleted). */
@@ -86,6 +94,8 @@ export class BlockStore {
   private readonly removed = new Set<string>();
   private published: MemberTable;
   private applying = false;
+  /** Verify records (replicated) and this node's scans; the replica sets its listener. */
+  readonly verifies = new VerifyTable();
   clusterId: string;
   appliedIndex: number;
   appliedTerm: number;
@@ -106,6 +116,7 @@ export class BlockStore {
     for (const id of state.removed ?? []) this.removed.add(id);
     this.dedup = RequestDedup.from(state.dedup);
     this.published = MemberTable.from(state.published);
+    this.verifies.load(state.verifies);
   }
 
   get devicesDir(): string {
@@ -293,7 +304,7 @@ export class BlockStore {
           continue;
         }
         const outcome: ApplyOutcome = { index: e.index, request };
-        const isTableOp = cmd.op === CommandOp.CreateDevice || cmd.op === CommandOp.DeleteDevice || cmd.op === CommandOp.ResizeDevice;
+        const isTableOp = cmd.op !== CommandOp.Write && cmd.op !== CommandOp.Trim && cmd.op !== CommandOp.WriteZeroes;
         if (cmd.op === CommandOp.PublishMember) {
           // No file is touched: nothing to order against the writes around it.
           const problem = this.published.apply(cmd, e.index, this.removed.has(cmd.nodeId));
@@ -303,6 +314,12 @@ export class BlockStore {
           const error = await this.applyTableCommand(cmd, e.index);
           if (error) outcome.error = error;
         } else {
+          // A verify that has read far ahead of its checksumming holds apply back (bounded memory).
+          const scan = 'deviceId' in cmd ? this.verifies.overReadAhead(cmd.deviceId) : undefined;
+          if (scan) {
+            submitGathered();
+            await scan.below(limits.verifyReadAheadBytesMax);
+          }
           const error = this.submitDataCommand(cmd, pending, gathered, submitGathered);
           if (this.testingApplyTwice && !error) testingCurrent.push(cmd);
           if (error) outcome.error = error;
@@ -341,6 +358,8 @@ export class BlockStore {
   private checkRange(cmd: { deviceId: number; offset: number }, length: number): { dev: OpenDevice } | { error: ApplyError } {
     const dev = this.byId.get(cmd.deviceId);
     if (!dev) return { error: { code: 'ESHUTDOWN', message: `device ${cmd.deviceId} no longer exists` } };
+    // Made read-only after the request was validated.
+    if (dev.record.readOnly) return { error: { code: 'EPERM', message: `device ${dev.record.name} is read-only` } };
     if (cmd.offset + length > dev.record.size) {
       // The device shrank after the request was validated.
       return { error: { code: 'ENOSPC', message: `[${cmd.offset}, ${cmd.offset + length}) beyond the end (${dev.record.size})` } };
@@ -359,6 +378,7 @@ export class BlockStore {
         const r = this.checkRange(cmd, cmd.data.length);
         if ('error' in r) return r.error;
         if (cmd.data.length === 0) return undefined;
+        this.verifies.beforeChange(cmd.deviceId, cmd.offset, cmd.data.length);
         let g = gathered.get(r.dev.file);
         if (!g) gathered.set(r.dev.file, (g = { bufs: [], positions: [] }));
         g.bufs.push(cmd.data);
@@ -370,6 +390,7 @@ export class BlockStore {
         const r = this.checkRange(cmd, cmd.length);
         if ('error' in r) return r.error;
         if (cmd.length === 0) return undefined;
+        this.verifies.beforeChange(cmd.deviceId, cmd.offset, cmd.length);
         // Earlier writes to this file go first: the file's I/O thread keeps submission order.
         submitGathered(r.dev.file);
         pending.push(this.disk.punchHole(r.dev.file, cmd.offset, cmd.length));
@@ -393,7 +414,7 @@ export class BlockStore {
         // A file from an earlier incarnation of this entry (replay) starts over.
         const path = join(this.devicesDir, deviceFileName(index));
         try {
-          await this.attach({ id: index, name: cmd.name, size: cmd.size }, path, false);
+          await this.attach({ id: index, name: cmd.name, size: cmd.size, ...((cmd.flags ?? 0) & DEVICE_FLAG_READ_ONLY ? { readOnly: true as const } : {}) }, path, false);
         } catch (err) {
           const refused = sizeRefusal(err, cmd.size);
           if (!refused) throw err;
@@ -412,6 +433,7 @@ export class BlockStore {
         const id = this.byName.get(cmd.name);
         if (id === undefined) return { code: 'XDEVICE_ERR_NOT_FOUND', message: `no device ${cmd.name}` };
         const dev = this.byId.get(id)!;
+        this.verifies.abortDevice(id, `device ${cmd.name} was deleted during the verify`);
         await this.detach(dev);
         await this.disk.unlink(dev.path).catch(() => undefined);
         return undefined;
@@ -422,6 +444,7 @@ export class BlockStore {
         const problem = deviceSizeProblem(cmd.size);
         if (problem) return { code: 'XDEVICE_ERR_INVALID', message: problem };
         const dev = this.byId.get(id)!;
+        this.verifies.abortDevice(id, `device ${cmd.name} was resized during the verify`);
         // Shrinking discards the tail, so growing again reads zeroes there, as on replay.
         try {
           await this.disk.truncate(dev.file, cmd.size);
@@ -432,6 +455,29 @@ export class BlockStore {
           return refused;
         }
         dev.record.size = cmd.size;
+        return undefined;
+      }
+      case CommandOp.SetDeviceFlags: {
+        const id = this.byName.get(cmd.name);
+        if (id === undefined) return { code: 'XDEVICE_ERR_NOT_FOUND', message: `no device ${cmd.name}` };
+        const record = this.byId.get(id)!.record;
+        if (cmd.flags & DEVICE_FLAG_READ_ONLY) record.readOnly = true;
+        else delete record.readOnly;
+        return undefined;
+      }
+      case CommandOp.VerifyDevice: {
+        const id = this.byName.get(cmd.name);
+        if (id === undefined) return { code: 'XDEVICE_ERR_NOT_FOUND', message: `no device ${cmd.name}` };
+        const dev = this.byId.get(id)!;
+        const problem = verifyRangeProblem(dev.record.size, cmd.rangeBytes);
+        if (problem) return { code: 'XDEVICE_ERR_INVALID', message: problem };
+        // Every write up to this entry is submitted to dev.file (the barrier before table commands).
+        const v: VerifyRecord = { id: index, device: cmd.name, deviceId: id, size: dev.record.size, rangeBytes: cmd.rangeBytes, clientId: cmd.clientId, seq: cmd.seq, results: {} };
+        this.verifies.add(v, this.disk, dev.file);
+        return undefined;
+      }
+      case CommandOp.VerifyResult: {
+        this.verifies.addResult(cmd.verifyId, cmd.nodeId, cmd.digests ? { digests: encodeDigests(cmd.digests) } : { why: cmd.why ?? '' });
         return undefined;
       }
       default:
@@ -480,6 +526,7 @@ export class BlockStore {
       removed: [...this.removed].sort(),
       dedup: this.dedup.export(),
       published: this.published.export(),
+      verifies: this.verifies.export(),
     };
   }
 
@@ -520,6 +567,7 @@ export class BlockStore {
    */
   async reload(state: StoreState): Promise<void> {
     assert(!this.applying, 'reload during apply');
+    this.verifies.abortAll('a snapshot replaced the device files during the verify');
     for (const dev of [...this.byId.values()]) await this.detach(dev);
     this.clusterId = state.clusterId;
     this.appliedIndex = state.appliedIndex;
@@ -530,12 +578,14 @@ export class BlockStore {
     for (const id of state.removed ?? []) this.removed.add(id);
     this.dedup = RequestDedup.from(state.dedup);
     this.published = MemberTable.from(state.published);
+    this.verifies.load(state.verifies);
     await this.openDevices(state.devices, false);
     await this.quarantineOrphans();
   }
 
   /** Closes files held open for the devices (they stay on disk); for stop() and snapshot install. */
   async closeFiles(): Promise<void> {
+    this.verifies.abortAll('the node stopped during the verify');
     for (const dev of [...this.byId.values()]) await this.detach(dev);
   }
 }

@@ -16,6 +16,7 @@ import { XDeviceError } from '../errors.ts';
 import { crc32c } from '../native.ts';
 import { type PublishedMember, validPublished } from './member-table.ts';
 import type { DedupClientState } from './request-dedup.ts';
+import type { VerifyRecord } from './verify.ts';
 
 export const CHECKPOINT_FILE = 'checkpoint';
 export const NODE_ID_FILE = 'node.id';
@@ -28,6 +29,8 @@ export interface DeviceRecord {
   id: number;
   name: string;
   size: number;
+  /** Writes refused with EPERM (NBD READ_ONLY). Set only when true; absent in older checkpoints. */
+  readOnly?: true;
 }
 
 /** The replicated state besides the device files' bytes. */
@@ -44,6 +47,8 @@ export interface StoreState {
   dedup: DedupClientState[];
   /** What members published about themselves (client addresses, version), by id. Absent in older checkpoints. */
   published?: Record<string, PublishedMember>;
+  /** The latest verifies and their per-node results (src/device/verify.ts). Absent in older checkpoints. */
+  verifies?: VerifyRecord[];
 }
 
 export class CheckpointError extends XDeviceError {
@@ -81,13 +86,34 @@ export function decodeStoreState(buf: Buffer, what = 'checkpoint'): StoreState {
     Number.isSafeInteger(state.appliedIndex) &&
     Number.isSafeInteger(state.appliedTerm) &&
     Array.isArray(state.devices) &&
-    state.devices.every((d) => Number.isSafeInteger(d.id) && typeof d.name === 'string' && Number.isSafeInteger(d.size) && d.size >= 0) &&
+    state.devices.every(
+      (d) => Number.isSafeInteger(d.id) && typeof d.name === 'string' && Number.isSafeInteger(d.size) && d.size >= 0 && (d.readOnly === undefined || d.readOnly === true),
+    ) &&
+    (state.verifies === undefined || (Array.isArray(state.verifies) && state.verifies.every(wellFormedVerify))) &&
     typeof state.members === 'object' &&
     state.members !== null &&
     Array.isArray(state.dedup) &&
     validPublished(state.published);
   if (!ok) throw new CheckpointError(`${what}: malformed state`);
   return state;
+}
+
+function wellFormedVerify(v: VerifyRecord): boolean {
+  return (
+    typeof v === 'object' &&
+    v !== null &&
+    Number.isSafeInteger(v.id) &&
+    typeof v.device === 'string' &&
+    Number.isSafeInteger(v.deviceId) &&
+    Number.isSafeInteger(v.size) &&
+    Number.isSafeInteger(v.rangeBytes) &&
+    v.rangeBytes > 0 &&
+    Number.isSafeInteger(v.clientId) &&
+    Number.isSafeInteger(v.seq) &&
+    typeof v.results === 'object' &&
+    v.results !== null &&
+    Object.values(v.results).every((r) => typeof r === 'object' && r !== null && (typeof (r as { digests?: unknown }).digests === 'string' || typeof (r as { why?: unknown }).why === 'string'))
+  );
 }
 
 export function syncDir(dir: string, disk: DiskIo = nativeDisk): Promise<void> {

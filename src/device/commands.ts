@@ -13,11 +13,15 @@
 //   WRITE          u64 deviceId | u64 offset | data...
 //   TRIM           u64 deviceId | u64 offset | u64 length
 //   WRITE_ZEROES   u64 deviceId | u64 offset | u64 length | u8 flags
-//   CREATE_DEVICE  str8 name | u64 size
+//   CREATE_DEVICE  str8 name | u64 size | [u8 flags]   (flags absent in older entries: 0)
 //   DELETE_DEVICE  str8 name
 //   RESIZE_DEVICE  str8 name | u64 size
 //   PUBLISH_MEMBER str8 nodeId | str8 adminAddress | str8 nbdAddress | str8 version | u64 startedAt
 //                  (op 255: new ops take free values from the top down, see the section below)
+//   SET_DEVICE_FLAGS  str8 name | u8 flags             (DEVICE_FLAG_READ_ONLY)
+//   VERIFY_DEVICE  str8 name | u64 rangeBytes          (verify id = this entry's index)
+//   VERIFY_RESULT  u64 verifyId | str8 nodeId | u8 ok | u32 count | count x u32 crc32c   (ok = 1)
+//                  u64 verifyId | str8 nodeId | u8 ok | str8 why                        (ok = 0)
 
 import { XDeviceError } from '../errors.ts';
 import type { Publication } from './member-table.ts';
@@ -35,7 +39,14 @@ export const enum CommandOp {
   ResizeDevice = 6,
   /** A member's client addresses (src/device/member-table.ts). */
   PublishMember = 255,
+  SetDeviceFlags = 7,
+  VerifyDevice = 8,
+  VerifyResult = 9,
 }
+
+/** Device flags (CREATE_DEVICE, SET_DEVICE_FLAGS). */
+export const DEVICE_FLAG_READ_ONLY = 1;
+const DEVICE_FLAGS_KNOWN = DEVICE_FLAG_READ_ONLY;
 
 export interface RequestId {
   /** Random per client incarnation, below 2^53. */
@@ -53,10 +64,13 @@ export type Command =
   | (RequestId & { op: CommandOp.Write; deviceId: number; offset: number; data: Buffer })
   | (RequestId & { op: CommandOp.Trim; deviceId: number; offset: number; length: number })
   | (RequestId & { op: CommandOp.WriteZeroes; deviceId: number; offset: number; length: number; noHole: boolean })
-  | (RequestId & { op: CommandOp.CreateDevice; name: string; size: number })
+  | (RequestId & { op: CommandOp.CreateDevice; name: string; size: number; flags?: number })
   | (RequestId & { op: CommandOp.DeleteDevice; name: string })
   | (RequestId & { op: CommandOp.ResizeDevice; name: string; size: number })
-  | (RequestId & { op: CommandOp.PublishMember } & Publication);
+  | (RequestId & { op: CommandOp.PublishMember } & Publication)
+  | (RequestId & { op: CommandOp.SetDeviceFlags; name: string; flags: number })
+  | (RequestId & { op: CommandOp.VerifyDevice; name: string; rangeBytes: number })
+  | (RequestId & { op: CommandOp.VerifyResult; verifyId: number; nodeId: string; digests?: Uint32Array; why?: string });
 
 export class CommandDecodeError extends XDeviceError {
   constructor(message: string) {
@@ -100,10 +114,12 @@ export function encodeWriteZeroes(id: RequestId, deviceId: number, offset: numbe
   return w.buf;
 }
 
-export function encodeCreateDevice(id: RequestId, name: string, size: number): Buffer {
-  const w = header(str8Size(name) + 8, CommandOp.CreateDevice, id);
+/** Flags 0 encode as before flags existed (no trailing byte): old and new nodes read the same entry. */
+export function encodeCreateDevice(id: RequestId, name: string, size: number, flags = 0): Buffer {
+  const w = header(str8Size(name) + 8 + (flags !== 0 ? 1 : 0), CommandOp.CreateDevice, id);
   w.str8(name);
   w.u64(size);
+  if (flags !== 0) w.u8(flags);
   return w.buf;
 }
 
@@ -120,6 +136,38 @@ export function encodeResizeDevice(id: RequestId, name: string, size: number): B
   return w.buf;
 }
 
+export function encodeSetDeviceFlags(id: RequestId, name: string, flags: number): Buffer {
+  const w = header(str8Size(name) + 1, CommandOp.SetDeviceFlags, id);
+  w.str8(name);
+  w.u8(flags);
+  return w.buf;
+}
+
+export function encodeVerifyDevice(id: RequestId, name: string, rangeBytes: number): Buffer {
+  const w = header(str8Size(name) + 8, CommandOp.VerifyDevice, id);
+  w.str8(name);
+  w.u64(rangeBytes);
+  return w.buf;
+}
+
+/** One node's checksums for a verify (`digests`), or why it has none (`why`, cut to 255 bytes). */
+export function encodeVerifyResult(id: RequestId, verifyId: number, nodeId: string, result: { digests: Uint32Array } | { why: string }): Buffer {
+  if ('why' in result) result = { why: cut255(result.why) };
+  const body = 8 + str8Size(nodeId) + 1 + ('digests' in result ? 4 + 4 * result.digests.length : str8Size(result.why));
+  const w = header(body, CommandOp.VerifyResult, id);
+  w.u64(verifyId);
+  w.str8(nodeId);
+  if ('digests' in result) {
+    w.u8(1);
+    w.u32(result.digests.length);
+    for (const d of result.digests) w.u32(d);
+  } else {
+    w.u8(0);
+    w.str8(result.why);
+  }
+  return w.buf;
+}
+
 export function encodeCommand(c: Command): Buffer {
   switch (c.op) {
     case CommandOp.Write:
@@ -129,14 +177,36 @@ export function encodeCommand(c: Command): Buffer {
     case CommandOp.WriteZeroes:
       return encodeWriteZeroes(c, c.deviceId, c.offset, c.length, c.noHole);
     case CommandOp.CreateDevice:
-      return encodeCreateDevice(c, c.name, c.size);
+      return encodeCreateDevice(c, c.name, c.size, c.flags ?? 0);
     case CommandOp.DeleteDevice:
       return encodeDeleteDevice(c, c.name);
     case CommandOp.ResizeDevice:
       return encodeResizeDevice(c, c.name, c.size);
     case CommandOp.PublishMember:
       return encodePublishMember(c, c);
+    case CommandOp.SetDeviceFlags:
+      return encodeSetDeviceFlags(c, c.name, c.flags);
+    case CommandOp.VerifyDevice:
+      return encodeVerifyDevice(c, c.name, c.rangeBytes);
+    case CommandOp.VerifyResult:
+      return encodeVerifyResult(c, c.verifyId, c.nodeId, c.digests ? { digests: c.digests } : { why: c.why ?? '' });
   }
+}
+
+/** The longest prefix of s within 255 UTF-8 bytes (never half a character). */
+function cut255(s: string): string {
+  if (Buffer.byteLength(s) <= 255) return s;
+  let out = '';
+  for (const ch of s) {
+    if (Buffer.byteLength(out + ch) > 255) break;
+    out += ch;
+  }
+  return out;
+}
+
+function deviceFlags(flags: number): number {
+  if ((flags & ~DEVICE_FLAGS_KNOWN) !== 0) throw new CommandDecodeError(`unknown device flags 0x${flags.toString(16)}`);
+  return flags;
 }
 
 /** Reads only the request id (cheap: used to match applied entries to waiting requests). */
@@ -174,9 +244,10 @@ export function decodeCommand(data: Buffer): Command {
         return c;
       }
       case CommandOp.CreateDevice: {
-        const c = { op, clientId, seq, firstUnacked, name: r.str8(), size: r.u64() };
+        const c: Command = { op, clientId, seq, firstUnacked, name: r.str8(), size: r.u64() };
+        const flags = r.remaining > 0 ? deviceFlags(r.u8()) : 0;
         r.end();
-        return c;
+        return flags !== 0 ? { ...c, flags } : c;
       }
       case CommandOp.DeleteDevice: {
         const c = { op, clientId, seq, firstUnacked, name: r.str8() };
@@ -190,6 +261,32 @@ export function decodeCommand(data: Buffer): Command {
       }
       case CommandOp.PublishMember:
         return { op, clientId, seq, firstUnacked, ...decodePublication(r) };
+      case CommandOp.SetDeviceFlags: {
+        const c = { op, clientId, seq, firstUnacked, name: r.str8(), flags: deviceFlags(r.u8()) };
+        r.end();
+        return c;
+      }
+      case CommandOp.VerifyDevice: {
+        const c = { op, clientId, seq, firstUnacked, name: r.str8(), rangeBytes: r.u64() };
+        r.end();
+        return c;
+      }
+      case CommandOp.VerifyResult: {
+        const verifyId = r.u64();
+        const nodeId = r.str8();
+        const ok = r.u8();
+        if (ok === 0) {
+          const c = { op, clientId, seq, firstUnacked, verifyId, nodeId, why: r.str8() };
+          r.end();
+          return c;
+        }
+        if (ok !== 1) throw new CommandDecodeError(`bad verify result status ${ok}`);
+        const count = r.u32();
+        if (count * 4 !== r.remaining) throw new CommandDecodeError(`verify result says ${count} digests, carries ${r.remaining} bytes`);
+        const digests = new Uint32Array(count);
+        for (let i = 0; i < count; i++) digests[i] = r.u32();
+        return { op, clientId, seq, firstUnacked, verifyId, nodeId, digests };
+      }
       default:
         throw new CommandDecodeError(`unknown command op ${op as number}`);
     }

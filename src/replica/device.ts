@@ -8,6 +8,11 @@
 // local file. Every connection to every node sees the same data, so
 // CAN_MULTI_CONN holds. A node without a quorum answers EIO (the request
 // timed out) or ESHUTDOWN (it left service), never stale data.
+//
+// A read-only device (the replicated flag) advertises NBD_FLAG_READ_ONLY to
+// connections negotiated while it is set, and refuses WRITE, TRIM and
+// WRITE_ZEROES with EPERM before proposing (on connections negotiated before
+// the flag was set too); apply refuses any that raced with the flag.
 
 import type { BlockDevice, BlockDeviceCapabilities, DeviceTable, Extent, WriteOptions, ZeroOptions } from '../device/block-device.ts';
 import type { BlockStore } from '../device/block-store.ts';
@@ -31,7 +36,7 @@ function errno(code: string, message: string): Error & { code: string } {
   return Object.assign(new Error(`${code}: ${message}`), { code });
 }
 
-const CAPABILITIES: BlockDeviceCapabilities = Object.freeze({
+const READ_WRITE: BlockDeviceCapabilities = Object.freeze({
   readOnly: false,
   canFlush: true,
   canFua: true,
@@ -43,9 +48,9 @@ const CAPABILITIES: BlockDeviceCapabilities = Object.freeze({
   canExtents: true,
   canCache: false,
 });
+const READ_ONLY: BlockDeviceCapabilities = Object.freeze({ ...READ_WRITE, readOnly: true });
 
 export class ReplicatedDevice implements BlockDevice {
-  readonly capabilities = CAPABILITIES;
   readonly preferredBlockSize = 4096;
   readonly description = 'XDevice replicated block device';
   /** Writes sent on this export and not yet answered (FLUSH waits for them). */
@@ -61,6 +66,11 @@ export class ReplicatedDevice implements BlockDevice {
     const r = this.service.store.deviceById(this.id);
     if (!r) throw errno('ESHUTDOWN', `device ${this.name} was deleted`);
     return r;
+  }
+
+  /** As of now: the handshake reads it when a client opens the export. */
+  get capabilities(): BlockDeviceCapabilities {
+    return this.service.store.deviceById(this.id)?.readOnly ? READ_ONLY : READ_WRITE;
   }
 
   get size(): number {
@@ -89,7 +99,7 @@ export class ReplicatedDevice implements BlockDevice {
   private mutate(encode: (id: RequestId) => Buffer, allocates = 0): Promise<void> {
     try {
       this.service.checkServing();
-      this.record();
+      if (this.record().readOnly) throw errno('EPERM', `device ${this.name} is read-only`);
       this.service.checkSpace(allocates);
     } catch (err) {
       return Promise.reject(err);

@@ -5,7 +5,7 @@
 // delete/resize a device), each checked before it is proposed so that a
 // valid command never fails at apply (DESIGN contract 8).
 
-import type { AddNodeOptions, ResizeOptions } from '../admin/api.ts';
+import type { AddNodeOptions, CreateDeviceOptions, ResizeOptions } from '../admin/api.ts';
 import { limits } from '../limits.ts';
 import type { XDeviceError } from '../errors.ts';
 import { ConfChangeType, confChanges, decodeConfChange } from '../raft/confchange.ts';
@@ -13,7 +13,17 @@ import { NotLeaderError } from '../raft/errors.ts';
 import { Role, type RawNode } from '../raft/rawnode.ts';
 import type { Entry } from '../raft/types.ts';
 import { deviceNameProblem, deviceSizeProblem } from '../device/device-rules.ts';
-import { encodeCreateDevice, encodeDeleteDevice, encodeResizeDevice, type RequestId } from '../device/commands.ts';
+import {
+  DEVICE_FLAG_READ_ONLY,
+  encodeCreateDevice,
+  encodeDeleteDevice,
+  encodeResizeDevice,
+  encodeSetDeviceFlags,
+  encodeVerifyDevice,
+  type RequestId,
+} from '../device/commands.ts';
+import { compareVerify, verifyRangeBytes, type VerifyReport } from '../device/verify.ts';
+import { ReplicaVerifier } from './verify.ts';
 import { ReplicaError } from './errors.ts';
 import { safeTerm } from './housekeeping.ts';
 import { promotionBlocker } from './promotion.ts';
@@ -23,8 +33,11 @@ export class Membership {
   /** Learners this leader was asked to add: promoted once promotionBlocker() has nothing to say. */
   private readonly autoPromote = new Set<string>();
   private promoting = false;
+  readonly verifier: ReplicaVerifier;
 
-  constructor(private readonly r: Replica) {}
+  constructor(private readonly r: Replica) {
+    this.verifier = new ReplicaVerifier(r);
+  }
 
   /** A committed ConfChange entry applies (called by the block store's apply, in log order). */
   applyConfEntry(e: Entry): void {
@@ -210,12 +223,52 @@ export class Membership {
     }
   }
 
-  async createDevice(name: string, size: number): Promise<void> {
+  async createDevice(name: string, size: number, options: CreateDeviceOptions = {}): Promise<void> {
     await this.checkTableCommand(name, size);
     const store = this.r.store;
     if (store.device(name)) throw new ReplicaError('XDEVICE_ERR_EXISTS', `device ${name} exists`);
     if (store.devices().length >= limits.devicesMax) throw new ReplicaError('XDEVICE_ERR_INVALID', `${limits.devicesMax} devices exist`);
-    return this.tableCommand((id) => encodeCreateDevice(id, name, size));
+    return this.tableCommand((id) => encodeCreateDevice(id, name, size, options.readOnly ? DEVICE_FLAG_READ_ONLY : 0));
+  }
+
+  /** Makes a device read-only (writes get EPERM on every node) or read-write again. */
+  async setDeviceReadOnly(name: string, readOnly: boolean): Promise<void> {
+    await this.checkTableCommand(name);
+    const current = this.r.store.device(name);
+    if (!current) throw new ReplicaError('XDEVICE_ERR_NOT_FOUND', `no device ${name}`);
+    if ((current.readOnly === true) === readOnly) return;
+    return this.tableCommand((id) => encodeSetDeviceFlags(id, name, readOnly ? DEVICE_FLAG_READ_ONLY : 0));
+  }
+
+  /**
+   * Starts a verify of `name` at the index its entry gets; resolves with that
+   * index (the verify id) once it applied here. Results arrive as each node's
+   * scan finishes: verifyReport(id).
+   */
+  async verifyDevice(name: string): Promise<number> {
+    await this.checkTableCommand(name);
+    const current = this.r.store.device(name);
+    if (!current) throw new ReplicaError('XDEVICE_ERR_NOT_FOUND', `no device ${name}`);
+    let request: RequestId | undefined;
+    await this.tableCommand((id) => {
+      request = id;
+      return encodeVerifyDevice(id, name, verifyRangeBytes(current.size));
+    });
+    const v = this.r.store.verifies.list().find((x) => x.clientId === request?.clientId && x.seq === request?.seq);
+    if (!v) throw new ReplicaError('XDEVICE_ERR_NOT_FOUND', `the verify of ${name} applied but is no longer in the table (${limits.verifiesKept} newer ones started since)`);
+    return v.id;
+  }
+
+  /** The comparison of a verify's results as applied here; members are the nodes expected to answer. */
+  verifyReport(id: number): VerifyReport {
+    const v = this.r.store.verifies.get(id);
+    if (!v) throw new ReplicaError('XDEVICE_ERR_NOT_FOUND', `no verify ${id} (only the latest ${limits.verifiesKept} are kept)`);
+    const cs = this.r.raw.status().confState;
+    return compareVerify(v, [...new Set([...cs.voters, ...cs.learners])]);
+  }
+
+  verifyReports(): VerifyReport[] {
+    return this.r.store.verifies.list().map((v) => this.verifyReport(v.id));
   }
 
   async deleteDevice(name: string): Promise<void> {

@@ -115,7 +115,7 @@ export class ReplicaView {
 
   async devicesInfo(): Promise<DeviceInfo[]> {
     const out: DeviceInfo[] = [];
-    for (const d of this.r.store.devices()) out.push({ name: d.name, size: d.size, usedBytes: await this.r.store.usedBytes(d.id), readOnly: false });
+    for (const d of this.r.store.devices()) out.push({ name: d.name, size: d.size, usedBytes: await this.r.store.usedBytes(d.id), readOnly: d.readOnly === true });
     return out.sort((a, b) => a.name.localeCompare(b.name));
   }
 
