@@ -20,8 +20,8 @@
 // Data directories go under --dir, which must be a real disk: tmpfs would
 // measure memory, and fdatasync would cost nothing.
 //
-// --backend file runs "single" on the file backend (no Raft, no WAL) and skips
-// the cluster: a check of the harness while the replicated runtime is not there.
+// --backend file|memory runs "single" on that backend (no Raft, no WAL) and
+// skips the cluster: memory measures the NBD layer alone.
 // --cpu-prof writes V8 profiles of the xdevice-node processes (stopped with
 // SIGTERM so that they are flushed) and prints where their time went.
 //
@@ -62,7 +62,7 @@ const argv = await yargs(hideBin(process.argv))
   .option('pgbench-seconds', { type: 'number', describe: 'pgbench duration (default: --runtime, at least 30)' })
   .option('pgbench-clients', { type: 'number', default: 8 })
   .option('pgbench-scale', { type: 'number', default: 10 })
-  .option('backend', { choices: ['replicated', 'file'] as const, default: 'replicated' as const, describe: 'backend of the xdevice targets' })
+  .option('backend', { choices: ['replicated', 'file', 'memory'] as const, default: 'replicated' as const, describe: 'backend of the xdevice targets (file/memory: "single" only, no Raft)' })
   .option('size', { type: 'string', default: '1GiB', describe: 'bytes of the export fio touches (e.g. 1GiB, 256MiB)' })
   .option('dir', { type: 'string', default: process.env.XDEVICE_BENCH_DIR ?? '/var/tmp', describe: 'where data directories go (a real disk)' })
   .option('rounds', { type: 'number', default: 1, describe: 'repeat the matrix; each row reports its median-IOPS round' })
@@ -331,8 +331,8 @@ const wantedTargets = argv.targets.split(',').map((s) => s.trim());
 for (const t of wantedTargets) if (!['single', 'cluster', 'nbdkit'].includes(t)) throw new Error(`unknown target ${t}`);
 // nbdkit first: its rows are every other row's baseline.
 const targetOrder = ['nbdkit', 'single', 'cluster'].filter((t) => wantedTargets.includes(t));
-if (argv.backend === 'file' && targetOrder.includes('cluster')) {
-  process.stderr.write('--backend file has no cluster: skipping the cluster target\n');
+if (argv.backend !== 'replicated' && targetOrder.includes('cluster')) {
+  process.stderr.write(`--backend ${argv.backend} has no cluster: skipping the cluster target\n`);
   targetOrder.splice(targetOrder.indexOf('cluster'), 1);
 }
 

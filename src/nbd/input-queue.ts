@@ -54,6 +54,11 @@ export class InputQueue {
     return this.take(n);
   }
 
+  /** Whether the next `n` bytes (buffered) lie in one received chunk, so take(n) is a slice, not a copy. */
+  contiguous(n: number): boolean {
+    return n === 0 || (this.chunks.length > 0 && this.chunks[0]!.length - this.head >= n);
+  }
+
   /** The next `n` bytes, consumed: a slice when they lie in one chunk, else a gathered copy. */
   take(n: number): Buffer {
     assert(n <= this.bytes, 'InputQueue.take beyond buffered bytes');

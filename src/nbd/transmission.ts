@@ -251,7 +251,9 @@ export class Transmission {
           throw new NbdProtocolError(`write of ${length} bytes exceeds twice the request limit`);
         }
         if (error === NO_ERROR && input.length >= length) {
-          this.admitWrite(request, input.take(length), NO_ERROR, false);
+          // Already here: one slice if it lies in one chunk; else, for a device
+          // with writev(), the slices it arrived in (take() would gather a copy).
+          this.admitWrite(request, this.device.writev !== undefined && !input.contiguous(length) ? this.takeSlices(length) : input.take(length), NO_ERROR, false);
           continue;
         }
         // The payload is always consumed, even for a request that fails, so framing holds.
@@ -277,6 +279,12 @@ export class Transmission {
       }
       this.execute(request, null);
     }
+  }
+
+  private takeSlices(length: number): Buffer[] {
+    const parts: Buffer[] = [];
+    this.input.takeSlices(length, parts);
+    return parts;
   }
 
   /** A WRITE whose payload has fully arrived; `bytesCounted` when its bytes were counted at the header. */

@@ -17,7 +17,7 @@
 import type { BlockDevice, BlockDeviceCapabilities, DeviceTable, Extent, WriteOptions, ZeroOptions } from '../device/block-device.ts';
 import type { BlockStore } from '../device/block-store.ts';
 import type { DeviceRecord } from '../device/checkpoint.ts';
-import { encodeTrim, encodeWrite, encodeWriteZeroes, type RequestId } from '../device/commands.ts';
+import { encodeTrim, encodeWrite, encodeWritev, encodeWriteZeroes, type RequestId } from '../device/commands.ts';
 
 /** What a replicated device needs from the node runtime. */
 export interface ReplicaService {
@@ -109,6 +109,13 @@ export class ReplicatedDevice implements BlockDevice {
 
   write(offset: number, data: Buffer, _options?: WriteOptions): Promise<void> {
     return this.mutate((id) => encodeWrite(id, this.id, offset, data), data.length);
+  }
+
+  /** The NBD server's large payloads: the pieces are copied once, into the command (no gathering copy first). */
+  writev(offset: number, parts: readonly Buffer[], _options?: WriteOptions): Promise<void> {
+    let length = 0;
+    for (const part of parts) length += part.length;
+    return this.mutate((id) => encodeWritev(id, this.id, offset, parts), length);
   }
 
   trim(offset: number, length: number, _options?: WriteOptions): Promise<void> {

@@ -3,6 +3,7 @@
 // server shutdown. Byte-level abuse is in nbd-hostile.test.ts.
 
 import t from 'tap';
+import { Duplex } from 'node:stream';
 import { NbdClient } from '../../src/nbd/client.ts';
 import { decodeReplyHeader, encodeRequest } from '../../src/nbd/codec.ts';
 import {
@@ -15,7 +16,10 @@ import {
   NbdError,
 } from '../../src/nbd/constants.ts';
 import { NbdRemoteError } from '../../src/nbd/errors.ts';
-import type { RequestEvent } from '../../src/nbd/transmission.ts';
+import { Transmission, type RequestEvent } from '../../src/nbd/transmission.ts';
+import { InputQueue } from '../../src/nbd/input-queue.ts';
+import { transmissionFlagsFor } from '../../src/nbd/handshake.ts';
+import { MemoryDevice } from '../../src/device/memory.ts';
 import { limits } from '../../src/limits.ts';
 import { rawTransmission, startHarness } from './helpers/nbd-harness.ts';
 
@@ -349,4 +353,44 @@ t.test('payload bytes in flight are bounded across connections, not only per con
   raw.socket.destroy();
   await new Promise((r) => setTimeout(r, 200));
   t.equal(h.server.budget.bytes, 0, 'and returns them when its connection closes');
+});
+
+t.test('a WRITE payload already buffered across chunks reaches writev() as slices of those chunks (no gathering copy)', async (t) => {
+  const device = new MemoryDevice({ name: 'm', size: 1 << 20 });
+  const seen: Buffer[][] = [];
+  const writev = device.writev.bind(device);
+  device.writev = async (o, d, opts) => {
+    seen.push([...d]);
+    return writev(o, d, opts);
+  };
+  const replies: Buffer[] = [];
+  const socket = new Duplex({
+    read() {},
+    write(chunk: Buffer, _enc, cb) {
+      replies.push(chunk);
+      cb();
+    },
+  });
+  const payload = Buffer.alloc(8192);
+  for (let i = 0; i < payload.length; i++) payload[i] = (i * 7) & 0xff;
+  // Header and the first half in one chunk, the second half in another: both buffered before parsing starts.
+  const first = Buffer.concat([encodeRequest(0, NbdCommand.WRITE, 0, 9, 4096, payload.length), payload.subarray(0, 4096)]);
+  const second = Buffer.from(payload.subarray(4096));
+  const input = new InputQueue();
+  input.push(first);
+  input.push(second);
+  t.notOk(input.contiguous(28 + payload.length), 'the request spans two chunks');
+  t.ok(input.contiguous(28 + 4096), 'its first part lies in one');
+  const tx = new Transmission({ socket, input, negotiated: { device, transmissionFlags: transmissionFlagsFor(device, false), structuredReplies: false, baseAllocation: false, tls: false } });
+  const done = tx.run();
+  await new Promise((r) => setTimeout(r, 50));
+  t.equal(seen.length, 1, 'one writev');
+  t.equal(seen[0]!.length, 2, 'two slices');
+  t.equal(seen[0]![0]!.buffer, first.buffer, 'the first slice is a view of the first chunk');
+  t.equal(seen[0]![1]!.buffer, second.buffer, 'the second slice is a view of the second chunk');
+  t.ok((await device.read(4096, payload.length)).equals(payload), 'the bytes landed');
+  const reply = decodeReplyHeader(Buffer.concat(replies));
+  t.same([reply.cookieLo, reply.kind === 'simple' && reply.error], [9, 0]);
+  socket.destroy();
+  await done;
 });

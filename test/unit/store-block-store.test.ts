@@ -12,6 +12,7 @@ import {
   encodeResizeDevice,
   encodeTrim,
   encodeWrite,
+  encodeWritev,
   encodeWriteZeroes,
   decodeCommand,
   CommandOp,
@@ -49,6 +50,10 @@ t.test('commands round-trip and reject bad sequence numbers', async (t) => {
   const id = { clientId: 2 ** 52 + 1, seq: 9, firstUnacked: 3 };
   const data = randomBytes(100);
   t.same(decodeCommand(encodeWrite(id, 5, 4096, data)), { op: CommandOp.Write, ...id, deviceId: 5, offset: 4096, data });
+  // The NBD server's pieces encode to exactly the bytes of their concatenation.
+  const parts = [data.subarray(0, 1), data.subarray(1, 1), data.subarray(1, 64), data.subarray(64)];
+  t.same(encodeWritev(id, 5, 4096, parts), encodeWrite(id, 5, 4096, data), 'encodeWritev is byte-identical to encodeWrite');
+  t.same(encodeWritev(id, 5, 4096, []), encodeWrite(id, 5, 4096, Buffer.alloc(0)));
   t.same(decodeCommand(encodeTrim(id, 5, 0, 10)), { op: CommandOp.Trim, ...id, deviceId: 5, offset: 0, length: 10 });
   t.same(decodeCommand(encodeWriteZeroes(id, 5, 1, 2, true)), { op: CommandOp.WriteZeroes, ...id, deviceId: 5, offset: 1, length: 2, noHole: true });
   t.same(decodeCommand(encodeCreateDevice(id, 'disk-ü', 123)), { op: CommandOp.CreateDevice, ...id, name: 'disk-ü', size: 123 });
