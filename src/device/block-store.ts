@@ -34,7 +34,7 @@ import { EntryType, type Entry } from '../raft/types.ts';
 import type { Extent } from './block-device.ts';
 import { type DeviceRecord, type StoreState, readCheckpoint, syncDir, writeCheckpoint } from './checkpoint.ts';
 import { type Command, CommandOp, DEVICE_FLAG_READ_ONLY, decodeCommand, type RequestId } from './commands.ts';
-import { deviceNameProblem, deviceSizeProblem } from './device-rules.ts';
+import { deviceNameProblem, deviceSizeProblem } from '../parse.ts';
 import { MemberTable, type PublishedMember } from './member-table.ts';
 import { RequestDedup } from './request-dedup.ts';
 import { encodeDigests, verifyRangeProblem, VerifyTable, type VerifyRecord } from './verify.ts';

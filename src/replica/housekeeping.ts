@@ -7,7 +7,7 @@ import { limits } from '../limits.ts';
 import { Role } from '../raft/rawnode.ts';
 import type { ConfState, Entry, SnapshotMetadata } from '../raft/types.ts';
 import { ReplicaError } from './errors.ts';
-import type { Replica } from './replica.ts';
+import type { ReplicaCore as Replica } from './core.ts';
 
 export type Tuning = Pick<typeof limits, 'checkpointEntries' | 'checkpointBytes' | 'walRetainEntriesMax' | 'walRetainBytesMax'>;
 

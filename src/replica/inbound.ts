@@ -9,7 +9,7 @@ import { MessageType, type Message } from '../raft/types.ts';
 import { COMMAND_VERSION, CommandOp } from '../device/commands.ts';
 import type { SnapshotFrame } from './env.ts';
 import { admitPeerMessage, isLeaderMessage } from './peer-input.ts';
-import type { Replica } from './replica.ts';
+import type { ReplicaCore as Replica } from './core.ts';
 
 export class PeerInbox {
   private lastDropLogAt = -Infinity;

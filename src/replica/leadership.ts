@@ -4,7 +4,7 @@
 
 import { Role, type SoftState } from '../raft/rawnode.ts';
 import type { ElectionRecord, VoteTally } from '../raft/raft.ts';
-import type { Replica } from './replica.ts';
+import type { ReplicaCore as Replica } from './core.ts';
 
 export class Leadership {
   private lastLeader = '';

@@ -12,7 +12,7 @@ import { ConfChangeType, confChanges, decodeConfChange } from '../raft/confchang
 import { NotLeaderError } from '../raft/errors.ts';
 import { Role, type RawNode } from '../raft/rawnode.ts';
 import type { Entry } from '../raft/types.ts';
-import { deviceNameProblem, deviceSizeProblem } from '../device/device-rules.ts';
+import { deviceNameProblem, deviceSizeProblem } from '../parse.ts';
 import {
   DEVICE_FLAG_READ_ONLY,
   encodeCreateDevice,
@@ -27,7 +27,7 @@ import { ReplicaVerifier } from './verify.ts';
 import { ReplicaError } from './errors.ts';
 import { safeTerm } from './housekeeping.ts';
 import { promotionBlocker } from './promotion.ts';
-import type { Replica } from './replica.ts';
+import type { ReplicaCore as Replica } from './core.ts';
 
 export class Membership {
   /** Learners this leader was asked to add: promoted once promotionBlocker() has nothing to say. */

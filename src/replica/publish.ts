@@ -16,7 +16,7 @@ import { limits } from '../limits.ts';
 import { type Publication, publishProblem } from '../device/member-table.ts';
 import { encodePublishMember } from '../device/commands.ts';
 import { ReplicaError } from './errors.ts';
-import type { Replica } from './replica.ts';
+import type { ReplicaCore as Replica } from './core.ts';
 
 /** How often the publisher compares the table with what it wants published. */
 const CHECK_INTERVAL_MS = 500;

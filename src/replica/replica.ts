@@ -40,6 +40,7 @@ import type { BlockStore } from '../device/block-store.ts';
 import type { Logger } from 'pino';
 import type { Clock, Host, LogStorage, PeerTransport, ReplicaEnv, SnapshotFrame } from './env.ts';
 import { settleEarly, type PlantedBugs } from './planted.ts';
+import type { ReplicaCore } from './core.ts';
 import { ReadGate } from './read-gate.ts';
 import { RequestError, RequestSession } from './requests.ts';
 import { SnapshotReceiver } from './snapshot-receiver.ts';
@@ -63,7 +64,7 @@ export interface ReplicaOptions {
   plantedBugs?: PlantedBugs;
 }
 
-export class Replica extends EventEmitter implements ReplicaService {
+export class Replica extends EventEmitter implements ReplicaService, ReplicaCore {
   readonly nodeId: string;
   readonly devices: ReplicatedDeviceTable;
   readonly raw: RawNode;

@@ -8,7 +8,7 @@
 
 import { encodeVerifyResult } from '../device/commands.ts';
 import type { ScanOutcome, VerifyListener, VerifyRecord } from '../device/verify.ts';
-import type { Replica } from './replica.ts';
+import type { ReplicaCore as Replica } from './core.ts';
 
 export class ReplicaVerifier implements VerifyListener {
   constructor(private readonly r: Replica) {

@@ -3,7 +3,7 @@
 
 import type { DeviceInfo, DiskUsage, HealthReport, Member, NodeStatus, PeerStatus, Role as ApiRole } from '../admin/api.ts';
 import { Role } from '../raft/rawnode.ts';
-import type { Replica } from './replica.ts';
+import type { ReplicaCore as Replica } from './core.ts';
 
 /** Where this node is reached (known to the process that owns the listeners). */
 export interface Addresses {

@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { checkDeviceFiles, checkStartState, lockDataDir } from '../../src/cluster/data-dir.ts';
 import { promotionBlocker } from '../../src/replica/promotion.ts';
-import { deviceNameProblem, deviceSizeProblem } from '../../src/device/device-rules.ts';
+import { deviceNameProblem, deviceSizeProblem } from '../../src/parse.ts';
 import { parseDevice } from '../../src/parse.ts';
 import { limits } from '../../src/limits.ts';
 
