@@ -244,20 +244,36 @@ class Sim {
         }
       },
       sendFrame: (peer, f) => {
-        if (!live() || !sim.linked(n.id, peer)) return false;
-        const copy: SnapshotFrame = f.kind === 'chunk' ? { ...f, data: Buffer.from(f.data) } : f;
-        // In order per link: a stream is one TCP connection.
+        const target = sim.nodes.get(peer);
+        if (!live() || !sim.linked(n.id, peer) || !target?.alive) return false;
+        // A stream is one TCP connection: it breaks when the peer's process
+        // restarts (the sender's next write fails, as on a reset socket).
         const key = `${n.id}>${peer}`;
+        if (f.kind === 'begin') sim.linkEpoch.set(key, target.incarnation);
+        const epoch = sim.linkEpoch.get(key);
+        if (f.kind !== 'result' && epoch !== target.incarnation) return false;
+        const copy: SnapshotFrame = f.kind === 'chunk' ? { ...f, data: Buffer.from(f.data) } : f;
+        // In order per link.
         const at = Math.max(sim.now + 1, (sim.linkClock.get(key) ?? 0) + 1);
         sim.linkClock.set(key, at);
+        const sentTo = target.incarnation;
         sim.at(at - sim.now, `frame ${f.kind} ${n.id}->${peer}`, () => {
           const to = sim.nodes.get(peer);
-          if (!to?.alive || !to.replica || !sim.linked(n.id, peer)) return;
+          if (!to?.alive || !to.replica || to.incarnation !== sentTo || !sim.linked(n.id, peer)) return;
           sim.guard(to, () => to.replica!.onFrame(n.id, copy));
         });
         return true;
       },
-      waitDrain: () => new Promise((resolve) => sim.at(1, `drain ${n.id}`, resolve)),
+      waitDrain: (peer) =>
+        new Promise((resolve, reject) => {
+          const key = `${n.id}>${peer}`;
+          const epoch = sim.linkEpoch.get(key);
+          sim.at(1, `drain ${n.id}`, () => {
+            const target = sim.nodes.get(peer);
+            if (target && epoch !== undefined && target.incarnation !== epoch) reject(new Error(`peer ${peer} disconnected`));
+            else resolve();
+          });
+        }),
       tellRemoved: (peer) => sim.at(sim.rng.range(1, 10), `removed ${peer}`, () => {
         const p = sim.nodes.get(peer);
         if (p?.alive && p.replica) sim.guard(p, () => p.replica!.onRemovedBy(n.id));
@@ -274,6 +290,8 @@ class Sim {
   }
 
   private readonly linkClock = new Map<string, number>();
+  /** The peer incarnation a snapshot stream's connection was made to. */
+  private readonly linkEpoch = new Map<string, number>();
 
   private host(n: Node): Host {
     const disk = n.disk;
