@@ -9,6 +9,9 @@
 //   const back = await client.read(0, data.length);
 //   await client.sync();
 //   await client.close();
+//
+// About 500 lines: the handshake and the pipelined transmission phase of one
+// client connection, the mirror of src/nbd/handshake.ts + transmission.ts.
 
 import * as net from 'node:net';
 import type { Duplex } from 'node:stream';

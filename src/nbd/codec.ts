@@ -3,6 +3,10 @@
 // (node-postgres's pg-protocol is the model). Framing errors a peer can cause
 // throw NbdProtocolError (the caller disconnects); malformed option payloads
 // come back as `{ ok: false }` because the spec answers them with an error reply.
+//
+// Over 500 lines: one encoder and one decoder for every message of the
+// spec (handshake, options, requests, simple and structured replies) side by
+// side, so each wire layout is written down once, next to its inverse.
 
 import { limits } from '../limits.ts';
 import {

@@ -26,6 +26,10 @@
 // faults heal: a leader, every client operation answered, every member
 // applied as far as the leader, every block identical on every member and
 // the whole history linearizable per block (test/integration/nemesis/checker.ts).
+//
+// Over 500 lines: the environment of every simulated replica (clock,
+// transport, host), the fault schedule, the clients and the invariants all
+// read and change one simulation's state; each is a section below.
 
 import { pino } from 'pino';
 import { EventQueue, type Timed } from './event-queue.ts';
