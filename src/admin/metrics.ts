@@ -5,7 +5,8 @@
 // path pays for nothing it does not already do.
 
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics, type Metric } from 'prom-client';
-import { readdir, stat, statfs } from 'node:fs/promises';
+import { statfs } from 'node:fs/promises';
+import { allocatedBytes } from '../disk/usage.ts';
 import { join } from 'node:path';
 import type { NodeApi, NodeStatus, PeerStatus } from './api.ts';
 import { VERSION } from '../version.ts';
@@ -283,25 +284,6 @@ export function createMetrics(sources: MetricSources): Registry {
   return registry;
 }
 
-/** Allocated bytes of the files directly in `dir` (0 if it does not exist). */
-async function allocatedBytes(dir: string): Promise<number> {
-  let names: string[];
-  try {
-    names = await readdir(dir);
-  } catch {
-    return 0;
-  }
-  let total = 0;
-  for (const name of names) {
-    try {
-      const st = await stat(join(dir, name));
-      if (st.isFile()) total += st.blocks * 512;
-    } catch {
-      // removed by compaction while we looked
-    }
-  }
-  return total;
-}
 
 interface HistogramValue {
   metricName: string;

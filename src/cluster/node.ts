@@ -21,9 +21,9 @@ import { peerTransport, realClock, realHost, snapshotFrameOf } from './real-env.
 import { Transport } from './transport.ts';
 import type { PeerAuth } from './peer-auth.ts';
 import { randomInt } from 'node:crypto';
-import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { WAL_DIR } from '../replica/open.ts';
+import { allocatedBytes } from '../disk/usage.ts';
 import { MemberPublisher } from '../replica/publish.ts';
 import { VERSION } from '../version.ts';
 
@@ -107,7 +107,7 @@ export class ClusterNode {
     const view = new ReplicaView(r, {
       addresses: () => ({ ...this.addresses, peer: this.peerAddress }),
       version: VERSION,
-      walBytes: () => segmentBytes(join(config.dataDir, WAL_DIR), wal.segmentNames()),
+      walBytes: () => allocatedBytes(join(config.dataDir, WAL_DIR)),
     });
     this.publisher = new MemberPublisher(r);
     const m = r.membership;
@@ -243,14 +243,4 @@ export class ClusterNode {
     this.space.stop();
     this.lock.release();
   }
-}
-
-/** Allocated bytes of the WAL's segment files (a file compacted away meanwhile counts 0). */
-async function segmentBytes(dir: string, names: string[]): Promise<number> {
-  let total = 0;
-  for (const name of names) {
-    const st = await stat(join(dir, name)).catch(() => undefined);
-    if (st) total += st.blocks * 512;
-  }
-  return total;
 }

@@ -43,8 +43,7 @@ t.test('member addresses through Raft, status --cluster', { timeout: 600_000 }, 
       200,
     );
 
-  await everyoneAgrees('every member to list all three admin and NBD addresses', [0, 1, 2]);
-  t.pass('every member lists all three admin and NBD addresses');
+  await t.resolves(everyoneAgrees('every member to list all three admin and NBD addresses', [0, 1, 2]), 'every member lists all three admin and NBD addresses');
   const table = await cli(['--endpoints', adminOf(1), 'members', 'list']);
   t.equal(table.code, 0, table.stderr);
   for (let i = 0; i < 3; i++) {
@@ -102,8 +101,7 @@ t.test('member addresses through Raft, status --cluster', { timeout: 600_000 }, 
   const slot = cluster.slot(2);
   slot.ports = { ...slot.ports, nbd: nbd!, admin: admin! };
   await cluster.startNode(2);
-  await everyoneAgrees('the new addresses of node3 on every member', [0, 1, 2]);
-  t.pass('node3 restarted on new ports: every member lists its new addresses');
+  await t.resolves(everyoneAgrees('the new addresses of node3 on every member', [0, 1, 2]), 'node3 restarted on new ports: every member lists its new addresses');
 
   // A killed member is a row saying so; the command still succeeds.
   await cluster.kill(1);
