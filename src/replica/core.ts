@@ -28,6 +28,8 @@ export interface ReplicaCore {
   readonly sender: SnapshotSender;
   readonly receiver: SnapshotReceiver;
   readonly housekeeping: { noteConf(index: number, confState: ConfState): void };
+  /** The learner whose promotion to voter is proposed and not yet applied: compaction keeps its log. */
+  readonly membership: { readonly promotingLearner: string | undefined };
   readonly bugs: PlantedBugs;
   readonly startedAt: number;
   readonly walLastIndexAtStart: number;

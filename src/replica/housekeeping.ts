@@ -96,6 +96,10 @@ export class Housekeeping {
       } else target = Math.min(target, held);
     }
     if (st.role === Role.Leader) {
+      const promoting = this.r.membership.promotingLearner;
+      const pp = promoting !== undefined ? st.progress[promoting] : undefined;
+      // A learner being promoted keeps its log whatever its lag (bounded in bytes, as a snapshot hold).
+      if (pp && pp.match > 0 && log.payloadBytesBetween(pp.match, target) <= this.tuning.walRetainBytesMax) target = Math.min(target, pp.match);
       for (const [id, pr] of Object.entries(st.progress)) {
         if (id === this.r.nodeId) continue;
         // A follower close behind keeps its entries; one far behind (in entries

@@ -33,6 +33,13 @@ export class Membership {
   /** Learners this leader was asked to add: promoted once promotionBlocker() has nothing to say. */
   private readonly autoPromote = new Set<string>();
   private promoting = false;
+  /**
+   * The learner whose promotion is proposed and not yet applied. It was
+   * fit to vote when proposed (promotionBlocker); compaction must not then
+   * move the leader's snapshot past it before the change applies, or it
+   * becomes a voter that needs a snapshot (sim seeds 3001850, 3002269).
+   */
+  promotingLearner: string | undefined;
   readonly verifier: ReplicaVerifier;
 
   constructor(private readonly r: Replica) {
@@ -130,7 +137,12 @@ export class Membership {
     if (!st.confState.learners.includes(id)) throw new ReplicaError('XDEVICE_ERR_NOT_FOUND', `${id} is not a learner`);
     const why = this.promotionBlocker(id);
     if (why) throw new ReplicaError('XDEVICE_ERR_NOT_READY', `${id} cannot vote yet: ${why}`);
-    await this.proposeConfChange(confChanges.addVoter(id, Buffer.from(r.store.memberAddresses()[id] ?? r.transport.peerAddress(id) ?? '')));
+    this.promotingLearner = id;
+    try {
+      await this.proposeConfChange(confChanges.addVoter(id, Buffer.from(r.store.memberAddresses()[id] ?? r.transport.peerAddress(id) ?? '')));
+    } finally {
+      if (this.promotingLearner === id) this.promotingLearner = undefined;
+    }
     this.autoPromote.delete(id);
   }
 

@@ -19,7 +19,7 @@ import { runReplicaSeed } from './replica-sim.ts';
  *   24   a complete snapshot staging Raft never took was installed at restart (stale reads)
  *   479, 502  WAL segment heads torn by a power cut (fixed in src/wal)
  */
-const REGRESSION_SEEDS = [11, 24, 59, 106, 479, 502, 554];
+const REGRESSION_SEEDS = [11, 24, 59, 106, 479, 502, 554, 3001850, 3002269];
 
 await runSeedRange(t, 1, Number(process.env.XDEVICE_SIM_SEEDS ?? 150));
 

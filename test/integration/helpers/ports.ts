@@ -1,8 +1,12 @@
 // Free loopback ports for real processes: bind port 0, note it, close.
-// Several ports are reserved together so one test's nodes never collide.
+// The kernel may hand the same ephemeral port out again once it is closed
+// (a CI run saw node1 and node3 given one peer port), so every port handed
+// out in this process is remembered and never handed out twice.
 import { createServer } from 'node:net';
 
-export async function freePort(host = '127.0.0.1'): Promise<number> {
+const handedOut = new Set<number>();
+
+async function bindAndClose(host: string): Promise<number> {
   return await new Promise((resolve, reject) => {
     const s = createServer();
     s.unref();
@@ -14,8 +18,18 @@ export async function freePort(host = '127.0.0.1'): Promise<number> {
   });
 }
 
+/** A port free now and never returned before by this process. */
+export async function freePort(host = '127.0.0.1'): Promise<number> {
+  for (;;) {
+    const port = await bindAndClose(host);
+    if (handedOut.has(port)) continue;
+    handedOut.add(port);
+    return port;
+  }
+}
+
 export async function freePorts(n: number, host = '127.0.0.1'): Promise<number[]> {
-  const ports = new Set<number>();
-  while (ports.size < n) ports.add(await freePort(host));
-  return [...ports];
+  const ports: number[] = [];
+  while (ports.length < n) ports.push(await freePort(host));
+  return ports;
 }
