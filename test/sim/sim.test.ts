@@ -18,6 +18,7 @@ import { runReplicaSeed } from './replica-sim.ts';
  *   554  an AppResp for entries already in the log went out before they were durable
  *   24   a complete snapshot staging Raft never took was installed at restart (stale reads)
  *   479, 502  WAL segment heads torn by a power cut (fixed in src/wal)
+ *   3001850, 3002269  compaction moved the leader's snapshot past a learner between its promotion's proposal and apply
  */
 const REGRESSION_SEEDS = [11, 24, 59, 106, 479, 502, 554, 3001850, 3002269];
 
