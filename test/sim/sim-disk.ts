@@ -346,7 +346,7 @@ export class SimDisk implements DiskIo {
 
   pwrite(file: DiskFile, buf: Uint8Array, position: number): Promise<number> {
     // The caller may reuse its buffer once this settles, not before: take the bytes now.
-    const data = Uint8Array.from(buf);
+    const data = new Uint8Array(buf);
     return this.fileOp(
       file,
       'pwrite',
@@ -360,7 +360,7 @@ export class SimDisk implements DiskIo {
   }
 
   pwriteBatch(file: DiskFile, bufs: Uint8Array[], positions: number[]): Promise<number> {
-    const data = bufs.map((b) => Uint8Array.from(b));
+    const data = bufs.map((b) => new Uint8Array(b));
     const at = [...positions];
     return this.fileOp(
       file,
@@ -522,7 +522,7 @@ export class SimDisk implements DiskIo {
   }
 
   writeFile(path: string, data: Uint8Array, opts: { sync?: boolean } = {}): Promise<void> {
-    const bytes = Uint8Array.from(data);
+    const bytes = new Uint8Array(data);
     return this.op(`writeFile ${path} ${bytes.length}`, () => {
       let inode = this.lookup(path);
       if (inode?.isDir) throw simError('EISDIR', 'open', path);
