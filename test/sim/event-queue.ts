@@ -16,8 +16,10 @@ export class EventQueue<T extends Timed> {
     return this.heap.length;
   }
 
+  /** Queues `ev` (a fresh object the caller hands over: its `seq` is set here). */
   push(ev: WithoutSeq<T>): void {
-    const e = { ...ev, seq: this.seq++ } as T;
+    const e = ev as T;
+    e.seq = this.seq++;
     const h = this.heap;
     h.push(e);
     let i = h.length - 1;
