@@ -102,6 +102,9 @@ export function parseClientsFile(data: Buffer | string, fileName: string): Clien
     if (k === 'token') {
       const m = HASH_RE.exec(fields[3]!);
       if (!m) fail('the token hash must be sha256: and 64 lowercase hex digits (xdevice-cli client add writes it)');
+      const same = seen.get(m![1]!);
+      if (same !== undefined) fail(`the same token hash as line ${same}: one token would be two clients`);
+      seen.set(m![1]!, i + 1);
       entries.push({ kind: 'token', name, role, hash: Buffer.from(m![1]!, 'hex'), line: i + 1 });
     } else {
       entries.push({ kind: 'cert', name, role, line: i + 1 });
