@@ -120,15 +120,15 @@ export class AdminClient {
     throw new AdminClientError('XDEVICE_ERR_UNREACHABLE', `no endpoint answered: ${errors.join('; ')}`);
   }
 
-  /** Status of every endpoint (unreachable ones as errors). */
-  async statusAll(): Promise<{ endpoint: string; status?: NodeStatus; error?: string }[]> {
+  /** Status of every endpoint (unreachable or refusing ones as errors, with the error's code). */
+  async statusAll(): Promise<{ endpoint: string; status?: NodeStatus; error?: string; code?: string }[]> {
     return await Promise.all(
       this.endpoints.map(async (endpoint) => {
         try {
           const res = this.check(await this.call<NodeStatus>(endpoint, 'GET', '/status'));
           return { endpoint, status: res.body };
         } catch (err) {
-          return { endpoint, error: (err as Error).message };
+          return { endpoint, error: (err as Error).message, ...(err instanceof AdminClientError ? { code: err.code } : {}) };
         }
       }),
     );
@@ -151,6 +151,8 @@ export class AdminClient {
         // try the next one
       }
     }
+    const refused = all.find((s) => s.code === 'XDEVICE_ERR_UNAUTHORIZED');
+    if (all.every((s) => s.error) && refused) throw new AdminClientError(refused.code!, refused.error!, 401);
     if (all.every((s) => s.error)) throw new AdminClientError('XDEVICE_ERR_UNREACHABLE', `no endpoint answered: ${all.map((s) => s.error).join('; ')}`);
     // A member that knows the leader forwards what Raft can forward (device
     // changes); leader-only calls come back 421 naming the leader.

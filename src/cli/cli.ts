@@ -269,6 +269,7 @@ export function buildCli(args: string[]): Argv<GlobalArgs> {
         const c = client(argv);
         const rows = argv.cluster ? await clusterStatus(c) : await endpointStatus(c);
         print(argv, rows, () => statusTable(rows));
+        if (rows.every((r) => r.error === 'unauthorised')) throw new CliExit(EXIT.unauthorised, 'not authorised (give --token, or --cert/--key)');
         if (rows.every((r) => r.error)) throw new CliExit(EXIT.unreachable, argv.cluster ? 'no member answered' : 'no endpoint answered');
       },
     )
