@@ -180,6 +180,10 @@ const limitValues = {
   // ---- Admin (src/admin) ---------------------------------------------------
   /** Recent events (leader changes, lost peers, membership) the status page can show. */
   statusPageEventsMax: 100,
+  /** Lines (clients) in admin-clients-file: the table is searched on every request. */
+  adminClientsMax: 1024,
+  /** Size of admin-clients-file (1024 lines of about 100 bytes, with room for comments). */
+  adminClientsFileBytesMax: 256 * KiB,
 } satisfies Record<string, number>;
 
 export type Limits = { readonly [K in keyof typeof limitValues]: number };

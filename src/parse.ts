@@ -130,3 +130,18 @@ export function deviceSizeProblem(size: number): string | undefined {
   if (size % limits.deviceSizeAlignmentBytes !== 0) return `device size must be a multiple of ${limits.deviceSizeAlignmentBytes} bytes, got ${size}`;
   return undefined;
 }
+
+/** The admin routes `admin-anonymous-read` can open to callers without credentials. */
+export const ANONYMOUS_READS = ['metrics', 'health'] as const;
+export type AnonymousRead = (typeof ANONYMOUS_READS)[number];
+
+/** "metrics,health", "metrics", "" → the routes opened to anonymous viewers (each named once). */
+export function parseAnonymousReads(text: string): AnonymousRead[] {
+  const out: AnonymousRead[] = [];
+  for (const part of text.split(',').map((s) => s.trim()).filter(Boolean)) {
+    if (!(ANONYMOUS_READS as readonly string[]).includes(part)) throw new Error(`"${part}" cannot be opened to anonymous readers (only ${ANONYMOUS_READS.join(', ')})`);
+    if (out.includes(part as AnonymousRead)) throw new Error(`"${part}" given twice`);
+    out.push(part as AnonymousRead);
+  }
+  return out;
+}

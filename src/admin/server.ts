@@ -1,4 +1,7 @@
-// The HTTP admin API: loopback by default, a bearer token when configured.
+// The HTTP admin API: loopback and open by default; with credentials
+// configured, every route needs the role ./routes.ts names for it, proved by a
+// bearer token or (on the HTTPS listener, admin-tls-*) a client certificate
+// (./access.ts). Changes and refusals are recorded through an AuditSink.
 //
 //   GET    /health            200 healthy / 503 not, with the checks
 //   GET    /status            role, term, leader, commit/applied, peers, version, WAL/data bytes, free space
@@ -9,17 +12,23 @@
 //   GET    /metrics           Prometheus text format
 //   GET    /                  the status page (HTML; reads the endpoints above)   GET /events  its recent events
 //
-// Errors are JSON {error: {code, message}} with a status a script can act on.
+// Errors are JSON {error: {code, message}} with a status a script can act on:
+// 401 (with WWW-Authenticate) for missing or wrong credentials, 403 for a
+// principal whose role is too low.
 
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { timingSafeEqual } from 'node:crypto';
+import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
+import type { TLSSocket } from 'node:tls';
 import type { Registry } from 'prom-client';
 import type { Logger } from 'pino';
 import type { DeviceInfo, NodeApi } from './api.ts';
 import { XDeviceError } from '../errors.ts';
-import { parseDeviceName, parseDeviceSize, parseNodeId, parsePeers } from '../parse.ts';
+import { formatHostPort, parseDeviceName, parseDeviceSize, parseNodeId, parsePeers } from '../parse.ts';
+import { maskSecrets, NO_AUDIT, type AuditEvent, type AuditSink } from '../audit/event.ts';
 import { STATUS_PAGE_HTML, type EventLog } from './status-page.ts';
+import { authenticate, OPEN_ACCESS, type AccessTable, type Credentials, type Principal } from './access.ts';
+import { roleAllows, routeKey, ROUTES, type RouteRule } from './routes.ts';
 
 const BODY_BYTES_MAX = 64 * 1024;
 
@@ -46,10 +55,20 @@ export interface AdminServerOptions {
   exports?: ExportClients;
   metrics: Registry;
   logger: Logger;
-  /** Bearer token; empty = no authentication (loopback only is the default). */
-  token?: string;
+  /** Who may call what; default open (no credentials configured: loopback only). */
+  access?: AccessTable;
+  /** HTTPS instead of HTTP; with `ca`, client certificates are requested and verified against it. */
+  tls?: AdminTls;
+  /** Where changes, authentication failures and refusals are recorded. */
+  audit?: AuditSink;
   /** Recent events for the status page (GET /events). */
   events?: EventLog;
+}
+
+export interface AdminTls {
+  cert: Buffer;
+  key: Buffer;
+  ca?: Buffer | undefined;
 }
 
 /** Maps errors thrown by the node to HTTP statuses. */
@@ -87,19 +106,28 @@ function statusFor(err: unknown): { status: number; code: string; message: strin
 
 export class AdminServer {
   private readonly server: Server;
-  private token: string;
+  private access: AccessTable;
+  private readonly audit: AuditSink;
 
   constructor(private readonly options: AdminServerOptions) {
-    this.token = options.token ?? '';
-    this.server = createServer((req, res) => {
+    this.access = options.access ?? OPEN_ACCESS;
+    this.audit = options.audit ?? NO_AUDIT;
+    const handler = (req: IncomingMessage, res: ServerResponse): void => {
       this.handle(req, res).catch((err) => this.fail(res, err));
-    });
+    };
+    const tls = options.tls;
+    // Without rejectUnauthorized a bad certificate still connects: it gets a 401
+    // that says why (and is audited) rather than a bare handshake failure, and
+    // token clients need no certificate at all.
+    this.server = tls
+      ? createHttpsServer({ cert: tls.cert, key: tls.key, ...(tls.ca ? { ca: tls.ca, requestCert: true, rejectUnauthorized: false } : {}) }, handler)
+      : createServer(handler);
     this.server.keepAliveTimeout = 5_000;
   }
 
-  /** SIGHUP: the token can change without a restart. */
-  setToken(token: string): void {
-    this.token = token;
+  /** SIGHUP: the clients, the token and the anonymous reads can change without a restart. */
+  setAccess(access: AccessTable): void {
+    this.access = access;
   }
 
   async listen(host: string, port: number): Promise<{ host: string; port: number }> {
@@ -121,14 +149,44 @@ export class AdminServer {
     });
   }
 
-  private authorised(req: IncomingMessage): boolean {
-    if (!this.token) return true;
-    const header = req.headers.authorization ?? '';
-    const m = /^Bearer\s+(.+)$/i.exec(header);
-    if (!m) return false;
-    const given = Buffer.from(m[1]!.trim());
-    const want = Buffer.from(this.token);
-    return given.length === want.length && timingSafeEqual(given, want);
+  /** The credentials a request carries: its Authorization header, and a client certificate on the HTTPS listener. */
+  private credentials(req: IncomingMessage): Credentials {
+    const socket = req.socket as TLSSocket;
+    let certificate: Credentials['certificate'];
+    if (socket.encrypted && this.options.tls?.ca) {
+      const cert = socket.getPeerCertificate();
+      if (cert && Object.keys(cert).length > 0) {
+        const cn = cert.subject?.CN;
+        certificate = { verified: socket.authorized, error: socket.authorizationError?.toString(), cn: typeof cn === 'string' ? cn : undefined };
+      }
+    }
+    return { authorization: req.headers.authorization, certificate };
+  }
+
+  /** Who asked and whether it may call this route; a refusal is logged, audited and thrown as 401 or 403. */
+  private authorise(req: IncomingMessage, rule: RouteRule | undefined, method: string, path: string): Principal {
+    // The status page holds no data: credentials, right or wrong, do not matter to it.
+    if (rule?.role === 'public') return { name: 'anonymous', role: undefined };
+    const auth = authenticate(this.access, this.credentials(req));
+    const source = sourceOf(req);
+    const refuse = (status: 401 | 403, principal: string, reason: string, args: Record<string, unknown>): never => {
+      this.options.logger.warn({ remote: source, principal, method, path, reason }, status === 401 ? 'admin API: not authenticated' : 'admin API: forbidden');
+      this.audit.record({ operation: status === 401 ? 'auth.failure' : 'auth.forbidden', principal, source, args: { method, path, ...args }, outcome: 'refused', reason, scope: 'node' });
+      if (status === 401) {
+        throw new HttpError(401, 'XDEVICE_ERR_UNAUTHORIZED', `${reason}: give a bearer token (xdevice-cli --token) or a client certificate (--cert/--key)`);
+      }
+      throw new HttpError(403, 'XDEVICE_ERR_FORBIDDEN', reason, { needs: args.needs });
+    };
+    if (!auth.ok) return refuse(401, auth.principal, auth.reason, {});
+    const { principal } = auth;
+    if (principal.role === undefined) {
+      if (rule?.anonymous && this.access.anonymousReads.has(rule.anonymous)) return { name: principal.name, role: 'viewer' };
+      return refuse(401, principal.name, 'credentials required', {});
+    }
+    if (rule && !roleAllows(principal.role, rule.role)) {
+      return refuse(403, principal.name, `${principal.name} has role ${principal.role}; ${method} ${path} needs ${rule.role}`, { needs: rule.role, role: principal.role });
+    }
+    return principal;
   }
 
   private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
@@ -140,28 +198,48 @@ export class AdminServer {
       throw new HttpError(400, 'XDEVICE_ERR_INVALID', 'bad request URL');
     }
     const method = req.method ?? 'GET';
-    if (method === 'GET' && url.pathname === '/') {
-      // The status page holds no data (it reads the endpoints below with the token): no token needed.
-      res.writeHead(200, { 'Content-Type': 'text/html; charset=utf-8', 'Content-Security-Policy': "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'" });
-      res.end(STATUS_PAGE_HTML);
-      return;
-    }
-    if (!this.authorised(req)) {
-      this.options.logger.warn({ remote: req.socket.remoteAddress, method, path: url.pathname }, 'admin API: missing or wrong bearer token');
-      res.setHeader('WWW-Authenticate', 'Bearer realm="xdevice"');
-      throw new HttpError(401, 'XDEVICE_ERR_UNAUTHORIZED', 'missing or wrong bearer token');
-    }
-    const { node } = this.options;
-    let parts: string[];
+    let parts: string[] | undefined;
     try {
       parts = url.pathname.split('/').filter(Boolean).map(decodeURIComponent);
     } catch {
-      throw new HttpError(400, 'XDEVICE_ERR_INVALID', `bad percent-escape in ${url.pathname}`);
+      parts = undefined;
     }
-    if (parts.length > 3) throw new HttpError(404, 'XDEVICE_ERR_NOT_FOUND', `no such endpoint: ${method} ${url.pathname}`);
-    const route = `${method} /${parts[0] ?? ''}${parts.length > 1 ? '/:arg' : ''}${parts.length > 2 ? `/${parts[2]}` : ''}`;
+    const route = parts ? routeKey(method, parts) : '';
+    const rule = parts && parts.length <= 3 ? ROUTES[route] : undefined;
+    // Credentials before anything else, even a 404 or a 400: an unauthenticated caller learns nothing.
+    const principal = this.authorise(req, rule, method, url.pathname);
+    if (!parts) throw new HttpError(400, 'XDEVICE_ERR_INVALID', `bad percent-escape in ${url.pathname}`);
+    if (!rule) throw new HttpError(404, 'XDEVICE_ERR_NOT_FOUND', `no such endpoint: ${method} ${url.pathname}`);
+    if (!rule.audit) return await this.route(req, res, url, route, parts, {});
+    const { operation, scope } = rule.audit;
+    const args: Record<string, unknown> = { path: url.pathname, ...(url.search ? { query: Object.fromEntries(url.searchParams) } : {}) };
+    const record = (outcome: AuditEvent['outcome'], reason?: string): void =>
+      this.audit.record({ operation, principal: principal.name, source: sourceOf(req), args: maskSecrets(args), outcome, scope, ...(reason !== undefined ? { reason } : {}) });
+    try {
+      await this.route(req, res, url, route, parts, args);
+    } catch (err) {
+      const { status, message } = statusFor(err);
+      record(status >= 500 ? 'failed' : 'refused', message);
+      throw err;
+    }
+    record('ok');
+  }
+
+  /** One route's work; the request body it reads is added to `args` (what the audit trail records). */
+  private async route(req: IncomingMessage, res: ServerResponse, url: URL, route: string, parts: string[], args: Record<string, unknown>): Promise<void> {
+    const { node } = this.options;
+    const readJson = async (): Promise<Record<string, unknown>> => {
+      const body = await readJsonBody(req);
+      args.body = body;
+      return body;
+    };
     const force = flag(url.searchParams.get('force'), 'force');
     switch (route) {
+      case 'GET /':
+        // The status page holds no data (it reads the endpoints below with the token): no credentials needed.
+        res.writeHead(200, { 'Content-Type': 'text/html; charset=utf-8', 'Content-Security-Policy': "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'" });
+        res.end(STATUS_PAGE_HTML);
+        return;
       case 'GET /health': {
         const report = await node.health();
         return this.json(res, report.healthy ? 200 : 503, report);
@@ -172,7 +250,7 @@ export class AdminServer {
       case 'GET /members':
         return this.json(res, 200, { members: node.members() });
       case 'POST /members': {
-        const body = await readJson(req);
+        const body = await readJson();
         const id = requireString(body, 'id');
         const address = requireString(body, 'address');
         // The configuration's parser for --peers: the same id and HOST:PORT rules.
@@ -194,14 +272,14 @@ export class AdminServer {
         return this.json(res, 200, { members: node.members() });
       }
       case 'POST /leader': {
-        const body = await readJson(req);
+        const body = await readJson();
         await node.transferLeader(nodeId(requireString(body, 'to')));
         return this.json(res, 200, node.status());
       }
       case 'GET /devices':
         return this.json(res, 200, { devices: await this.devices() });
       case 'POST /devices': {
-        const body = await readJson(req);
+        const body = await readJson();
         const name = badRequest(() => parseDeviceName(requireString(body, 'name')));
         const size = requireSize(body);
         const readOnly = optionalBoolean(body, 'readOnly') ?? false;
@@ -212,7 +290,7 @@ export class AdminServer {
       }
       case 'PATCH /devices/:arg': {
         const name = badRequest(() => parseDeviceName(parts[1]!));
-        const body = await readJson(req);
+        const body = await readJson();
         const readOnly = optionalBoolean(body, 'readOnly');
         if (readOnly !== undefined && body.size === undefined) {
           if (!node.setDeviceReadOnly) throw new HttpError(501, 'XDEVICE_ERR_UNSUPPORTED', 'read-only devices need --backend replicated');
@@ -271,7 +349,8 @@ export class AdminServer {
         return;
       }
       default:
-        throw new HttpError(404, 'XDEVICE_ERR_NOT_FOUND', `no such endpoint: ${method} ${url.pathname}`);
+        // A row in ROUTES without its case here: a bug, not the caller's mistake.
+        throw new HttpError(500, 'XDEVICE_ERR_INTERNAL', `${route} has a row in src/admin/routes.ts but no handler`);
     }
   }
 
@@ -306,11 +385,18 @@ export class AdminServer {
       res.destroy();
       return;
     }
+    if (status === 401) res.setHeader('WWW-Authenticate', 'Bearer realm="xdevice"');
     this.json(res, status, { error: { code, message, ...extra } });
   }
 }
 
-async function readJson(req: IncomingMessage): Promise<Record<string, unknown>> {
+/** The caller's address for logs and the audit trail: `ip:port` (`[v6]:port`). */
+function sourceOf(req: IncomingMessage): string {
+  const { remoteAddress, remotePort } = req.socket;
+  return remoteAddress ? formatHostPort({ host: remoteAddress, port: remotePort ?? 0 }) : 'unknown';
+}
+
+async function readJsonBody(req: IncomingMessage): Promise<Record<string, unknown>> {
   const chunks: Buffer[] = [];
   let size = 0;
   for await (const chunk of req) {

@@ -1,10 +1,14 @@
 // A small client of the admin API that finds its way to the leader, the way
 // etcdctl follows --endpoints: reads go to the first endpoint that answers,
 // changes go to the leader (found through /status, or through a 421 answer).
+// It speaks HTTPS to an https:// endpoint, and to every endpoint when given a
+// CA or a client certificate (an HTTPS admin listener, admin-tls-*).
 
 import { request } from 'node:http';
+import { request as httpsRequest } from 'node:https';
 import { XDeviceError } from '../errors.ts';
 import type { Member, NodeStatus } from '../admin/api.ts';
+import { isIP } from 'node:net';
 import { parseHostPort, type HostPort } from '../parse.ts';
 
 export class AdminClientError extends XDeviceError {
@@ -23,13 +27,28 @@ export interface AdminResponse<T> {
   endpoint: string;
 }
 
+/** PEM contents for HTTPS: the CA that signed the admin listener's certificate, and this client's certificate and key. */
+export interface AdminClientTls {
+  ca?: Buffer | undefined;
+  cert?: Buffer | undefined;
+  key?: Buffer | undefined;
+}
+
 export class AdminClient {
   constructor(
     readonly endpoints: string[],
     private readonly token = '',
     private readonly timeoutMs = 5_000,
+    private readonly tls?: AdminClientTls,
   ) {
     if (endpoints.length === 0) throw new AdminClientError('XDEVICE_ERR_CONFIG', 'no endpoints given');
+  }
+
+  /** HTTPS for an https:// endpoint; for a bare HOST:PORT (a member's published address too) when any endpoint is https:// or TLS material was given. */
+  private https(endpoint: string): boolean {
+    if (/^https:\/\//i.test(endpoint)) return true;
+    if (/^http:\/\//i.test(endpoint)) return false;
+    return this.tls !== undefined || this.endpoints.some((e) => /^https:\/\//i.test(e));
   }
 
   /** One HTTP request to one endpoint; JSON in and out. */
@@ -44,11 +63,13 @@ export class AdminClient {
   async callRaw<T = unknown>(endpoint: string, method: string, path: string, payload?: string | Buffer): Promise<AdminResponse<T>> {
     const { host, port } = endpointAddress(endpoint);
     if (typeof payload === 'string') payload = Buffer.from(payload);
+    const https = this.https(endpoint);
     return await new Promise<AdminResponse<T>>((resolve, reject) => {
-      const req = request(
+      const req = (https ? httpsRequest : request)(
         {
           host,
           port,
+          ...(https ? { ca: this.tls?.ca, cert: this.tls?.cert, key: this.tls?.key, servername: isIP(host) ? undefined : host } : {}),
           method,
           path,
           timeout: this.timeoutMs,
@@ -99,15 +120,15 @@ export class AdminClient {
     throw new AdminClientError('XDEVICE_ERR_UNREACHABLE', `no endpoint answered: ${errors.join('; ')}`);
   }
 
-  /** Status of every endpoint (unreachable ones as errors). */
-  async statusAll(): Promise<{ endpoint: string; status?: NodeStatus; error?: string }[]> {
+  /** Status of every endpoint (unreachable or refusing ones as errors, with the error's code). */
+  async statusAll(): Promise<{ endpoint: string; status?: NodeStatus; error?: string; code?: string }[]> {
     return await Promise.all(
       this.endpoints.map(async (endpoint) => {
         try {
           const res = this.check(await this.call<NodeStatus>(endpoint, 'GET', '/status'));
           return { endpoint, status: res.body };
         } catch (err) {
-          return { endpoint, error: (err as Error).message };
+          return { endpoint, error: (err as Error).message, ...(err instanceof AdminClientError ? { code: err.code } : {}) };
         }
       }),
     );
@@ -130,6 +151,8 @@ export class AdminClient {
         // try the next one
       }
     }
+    const refused = all.find((s) => s.code === 'XDEVICE_ERR_UNAUTHORIZED');
+    if (all.every((s) => s.error) && refused) throw new AdminClientError(refused.code!, refused.error!, 401);
     if (all.every((s) => s.error)) throw new AdminClientError('XDEVICE_ERR_UNREACHABLE', `no endpoint answered: ${all.map((s) => s.error).join('; ')}`);
     // A member that knows the leader forwards what Raft can forward (device
     // changes); leader-only calls come back 421 naming the leader.
@@ -167,10 +190,10 @@ export class AdminClient {
   }
 }
 
-/** An endpoint as HOST:PORT (a leading http:// and a trailing / are allowed), by the one HOST:PORT parser. */
-function endpointAddress(endpoint: string): HostPort {
+/** An endpoint as HOST:PORT (a leading http:// or https:// and a trailing / are allowed), by the one HOST:PORT parser. */
+export function endpointAddress(endpoint: string): HostPort {
   try {
-    return parseHostPort(endpoint.replace(/^https?:\/\//, '').replace(/\/$/, ''));
+    return parseHostPort(endpoint.replace(/^https?:\/\//i, '').replace(/\/$/, ''));
   } catch (err) {
     throw new AdminClientError('XDEVICE_ERR_CONFIG', `endpoint: ${(err as Error).message}`);
   }

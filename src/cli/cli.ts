@@ -6,11 +6,12 @@
 //   5 the kernel cannot attach NBD devices
 
 import { spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import yargs, { type Argv } from 'yargs';
 import { hideBin } from 'yargs/helpers';
-import { AdminClient, AdminClientError } from './admin-client.ts';
-import { formatSize, parseDeviceName, parseDeviceSize, parseHostPort, parseNodeId, parsePeers } from '../parse.ts';
+import { AdminClient, AdminClientError, endpointAddress, type AdminClientTls } from './admin-client.ts';
+import { addClient } from './client-add.ts';
+import { formatSize, parseDeviceName, parseDeviceSize, parseNodeId, parsePeers } from '../parse.ts';
 import { ProgressBar, renderTable, type OutputFormat } from './output.ts';
 import { clusterHealth, clusterStatus, endpointHealth, endpointStatus, healthTable, statusTable } from './cluster-status.ts';
 import { VERSION } from '../version.ts';
@@ -22,6 +23,9 @@ interface GlobalArgs {
   endpoints: string;
   w: OutputFormat;
   token: string;
+  cacert: string;
+  cert: string;
+  key: string;
   timeout: number;
 }
 
@@ -49,7 +53,15 @@ function arg<T>(what: string, parse: () => T): T {
 
 function client(argv: GlobalArgs): AdminClient {
   const endpoints = argv.endpoints.split(',').map((s) => s.trim()).filter(Boolean);
-  return new AdminClient(endpoints, argv.token, argv.timeout * 1000);
+  return new AdminClient(endpoints, argv.token, argv.timeout * 1000, clientTls(argv));
+}
+
+/** --cacert/--cert/--key as PEM contents (any of them means HTTPS), or undefined for none. */
+function clientTls(argv: GlobalArgs): AdminClientTls | undefined {
+  if (!argv.cacert && !argv.cert && !argv.key) return undefined;
+  if (!argv.cert !== !argv.key) usage('--cert and --key go together');
+  const read = (flag: string, path: string): Buffer | undefined => (path ? arg(flag, () => readFileSync(path)) : undefined);
+  return { ca: read('--cacert', argv.cacert), cert: read('--cert', argv.cert), key: read('--key', argv.key) };
 }
 
 /** Every endpoint's view of a device's connected NBD clients (those that answer). */
@@ -233,6 +245,9 @@ export function buildCli(args: string[]): Argv<GlobalArgs> {
     })
     .option('w', { alias: 'write-out', choices: ['table', 'json'] as const, default: 'table' as OutputFormat, describe: 'output format' })
     .option('token', { type: 'string', default: process.env.XDEVICE_ADMIN_TOKEN ?? '', describe: 'admin API bearer token (or XDEVICE_ADMIN_TOKEN)' })
+    .option('cacert', { type: 'string', default: process.env.XDEVICE_ADMIN_CACERT ?? '', describe: 'CA (PEM) of an HTTPS admin API (or XDEVICE_ADMIN_CACERT); implies HTTPS' })
+    .option('cert', { type: 'string', default: process.env.XDEVICE_ADMIN_CERT ?? '', describe: 'client certificate (PEM) for an HTTPS admin API (or XDEVICE_ADMIN_CERT); its CN names the client' })
+    .option('key', { type: 'string', default: process.env.XDEVICE_ADMIN_KEY ?? '', describe: 'private key (PEM) of --cert (or XDEVICE_ADMIN_KEY)' })
     .option('timeout', { type: 'string', default: '10', describe: 'seconds to wait for one request' })
     .coerce('timeout', (v: unknown): number => {
       if (Array.isArray(v)) usage('--timeout given more than once');
@@ -242,7 +257,7 @@ export function buildCli(args: string[]): Argv<GlobalArgs> {
       if (Array.isArray(v)) usage('--endpoints given more than once: give one comma-separated list (--endpoints=H:P,H:P)');
       const list = String(v).split(',').map((e) => e.trim()).filter(Boolean);
       if (list.length === 0) usage('--endpoints: no endpoint given');
-      for (const e of list) arg('--endpoints', () => parseHostPort(e));
+      for (const e of list) arg('--endpoints', () => endpointAddress(e));
       return list.join(',');
     }) as unknown as Argv<GlobalArgs>
   )
@@ -254,6 +269,7 @@ export function buildCli(args: string[]): Argv<GlobalArgs> {
         const c = client(argv);
         const rows = argv.cluster ? await clusterStatus(c) : await endpointStatus(c);
         print(argv, rows, () => statusTable(rows));
+        if (rows.every((r) => r.error === 'unauthorised')) throw new CliExit(EXIT.unauthorised, 'not authorised (give --token, or --cert/--key)');
         if (rows.every((r) => r.error)) throw new CliExit(EXIT.unreachable, argv.cluster ? 'no member answered' : 'no endpoint answered');
       },
     )
@@ -266,7 +282,7 @@ export function buildCli(args: string[]): Argv<GlobalArgs> {
         const rows = argv.cluster ? await clusterHealth(c) : await endpointHealth(c);
         print(argv, rows, () => healthTable(rows));
         if (rows.every((r) => r.error && r.error !== 'unauthorised')) throw new CliExit(EXIT.unreachable, 'no endpoint answered');
-        if (rows.some((r) => r.error === 'unauthorised')) throw new CliExit(EXIT.unauthorised, 'not authorised (give --token)');
+        if (rows.some((r) => r.error === 'unauthorised')) throw new CliExit(EXIT.unauthorised, 'not authorised (give --token, or --cert/--key)');
         if (!rows.every((r) => r.healthy)) throw new CliExit(EXIT.failed, 'unhealthy endpoints');
       },
     )
@@ -401,6 +417,33 @@ export function buildCli(args: string[]): Argv<GlobalArgs> {
         )
         .demandCommand(1, 'say which: create, list, delete, resize, set, verify'),
     )
+    .command('client', 'admin API clients (the node’s admin-clients-file)', (y) =>
+      y
+        .command(
+          'add',
+          'mint a client: a token client gets a new token, printed once (only its hash is stored); --kind cert maps a certificate CN instead',
+          (y) =>
+            y
+              .option('name', { type: 'string', demandOption: true, describe: 'client name (with --kind cert: the certificate subject CN)' })
+              .option('role', { choices: ['viewer', 'operator', 'admin'] as const, demandOption: true, describe: 'viewer: reads; operator: + devices and leadership; admin: + membership' })
+              .option('file', { type: 'string', demandOption: true, describe: 'the clients file (created mode 600); send the node SIGHUP to load it' })
+              .option('kind', { choices: ['token', 'cert'] as const, default: 'token' as const, describe: 'token: a new bearer token; cert: a client certificate (verified by admin-tls-ca) whose subject CN is --name' }),
+          (argv) => {
+            let added;
+            try {
+              added = addClient({ file: argv.file, name: argv.name, role: argv.role, cert: argv.kind === 'cert' });
+            } catch (err) {
+              throw new CliExit(EXIT.failed, `client add: ${(err as Error).message}`);
+            }
+            print(argv, added, () =>
+              added.token !== undefined
+                ? `${added.token}\n# client ${added.name} (${added.role}) added to ${added.file}; this token is shown once: keep it (xdevice-cli --token, XDEVICE_ADMIN_TOKEN); SIGHUP the node to load it\n`
+                : `# certificate CN ${added.name} (${added.role}) added to ${added.file}; SIGHUP the node to load it\n`,
+            );
+          },
+        )
+        .demandCommand(1, 'say which: add'),
+    )
     .command(
       'attach',
       'attach an export to a kernel NBD device with nbd-client',
@@ -462,7 +505,7 @@ function exitCodeFor(err: unknown): number {
   if (err instanceof CliExit) return err.exitCode;
   if (err instanceof AdminClientError) {
     if (err.code === 'XDEVICE_ERR_UNREACHABLE' || err.code === 'XDEVICE_ERR_NO_LEADER') return EXIT.unreachable;
-    if (err.code === 'XDEVICE_ERR_UNAUTHORIZED') return EXIT.unauthorised;
+    if (err.code === 'XDEVICE_ERR_UNAUTHORIZED' || err.code === 'XDEVICE_ERR_FORBIDDEN') return EXIT.unauthorised;
     if (err.code === 'XDEVICE_ERR_CONFIG') return EXIT.usage;
   }
   return EXIT.failed;

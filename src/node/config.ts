@@ -16,7 +16,7 @@ import { VERSION } from '../version.ts';
 import { loadPeerAuth } from '../cluster/peer-auth.ts';
 import type { LogFormat } from '../log.ts';
 import type { TlsMode } from '../nbd/tls.ts';
-import { formatHostPort, formatSize, parseDevice, parseHostPort, parseNodeId, parsePeers, parseSize, type DeviceSpec, type HostPort } from '../parse.ts';
+import { formatHostPort, formatSize, parseAnonymousReads, parseDevice, parseHostPort, parseNodeId, parsePeers, parseSize, type AnonymousRead, type DeviceSpec, type HostPort } from '../parse.ts';
 
 export class ConfigError extends XDeviceError {
   constructor(message: string) {
@@ -42,6 +42,11 @@ export interface NodeConfig {
   peerTlsCa: string;
   insecurePeers: boolean;
   adminToken: string;
+  adminClientsFile: string;
+  adminAnonymousRead: AnonymousRead[];
+  adminTlsCert: string;
+  adminTlsKey: string;
+  adminTlsCa: string;
   tls: TlsMode;
   tlsCert: string;
   tlsKey: string;
@@ -55,7 +60,7 @@ export interface NodeConfig {
   readyLine: boolean;
 }
 
-type Kind = 'string' | 'hostport' | 'devices' | 'peers' | 'boolean' | 'size' | { oneOf: readonly string[] };
+type Kind = 'string' | 'hostport' | 'devices' | 'peers' | 'boolean' | 'size' | 'anonymous-reads' | { oneOf: readonly string[] };
 
 interface KeySpec {
   key: string;
@@ -84,7 +89,12 @@ export const CONFIG_KEYS: readonly KeySpec[] = [
   { key: 'peer-tls-key', field: 'peerTlsKey', kind: 'string', default: '', describe: 'private key (PEM) for peer mutual TLS' },
   { key: 'peer-tls-ca', field: 'peerTlsCa', kind: 'string', default: '', describe: 'CA (PEM) that signed every peer certificate' },
   { key: 'insecure-peers', field: 'insecurePeers', kind: 'boolean', default: 'false', describe: 'accept unauthenticated peers (loopback experiments only; warns)' },
-  { key: 'admin-token', field: 'adminToken', kind: 'string', default: '', describe: 'bearer token required by the admin API', reloadable: true },
+  { key: 'admin-token', field: 'adminToken', kind: 'string', default: '', describe: 'bearer token of one admin API client named "token" with role admin', reloadable: true },
+  { key: 'admin-clients-file', field: 'adminClientsFile', kind: 'string', default: '', describe: 'file (mode 600) of admin API clients and roles: "token NAME ROLE sha256:HEX" and "cert CN ROLE" lines (xdevice-cli client add)', reloadable: true },
+  { key: 'admin-anonymous-read', field: 'adminAnonymousRead', kind: 'anonymous-reads', default: '', describe: 'admin routes open to callers without credentials when credentials are configured: metrics, health (comma-separated)', reloadable: true },
+  { key: 'admin-tls-cert', field: 'adminTlsCert', kind: 'string', default: '', describe: 'X.509 certificate (PEM): the admin API speaks HTTPS' },
+  { key: 'admin-tls-key', field: 'adminTlsKey', kind: 'string', default: '', describe: 'private key (PEM) for the admin API’s HTTPS' },
+  { key: 'admin-tls-ca', field: 'adminTlsCa', kind: 'string', default: '', describe: 'CA (PEM) that signs admin client certificates; their subject CN maps to a role by "cert" lines in admin-clients-file' },
   { key: 'tls', field: 'tls', kind: { oneOf: ['off', 'on', 'require'] }, default: 'off', describe: 'NBD STARTTLS: off, on (offered), require' },
   { key: 'tls-cert', field: 'tlsCert', kind: 'string', default: '', describe: 'X.509 certificate (PEM) for NBD TLS' },
   { key: 'tls-key', field: 'tlsKey', kind: 'string', default: '', describe: 'private key (PEM) for NBD TLS' },
@@ -117,6 +127,8 @@ function parseValue(spec: KeySpec, raw: string | string[]): unknown {
       return parseSize(one);
     case 'peers':
       return parsePeers(values.join(','));
+    case 'anonymous-reads':
+      return parseAnonymousReads(one);
     case 'devices': {
       const devices = values.flatMap((v) => v.split(',')).map((s) => s.trim()).filter(Boolean).map(parseDevice);
       const seen = new Set<string>();
@@ -233,6 +245,8 @@ const NON_CONFIG_ENV = new Set([
   'XDEVICE_TEST_BACKEND', 'XDEVICE_TEST_TMP', 'XDEVICE_TEST_LOG', 'XDEVICE_KEEP_TMP', 'XDEVICE_KEEP_TEST_DIRS', 'XDEVICE_NEMESIS_SECONDS',
   'XDEVICE_PGBENCH_SECONDS', 'XDEVICE_CATCHUP_MIB', 'XDEVICE_FUZZ_FRAMES', 'XDEVICE_SIM_SEEDS', 'XDEVICE_SIM_FROM', 'XDEVICE_SIM_HOSTILE_SEEDS',
   'XDEVICE_WAL_CRASH_CYCLES', 'XDEVICE_NBD_FUZZ_CONNECTIONS', 'XDEVICE_BENCH_DIR',
+  // xdevice-cli's client certificate for an HTTPS admin API.
+  'XDEVICE_ADMIN_CACERT', 'XDEVICE_ADMIN_CERT', 'XDEVICE_ADMIN_KEY',
 ]);
 
 function crossCheck(c: NodeConfig): void {
@@ -248,6 +262,7 @@ function crossCheck(c: NodeConfig): void {
     throw new ConfigError('tls: needs tls-psk, or tls-cert and tls-key');
   }
   if ((c.tlsCert === '') !== (c.tlsKey === '')) throw new ConfigError('tls-cert and tls-key go together');
+  checkAdminAccess(c);
   if (c.join && Object.keys(c.peers).length === 0) throw new ConfigError('join: needs peers (the existing members to contact)');
   if (c.devices.length === 0) throw new ConfigError('device: at least one device is needed');
   if (c.backend === 'replicated') {
@@ -257,6 +272,28 @@ function crossCheck(c: NodeConfig): void {
       throw new ConfigError((err as Error).message);
     }
   }
+}
+
+/**
+ * The admin listener's settings hang together, and one reachable from other
+ * hosts has credentials: an open admin API there would let anyone delete
+ * devices. (The clients file itself is read by the admin wiring, so SIGHUP
+ * can reload it and keep the old table when it is bad.)
+ */
+function checkAdminAccess(c: NodeConfig): void {
+  if ((c.adminTlsCert === '') !== (c.adminTlsKey === '')) throw new ConfigError('admin-tls-cert and admin-tls-key go together');
+  if (c.adminTlsCa && !c.adminTlsCert) throw new ConfigError('admin-tls-ca: client certificates need the HTTPS listener: set admin-tls-cert and admin-tls-key');
+  if (c.adminTlsCa && !c.adminClientsFile) throw new ConfigError('admin-tls-ca: a certificate\'s role comes from a "cert CN ROLE" line in admin-clients-file: set it');
+  if (!c.adminClientsFile && !c.adminToken && !isLoopbackHost(c.adminListen.host)) {
+    throw new ConfigError(
+      `admin-listen ${formatHostPort(c.adminListen)} is reachable from other hosts and the admin API has no credentials: set admin-clients-file (xdevice-cli client add) or admin-token, or listen on 127.0.0.1`,
+    );
+  }
+}
+
+/** 127.0.0.0/8, ::1 and localhost: only this host can connect. */
+export function isLoopbackHost(host: string): boolean {
+  return host === 'localhost' || host === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host) || /^::ffff:127\./i.test(host);
 }
 
 /** The effective configuration for the start-up log, secrets masked. */

@@ -11,7 +11,7 @@
 //
 // Signals: SIGTERM/SIGINT stop accepting, finish in-flight requests,
 // checkpoint and exit 0; SIGHUP reloads what can change without a restart
-// (log-level, admin-token). Exit codes: src/exit-codes.ts (2: refused to
+// (log-level, admin-token, admin-clients-file, admin-anonymous-read). Exit codes: src/exit-codes.ts (2: refused to
 // start, naming why; 1: failed; 10: removed from the cluster).
 
 import { realpathSync } from 'node:fs';
@@ -23,7 +23,7 @@ import { START_REFUSAL_CODES } from '../cluster/data-dir.ts';
 import { NODE_EXIT } from '../exit-codes.ts';
 import type { XDeviceError } from '../errors.ts';
 import { CONFIG_KEYS, ConfigError, readConfiguration, type LoadedConfig } from './config.ts';
-import { startNode, type RunningNode } from './serve.ts';
+import { adminAccess, startNode, type RunningNode } from './serve.ts';
 
 export async function main(argv = hideBin(process.argv)): Promise<void> {
   let loaded: LoadedConfig & { configFile?: string };
@@ -133,10 +133,15 @@ function handleSignals(node: RunningNode, logger: Logger, argv: string[], watchd
         logger.level = fresh.config.logLevel;
         changed.push('log-level');
       }
-      if (fresh.config.adminToken !== node.config.adminToken) {
-        node.admin.setToken(fresh.config.adminToken);
+      // The clients file is read again even when its name did not change; a bad one keeps the old table.
+      try {
+        node.admin.setAccess(adminAccess(fresh.config));
         node.config.adminToken = fresh.config.adminToken;
-        changed.push('admin-token');
+        node.config.adminClientsFile = fresh.config.adminClientsFile;
+        node.config.adminAnonymousRead = fresh.config.adminAnonymousRead;
+        changed.push('admin access');
+      } catch (err) {
+        logger.error({ err: (err as Error).message }, 'SIGHUP: admin clients not reloaded; the previous table stays in force');
       }
       const fixed = CONFIG_KEYS.filter((k) => !k.reloadable && JSON.stringify(fresh.config[k.field]) !== JSON.stringify(node.config[k.field])).map((k) => k.key);
       logger.info({ changed, needRestart: fixed }, 'SIGHUP: configuration reloaded');

@@ -4,16 +4,18 @@
 // fault file. The process around it (signals, systemd, exit codes) is
 // ./main.ts.
 
+import { readFileSync } from 'node:fs';
 import type { Logger } from 'pino';
 import { validateLimits } from '../limits.ts';
 import { setNativeLogger } from '../native.ts';
 import { NbdServer } from '../nbd/server.ts';
-import { AdminServer } from '../admin/server.ts';
+import { AdminServer, type AdminTls } from '../admin/server.ts';
+import { loadAccess, type AccessTable } from '../admin/access.ts';
 import { createMetrics } from '../admin/metrics.ts';
 import { EventLog } from '../admin/status-page.ts';
 import { watchFaultFile } from '../wal/fault-file.ts';
 import { formatHostPort } from '../parse.ts';
-import { describeConfig, startupSummary, type LoadedConfig, type NodeConfig } from './config.ts';
+import { ConfigError, describeConfig, isLoopbackHost, startupSummary, type LoadedConfig, type NodeConfig } from './config.ts';
 import { startReplicatedRuntime, type Runtime } from './runtime.ts';
 import { startStandaloneRuntime } from './standalone.ts';
 
@@ -44,6 +46,31 @@ function nbdTls(config: NodeConfig) {
   };
 }
 
+/** The admin API's clients and roles from the configuration (its clients file read now); a ConfigError says what is wrong. */
+export function adminAccess(config: NodeConfig): AccessTable {
+  try {
+    return loadAccess({ clientsFile: config.adminClientsFile, token: config.adminToken, anonymousReads: config.adminAnonymousRead });
+  } catch (err) {
+    throw new ConfigError((err as Error).message);
+  }
+}
+
+function adminTls(config: NodeConfig): AdminTls | undefined {
+  if (!config.adminTlsCert) return undefined;
+  const read = (key: string, path: string): Buffer => {
+    try {
+      return readFileSync(path);
+    } catch (err) {
+      throw new ConfigError(`${key}: cannot read ${path}: ${(err as Error).message}`);
+    }
+  };
+  return {
+    cert: read('admin-tls-cert', config.adminTlsCert),
+    key: read('admin-tls-key', config.adminTlsKey),
+    ...(config.adminTlsCa ? { ca: read('admin-tls-ca', config.adminTlsCa) } : {}),
+  };
+}
+
 /** Starts everything and listens; on a failure to listen, what was started is stopped again. */
 export async function startNode(loaded: LoadedConfig, logger: Logger): Promise<RunningNode> {
   const { config } = loaded;
@@ -51,6 +78,12 @@ export async function startNode(loaded: LoadedConfig, logger: Logger): Promise<R
   setNativeLogger(logger.child({ component: 'native' }));
   logger.info(startupSummary(loaded), 'starting');
   logger.debug({ config: describeConfig(loaded) }, 'effective configuration');
+  // Before the data directory is opened: a bad clients file or certificate refuses at once.
+  const access = adminAccess(config);
+  const tls = adminTls(config);
+  if (access.required && !tls && !isLoopbackHost(config.adminListen.host)) {
+    logger.warn({ admin: formatHostPort(config.adminListen) }, 'the admin API is reachable from other hosts over plain HTTP: tokens cross the network in clear; set admin-tls-cert and admin-tls-key');
+  }
 
   // Test-only: XDEVICE_FAULT_FILE names a JSON file of disk faults (slow or failing
   // fdatasync/pwrite) that the fault tests change while the node runs.
@@ -62,11 +95,11 @@ export async function startNode(loaded: LoadedConfig, logger: Logger): Promise<R
     faults?.stop();
     throw err;
   }
-  const tls = nbdTls(config);
-  const nbd = new NbdServer({ devices: runtime.devices, logger: logger.child({ component: 'nbd' }), ...(tls ? { tls } : {}) });
+  const nbdTlsOptions = nbdTls(config);
+  const nbd = new NbdServer({ devices: runtime.devices, logger: logger.child({ component: 'nbd' }), ...(nbdTlsOptions ? { tls: nbdTlsOptions } : {}) });
   const metrics = createMetrics({ node: runtime.api, nbd, dataDir: config.dataDir });
   const events = new EventLog(runtime.api);
-  const admin = new AdminServer({ node: runtime.api, exports: nbd, metrics, events, logger: logger.child({ component: 'admin' }), token: config.adminToken });
+  const admin = new AdminServer({ node: runtime.api, exports: nbd, metrics, events, logger: logger.child({ component: 'admin' }), access, ...(tls ? { tls } : {}) });
 
   let nbdAddress = '';
   let adminAddress = '';

@@ -10,52 +10,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import parsePrometheusTextFormat from 'parse-prometheus-text-format';
 import { AdminServer } from '../../src/admin/server.ts';
+import { accessTable } from '../../src/admin/access.ts';
+import { FakeNode } from './helpers/fake-node.ts';
 import { createMetrics } from '../../src/admin/metrics.ts';
-import type { DeviceInfo, HealthReport, Member, NodeApi, NodeStatus } from '../../src/admin/api.ts';
-import { XDeviceError } from '../../src/errors.ts';
+import type { Member, NodeStatus } from '../../src/admin/api.ts';
 import { AdminClient } from '../../src/cli/admin-client.ts';
 import { VERSION } from '../../src/version.ts';
-
-class FakeNode extends EventEmitter implements NodeApi {
-  deviceList: DeviceInfo[] = [{ name: 'default', size: 1 << 30, usedBytes: 4096, readOnly: false }];
-  memberList: Member[] = [{ id: 'node1', address: '127.0.0.1:1', voter: true, learner: false }];
-  healthy = true;
-  snapshot: NodeStatus['snapshot'];
-  status(): NodeStatus {
-    return {
-      id: 'node1', role: 'leader', term: 3, leader: 'node1', commit: 10, applied: 10, backend: 'replicated',
-      peers: [{ id: 'node2', address: '127.0.0.1:2', match: 7, next: 8, state: 'replicate', lagEntries: 3, voter: true, connected: true, messagesDropped: 5 }],
-      nbdAddress: '127.0.0.1:10809', adminAddress: '127.0.0.1:10819', uptimeSeconds: 1, version: VERSION,
-      ...(this.snapshot ? { snapshot: this.snapshot } : {}),
-    };
-  }
-  async diskUsage() { return { walBytes: 64 << 20, dataBytes: 4096, freeBytes: 5 << 30, totalBytes: 10 << 30 }; }
-  async health(): Promise<HealthReport> {
-    return { healthy: this.healthy, checks: [{ name: 'leader', ok: this.healthy, detail: this.healthy ? 'node1' : 'none' }] };
-  }
-  members() { return this.memberList; }
-  async devices() { return this.deviceList; }
-  async addNode(id: string, address: string) {
-    if (this.memberList.some((m) => m.id === id)) throw new XDeviceError('XDEVICE_ERR_EXISTS', `${id} is already a member`);
-    this.memberList.push({ id, address, voter: false, learner: true });
-  }
-  async removeNode(id: string) {
-    if (!this.memberList.some((m) => m.id === id)) throw new XDeviceError('XDEVICE_ERR_NOT_FOUND', `no member ${id}`);
-    this.memberList = this.memberList.filter((m) => m.id !== id);
-  }
-  async promoteNode(id: string) {
-    const m = this.memberList.find((x) => x.id === id);
-    if (!m) throw new XDeviceError('XDEVICE_ERR_NOT_FOUND', `no member ${id}`);
-    m.voter = true;
-    m.learner = false;
-  }
-  space() { return { freeBytes: 5 << 30, totalBytes: 10 << 30, reserveBytes: 256 << 20 }; }
-  async transferLeader(to: string) { throw Object.assign(new XDeviceError('XDEVICE_ERR_NOT_LEADER', 'not the leader'), { leader: to }); }
-  async createDevice(name: string, size: number) { this.deviceList.push({ name, size, usedBytes: 0, readOnly: false }); }
-  async deleteDevice(name: string) { this.deviceList = this.deviceList.filter((d) => d.name !== name); }
-  async resizeDevice(name: string, size: number) { this.deviceList.find((d) => d.name === name)!.size = size; }
-  pendingProposals() { return 2; }
-}
 
 async function start(t: { teardown(fn: () => unknown): void }, token = '') {
   const node = new FakeNode();
@@ -67,7 +27,7 @@ async function start(t: { teardown(fn: () => unknown): void }, token = '') {
   mkdirSync(join(dataDir, 'wal'));
   writeFileSync(join(dataDir, 'wal', 'seg'), Buffer.alloc(64 * 1024, 1));
   t.teardown(() => rmSync(dataDir, { recursive: true, force: true }));
-  const server = new AdminServer({ node, metrics: createMetrics({ node, nbd: nbd as never, dataDir }), logger, token });
+  const server = new AdminServer({ node, metrics: createMetrics({ node, nbd: nbd as never, dataDir }), logger, access: accessTable([], { clientsFile: '', token, anonymousReads: [] }) });
   const { port } = await server.listen('127.0.0.1', 0);
   t.teardown(() => server.close());
   return { node, nbd, logged, endpoint: `127.0.0.1:${port}` };
