@@ -5,6 +5,7 @@
 // ./main.ts.
 
 import type { Logger } from 'pino';
+import type { AuditSink } from '../audit/event.ts';
 import { validateLimits } from '../limits.ts';
 import { setNativeLogger } from '../native.ts';
 import { NbdServer } from '../nbd/server.ts';
@@ -41,11 +42,12 @@ function nbdTls(config: NodeConfig) {
     ...(config.tlsKey ? { keyFile: config.tlsKey } : {}),
     ...(config.tlsCa ? { caFile: config.tlsCa } : {}),
     ...(config.tlsPsk ? { pskFile: config.tlsPsk } : {}),
+    ...(config.tlsVerifyPeer ? { verifyPeer: true } : {}),
   };
 }
 
 /** Starts everything and listens; on a failure to listen, what was started is stopped again. */
-export async function startNode(loaded: LoadedConfig, logger: Logger): Promise<RunningNode> {
+export async function startNode(loaded: LoadedConfig, logger: Logger, audit?: AuditSink): Promise<RunningNode> {
   const { config } = loaded;
   validateLimits();
   setNativeLogger(logger.child({ component: 'native' }));
@@ -63,7 +65,13 @@ export async function startNode(loaded: LoadedConfig, logger: Logger): Promise<R
     throw err;
   }
   const tls = nbdTls(config);
-  const nbd = new NbdServer({ devices: runtime.devices, logger: logger.child({ component: 'nbd' }), ...(tls ? { tls } : {}) });
+  const nbd = new NbdServer({
+    devices: runtime.devices,
+    logger: logger.child({ component: 'nbd' }),
+    exportAllow: config.exportAllow,
+    ...(tls ? { tls } : {}),
+    ...(audit ? { audit } : {}),
+  });
   const metrics = createMetrics({ node: runtime.api, nbd, dataDir: config.dataDir });
   const events = new EventLog(runtime.api);
   const admin = new AdminServer({ node: runtime.api, exports: nbd, metrics, events, logger: logger.child({ component: 'admin' }), token: config.adminToken });
