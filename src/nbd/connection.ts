@@ -61,7 +61,8 @@ export class NbdConnection {
     const principal = describeIdentity(refusal.identity);
     this.logger?.warn({ principal, export: refusal.exportName, option: refusal.option, reason: refusal.reason }, 'nbd attach refused');
     this.context.audit?.record({
-      operation: refusal.option === 'NBD_OPT_INFO' ? 'nbd.info' : 'nbd.attach',
+      // Every option refused by an allow list is a step of attaching that export.
+      operation: 'nbd.attach',
       principal,
       source: this.peer,
       args: { export: refusal.exportName, option: refusal.option },

@@ -73,12 +73,13 @@ export interface HandshakeConfig {
   logger?: Logger | undefined;
   /** Export allow lists; without one every export is open. */
   access?: ExportAccessPolicy | undefined;
-  /** Told of every attach (GO, EXPORT_NAME) or INFO the allow lists refuse, before the refusal is sent. */
+  /** Told of every option the allow lists refuse (GO, EXPORT_NAME, INFO, meta contexts of an export), before the refusal is sent. */
   onRefused?: ((refusal: AccessRefusal) => void) | undefined;
 }
 
 export interface AccessRefusal {
-  option: 'NBD_OPT_GO' | 'NBD_OPT_EXPORT_NAME' | 'NBD_OPT_INFO';
+  /** NBD_OPT_GO, NBD_OPT_EXPORT_NAME, NBD_OPT_INFO, NBD_OPT_SET_META_CONTEXT, NBD_OPT_LIST_META_CONTEXT. */
+  option: string;
   /** The export asked for (the default export's real name when "" was asked for). */
   exportName: string;
   identity: ClientIdentity;
@@ -196,7 +197,7 @@ export async function negotiate(io: HandshakeIo, config: HandshakeConfig): Promi
         }
         const decision = access.decide(device.name, identity, tls);
         if (!decision.allowed) {
-          config.onRefused?.({ option: 'NBD_OPT_EXPORT_NAME', exportName: device.name, identity, reason: decision.reason });
+          config.onRefused?.({ option: `NBD_OPT_${optionName(option)}`, exportName: device.name, identity, reason: decision.reason });
           throw new NbdProtocolError(`NBD_OPT_EXPORT_NAME refused: ${decision.reason}`);
         }
         const transmissionFlags = transmissionFlagsFor(device, structuredReplies, decision.readOnly);
@@ -267,7 +268,7 @@ export async function negotiate(io: HandshakeIo, config: HandshakeConfig): Promi
         }
         const decision = access.decide(device.name, identity, tls);
         if (!decision.allowed) {
-          config.onRefused?.({ option: option === NbdOption.GO ? 'NBD_OPT_GO' : 'NBD_OPT_INFO', exportName: device.name, identity, reason: decision.reason });
+          config.onRefused?.({ option: `NBD_OPT_${optionName(option)}`, exportName: device.name, identity, reason: decision.reason });
           // A server without TLS must never send ERR_TLS_REQD (the spec's NOTLS mode).
           replyError(option, decision.tlsRequired && tlsMode !== 'off' ? NbdReply.ERR_TLS_REQD : NbdReply.ERR_POLICY, decision.reason);
           break;
@@ -338,6 +339,7 @@ export async function negotiate(io: HandshakeIo, config: HandshakeConfig): Promi
         }
         const decision = access.decide(device.name, identity, tls);
         if (!decision.allowed) {
+          config.onRefused?.({ option: `NBD_OPT_${optionName(option)}`, exportName: device.name, identity, reason: decision.reason });
           // ERR_TLS_REQD is for INFO, GO and EXPORT_NAME only (the spec's SELECTIVETLS).
           replyError(option, NbdReply.ERR_POLICY, decision.reason);
           break;

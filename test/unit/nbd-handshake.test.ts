@@ -324,5 +324,5 @@ t.test('allow lists: listed exports are TLS-only, then only for listed identitie
     t.match(afterList[1]!.payload.toString('utf8'), /is not on the allow list of export a/);
     t.equal(o.result?.device.name, 'ro', 'the session goes on to an open export');
   }
-  t.same(strangers.map((r) => [r.option, r.identity.kind]), [['NBD_OPT_GO', 'psk'], ['NBD_OPT_GO', 'anonymous']]);
+  t.same(strangers.map((r) => [r.option, r.identity.kind]), [['NBD_OPT_SET_META_CONTEXT', 'psk'], ['NBD_OPT_GO', 'psk'], ['NBD_OPT_SET_META_CONTEXT', 'anonymous'], ['NBD_OPT_GO', 'anonymous']]);
 });
