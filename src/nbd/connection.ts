@@ -28,8 +28,8 @@ export interface ConnectionContext {
   onRequest: ((event: RequestEvent) => void) | undefined;
   /** Payload bytes in flight across the server's connections. */
   budget?: InFlightBudget | undefined;
-  access?: ExportAccessPolicy | undefined;
-  audit?: AuditSink | undefined;
+  access: ExportAccessPolicy;
+  audit: AuditSink;
 }
 
 /** More than one option's worth of unread bytes during the handshake means the client is not waiting for replies. */
@@ -60,7 +60,7 @@ export class NbdConnection {
   private refusedAttach(refusal: AccessRefusal): void {
     const principal = describeIdentity(refusal.identity);
     this.logger?.warn({ principal, export: refusal.exportName, option: refusal.option, reason: refusal.reason }, 'nbd attach refused');
-    this.context.audit?.record({
+    this.context.audit.record({
       // Every option refused by an allow list is a step of attaching that export.
       operation: 'nbd.attach',
       principal,
@@ -74,7 +74,7 @@ export class NbdConnection {
 
   private refusedTls(error: TlsPeerRefused): void {
     this.logger?.warn({ claimedSubject: error.claimedSubject, stage: error.stage, reason: error.message }, 'nbd tls client refused');
-    this.context.audit?.record({
+    this.context.audit.record({
       operation: 'nbd.tls',
       principal: 'anonymous',
       source: this.peer,

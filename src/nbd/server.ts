@@ -8,7 +8,7 @@ import { InFlightBudget } from './in-flight-budget.ts';
 import { EventEmitter } from 'node:events';
 import * as net from 'node:net';
 import type { Logger } from 'pino';
-import type { AuditSink } from '../audit/event.ts';
+import { NO_AUDIT, type AuditSink } from '../audit/event.ts';
 import type { DeviceTable } from '../device/block-device.ts';
 import { limits } from '../limits.ts';
 import { formatExportGrant, type ExportGrant } from '../parse.ts';
@@ -38,7 +38,7 @@ export class NbdServer extends EventEmitter {
   private readonly tls: ServerTls | undefined;
   private readonly logger: Logger | undefined;
   private readonly access: ExportAccessPolicy;
-  private readonly audit: AuditSink | undefined;
+  private readonly audit: AuditSink;
   private readonly connections = new Set<NbdConnection>();
   private readonly running = new Set<Promise<void>>();
   private server: net.Server | undefined;
@@ -60,7 +60,7 @@ export class NbdServer extends EventEmitter {
       }
     }
     this.access = new ExportAccessPolicy(options.exportAllow);
-    this.audit = options.audit;
+    this.audit = options.audit ?? NO_AUDIT;
   }
 
   get connectionCount(): number {

@@ -162,6 +162,11 @@ t.test('in-process: what each refusal records in the audit trail', async (t) => 
   });
   const port = (await nbd.listen('127.0.0.1', await freePort())).port;
   t.teardown(() => nbd.close());
+  const x509 = { mode: 'require', certFile: server.cert, keyFile: server.key } as const;
+  t.throws(() => new NbdServer({ devices, tls: { ...x509, verifyPeer: true } }), { message: /--tls-verify-peer needs --tls-ca/ });
+  t.throws(() => new NbdServer({ devices, tls: { ...x509, caFile: ca.cert } }), { message: /--tls-ca is used only to verify client certificates/ });
+  t.throws(() => new NbdServer({ devices, tls: { ...x509, verifyPeer: false }, exportAllow: parseExportGrants('vm:rw:/CN=alice') }), { message: /needs TLS with tls-verify-peer/ });
+  t.throws(() => new NbdServer({ devices, exportAllow: parseExportGrants('vm:rw:/CN=alice') }), { message: /needs TLS with tls-verify-peer/ });
   const tlsAs = (who: string) => ({ ca: readFileSync(ca.cert), cert: readFileSync(clients[who]!.cert), key: readFileSync(clients[who]!.key), servername: 'localhost' });
 
   const backup = await NbdClient.connect({ host: '127.0.0.1', port, tls: tlsAs('backup') });
@@ -220,6 +225,8 @@ t.test('in-process: PSK identities are principals too', async (t) => {
   const keys = { alice: Buffer.alloc(32, 1), bob: Buffer.alloc(32, 2) };
   writeFileSync(pskFile, `alice:${keys.alice.toString('hex')}\nbob:${keys.bob.toString('hex')}\n`);
   const devices = new StaticDeviceTable([new MemoryDevice({ name: 'vm', size: 1 << 20 })]);
+  t.throws(() => new NbdServer({ devices, tls: { mode: 'require', pskFile, verifyPeer: true } }), { message: /with --tls-psk every client already proves a key/ });
+  t.throws(() => new NbdServer({ devices, tls: { mode: 'off', verifyPeer: true } }), { message: /--tls-verify-peer needs --tls on or require/ });
   t.throws(
     () => new NbdServer({ devices, tls: { mode: 'require', pskFile }, exportAllow: parseExportGrants('vm:rw:psk:carol') }),
     { message: /psk:carol: the PSK file has no such identity/ },
