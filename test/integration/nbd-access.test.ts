@@ -105,6 +105,19 @@ t.test('a node with tls-verify-peer and an allow list, against libnbd and qemu',
 
   const impostor = await run('nbdinfo', [uri('open', 'impostor')]);
   t.not(impostor.code, 0, 'a certificate from another CA is refused, even for an open export');
+  // Our client sends its certificate whatever CAs the server asks for: the node itself must find it does not verify.
+  const ours = await NbdClient.connect({
+    host: '127.0.0.1',
+    port: node.nbdPort,
+    tls: { ca: readFileSync(ca.cert), cert: readFileSync(clients.impostor!.cert), key: readFileSync(clients.impostor!.key), servername: 'localhost' },
+  }).then(async (c) => {
+    try {
+      return await nbdErrorOf(c.openDevice('open'));
+    } finally {
+      c.destroy();
+    }
+  }, (error: Error) => error.message);
+  t.not(ours, 'accepted', 'a certificate from another CA is refused by the node, not only by a client that will not send it');
   const none = await run('nbdinfo', [uri('open', 'none')]);
   t.not(none.code, 0, 'a client without a certificate is refused under tls-verify-peer');
 
@@ -131,7 +144,8 @@ t.test('a node with tls-verify-peer and an allow list, against libnbd and qemu',
   t.match(logs, /"principal":"\/CN=mallory\/O=Dev".*"export":"vm".*"nbd attach refused"|"nbd attach refused".*"principal":"\/CN=mallory\/O=Dev"/, 'the refused attach is logged with the subject');
   t.match(logs, /"peer":"127\.0\.0\.1:\d+"[^\n]*nbd attach refused/, 'and the client address');
   // GnuTLS sends no certificate that the CA list of the server's request does not name, so the impostor arrives without one.
-  t.ok((logs.match(/no client certificate \(tls-verify-peer requires one signed by tls-ca\)[^\n]*nbd tls client refused/g) ?? []).length >= 2, 'the clients without a verified certificate are logged');
+  t.ok((logs.match(/no client certificate \(tls-verify-peer requires one signed by tls-ca\)[^\n]*nbd tls client refused/g) ?? []).length >= 2, 'the clients without a certificate are logged');
+  t.match(logs, /"claimedSubject":"\/CN=alice\/O=Dev"[^\n]*did not verify against tls-ca[^\n]*nbd tls client refused/, 'the impostor is logged with the subject it claimed');
   t.ok(node.alive());
 });
 
