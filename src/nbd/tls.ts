@@ -79,36 +79,66 @@ function subjectAttributes(subject: Record<string, string | string[]>): Array<[s
   return Object.entries(subject).flatMap(([type, values]) => (Array.isArray(values) ? values : [values]).map((v): [string, string] => [type, v]));
 }
 
+/** Both ends of a TCP connection: unique among the connections open on this host. */
+function connectionKey(socket: Socket): string {
+  return `${socket.localAddress}|${socket.localPort}|${socket.remoteAddress}|${socket.remotePort}`;
+}
+
+interface PendingUpgrade {
+  socket: Socket;
+  resolve(client: SecureClient): void;
+  reject(error: Error): void;
+  pskIdentity: string | undefined;
+  onClose(): void;
+}
+
 /**
  * Server side of STARTTLS, built once from the configuration (files are read
- * at startup). Each upgrade injects the TCP socket into a tls.Server of its
- * own, because only a tls.Server reports whether the client certificate
- * verified (a bare TLSSocket accepts any certificate it is shown); the
- * server is never listening and lives as long as the handshake.
+ * at startup). Upgrades go through one tls.Server that never listens (the TCP
+ * socket is handed to it as a 'connection'), because only a tls.Server says
+ * whether the client certificate verified: a bare TLSSocket accepts any
+ * certificate it is shown. The server's events name the TLS socket, not the
+ * TCP one, so each upgrade is found again by the connection's addresses.
  */
 export class ServerTls {
   readonly mode: TlsMode;
-  private readonly options: tls.TlsOptions;
-  private readonly pskKeys: Map<string, Buffer> | undefined;
   /** Client certificates are required and their subjects are principals. */
   readonly verifyPeer: boolean;
+  private readonly pskKeys: Map<string, Buffer> | undefined;
+  private readonly server: tls.Server;
+  private readonly pending = new Map<string, PendingUpgrade>();
 
   constructor(config: NbdTlsOptions) {
     this.mode = config.mode;
     this.verifyPeer = config.verifyPeer === true;
-    const base: tls.TlsOptions = { minVersion: 'TLSv1.2', handshakeTimeout: limits.handshakeTimeoutMs };
+    this.pskKeys = config.mode !== 'off' && config.pskFile !== undefined ? parsePskFile(readFileSync(config.pskFile, 'utf8')) : undefined;
+    this.server = tls.createServer({ minVersion: 'TLSv1.2', handshakeTimeout: limits.handshakeTimeoutMs, ...this.credentials(config) });
+    this.server.on('secureConnection', (secure: tls.TLSSocket) => this.secured(secure));
+    this.server.on('tlsClientError', (error: Error, secure: tls.TLSSocket) => {
+      this.settle(connectionKey(secure))?.reject(new TlsPeerRefused('handshake', `TLS handshake failed: ${error.message}`));
+    });
+  }
+
+  /** The certificates or PSK callback for the configuration, checked (a bad file fails here, at startup). */
+  private credentials(config: NbdTlsOptions): tls.TlsOptions {
     if (config.mode === 'off') {
       if (this.verifyPeer) throw new TlsConfigError('--tls-verify-peer needs --tls on or require');
-      this.options = base;
-      return;
+      return {};
     }
-    if (config.pskFile !== undefined) {
+    const keys = this.pskKeys;
+    if (keys !== undefined) {
       if (this.verifyPeer) {
         throw new TlsConfigError('--tls-verify-peer checks X.509 client certificates; with --tls-psk every client already proves a key from the PSK file: drop --tls-verify-peer');
       }
-      this.pskKeys = parsePskFile(readFileSync(config.pskFile, 'utf8'));
-      this.options = { ...base, ciphers: `${tls.DEFAULT_CIPHERS}:${PSK_CIPHERS}` };
-      return;
+      return {
+        ciphers: `${tls.DEFAULT_CIPHERS}:${PSK_CIPHERS}`,
+        pskCallback: (secure: tls.TLSSocket, identity: string) => {
+          const upgrade = this.pending.get(connectionKey(secure));
+          if (upgrade === undefined) return null;
+          upgrade.pskIdentity = identity;
+          return keys.get(identity) ?? null;
+        },
+      };
     }
     if (config.certFile === undefined || config.keyFile === undefined) {
       throw new TlsConfigError(`--tls ${config.mode} needs --tls-cert and --tls-key, or --tls-psk`);
@@ -118,17 +148,14 @@ export class ServerTls {
         ? '--tls-verify-peer needs --tls-ca, the CA that signs client certificates'
         : '--tls-ca is used only to verify client certificates: add --tls-verify-peer (which requires them), or drop --tls-ca');
     }
-    this.options = {
-      ...base,
+    return {
       cert: readFileSync(config.certFile),
       key: readFileSync(config.keyFile),
       ...(config.caFile !== undefined ? { ca: readFileSync(config.caFile) } : {}),
-      // The verdict is read in upgrade(), so a refusal can say why and who.
+      // The verdict is read in secured(), so a refusal can say why and who.
       requestCert: this.verifyPeer,
       rejectUnauthorized: false,
     };
-    // A bad certificate, key or CA fails here, at startup, not at the first STARTTLS.
-    tls.createSecureContext(this.options);
   }
 
   /** The PSK file holds `identity`. */
@@ -138,48 +165,56 @@ export class ServerTls {
 
   /** Runs the TLS handshake over the TCP socket; resolves once it succeeded and the client is who its certificate says. */
   upgrade(socket: Socket): Promise<SecureClient> {
+    const key = connectionKey(socket);
+    if (socket.remotePort === undefined || this.pending.has(key)) {
+      return Promise.reject(new TlsPeerRefused('handshake', 'the connection closed, or is already in a TLS handshake'));
+    }
     return new Promise((resolve, reject) => {
-      let pskIdentity: string | undefined;
-      const keys = this.pskKeys;
-      const server = tls.createServer({
-        ...this.options,
-        ...(keys !== undefined
-          ? {
-              pskCallback: (_socket: tls.TLSSocket, identity: string) => {
-                pskIdentity = identity;
-                return keys.get(identity) ?? null;
-              },
-            }
-          : {}),
-      });
-      server.once('tlsClientError', (error: Error) => reject(new TlsPeerRefused('handshake', `TLS handshake failed: ${error.message}`)));
-      server.once('secureConnection', (secure: tls.TLSSocket) => {
-        if (pskIdentity !== undefined) {
-          resolve({ socket: secure, identity: { kind: 'psk', identity: pskIdentity } });
-          return;
-        }
-        if (!this.verifyPeer) {
-          resolve({ socket: secure, identity: ANONYMOUS });
-          return;
-        }
-        const certificate = secure.getPeerCertificate();
-        const attributes = certificate?.subject !== undefined ? subjectAttributes(certificate.subject as unknown as Record<string, string | string[]>) : undefined;
-        if (!secure.authorized || attributes === undefined) {
-          const claimed = attributes === undefined ? undefined : describeIdentity({ kind: 'subject', attributes });
-          secure.destroy();
-          reject(new TlsPeerRefused(
-            'certificate',
-            claimed === undefined
-              ? 'no client certificate (tls-verify-peer requires one signed by tls-ca)'
-              : `client certificate ${claimed} did not verify against tls-ca: ${String(secure.authorizationError)}`,
-            claimed,
-          ));
-          return;
-        }
-        resolve({ socket: secure, identity: { kind: 'subject', attributes } });
-      });
-      server.emit('connection', socket);
+      const onClose = (): void => this.settle(key)?.reject(new TlsPeerRefused('handshake', 'connection closed during the TLS handshake'));
+      this.pending.set(key, { socket, resolve, reject, pskIdentity: undefined, onClose });
+      socket.once('close', onClose);
+      this.server.emit('connection', socket);
     });
+  }
+
+  /** The upgrade for `key`, no longer pending. */
+  private settle(key: string): PendingUpgrade | undefined {
+    const upgrade = this.pending.get(key);
+    if (upgrade === undefined) return undefined;
+    this.pending.delete(key);
+    upgrade.socket.removeListener('close', upgrade.onClose);
+    return upgrade;
+  }
+
+  private secured(secure: tls.TLSSocket): void {
+    const upgrade = this.settle(connectionKey(secure));
+    if (upgrade === undefined) {
+      secure.destroy();
+      return;
+    }
+    if (upgrade.pskIdentity !== undefined) {
+      upgrade.resolve({ socket: secure, identity: { kind: 'psk', identity: upgrade.pskIdentity } });
+      return;
+    }
+    if (!this.verifyPeer) {
+      upgrade.resolve({ socket: secure, identity: ANONYMOUS });
+      return;
+    }
+    const certificate = secure.getPeerCertificate();
+    const attributes = certificate?.subject !== undefined ? subjectAttributes(certificate.subject as unknown as Record<string, string | string[]>) : undefined;
+    if (!secure.authorized || attributes === undefined) {
+      const claimed = attributes === undefined ? undefined : describeIdentity({ kind: 'subject', attributes });
+      secure.destroy();
+      upgrade.reject(new TlsPeerRefused(
+        'certificate',
+        claimed === undefined
+          ? 'no client certificate (tls-verify-peer requires one signed by tls-ca)'
+          : `client certificate ${claimed} did not verify against tls-ca: ${String(secure.authorizationError)}`,
+        claimed,
+      ));
+      return;
+    }
+    upgrade.resolve({ socket: secure, identity: { kind: 'subject', attributes } });
   }
 }
 
