@@ -32,6 +32,10 @@ const limitValues = {
   blockStatusExtentsMax: 64 * KiB,
   /** Milliseconds a client may take to finish the handshake. */
   handshakeTimeoutMs: 30_000,
+  /** Grants in the NBD export allow list (export-allow), over every export. */
+  nbdExportGrantsMax: 4096,
+  /** Longest principal (certificate subject or PSK identity) in one grant, in bytes. */
+  nbdPrincipalBytesMax: 1024,
 
   // ---- WAL (src/wal) -------------------------------------------------------
   /** Size a WAL segment is preallocated to. */

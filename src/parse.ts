@@ -1,6 +1,7 @@
 // The one parser for each kind of value a person types: sizes ("1GiB"),
 // addresses (HOST:PORT, IPv6 in brackets), node ids, peer lists
-// (ID=HOST:PORT,...) and device specs (NAME:SIZE). xdevice-node's
+// (ID=HOST:PORT,...), device specs (NAME:SIZE) and NBD export grants
+// (EXPORT:rw|ro:PRINCIPAL). xdevice-node's
 // configuration (src/node/config.ts), xdevice-cli's flags, the admin API's
 // request bodies, the client library's endpoints, the peer transport and the
 // scripts all use these, so a value means the same thing everywhere.
@@ -144,4 +145,149 @@ export function parseAnonymousReads(text: string): AnonymousRead[] {
     out.push(part as AnonymousRead);
   }
   return out;
+}
+
+// ---- NBD export grants (export-allow): who may attach an export, and how.
+
+/** Whom a grant names: attributes of a verified client certificate's subject, or a TLS-PSK identity. */
+export type GrantPrincipal =
+  | { kind: 'subject'; attributes: Array<[type: string, value: string]> }
+  | { kind: 'psk'; identity: string };
+
+export interface ExportGrant {
+  exportName: string;
+  /** rw: read and write; ro: the export is read-only on this principal's connections. */
+  access: 'rw' | 'ro';
+  principal: GrantPrincipal;
+}
+
+/** A subject attribute type: an OpenSSL short or long name (CN, O, emailAddress) or a dotted OID. */
+const ATTRIBUTE_TYPE_RE = /^(?:[A-Za-z][A-Za-z0-9]*|\d+(?:\.\d+)+)$/;
+
+interface Char {
+  c: string;
+  escaped: boolean;
+}
+
+function text(chars: readonly Char[]): string {
+  return chars.map((ch) => ch.c).join('');
+}
+
+/** Splits at every unescaped `sep`. */
+function splitChars(chars: readonly Char[], sep: string, limit = Infinity): Char[][] {
+  const parts: Char[][] = [[]];
+  for (const ch of chars) {
+    if (!ch.escaped && ch.c === sep && parts.length < limit) parts.push([]);
+    else parts[parts.length - 1]!.push(ch);
+  }
+  return parts;
+}
+
+/** Drops unescaped white space at both ends (an escaped space, `\ `, stays). */
+function trimChars(chars: Char[]): Char[] {
+  let start = 0;
+  let end = chars.length;
+  while (start < end && !chars[start]!.escaped && /\s/.test(chars[start]!.c)) start++;
+  while (end > start && !chars[end - 1]!.escaped && /\s/.test(chars[end - 1]!.c)) end--;
+  return chars.slice(start, end);
+}
+
+function parsePrincipal(chars: Char[], where: string): GrantPrincipal {
+  const raw = text(chars);
+  if (Buffer.byteLength(raw) > limits.nbdPrincipalBytesMax) throw new Error(`${where}: principal longer than ${limits.nbdPrincipalBytesMax} bytes`);
+  const head = chars.slice(0, 4);
+  if (head.length === 4 && head.every((ch) => !ch.escaped) && text(head) === 'psk:') {
+    const identity = text(chars.slice(4));
+    if (identity === '') throw new Error(`${where}: psk: needs an identity (psk:NAME, the user name in the PSK file)`);
+    return { kind: 'psk', identity };
+  }
+  if (chars.length === 0 || chars[0]!.escaped || chars[0]!.c !== '/') {
+    throw new Error(`${where}: the principal must be a certificate subject such as /CN=alice/O=Ops, or psk:NAME`);
+  }
+  const attributes: Array<[string, string]> = [];
+  for (const part of splitChars(chars.slice(1), '/')) {
+    const [typeChars, valueChars] = splitChars(part, '=', 2);
+    const type = text(typeChars!);
+    if (!ATTRIBUTE_TYPE_RE.test(type) || typeChars!.some((ch) => ch.escaped)) {
+      throw new Error(`${where}: "${type}" is not a subject attribute type (CN, O, OU, emailAddress, or a dotted OID)`);
+    }
+    if (valueChars === undefined || valueChars.length === 0) throw new Error(`${where}: subject attribute ${type} needs a value (${type}=VALUE)`);
+    attributes.push([type, text(valueChars)]);
+  }
+  return { kind: 'subject', attributes };
+}
+
+/**
+ * An export-allow value: grants `EXPORT:rw|ro:PRINCIPAL` separated by `;`.
+ * PRINCIPAL is a certificate subject in openssl's -subj form (`/CN=alice/O=Ops`:
+ * every attribute named must be in the certificate with that value, others are
+ * not looked at) or `psk:IDENTITY`. A backslash makes the next character
+ * literal (`\/`, `\;`, `\\`). Empty grants are skipped.
+ */
+export function parseExportGrants(value: string): ExportGrant[] {
+  const chars: Char[] = [];
+  for (let i = 0; i < value.length; i++) {
+    const c = value[i]!;
+    if (/[\u0000-\u001f\u007f]/.test(c)) throw new Error(`control character at position ${i + 1} of "${value}"`);
+    if (c !== '\\') {
+      chars.push({ c, escaped: false });
+      continue;
+    }
+    const next = value[i + 1];
+    if (next === undefined) throw new Error(`"${value}" ends with a lone backslash`);
+    if (/[\u0000-\u001f\u007f]/.test(next)) throw new Error(`control character at position ${i + 2} of "${value}"`);
+    chars.push({ c: next, escaped: true });
+    i++;
+  }
+  const grants: ExportGrant[] = [];
+  for (const grantChars of splitChars(chars, ';')) {
+    const trimmed = trimChars(grantChars);
+    if (trimmed.length === 0) continue;
+    const where = `"${text(trimmed)}"`;
+    const fields = splitChars(trimmed, ':', 3);
+    if (fields.length !== 3) throw new Error(`${where}: expected EXPORT:rw|ro:PRINCIPAL (e.g. vm1:rw:/CN=alice)`);
+    const [nameChars, accessChars, principalChars] = fields.map(trimChars) as [Char[], Char[], Char[]];
+    const exportName = text(nameChars);
+    const problem = deviceNameProblem(exportName);
+    if (problem !== undefined || nameChars.some((ch) => ch.escaped)) throw new Error(`${where}: ${problem ?? `bad export name "${exportName}"`}`);
+    const access = text(accessChars);
+    if ((access !== 'rw' && access !== 'ro') || accessChars.some((ch) => ch.escaped)) throw new Error(`${where}: access must be rw or ro, got "${access}"`);
+    grants.push({ exportName, access, principal: parsePrincipal(principalChars, where) });
+  }
+  return grants;
+}
+
+/** One identity per principal however it is written: the attribute order and the case of types do not matter. */
+export function principalKey(principal: GrantPrincipal): string {
+  if (principal.kind === 'psk') return `psk:${principal.identity}`;
+  return JSON.stringify(principal.attributes.map(([type, value]) => [type.toLowerCase(), value]).sort());
+}
+
+/** Checks a whole allow list: no export and principal twice, not more than the limit. */
+export function checkExportGrants(grants: readonly ExportGrant[]): void {
+  if (grants.length > limits.nbdExportGrantsMax) throw new Error(`more than ${limits.nbdExportGrantsMax} grants`);
+  const seen = new Set<string>();
+  for (const grant of grants) {
+    const key = `${grant.exportName}\u0000${principalKey(grant.principal)}`;
+    if (seen.has(key)) throw new Error(`${formatExportGrant(grant)}: ${formatPrincipal(grant.principal)} is given twice for export ${grant.exportName}`);
+    seen.add(key);
+  }
+}
+
+function escapeValue(value: string, specials: RegExp): string {
+  const chars = [...value];
+  // White space at either end is escaped so the trimming of grants keeps it.
+  const escape = (c: string, i: number): boolean => specials.test(c) || (/\s/.test(c) && (i === 0 || i === chars.length - 1));
+  return chars.map((c, i) => (escape(c, i) ? `\\${c}` : c)).join('');
+}
+
+/** The written form of a principal, which parses back to it: `/CN=alice/O=Ops`, `psk:alice`. */
+export function formatPrincipal(principal: GrantPrincipal): string {
+  if (principal.kind === 'psk') return `psk:${escapeValue(principal.identity, /[\\;]/)}`;
+  return principal.attributes.map(([type, value]) => `/${type}=${escapeValue(value, /[\\/;]/)}`).join('');
+}
+
+/** The written form of a grant, which parses back to it. */
+export function formatExportGrant(grant: ExportGrant): string {
+  return `${grant.exportName}:${grant.access}:${formatPrincipal(grant.principal)}`;
 }

@@ -1,17 +1,22 @@
 // One client connection: the handshake (with a deadline and bounded input),
 // an in-place TLS upgrade on STARTTLS, then the transmission phase on the
-// same input queue so no byte is lost between the phases.
+// same input queue so no byte is lost between the phases. A TLS client that
+// fails verification and an attach the allow lists refuse are logged and
+// recorded in the audit trail with the principal and the client's address.
 
 import type { InFlightBudget } from './in-flight-budget.ts';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
+import type { AuditSink } from '../audit/event.ts';
 import type { DeviceTable } from '../device/block-device.ts';
 import { limits } from '../limits.ts';
+import { formatHostPort } from '../parse.ts';
+import { ANONYMOUS, describeIdentity, type ClientIdentity, type ExportAccessPolicy } from './access.ts';
 import { NbdProtocolError } from './errors.ts';
-import { negotiate, type HandshakeIo } from './handshake.ts';
+import { negotiate, type AccessRefusal, type HandshakeIo } from './handshake.ts';
 import { InputQueue } from './input-queue.ts';
-import type { ServerTls, TlsMode } from './tls.ts';
+import { TlsPeerRefused, type ServerTls, type TlsMode } from './tls.ts';
 import { Transmission, type RequestEvent } from './transmission.ts';
 
 export interface ConnectionContext {
@@ -23,6 +28,8 @@ export interface ConnectionContext {
   onRequest: ((event: RequestEvent) => void) | undefined;
   /** Payload bytes in flight across the server's connections. */
   budget?: InFlightBudget | undefined;
+  access: ExportAccessPolicy;
+  audit: AuditSink;
 }
 
 /** More than one option's worth of unread bytes during the handshake means the client is not waiting for replies. */
@@ -35,6 +42,10 @@ export class NbdConnection {
   private transport: Duplex;
   private transmission: Transmission | undefined;
   private closed = false;
+  /** `ip:port` of the client. */
+  private readonly peer: string;
+  /** What the client proved in its TLS handshake. */
+  private identity: ClientIdentity = ANONYMOUS;
   /** The export this connection negotiated (undefined while in the handshake). */
   exportName: string | undefined;
 
@@ -42,7 +53,36 @@ export class NbdConnection {
     this.socket = socket;
     this.transport = socket;
     this.context = context;
-    this.logger = context.logger?.child({ peer: `${socket.remoteAddress}:${socket.remotePort}` });
+    this.peer = formatHostPort({ host: socket.remoteAddress ?? 'unknown', port: socket.remotePort ?? 0 });
+    this.logger = context.logger?.child({ peer: this.peer });
+  }
+
+  private refusedAttach(refusal: AccessRefusal): void {
+    const principal = describeIdentity(refusal.identity);
+    this.logger?.warn({ principal, export: refusal.exportName, option: refusal.option, reason: refusal.reason }, 'nbd attach refused');
+    this.context.audit.record({
+      // Every option refused by an allow list is a step of attaching that export.
+      operation: 'nbd.attach',
+      principal,
+      source: this.peer,
+      args: { export: refusal.exportName, option: refusal.option },
+      outcome: 'refused',
+      reason: refusal.reason,
+      scope: 'node',
+    });
+  }
+
+  private refusedTls(error: TlsPeerRefused): void {
+    this.logger?.warn({ claimedSubject: error.claimedSubject, stage: error.stage, reason: error.message }, 'nbd tls client refused');
+    this.context.audit.record({
+      operation: 'nbd.tls',
+      principal: 'anonymous',
+      source: this.peer,
+      args: error.claimedSubject !== undefined ? { claimedSubject: error.claimedSubject } : {},
+      outcome: error.stage === 'certificate' ? 'refused' : 'failed',
+      reason: error.message,
+      scope: 'node',
+    });
   }
 
   /** Serves the connection until it closes; never rejects. */
@@ -81,11 +121,20 @@ export class NbdConnection {
         const tls = this.context.tls;
         if (tls === undefined) throw new NbdProtocolError('STARTTLS accepted without TLS configured');
         socket.removeListener('data', onData);
-        const secure = await tls.upgrade(socket);
+        let upgraded;
+        try {
+          upgraded = await tls.upgrade(socket);
+        } catch (error) {
+          if (error instanceof TlsPeerRefused) this.refusedTls(error);
+          throw error;
+        }
+        const secure = upgraded.socket;
         secure.on('error', (error) => this.logger?.debug({ err: error }, 'nbd tls error'));
         secure.on('data', onData);
         secure.on('close', onClose);
         this.transport = secure;
+        this.identity = upgraded.identity;
+        return upgraded.identity;
       },
     };
 
@@ -95,6 +144,8 @@ export class NbdConnection {
         tlsMode: this.context.tlsMode,
         isShuttingDown: this.context.isShuttingDown,
         logger: this.logger,
+        access: this.context.access,
+        onRefused: (refusal) => this.refusedAttach(refusal),
       });
       clearTimeout(deadline);
       this.transport.removeListener('data', onData);
@@ -102,7 +153,7 @@ export class NbdConnection {
         this.transport.end();
         return;
       }
-      this.logger?.debug({ export: negotiated.device.name, tls: negotiated.tls }, 'nbd transmission');
+      this.logger?.debug({ export: negotiated.device.name, tls: negotiated.tls, principal: describeIdentity(this.identity) }, 'nbd transmission');
       this.exportName = negotiated.device.name;
       if (this.closed) return;
       const transmission = new Transmission({

@@ -2,7 +2,11 @@
 // client enters transmission (NBD_OPT_GO or NBD_OPT_EXPORT_NAME). It knows
 // nothing of sockets: bytes come and go through a HandshakeIo, so tests can
 // drive it with a script. A client that breaks a MUST makes this throw
-// NbdProtocolError and the caller hangs up (a hard disconnect).
+// NbdProtocolError and the caller hangs up (a hard disconnect). Exports with
+// an allow list (./access.ts) are TLS-only in the spec's SELECTIVETLS sense:
+// without TLS, GO and INFO get NBD_REP_ERR_TLS_REQD; with TLS but an identity
+// not on the list, NBD_REP_ERR_POLICY; EXPORT_NAME, which cannot carry an
+// error, ends the session. NBD_OPT_LIST shows only what the client may attach.
 
 import type { Logger } from 'pino';
 import type { BlockDevice, DeviceTable } from '../device/block-device.ts';
@@ -47,6 +51,7 @@ import {
   encodeOptionReply,
   encodeServerPayload,
 } from './codec.ts';
+import { ANONYMOUS, ExportAccessPolicy, type ClientIdentity } from './access.ts';
 import { NbdProtocolError } from './errors.ts';
 import type { TlsMode } from './tls.ts';
 
@@ -57,8 +62,8 @@ export interface HandshakeIo {
   write(buf: Buffer): void;
   /** Bytes received but not yet read: must be 0 when STARTTLS is acknowledged. */
   readonly buffered: number;
-  /** Replaces the transport by TLS over it; resolves once the TLS handshake is done. */
-  startTls(): Promise<void>;
+  /** Replaces the transport by TLS over it; resolves with what the client proved once the TLS handshake is done. */
+  startTls(): Promise<ClientIdentity>;
 }
 
 export interface HandshakeConfig {
@@ -66,6 +71,19 @@ export interface HandshakeConfig {
   tlsMode: TlsMode;
   isShuttingDown(): boolean;
   logger?: Logger | undefined;
+  /** Export allow lists; without one every export is open. */
+  access?: ExportAccessPolicy | undefined;
+  /** Told of every option the allow lists refuse (GO, EXPORT_NAME, INFO, meta contexts of an export), before the refusal is sent. */
+  onRefused?: ((refusal: AccessRefusal) => void) | undefined;
+}
+
+export interface AccessRefusal {
+  /** NBD_OPT_GO, NBD_OPT_EXPORT_NAME, NBD_OPT_INFO, NBD_OPT_SET_META_CONTEXT, NBD_OPT_LIST_META_CONTEXT. */
+  option: string;
+  /** The export asked for (the default export's real name when "" was asked for). */
+  exportName: string;
+  identity: ClientIdentity;
+  reason: string;
 }
 
 /** What the client and server agreed on, handed to the transmission phase. */
@@ -78,14 +96,16 @@ export interface Negotiated {
   tls: boolean;
 }
 
-export function transmissionFlagsFor(device: BlockDevice, structuredReplies: boolean): number {
+/** readOnly: this connection may not write even if the device can (an `ro` grant); writes then get EPERM. */
+export function transmissionFlagsFor(device: BlockDevice, structuredReplies: boolean, readOnly = false): number {
   const c = device.capabilities;
+  const ro = c.readOnly || readOnly;
   let flags = NBD_FLAG_HAS_FLAGS;
-  if (c.readOnly) flags |= NBD_FLAG_READ_ONLY;
+  if (ro) flags |= NBD_FLAG_READ_ONLY;
   if (c.canFlush) flags |= NBD_FLAG_SEND_FLUSH;
   if (c.canFua) flags |= NBD_FLAG_SEND_FUA;
-  if (!c.readOnly && c.canTrim) flags |= NBD_FLAG_SEND_TRIM;
-  if (!c.readOnly && c.canWriteZeroes) {
+  if (!ro && c.canTrim) flags |= NBD_FLAG_SEND_TRIM;
+  if (!ro && c.canWriteZeroes) {
     flags |= NBD_FLAG_SEND_WRITE_ZEROES;
     if (c.canFastZero) flags |= NBD_FLAG_SEND_FAST_ZERO;
   }
@@ -115,6 +135,7 @@ interface MetaContextSelection {
  */
 export async function negotiate(io: HandshakeIo, config: HandshakeConfig): Promise<Negotiated | undefined> {
   const { devices, tlsMode, logger } = config;
+  const access = config.access ?? new ExportAccessPolicy();
   io.write(encodeGreeting(NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES));
 
   const clientFlags = decodeClientFlags(await io.read(CLIENT_FLAGS_BYTES));
@@ -125,6 +146,7 @@ export async function negotiate(io: HandshakeIo, config: HandshakeConfig): Promi
   const noZeroes = (clientFlags & NBD_FLAG_C_NO_ZEROES) !== 0;
 
   let tls = false;
+  let identity: ClientIdentity = ANONYMOUS;
   let structuredReplies = false;
   let metaContext: MetaContextSelection | undefined;
 
@@ -173,7 +195,12 @@ export async function negotiate(io: HandshakeIo, config: HandshakeConfig): Promi
           // EXPORT_NAME cannot carry an error: the spec says terminate the session.
           throw new NbdProtocolError(`NBD_OPT_EXPORT_NAME: no export named ${JSON.stringify(decoded.name)}`);
         }
-        const transmissionFlags = transmissionFlagsFor(device, structuredReplies);
+        const decision = access.decide(device.name, identity, tls);
+        if (!decision.allowed) {
+          config.onRefused?.({ option: `NBD_OPT_${optionName(option)}`, exportName: device.name, identity, reason: decision.reason });
+          throw new NbdProtocolError(`NBD_OPT_EXPORT_NAME refused: ${decision.reason}`);
+        }
+        const transmissionFlags = transmissionFlagsFor(device, structuredReplies, decision.readOnly);
         io.write(encodeExportNameReply(device.size, transmissionFlags, noZeroes));
         return {
           device,
@@ -195,6 +222,7 @@ export async function negotiate(io: HandshakeIo, config: HandshakeConfig): Promi
           break;
         }
         for (const device of devices.list()) {
+          if (!access.decide(device.name, identity, tls).allowed) continue;
           reply(option, NbdReply.SERVER, encodeServerPayload(device.name, device.description ?? ''));
         }
         reply(option, NbdReply.ACK);
@@ -218,7 +246,7 @@ export async function negotiate(io: HandshakeIo, config: HandshakeConfig): Promi
           throw new NbdProtocolError('client sent data after NBD_OPT_STARTTLS before the reply');
         }
         reply(option, NbdReply.ACK);
-        await io.startTls();
+        identity = await io.startTls();
         tls = true;
         // The spec: nothing negotiated before STARTTLS survives it.
         structuredReplies = false;
@@ -238,7 +266,14 @@ export async function negotiate(io: HandshakeIo, config: HandshakeConfig): Promi
           replyError(option, NbdReply.ERR_UNKNOWN, `no export named ${JSON.stringify(decoded.name)}`);
           break;
         }
-        const transmissionFlags = transmissionFlagsFor(device, structuredReplies);
+        const decision = access.decide(device.name, identity, tls);
+        if (!decision.allowed) {
+          config.onRefused?.({ option: `NBD_OPT_${optionName(option)}`, exportName: device.name, identity, reason: decision.reason });
+          // A server without TLS must never send ERR_TLS_REQD (the spec's NOTLS mode).
+          replyError(option, decision.tlsRequired && tlsMode !== 'off' ? NbdReply.ERR_TLS_REQD : NbdReply.ERR_POLICY, decision.reason);
+          break;
+        }
+        const transmissionFlags = transmissionFlagsFor(device, structuredReplies, decision.readOnly);
         reply(option, NbdReply.INFO, encodeInfoExportPayload(device.size, transmissionFlags));
         if (decoded.infos.includes(NbdInfo.NAME) || decoded.name !== device.name) {
           reply(option, NbdReply.INFO, encodeInfoStringPayload(NbdInfo.NAME, device.name));
@@ -300,6 +335,13 @@ export async function negotiate(io: HandshakeIo, config: HandshakeConfig): Promi
         const device = resolveExport(devices, decoded.name);
         if (device === undefined) {
           replyError(option, NbdReply.ERR_UNKNOWN, `no export named ${JSON.stringify(decoded.name)}`);
+          break;
+        }
+        const decision = access.decide(device.name, identity, tls);
+        if (!decision.allowed) {
+          config.onRefused?.({ option: `NBD_OPT_${optionName(option)}`, exportName: device.name, identity, reason: decision.reason });
+          // ERR_TLS_REQD is for INFO, GO and EXPORT_NAME only (the spec's SELECTIVETLS).
+          replyError(option, NbdReply.ERR_POLICY, decision.reason);
           break;
         }
         let baseAllocation = !isSet && decoded.queries.length === 0;

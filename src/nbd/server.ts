@@ -1,15 +1,20 @@
 // The NBD server: accepts TCP connections, runs each through the handshake
 // and the transmission phase against a DeviceTable, and reports every request
 // as a 'request' event ({command, bytes, durationNs, error?}) for metrics.
+// Exports with an allow list (exportAllow) are attached only by the
+// principals on it; refusals go to the audit sink.
 
 import { InFlightBudget } from './in-flight-budget.ts';
 import { EventEmitter } from 'node:events';
 import * as net from 'node:net';
 import type { Logger } from 'pino';
+import { NO_AUDIT, type AuditSink } from '../audit/event.ts';
 import type { DeviceTable } from '../device/block-device.ts';
 import { limits } from '../limits.ts';
+import { formatExportGrant, type ExportGrant } from '../parse.ts';
+import { ExportAccessPolicy } from './access.ts';
 import { NbdConnection } from './connection.ts';
-import { ServerTls, type NbdTlsOptions } from './tls.ts';
+import { ServerTls, TlsConfigError, type NbdTlsOptions } from './tls.ts';
 import type { RequestEvent } from './transmission.ts';
 
 export type { RequestEvent } from './transmission.ts';
@@ -20,6 +25,10 @@ export interface NbdServerOptions {
   logger?: Logger;
   /** Overrides limits.nbdInFlightBytesTotalMax (tests). */
   inFlightBytesTotalMax?: number;
+  /** Allow lists by export (checked by checkExportGrants); an export not named is open to every client. */
+  exportAllow?: readonly ExportGrant[];
+  /** Records refused attaches and TLS clients that fail verification. */
+  audit?: AuditSink;
 }
 
 export class NbdServer extends EventEmitter {
@@ -28,6 +37,8 @@ export class NbdServer extends EventEmitter {
   private readonly devices: DeviceTable;
   private readonly tls: ServerTls | undefined;
   private readonly logger: Logger | undefined;
+  private readonly access: ExportAccessPolicy;
+  private readonly audit: AuditSink;
   private readonly connections = new Set<NbdConnection>();
   private readonly running = new Set<Promise<void>>();
   private server: net.Server | undefined;
@@ -39,7 +50,17 @@ export class NbdServer extends EventEmitter {
     this.devices = options.devices;
     this.logger = options.logger;
     // Certificate and key files are read here so a bad path fails at startup, not at the first STARTTLS.
-    this.tls = options.tls !== undefined && options.tls.mode !== 'off' ? new ServerTls(options.tls) : undefined;
+    this.tls = options.tls !== undefined ? new ServerTls(options.tls) : undefined;
+    const tls = this.tls;
+    for (const grant of options.exportAllow ?? []) {
+      const p = grant.principal;
+      const usable = tls !== undefined && tls.mode !== 'off' && (p.kind === 'psk' ? tls.hasPskIdentity(p.identity) : tls.verifyPeer);
+      if (!usable) {
+        throw new TlsConfigError(`export-allow ${formatExportGrant(grant)}: ${p.kind === 'psk' ? 'the PSK file has no such identity' : 'needs TLS with tls-verify-peer'}; no client could ever be it`);
+      }
+    }
+    this.access = new ExportAccessPolicy(options.exportAllow);
+    this.audit = options.audit ?? NO_AUDIT;
   }
 
   get connectionCount(): number {
@@ -111,6 +132,8 @@ export class NbdServer extends EventEmitter {
       // Timing every request costs a clock read; only pay for it when someone listens.
       onRequest: this.listenerCount('request') > 0 ? onRequest : undefined,
       budget: this.budget,
+      access: this.access,
+      audit: this.audit,
     });
     this.connections.add(connection);
     const done = connection.run().finally(() => {

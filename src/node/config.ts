@@ -16,7 +16,7 @@ import { VERSION } from '../version.ts';
 import { loadPeerAuth } from '../cluster/peer-auth.ts';
 import type { LogFormat } from '../log.ts';
 import type { TlsMode } from '../nbd/tls.ts';
-import { formatHostPort, formatSize, parseAnonymousReads, parseDevice, parseHostPort, parseNodeId, parsePeers, parseSize, type AnonymousRead, type DeviceSpec, type HostPort } from '../parse.ts';
+import { checkExportGrants, formatExportGrant, formatHostPort, formatSize, parseAnonymousReads, parseDevice, parseExportGrants, parseHostPort, parseNodeId, parsePeers, parseSize, type AnonymousRead, type DeviceSpec, type ExportGrant, type HostPort } from '../parse.ts';
 
 export class ConfigError extends XDeviceError {
   constructor(message: string) {
@@ -52,6 +52,9 @@ export interface NodeConfig {
   tlsKey: string;
   tlsCa: string;
   tlsPsk: string;
+  tlsVerifyPeer: boolean;
+  /** Per-export allow lists; exports not named are open to every client. */
+  exportAllow: ExportGrant[];
   logLevel: string;
   logFormat: LogFormat;
   /** Bytes kept free on the data filesystem; writes get ENOSPC below it. */
@@ -60,7 +63,7 @@ export interface NodeConfig {
   readyLine: boolean;
 }
 
-type Kind = 'string' | 'hostport' | 'devices' | 'peers' | 'boolean' | 'size' | 'anonymous-reads' | { oneOf: readonly string[] };
+type Kind = 'string' | 'hostport' | 'devices' | 'peers' | 'boolean' | 'size' | 'anonymous-reads' | 'grants' | { oneOf: readonly string[] };
 
 interface KeySpec {
   key: string;
@@ -98,8 +101,10 @@ export const CONFIG_KEYS: readonly KeySpec[] = [
   { key: 'tls', field: 'tls', kind: { oneOf: ['off', 'on', 'require'] }, default: 'off', describe: 'NBD STARTTLS: off, on (offered), require' },
   { key: 'tls-cert', field: 'tlsCert', kind: 'string', default: '', describe: 'X.509 certificate (PEM) for NBD TLS' },
   { key: 'tls-key', field: 'tlsKey', kind: 'string', default: '', describe: 'private key (PEM) for NBD TLS' },
-  { key: 'tls-ca', field: 'tlsCa', kind: 'string', default: '', describe: 'CA (PEM) to verify client certificates' },
+  { key: 'tls-ca', field: 'tlsCa', kind: 'string', default: '', describe: 'CA (PEM) that signs client certificates (with tls-verify-peer)' },
   { key: 'tls-psk', field: 'tlsPsk', kind: 'string', default: '', describe: 'PSK file (username:hexkey lines) for NBD TLS-PSK' },
+  { key: 'tls-verify-peer', field: 'tlsVerifyPeer', kind: 'boolean', default: 'false', describe: 'every NBD TLS client must present a certificate signed by tls-ca (X.509 only)' },
+  { key: 'export-allow', field: 'exportAllow', kind: 'grants', default: '', describe: 'EXPORT:rw|ro:PRINCIPAL, repeatable (;-separated in env): only listed principals attach EXPORT; PRINCIPAL is a certificate subject (/CN=alice) or psk:NAME' },
   { key: 'log-level', field: 'logLevel', kind: { oneOf: LOG_LEVELS }, default: 'info', describe: 'trace, debug, info, warn, error, fatal', reloadable: true },
   { key: 'space-reserve', field: 'spaceReserve', kind: 'size', default: formatSize(limits.spaceReserveBytes), describe: 'free space kept on the data filesystem: below it writes get ENOSPC before they are proposed' },
   { key: 'log-format', field: 'logFormat', kind: { oneOf: ['auto', 'json', 'pretty'] }, default: 'auto', describe: 'auto: pretty on a terminal, JSON otherwise' },
@@ -129,6 +134,11 @@ function parseValue(spec: KeySpec, raw: string | string[]): unknown {
       return parsePeers(values.join(','));
     case 'anonymous-reads':
       return parseAnonymousReads(one);
+    case 'grants': {
+      const grants = values.flatMap(parseExportGrants);
+      checkExportGrants(grants);
+      return grants;
+    }
     case 'devices': {
       const devices = values.flatMap((v) => v.split(',')).map((s) => s.trim()).filter(Boolean).map(parseDevice);
       const seen = new Set<string>();
@@ -263,6 +273,7 @@ function crossCheck(c: NodeConfig): void {
   }
   if ((c.tlsCert === '') !== (c.tlsKey === '')) throw new ConfigError('tls-cert and tls-key go together');
   checkAdminAccess(c);
+  checkNbdAccess(c);
   if (c.join && Object.keys(c.peers).length === 0) throw new ConfigError('join: needs peers (the existing members to contact)');
   if (c.devices.length === 0) throw new ConfigError('device: at least one device is needed');
   if (c.backend === 'replicated') {
@@ -296,6 +307,25 @@ export function isLoopbackHost(host: string): boolean {
   return host === 'localhost' || host === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host) || /^::ffff:127\./i.test(host);
 }
 
+/** tls-verify-peer and export-allow need the TLS that proves who a client is. */
+function checkNbdAccess(c: NodeConfig): void {
+  if (c.tlsVerifyPeer) {
+    if (c.tls === 'off') throw new ConfigError('tls-verify-peer: needs tls = on or require');
+    if (c.tlsPsk) throw new ConfigError('tls-verify-peer: checks X.509 client certificates; with tls-psk every client already proves a key from the PSK file, so drop tls-verify-peer');
+    if (!c.tlsCa) throw new ConfigError('tls-verify-peer: needs tls-ca, the CA (PEM) that signs client certificates');
+  } else if (c.tls !== 'off' && c.tlsCa) {
+    // tls-ca alone once required client certificates; silently accepting clients without one would weaken such a node.
+    throw new ConfigError('tls-ca: client certificates are verified only with tls-verify-peer = true; set it (every TLS client then needs a certificate signed by tls-ca), or drop tls-ca');
+  }
+  for (const grant of c.exportAllow) {
+    if (c.tls === 'off') throw new ConfigError(`export-allow: ${formatExportGrant(grant)}: needs tls = on or require, since only TLS proves who a client is`);
+    if (grant.principal.kind === 'subject' && !c.tlsVerifyPeer) {
+      throw new ConfigError(`export-allow: ${formatExportGrant(grant)} names a certificate subject: needs tls-verify-peer = true and tls-ca`);
+    }
+    if (grant.principal.kind === 'psk' && !c.tlsPsk) throw new ConfigError(`export-allow: ${formatExportGrant(grant)} names a PSK identity: needs tls-psk`);
+  }
+}
+
 /** The effective configuration for the start-up log, secrets masked. */
 export function describeConfig(loaded: LoadedConfig): Record<string, unknown> {
   const out: Record<string, unknown> = {};
@@ -304,6 +334,7 @@ export function describeConfig(loaded: LoadedConfig): Record<string, unknown> {
     if (spec.key === 'admin-token' && value) value = '***';
     if (spec.kind === 'hostport') value = formatHostPort(value as HostPort);
     if (spec.kind === 'devices') value = (value as DeviceSpec[]).map((d) => `${d.name}:${formatSize(d.size)}`);
+    if (spec.kind === 'grants') value = (value as ExportGrant[]).map(formatExportGrant);
     out[spec.key] = { value, from: loaded.origin[spec.key] };
   }
   return out;
@@ -335,7 +366,7 @@ export function parseFlags(argv: string[]): ParsedFlags {
   for (const spec of CONFIG_KEYS) {
     parser = parser.option(spec.key, {
       type: spec.kind === 'boolean' ? 'boolean' : 'string',
-      array: spec.kind === 'devices',
+      array: spec.kind === 'devices' || spec.kind === 'grants',
       describe: `${spec.describe} (default ${spec.default || '""'})`,
     });
   }

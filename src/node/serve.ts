@@ -6,6 +6,7 @@
 
 import { readFileSync } from 'node:fs';
 import type { Logger } from 'pino';
+import type { AuditSink } from '../audit/event.ts';
 import { validateLimits } from '../limits.ts';
 import { setNativeLogger } from '../native.ts';
 import { NbdServer } from '../nbd/server.ts';
@@ -43,6 +44,7 @@ function nbdTls(config: NodeConfig) {
     ...(config.tlsKey ? { keyFile: config.tlsKey } : {}),
     ...(config.tlsCa ? { caFile: config.tlsCa } : {}),
     ...(config.tlsPsk ? { pskFile: config.tlsPsk } : {}),
+    ...(config.tlsVerifyPeer ? { verifyPeer: true } : {}),
   };
 }
 
@@ -72,7 +74,7 @@ function adminTls(config: NodeConfig): AdminTls | undefined {
 }
 
 /** Starts everything and listens; on a failure to listen, what was started is stopped again. */
-export async function startNode(loaded: LoadedConfig, logger: Logger): Promise<RunningNode> {
+export async function startNode(loaded: LoadedConfig, logger: Logger, audit?: AuditSink): Promise<RunningNode> {
   const { config } = loaded;
   validateLimits();
   setNativeLogger(logger.child({ component: 'native' }));
@@ -96,7 +98,13 @@ export async function startNode(loaded: LoadedConfig, logger: Logger): Promise<R
     throw err;
   }
   const nbdTlsOptions = nbdTls(config);
-  const nbd = new NbdServer({ devices: runtime.devices, logger: logger.child({ component: 'nbd' }), ...(nbdTlsOptions ? { tls: nbdTlsOptions } : {}) });
+  const nbd = new NbdServer({
+    devices: runtime.devices,
+    logger: logger.child({ component: 'nbd' }),
+    exportAllow: config.exportAllow,
+    ...(nbdTlsOptions ? { tls: nbdTlsOptions } : {}),
+    ...(audit ? { audit } : {}),
+  });
   const metrics = createMetrics({ node: runtime.api, nbd, dataDir: config.dataDir });
   const events = new EventLog(runtime.api);
   const admin = new AdminServer({ node: runtime.api, exports: nbd, metrics, events, logger: logger.child({ component: 'admin' }), access, ...(tls ? { tls } : {}) });

@@ -96,3 +96,43 @@ t.test('the command line: every key as --KEY; a bad or unknown flag is a ConfigE
     t.throws(() => readConfiguration([flag, '--backend=memory'], {}), { name: 'ConfigError', message: reason }, flag);
   }
 });
+
+t.test('NBD access: tls-verify-peer and export-allow need the TLS that proves who a client is', async (t) => {
+  const x509 = [['backend', 'memory'], ['tls', 'require'], ['tls-cert', '/c.pem'], ['tls-key', '/k.pem']] as Array<[string, string]>;
+  const load = (flags: Array<[string, string | string[]]>, env: NodeJS.ProcessEnv = {}, configFile?: string) =>
+    loadConfig({ flags: new Map(flags), env, ...(configFile ? { configFile } : {}) });
+
+  const { config } = load([...x509, ['tls-ca', '/ca.pem'], ['tls-verify-peer', 'true'], ['export-allow', ['vm1:rw:/CN=alice', 'vm1:ro:/CN=backup/O=Ops;db:ro:/CN=alice']]]);
+  t.equal(config.tlsVerifyPeer, true);
+  t.same(config.exportAllow.map((g) => [g.exportName, g.access, g.principal]), [
+    ['vm1', 'rw', { kind: 'subject', attributes: [['CN', 'alice']] }],
+    ['vm1', 'ro', { kind: 'subject', attributes: [['CN', 'backup'], ['O', 'Ops']] }],
+    ['db', 'ro', { kind: 'subject', attributes: [['CN', 'alice']] }],
+  ]);
+  const fromEnv = load([...x509, ['tls-ca', '/ca.pem']], { XDEVICE_TLS_VERIFY_PEER: '1', XDEVICE_EXPORT_ALLOW: 'a:rw:/CN=x;b:ro:/CN=y' });
+  t.same(fromEnv.config.exportAllow.map((g) => g.exportName), ['a', 'b'], 'the environment separates grants with ;');
+  const conf = file('acl.conf', 'tls-verify-peer = true\nexport-allow = a:rw:/CN=x\nexport-allow = "b:ro:/O=Example, Inc./CN=y"\n');
+  const fromFile = load([...x509, ['tls-ca', '/ca.pem']], {}, conf);
+  t.same(fromFile.config.exportAllow.map((g) => g.principal), [{ kind: 'subject', attributes: [['CN', 'x']] }, { kind: 'subject', attributes: [['O', 'Example, Inc.'], ['CN', 'y']] }]);
+  t.same((describeConfig(fromFile)['export-allow'] as { value: string[] }).value, ['a:rw:/CN=x', 'b:ro:/O=Example, Inc./CN=y']);
+  t.same(load([]).config.exportAllow, [], 'no allow list by default');
+  t.equal(load([]).config.tlsVerifyPeer, false);
+
+  const psk = [['backend', 'memory'], ['tls', 'on'], ['tls-psk', '/keys.psk']] as Array<[string, string]>;
+  t.same(load([...psk, ['export-allow', ['a:ro:psk:alice']]]).config.exportAllow[0]!.principal, { kind: 'psk', identity: 'alice' });
+
+  const refusals: Array<[Array<[string, string | string[]]>, RegExp]> = [
+    [[['backend', 'memory'], ['tls-verify-peer', 'true']], /tls-verify-peer: needs tls = on or require/],
+    [[...x509, ['tls-verify-peer', 'true']], /tls-verify-peer: needs tls-ca/],
+    [[...psk, ['tls-verify-peer', 'true'], ['tls-ca', '/ca.pem']], /tls-verify-peer: checks X\.509 client certificates; with tls-psk/],
+    [[...x509, ['tls-ca', '/ca.pem']], /tls-ca: client certificates are verified only with tls-verify-peer = true/],
+    [[['backend', 'memory'], ['export-allow', ['a:rw:/CN=x']]], /export-allow: a:rw:\/CN=x: needs tls = on or require/],
+    [[...x509, ['export-allow', ['a:rw:/CN=x']]], /names a certificate subject: needs tls-verify-peer = true and tls-ca/],
+    [[...psk, ['export-allow', ['a:rw:/CN=x']]], /names a certificate subject/],
+    [[...x509, ['tls-ca', '/ca.pem'], ['tls-verify-peer', 'true'], ['export-allow', ['a:rw:psk:x']]], /names a PSK identity: needs tls-psk/],
+    [[...psk, ['export-allow', ['a:rw:psk:x', 'a:ro:psk:x']]], /--export-allow: .*psk:x is given twice for export a/],
+    [[...psk, ['export-allow', ['a:rx:psk:x']]], /--export-allow: "a:rx:psk:x": access must be rw or ro/],
+    [[...psk, ['tls-verify-peer', 'maybe']], /--tls-verify-peer: must be true or false/],
+  ];
+  for (const [flags, reason] of refusals) t.throws(() => load(flags), { name: 'ConfigError', message: reason }, flags.map(([k, v]) => `--${k}=${String(v)}`).join(' '));
+});

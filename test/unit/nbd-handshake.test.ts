@@ -1,5 +1,6 @@
 // The handshake phase driven by scripted client bytes (no sockets): each test
-// feeds what a client would send and reads back the server's replies.
+// feeds what a client would send and reads back the server's replies. The
+// allow-list tests play STARTTLS as an upgrade that proves a given identity.
 
 import t from 'tap';
 import { MemoryDevice } from '../../src/device/memory.ts';
@@ -30,6 +31,9 @@ import { NbdProtocolError } from '../../src/nbd/errors.ts';
 import { negotiate, type HandshakeIo, type Negotiated } from '../../src/nbd/handshake.ts';
 import { InputQueue } from '../../src/nbd/input-queue.ts';
 import type { TlsMode } from '../../src/nbd/tls.ts';
+import { ANONYMOUS, ExportAccessPolicy, type ClientIdentity } from '../../src/nbd/access.ts';
+import { parseExportGrants } from '../../src/parse.ts';
+import type { AccessRefusal } from '../../src/nbd/handshake.ts';
 
 const FIXED = NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES;
 
@@ -55,10 +59,20 @@ interface Outcome {
   rest: Buffer;
 }
 
-async function run(clientBytes: Buffer[], options: { tlsMode?: TlsMode; shuttingDown?: boolean } = {}): Promise<Outcome> {
+interface RunOptions {
+  tlsMode?: TlsMode;
+  shuttingDown?: boolean;
+  access?: ExportAccessPolicy;
+  /** STARTTLS succeeds, proving this identity, and then the client sends `afterTls`. */
+  tls?: { identity: ClientIdentity; afterTls: Buffer[] };
+  refusals?: AccessRefusal[];
+}
+
+async function run(clientBytes: Buffer[], options: RunOptions = {}): Promise<Outcome> {
   const input = new InputQueue();
   for (const b of clientBytes) input.push(b);
-  input.close();
+  const upgrade = options.tls;
+  if (upgrade === undefined) input.close();
   const written: Buffer[] = [];
   const io: HandshakeIo = {
     read: (n) => input.read(n),
@@ -67,7 +81,10 @@ async function run(clientBytes: Buffer[], options: { tlsMode?: TlsMode; shutting
       return input.length;
     },
     startTls: async () => {
-      throw new Error('no TLS in this test');
+      if (upgrade === undefined) throw new Error('no TLS in this test');
+      for (const b of upgrade.afterTls) input.push(b);
+      input.close();
+      return upgrade.identity;
     },
   };
   let result: Negotiated | undefined;
@@ -77,6 +94,8 @@ async function run(clientBytes: Buffer[], options: { tlsMode?: TlsMode; shutting
       devices: table(),
       tlsMode: options.tlsMode ?? 'off',
       isShuttingDown: () => options.shuttingDown ?? false,
+      access: options.access,
+      onRefused: (refusal) => options.refusals?.push(refusal),
     });
   } catch (e) {
     error = e;
@@ -253,4 +272,57 @@ t.test('limits: too many options, oversized option, truncated stream', async (t)
 
   const cut = await run([encodeClientFlags(FIXED), go('a').subarray(0, 20)]);
   t.ok(cut.error !== undefined && cut.result === undefined, 'a client that goes away mid-option ends the handshake');
+});
+
+t.test('allow lists: listed exports are TLS-only, then only for listed identities; ro grants get a read-only export', async (t) => {
+  const access = new ExportAccessPolicy(parseExportGrants('a:ro:psk:alice;a:rw:psk:root'));
+  const alice: ClientIdentity = { kind: 'psk', identity: 'alice' };
+  const names = (o: Outcome): string[] =>
+    o.replies.filter((r) => r.replyType === NbdReply.SERVER).map((r) => (decodeServerPayload(r.payload) as { name: string }).name);
+
+  const refusals: AccessRefusal[] = [];
+  const plain = await run([encodeClientFlags(FIXED), encodeOption(NbdOption.LIST), encodeOption(NbdOption.INFO, encodeInfoRequestPayload('a', [])), go(''), encodeOption(NbdOption.ABORT)], { tlsMode: 'on', access, refusals });
+  t.same(names(plain), ['ro'], 'LIST without TLS leaves out the listed export');
+  t.same(plain.replies.slice(-3).map((r) => r.replyType >>> 0), [NbdReply.ERR_TLS_REQD, NbdReply.ERR_TLS_REQD, NbdReply.ACK], 'INFO and GO (also of the default export) ask for TLS');
+  t.same(refusals.map((r) => [r.option, r.exportName, r.identity.kind]), [['NBD_OPT_INFO', 'a', 'anonymous'], ['NBD_OPT_GO', 'a', 'anonymous']]);
+
+  const noTls = await run([encodeClientFlags(FIXED), go('a'), encodeOption(NbdOption.ABORT)], { tlsMode: 'off', access });
+  t.equal(noTls.replies[0]!.replyType >>> 0, NbdReply.ERR_POLICY, 'a server without TLS never sends TLS_REQD');
+
+  const exportName = await run([encodeClientFlags(FIXED), encodeOption(NbdOption.EXPORT_NAME, Buffer.from('a'))], { tlsMode: 'on', access });
+  t.type(exportName.error, NbdProtocolError, 'EXPORT_NAME of a listed export without TLS ends the session');
+  t.match((exportName.error as Error).message, /has an allow list/);
+
+  const ro = await run([encodeClientFlags(FIXED), encodeOption(NbdOption.STARTTLS)], {
+    tlsMode: 'on',
+    access,
+    tls: { identity: alice, afterTls: [encodeOption(NbdOption.LIST), go('a')] },
+  });
+  t.same(names(ro), ['a', 'ro'], 'LIST after TLS shows what alice may attach');
+  t.equal(ro.result?.device.name, 'a');
+  t.ok((ro.result!.transmissionFlags & NBD_FLAG_READ_ONLY) !== 0, 'an ro grant attaches read-only');
+  t.equal(ro.result!.transmissionFlags & NBD_FLAG_SEND_TRIM, 0, 'and offers no TRIM');
+
+  const rw = await run([encodeClientFlags(FIXED), encodeOption(NbdOption.STARTTLS)], { tlsMode: 'on', access, tls: { identity: { kind: 'psk', identity: 'root' }, afterTls: [go('a')] } });
+  t.equal(rw.result!.transmissionFlags & NBD_FLAG_READ_ONLY, 0, 'an rw grant attaches read-write');
+
+  const strangers: AccessRefusal[] = [];
+  for (const identity of [{ kind: 'psk', identity: 'mallory' }, ANONYMOUS] as ClientIdentity[]) {
+    const o = await run([encodeClientFlags(FIXED), encodeOption(NbdOption.STARTTLS)], {
+      tlsMode: 'require',
+      access,
+      refusals: strangers,
+      tls: {
+        identity,
+        afterTls: [encodeOption(NbdOption.LIST), encodeOption(NbdOption.STRUCTURED_REPLY), encodeOption(NbdOption.SET_META_CONTEXT, encodeMetaContextRequestPayload('a', ['base:allocation'])), go('a'), go('ro')],
+      },
+    });
+    t.same(names(o), ['ro'], `${identity.kind}: LIST leaves out the export it may not attach`);
+    const afterList = o.replies.filter((r) => r.option !== NbdOption.LIST && r.option !== NbdOption.STARTTLS && r.option !== NbdOption.STRUCTURED_REPLY);
+    t.equal(afterList[0]!.replyType >>> 0, NbdReply.ERR_POLICY, `${identity.kind}: SET_META_CONTEXT of it is refused`);
+    t.equal(afterList[1]!.replyType >>> 0, NbdReply.ERR_POLICY, `${identity.kind}: GO after TLS is refused by policy, not TLS_REQD`);
+    t.match(afterList[1]!.payload.toString('utf8'), /is not on the allow list of export a/);
+    t.equal(o.result?.device.name, 'ro', 'the session goes on to an open export');
+  }
+  t.same(strangers.map((r) => [r.option, r.identity.kind]), [['NBD_OPT_SET_META_CONTEXT', 'psk'], ['NBD_OPT_GO', 'psk'], ['NBD_OPT_SET_META_CONTEXT', 'anonymous'], ['NBD_OPT_GO', 'anonymous']]);
 });
