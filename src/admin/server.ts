@@ -8,6 +8,7 @@
 //   POST   /devices/:name/verify   start a verify (202, its report so far)   GET /verify   GET /verify/:id  its report
 //   GET    /metrics           Prometheus text format
 //   GET    /                  the status page (HTML; reads the endpoints above)   GET /events  its recent events
+//   GET    /audit             ?since=ISO&scope=cluster|node|all&limit=N  the audit trail; ?verify=true  its check (src/audit/query.ts)
 //
 // Errors are JSON {error: {code, message}} with a status a script can act on.
 
@@ -20,6 +21,8 @@ import type { DeviceInfo, NodeApi } from './api.ts';
 import { XDeviceError } from '../errors.ts';
 import { parseDeviceName, parseDeviceSize, parseNodeId, parsePeers } from '../parse.ts';
 import { STATUS_PAGE_HTML, type EventLog } from './status-page.ts';
+import type { AuditSink } from '../audit/event.ts';
+import { auditResponse, type AuditReader } from '../audit/query.ts';
 
 const BODY_BYTES_MAX = 64 * 1024;
 
@@ -50,6 +53,9 @@ export interface AdminServerOptions {
   token?: string;
   /** Recent events for the status page (GET /events). */
   events?: EventLog;
+  audit?: AuditSink;
+  /** This node's audit trails (GET /audit). */
+  auditReader?: AuditReader;
 }
 
 /** Maps errors thrown by the node to HTTP statuses. */
@@ -262,6 +268,8 @@ export class AdminServer {
         if (!node.verifyReport) throw new HttpError(404, 'XDEVICE_ERR_NOT_FOUND', `no verify ${id}`);
         return this.json(res, 200, node.verifyReport(id));
       }
+      case 'GET /audit':
+        return this.json(res, 200, await auditResponse(this.options.auditReader, url.searchParams));
       case 'GET /events':
         return this.json(res, 200, { events: this.options.events?.list() ?? [] });
       case 'GET /metrics': {

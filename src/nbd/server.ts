@@ -11,6 +11,7 @@ import { limits } from '../limits.ts';
 import { NbdConnection } from './connection.ts';
 import { ServerTls, type NbdTlsOptions } from './tls.ts';
 import type { RequestEvent } from './transmission.ts';
+import type { AuditSink } from '../audit/event.ts';
 
 export type { RequestEvent } from './transmission.ts';
 
@@ -20,6 +21,7 @@ export interface NbdServerOptions {
   logger?: Logger;
   /** Overrides limits.nbdInFlightBytesTotalMax (tests). */
   inFlightBytesTotalMax?: number;
+  audit?: AuditSink;
 }
 
 export class NbdServer extends EventEmitter {

@@ -13,6 +13,7 @@ import { createMetrics } from '../admin/metrics.ts';
 import { EventLog } from '../admin/status-page.ts';
 import { watchFaultFile } from '../wal/fault-file.ts';
 import { formatHostPort } from '../parse.ts';
+import { NO_AUDIT } from '../audit/event.ts';
 import { describeConfig, startupSummary, type LoadedConfig, type NodeConfig } from './config.ts';
 import { startReplicatedRuntime, type Runtime } from './runtime.ts';
 import { startStandaloneRuntime } from './standalone.ts';
@@ -63,10 +64,20 @@ export async function startNode(loaded: LoadedConfig, logger: Logger): Promise<R
     throw err;
   }
   const tls = nbdTls(config);
-  const nbd = new NbdServer({ devices: runtime.devices, logger: logger.child({ component: 'nbd' }), ...(tls ? { tls } : {}) });
+  const audit = runtime.audit ?? NO_AUDIT;
+  const nbd = new NbdServer({ devices: runtime.devices, logger: logger.child({ component: 'nbd' }), ...(tls ? { tls } : {}), audit });
   const metrics = createMetrics({ node: runtime.api, nbd, dataDir: config.dataDir });
   const events = new EventLog(runtime.api);
-  const admin = new AdminServer({ node: runtime.api, exports: nbd, metrics, events, logger: logger.child({ component: 'admin' }), token: config.adminToken });
+  const admin = new AdminServer({
+    node: runtime.api,
+    exports: nbd,
+    metrics,
+    events,
+    logger: logger.child({ component: 'admin' }),
+    token: config.adminToken,
+    audit,
+    ...(runtime.audit ? { auditReader: runtime.audit } : {}),
+  });
 
   let nbdAddress = '';
   let adminAddress = '';
