@@ -20,8 +20,8 @@
 // Read-only devices (SET_DEVICE_FLAGS, CREATE_DEVICE flags) refuse data
 // commands at apply with EPERM, the same on every node: the NBD layer
 // refuses them before proposing, this catches a write proposed before the
-// flag applied. Verify (VERIFY_DEVICE/RESULT) lives in verify.ts; this file
-// only hooks it into apply. (Over 500 lines: apply and its table commands
+// flag applied. Verify (VERIFY_DEVICE/RESULT) lives in verify.ts, the audit
+// trail (AUDIT_RECORD) in src/audit/trail.ts; this file only hooks them into apply. (Over 500 lines: apply and its table commands
 // read best in one place.)
 
 import { join } from 'node:path';
