@@ -6,7 +6,7 @@
 // the block store hands AUDIT_RECORD entries to the trail exactly once.
 
 import t, { type Test } from 'tap';
-import { mkdtemp, readFile, readdir, rm, unlink, writeFile, appendFile } from 'node:fs/promises';
+import { appendFile, mkdtemp, readFile, readdir, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
@@ -92,8 +92,7 @@ t.test('rotation by size: the chain continues across files, and a removed file i
   const files = (await readdir(dir)).filter((f) => f.endsWith('.jsonl')).sort();
   t.same(files, [trailFileName('cluster', 1), trailFileName('cluster', 2), trailFileName('cluster', 3)]);
   for (const f of files) {
-    const { size } = await import('node:fs/promises').then((fs) => fs.stat(join(dir, f)));
-    t.ok(size <= limits.auditFileBytesMax, `${f} within the limit`);
+    t.ok((await stat(join(dir, f))).size <= limits.auditFileBytesMax, `${f} within the limit`);
   }
   const report = await verifyTrail(dir, 'cluster');
   t.same({ ok: report.ok, files: report.files, records: report.records }, { ok: true, files: 3, records: count });
