@@ -188,6 +188,18 @@ const limitValues = {
   adminClientsMax: 1024,
   /** Size of admin-clients-file (1024 lines of about 100 bytes, with room for comments). */
   adminClientsFileBytesMax: 256 * KiB,
+
+  // ---- Audit trail (src/audit) ---------------------------------------------
+  /** A trail file (DATA/audit/<scope>-N.jsonl) is rotated to the next number before it grows past this. */
+  auditFileBytesMax: 8 * MiB,
+  /** The JSON of one event's (masked) arguments; larger ones are recorded as their size only. */
+  auditArgsBytesMax: 4 * KiB,
+  /** The reason of one event; longer ones are cut. */
+  auditReasonBytesMax: 1 * KiB,
+  /** Events the sink has started recording and not finished (proposals, appends); more are counted and dropped. */
+  auditPendingMax: 1024,
+  /** Records one GET /audit returns (the newest ones matching). */
+  auditListRecordsMax: 10_000,
 } satisfies Record<string, number>;
 
 export type Limits = { readonly [K in keyof typeof limitValues]: number };
@@ -197,6 +209,7 @@ export function validateLimits(l: Limits = limits): void {
   const fail = (why: string): never => {
     throw new Error(`invalid limits: ${why}`);
   };
+  if (l.auditFileBytesMax < 2 * (l.auditArgsBytesMax + l.auditReasonBytesMax + 4 * KiB)) fail('auditFileBytesMax too small for two records');
   if (l.walRecordPayloadBytesMax < l.requestBytesMax) fail('walRecordPayloadBytesMax < requestBytesMax');
   if (l.walSegmentBytes < l.walRecordPayloadBytesMax + l.walAlignmentBytes * 2) fail('walSegmentBytes too small for one record');
   if (l.walSegmentBytes % l.walAlignmentBytes !== 0) fail('walSegmentBytes not aligned');

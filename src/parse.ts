@@ -291,3 +291,18 @@ export function formatPrincipal(principal: GrantPrincipal): string {
 export function formatExportGrant(grant: ExportGrant): string {
   return `${grant.exportName}:${grant.access}:${formatPrincipal(grant.principal)}`;
 }
+
+const DURATION_UNITS_MS: Record<string, number> = { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
+
+/**
+ * A point in time as ms since the epoch: an ISO 8601 time ("2026-12-02T08:00:00Z",
+ * "2026-12-02") or a duration back from `nowMs` ("90s", "15m", "2h", "7d").
+ */
+export function parseSince(text: string, nowMs: number): number {
+  const t = text.trim();
+  const d = /^(\d{1,9})([smhd])$/.exec(t);
+  if (d) return Math.max(0, nowMs - Number(d[1]) * DURATION_UNITS_MS[d[2]!]!);
+  const ms = /^\d{4}-\d{2}-\d{2}([T ][0-9:.]+(Z|[+-]\d{2}:?\d{2})?)?$/.test(t) ? Date.parse(t) : NaN;
+  if (Number.isNaN(ms) || ms < 0) throw new Error(`not a time: "${text}" (use an ISO 8601 time such as 2026-12-02T08:00:00Z, or a duration back from now such as 15m, 2h, 7d)`);
+  return ms;
+}

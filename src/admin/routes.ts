@@ -40,6 +40,7 @@ export const ROUTES: Readonly<Record<string, RouteRule>> = {
   'GET /devices': { role: 'viewer' },
   'GET /verify': { role: 'viewer' },
   'GET /verify/:arg': { role: 'viewer' },
+  'GET /audit': { role: 'admin' },
   'POST /devices': { role: 'operator', audit: { operation: 'device.create', scope: 'cluster' } },
   'PATCH /devices/:arg': { role: 'operator', audit: { operation: 'device.update', scope: 'cluster' } },
   'DELETE /devices/:arg': { role: 'operator', audit: { operation: 'device.delete', scope: 'cluster' } },

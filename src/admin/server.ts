@@ -11,6 +11,7 @@
 //   POST   /devices/:name/verify   start a verify (202, its report so far)   GET /verify   GET /verify/:id  its report
 //   GET    /metrics           Prometheus text format
 //   GET    /                  the status page (HTML; reads the endpoints above)   GET /events  its recent events
+//   GET    /audit             ?since=ISO&scope=cluster|node|all&limit=N  the audit trail; ?verify=true  its check (src/audit/query.ts)
 //
 // Errors are JSON {error: {code, message}} with a status a script can act on:
 // 401 (with WWW-Authenticate) for missing or wrong credentials, 403 for a
@@ -29,6 +30,7 @@ import { maskSecrets, NO_AUDIT, type AuditEvent, type AuditSink } from '../audit
 import { STATUS_PAGE_HTML, type EventLog } from './status-page.ts';
 import { authenticate, OPEN_ACCESS, type AccessTable, type Credentials, type Principal } from './access.ts';
 import { roleAllows, routeKey, ROUTES, type RouteRule } from './routes.ts';
+import { auditResponse, type AuditReader } from '../audit/query.ts';
 
 const BODY_BYTES_MAX = 64 * 1024;
 
@@ -63,6 +65,8 @@ export interface AdminServerOptions {
   audit?: AuditSink;
   /** Recent events for the status page (GET /events). */
   events?: EventLog;
+  /** This node's audit trails (GET /audit). */
+  auditReader?: AuditReader;
 }
 
 export interface AdminTls {
@@ -340,6 +344,8 @@ export class AdminServer {
         if (!node.verifyReport) throw new HttpError(404, 'XDEVICE_ERR_NOT_FOUND', `no verify ${id}`);
         return this.json(res, 200, node.verifyReport(id));
       }
+      case 'GET /audit':
+        return this.json(res, 200, await auditResponse(this.options.auditReader, url.searchParams));
       case 'GET /events':
         return this.json(res, 200, { events: this.options.events?.list() ?? [] });
       case 'GET /metrics': {

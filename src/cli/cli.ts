@@ -15,6 +15,7 @@ import { formatSize, parseDeviceName, parseDeviceSize, parseNodeId, parsePeers }
 import { ProgressBar, renderTable, type OutputFormat } from './output.ts';
 import { clusterHealth, clusterStatus, endpointHealth, endpointStatus, healthTable, statusTable } from './cluster-status.ts';
 import { VERSION } from '../version.ts';
+import { auditCommands } from './audit.ts';
 import type { DeviceInfo, Member, NodeStatus, VerifyReport } from '../admin/api.ts';
 
 export const EXIT = { ok: 0, failed: 1, usage: 2, unreachable: 3, unauthorised: 4, noKernelNbd: 5 } as const;
@@ -40,6 +41,10 @@ class CliExit extends Error {
 
 function usage(message: string): never {
   throw new CliExit(EXIT.usage, message);
+}
+
+function fail(message: string): never {
+  throw new CliExit(EXIT.failed, message);
 }
 
 /** Runs one of the configuration's parsers on an argument; its complaint is a usage error naming the argument. */
@@ -444,6 +449,7 @@ export function buildCli(args: string[]): Argv<GlobalArgs> {
         )
         .demandCommand(1, 'say which: add'),
     )
+    .command('audit', 'read and check the audit trail', (y) => auditCommands(y, { client: (a) => client(a as GlobalArgs), print: (a, json, table) => print(a as GlobalArgs, json, table), usage, fail }))
     .command(
       'attach',
       'attach an export to a kernel NBD device with nbd-client',

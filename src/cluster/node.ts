@@ -26,6 +26,7 @@ import { WAL_DIR } from '../replica/open.ts';
 import { allocatedBytes } from '../disk/usage.ts';
 import { MemberPublisher } from '../replica/publish.ts';
 import { VERSION } from '../version.ts';
+import { openTrails, type AuditTrail } from '../audit/trail.ts';
 
 export interface NodeConfig {
   nodeId: string;
@@ -91,7 +92,10 @@ export class ClusterNode {
     readonly transport: Transport,
     private readonly space: SpaceMonitor,
     private readonly lock: DataDirLock,
+    /** The audit trails in the data directory; apply writes the cluster one. */
+    readonly audit: { cluster: AuditTrail; node: AuditTrail },
   ) {
+    store.auditTrail = audit.cluster;
     const options: ReplicaOptions = { nodeId: config.nodeId, devices: config.devices, ...(config.tuning ? { tuning: config.tuning } : {}) };
     const env = {
       clock: realClock,
@@ -163,7 +167,9 @@ export class ClusterNode {
       checkStart: checkStartState,
       checkFiles: checkDeviceFiles,
     });
+    let audit: { cluster: AuditTrail; node: AuditTrail } | undefined;
     try {
+      audit = await openTrails(dataDir, logger.child({ component: 'audit' }));
       // Addresses given on the command line win over those remembered (an operator moved a peer).
       const peers: Record<string, string> = { ...store.memberAddresses(), ...initialPeers };
       const transport = new Transport({
@@ -175,11 +181,13 @@ export class ClusterNode {
         logger: logger.child({ component: 'transport' }),
       });
       const space = new SpaceMonitor(dataDir, config.spaceReserveBytes ?? limits.spaceReserveBytes);
-      const node = new ClusterNode(config, wal, store, transport, space, lock);
+      const node = new ClusterNode(config, wal, store, transport, space, lock, audit);
       await node.run(founded);
       return node;
     } catch (err) {
       await wal.close().catch(() => undefined);
+      await audit?.cluster.close().catch(() => undefined);
+      await audit?.node.close().catch(() => undefined);
       throw err;
     }
   }
@@ -241,6 +249,8 @@ export class ClusterNode {
     if (this.replica.stopped) return;
     await this.replica.stop();
     this.space.stop();
+    await this.audit.cluster.close();
+    await this.audit.node.close();
     this.lock.release();
   }
 }

@@ -20,8 +20,8 @@
 // Read-only devices (SET_DEVICE_FLAGS, CREATE_DEVICE flags) refuse data
 // commands at apply with EPERM, the same on every node: the NBD layer
 // refuses them before proposing, this catches a write proposed before the
-// flag applied. Verify (VERIFY_DEVICE/RESULT) lives in verify.ts; this file
-// only hooks it into apply. (Over 500 lines: apply and its table commands
+// flag applied. Verify (VERIFY_DEVICE/RESULT) lives in verify.ts, the audit
+// trail (AUDIT_RECORD) in src/audit/trail.ts; this file only hooks them into apply. (Over 500 lines: apply and its table commands
 // read best in one place.)
 
 import { join } from 'node:path';
@@ -33,6 +33,7 @@ import { limits } from '../limits.ts';
 import { EntryType, type Entry } from '../raft/types.ts';
 import type { Extent } from './block-device.ts';
 import { type DeviceRecord, type StoreState, readCheckpoint, syncDir, writeCheckpoint } from './checkpoint.ts';
+import type { AuditEntry } from '../audit/entry.ts';
 import { type Command, CommandOp, DEVICE_FLAG_READ_ONLY, decodeCommand, type RequestId } from './commands.ts';
 import { deviceNameProblem, deviceSizeProblem } from '../parse.ts';
 import { MemberTable, type PublishedMember } from './member-table.ts';
@@ -76,6 +77,12 @@ interface OpenDevice {
   file: DiskFile;
 }
 
+/** Where AUDIT_RECORD entries go (src/audit/trail.ts); a store without one (the simulator) applies them as no-ops. */
+export interface AuditRecordApplier {
+  /** Appends the entry at log index `index` unless the trail already holds it (replay); rejects only on I/O errors. */
+  applyRecord(index: number, entry: AuditEntry): Promise<void>;
+}
+
 export function deviceFileName(id: number): string {
   return `dev-${id}.img`;
 }
@@ -96,6 +103,8 @@ export class BlockStore {
   private applying = false;
   /** Verify records (replicated) and this node's scans; the replica sets its listener. */
   readonly verifies = new VerifyTable();
+  /** The cluster audit trail; set by the runtime before the first apply. */
+  auditTrail: AuditRecordApplier | undefined;
   clusterId: string;
   appliedIndex: number;
   appliedTerm: number;
@@ -309,6 +318,9 @@ export class BlockStore {
           // No file is touched: nothing to order against the writes around it.
           const problem = this.published.apply(cmd, e.index, this.removed.has(cmd.nodeId));
           if (problem) outcome.error = { code: 'XDEVICE_ERR_INVALID', message: problem };
+        } else if (cmd.op === CommandOp.AuditRecord) {
+          // No device file is touched; the trail keeps its appends in order, and a failed one fails the batch (an I/O error).
+          if (this.auditTrail) pending.push(this.auditTrail.applyRecord(e.index, cmd.entry));
         } else if (isTableOp) {
           await barrier();
           const error = await this.applyTableCommand(cmd, e.index);

@@ -22,9 +22,14 @@
 //   VERIFY_DEVICE  str8 name | u64 rangeBytes          (verify id = this entry's index)
 //   VERIFY_RESULT  u64 verifyId | str8 nodeId | u8 ok | u32 count | count x u32 crc32c   (ok = 1)
 //                  u64 verifyId | str8 nodeId | u8 ok | str8 why                        (ok = 0)
+//   AUDIT_RECORD   u64 timeMs | str8 principal | str8 source | str8 operation | u8 outcome
+//                  | bytes32 args (JSON object) | bytes32 reason   (src/audit/entry.ts bounds)
+//                  (ops 10-12 are taken by encryption)
 
 import { XDeviceError } from '../errors.ts';
+import { AUDIT_OUTCOMES, type AuditEntry, entryProblem } from '../audit/entry.ts';
 import type { Publication } from './member-table.ts';
+import { limits } from '../limits.ts';
 import { WireReader, WireWriter, str8Size } from './wire.ts';
 
 export const COMMAND_VERSION = 1;
@@ -42,6 +47,8 @@ export const enum CommandOp {
   SetDeviceFlags = 7,
   VerifyDevice = 8,
   VerifyResult = 9,
+  /** A cluster-wide audit event, written to every replica's trail (src/audit/). */
+  AuditRecord = 13,
 }
 
 /** Device flags (CREATE_DEVICE, SET_DEVICE_FLAGS). */
@@ -70,7 +77,8 @@ export type Command =
   | (RequestId & { op: CommandOp.PublishMember } & Publication)
   | (RequestId & { op: CommandOp.SetDeviceFlags; name: string; flags: number })
   | (RequestId & { op: CommandOp.VerifyDevice; name: string; rangeBytes: number })
-  | (RequestId & { op: CommandOp.VerifyResult; verifyId: number; nodeId: string; digests?: Uint32Array; why?: string });
+  | (RequestId & { op: CommandOp.VerifyResult; verifyId: number; nodeId: string; digests?: Uint32Array; why?: string })
+  | (RequestId & { op: CommandOp.AuditRecord; entry: AuditEntry });
 
 export class CommandDecodeError extends XDeviceError {
   constructor(message: string) {
@@ -183,6 +191,23 @@ export function encodeVerifyResult(id: RequestId, verifyId: number, nodeId: stri
   return w.buf;
 }
 
+/** The entry must pass entryProblem() (boundEntry() makes one that does): a peer decoding it checks the same. */
+export function encodeAuditRecord(id: RequestId, e: AuditEntry): Buffer {
+  const problem = entryProblem(e);
+  if (problem) throw new CommandDecodeError(`audit entry not recordable: ${problem}`);
+  const args = Buffer.from(e.args);
+  const reason = Buffer.from(e.reason);
+  const w = header(8 + str8Size(e.principal) + str8Size(e.source) + str8Size(e.operation) + 1 + 4 + args.length + 4 + reason.length, CommandOp.AuditRecord, id);
+  w.u64(e.timeMs);
+  w.str8(e.principal);
+  w.str8(e.source);
+  w.str8(e.operation);
+  w.u8(AUDIT_OUTCOMES.indexOf(e.outcome));
+  w.bytes32(args);
+  w.bytes32(reason);
+  return w.buf;
+}
+
 export function encodeCommand(c: Command): Buffer {
   switch (c.op) {
     case CommandOp.Write:
@@ -205,6 +230,8 @@ export function encodeCommand(c: Command): Buffer {
       return encodeVerifyDevice(c, c.name, c.rangeBytes);
     case CommandOp.VerifyResult:
       return encodeVerifyResult(c, c.verifyId, c.nodeId, c.digests ? { digests: c.digests } : { why: c.why ?? '' });
+    case CommandOp.AuditRecord:
+      return encodeAuditRecord(c, c.entry);
   }
 }
 
@@ -302,6 +329,8 @@ export function decodeCommand(data: Buffer): Command {
         for (let i = 0; i < count; i++) digests[i] = r.u32();
         return { op, clientId, seq, firstUnacked, verifyId, nodeId, digests };
       }
+      case CommandOp.AuditRecord:
+        return { op, clientId, seq, firstUnacked, entry: decodeAuditEntry(r) };
       default:
         throw new CommandDecodeError(`unknown command op ${op as number}`);
     }
@@ -327,4 +356,37 @@ function decodePublication(r: WireReader): Publication {
   const p = { nodeId: r.str8(), adminAddress: r.str8(), nbdAddress: r.str8(), version: r.str8(), startedAt: r.u64() };
   r.end();
   return p;
+}
+
+// ---- AUDIT_RECORD (src/audit/) -------------------------------------------------
+
+const strictUtf8 = new TextDecoder('utf-8', { fatal: true });
+
+function utf8(b: Buffer, what: string): string {
+  try {
+    return strictUtf8.decode(b);
+  } catch {
+    throw new CommandDecodeError(`audit record: ${what} is not UTF-8`);
+  }
+}
+
+function decodeAuditEntry(r: WireReader): AuditEntry {
+  const timeMs = r.u64();
+  const principal = utf8(r.slice(r.u8()), 'principal');
+  const source = utf8(r.slice(r.u8()), 'source');
+  const operation = utf8(r.slice(r.u8()), 'operation');
+  const outcome = AUDIT_OUTCOMES[r.u8()];
+  if (outcome === undefined) throw new CommandDecodeError('audit record: unknown outcome');
+  // Lengths are checked before the bytes are decoded (a peer's u32 is not an allocation).
+  const argsLength = r.u32();
+  if (argsLength > limits.auditArgsBytesMax) throw new CommandDecodeError(`audit record: ${argsLength} bytes of arguments, at most ${limits.auditArgsBytesMax}`);
+  const args = utf8(r.slice(argsLength), 'args');
+  const reasonLength = r.u32();
+  if (reasonLength > limits.auditReasonBytesMax) throw new CommandDecodeError(`audit record: ${reasonLength} bytes of reason, at most ${limits.auditReasonBytesMax}`);
+  const reason = utf8(r.slice(reasonLength), 'reason');
+  r.end();
+  const entry: AuditEntry = { timeMs, principal, source, operation, args, outcome, reason };
+  const problem = entryProblem(entry);
+  if (problem) throw new CommandDecodeError(`audit record: ${problem}`);
+  return entry;
 }

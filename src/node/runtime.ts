@@ -10,10 +10,14 @@ import type { DeviceTable } from '../device/block-device.ts';
 import { ClusterNode, tuningFromEnv } from '../cluster/node.ts';
 import { loadPeerAuth } from '../cluster/peer-auth.ts';
 import type { NodeConfig } from './config.ts';
+import { AuditLog } from '../audit/sink.ts';
+import { encodeAuditRecord } from '../device/commands.ts';
 
 export interface Runtime {
   readonly devices: DeviceTable;
   readonly api: NodeApi;
+  /** The audit trail (the replicated backend; the file/memory ones, which test the NBD layer alone, keep none). */
+  readonly audit?: AuditLog;
   /** Where peers reach this node (the replicated backend only). */
   readonly peerAddress?: string;
   /** The addresses the node ended up listening on (status shows them). */
@@ -39,9 +43,21 @@ export async function startReplicatedRuntime(config: NodeConfig, logger: Logger)
     logger,
     tuning: tuningFromEnv(),
   });
+  const r = node.replica;
+  const audit = new AuditLog(
+    node.audit.cluster,
+    node.audit.node,
+    { leaderKnown: () => r.raw.basicStatus().lead !== '', propose: (entry) => r.propose((id) => encodeAuditRecord(id, entry)) },
+    logger.child({ component: 'audit' }),
+  );
+  // Every membership change, whether an admin call or the leader's own promotion of a caught-up learner, once.
+  r.on('membershipChangeProposedHere', (change: Record<string, unknown>) =>
+    audit.record({ operation: 'member.change', principal: `node:${config.nodeId}`, source: 'local', args: change, outcome: 'ok', scope: 'cluster' }),
+  );
   return {
     devices: node.devices,
     api: node.api,
+    audit,
     get peerAddress() {
       return node.peerAddress;
     },

@@ -16,6 +16,7 @@ import { createMetrics } from '../admin/metrics.ts';
 import { EventLog } from '../admin/status-page.ts';
 import { watchFaultFile } from '../wal/fault-file.ts';
 import { formatHostPort } from '../parse.ts';
+import { NO_AUDIT } from '../audit/event.ts';
 import { ConfigError, describeConfig, isLoopbackHost, startupSummary, type LoadedConfig, type NodeConfig } from './config.ts';
 import { startReplicatedRuntime, type Runtime } from './runtime.ts';
 import { startStandaloneRuntime } from './standalone.ts';
@@ -98,16 +99,27 @@ export async function startNode(loaded: LoadedConfig, logger: Logger, audit?: Au
     throw err;
   }
   const nbdTlsOptions = nbdTls(config);
+  const sink = audit ?? runtime.audit ?? NO_AUDIT;
   const nbd = new NbdServer({
     devices: runtime.devices,
     logger: logger.child({ component: 'nbd' }),
     exportAllow: config.exportAllow,
     ...(nbdTlsOptions ? { tls: nbdTlsOptions } : {}),
-    ...(audit ? { audit } : {}),
+    audit: sink,
   });
   const metrics = createMetrics({ node: runtime.api, nbd, dataDir: config.dataDir });
   const events = new EventLog(runtime.api);
-  const admin = new AdminServer({ node: runtime.api, exports: nbd, metrics, events, logger: logger.child({ component: 'admin' }), access, ...(tls ? { tls } : {}) });
+  const admin = new AdminServer({
+    node: runtime.api,
+    exports: nbd,
+    metrics,
+    events,
+    logger: logger.child({ component: 'admin' }),
+    access,
+    ...(tls ? { tls } : {}),
+    audit: sink,
+    ...(runtime.audit ? { auditReader: runtime.audit } : {}),
+  });
 
   let nbdAddress = '';
   let adminAddress = '';

@@ -65,7 +65,12 @@ export class Membership {
     }
     // Entries this replica's WAL held before it started are replays of old changes, not news.
     if (e.index <= r.walLastIndexAtStart) r.logger.debug({ index: e.index, voters: cs.voters, learners: cs.learners }, 'membership change replayed');
-    else r.notice('info', { index: e.index, voters: cs.voters, learners: cs.learners }, 'membership changed');
+    else {
+      r.notice('info', { index: e.index, voters: cs.voters, learners: cs.learners }, 'membership changed');
+      // The audit trail records it once, from the leader that proposed it (src/node/runtime.ts).
+      const b = r.raw.basicStatus();
+      if (b.role === Role.Leader && b.term === e.term) r.emit('membershipChangeProposedHere', { index: e.index, changes: cc.changes.map((ch) => ({ type: ConfChangeType[ch.type], node: ch.nodeId })), voters: cs.voters, learners: cs.learners });
+    }
   }
 
   private requireLeader(): void {
