@@ -56,6 +56,7 @@ const SAMPLES: Record<string, { path: string; body?: unknown }> = {
   'GET /devices': { path: '/devices' },
   'GET /verify': { path: '/verify' },
   'GET /verify/:arg': { path: '/verify/1' },
+  'GET /audit': { path: '/audit' },
   'POST /devices': { path: '/devices', body: { name: 'new', size: '1MiB' } },
   'PATCH /devices/:arg': { path: '/devices/default', body: { size: '2GiB' } },
   'DELETE /devices/:arg': { path: '/devices/new' },
@@ -71,7 +72,9 @@ t.test('the route table: reads are viewer, device changes and leadership operato
   for (const [route, rule] of Object.entries(ROUTES)) {
     const method = route.split(' ')[0]!;
     t.equal(rule.audit !== undefined, method !== 'GET', `${route}: audited exactly when it changes something`);
-    if (route.startsWith('GET ')) t.ok(rule.role === 'viewer' || rule.role === 'public', `${route} is a read`);
+    // The audit trail says who did what from where: only admins read it.
+    if (route === 'GET /audit') t.equal(rule.role, 'admin', `${route} is admin`);
+    else if (route.startsWith('GET ')) t.ok(rule.role === 'viewer' || rule.role === 'public', `${route} is a read`);
     if (/^(POST|PATCH|DELETE) \/devices|^POST \/leader/.test(route)) t.equal(rule.role, 'operator', `${route} is operator`);
     if (/^(POST|DELETE) \/members/.test(route)) t.equal(rule.role, 'admin', `${route} is admin`);
     if (rule.audit) t.match(rule.audit.operation, /^[a-z]+\.[a-z]+$/, `${route}: a dotted operation name`);
