@@ -173,6 +173,8 @@ export async function negotiate(io: HandshakeIo, config: HandshakeConfig): Promi
           // EXPORT_NAME cannot carry an error: the spec says terminate the session.
           throw new NbdProtocolError(`NBD_OPT_EXPORT_NAME: no export named ${JSON.stringify(decoded.name)}`);
         }
+        const unavailableWhy = device.unavailable?.();
+        if (unavailableWhy !== undefined) throw new NbdProtocolError(`NBD_OPT_EXPORT_NAME: export ${device.name} not served here: ${unavailableWhy}`);
         const transmissionFlags = transmissionFlagsFor(device, structuredReplies);
         io.write(encodeExportNameReply(device.size, transmissionFlags, noZeroes));
         return {
@@ -238,6 +240,12 @@ export async function negotiate(io: HandshakeIo, config: HandshakeConfig): Promi
           replyError(option, NbdReply.ERR_UNKNOWN, `no export named ${JSON.stringify(decoded.name)}`);
           break;
         }
+        const unavailableWhy = device.unavailable?.();
+        if (unavailableWhy !== undefined) {
+          logger?.warn({ export: device.name, why: unavailableWhy }, 'export refused');
+          replyError(option, NbdReply.ERR_UNKNOWN, `export ${device.name} is not served by this node: ${unavailableWhy}`);
+          break;
+        }
         const transmissionFlags = transmissionFlagsFor(device, structuredReplies);
         reply(option, NbdReply.INFO, encodeInfoExportPayload(device.size, transmissionFlags));
         if (decoded.infos.includes(NbdInfo.NAME) || decoded.name !== device.name) {
@@ -251,7 +259,7 @@ export async function negotiate(io: HandshakeIo, config: HandshakeConfig): Promi
           option,
           NbdReply.INFO,
           encodeInfoBlockSizePayload(
-            limits.nbdBlockSizeMinBytes,
+            device.minimumBlockSize ?? limits.nbdBlockSizeMinBytes,
             device.preferredBlockSize ?? limits.nbdBlockSizePreferredBytes,
             limits.requestBytesMax,
           ),
