@@ -32,10 +32,14 @@ export function isSectorAligned(offset: number, length: number): boolean {
 
 /** One device key generation's data key. */
 export class XtsKey {
-  constructor(private readonly key: Buffer) {
+  private readonly key: Buffer;
+
+  /** Copies `key`: the caller may wipe its own buffer. */
+  constructor(key: Buffer) {
     assert(key.length === DATA_KEY_BYTES, `an XTS data key is ${DATA_KEY_BYTES} bytes`);
     // OpenSSL refuses XTS keys whose halves are equal; say it here, once.
     assert(!key.subarray(0, 32).equals(key.subarray(32)), 'the halves of an XTS key must differ');
+    this.key = Buffer.from(key);
   }
 
   /**

@@ -40,8 +40,8 @@ const STEP = limits.rekeyStepBytes;
 const seed = seedFromEnv();
 console.log(`# XDEVICE_SEED=${seed}`);
 const rnd = makeRandom(seed);
-const kek1 = { id: 'k1', key: Buffer.alloc(32, 1).map((_, i) => i * 7 + 3) };
-const kek2 = { id: 'k2', key: Buffer.alloc(32, 1).map((_, i) => i * 11 + 5) };
+const kek1 = { id: 'k1', key: Buffer.from(Array.from({ length: 32 }, (_, i) => (i * 7 + 3) & 255)) };
+const kek2 = { id: 'k2', key: Buffer.from(Array.from({ length: 32 }, (_, i) => (i * 11 + 5) & 255)) };
 
 async function tempDir(t: Test): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'xdevice-enc-'));
