@@ -170,6 +170,23 @@ const limitValues = {
   /** How long `device verify` waits for every member's result by default. */
   verifyWaitMs: 120_000,
 
+  // ---- Encryption at rest (src/crypt) ---------------------------------------
+  /**
+   * Bytes of one XTS data unit (dm-crypt `sector_size:4096 iv_large_sectors`):
+   * the tweak is the number of this block. An encrypted export advertises it
+   * as its minimum block size and refuses unaligned writes, so every write
+   * the NBD layer accepts is encrypted on its own (no read-modify-write).
+   */
+  cryptSectorBytes: 4 * KiB,
+  /** Largest encryption key file read. */
+  encryptionKeyFileBytesMax: 64 * KiB,
+  /** Key-encryption keys one key file may hold (old and new ones during a rotation). */
+  keyEncryptionKeysMax: 64,
+  /** Times a write encrypted under a key the device left meanwhile (a rekey moved on) is encrypted again and re-proposed. */
+  encryptedWriteRetriesMax: 8,
+  /** Bytes the rekey job re-encrypts per step (one conditional Raft entry). */
+  rekeyStepBytes: 1 * MiB,
+
   // ---- Space (the data directory's filesystem) ------------------------------
   /**
    * Free bytes kept on the data filesystem (default of the `space-reserve`
@@ -214,6 +231,7 @@ export function validateLimits(l: Limits = limits): void {
   if (l.walSegmentBytes < l.walRecordPayloadBytesMax + l.walAlignmentBytes * 2) fail('walSegmentBytes too small for one record');
   if (l.walSegmentBytes % l.walAlignmentBytes !== 0) fail('walSegmentBytes not aligned');
   if (l.peerFrameBytesMax < l.raftMessageBytesMax + l.requestBytesMax) fail('peerFrameBytesMax < raftMessageBytesMax + requestBytesMax');
+  if (l.cryptSectorBytes % l.deviceSizeAlignmentBytes !== 0 || l.rekeyStepBytes % l.cryptSectorBytes !== 0) fail('cryptSectorBytes must be whole device size units, rekeyStepBytes whole crypt sectors');
   if (l.heartbeatTicks >= l.electionTicks) fail('heartbeatTicks >= electionTicks');
   if (l.nbdInFlightBytesMax < l.requestBytesMax) fail('nbdInFlightBytesMax < requestBytesMax');
   if (l.nbdInFlightBytesTotalMax < l.nbdInFlightBytesMax) fail('nbdInFlightBytesTotalMax < nbdInFlightBytesMax');

@@ -82,6 +82,17 @@ export interface DeviceInfo {
   /** Bytes allocated in this node's data file. */
   usedBytes: number;
   readOnly: boolean;
+  /** Encrypted devices: key generation, KEK id, rekey progress, and whether this node can serve it (never a key). */
+  encryption?: DeviceEncryptionInfo;
+}
+
+export interface DeviceEncryptionInfo {
+  generation: number;
+  kekId: string;
+  /** A rekey in progress: bytes under the new key so far. */
+  rekey?: { generation: number; doneBytes: number };
+  /** Why this node cannot serve the export, if it cannot. */
+  unavailable?: string;
 }
 
 export interface HealthCheck {
@@ -114,6 +125,8 @@ export interface AddNodeOptions {
 export interface CreateDeviceOptions {
   /** Writes refused with EPERM; NBD clients see READ_ONLY. */
   readOnly?: boolean;
+  /** Encrypted at rest (AES-256-XTS) with a new data key wrapped by the node's newest key-encryption key. */
+  encrypt?: boolean;
 }
 
 export type { VerifyMismatch, VerifyReport };
@@ -158,6 +171,10 @@ export interface NodeApi {
   verifyDevice?(name: string): Promise<number>;
   verifyReport?(id: number): VerifyReport;
   verifyReports?(): VerifyReport[];
+  /** Rewraps every encrypted device's data key with the newest key-encryption key (leader; replicated backend only). */
+  rotateKey?(): Promise<{ kekId: string; devices: string[] }>;
+  /** Starts replacing a device's data key (re-encrypted in the background); progress in devices(). */
+  rekeyDevice?(name: string): Promise<{ device: string; generation: number; watermark: number; size: number }>;
   deleteDevice(name: string): Promise<void>;
   resizeDevice(name: string, size: number, options?: ResizeOptions): Promise<void>;
   /** Free space of the data filesystem, where the backend has one. */

@@ -47,6 +47,8 @@ export const ROUTES: Readonly<Record<string, RouteRule>> = {
   'POST /devices/:arg/verify': { role: 'operator', audit: { operation: 'device.verify', scope: 'cluster' } },
   'POST /devices/:arg/disconnect': { role: 'operator', audit: { operation: 'device.disconnect', scope: 'node' } },
   'POST /leader': { role: 'operator', audit: { operation: 'leader.transfer', scope: 'cluster' } },
+  'POST /devices/:arg/rekey': { role: 'admin', audit: { operation: 'device.rekey', scope: 'cluster' } },
+  'POST /keys/:arg': { role: 'admin', audit: { operation: 'key.rotate', scope: 'cluster' } },
   'POST /members': { role: 'admin', audit: { operation: 'member.add', scope: 'cluster' } },
   'POST /members/:arg/promote': { role: 'admin', audit: { operation: 'member.promote', scope: 'cluster' } },
   'DELETE /members/:arg': { role: 'admin', audit: { operation: 'member.remove', scope: 'cluster' } },

@@ -94,6 +94,8 @@ function statusFor(err: unknown): { status: number; code: string; message: strin
     XDEVICE_ERR_PROPOSAL_DROPPED: 409,
     XDEVICE_ERR_TOO_MANY_UNCOMMITTED_BYTES: 503,
     XDEVICE_ERR_NOT_READY: 409,
+    XDEVICE_ERR_NO_KEY: 409,
+    XDEVICE_ERR_CONFLICT: 409,
     XDEVICE_ERR_BUSY: 409,
     XDEVICE_ERR_PEER_UNREACHABLE: 422,
     XDEVICE_ERR_NO_SPACE: 507,
@@ -213,7 +215,7 @@ export class AdminServer {
     // Credentials before anything else, even a 404 or a 400: an unauthenticated caller learns nothing.
     const principal = this.authorise(req, rule, method, url.pathname);
     if (!parts) throw new HttpError(400, 'XDEVICE_ERR_INVALID', `bad percent-escape in ${url.pathname}`);
-    if (!rule) throw new HttpError(404, 'XDEVICE_ERR_NOT_FOUND', `no such endpoint: ${method} ${url.pathname}`);
+    if (!rule) throw new HttpError(404, 'XDEVICE_ERR_NOT_FOUND', `no such endpoint: ${req.method ?? ''} ${url.pathname}`);
     if (!rule.audit) return await this.route(req, res, url, route, parts, {});
     const { operation, scope } = rule.audit;
     const args: Record<string, unknown> = { path: url.pathname, ...(url.search ? { query: Object.fromEntries(url.searchParams) } : {}) };
@@ -287,8 +289,10 @@ export class AdminServer {
         const name = badRequest(() => parseDeviceName(requireString(body, 'name')));
         const size = requireSize(body);
         const readOnly = optionalBoolean(body, 'readOnly') ?? false;
+        const encrypt = optionalBoolean(body, 'encrypt') ?? false;
         if (readOnly && !node.setDeviceReadOnly) throw new HttpError(501, 'XDEVICE_ERR_UNSUPPORTED', 'read-only devices need --backend replicated');
-        await node.createDevice(name, size, readOnly ? { readOnly } : {});
+        if (encrypt && !node.rotateKey) throw new HttpError(501, 'XDEVICE_ERR_UNSUPPORTED', 'encrypted devices need --backend replicated');
+        await node.createDevice(name, size, { ...(readOnly ? { readOnly } : {}), ...(encrypt ? { encrypt } : {}) });
         this.options.logger.info({ name }, 'admin API: device created');
         return this.json(res, 201, { devices: await this.devices() });
       }
@@ -335,6 +339,16 @@ export class AdminServer {
         const id = await node.verifyDevice(name);
         this.options.logger.info({ name, id }, 'admin API: verify started');
         return this.json(res, 202, node.verifyReport(id));
+      }
+      case 'POST /keys/:arg': {
+        if (parts[1] !== 'rotate') throw new HttpError(404, 'XDEVICE_ERR_NOT_FOUND', `no such endpoint: ${req.method ?? ''} ${url.pathname}`);
+        if (!node.rotateKey) throw new HttpError(501, 'XDEVICE_ERR_UNSUPPORTED', 'key rotation needs --backend replicated');
+        return this.json(res, 200, await node.rotateKey());
+      }
+      case 'POST /devices/:arg/rekey': {
+        const name = badRequest(() => parseDeviceName(parts[1]!));
+        if (!node.rekeyDevice) throw new HttpError(501, 'XDEVICE_ERR_UNSUPPORTED', 'rekey needs --backend replicated');
+        return this.json(res, 202, await node.rekeyDevice(name));
       }
       case 'GET /verify':
         return this.json(res, 200, { verifies: node.verifyReports?.() ?? [] });

@@ -110,9 +110,62 @@ function membersTable(members: Member[]): string {
 
 function devicesTable(devices: DeviceInfo[]): string {
   return renderTable(
-    ['name', 'size', 'used', 'read-only'],
-    devices.map((d) => [d.name, formatSize(d.size), formatSize(d.usedBytes), d.readOnly]),
+    ['name', 'size', 'used', 'read-only', 'encryption'],
+    devices.map((d) => [d.name, formatSize(d.size), formatSize(d.usedBytes), d.readOnly, encryptionCell(d)]),
   );
+}
+
+/** "-", "gen 1 (kek k1)", "gen 1 (kek k1), rekey to 2: 40%", and "NOT SERVED HERE: why" when this node lacks the key. */
+function encryptionCell(d: DeviceInfo): string {
+  const e = d.encryption;
+  if (!e) return '-';
+  const rekey = e.rekey ? `, rekey to ${e.rekey.generation}: ${d.size > 0 ? Math.floor((100 * e.rekey.doneBytes) / d.size) : 100}%` : '';
+  return `gen ${e.generation} (kek ${e.kekId})${rekey}${e.unavailable ? `; NOT SERVED HERE: ${e.unavailable}` : ''}`;
+}
+
+// ---- key rotate / device rekey -------------------------------------------------------
+
+/** `key rotate`: the leader rewraps every data key with the newest key-encryption key of its key file. */
+function keyCommand(y: Argv<GlobalArgs>): Argv<GlobalArgs> {
+  return y.command('key', 'encryption keys', (y) =>
+    y
+      .command('rotate', 'rewrap every encrypted device’s data key with the newest key-encryption key (the last line of the leader’s key file); no data is rewritten', {}, async (argv) => {
+        const { body } = await client(argv as unknown as GlobalArgs).change<{ kekId: string; devices: string[] }>('POST', '/keys/rotate');
+        print(argv as unknown as GlobalArgs, body, () => `data keys of ${body.devices.length} device(s) rewrapped with key-encryption key ${body.kekId}${body.devices.length ? `: ${body.devices.join(', ')}` : ''}\n`);
+      })
+      .demandCommand(1, 'say which: rotate'),
+  ) as unknown as Argv<GlobalArgs>;
+}
+
+/** `device rekey NAME`: a new data key; the leader re-encrypts the device under writes; --wait shows progress. */
+function deviceRekeyCommand(y: Argv<GlobalArgs>): Argv<GlobalArgs> {
+  return y.command(
+    'rekey <name>',
+    'replace an encrypted device’s data key: re-encrypted in the background under writes, resumable after a crash (progress: device list)',
+    (y) =>
+      y
+        .positional('name', { type: 'string', demandOption: true })
+        .option('wait', { type: 'boolean', default: false, describe: 'wait until every block is under the new key, showing progress' }),
+    async (argv) => {
+      const name = arg('NAME', () => parseDeviceName(argv.name!));
+      const c = client(argv);
+      const { body } = await c.change<{ device: string; generation: number; watermark: number; size: number }>('POST', `/devices/${encodeURIComponent(name)}/rekey`);
+      if (!argv.wait) {
+        print(argv, body, () => `rekey of ${name} to key generation ${body.generation} started (${formatSize(body.size)})\n`);
+        return;
+      }
+      const bar = new ProgressBar(`rekeying ${name}`);
+      for (;;) {
+        const d = (await c.read<{ devices: DeviceInfo[] }>('/devices')).body.devices.find((x) => x.name === name);
+        if (!d?.encryption) throw new CliExit(EXIT.failed, `device ${name} is gone`);
+        if (!d.encryption.rekey && d.encryption.generation >= body.generation) break;
+        bar.update(d.encryption.rekey?.doneBytes ?? 0, d.size, formatSize(d.encryption.rekey?.doneBytes ?? 0));
+        await new Promise((r) => setTimeout(r, 500));
+      }
+      bar.done(`every block under key generation ${body.generation}`);
+      print(argv, { device: name, generation: body.generation }, () => '');
+    },
+  ) as unknown as Argv<GlobalArgs>;
 }
 
 // ---- device set / device verify ------------------------------------------------------
@@ -185,7 +238,7 @@ function deviceVerifyCommand(y: Argv<GlobalArgs>): Argv<GlobalArgs> {
 
 /** The device subcommands kept apart from the chain in buildCli (set, verify). */
 function deviceExtraCommands(y: Argv<GlobalArgs>): Argv<GlobalArgs> {
-  return deviceVerifyCommand(deviceSetCommand(y));
+  return deviceRekeyCommand(deviceVerifyCommand(deviceSetCommand(y)));
 }
 
 /**
@@ -239,7 +292,7 @@ function ensureKernelNbd(device: string): void {
 }
 
 export function buildCli(args: string[]): Argv<GlobalArgs> {
-  return (
+  return keyCommand(
     yargs(args)
     .scriptName('xdevice-cli')
     .usage('$0 [--endpoints HOST:PORT,...] [-w table|json] COMMAND')
@@ -367,11 +420,12 @@ export function buildCli(args: string[]): Argv<GlobalArgs> {
             y
               .positional('name', { type: 'string', demandOption: true })
               .positional('size', { type: 'string', demandOption: true })
-              .option('read-only', { type: 'boolean', default: false, describe: 'create it read-only (device set --read-write makes it writable)' }),
+              .option('read-only', { type: 'boolean', default: false, describe: 'create it read-only (device set --read-write makes it writable)' })
+              .option('encrypt', { type: 'boolean', default: false, describe: 'encrypt it at rest (AES-256-XTS, 4 KiB blocks; the nodes need encryption-key-file)' }),
           async (argv) => {
             const name = arg('NAME', () => parseDeviceName(argv.name!));
             const size = arg('SIZE', () => parseDeviceSize(argv.size!));
-            const { body } = await client(argv).change<{ devices: DeviceInfo[] }>('POST', '/devices', { name, size, ...(argv['read-only'] ? { readOnly: true } : {}) });
+            const { body } = await client(argv).change<{ devices: DeviceInfo[] }>('POST', '/devices', { name, size, ...(argv['read-only'] ? { readOnly: true } : {}), ...(argv.encrypt ? { encrypt: true } : {}) });
             print(argv, body, () => devicesTable(body.devices));
           },
         )
@@ -420,7 +474,7 @@ export function buildCli(args: string[]): Argv<GlobalArgs> {
             print(argv, body, () => devicesTable(body.devices));
           },
         )
-        .demandCommand(1, 'say which: create, list, delete, resize, set, verify'),
+        .demandCommand(1, 'say which: create, list, delete, resize, set, verify, rekey'),
     )
     .command('client', 'admin API clients (the node’s admin-clients-file)', (y) =>
       y

@@ -27,6 +27,8 @@ import { allocatedBytes } from '../disk/usage.ts';
 import { MemberPublisher } from '../replica/publish.ts';
 import { VERSION } from '../version.ts';
 import { openTrails, type AuditTrail } from '../audit/trail.ts';
+import type { KeyRing } from '../crypt/keyring.ts';
+import type { AuditSink } from '../audit/event.ts';
 
 export interface NodeConfig {
   nodeId: string;
@@ -48,6 +50,11 @@ export interface NodeConfig {
   spaceReserveBytes?: number;
   /** Overrides of checkpoint and retention limits (tests force snapshots with small values). */
   tuning?: Partial<Tuning>;
+  /** This node's encryption keys; `encryptDevices`: create `devices` encrypted. */
+  keys?: KeyRing;
+  encryptDevices?: boolean;
+  /** Where key operations are recorded. */
+  audit?: AuditSink;
 }
 
 export class NodeError extends XDeviceError {}
@@ -96,7 +103,14 @@ export class ClusterNode {
     readonly audit: { cluster: AuditTrail; node: AuditTrail },
   ) {
     store.auditTrail = audit.cluster;
-    const options: ReplicaOptions = { nodeId: config.nodeId, devices: config.devices, ...(config.tuning ? { tuning: config.tuning } : {}) };
+    const options: ReplicaOptions = {
+      nodeId: config.nodeId,
+      devices: config.devices,
+      ...(config.tuning ? { tuning: config.tuning } : {}),
+      ...(config.keys ? { keys: config.keys } : {}),
+      ...(config.encryptDevices ? { encryptDevices: true } : {}),
+      ...(config.audit ? { audit: config.audit } : {}),
+    };
     const env = {
       clock: realClock,
       transport: peerTransport(transport, (peer) => (this.replyingTo?.peer === peer ? this.replyingTo.reply : undefined)),
@@ -130,6 +144,8 @@ export class ClusterNode {
       verifyDevice: (name) => m.verifyDevice(name),
       verifyReport: (id) => m.verifyReport(id),
       verifyReports: () => m.verifyReports(),
+      rotateKey: () => r.keyOps.rotate(),
+      rekeyDevice: (name) => r.keyOps.rekey(name),
       deleteDevice: (name) => m.deleteDevice(name),
       resizeDevice: (name, size, options) => m.resizeDevice(name, size, options),
       space: () => space.report(),

@@ -58,6 +58,10 @@ export interface BlockDevice {
   readonly capabilities: BlockDeviceCapabilities;
   /** Preferred block size (NBD_INFO_BLOCK_SIZE). */
   readonly preferredBlockSize?: number;
+  /** Minimum block size (NBD_INFO_BLOCK_SIZE), when above 1: writes must be aligned to it. */
+  readonly minimumBlockSize?: number | undefined;
+  /** Why this node cannot serve the export now (refused at the handshake with that reason), if it cannot. */
+  unavailable?(): string | undefined;
 
   read(offset: number, length: number): Promise<Buffer>;
   /**

@@ -23,6 +23,11 @@
 // flag applied. Verify (VERIFY_DEVICE/RESULT) lives in verify.ts, the audit
 // trail (AUDIT_RECORD) in src/audit/trail.ts; this file only hooks them into apply. (Over 500 lines: apply and its table commands
 // read best in one place.)
+//
+// Encrypted devices (src/device/encryption.ts) hold ciphertext only: apply
+// keeps their wrapped keys and rekey watermark and refuses, as recorded
+// results, plaintext writes, unaligned ones and ones encrypted under a key
+// the device has left; it never needs a key.
 
 import { join } from 'node:path';
 import type { Logger } from 'pino';
@@ -34,7 +39,8 @@ import { EntryType, type Entry } from '../raft/types.ts';
 import type { Extent } from './block-device.ts';
 import { type DeviceRecord, type StoreState, readCheckpoint, syncDir, writeCheckpoint } from './checkpoint.ts';
 import type { AuditEntry } from '../audit/entry.ts';
-import { type Command, CommandOp, DEVICE_FLAG_READ_ONLY, decodeCommand, type RequestId } from './commands.ts';
+import { type Command, CommandOp, DEVICE_FLAG_ENCRYPTED, DEVICE_FLAG_READ_ONLY, decodeCommand, type RequestId } from './commands.ts';
+import { advanceRekey, finishRekey, noteTouched, rekeyStepProblem, STALE_KEY, staleWrite, storedKey } from './encryption.ts';
 import { deviceNameProblem, deviceSizeProblem } from '../parse.ts';
 import { MemberTable, type PublishedMember } from './member-table.ts';
 import { RequestDedup } from './request-dedup.ts';
@@ -198,17 +204,17 @@ export class BlockStore {
   // ---- the device table ------------------------------------------------------
 
   devices(): DeviceRecord[] {
-    return [...this.byId.values()].map((d) => ({ ...d.record }));
+    return [...this.byId.values()].map((d) => copyRecord(d.record));
   }
 
   device(name: string): DeviceRecord | undefined {
     const id = this.byName.get(name);
-    return id === undefined ? undefined : { ...this.byId.get(id)!.record };
+    return id === undefined ? undefined : copyRecord(this.byId.get(id)!.record);
   }
 
   deviceById(id: number): DeviceRecord | undefined {
     const d = this.byId.get(id);
-    return d ? { ...d.record } : undefined;
+    return d ? copyRecord(d.record) : undefined;
   }
 
   memberAddresses(): Record<string, string> {
@@ -313,7 +319,7 @@ export class BlockStore {
           continue;
         }
         const outcome: ApplyOutcome = { index: e.index, request };
-        const isTableOp = cmd.op !== CommandOp.Write && cmd.op !== CommandOp.Trim && cmd.op !== CommandOp.WriteZeroes;
+        const isTableOp = !isDataCommand(cmd);
         if (cmd.op === CommandOp.PublishMember) {
           // No file is touched: nothing to order against the writes around it.
           const problem = this.published.apply(cmd, e.index, this.removed.has(cmd.nodeId));
@@ -332,14 +338,14 @@ export class BlockStore {
             submitGathered();
             await scan.below(limits.verifyReadAheadBytesMax);
           }
-          const error = this.submitDataCommand(cmd, pending, gathered, submitGathered);
+          const error = this.submitDataCommand(cmd, e.index, pending, gathered, submitGathered);
           if (this.testingApplyTwice && !error) testingCurrent.push(cmd);
           if (error) outcome.error = error;
         }
         decided(outcome);
       }
       if (this.testingApplyTwice) {
-        for (const cmd of this.testingPrevious) this.submitDataCommand(cmd, pending, gathered, submitGathered);
+        for (const cmd of this.testingPrevious) this.submitDataCommand(cmd, 0, pending, gathered, submitGathered);
         this.testingPrevious = testingCurrent;
       }
       await barrier();
@@ -381,26 +387,63 @@ export class BlockStore {
 
   private submitDataCommand(
     cmd: Command,
+    index: number,
     pending: Promise<unknown>[],
     gathered: Map<DiskFile, GatheredWrites>,
     submitGathered: (file: DiskFile) => void,
   ): ApplyError | undefined {
+    const gather = (file: DiskFile, data: Buffer, position: number): void => {
+      let g = gathered.get(file);
+      if (!g) gathered.set(file, (g = { bufs: [], positions: [] }));
+      g.bufs.push(data);
+      g.positions.push(position);
+    };
     switch (cmd.op) {
-      case CommandOp.Write: {
+      case CommandOp.Write:
+      case CommandOp.EncryptedWrite: {
         const r = this.checkRange(cmd, cmd.data.length);
         if ('error' in r) return r.error;
+        const enc = r.dev.record.encryption;
+        if (cmd.op === CommandOp.Write && enc) return { code: 'EPERM', message: `device ${r.dev.record.name} is encrypted: a plaintext write is refused` };
+        if (cmd.op === CommandOp.EncryptedWrite) {
+          if (!enc) return { code: 'EINVAL', message: `device ${r.dev.record.name} is not encrypted` };
+          const problem = unaligned(cmd.offset, cmd.data.length) ?? staleWrite(enc, cmd.offset, cmd.data.length, cmd.generation, cmd.watermark);
+          if (problem) return { code: problem.startsWith('encrypted') ? STALE_KEY : 'EINVAL', message: problem };
+          noteTouched(enc, cmd.offset, cmd.data.length, index);
+        }
         if (cmd.data.length === 0) return undefined;
         this.verifies.beforeChange(cmd.deviceId, cmd.offset, cmd.data.length);
-        let g = gathered.get(r.dev.file);
-        if (!g) gathered.set(r.dev.file, (g = { bufs: [], positions: [] }));
-        g.bufs.push(cmd.data);
-        g.positions.push(cmd.offset);
+        gather(r.dev.file, cmd.data, cmd.offset);
+        return undefined;
+      }
+      case CommandOp.Rekey: {
+        if (cmd.kind !== 'step') throw new Error('a rekey start is a table command');
+        const r = this.checkRange(cmd, cmd.data.length);
+        if ('error' in r) return r.error;
+        const enc = r.dev.record.encryption;
+        if (!enc) return { code: 'EINVAL', message: `device ${r.dev.record.name} is not encrypted` };
+        const problem = rekeyStepProblem(enc, r.dev.record.size, { generation: cmd.generation, offset: cmd.offset, readAt: cmd.readAt, length: cmd.data.length });
+        if (problem) return { code: STALE_KEY, message: problem };
+        this.verifies.beforeChange(cmd.deviceId, cmd.offset, cmd.data.length);
+        const sector = limits.cryptSectorBytes;
+        for (let at = 0; at < cmd.data.length; at += sector) {
+          const block = cmd.data.subarray(at, at + sector);
+          // Zero at readAt and untouched since: writing it would fill a hole.
+          if (!isZero(block)) gather(r.dev.file, block, cmd.offset + at);
+        }
+        advanceRekey(enc, r.dev.record.size, cmd.offset + cmd.data.length, index);
         return undefined;
       }
       case CommandOp.Trim:
       case CommandOp.WriteZeroes: {
         const r = this.checkRange(cmd, cmd.length);
         if ('error' in r) return r.error;
+        const enc = r.dev.record.encryption;
+        if (enc) {
+          const problem = unaligned(cmd.offset, cmd.length);
+          if (problem) return { code: 'EINVAL', message: problem };
+          noteTouched(enc, cmd.offset, cmd.length, index);
+        }
         if (cmd.length === 0) return undefined;
         this.verifies.beforeChange(cmd.deviceId, cmd.offset, cmd.length);
         // Earlier writes to this file go first: the file's I/O thread keeps submission order.
@@ -423,10 +466,14 @@ export class BlockStore {
         const problem = deviceNameProblem(cmd.name) ?? deviceSizeProblem(cmd.size);
         if (problem) return { code: 'XDEVICE_ERR_INVALID', message: problem };
         if (this.byId.size >= limits.devicesMax) return { code: 'XDEVICE_ERR_INVALID', message: `${limits.devicesMax} devices exist` };
+        const encrypted = ((cmd.flags ?? 0) & DEVICE_FLAG_ENCRYPTED) !== 0 && cmd.key !== undefined;
+        if (encrypted && cmd.size % limits.cryptSectorBytes !== 0) return { code: 'XDEVICE_ERR_INVALID', message: `an encrypted device's size is a multiple of ${limits.cryptSectorBytes} bytes, got ${cmd.size}` };
         // A file from an earlier incarnation of this entry (replay) starts over.
         const path = join(this.devicesDir, deviceFileName(index));
         try {
-          await this.attach({ id: index, name: cmd.name, size: cmd.size, ...((cmd.flags ?? 0) & DEVICE_FLAG_READ_ONLY ? { readOnly: true as const } : {}) }, path, false);
+          const record: DeviceRecord = { id: index, name: cmd.name, size: cmd.size, ...((cmd.flags ?? 0) & DEVICE_FLAG_READ_ONLY ? { readOnly: true as const } : {}) };
+          if (encrypted) record.encryption = { generation: 1, key: storedKey(cmd.key!) };
+          await this.attach(record, path, false);
         } catch (err) {
           const refused = sizeRefusal(err, cmd.size);
           if (!refused) throw err;
@@ -456,6 +503,8 @@ export class BlockStore {
         const problem = deviceSizeProblem(cmd.size);
         if (problem) return { code: 'XDEVICE_ERR_INVALID', message: problem };
         const dev = this.byId.get(id)!;
+        const enc = dev.record.encryption;
+        if (enc && cmd.size % limits.cryptSectorBytes !== 0) return { code: 'XDEVICE_ERR_INVALID', message: `an encrypted device's size is a multiple of ${limits.cryptSectorBytes} bytes, got ${cmd.size}` };
         this.verifies.abortDevice(id, `device ${cmd.name} was resized during the verify`);
         // Shrinking discards the tail, so growing again reads zeroes there, as on replay.
         try {
@@ -467,6 +516,36 @@ export class BlockStore {
           return refused;
         }
         dev.record.size = cmd.size;
+        // Shrunk below the rekey's watermark: every block left is under the new key.
+        if (enc?.rekey && enc.rekey.watermark >= cmd.size) finishRekey(enc);
+        return undefined;
+      }
+      case CommandOp.RewrapKeys: {
+        // All or nothing: the same data keys under another KEK, checked by their key check values.
+        for (const w of cmd.devices) {
+          const enc = this.byId.get(w.deviceId)?.record.encryption;
+          if (!enc) return { code: 'XDEVICE_ERR_NOT_FOUND', message: `no encrypted device ${w.deviceId}` };
+          if (enc.generation !== w.generation) return { code: 'XDEVICE_ERR_CONFLICT', message: `device ${w.deviceId} is at key generation ${enc.generation}, not ${w.generation}` };
+          if (storedKey(w.key).kcv !== enc.key.kcv) return { code: 'XDEVICE_ERR_CONFLICT', message: `device ${w.deviceId}: the rewrapped key is not the device's data key (key check values differ)` };
+          if ((w.rekeyKey === undefined) !== (enc.rekey === undefined)) return { code: 'XDEVICE_ERR_CONFLICT', message: `device ${w.deviceId}: a rekey started or finished since the rotation read the table` };
+          if (w.rekeyKey && enc.rekey && storedKey(w.rekeyKey).kcv !== enc.rekey.key.kcv) return { code: 'XDEVICE_ERR_CONFLICT', message: `device ${w.deviceId}: the rewrapped rekey key is not the rekey's data key` };
+        }
+        for (const w of cmd.devices) {
+          const enc = this.byId.get(w.deviceId)!.record.encryption!;
+          enc.key = storedKey(w.key);
+          if (w.rekeyKey && enc.rekey) enc.rekey.key = storedKey(w.rekeyKey);
+        }
+        return undefined;
+      }
+      case CommandOp.Rekey: {
+        if (cmd.kind !== 'start') throw new Error('a rekey step is a data command');
+        const dev = this.byId.get(cmd.deviceId);
+        const enc = dev?.record.encryption;
+        if (!dev || !enc) return { code: 'XDEVICE_ERR_NOT_FOUND', message: `no encrypted device ${cmd.deviceId}` };
+        if (enc.rekey) return { code: 'XDEVICE_ERR_CONFLICT', message: `device ${dev.record.name} is already being rekeyed to generation ${enc.rekey.generation}` };
+        if (cmd.generation !== enc.generation + 1) return { code: 'XDEVICE_ERR_CONFLICT', message: `device ${dev.record.name} is at key generation ${enc.generation}; a rekey goes to ${enc.generation + 1}, not ${cmd.generation}` };
+        enc.rekey = { generation: cmd.generation, key: storedKey(cmd.key), watermark: 0, touched: index };
+        if (dev.record.size === 0) finishRekey(enc);
         return undefined;
       }
       case CommandOp.SetDeviceFlags: {
@@ -600,6 +679,39 @@ export class BlockStore {
     this.verifies.abortAll('the node stopped during the verify');
     for (const dev of [...this.byId.values()]) await this.detach(dev);
   }
+}
+
+function isDataCommand(cmd: Command): boolean {
+  switch (cmd.op) {
+    case CommandOp.Write:
+    case CommandOp.EncryptedWrite:
+    case CommandOp.Trim:
+    case CommandOp.WriteZeroes:
+      return true;
+    case CommandOp.Rekey:
+      return cmd.kind === 'step';
+    default:
+      return false;
+  }
+}
+
+const ZERO_SECTOR = Buffer.alloc(limits.cryptSectorBytes);
+
+function isZero(block: Buffer): boolean {
+  return block.length === ZERO_SECTOR.length ? block.equals(ZERO_SECTOR) : block.every((b) => b === 0);
+}
+
+function unaligned(offset: number, length: number): string | undefined {
+  const s = limits.cryptSectorBytes;
+  if (offset % s === 0 && length % s === 0) return undefined;
+  return `[${offset}, +${length}) is not aligned to the encrypted device's ${s}-byte blocks`;
+}
+
+/** A record callers may keep: encryption state changes in place as entries apply. */
+function copyRecord(r: DeviceRecord): DeviceRecord {
+  const c = { ...r };
+  if (r.encryption) c.encryption = { ...r.encryption, key: { ...r.encryption.key }, ...(r.encryption.rekey ? { rekey: { ...r.encryption.rekey, key: { ...r.encryption.rekey.key } } } : {}) };
+  return c;
 }
 
 /** A size the filesystem will not hold (EFBIG, EINVAL from ftruncate): a failed command, the same on every like replica. */

@@ -17,6 +17,7 @@ import { crc32c } from '../native.ts';
 import { type PublishedMember, validPublished } from './member-table.ts';
 import type { DedupClientState } from './request-dedup.ts';
 import type { VerifyRecord } from './verify.ts';
+import { type DeviceEncryption, wellFormedEncryption } from './encryption.ts';
 
 export const CHECKPOINT_FILE = 'checkpoint';
 export const NODE_ID_FILE = 'node.id';
@@ -31,6 +32,8 @@ export interface DeviceRecord {
   size: number;
   /** Writes refused with EPERM (NBD READ_ONLY). Set only when true; absent in older checkpoints. */
   readOnly?: true;
+  /** Encrypted devices: wrapped data keys, key generation, rekey progress (src/device/encryption.ts). Absent: plaintext. */
+  encryption?: DeviceEncryption;
 }
 
 /** The replicated state besides the device files' bytes. */
@@ -87,7 +90,13 @@ export function decodeStoreState(buf: Buffer, what = 'checkpoint'): StoreState {
     Number.isSafeInteger(state.appliedTerm) &&
     Array.isArray(state.devices) &&
     state.devices.every(
-      (d) => Number.isSafeInteger(d.id) && typeof d.name === 'string' && Number.isSafeInteger(d.size) && d.size >= 0 && (d.readOnly === undefined || d.readOnly === true),
+      (d) =>
+        Number.isSafeInteger(d.id) &&
+        typeof d.name === 'string' &&
+        Number.isSafeInteger(d.size) &&
+        d.size >= 0 &&
+        (d.readOnly === undefined || d.readOnly === true) &&
+        wellFormedEncryption(d.encryption),
     ) &&
     (state.verifies === undefined || (Array.isArray(state.verifies) && state.verifies.every(wellFormedVerify))) &&
     typeof state.members === 'object' &&

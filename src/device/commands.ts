@@ -13,7 +13,8 @@
 //   WRITE          u64 deviceId | u64 offset | data...
 //   TRIM           u64 deviceId | u64 offset | u64 length
 //   WRITE_ZEROES   u64 deviceId | u64 offset | u64 length | u8 flags
-//   CREATE_DEVICE  str8 name | u64 size | [u8 flags]   (flags absent in older entries: 0)
+//   CREATE_DEVICE  str8 name | u64 size | [u8 flags [| key]]   (flags absent in older entries: 0;
+//                  key present iff flags has DEVICE_FLAG_ENCRYPTED)
 //   DELETE_DEVICE  str8 name
 //   RESIZE_DEVICE  str8 name | u64 size
 //   PUBLISH_MEMBER str8 nodeId | str8 adminAddress | str8 nbdAddress | str8 version | u64 startedAt
@@ -24,13 +25,20 @@
 //                  u64 verifyId | str8 nodeId | u8 ok | str8 why                        (ok = 0)
 //   AUDIT_RECORD   u64 timeMs | str8 principal | str8 source | str8 operation | u8 outcome
 //                  | bytes32 args (JSON object) | bytes32 reason   (src/audit/entry.ts bounds)
-//                  (ops 10-12 are taken by encryption)
+//   REWRAP_KEYS    u16 count | count x (u64 deviceId | u32 generation | key | u8 rekeying | [key])
+//   ENCRYPTED_WRITE u64 deviceId | u64 offset | u32 generation | u64 watermark | ciphertext...
+//   REKEY          u8 kind=1 | u64 deviceId | u32 generation | key                   (start)
+//                  u8 kind=2 | u64 deviceId | u32 generation | u64 offset | u64 readAt | ciphertext...  (step)
+//   key            := str8 kekId | 92 bytes wrapped data key | 16 bytes key check value (src/crypt/wrap.ts)
+//   (what the encryption commands mean at apply: src/device/encryption.ts)
 
 import { XDeviceError } from '../errors.ts';
 import { AUDIT_OUTCOMES, type AuditEntry, entryProblem } from '../audit/entry.ts';
 import type { Publication } from './member-table.ts';
 import { limits } from '../limits.ts';
 import { WireReader, WireWriter, str8Size } from './wire.ts';
+import { KCV_BYTES, WRAPPED_KEY_BYTES, type WrappedKey } from '../crypt/wrap.ts';
+import { keyIdProblem } from '../crypt/key-file.ts';
 
 export const COMMAND_VERSION = 1;
 export const COMMAND_HEADER_BYTES = 2 + 8 + 8 + 8;
@@ -47,13 +55,27 @@ export const enum CommandOp {
   SetDeviceFlags = 7,
   VerifyDevice = 8,
   VerifyResult = 9,
+  RewrapKeys = 10,
+  EncryptedWrite = 11,
+  Rekey = 12,
   /** A cluster-wide audit event, written to every replica's trail (src/audit/). */
   AuditRecord = 13,
 }
 
 /** Device flags (CREATE_DEVICE, SET_DEVICE_FLAGS). */
 export const DEVICE_FLAG_READ_ONLY = 1;
-const DEVICE_FLAGS_KNOWN = DEVICE_FLAG_READ_ONLY;
+/** CREATE_DEVICE only: the device is encrypted; its wrapped data key follows the flags. */
+export const DEVICE_FLAG_ENCRYPTED = 2;
+const DEVICE_FLAGS_KNOWN = DEVICE_FLAG_READ_ONLY | DEVICE_FLAG_ENCRYPTED;
+
+/** One device's keys in a REWRAP_KEYS: the same data keys, wrapped with another KEK. */
+export interface Rewrap {
+  deviceId: number;
+  generation: number;
+  key: WrappedKey;
+  /** The new data key of a rekey in progress, rewrapped too. */
+  rekeyKey?: WrappedKey;
+}
 
 export interface RequestId {
   /** Random per client incarnation, below 2^53. */
@@ -71,14 +93,18 @@ export type Command =
   | (RequestId & { op: CommandOp.Write; deviceId: number; offset: number; data: Buffer })
   | (RequestId & { op: CommandOp.Trim; deviceId: number; offset: number; length: number })
   | (RequestId & { op: CommandOp.WriteZeroes; deviceId: number; offset: number; length: number; noHole: boolean })
-  | (RequestId & { op: CommandOp.CreateDevice; name: string; size: number; flags?: number })
+  | (RequestId & { op: CommandOp.CreateDevice; name: string; size: number; flags?: number; key?: WrappedKey })
   | (RequestId & { op: CommandOp.DeleteDevice; name: string })
   | (RequestId & { op: CommandOp.ResizeDevice; name: string; size: number })
   | (RequestId & { op: CommandOp.PublishMember } & Publication)
   | (RequestId & { op: CommandOp.SetDeviceFlags; name: string; flags: number })
   | (RequestId & { op: CommandOp.VerifyDevice; name: string; rangeBytes: number })
   | (RequestId & { op: CommandOp.VerifyResult; verifyId: number; nodeId: string; digests?: Uint32Array; why?: string })
-  | (RequestId & { op: CommandOp.AuditRecord; entry: AuditEntry });
+  | (RequestId & { op: CommandOp.AuditRecord; entry: AuditEntry })
+  | (RequestId & { op: CommandOp.RewrapKeys; devices: Rewrap[] })
+  | (RequestId & { op: CommandOp.EncryptedWrite; deviceId: number; offset: number; generation: number; watermark: number; data: Buffer })
+  | (RequestId & { op: CommandOp.Rekey; kind: 'start'; deviceId: number; generation: number; key: WrappedKey })
+  | (RequestId & { op: CommandOp.Rekey; kind: 'step'; deviceId: number; generation: number; offset: number; readAt: number; data: Buffer });
 
 export class CommandDecodeError extends XDeviceError {
   constructor(message: string) {
@@ -138,11 +164,82 @@ export function encodeWriteZeroes(id: RequestId, deviceId: number, offset: numbe
 }
 
 /** Flags 0 encode as before flags existed (no trailing byte): old and new nodes read the same entry. */
-export function encodeCreateDevice(id: RequestId, name: string, size: number, flags = 0): Buffer {
-  const w = header(str8Size(name) + 8 + (flags !== 0 ? 1 : 0), CommandOp.CreateDevice, id);
+export function encodeCreateDevice(id: RequestId, name: string, size: number, flags = 0, key?: WrappedKey): Buffer {
+  if (((flags & DEVICE_FLAG_ENCRYPTED) !== 0) !== (key !== undefined)) throw new CommandDecodeError('an encrypted device needs its wrapped key, and only it');
+  const w = header(str8Size(name) + 8 + (flags !== 0 ? 1 : 0) + (key ? keySize(key) : 0), CommandOp.CreateDevice, id);
   w.str8(name);
   w.u64(size);
   if (flags !== 0) w.u8(flags);
+  if (key) writeKey(w, key);
+  return w.buf;
+}
+
+function keySize(k: WrappedKey): number {
+  return str8Size(k.kekId) + WRAPPED_KEY_BYTES + KCV_BYTES;
+}
+
+function writeKey(w: WireWriter, k: WrappedKey): void {
+  if (k.wrapped.length !== WRAPPED_KEY_BYTES || k.kcv.length !== KCV_BYTES) throw new CommandDecodeError('malformed wrapped key');
+  w.str8(k.kekId);
+  w.raw(k.wrapped);
+  w.raw(k.kcv);
+}
+
+function readKey(r: WireReader): WrappedKey {
+  const kekId = r.str8();
+  const problem = keyIdProblem(kekId);
+  if (problem) throw new CommandDecodeError(problem);
+  return { kekId, wrapped: Buffer.from(r.slice(WRAPPED_KEY_BYTES)), kcv: Buffer.from(r.slice(KCV_BYTES)) };
+}
+
+export function encodeRewrapKeys(id: RequestId, devices: readonly Rewrap[]): Buffer {
+  let size = 2;
+  for (const d of devices) size += 8 + 4 + keySize(d.key) + 1 + (d.rekeyKey ? keySize(d.rekeyKey) : 0);
+  const w = header(size, CommandOp.RewrapKeys, id);
+  w.u8(devices.length & 0xff);
+  w.u8(devices.length >>> 8);
+  for (const d of devices) {
+    w.u64(d.deviceId);
+    w.u32(d.generation);
+    writeKey(w, d.key);
+    w.u8(d.rekeyKey ? 1 : 0);
+    if (d.rekeyKey) writeKey(w, d.rekeyKey);
+  }
+  return w.buf;
+}
+
+/** An encrypted device's write: `parts` are ciphertext, sectors below `watermark` under the rekey's key, the rest under `generation`'s. */
+export function encodeEncryptedWrite(id: RequestId, deviceId: number, offset: number, generation: number, watermark: number, parts: readonly Buffer[]): Buffer {
+  let length = 0;
+  for (const part of parts) length += part.length;
+  const w = header(28 + length, CommandOp.EncryptedWrite, id);
+  w.u64(deviceId);
+  w.u64(offset);
+  w.u32(generation);
+  w.u64(watermark);
+  for (const part of parts) w.raw(part);
+  return w.buf;
+}
+
+export function encodeRekeyStart(id: RequestId, deviceId: number, generation: number, key: WrappedKey): Buffer {
+  const w = header(1 + 12 + keySize(key), CommandOp.Rekey, id);
+  w.u8(1);
+  w.u64(deviceId);
+  w.u32(generation);
+  writeKey(w, key);
+  return w.buf;
+}
+
+export function encodeRekeyStep(id: RequestId, deviceId: number, generation: number, offset: number, readAt: number, parts: readonly Buffer[]): Buffer {
+  let length = 0;
+  for (const part of parts) length += part.length;
+  const w = header(1 + 12 + 16 + length, CommandOp.Rekey, id);
+  w.u8(2);
+  w.u64(deviceId);
+  w.u32(generation);
+  w.u64(offset);
+  w.u64(readAt);
+  for (const part of parts) w.raw(part);
   return w.buf;
 }
 
@@ -217,7 +314,7 @@ export function encodeCommand(c: Command): Buffer {
     case CommandOp.WriteZeroes:
       return encodeWriteZeroes(c, c.deviceId, c.offset, c.length, c.noHole);
     case CommandOp.CreateDevice:
-      return encodeCreateDevice(c, c.name, c.size, c.flags ?? 0);
+      return encodeCreateDevice(c, c.name, c.size, c.flags ?? 0, c.key);
     case CommandOp.DeleteDevice:
       return encodeDeleteDevice(c, c.name);
     case CommandOp.ResizeDevice:
@@ -232,6 +329,12 @@ export function encodeCommand(c: Command): Buffer {
       return encodeVerifyResult(c, c.verifyId, c.nodeId, c.digests ? { digests: c.digests } : { why: c.why ?? '' });
     case CommandOp.AuditRecord:
       return encodeAuditRecord(c, c.entry);
+    case CommandOp.RewrapKeys:
+      return encodeRewrapKeys(c, c.devices);
+    case CommandOp.EncryptedWrite:
+      return encodeEncryptedWrite(c, c.deviceId, c.offset, c.generation, c.watermark, [c.data]);
+    case CommandOp.Rekey:
+      return c.kind === 'start' ? encodeRekeyStart(c, c.deviceId, c.generation, c.key) : encodeRekeyStep(c, c.deviceId, c.generation, c.offset, c.readAt, [c.data]);
   }
 }
 
@@ -288,8 +391,9 @@ export function decodeCommand(data: Buffer): Command {
       case CommandOp.CreateDevice: {
         const c: Command = { op, clientId, seq, firstUnacked, name: r.str8(), size: r.u64() };
         const flags = r.remaining > 0 ? deviceFlags(r.u8()) : 0;
+        const key = (flags & DEVICE_FLAG_ENCRYPTED) !== 0 ? readKey(r) : undefined;
         r.end();
-        return flags !== 0 ? { ...c, flags } : c;
+        return flags !== 0 ? { ...c, flags, ...(key ? { key } : {}) } : c;
       }
       case CommandOp.DeleteDevice: {
         const c = { op, clientId, seq, firstUnacked, name: r.str8() };
@@ -305,6 +409,7 @@ export function decodeCommand(data: Buffer): Command {
         return { op, clientId, seq, firstUnacked, ...decodePublication(r) };
       case CommandOp.SetDeviceFlags: {
         const c = { op, clientId, seq, firstUnacked, name: r.str8(), flags: deviceFlags(r.u8()) };
+        if ((c.flags & DEVICE_FLAG_ENCRYPTED) !== 0) throw new CommandDecodeError('encryption is chosen at create, not by SET_DEVICE_FLAGS');
         r.end();
         return c;
       }
@@ -331,6 +436,42 @@ export function decodeCommand(data: Buffer): Command {
       }
       case CommandOp.AuditRecord:
         return { op, clientId, seq, firstUnacked, entry: decodeAuditEntry(r) };
+      case CommandOp.RewrapKeys: {
+        const count = r.u8() | (r.u8() << 8);
+        if (count > limits.devicesMax) throw new CommandDecodeError(`REWRAP_KEYS for ${count} devices, more than the ${limits.devicesMax} that can exist`);
+        const devices: Rewrap[] = [];
+        for (let i = 0; i < count; i++) {
+          const deviceId = r.u64();
+          const generation = r.u32();
+          const key = readKey(r);
+          const rekeying = r.u8();
+          if (rekeying > 1) throw new CommandDecodeError(`bad rekey marker ${rekeying}`);
+          devices.push(rekeying === 1 ? { deviceId, generation, key, rekeyKey: readKey(r) } : { deviceId, generation, key });
+        }
+        r.end();
+        return { op, clientId, seq, firstUnacked, devices };
+      }
+      case CommandOp.EncryptedWrite: {
+        const deviceId = r.u64();
+        const offset = r.u64();
+        const generation = r.u32();
+        const watermark = r.u64();
+        return { op, clientId, seq, firstUnacked, deviceId, offset, generation, watermark, data: r.slice(r.remaining) };
+      }
+      case CommandOp.Rekey: {
+        const kind = r.u8();
+        const deviceId = r.u64();
+        const generation = r.u32();
+        if (kind === 1) {
+          const c = { op, clientId, seq, firstUnacked, kind: 'start' as const, deviceId, generation, key: readKey(r) };
+          r.end();
+          return c;
+        }
+        if (kind !== 2) throw new CommandDecodeError(`unknown rekey kind ${kind}`);
+        const offset = r.u64();
+        const readAt = r.u64();
+        return { op, clientId, seq, firstUnacked, kind: 'step', deviceId, generation, offset, readAt, data: r.slice(r.remaining) };
+      }
       default:
         throw new CommandDecodeError(`unknown command op ${op as number}`);
     }

@@ -195,6 +195,8 @@ export async function negotiate(io: HandshakeIo, config: HandshakeConfig): Promi
           // EXPORT_NAME cannot carry an error: the spec says terminate the session.
           throw new NbdProtocolError(`NBD_OPT_EXPORT_NAME: no export named ${JSON.stringify(decoded.name)}`);
         }
+        const unavailableWhy = device.unavailable?.();
+        if (unavailableWhy !== undefined) throw new NbdProtocolError(`NBD_OPT_EXPORT_NAME: export ${device.name} not served here: ${unavailableWhy}`);
         const decision = access.decide(device.name, identity, tls);
         if (!decision.allowed) {
           config.onRefused?.({ option: `NBD_OPT_${optionName(option)}`, exportName: device.name, identity, reason: decision.reason });
@@ -273,6 +275,12 @@ export async function negotiate(io: HandshakeIo, config: HandshakeConfig): Promi
           replyError(option, decision.tlsRequired && tlsMode !== 'off' ? NbdReply.ERR_TLS_REQD : NbdReply.ERR_POLICY, decision.reason);
           break;
         }
+        const unavailableWhy = device.unavailable?.();
+        if (unavailableWhy !== undefined) {
+          logger?.warn({ export: device.name, why: unavailableWhy }, 'export refused');
+          replyError(option, NbdReply.ERR_UNKNOWN, `export ${device.name} is not served by this node: ${unavailableWhy}`);
+          break;
+        }
         const transmissionFlags = transmissionFlagsFor(device, structuredReplies, decision.readOnly);
         reply(option, NbdReply.INFO, encodeInfoExportPayload(device.size, transmissionFlags));
         if (decoded.infos.includes(NbdInfo.NAME) || decoded.name !== device.name) {
@@ -286,7 +294,7 @@ export async function negotiate(io: HandshakeIo, config: HandshakeConfig): Promi
           option,
           NbdReply.INFO,
           encodeInfoBlockSizePayload(
-            limits.nbdBlockSizeMinBytes,
+            device.minimumBlockSize ?? limits.nbdBlockSizeMinBytes,
             device.preferredBlockSize ?? limits.nbdBlockSizePreferredBytes,
             limits.requestBytesMax,
           ),

@@ -61,6 +61,10 @@ export interface NodeConfig {
   spaceReserve: number;
   /** Print {"ready":true,...} on stdout once serving (off: stdout carries log records only). */
   readyLine: boolean;
+  /** Key-encryption keys for encrypted devices (src/crypt/key-file.ts); '' falls back to the systemd credential. */
+  encryptionKeyFile: string;
+  /** Create the devices of `device` encrypted when the cluster is founded. */
+  encryptDevices: boolean;
 }
 
 type Kind = 'string' | 'hostport' | 'devices' | 'peers' | 'boolean' | 'size' | 'anonymous-reads' | 'grants' | { oneOf: readonly string[] };
@@ -108,6 +112,8 @@ export const CONFIG_KEYS: readonly KeySpec[] = [
   { key: 'log-level', field: 'logLevel', kind: { oneOf: LOG_LEVELS }, default: 'info', describe: 'trace, debug, info, warn, error, fatal', reloadable: true },
   { key: 'space-reserve', field: 'spaceReserve', kind: 'size', default: formatSize(limits.spaceReserveBytes), describe: 'free space kept on the data filesystem: below it writes get ENOSPC before they are proposed' },
   { key: 'log-format', field: 'logFormat', kind: { oneOf: ['auto', 'json', 'pretty'] }, default: 'auto', describe: 'auto: pretty on a terminal, JSON otherwise' },
+  { key: 'encryption-key-file', field: 'encryptionKeyFile', kind: 'string', default: '', describe: 'file (mode 600) of key-encryption keys, "ID HEX" lines (openssl rand -hex 32); unset: the systemd credential xdevice-encryption-keys' },
+  { key: 'encrypt-devices', field: 'encryptDevices', kind: 'boolean', default: 'false', describe: 'create the devices of `device` (the default device) encrypted when the cluster is founded (needs encryption-key-file)' },
   { key: 'ready-line', field: 'readyLine', kind: 'boolean', default: 'false', describe: 'once serving, print one JSON line {"ready":true,"nodeId","nbd","admin","peer"} on stdout (for launchers without a systemd notify socket)' },
 ];
 

@@ -9,9 +9,24 @@ import type { NodeApi } from '../admin/api.ts';
 import type { DeviceTable } from '../device/block-device.ts';
 import { ClusterNode, tuningFromEnv } from '../cluster/node.ts';
 import { loadPeerAuth } from '../cluster/peer-auth.ts';
-import type { NodeConfig } from './config.ts';
 import { AuditLog } from '../audit/sink.ts';
 import { encodeAuditRecord } from '../device/commands.ts';
+import { ConfigError, type NodeConfig } from './config.ts';
+import { KeyRing } from '../crypt/keyring.ts';
+import { keyFilePath } from '../crypt/key-file.ts';
+
+/** The node's key ring from encryption-key-file or the systemd credential; a bad file refuses the start (exit 2). */
+function loadKeyRing(config: NodeConfig, logger: Logger): KeyRing {
+  const path = keyFilePath(config.encryptionKeyFile);
+  if (config.encryptDevices && path === undefined) throw new ConfigError('encrypt-devices needs encryption-key-file (or the systemd credential xdevice-encryption-keys)');
+  try {
+    const ring = new KeyRing(path, logger.child({ component: 'keys' }));
+    if (path !== undefined) logger.info({ path, kekIds: ring.kekIds() }, 'encryption keys loaded');
+    return ring;
+  } catch (err) {
+    throw new ConfigError((err as Error).message);
+  }
+}
 
 export interface Runtime {
   readonly devices: DeviceTable;
@@ -42,6 +57,8 @@ export async function startReplicatedRuntime(config: NodeConfig, logger: Logger)
     spaceReserveBytes: config.spaceReserve,
     logger,
     tuning: tuningFromEnv(),
+    keys: loadKeyRing(config, logger),
+    encryptDevices: config.encryptDevices,
   });
   const r = node.replica;
   const audit = new AuditLog(

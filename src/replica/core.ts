@@ -7,6 +7,7 @@ import type { RawNode } from '../raft/rawnode.ts';
 import type { ConfState } from '../raft/types.ts';
 import type { BlockStore } from '../device/block-store.ts';
 import type { RequestId } from '../device/commands.ts';
+import type { WrappedKey } from '../crypt/wrap.ts';
 import type { Clock, Host, LogStorage, PeerTransport } from './env.ts';
 import type { PlantedBugs } from './planted.ts';
 import type { ReadGate } from './read-gate.ts';
@@ -30,6 +31,10 @@ export interface ReplicaCore {
   readonly housekeeping: { noteConf(index: number, confState: ConfState): void };
   /** The learner whose promotion to voter is proposed and not yet applied: compaction keeps its log. */
   readonly membership: { readonly promotingLearner: string | undefined };
+  /** A new encrypted device's data key, wrapped with this node's newest KEK (src/replica/keys.ts). */
+  readonly keyOps: { newDeviceKey(): WrappedKey };
+  /** The exports (an encrypted one says why this node cannot serve it). */
+  readonly devices: { get(name: string): { unavailable(): string | undefined } | undefined };
   readonly bugs: PlantedBugs;
   readonly startedAt: number;
   readonly walLastIndexAtStart: number;

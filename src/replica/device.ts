@@ -13,11 +13,26 @@
 // connections negotiated while it is set, and refuses WRITE, TRIM and
 // WRITE_ZEROES with EPERM before proposing (on connections negotiated before
 // the flag was set too); apply refuses any that raced with the flag.
+//
+// An encrypted device is encrypted and decrypted HERE, at the node that
+// serves the NBD request (src/crypt/xts.ts): the command, the WAL, the peers,
+// the device files and snapshots carry ciphertext only. Its export
+// advertises limits.cryptSectorBytes as its minimum block size and refuses
+// unaligned writes with EINVAL, so each accepted write is encrypted alone.
+// A node that cannot have the data key (no key file, a missing or wrong
+// KEK) refuses the export at the handshake, saying why (unavailable()), and
+// any request on a connection made earlier with EACCES. A write encrypted
+// under a key the device left while it was in flight (a rekey moved on) is
+// refused by apply and encrypted again here (src/device/encryption.ts).
 
 import type { BlockDevice, BlockDeviceCapabilities, DeviceTable, Extent, WriteOptions, ZeroOptions } from '../device/block-device.ts';
 import type { BlockStore } from '../device/block-store.ts';
 import type { DeviceRecord } from '../device/checkpoint.ts';
-import { encodeTrim, encodeWrite, encodeWritev, encodeWriteZeroes, type RequestId } from '../device/commands.ts';
+import { encodeEncryptedWrite, encodeTrim, encodeWrite, encodeWritev, encodeWriteZeroes, type RequestId } from '../device/commands.ts';
+import { type DeviceEncryption, STALE_KEY, watermarkOf, wrappedKey } from '../device/encryption.ts';
+import type { KeyRing } from '../crypt/keyring.ts';
+import { isSectorAligned, type XtsKey } from '../crypt/xts.ts';
+import { limits } from '../limits.ts';
 
 /** What a replicated device needs from the node runtime. */
 export interface ReplicaService {
@@ -30,6 +45,41 @@ export interface ReplicaService {
   checkServing(): void;
   /** Throws an ENOSPC error if `bytes` more would take the data filesystem below its reserve. */
   checkSpace(bytes: number): void;
+  /** This node's key-encryption keys and the data keys unwrapped with them. */
+  readonly keys: KeyRing;
+}
+
+/** The data keys of an encrypted device as of now: blocks below `watermark` are under `rekey`. */
+interface DeviceKeys {
+  current: XtsKey;
+  rekey?: XtsKey;
+  generation: number;
+  watermark: number;
+}
+
+/** The data keys of `enc`, or the sentence saying why this node cannot have them. */
+export function deviceKeys(keys: KeyRing, name: string, enc: DeviceEncryption): DeviceKeys | { why: string } {
+  const current = keys.dataKey(name, wrappedKey(enc.key));
+  if ('why' in current) return current;
+  if (!enc.rekey) return { current: current.key, generation: enc.generation, watermark: 0 };
+  const rekey = keys.dataKey(name, wrappedKey(enc.rekey.key));
+  if ('why' in rekey) return rekey;
+  return { current: current.key, rekey: rekey.key, generation: enc.generation, watermark: watermarkOf(enc) };
+}
+
+/** Ciphertext of `plain` at `offset`, as one buffer per block: below the watermark under the rekey's key. */
+export function encryptBlocks(k: DeviceKeys, offset: number, plain: Buffer): Buffer[] {
+  const split = Math.min(Math.max(k.watermark, offset), offset + plain.length) - offset;
+  if (split === 0) return k.current.encrypt(offset, plain);
+  return [...k.rekey!.encrypt(offset, plain.subarray(0, split)), ...k.current.encrypt(offset + split, plain.subarray(split))];
+}
+
+/** Decrypts `stored` (whole blocks read at `offset`) in place. */
+export function decryptBlocks(k: DeviceKeys, offset: number, stored: Buffer): Buffer {
+  const split = Math.min(Math.max(k.watermark, offset), offset + stored.length) - offset;
+  if (split > 0) k.rekey!.decryptInPlace(offset, stored.subarray(0, split));
+  k.current.decryptInPlace(offset + split, stored.subarray(split));
+  return stored;
 }
 
 function errno(code: string, message: string): Error & { code: string } {
@@ -73,6 +123,25 @@ export class ReplicatedDevice implements BlockDevice {
     return this.service.store.deviceById(this.id)?.readOnly ? READ_ONLY : READ_WRITE;
   }
 
+  /** Encrypted devices: writes are whole crypt blocks (NBD_INFO_BLOCK_SIZE minimum). */
+  get minimumBlockSize(): number | undefined {
+    return this.service.store.deviceById(this.id)?.encryption ? limits.cryptSectorBytes : undefined;
+  }
+
+  /** Why this node cannot serve the export (an encrypted device whose data key it cannot have), if it cannot. */
+  unavailable(): string | undefined {
+    const r = this.service.store.deviceById(this.id);
+    if (!r?.encryption) return undefined;
+    const k = deviceKeys(this.service.keys, r.name, r.encryption);
+    return 'why' in k ? k.why : undefined;
+  }
+
+  private keysOf(r: DeviceRecord & { encryption: DeviceEncryption }): DeviceKeys {
+    const k = deviceKeys(this.service.keys, r.name, r.encryption);
+    if ('why' in k) throw errno('EACCES', k.why);
+    return k;
+  }
+
   get size(): number {
     return this.service.store.deviceById(this.id)?.size ?? 0;
   }
@@ -92,22 +161,64 @@ export class ReplicatedDevice implements BlockDevice {
     await this.service.readBarrier();
     const r = this.record();
     if (offset + length > r.size) throw errno('EINVAL', `read beyond the end of ${this.name}`);
-    return this.service.store.read(this.id, offset, length);
+    if (!r.encryption) return this.service.store.read(this.id, offset, length);
+    // Whole blocks, read with the keys of the same moment: the store queues the
+    // read behind every write apply has submitted, and the watermark moves with them.
+    const k = this.keysOf(r as DeviceRecord & { encryption: DeviceEncryption });
+    const block = limits.cryptSectorBytes;
+    const start = offset - (offset % block);
+    const end = Math.ceil((offset + length) / block) * block;
+    const stored = await this.service.store.read(this.id, start, end - start);
+    const plain = decryptBlocks(k, start, stored);
+    return start === offset && end === offset + length ? plain : plain.subarray(offset - start, offset - start + length);
   }
 
   /** `allocates`: bytes the command may add to the device file (checked against the space reserve). */
-  private mutate(encode: (id: RequestId) => Buffer, allocates = 0): Promise<void> {
+  private mutate(encode: (id: RequestId) => Buffer, allocates = 0, range?: { offset: number; length: number }): Promise<void> {
+    return this.mutateWith(() => this.service.propose(encode), allocates, range);
+  }
+
+  private mutateWith(run: () => Promise<void>, allocates: number, range?: { offset: number; length: number }): Promise<void> {
     try {
       this.service.checkServing();
-      if (this.record().readOnly) throw errno('EPERM', `device ${this.name} is read-only`);
+      const r = this.record();
+      if (r.readOnly) throw errno('EPERM', `device ${this.name} is read-only`);
+      if (r.encryption) {
+        this.keysOf(r as DeviceRecord & { encryption: DeviceEncryption });
+        if (range && !isSectorAligned(range.offset, range.length)) {
+          throw errno('EINVAL', `device ${this.name} is encrypted in ${limits.cryptSectorBytes}-byte blocks: [${range.offset}, +${range.length}) is not aligned to them`);
+        }
+      }
       this.service.checkSpace(allocates);
     } catch (err) {
       return Promise.reject(err);
     }
-    return this.track(this.service.propose(encode));
+    return this.track(run());
+  }
+
+  private encrypted(): boolean {
+    return this.service.store.deviceById(this.id)?.encryption !== undefined;
+  }
+
+  /** Encrypts with the device's keys as they are, and again if a rekey moved on before it applied. */
+  private async proposeEncrypted(offset: number, plain: Buffer): Promise<void> {
+    for (let attempt = 1; ; attempt++) {
+      const r = this.record() as DeviceRecord & { encryption: DeviceEncryption };
+      if (!r.encryption) throw errno('EIO', `device ${this.name} is no longer encrypted`);
+      const k = this.keysOf(r);
+      const parts = encryptBlocks(k, offset, plain);
+      try {
+        await this.service.propose((id) => encodeEncryptedWrite(id, this.id, offset, k.generation, k.watermark, parts));
+        return;
+      } catch (err) {
+        if ((err as { code?: string }).code !== STALE_KEY) throw err;
+        if (attempt >= limits.encryptedWriteRetriesMax) throw errno('EIO', `write to ${this.name} refused ${attempt} times: the device's keys kept moving (${(err as Error).message})`);
+      }
+    }
   }
 
   write(offset: number, data: Buffer, _options?: WriteOptions): Promise<void> {
+    if (this.encrypted()) return this.mutateWith(() => this.proposeEncrypted(offset, data), data.length, { offset, length: data.length });
     return this.mutate((id) => encodeWrite(id, this.id, offset, data), data.length);
   }
 
@@ -115,15 +226,16 @@ export class ReplicatedDevice implements BlockDevice {
   writev(offset: number, parts: readonly Buffer[], _options?: WriteOptions): Promise<void> {
     let length = 0;
     for (const part of parts) length += part.length;
+    if (this.encrypted()) return this.write(offset, parts.length === 1 ? parts[0]! : Buffer.concat(parts, length));
     return this.mutate((id) => encodeWritev(id, this.id, offset, parts), length);
   }
 
   trim(offset: number, length: number, _options?: WriteOptions): Promise<void> {
-    return this.mutate((id) => encodeTrim(id, this.id, offset, length));
+    return this.mutate((id) => encodeTrim(id, this.id, offset, length), 0, { offset, length });
   }
 
   writeZeroes(offset: number, length: number, options?: ZeroOptions): Promise<void> {
-    return this.mutate((id) => encodeWriteZeroes(id, this.id, offset, length, options?.noHole ?? false), options?.noHole ? length : 0);
+    return this.mutate((id) => encodeWriteZeroes(id, this.id, offset, length, options?.noHole ?? false), options?.noHole ? length : 0, { offset, length });
   }
 
   /** Acknowledged writes are already durable on a majority: wait only for those still in flight. */

@@ -14,6 +14,7 @@ import { Role, type RawNode } from '../raft/rawnode.ts';
 import type { Entry } from '../raft/types.ts';
 import { deviceNameProblem, deviceSizeProblem } from '../parse.ts';
 import {
+  DEVICE_FLAG_ENCRYPTED,
   DEVICE_FLAG_READ_ONLY,
   encodeCreateDevice,
   encodeDeleteDevice,
@@ -197,11 +198,11 @@ export class Membership {
   }
 
   /** Devices named in the configuration are created once, when the cluster is founded. */
-  async createInitialDevices(devices: readonly { name: string; size: number }[], alone: boolean): Promise<void> {
+  async createInitialDevices(devices: readonly { name: string; size: number }[], alone: boolean, encrypt = false): Promise<void> {
     const r = this.r;
     for (const d of devices) {
       try {
-        await this.createDevice(d.name, d.size);
+        await this.createDevice(d.name, d.size, encrypt ? { encrypt } : {});
       } catch (err) {
         if ((err as XDeviceError).code === 'XDEVICE_ERR_EXISTS') continue;
         if (r.stopped || r.fatalError) return;
@@ -245,7 +246,10 @@ export class Membership {
     const store = this.r.store;
     if (store.device(name)) throw new ReplicaError('XDEVICE_ERR_EXISTS', `device ${name} exists`);
     if (store.devices().length >= limits.devicesMax) throw new ReplicaError('XDEVICE_ERR_INVALID', `${limits.devicesMax} devices exist`);
-    return this.tableCommand((id) => encodeCreateDevice(id, name, size, options.readOnly ? DEVICE_FLAG_READ_ONLY : 0));
+    const flags = (options.readOnly ? DEVICE_FLAG_READ_ONLY : 0) | (options.encrypt ? DEVICE_FLAG_ENCRYPTED : 0);
+    if (options.encrypt && size % limits.cryptSectorBytes !== 0) throw new ReplicaError('XDEVICE_ERR_INVALID', `an encrypted device's size is a multiple of ${limits.cryptSectorBytes} bytes, got ${size}`);
+    const key = options.encrypt ? this.r.keyOps.newDeviceKey() : undefined;
+    return this.tableCommand((id) => encodeCreateDevice(id, name, size, flags, key));
   }
 
   /** Makes a device read-only (writes get EPERM on every node) or read-write again. */
@@ -298,6 +302,7 @@ export class Membership {
     await this.checkTableCommand(name, size);
     const current = this.r.store.device(name);
     if (!current) throw new ReplicaError('XDEVICE_ERR_NOT_FOUND', `no device ${name}`);
+    if (current.encryption && size % limits.cryptSectorBytes !== 0) throw new ReplicaError('XDEVICE_ERR_INVALID', `an encrypted device's size is a multiple of ${limits.cryptSectorBytes} bytes, got ${size}`);
     if (size < current.size && !options.allowShrink) {
       throw new ReplicaError('XDEVICE_ERR_INVALID', `shrinking ${name} from ${current.size} to ${size} bytes discards its tail: say so with allowShrink (xdevice-cli --allow-shrink)`);
     }

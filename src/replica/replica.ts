@@ -46,6 +46,9 @@ import { RequestError, RequestSession } from './requests.ts';
 import { SnapshotReceiver } from './snapshot-receiver.ts';
 import { SnapshotSender } from './snapshot-sender.ts';
 import { ReplicatedDeviceTable, type ReplicaService } from './device.ts';
+import { KeyRing } from '../crypt/keyring.ts';
+import { KeyOps } from './keys.ts';
+import type { AuditSink } from '../audit/event.ts';
 import { Housekeeping, type Tuning } from './housekeeping.ts';
 import { Membership } from './membership.ts';
 import { PeerInbox } from './inbound.ts';
@@ -62,6 +65,12 @@ export interface ReplicaOptions {
   tuning?: Partial<Tuning>;
   /** Planted faults for the simulator's self-test (test/sim/planted-bugs.test.ts); never set in production. */
   plantedBugs?: PlantedBugs;
+  /** This node's encryption keys (absent: none; it still replicates encrypted devices, it cannot serve them). */
+  keys?: KeyRing;
+  /** Create the initial devices encrypted (the `encrypt-devices` option). */
+  encryptDevices?: boolean;
+  /** Where key operations (key.rotate, device.rekey) are recorded. */
+  audit?: AuditSink;
 }
 
 export class Replica extends EventEmitter implements ReplicaService, ReplicaCore {
@@ -80,6 +89,8 @@ export class Replica extends EventEmitter implements ReplicaService, ReplicaCore
   readonly receiver: SnapshotReceiver;
   readonly housekeeping: Housekeeping;
   readonly membership: Membership;
+  readonly keys: KeyRing;
+  readonly keyOps: KeyOps;
   private readonly inbox: PeerInbox;
   private readonly leadership: Leadership;
   readonly bugs: PlantedBugs;
@@ -116,6 +127,7 @@ export class Replica extends EventEmitter implements ReplicaService, ReplicaCore
   ) {
     super();
     this.nodeId = options.nodeId;
+    this.keys = options.keys ?? new KeyRing(undefined);
     this.clock = env.clock;
     this.log = env.log;
     this.store = env.store;
@@ -170,6 +182,7 @@ export class Replica extends EventEmitter implements ReplicaService, ReplicaCore
       walRetainBytesMax: options.tuning?.walRetainBytesMax ?? limits.walRetainBytesMax,
     });
     this.membership = new Membership(this);
+    this.keyOps = new KeyOps(this, options.audit);
     this.inbox = new PeerInbox(this);
     this.leadership = new Leadership(this);
     this.devices = new ReplicatedDeviceTable(this, options.devices[0]?.name);
@@ -192,7 +205,7 @@ export class Replica extends EventEmitter implements ReplicaService, ReplicaCore
     this.schedule();
     if (founded) {
       const alone = cs.voters.length === 1;
-      const created = this.membership.createInitialDevices(this.options.devices, alone);
+      const created = this.membership.createInitialDevices(this.options.devices, alone, this.options.encryptDevices === true);
       // A standalone node serves its devices as soon as start() returns.
       if (alone) await created;
     }
@@ -209,6 +222,7 @@ export class Replica extends EventEmitter implements ReplicaService, ReplicaCore
     if (this.fatalError || this.stopped) return;
     this.raw.tick();
     this.membership.promoteCaughtUp();
+    this.keyOps.tick();
     const now = this.clock.now();
     this.session.sweep(now);
     this.reads.sweep(now);

@@ -115,7 +115,20 @@ export class ReplicaView {
 
   async devicesInfo(): Promise<DeviceInfo[]> {
     const out: DeviceInfo[] = [];
-    for (const d of this.r.store.devices()) out.push({ name: d.name, size: d.size, usedBytes: await this.r.store.usedBytes(d.id), readOnly: d.readOnly === true });
+    for (const d of this.r.store.devices()) {
+      const info: DeviceInfo = { name: d.name, size: d.size, usedBytes: await this.r.store.usedBytes(d.id), readOnly: d.readOnly === true };
+      const enc = d.encryption;
+      if (enc) {
+        const unavailable = this.r.devices.get(d.name)?.unavailable();
+        info.encryption = {
+          generation: enc.generation,
+          kekId: enc.key.kekId,
+          ...(enc.rekey ? { rekey: { generation: enc.rekey.generation, doneBytes: enc.rekey.watermark } } : {}),
+          ...(unavailable ? { unavailable } : {}),
+        };
+      }
+      out.push(info);
+    }
     return out.sort((a, b) => a.name.localeCompare(b.name));
   }
 

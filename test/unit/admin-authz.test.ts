@@ -63,6 +63,8 @@ const SAMPLES: Record<string, { path: string; body?: unknown }> = {
   'POST /devices/:arg/verify': { path: '/devices/default/verify' },
   'POST /devices/:arg/disconnect': { path: '/devices/default/disconnect' },
   'POST /leader': { path: '/leader', body: { to: 'node2' } },
+  'POST /devices/:arg/rekey': { path: '/devices/default/rekey' },
+  'POST /keys/:arg': { path: '/keys/rotate' },
   'POST /members': { path: '/members', body: { id: 'node9', address: '127.0.0.1:9' } },
   'POST /members/:arg/promote': { path: '/members/node9/promote' },
   'DELETE /members/:arg': { path: '/members/node9' },
@@ -75,8 +77,8 @@ t.test('the route table: reads are viewer, device changes and leadership operato
     // The audit trail says who did what from where: only admins read it.
     if (route === 'GET /audit') t.equal(rule.role, 'admin', `${route} is admin`);
     else if (route.startsWith('GET ')) t.ok(rule.role === 'viewer' || rule.role === 'public', `${route} is a read`);
-    if (/^(POST|PATCH|DELETE) \/devices|^POST \/leader/.test(route)) t.equal(rule.role, 'operator', `${route} is operator`);
-    if (/^(POST|DELETE) \/members/.test(route)) t.equal(rule.role, 'admin', `${route} is admin`);
+    if (/^(POST|PATCH|DELETE) \/devices|^POST \/leader/.test(route) && !route.endsWith('/rekey')) t.equal(rule.role, 'operator', `${route} is operator`);
+    if (/^(POST|DELETE) \/members|^POST \/keys|\/rekey$/.test(route)) t.equal(rule.role, 'admin', `${route} is admin`);
     if (rule.audit) t.match(rule.audit.operation, /^[a-z]+\.[a-z]+$/, `${route}: a dotted operation name`);
   }
   t.equal(ROUTES['GET /']!.role, 'public', 'the status page holds no data');
