@@ -22,21 +22,26 @@ t.test('cluster audit events go through Raft: identical, verified trails on ever
   const trail = (id: string) => readFile(join(c.node(id).dataDir, TRAIL), 'utf8').catch(() => '');
   const records = async (id: string) => (await trail(id)).split('\n').filter((l) => l !== '').map((l) => JSON.parse(l) as { seq: number; operation: string; args: { changes: { type: string; node: string }[] } });
   const founders = [...c.ids];
-  const identical = (count: number) =>
-    waitFor(`${count} cluster records, the same on ${founders.join(', ')}`, async () => {
+  // Each membership change is recorded at apply (member.change); the admin call that asked for it is recorded
+  // too, by the admin API (member.add, member.remove): `changes` of the one and `calls` of the other.
+  const identical = (changes: number, calls: number) =>
+    waitFor(`${changes} membership changes and ${calls} admin calls recorded, the same on ${founders.join(', ')}`, async () => {
       const texts = await Promise.all(founders.map(trail));
-      return texts[0]!.split('\n').length - 1 === count && texts.every((x) => x === texts[0]);
+      const ops = texts[0]!.split('\n').filter((l) => l !== '').map((l) => (JSON.parse(l) as { operation: string }).operation);
+      return ops.filter((o) => o === 'member.change').length === changes && ops.filter((o) => o === 'member.add' || o === 'member.remove').length === calls && texts.every((x) => x === texts[0]);
     }, 60_000);
 
   // A fourth node joins (a learner, promoted by the leader once caught up) and is removed again: three membership changes.
   const n4 = await c.startNode('n4', { join: true, members: [...c.ids, 'n4'] });
   const added = await adminApi(admin(leader), 'POST', '/members', { id: 'n4', address: `127.0.0.1:${n4.peerPort}` }, { timeoutMs: 120_000 });
   t.equal(added.status, 200, 'n4 added');
-  await identical(2);
+  await identical(2, 1);
   const removed = await adminApi(admin(leader), 'DELETE', '/members/n4');
   t.equal(removed.status, 200, 'n4 removed');
-  await identical(3);
-  const ops = (await records(founders[0]!)).map((r) => [r.operation, r.args.changes.map((ch) => `${ch.type} ${ch.node}`).join(',')]);
+  await identical(3, 2);
+  const all = await records(founders[0]!);
+  t.same(all.filter((r) => r.operation !== 'member.change').map((r) => r.operation), ['member.add', 'member.remove'], 'each admin call recorded once');
+  const ops = all.filter((r) => r.operation === 'member.change').map((r) => [r.operation, r.args.changes.map((ch) => `${ch.type} ${ch.node}`).join(',')]);
   t.same(ops, [['member.change', 'AddLearnerNode n4'], ['member.change', 'AddNode n4'], ['member.change', 'RemoveNode n4']], 'each membership change recorded once, in log order');
   const heads = await Promise.all(founders.map((id) => readFile(join(c.node(id).dataDir, HEAD), 'utf8')));
   t.ok(heads.every((h) => h === heads[0]), 'the same head on every node');
@@ -50,7 +55,7 @@ t.test('cluster audit events go through Raft: identical, verified trails on ever
   t.equal(online.code, 0, 'audit verify through every endpoint passes') || t.comment(online.stdout + online.stderr);
   const list = await runCli(['--endpoints', endpoints, '-w', 'json', 'audit', 'list', '--scope', 'cluster', '--since', '1h']);
   t.equal(list.code, 0);
-  t.same((JSON.parse(list.stdout) as { records: { seq: number }[] }).records.map((r) => r.seq), [1, 2, 3], 'audit list shows them');
+  t.same((JSON.parse(list.stdout) as { records: { seq: number }[] }).records.map((r) => r.seq), [1, 2, 3, 4, 5], 'audit list shows them');
   const table = await runCli(['--endpoints', endpoints, 'audit', 'list']);
   t.match(table.stdout, /member\.change/, 'and as a table');
 
@@ -60,13 +65,13 @@ t.test('cluster audit events go through Raft: identical, verified trails on ever
   await c.startNode(follower);
   await c.converged();
   await c.waitForLeader();
-  t.equal((await records(follower)).length, 3, `${follower} has no duplicate after the replay`);
+  t.equal((await records(follower)).length, 5, `${follower} has no duplicate after the replay`);
   // The chain goes on the same on all three: one more change (n5 added as a learner only).
   const n5 = await c.startNode('n5', { join: true, members: [...founders, 'n5'] });
   const leader2 = await c.waitForLeader(founders);
   const learner = await adminApi(admin(leader2), 'POST', '/members', { id: 'n5', address: `127.0.0.1:${n5.peerPort}`, promote: false }, { timeoutMs: 120_000 });
   t.equal(learner.status, 200, 'n5 added as a learner');
-  await identical(4);
+  await identical(4, 3);
   const v = await runCli(['audit', 'verify', '--data-dir', c.node(follower).dataDir]);
   t.equal(v.code, 0, `${follower}'s trail still verifies`) || t.comment(v.stdout + v.stderr);
 
