@@ -99,7 +99,7 @@ t.test('npm pack → npm install -g gives working xdevice-node and xdevice-cli',
       env,
     }).stdout.trim().split('\n');
   t.same(complete(['xdevice-cli', 'dev']), ['device'], 'completes a command');
-  t.same(complete(['xdevice-cli', 'device', 'r']).sort(), ['resize'], 'completes a subcommand');
+  t.same(complete(['xdevice-cli', 'device', 'r']).sort(), ['rekey', 'resize'], 'completes a subcommand');
   t.ok(complete(['xdevice-cli', 'add-node', '--wa']).includes('--wait-timeout'), 'completes an option');
 
   // The installed node serves a device over NBD and answers the installed CLI.
