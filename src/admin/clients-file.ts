@@ -13,9 +13,9 @@
 // secret file.
 
 import { createHash, randomBytes } from 'node:crypto';
-import { readFileSync, statSync } from 'node:fs';
 import { XDeviceError } from '../errors.ts';
 import { limits } from '../limits.ts';
+import { privateModeProblem, readPrivateFile } from '../disk/private-file.ts';
 import { ROLES, type Role } from './routes.ts';
 
 export class ClientsFileError extends XDeviceError {
@@ -119,27 +119,11 @@ export function parseClientsFile(data: Buffer | string, fileName: string): Clien
  * accessible by group or others, and within adminClientsFileBytesMax.
  */
 export function readClientsFile(path: string): ClientEntry[] {
-  let st;
-  try {
-    st = statSync(path);
-  } catch (err) {
-    throw new ClientsFileError(`admin-clients-file: cannot read ${path}: ${(err as Error).message}`);
-  }
-  if (!st.isFile()) throw new ClientsFileError(`admin-clients-file: ${path} is not a regular file`);
-  checkPrivate(path, st.mode);
-  if (st.size > limits.adminClientsFileBytesMax) throw new ClientsFileError(`admin-clients-file: ${path} is larger than ${limits.adminClientsFileBytesMax} bytes`);
-  let data: Buffer;
-  try {
-    data = readFileSync(path);
-  } catch (err) {
-    throw new ClientsFileError(`admin-clients-file: cannot read ${path}: ${(err as Error).message}`);
-  }
-  return parseClientsFile(data, path);
+  return parseClientsFile(readPrivateFile(path, 'admin-clients-file', limits.adminClientsFileBytesMax, (m) => new ClientsFileError(m)), path);
 }
 
 /** Refuses a clients file that group or others can open (it says who may do what: only the node's user may change or read it). */
 export function checkPrivate(path: string, mode: number): void {
-  if ((mode & 0o077) !== 0) {
-    throw new ClientsFileError(`admin-clients-file: ${path} is accessible by group or others (mode ${(mode & 0o777).toString(8)}); chmod 600 it`);
-  }
+  const problem = privateModeProblem(path, mode);
+  if (problem) throw new ClientsFileError(`admin-clients-file: ${problem}`);
 }

@@ -7,11 +7,12 @@
 // readable); its file must be private to the node's user and hold at least
 // 128 bits: hex, base64, or raw random bytes.
 
-import { readFileSync, statSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { X509Certificate } from 'node:crypto';
 import tls from 'node:tls';
 import { XDeviceError } from '../errors.ts';
 import { limits } from '../limits.ts';
+import { readPrivateFile } from '../disk/private-file.ts';
 
 export class PeerAuthConfigError extends XDeviceError {
   constructor(message: string) {
@@ -75,18 +76,7 @@ export function loadPeerAuth(s: PeerAuthSettings): PeerAuth {
 
 /** A secret file's bytes as key material, or a PeerAuthConfigError saying why not. */
 export function readClusterSecret(path: string): Buffer {
-  let st;
-  try {
-    st = statSync(path);
-  } catch (err) {
-    throw new PeerAuthConfigError(`cluster-secret-file: cannot read ${path}: ${(err as Error).message}`);
-  }
-  if (!st.isFile()) throw new PeerAuthConfigError(`cluster-secret-file: ${path} is not a regular file`);
-  if ((st.mode & 0o077) !== 0) {
-    throw new PeerAuthConfigError(`cluster-secret-file: ${path} is accessible by group or others (mode ${(st.mode & 0o777).toString(8)}); chmod 600 it`);
-  }
-  if (st.size > limits.clusterSecretFileBytesMax) throw new PeerAuthConfigError(`cluster-secret-file: ${path} is larger than ${limits.clusterSecretFileBytesMax} bytes`);
-  const raw = readFileSync(path);
+  const raw = readPrivateFile(path, 'cluster-secret-file', limits.clusterSecretFileBytesMax, (m) => new PeerAuthConfigError(m));
   const key = decodeSecret(raw);
   if (!key) {
     throw new PeerAuthConfigError(

@@ -12,10 +12,11 @@
 // systemd credential `xdevice-encryption-keys` ($CREDENTIALS_DIRECTORY, set
 // by LoadCredential=). It is refused if group or others may read it.
 
-import { readFileSync, statSync } from 'node:fs';
+import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import { XDeviceError } from '../errors.ts';
 import { limits } from '../limits.ts';
+import { readPrivateFile } from '../disk/private-file.ts';
 import { KEK_BYTES, type Kek } from './wrap.ts';
 
 export const KEY_CREDENTIAL_NAME = 'xdevice-encryption-keys';
@@ -77,20 +78,6 @@ export function keyFilePath(option: string, env: NodeJS.ProcessEnv = process.env
 
 /** Reads and parses a key file; refused if it is not a regular file or group/other may read it. */
 export function readKeyFile(path: string): Kek[] {
-  let st;
-  try {
-    st = statSync(path);
-  } catch (err) {
-    throw new KeyFileError(`encryption-key-file: cannot read ${path}: ${(err as Error).message}`);
-  }
-  if (!st.isFile()) throw new KeyFileError(`encryption-key-file: ${path} is not a regular file`);
-  if ((st.mode & 0o077) !== 0) throw new KeyFileError(`encryption-key-file: ${path} is accessible by group or others (mode ${(st.mode & 0o777).toString(8)}); chmod 600 it`);
-  if (st.size > limits.encryptionKeyFileBytesMax) throw new KeyFileError(`encryption-key-file: ${path} is larger than ${limits.encryptionKeyFileBytesMax} bytes`);
-  let text: string;
-  try {
-    text = readFileSync(path, 'utf8');
-  } catch (err) {
-    throw new KeyFileError(`encryption-key-file: cannot read ${path}: ${(err as Error).message}`);
-  }
-  return parseKeyFile(text, path);
+  const data = readPrivateFile(path, 'encryption-key-file', limits.encryptionKeyFileBytesMax, (m) => new KeyFileError(m));
+  return parseKeyFile(data.toString('utf8'), path);
 }
