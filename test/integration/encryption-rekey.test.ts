@@ -7,11 +7,11 @@
 // node's files hold the plaintext.
 import t from 'tap';
 import { randomBytes } from 'node:crypto';
-import { readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Cluster } from './helpers/launcher.ts';
 import type { NbdClient } from '../../src/nbd/client.ts';
-import { runCli, tempDir, waitFor } from './helpers/tools.ts';
+import { filesHolding, runCli, tempDir, waitFor } from './helpers/tools.ts';
 
 const MiB = 1024 * 1024;
 const BLOCK = 4096;
@@ -22,20 +22,6 @@ interface Enc {
   generation: number;
   kekId: string;
   rekey?: { generation: number; doneBytes: number };
-}
-
-function holding(dir: string, needle: Buffer): string[] {
-  const found: string[] = [];
-  const walk = (d: string): void => {
-    for (const name of readdirSync(d)) {
-      const p = join(d, name);
-      const st = statSync(p);
-      if (st.isDirectory()) walk(p);
-      else if (st.isFile() && readFileSync(p).indexOf(needle) !== -1) found.push(p);
-    }
-  };
-  walk(dir);
-  return found;
 }
 
 t.test('rekey under writes survives kill -9 of the leader running it', async (t) => {
@@ -154,6 +140,6 @@ t.test('rekey under writes survives kill -9 of the leader running it', async (t)
     }
     t.equal(same, acked.size, `${id} reads every acknowledged write after the rekey (first wrong blocks: ${wrong.join(', ')})`);
     await r.close();
-    t.same(holding(c.slot(id).dataDir, TAG), [], `${id}'s files hold no plaintext`);
+    t.same(filesHolding(c.slot(id).dataDir, TAG), [], `${id}'s files hold no plaintext`);
   }
 });

@@ -10,10 +10,10 @@
 import t from 'tap';
 import { randomBytes } from 'node:crypto';
 import { spawn } from 'node:child_process';
-import { appendFileSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { appendFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Cluster } from './helpers/launcher.ts';
-import { run, runCli, tempDir, waitFor } from './helpers/tools.ts';
+import { filesHolding, run, runCli, tempDir, waitFor } from './helpers/tools.ts';
 
 const ENV = { PATH: `/usr/bin:${process.env.PATH ?? ''}` };
 const MiB = 1024 * 1024;
@@ -24,21 +24,6 @@ function patternBlocks(tag: string, bytes: number): Buffer {
   const out = Buffer.alloc(bytes);
   for (let at = 0; at < bytes; at += 64) out.write(`${tag}:${String(at).padStart(12, '0')}|`.padEnd(64, '.'), at, 'latin1');
   return out;
-}
-
-/** Every file under `dir` holding `needle` (device files, WAL segments, checkpoint, snapshots, quarantine). */
-function filesHolding(dir: string, needle: Buffer): string[] {
-  const found: string[] = [];
-  const walk = (d: string): void => {
-    for (const name of readdirSync(d)) {
-      const p = join(d, name);
-      const st = statSync(p);
-      if (st.isDirectory()) walk(p);
-      else if (st.isFile() && readFileSync(p).indexOf(needle) !== -1) found.push(p);
-    }
-  };
-  walk(dir);
-  return found;
 }
 
 /** The same bytes as patternBlocks(), built inside nbdsh (a megabyte does not fit on a command line). */

@@ -2,7 +2,7 @@
 // repository root, temporary directories that clean up after a clean run,
 // polling, and running a command (or xdevice-cli) to completion.
 import { spawn } from 'node:child_process';
-import { mkdtempSync, mkdirSync, rmSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 
@@ -37,6 +37,21 @@ export function tempDir(prefix: string): string {
     });
   }
   return dir;
+}
+
+/** Every file under `dir` holding `needle` (device files, WAL segments, checkpoint, snapshots, audit trails…). */
+export function filesHolding(dir: string, needle: Buffer): string[] {
+  const found: string[] = [];
+  const walk = (d: string): void => {
+    for (const name of readdirSync(d)) {
+      const p = join(d, name);
+      const st = statSync(p);
+      if (st.isDirectory()) walk(p);
+      else if (st.isFile() && readFileSync(p).indexOf(needle) !== -1) found.push(p);
+    }
+  };
+  walk(dir);
+  return found;
 }
 
 /** Polls `fn` until it returns something other than undefined or false; its last error is in the timeout message. */
