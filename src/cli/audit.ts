@@ -1,13 +1,14 @@
 // `xdevice-cli audit list | verify`: the audit trail read through the admin
 // API (GET /audit), and its chain checked offline from a data directory or
 // online by each endpoint's node, with the endpoints' cluster trails
-// compared. cli.ts hands in its client, output and exits (AuditCliHelpers).
+// compared.
 
 import { join } from 'node:path';
 import type { Argv } from 'yargs';
 import { limits } from '../limits.ts';
 import { parseSince } from '../parse.ts';
 import type { AdminClient } from './admin-client.ts';
+import { client, fail, type GlobalArgs, print, usage } from './common.ts';
 import { renderTable } from './output.ts';
 import type { AuditListing, AuditVerifyReport } from '../audit/query.ts';
 import type { TrailRecord } from '../audit/record.ts';
@@ -82,15 +83,7 @@ export function auditVerifyTable(v: VerifyOutcome): string {
   return renderTable(['where', 'trail', 'files', 'records', 'chain', 'detail'], rows);
 }
 
-/** What cli.ts lends the audit commands: its admin client, its output, its exits. */
-export interface AuditCliHelpers {
-  client(argv: object): AdminClient;
-  print(argv: object, json: unknown, table: () => string): void;
-  usage(message: string): never;
-  fail(message: string): never;
-}
-
-export function auditCommands<T>(y: Argv<T>, h: AuditCliHelpers): Argv<T> {
+export function auditCommands(y: Argv<GlobalArgs>): Argv<GlobalArgs> {
   return y
     .command(
       'list',
@@ -106,12 +99,12 @@ export function auditCommands<T>(y: Argv<T>, h: AuditCliHelpers): Argv<T> {
           try {
             sinceMs = parseSince(argv.since, Date.now());
           } catch (err) {
-            h.usage(`--since: ${(err as Error).message}`);
+            usage(`--since: ${(err as Error).message}`);
           }
         }
-        if (!Number.isSafeInteger(argv.limit) || argv.limit < 1 || argv.limit > limits.auditListRecordsMax) h.usage(`--limit: 1 to ${limits.auditListRecordsMax}`);
-        const listing = await auditList(h.client(argv), { scope: argv.scope, limit: argv.limit, ...(sinceMs !== undefined ? { sinceMs } : {}) });
-        h.print(argv, listing, () => auditTable(listing.records));
+        if (!Number.isSafeInteger(argv.limit) || argv.limit < 1 || argv.limit > limits.auditListRecordsMax) usage(`--limit: 1 to ${limits.auditListRecordsMax}`);
+        const listing = await auditList(client(argv), { scope: argv.scope, limit: argv.limit, ...(sinceMs !== undefined ? { sinceMs } : {}) });
+        print(argv, listing, () => auditTable(listing.records));
       },
     )
     .command(
@@ -119,9 +112,9 @@ export function auditCommands<T>(y: Argv<T>, h: AuditCliHelpers): Argv<T> {
       "check the audit trails' hash chains: offline in --data-dir, or by every endpoint's node (and compare their cluster trails)",
       (y) => y.option('data-dir', { type: 'string', describe: "a node's data directory, read directly (the node may be stopped)" }),
       async (argv) => {
-        const outcome = argv['data-dir'] !== undefined ? await verifyDataDir(argv['data-dir']) : await verifyEndpoints(h.client(argv));
-        h.print(argv, outcome, () => auditVerifyTable(outcome));
-        if (outcome.failures.length > 0) h.fail(outcome.failures.join('\n'));
+        const outcome = argv['data-dir'] !== undefined ? await verifyDataDir(argv['data-dir']) : await verifyEndpoints(client(argv));
+        print(argv, outcome, () => auditVerifyTable(outcome));
+        if (outcome.failures.length > 0) fail(outcome.failures.join('\n'));
       },
     )
     .demandCommand(1, 'say which: list, verify');

@@ -31,6 +31,9 @@
 //                  u8 kind=2 | u64 deviceId | u32 generation | u64 offset | u64 readAt | ciphertext...  (step)
 //   key            := str8 kekId | 92 bytes wrapped data key | 16 bytes key check value (src/crypt/wrap.ts)
 //   (what the encryption commands mean at apply: src/device/encryption.ts)
+//
+// Over 500 lines: one format, so every command's encoder sits beside its
+// decoder and the grammar above (as src/nbd/codec.ts does for NBD).
 
 import { XDeviceError } from '../errors.ts';
 import { AUDIT_OUTCOMES, type AuditEntry, entryProblem } from '../audit/entry.ts';
