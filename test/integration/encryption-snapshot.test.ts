@@ -8,10 +8,11 @@
 // at the same time is found (the grep can fail). The caught-up node reads
 // the pattern back, holds no plaintext on disk, verifies its audit chain
 // (continued from an anchor at the snapshot), and holds the same cluster
-// records as the others from the anchor on.
+// records as the others from the anchor on; a key rotation and a refused
+// rekey are each in every node's trail once, with their outcome.
 import t from 'tap';
 import { randomBytes } from 'node:crypto';
-import { writeFileSync } from 'node:fs';
+import { appendFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Cluster } from './helpers/launcher.ts';
 import { filesHolding, runCli, tempDir, waitFor } from './helpers/tools.ts';
@@ -78,6 +79,12 @@ t.test('a snapshot of an encrypted device carries ciphertext only; the caught-up
   t.match(node.output(), /installing snapshot/, `${lagging} caught up from a streamed snapshot`);
   await enc.write(40 * 1024 * 1024, Buffer.alloc(4096, 0x42));
   await t.resolves(cli('device', 'create', 'after', '4MiB').then((r) => (r.code === 0 ? r : Promise.reject(new Error(r.stderr)))), 'an audited operation after the catch-up');
+  // Key operations: each audited once, with its outcome (by the admin route; src/replica/keys.ts records none).
+  appendFileSync(keyFile, `k2 ${randomBytes(32).toString('hex')}\n`);
+  const rotated = await cli('key', 'rotate');
+  t.equal(rotated.code, 0, rotated.stderr);
+  const refusedRekey = await cli('device', 'rekey', 'plain');
+  t.not(refusedRekey.code, 0, 'a plaintext device has no data key to replace');
   await enc.close();
   await c.converged(120_000);
   for (const proxy of c.proxies.values()) proxy.tap = undefined;
@@ -105,6 +112,14 @@ t.test('a snapshot of an encrypted device carries ciphertext only; the caught-up
   t.ok(ours.some((r) => JSON.stringify(r.args).includes('"after"')), 'the operation after the catch-up is in its trail');
   t.same(ours.filter((r) => r.seq > from), theirs.filter((r) => r.seq > from), 'the same records as the leader from the anchor on');
   t.same(theirs.find((r) => r.seq === from)?.hash, anchors[0]?.hash, "the anchor names the leader's record and hash");
+  for (const id of c.ids) {
+    const records = await trail(id);
+    t.match(records.filter((r) => r.operation === 'key.rotate'), [{ outcome: 'ok' }], `${id}: key rotate recorded once, ok`);
+    t.equal(records.filter((r) => r.operation === 'key.rotate').length, 1);
+    const rekeys = records.filter((r) => r.operation === 'device.rekey');
+    t.equal(rekeys.length, 1, `${id}: the refused rekey recorded once`);
+    t.match(rekeys[0], { outcome: /failed|refused/, args: {}, reason: /not encrypted/ });
+  }
   const all = await cli('audit', 'verify');
   t.equal(all.code, 0, `audit verify across the cluster: ${all.stdout}${all.stderr}`);
 });
