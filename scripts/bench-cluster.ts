@@ -4,12 +4,15 @@
 // npm run bench -- [--runtime 20] [--scenarios a,c,d,e,f,g] [--targets single,cluster,nbdkit]
 //                  [--pgbench] [--rounds 1] [--backend replicated|file]
 //                  [--size 1GiB] [--dir /var/tmp] [--goal cluster-a-p50=1.5 ...] [--cpu-prof]
+//                  [--encrypted]   (just the encryption rows: --targets cluster,cluster-encrypted --scenarios a,c --no-raw-disk)
 //
 // The replicated device's benchmark (issue 5): fio (ioengine=nbd) against
 //   single   one xdevice-node (a one-node Raft cluster),
 //   cluster  three xdevice-node processes on loopback (fio talks to the leader;
 //            for reads also "spread": one job per node, the queue depth split),
 //   nbdkit   nbdkit's file plugin on the same filesystem,
+//   cluster-encrypted  three more nodes whose devices are encrypted at rest
+//            (AES-256-XTS, issue 15), compared with "cluster" (same run);
 // in the same run, all up at once, each scenario visiting the targets back to
 // back, every row compared with nbdkit-file. With --pgbench,
 // PostgreSQL 15 keeps its WAL (initdb --waldir) on ext4 on each target's
@@ -34,6 +37,7 @@
 // skips it).
 
 import { execFileSync, spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import yargs from 'yargs';
@@ -57,7 +61,8 @@ const RAMFS_MAGIC = 0x858458f6;
 const argv = await yargs(hideBin(process.argv))
   .option('runtime', { type: 'number', default: 20, describe: 'seconds per fio job' })
   .option('scenarios', { type: 'string', default: NBD_SCENARIOS.map((s) => s.id).join(','), describe: 'a,c,d,e,f,g' })
-  .option('targets', { type: 'string', default: 'single,cluster,nbdkit', describe: 'single,cluster,nbdkit' })
+  .option('targets', { type: 'string', default: 'single,cluster,nbdkit,cluster-encrypted', describe: 'single,cluster,nbdkit,cluster-encrypted' })
+  .option('encrypted', { type: 'boolean', default: false, describe: 'only the encryption rows: cluster and cluster-encrypted, scenarios a and c, no raw disk' })
   .option('pgbench', { type: 'boolean', default: false, describe: 'also PostgreSQL + pgbench on cluster and nbdkit-file' })
   .option('pgbench-seconds', { type: 'number', describe: 'pgbench duration (default: --runtime, at least 30)' })
   .option('pgbench-clients', { type: 'number', default: 8 })
@@ -74,6 +79,11 @@ const argv = await yargs(hideBin(process.argv))
   .strict()
   .parseAsync();
 
+if (argv.encrypted) {
+  argv.targets = 'cluster,cluster-encrypted';
+  argv.scenarios = 'a,c';
+  argv['raw-disk'] = false;
+}
 const SIZE_BYTES = parseSize(argv.size);
 const PG_DEVICE_BYTES = 2 * 1024 ** 3;
 const RUNTIME = argv.runtime;
@@ -138,6 +148,20 @@ const GOALS: Goal[] = [
     measure: (r) => ratioOf(find(r, 'cluster-spread', 'f')?.iops, find(r, 'cluster', 'f')?.iops),
     op: '>=',
     threshold: 1.5,
+  },
+  {
+    name: 'encrypted-a-iops',
+    describe: '3 nodes encrypted (a) 4k randwrite QD1+flush: IOPS vs the same cluster unencrypted',
+    measure: (r) => ratioOf(find(r, 'cluster-encrypted', 'a')?.iops, find(r, 'cluster', 'a')?.iops),
+    op: '>=',
+    threshold: 0.9,
+  },
+  {
+    name: 'encrypted-c-iops',
+    describe: '3 nodes encrypted (c) 4k randwrite QD32 fsync=32: IOPS vs the same cluster unencrypted',
+    measure: (r) => ratioOf(find(r, 'cluster-encrypted', 'c')?.iops, find(r, 'cluster', 'c')?.iops),
+    op: '>=',
+    threshold: 0.9,
   },
   {
     name: 'cluster-pgbench',
@@ -232,14 +256,22 @@ async function startSingle(): Promise<System> {
   };
 }
 
-async function startCluster(): Promise<System> {
-  const cluster = await Cluster.start({ size: 3, baseDir: join(runDir, 'cluster'), devices, nodeOptions: (id) => nodeArgs(`cluster-${id}`) });
+/** Three nodes; encrypted: every device AES-256-XTS under one key-encryption key (encrypt-devices). */
+async function startCluster(encrypted = false): Promise<System> {
+  const label = encrypted ? 'cluster-encrypted' : 'cluster';
+  let nodeExtra = (_id: string): string[] => [];
+  if (encrypted) {
+    const keyFile = join(runDir, 'bench.keys');
+    writeFileSync(keyFile, `k1 ${randomBytes(32).toString('hex')}\n`, { mode: 0o600 });
+    nodeExtra = () => ['--encryption-key-file', keyFile, '--encrypt-devices'];
+  }
+  const cluster = await Cluster.start({ size: 3, baseDir: join(runDir, label), devices, nodeArgs: nodeExtra, nodeOptions: (id) => nodeArgs(`${label}-${id}`) });
   try {
     const leader = await cluster.leaderIndex(60_000);
     const uris = cluster.slots.map((s) => cluster.nbdUri(s.id, 'bench'));
     const name = (i: number): string => `${cluster.slots[i]!.id}${i === leader ? ' (leader)' : ''}`;
     return {
-      name: 'cluster',
+      name: label,
       uri: uris[leader]!,
       allUris: [uris[leader]!, ...uris.filter((_, i) => i !== leader)],
       admin: cluster.slots.map((s, i) => ({ node: name(i), port: s.ports.admin })),
@@ -328,12 +360,14 @@ const scenarios: Scenario[] = NBD_SCENARIOS.filter((s) => wantedScenarios.has(s.
 const unknownScenarios = [...wantedScenarios].filter((id) => !NBD_SCENARIOS.some((s) => s.id === id));
 if (unknownScenarios.length > 0) throw new Error(`unknown scenarios: ${unknownScenarios.join(',')}`);
 const wantedTargets = argv.targets.split(',').map((s) => s.trim());
-for (const t of wantedTargets) if (!['single', 'cluster', 'nbdkit'].includes(t)) throw new Error(`unknown target ${t}`);
+for (const t of wantedTargets) if (!['single', 'cluster', 'nbdkit', 'cluster-encrypted'].includes(t)) throw new Error(`unknown target ${t}`);
 // nbdkit first: its rows are every other row's baseline.
-const targetOrder = ['nbdkit', 'single', 'cluster'].filter((t) => wantedTargets.includes(t));
-if (argv.backend !== 'replicated' && targetOrder.includes('cluster')) {
-  process.stderr.write(`--backend ${argv.backend} has no cluster: skipping the cluster target\n`);
-  targetOrder.splice(targetOrder.indexOf('cluster'), 1);
+const targetOrder = ['nbdkit', 'single', 'cluster', 'cluster-encrypted'].filter((t) => wantedTargets.includes(t));
+for (const clustered of ['cluster', 'cluster-encrypted']) {
+  if (argv.backend !== 'replicated' && targetOrder.includes(clustered)) {
+    process.stderr.write(`--backend ${argv.backend} has no cluster: skipping the ${clustered} target\n`);
+    targetOrder.splice(targetOrder.indexOf(clustered), 1);
+  }
 }
 
 const log = (line: string): void => void process.stderr.write(`${new Date().toISOString().slice(11, 19)} ${line}\n`);
@@ -342,7 +376,8 @@ const started: System[] = [];
 
 async function startSystem(kind: string): Promise<System> {
   log(`starting ${kind}`);
-  const system = kind === 'nbdkit' ? await startNbdkitTarget() : kind === 'single' ? await startSingle() : await startCluster();
+  const system =
+    kind === 'nbdkit' ? await startNbdkitTarget() : kind === 'single' ? await startSingle() : await startCluster(kind === 'cluster-encrypted');
   started.push(system);
   return system;
 }
@@ -425,7 +460,7 @@ async function stopEverything(): Promise<void> {
 }
 process.once('SIGINT', () => void stopEverything().finally(() => process.exit(130)));
 
-const targetOrderRows = ['nbdkit-file', 'single', 'cluster', 'cluster-spread'];
+const targetOrderRows = ['nbdkit-file', 'single', 'cluster', 'cluster-spread', 'cluster-encrypted', 'cluster-encrypted-spread'];
 let failed: unknown;
 try {
   if (argv.build && targetOrder.some((t) => t !== 'nbdkit')) buildDist();
@@ -448,8 +483,10 @@ for (const measured of rounds.values()) {
 results.rows.sort(
   (x, y) => scenarios.indexOf(x.scenario) - scenarios.indexOf(y.scenario) || targetOrderRows.indexOf(x.target) - targetOrderRows.indexOf(y.target),
 );
+// The encrypted cluster's baseline is the same cluster unencrypted (issue 15's ratio).
 for (const row of results.rows) {
-  if (row.target !== 'nbdkit-file') row.baseline = find(results, 'nbdkit-file', row.scenario.id);
+  if (row.target.startsWith('cluster-encrypted')) row.baseline = find(results, row.target.replace('-encrypted', ''), row.scenario.id);
+  else if (row.target !== 'nbdkit-file') row.baseline = find(results, 'nbdkit-file', row.scenario.id);
 }
 
 const header = [
@@ -459,6 +496,7 @@ const header = [
 console.log(header);
 console.log();
 console.log(formatTable(results.rows, { verdict: false }));
+if (results.rows.some((r) => r.target.startsWith('cluster-encrypted'))) console.log('\n(× columns: vs nbdkit-file; cluster-encrypted rows: vs cluster, the same cluster unencrypted)');
 
 if (results.pgbench.size > 0) {
   const base = results.pgbench.get('nbdkit-file');

@@ -105,3 +105,39 @@ export function parseRecordLine(line: string): { record: TrailRecord } | { probl
   if (typeof o.hash !== 'string' || !HEX64.test(o.hash)) return bad('hash');
   return { record: o as unknown as TrailRecord };
 }
+
+/**
+ * Where a cluster trail continues after a snapshot (issue 15): a node caught
+ * up by a snapshot never applied the AUDIT_RECORD entries the snapshot
+ * covers, so its trail records the cluster trail's head as of the snapshot
+ * (carried in the snapshot's state) and chains on from it. Verify accepts
+ * the gap an anchor announces and reports where each anchor stands; the
+ * records it skips are on the nodes that applied them (compare the hash).
+ */
+export interface TrailAnchor {
+  /** The last cluster record the snapshot covers (0: none yet), its hash and log index. */
+  anchor: { seq: number; hash: string; index: number };
+  time: string;
+}
+
+export function anchorLine(a: TrailAnchor): string {
+  return `${JSON.stringify({ anchor: { seq: a.anchor.seq, hash: a.anchor.hash, index: a.anchor.index }, time: a.time })}\n`;
+}
+
+/** An anchor line, or undefined if the line is not one (a record, or damage). */
+export function parseAnchorLine(line: string): TrailAnchor | undefined {
+  let v: unknown;
+  try {
+    v = JSON.parse(line);
+  } catch {
+    return undefined;
+  }
+  if (v === null || typeof v !== 'object' || Array.isArray(v)) return undefined;
+  const o = v as Record<string, unknown>;
+  if (Object.keys(o).some((k) => k !== 'anchor' && k !== 'time') || typeof o.time !== 'string' || Number.isNaN(Date.parse(o.time))) return undefined;
+  const a = o.anchor as Record<string, unknown> | null;
+  if (a === null || typeof a !== 'object' || Object.keys(a).some((k) => !['seq', 'hash', 'index'].includes(k))) return undefined;
+  if (!Number.isSafeInteger(a.seq) || (a.seq as number) < 0 || !Number.isSafeInteger(a.index) || (a.index as number) < 0) return undefined;
+  if (typeof a.hash !== 'string' || !HEX64.test(a.hash)) return undefined;
+  return { anchor: { seq: a.seq as number, hash: a.hash, index: a.index as number }, time: o.time };
+}

@@ -27,7 +27,7 @@ import { XDeviceError } from '../errors.ts';
 import { limits } from '../limits.ts';
 import type { AuditScope } from './event.ts';
 import type { AuditEntry } from './entry.ts';
-import { chainRecord, GENESIS_HASH, parseRecordLine, recordLine, type TrailRecord } from './record.ts';
+import { anchorLine, chainRecord, GENESIS_HASH, parseAnchorLine, parseRecordLine, recordLine, type TrailRecord } from './record.ts';
 
 export const AUDIT_DIR = 'audit';
 
@@ -97,7 +97,9 @@ async function syncDir(dir: string): Promise<void> {
 }
 
 interface Pending {
-  entry: AuditEntry;
+  /** A record to chain, or (undefined) the anchor `anchor`. */
+  entry: AuditEntry | undefined;
+  anchor?: TrailHead;
   index: number | undefined;
   resolve(r: TrailRecord | undefined): void;
   reject(err: Error): void;
@@ -143,6 +145,11 @@ export class AuditTrail {
       if (i === files.length - 1) lastFileBytes = Buffer.byteLength(text);
       const lines = text.split('\n').filter((l) => l !== '');
       if (lines.length === 0) continue;
+      const anchored = parseAnchorLine(lines[lines.length - 1]!);
+      if (anchored) {
+        head = { ...anchored.anchor };
+        break;
+      }
       const parsed = parseRecordLine(lines[lines.length - 1]!);
       if ('problem' in parsed) throw new AuditTrailError(`${path}, line ${lines.length}: ${parsed.problem}; the audit trail is damaged. Keep the files, check them with xdevice-cli audit verify --data-dir, then move ${dir} aside to start`);
       head = { seq: parsed.record.seq, hash: parsed.record.hash, index: parsed.record.index ?? 0 };
@@ -180,6 +187,26 @@ export class AuditTrail {
     });
   }
 
+  /**
+   * AuditRecordApplier: a snapshot installed here covers the cluster trail up
+   * to `head` (its state's audit head). If this trail is behind it, an anchor
+   * line continues the chain from there (record.ts, TrailAnchor); a trail
+   * already there or past it is left alone.
+   */
+  anchorAt(head: TrailHead): Promise<void> {
+    if (this.failed) return Promise.reject(this.failed);
+    if (this.closed) return Promise.reject(new AuditTrailError(`the ${this.scope} audit trail is closed`));
+    return new Promise<void>((resolve, reject) => {
+      this.queue.push({ entry: undefined, anchor: { ...head }, index: head.index, resolve: () => resolve(), reject });
+      if (!this.writing) this.drained = this.drain();
+    });
+  }
+
+  /** AuditRecordApplier: the head as of everything applied (between apply batches every append has drained). */
+  clusterHead(): TrailHead {
+    return this.head;
+  }
+
   /** AuditRecordApplier (src/device/block-store.ts): an AUDIT_RECORD entry applying. */
   async applyRecord(index: number, entry: AuditEntry): Promise<void> {
     await this.append(entry, index);
@@ -199,6 +226,13 @@ export class AuditTrail {
         for (const p of batch) {
           if (p.index !== undefined && p.index <= head.index) {
             written.push({ p, record: undefined, line: '' });
+            continue;
+          }
+          if (p.entry === undefined) {
+            const anchor = p.anchor!;
+            this.logger.info({ seq: anchor.seq, index: anchor.index, after: head.seq }, 'audit: the cluster trail continues from a snapshot (anchor)');
+            head = { ...anchor };
+            written.push({ p, record: undefined, line: anchorLine({ anchor, time: new Date().toISOString() }) });
             continue;
           }
           const record = chainRecord(p.entry, this.scope, head, p.index);
@@ -280,7 +314,7 @@ export class AuditTrail {
       const records: TrailRecord[] = [];
       let older = 0;
       for (const line of text.split('\n')) {
-        if (line === '') continue;
+        if (line === '' || parseAnchorLine(line)) continue;
         const p = parseRecordLine(line);
         if ('problem' in p) continue; // a line being appended, or damage that verify reports
         if (Date.parse(p.record.time) >= since) records.push(p.record);

@@ -5,11 +5,17 @@
 // file and line and what it means: an edited record (its hash no longer
 // matches), a removed or moved one (the chain breaks), a removed file, a
 // cut-off end (the head names a later record).
+//
+// A node caught up by a snapshot holds an anchor line where the records the
+// snapshot covered would be (record.ts, TrailAnchor): the chain continues
+// from the anchor's seq and hash. The report lists every anchor; the records
+// before one are on the nodes that applied them, and `audit list` there
+// shows the anchor's record with the anchor's hash.
 
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { AuditScope } from './event.ts';
-import { GENESIS_HASH, parseRecordLine, recordHash, type TrailRecord } from './record.ts';
+import { GENESIS_HASH, parseAnchorLine, parseRecordLine, recordHash, type TrailRecord } from './record.ts';
 import { headFileName, readHead, trailFiles } from './trail.ts';
 
 export interface TrailProblem {
@@ -27,6 +33,8 @@ export interface TrailReport {
   records: number;
   /** The last good record's seq and hash. */
   head: { seq: number; hash: string };
+  /** Where the chain continues from a snapshot (seq and hash of the record before, its log index). */
+  anchors: { file: string; line: number; seq: number; hash: string; index: number }[];
   problem?: TrailProblem;
 }
 
@@ -34,6 +42,7 @@ export async function verifyTrail(dir: string, scope: AuditScope): Promise<Trail
   const files = await trailFiles(dir, scope);
   let prev = { seq: 0, hash: GENESIS_HASH, index: 0 };
   let records = 0;
+  const anchors: TrailReport['anchors'] = [];
   const report = (problem?: TrailProblem): TrailReport => ({
     scope,
     dir,
@@ -41,6 +50,7 @@ export async function verifyTrail(dir: string, scope: AuditScope): Promise<Trail
     files: files.length,
     records,
     head: { seq: prev.seq, hash: prev.hash },
+    anchors,
     ...(problem ? { problem } : {}),
   });
   for (let f = 0; f < files.length; f++) {
@@ -52,6 +62,15 @@ export async function verifyTrail(dir: string, scope: AuditScope): Promise<Trail
     const torn = lines.pop() !== '';
     for (let i = 0; i < lines.length; i++) {
       const at = (what: string): TrailReport => report({ file: path, line: i + 1, what });
+      const anchored = scope === 'cluster' ? parseAnchorLine(lines[i]!) : undefined;
+      if (anchored) {
+        const a = anchored.anchor;
+        if (a.seq < prev.seq || a.index < prev.index) return at(`an anchor at record ${a.seq} (log index ${a.index}) after record ${prev.seq} (log index ${prev.index}): the trail went back`);
+        if (a.seq === prev.seq && a.hash !== prev.hash) return at(`an anchor at record ${a.seq} with another hash than record ${prev.seq}'s: a record before it was replaced`);
+        anchors.push({ file: path, line: i + 1, ...a });
+        prev = { ...a };
+        continue;
+      }
       const parsed = parseRecordLine(lines[i]!);
       if ('problem' in parsed) return at(`${parsed.problem}: the line was edited or damaged`);
       const r: TrailRecord = parsed.record;

@@ -78,7 +78,7 @@ export function auditVerifyTable(v: VerifyOutcome): string {
   const rows = v.results.flatMap((r) =>
     r.error
       ? [[r.where, '', '', '', '', r.error]]
-      : r.trails.map((t) => [r.where, t.scope, t.files, t.records, t.ok ? 'ok' : 'BROKEN', t.problem ? `${t.problem.file}${t.problem.line > 0 ? `:${t.problem.line}` : ''}: ${t.problem.what}` : `last record ${t.head.seq}`]),
+      : r.trails.map((t) => [r.where, t.scope, t.files, t.records, t.ok ? 'ok' : 'BROKEN', t.problem ? `${t.problem.file}${t.problem.line > 0 ? `:${t.problem.line}` : ''}: ${t.problem.what}` : `last record ${t.head.seq}${t.anchors.length > 0 ? `, continues from record ${t.anchors.map((a) => a.seq).join(', ')} (snapshot)` : ''}`]),
   );
   return renderTable(['where', 'trail', 'files', 'records', 'chain', 'detail'], rows);
 }

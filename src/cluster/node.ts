@@ -28,7 +28,6 @@ import { MemberPublisher } from '../replica/publish.ts';
 import { VERSION } from '../version.ts';
 import { openTrails, type AuditTrail } from '../audit/trail.ts';
 import type { KeyRing } from '../crypt/keyring.ts';
-import type { AuditSink } from '../audit/event.ts';
 
 export interface NodeConfig {
   nodeId: string;
@@ -53,8 +52,6 @@ export interface NodeConfig {
   /** This node's encryption keys; `encryptDevices`: create `devices` encrypted. */
   keys?: KeyRing;
   encryptDevices?: boolean;
-  /** Where key operations are recorded. */
-  audit?: AuditSink;
 }
 
 export class NodeError extends XDeviceError {}
@@ -109,7 +106,6 @@ export class ClusterNode {
       ...(config.tuning ? { tuning: config.tuning } : {}),
       ...(config.keys ? { keys: config.keys } : {}),
       ...(config.encryptDevices ? { encryptDevices: true } : {}),
-      ...(config.audit ? { audit: config.audit } : {}),
     };
     const env = {
       clock: realClock,

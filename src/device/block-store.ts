@@ -87,6 +87,10 @@ interface OpenDevice {
 export interface AuditRecordApplier {
   /** Appends the entry at log index `index` unless the trail already holds it (replay); rejects only on I/O errors. */
   applyRecord(index: number, entry: AuditEntry): Promise<void>;
+  /** The cluster trail's head as of the applied index (only between batches); a snapshot carries it. */
+  clusterHead(): { seq: number; hash: string; index: number };
+  /** A snapshot installed here covers the trail up to `head`: the chain continues from it. */
+  anchorAt(head: { seq: number; hash: string; index: number }): Promise<void>;
 }
 
 export function deviceFileName(id: number): string {
@@ -618,6 +622,7 @@ export class BlockStore {
       dedup: this.dedup.export(),
       published: this.published.export(),
       verifies: this.verifies.export(),
+      ...(this.auditTrail ? { audit: this.auditTrail.clusterHead() } : {}),
     };
   }
 
@@ -670,6 +675,7 @@ export class BlockStore {
     this.dedup = RequestDedup.from(state.dedup);
     this.published = MemberTable.from(state.published);
     this.verifies.load(state.verifies);
+    if (state.audit && this.auditTrail) await this.auditTrail.anchorAt(state.audit);
     await this.openDevices(state.devices, false);
     await this.quarantineOrphans();
   }

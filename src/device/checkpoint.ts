@@ -52,6 +52,13 @@ export interface StoreState {
   published?: Record<string, PublishedMember>;
   /** The latest verifies and their per-node results (src/device/verify.ts). Absent in older checkpoints. */
   verifies?: VerifyRecord[];
+  /**
+   * The cluster audit trail's head (last record's seq and hash, its log index)
+   * as of appliedIndex: a node installing this state as a snapshot continues
+   * its trail from here (src/audit/record.ts, TrailAnchor). Absent in older
+   * checkpoints and from stores without a trail.
+   */
+  audit?: { seq: number; hash: string; index: number };
 }
 
 export class CheckpointError extends XDeviceError {
@@ -99,6 +106,15 @@ export function decodeStoreState(buf: Buffer, what = 'checkpoint'): StoreState {
         wellFormedEncryption(d.encryption),
     ) &&
     (state.verifies === undefined || (Array.isArray(state.verifies) && state.verifies.every(wellFormedVerify))) &&
+    (state.audit === undefined ||
+      (typeof state.audit === 'object' &&
+        state.audit !== null &&
+        Number.isSafeInteger(state.audit.seq) &&
+        state.audit.seq >= 0 &&
+        Number.isSafeInteger(state.audit.index) &&
+        state.audit.index >= 0 &&
+        typeof state.audit.hash === 'string' &&
+        /^[0-9a-f]{64}$/.test(state.audit.hash))) &&
     typeof state.members === 'object' &&
     state.members !== null &&
     Array.isArray(state.dedup) &&

@@ -15,8 +15,6 @@
 // (a write landed in the window) is read again. Progress is the replicated
 // watermark, so a kill -9 anywhere resumes from it.
 
-import type { AuditSink } from '../audit/event.ts';
-import { NO_AUDIT } from '../audit/event.ts';
 import { encodeRekeyStart, encodeRekeyStep, encodeRewrapKeys, type Rewrap } from '../device/commands.ts';
 import type { DeviceRecord } from '../device/checkpoint.ts';
 import { type DeviceEncryption, rekeyWindow, STALE_KEY, wrappedKey } from '../device/encryption.ts';
@@ -46,7 +44,6 @@ export class KeyOps {
 
   constructor(
     private readonly r: ReplicaCore & { readonly keys: KeyRing; readBarrier(): Promise<void> },
-    private readonly audit: AuditSink = NO_AUDIT,
   ) {}
 
   private newest(): Kek {
@@ -78,51 +75,39 @@ export class KeyOps {
     }
   }
 
-  /** Rewraps every encrypted device's data keys with the newest KEK (leader only). */
-  async rotate(principal = 'admin', source = 'local'): Promise<RotateResult> {
-    const record = (outcome: 'ok' | 'refused' | 'failed', args: Record<string, unknown>, reason?: string): void =>
-      this.audit.record({ operation: 'key.rotate', principal, source, args, outcome, scope: 'cluster', ...(reason ? { reason } : {}) });
-    try {
-      const b = this.r.raw.basicStatus();
-      if (b.role !== Role.Leader) throw new NotLeaderError(b.lead);
-      const kek = this.newest();
-      const devices = this.r.store.devices().filter((d): d is DeviceRecord & { encryption: DeviceEncryption } => d.encryption !== undefined);
-      const rewraps: Rewrap[] = devices.map((d) => {
-        const enc = d.encryption;
-        const key = this.rewrap(d.name, kek, wrappedKey(enc.key));
-        return enc.rekey ? { deviceId: d.id, generation: enc.generation, key, rekeyKey: this.rewrap(d.name, kek, wrappedKey(enc.rekey.key)) } : { deviceId: d.id, generation: enc.generation, key };
-      });
-      const result = { kekId: kek.id, devices: devices.map((d) => d.name) };
-      if (rewraps.length > 0) await this.r.propose((id) => encodeRewrapKeys(id, rewraps));
-      record('ok', result);
-      this.r.logger.info(result, 'key-encryption key rotated: every data key rewrapped');
-      return result;
-    } catch (err) {
-      record((err as { code?: string }).code === 'XDEVICE_ERR_NOT_LEADER' ? 'refused' : 'failed', {}, (err as Error).message);
-      throw err;
-    }
+  /**
+   * Rewraps every encrypted device's data keys with the newest KEK (leader
+   * only). Audited once, with its principal and outcome, by the admin route
+   * that calls it (src/admin/routes.ts), as rekey() is.
+   */
+  async rotate(): Promise<RotateResult> {
+    const b = this.r.raw.basicStatus();
+    if (b.role !== Role.Leader) throw new NotLeaderError(b.lead);
+    const kek = this.newest();
+    const devices = this.r.store.devices().filter((d): d is DeviceRecord & { encryption: DeviceEncryption } => d.encryption !== undefined);
+    const rewraps: Rewrap[] = devices.map((d) => {
+      const enc = d.encryption;
+      const key = this.rewrap(d.name, kek, wrappedKey(enc.key));
+      return enc.rekey ? { deviceId: d.id, generation: enc.generation, key, rekeyKey: this.rewrap(d.name, kek, wrappedKey(enc.rekey.key)) } : { deviceId: d.id, generation: enc.generation, key };
+    });
+    const result = { kekId: kek.id, devices: devices.map((d) => d.name) };
+    if (rewraps.length > 0) await this.r.propose((id) => encodeRewrapKeys(id, rewraps));
+    this.r.logger.info(result, 'key-encryption key rotated: every data key rewrapped');
+    return result;
   }
 
   /** Starts replacing `name`'s data key; the leader's job re-encrypts it in the background. */
-  async rekey(name: string, principal = 'admin', source = 'local'): Promise<RekeyProgress> {
-    const record = (outcome: 'ok' | 'refused' | 'failed', reason?: string): void =>
-      this.audit.record({ operation: 'device.rekey', principal, source, args: { name }, outcome, scope: 'cluster', ...(reason ? { reason } : {}) });
-    try {
-      this.r.checkServing();
-      const d = this.r.store.device(name);
-      if (!d) throw new ReplicaError('XDEVICE_ERR_NOT_FOUND', `no device ${name}`);
-      if (!d.encryption) throw new ReplicaError('XDEVICE_ERR_INVALID', `device ${name} is not encrypted (encryption is chosen at create: device create --encrypt)`);
-      if (d.encryption.rekey) throw new ReplicaError('XDEVICE_ERR_CONFLICT', `device ${name} is already being rekeyed (${d.encryption.rekey.watermark} of ${d.size} bytes done)`);
-      const generation = d.encryption.generation + 1;
-      const key = this.newDeviceKey();
-      await this.r.propose((id) => encodeRekeyStart(id, d.id, generation, key));
-      record('ok');
-      this.r.schedule();
-      return this.progress(name)!;
-    } catch (err) {
-      record('failed', (err as Error).message);
-      throw err;
-    }
+  async rekey(name: string): Promise<RekeyProgress> {
+    this.r.checkServing();
+    const d = this.r.store.device(name);
+    if (!d) throw new ReplicaError('XDEVICE_ERR_NOT_FOUND', `no device ${name}`);
+    if (!d.encryption) throw new ReplicaError('XDEVICE_ERR_INVALID', `device ${name} is not encrypted (encryption is chosen at create: device create --encrypt)`);
+    if (d.encryption.rekey) throw new ReplicaError('XDEVICE_ERR_CONFLICT', `device ${name} is already being rekeyed (${d.encryption.rekey.watermark} of ${d.size} bytes done)`);
+    const generation = d.encryption.generation + 1;
+    const key = this.newDeviceKey();
+    await this.r.propose((id) => encodeRekeyStart(id, d.id, generation, key));
+    this.r.schedule();
+    return this.progress(name)!;
   }
 
   progress(name: string): RekeyProgress | undefined {

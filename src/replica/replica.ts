@@ -48,7 +48,6 @@ import { SnapshotSender } from './snapshot-sender.ts';
 import { ReplicatedDeviceTable, type ReplicaService } from './device.ts';
 import { KeyRing } from '../crypt/keyring.ts';
 import { KeyOps } from './keys.ts';
-import type { AuditSink } from '../audit/event.ts';
 import { Housekeeping, type Tuning } from './housekeeping.ts';
 import { Membership } from './membership.ts';
 import { PeerInbox } from './inbound.ts';
@@ -69,8 +68,6 @@ export interface ReplicaOptions {
   keys?: KeyRing;
   /** Create the initial devices encrypted (the `encrypt-devices` option). */
   encryptDevices?: boolean;
-  /** Where key operations (key.rotate, device.rekey) are recorded. */
-  audit?: AuditSink;
 }
 
 export class Replica extends EventEmitter implements ReplicaService, ReplicaCore {
@@ -182,7 +179,7 @@ export class Replica extends EventEmitter implements ReplicaService, ReplicaCore
       walRetainBytesMax: options.tuning?.walRetainBytesMax ?? limits.walRetainBytesMax,
     });
     this.membership = new Membership(this);
-    this.keyOps = new KeyOps(this, options.audit);
+    this.keyOps = new KeyOps(this);
     this.inbox = new PeerInbox(this);
     this.leadership = new Leadership(this);
     this.devices = new ReplicatedDeviceTable(this, options.devices[0]?.name);

@@ -1,6 +1,7 @@
 // The systemd units as systemd judges them, without booting systemd:
 //   - systemd-analyze verify of both units instantiated for node1, with the
-//     system's real targets loaded: no errors, no ordering cycle;
+//     system's real targets loaded: no errors, no ordering cycle (the node
+//     unit with its commented LoadCredential= of the encryption keys in force);
 //   - systemd-analyze security scores the node unit under 2.0;
 //   - the hardening keeps the node working: a node under strace serves NBD
 //     writes/flush/trim/reads, metrics, health, sd_notify and the watchdog, and
@@ -8,7 +9,8 @@
 //   - the attach unit binds to its node and runs nbd-client with -persist and a timeout.
 import t from 'tap';
 import { spawn, spawnSync } from 'node:child_process';
-import { copyFileSync, readFileSync } from 'node:fs';
+import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
+import { KEY_CREDENTIAL_NAME } from '../../src/crypt/key-file.ts';
 import { join } from 'node:path';
 import { nodeCommand, adminApi } from './helpers/launcher.ts';
 import { CLI_BIN, ROOT, tempDir, waitFor } from './helpers/tools.ts';
@@ -61,7 +63,12 @@ function allowedSyscalls(unit: string): Set<string> {
 
 t.test('systemd-analyze verify: both units for node1, real targets, no ordering cycle', async (t) => {
   const dir = tempDir('units');
-  copyFileSync(NODE_UNIT, join(dir, 'xdevice-node@.service'));
+  // The node unit with its LoadCredential= line (commented as shipped) in force: it verifies too.
+  const credentialLine = /^#(LoadCredential=xdevice-encryption-keys:\/etc\/xdevice\/%i\.keys)$/m;
+  const shipped = readFileSync(NODE_UNIT, 'utf8');
+  t.match(shipped, credentialLine, 'the node unit ships the encryption-key credential, commented');
+  writeFileSync(join(dir, 'xdevice-node@.service'), shipped.replace(credentialLine, '$1'));
+  t.same(unitValues(join(dir, 'xdevice-node@.service'), 'LoadCredential'), [`${KEY_CREDENTIAL_NAME}:/etc/xdevice/%i.keys`], 'the credential the node reads');
   copyFileSync(ATTACH_UNIT, join(dir, 'xdevice-attach@.service'));
   // The targets go into the same transaction: a Before= on a target nothing else
   // pulls in (local-fs-pre.target) only shows its cycle when that target is started too.

@@ -8,7 +8,8 @@
 //   reset     existing and new connections are closed at once (REJECT)
 //
 // Independently of the mode, `delayMs` holds every chunk back that long (a
-// slow link), in order.
+// slow link), in order. `tap`, when set, sees every chunk forwarded, by
+// connection and direction (a test greps a link's bytes).
 import net from 'node:net';
 import { Transform } from 'node:stream';
 
@@ -27,6 +28,9 @@ export class FaultProxy {
   private readonly pairs = new Set<Pair>();
   /** Milliseconds every chunk waits in each direction (0: none). */
   delayMs = 0;
+  /** Called with every chunk forwarded: its connection (a number per accepted connection) and direction (up: dialler to target). */
+  tap: ((connection: number, direction: 'up' | 'down', chunk: Buffer) => void) | undefined;
+  private connections = 0;
 
   private constructor(
     private readonly server: net.Server,
@@ -71,17 +75,19 @@ export class FaultProxy {
   private connectUpstream(pair: Pair): void {
     const upstream = net.connect(this.target.port, this.target.host);
     pair.upstream = upstream;
-    pair.up = this.delayer();
-    pair.down = this.delayer();
+    const connection = ++this.connections;
+    pair.up = this.delayer(connection, 'up');
+    pair.down = this.delayer(connection, 'down');
     upstream.on('error', () => {});
     upstream.on('close', () => pair.client.destroy());
     pair.client.pipe(pair.up).pipe(upstream);
     upstream.pipe(pair.down).pipe(pair.client);
   }
 
-  private delayer(): Transform {
+  private delayer(connection: number, direction: 'up' | 'down'): Transform {
     return new Transform({
       transform: (chunk: Buffer, _encoding, done) => {
+        this.tap?.(connection, direction, chunk);
         if (this.delayMs <= 0) done(null, chunk);
         else setTimeout(() => done(null, chunk), this.delayMs);
       },
