@@ -53,6 +53,8 @@ export interface NodeConfig {
   /** This node's encryption keys; `encryptDevices`: create `devices` encrypted. */
   keys?: KeyRing;
   encryptDevices?: boolean;
+  /** Lease reads on this node (see ReplicaOptions.leaseReads). */
+  leaseReads?: boolean;
   /** Where key operations are recorded. */
   audit?: AuditSink;
 }
@@ -109,6 +111,7 @@ export class ClusterNode {
       ...(config.tuning ? { tuning: config.tuning } : {}),
       ...(config.keys ? { keys: config.keys } : {}),
       ...(config.encryptDevices ? { encryptDevices: true } : {}),
+      ...(config.leaseReads ? { leaseReads: true } : {}),
       ...(config.audit ? { audit: config.audit } : {}),
     };
     const env = {

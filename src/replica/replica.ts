@@ -71,7 +71,23 @@ export interface ReplicaOptions {
   encryptDevices?: boolean;
   /** Where key operations (key.rotate, device.rekey) are recorded. */
   audit?: AuditSink;
+  /**
+   * Lease reads (the `lease-reads` option; Raft's readOnly 'lease'): as the
+   * leader, serve reads without a ReadIndex round while the lease holds. Set
+   * it on every member: a voter without it does not count towards a lease.
+   */
+  leaseReads?: boolean;
 }
+
+/**
+ * The lease in this node's own clock, from the start of the tick whose stamp
+ * a quorum echoed: a follower keeps its promise for at least
+ * electionTicks - 1 tick intervals after the heartbeat arrived, shortened by
+ * the drift bound (limits.leaseClockDriftPercent).
+ */
+const LEASE_MS = ((limits.electionTicks - 1) * limits.tickMs * (100 - limits.leaseClockDriftPercent)) / 100;
+/** Tick start times kept for lease checks: a stamp older than the lease is useless. */
+const TICK_TIMES_KEPT = 2 * limits.electionTicks + 2;
 
 export class Replica extends EventEmitter implements ReplicaService, ReplicaCore {
   readonly nodeId: string;
@@ -140,7 +156,15 @@ export class Replica extends EventEmitter implements ReplicaService, ReplicaCore
     this.walLastIndexAtStart = log.lastIndex();
     log.onBatchDurable = (e) => this.emit('walFsync', { durationSeconds: e.syncSeconds, bytes: e.bytes });
     const applied = log.snapshotMetadata().index;
-    this.raw = new RawNode({ id: options.nodeId, storage: log, rand: env.rand, applied, ...(this.bugs.raft ? { testingBugs: this.bugs.raft } : {}) });
+    this.raw = new RawNode({
+      id: options.nodeId,
+      storage: log,
+      rand: env.rand,
+      applied,
+      ...(options.leaseReads ? { readOnly: 'lease' as const } : {}),
+      ...(this.bugs.raft ? { testingBugs: this.bugs.raft } : {}),
+    });
+    this.noteTick(this.startedAt);
     this.processedIndex = Math.max(applied, this.store.appliedIndex);
     this.raftAppliedIndex = applied;
     const hs = log.hardState();
@@ -220,6 +244,8 @@ export class Replica extends EventEmitter implements ReplicaService, ReplicaCore
 
   private tick(): void {
     if (this.fatalError || this.stopped) return;
+    // Before the tick: heartbeats it stamps leave after this moment.
+    this.noteTick(this.clock.now(), 1);
     this.raw.tick();
     this.membership.promoteCaughtUp();
     this.keyOps.tick();
@@ -449,10 +475,34 @@ export class Replica extends EventEmitter implements ReplicaService, ReplicaCore
       return Promise.reject(err);
     }
     if (this.bugs.readBeforeApplied) return Promise.resolve();
-    // The sole voter leading needs no round and no trip through the Ready loop.
-    const local = this.raw.localReadIndex();
+    // The sole voter leading needs no round and no trip through the Ready
+    // loop; nor does a leader whose lease holds.
+    const local = this.raw.localReadIndex() ?? this.leaseReadIndex();
     if (local !== undefined) return this.reads.waitApplied(local);
     return this.reads.wait();
+  }
+
+  /** Tick start times by Raft tick (ring of TICK_TIMES_KEPT). */
+  private readonly tickTimes: { tick: number; at: number }[] = [];
+
+  /** Records when Raft's clock reached raw.ticks + ahead. */
+  private noteTick(at: number, ahead = 0): void {
+    const tick = this.raw.ticks + ahead;
+    this.tickTimes[tick % TICK_TIMES_KEPT] = { tick, at };
+  }
+
+  /**
+   * Raft's lease counts ticks, and ticks run late when the event loop is
+   * busy or stalls: then Raft thinks less time passed than did. So the lease
+   * is also checked against the real clock, from when the tick it rests on
+   * began (a heartbeat stamped with it left no earlier).
+   */
+  private leaseReadIndex(): number | undefined {
+    const lease = this.raw.leaseRead();
+    if (lease === undefined) return undefined;
+    const t = this.tickTimes[lease.since % TICK_TIMES_KEPT];
+    if (t === undefined || t.tick !== lease.since || this.clock.now() - t.at >= LEASE_MS) return undefined;
+    return lease.index;
   }
 
   private askReadIndex(context: Buffer): boolean {
