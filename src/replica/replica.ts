@@ -41,6 +41,7 @@ import type { Logger } from 'pino';
 import type { Clock, Host, LogStorage, PeerTransport, ReplicaEnv, SnapshotFrame } from './env.ts';
 import { settleEarly, type PlantedBugs } from './planted.ts';
 import type { ReplicaCore } from './core.ts';
+import { LeaseClock } from './lease-clock.ts';
 import { ReadGate } from './read-gate.ts';
 import { RequestError, RequestSession } from './requests.ts';
 import { SnapshotReceiver } from './snapshot-receiver.ts';
@@ -79,15 +80,6 @@ export interface ReplicaOptions {
   leaseReads?: boolean;
 }
 
-/**
- * The lease in this node's own clock, from the start of the tick whose stamp
- * a quorum echoed: a follower keeps its promise for at least
- * electionTicks - 1 tick intervals after the heartbeat arrived, shortened by
- * the drift bound (limits.leaseClockDriftPercent).
- */
-const LEASE_MS = ((limits.electionTicks - 1) * limits.tickMs * (100 - limits.leaseClockDriftPercent)) / 100;
-/** Tick start times kept for lease checks: a stamp older than the lease is useless. */
-const TICK_TIMES_KEPT = 2 * limits.electionTicks + 2;
 
 export class Replica extends EventEmitter implements ReplicaService, ReplicaCore {
   readonly nodeId: string;
@@ -101,6 +93,8 @@ export class Replica extends EventEmitter implements ReplicaService, ReplicaCore
   readonly logger: Logger;
   readonly session: RequestSession;
   readonly reads: ReadGate;
+  /** When each of Raft's ticks began (lease reads). */
+  private readonly leaseClock = new LeaseClock();
   readonly sender: SnapshotSender;
   readonly receiver: SnapshotReceiver;
   readonly housekeeping: Housekeeping;
@@ -164,7 +158,7 @@ export class Replica extends EventEmitter implements ReplicaService, ReplicaCore
       ...(options.leaseReads ? { readOnly: 'lease' as const } : {}),
       ...(this.bugs.raft ? { testingBugs: this.bugs.raft } : {}),
     });
-    this.noteTick(this.startedAt);
+    this.leaseClock.note(this.raw.ticks, this.startedAt);
     this.processedIndex = Math.max(applied, this.store.appliedIndex);
     this.raftAppliedIndex = applied;
     const hs = log.hardState();
@@ -245,7 +239,7 @@ export class Replica extends EventEmitter implements ReplicaService, ReplicaCore
   private tick(): void {
     if (this.fatalError || this.stopped) return;
     // Before the tick: heartbeats it stamps leave after this moment.
-    this.noteTick(this.clock.now(), 1);
+    this.leaseClock.note(this.raw.ticks + 1, this.clock.now());
     this.raw.tick();
     this.membership.promoteCaughtUp();
     this.keyOps.tick();
@@ -482,26 +476,10 @@ export class Replica extends EventEmitter implements ReplicaService, ReplicaCore
     return this.reads.wait();
   }
 
-  /** Tick start times by Raft tick (ring of TICK_TIMES_KEPT). */
-  private readonly tickTimes: { tick: number; at: number }[] = [];
-
-  /** Records when Raft's clock reached raw.ticks + ahead. */
-  private noteTick(at: number, ahead = 0): void {
-    const tick = this.raw.ticks + ahead;
-    this.tickTimes[tick % TICK_TIMES_KEPT] = { tick, at };
-  }
-
-  /**
-   * Raft's lease counts ticks, and ticks run late when the event loop is
-   * busy or stalls: then Raft thinks less time passed than did. So the lease
-   * is also checked against the real clock, from when the tick it rests on
-   * began (a heartbeat stamped with it left no earlier).
-   */
+  /** Raft's lease, checked against the real clock too (see lease-clock.ts). */
   private leaseReadIndex(): number | undefined {
     const lease = this.raw.leaseRead();
-    if (lease === undefined) return undefined;
-    const t = this.tickTimes[lease.since % TICK_TIMES_KEPT];
-    if (t === undefined || t.tick !== lease.since || this.clock.now() - t.at >= LEASE_MS) return undefined;
+    if (lease === undefined || !this.leaseClock.holds(lease.since, this.clock.now())) return undefined;
     return lease.index;
   }
 
