@@ -82,6 +82,17 @@ const limitValues = {
   raftIndexMax: 2 ** 48,
   /** Pending ReadIndex requests. */
   raftReadIndexPendingMax: 4096,
+  /**
+   * Lease reads (the `lease-reads` option): how much faster, in percent, one
+   * node's clock may run than another's, timer slop included. A follower
+   * that acknowledged a leader's heartbeat refuses every other candidate for
+   * electionTicks of its own ticks (at least electionTicks - 1 whole ticks);
+   * the leader counts its lease as that, shortened by this bound, from the
+   * moment the heartbeat left: electionTicks 10 and 10% give 8 ticks (and
+   * 405 ms of the leader's own clock). Clocks that drift further, or a
+   * follower whose timer fires this much early, make lease reads unsafe.
+   */
+  leaseClockDriftPercent: 10,
   /** Payload bytes of committed entries handed to the state machine in one Ready. */
   raftReadyCommittedBytesMax: 64 * MiB,
   /** Clients whose request ids the applier remembers (least recently used forgotten first). */
@@ -233,6 +244,7 @@ export function validateLimits(l: Limits = limits): void {
   if (l.peerFrameBytesMax < l.raftMessageBytesMax + l.requestBytesMax) fail('peerFrameBytesMax < raftMessageBytesMax + requestBytesMax');
   if (l.cryptSectorBytes % l.deviceSizeAlignmentBytes !== 0 || l.rekeyStepBytes % l.cryptSectorBytes !== 0) fail('cryptSectorBytes must be whole device size units, rekeyStepBytes whole crypt sectors');
   if (l.heartbeatTicks >= l.electionTicks) fail('heartbeatTicks >= electionTicks');
+  if (!(l.leaseClockDriftPercent >= 0 && l.leaseClockDriftPercent < 100)) fail('leaseClockDriftPercent must be in [0, 100)');
   if (l.nbdInFlightBytesMax < l.requestBytesMax) fail('nbdInFlightBytesMax < requestBytesMax');
   if (l.nbdInFlightBytesTotalMax < l.nbdInFlightBytesMax) fail('nbdInFlightBytesTotalMax < nbdInFlightBytesMax');
   if (l.raftUncommittedBytesMax < l.requestBytesMax) fail('raftUncommittedBytesMax < requestBytesMax');

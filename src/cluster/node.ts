@@ -52,6 +52,8 @@ export interface NodeConfig {
   /** This node's encryption keys; `encryptDevices`: create `devices` encrypted. */
   keys?: KeyRing;
   encryptDevices?: boolean;
+  /** Lease reads on this node (see ReplicaOptions.leaseReads). */
+  leaseReads?: boolean;
 }
 
 export class NodeError extends XDeviceError {}
@@ -106,6 +108,7 @@ export class ClusterNode {
       ...(config.tuning ? { tuning: config.tuning } : {}),
       ...(config.keys ? { keys: config.keys } : {}),
       ...(config.encryptDevices ? { encryptDevices: true } : {}),
+      ...(config.leaseReads ? { leaseReads: true } : {}),
     };
     const env = {
       clock: realClock,

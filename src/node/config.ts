@@ -65,6 +65,8 @@ export interface NodeConfig {
   encryptionKeyFile: string;
   /** Create the devices of `device` encrypted when the cluster is founded. */
   encryptDevices: boolean;
+  /** The leader serves reads without a ReadIndex round while its lease holds (needs bounded clock drift). */
+  leaseReads: boolean;
 }
 
 type Kind = 'string' | 'hostport' | 'devices' | 'peers' | 'boolean' | 'size' | 'anonymous-reads' | 'grants' | { oneOf: readonly string[] };
@@ -114,6 +116,7 @@ export const CONFIG_KEYS: readonly KeySpec[] = [
   { key: 'log-format', field: 'logFormat', kind: { oneOf: ['auto', 'json', 'pretty'] }, default: 'auto', describe: 'auto: pretty on a terminal, JSON otherwise' },
   { key: 'encryption-key-file', field: 'encryptionKeyFile', kind: 'string', default: '', describe: 'file (mode 600) of key-encryption keys, "ID HEX" lines (openssl rand -hex 32); unset: the systemd credential xdevice-encryption-keys' },
   { key: 'encrypt-devices', field: 'encryptDevices', kind: 'boolean', default: 'false', describe: 'create the devices of `device` (the default device) encrypted when the cluster is founded (needs encryption-key-file)' },
+  { key: 'lease-reads', field: 'leaseReads', kind: 'boolean', default: 'false', describe: `the leader serves reads without a ReadIndex round while a quorum answered a heartbeat within the lease (about ${limits.electionTicks - 1} ticks less ${limits.leaseClockDriftPercent}% clock drift); safe only while clocks drift less than that: set it on every member or on none` },
   { key: 'ready-line', field: 'readyLine', kind: 'boolean', default: 'false', describe: 'once serving, print one JSON line {"ready":true,"nodeId","nbd","admin","peer"} on stdout (for launchers without a systemd notify socket)' },
 ];
 

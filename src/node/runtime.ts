@@ -59,6 +59,7 @@ export async function startReplicatedRuntime(config: NodeConfig, logger: Logger)
     tuning: tuningFromEnv(),
     keys: loadKeyRing(config, logger),
     encryptDevices: config.encryptDevices,
+    leaseReads: config.leaseReads,
   });
   const r = node.replica;
   const audit = new AuditLog(

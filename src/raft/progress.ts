@@ -42,6 +42,8 @@ export class Progress {
   resentBelow = 0;
   /** match at the last heartbeat answer: unchanged at the next one means the window is stuck. */
   matchAtHeartbeat = 0;
+  /** Lease reads: the latest heartbeat stamp (leader's tick) this peer echoed in this term; 0: none. */
+  leaseStamp = 0;
 
   constructor(next: number, inflights: Inflights, isLearner: boolean) {
     this.next = next;

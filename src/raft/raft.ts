@@ -93,6 +93,15 @@ export class Raft {
   heartbeatElapsed = 0;
   randomizedElectionTimeout = 0;
 
+  // Lease reads (cfg.readOnly 'lease', see leaseRead()). `ticks` is this
+  // node's clock: heartbeats carry it as a stamp, followers echo it. Starts
+  // at 1 so that a stamp of 0 means none.
+  ticks = 1;
+  /** Ticks since a leader's heartbeat arrived (or since start): below electionTicks, this node votes for no one else. */
+  private leasePromiseElapsed = 0;
+  /** This leader sent TimeoutNow in this term: its successor may be elected despite the promises. */
+  private leaseRevoked = false;
+
   // Work deferred to flush(), so a burst of proposals or reads in one turn
   // becomes one App / one heartbeat per peer instead of one per request.
   private needBroadcast = false;
@@ -196,7 +205,8 @@ export class Raft {
       if (id === this.id) continue;
       // Never tell a peer to commit beyond what it is known to hold.
       const commit = Math.min(pr.match, this.log.committed);
-      this.send(message({ type: MessageType.Heartbeat, to: id, commit, ...(ctx ? { context: ctx } : {}) }));
+      const stamp = this.cfg.readOnly === 'lease' ? this.ticks : 0;
+      this.send(message({ type: MessageType.Heartbeat, to: id, commit, index: stamp, ...(ctx ? { context: ctx } : {}) }));
     }
   }
 
@@ -237,8 +247,10 @@ export class Raft {
       pr.pendingSnapshot = 0;
       pr.msgAppFlowPaused = false;
       pr.recentActive = false;
+      pr.leaseStamp = 0;
       pr.inflights.reset();
     }
+    this.leaseRevoked = false;
     this.pendingConfIndex = 0;
     this.uncommittedBytes = 0;
     this.readOnly.reset();
@@ -347,7 +359,7 @@ export class Raft {
         const inLease = this.cfg.checkQuorum && this.lead !== None && this.electionElapsed < this.cfg.electionTicks;
         // Thesis 4.2.3: a node that hears from a live leader ignores votes, so
         // a removed or partitioned server cannot depose it.
-        if (inLease && !isTransferContext(m.context)) return;
+        if ((inLease || this.leasePromised()) && !isTransferContext(m.context)) return;
       }
       if (m.type === MessageType.PreVote) {
         // A pre-vote never changes our term.
@@ -380,7 +392,10 @@ export class Raft {
           (this.vote === None && this.lead === None) ||
           (m.type === MessageType.PreVote && m.term > this.term);
         const respType = m.type === MessageType.Vote ? MessageType.VoteResp : MessageType.PreVoteResp;
-        if (canVote && this.candidateUpToDate(m.index, m.logTerm)) {
+        // A promise to a leaseholder outlives a term change (a late answer to
+        // an old campaign can move us to a term without a leader).
+        const promised = this.leasePromised() && this.vote !== m.from && !isTransferContext(m.context);
+        if (canVote && !promised && this.candidateUpToDate(m.index, m.logTerm)) {
           this.send(message({ type: respType, to: m.from, term: m.term }));
           if (m.type === MessageType.Vote) {
             this.electionElapsed = 0;
@@ -481,6 +496,9 @@ export class Raft {
         // No progress for a heartbeat: the next gap reported is news (see handleAppGap).
         if (pr.match === pr.matchAtHeartbeat) pr.resentBelow = 0;
         pr.matchAtHeartbeat = pr.match;
+        // A stamp from our clock (never ahead of it) echoed in this term: the
+        // peer promised not to vote for anyone else for a while after it.
+        if (this.cfg.readOnly === 'lease' && m.index > pr.leaseStamp && m.index <= this.ticks) pr.leaseStamp = m.index;
         if (pr.match < this.log.lastIndex() || pr.state === ProgressState.Probe) this.maybeSendAppend(m.from, true);
         if (!m.context || m.context.length === 0) return;
         const acks = this.readOnly.recvAck(m.from, m.context);
@@ -667,6 +685,9 @@ export class Raft {
         this.readStates.push({ index: m.index, context: m.context ?? Buffer.alloc(0) });
         return;
       case MessageType.ForgetLeader:
+        // A leaderless follower votes again at once: that breaks a promise to
+        // a leaseholder (etcd ignores it under ReadOnlyLeaseBased too).
+        if (this.cfg.readOnly === 'lease') return;
         this.lead = None;
         return;
       default:
@@ -737,7 +758,14 @@ export class Raft {
 
   private handleHeartbeat(m: Message): void {
     this.log.commitTo(Math.min(m.commit, this.log.lastIndex()));
-    this.send(message({ type: MessageType.HeartbeatResp, to: m.from, ...(m.context ? { context: m.context } : {}) }));
+    // Lease reads: echoing the stamp is the promise (see leasePromised()); a
+    // node without 'lease' echoes nothing and never counts towards a lease.
+    let stamp = 0;
+    if (this.cfg.readOnly === 'lease') {
+      this.leasePromiseElapsed = 0;
+      stamp = m.index;
+    }
+    this.send(message({ type: MessageType.HeartbeatResp, to: m.from, index: stamp, ...(m.context ? { context: m.context } : {}) }));
   }
 
   private handleSnapshot(m: Message): void {
@@ -969,6 +997,36 @@ export class Raft {
     return this.log.committed;
   }
 
+  /**
+   * Lease reads (thesis 6.4.1; etcd's ReadOnlyLeaseBased, made to hold across
+   * restarts and term changes): a voter running with 'lease' that answers a
+   * heartbeat promises to vote for no other candidate, and not to campaign,
+   * for electionTicks of its ticks after it arrived; at start it holds the
+   * same promise, since it may have made one before a crash. So once a
+   * quorum of voters has echoed the stamp s of a heartbeat, no other leader
+   * can be elected before a quorum's promises run out, which under bounded
+   * drift is no earlier than leaseTicks of our ticks after s left. Until
+   * then our commit index is as fresh as a ReadIndex round would make it:
+   * the index, read at once, with `since` the stamp the lease rests on, for
+   * the runtime's own check against its real clock (its ticks may run late).
+   * undefined when the lease does not hold (ask readIndex()): 'safe' mode,
+   * not the leader, no entry of this term committed yet, a transfer begun
+   * (TimeoutNow campaigns past the promises), leading without a vote, or no
+   * quorum heard within the lease.
+   */
+  leaseRead(): { index: number; since: number } | undefined {
+    if (this.cfg.readOnly !== 'lease' || this.role !== Role.Leader || this.leaseRevoked || this.leadTransferee !== None) return undefined;
+    if (this.leadsWithoutVote() || !this.committedEntryInCurrentTerm()) return undefined;
+    const since = this.trk.quorumValue((id) => (id === this.id ? this.ticks : (this.trk.progress.get(id)?.leaseStamp ?? 0)));
+    if (since <= 0 || this.ticks - since >= this.cfg.leaseTicks) return undefined;
+    return { index: this.log.committed, since };
+  }
+
+  /** Whether this node's promise to a leaseholder still holds (see leaseRead()). */
+  leasePromised(): boolean {
+    return this.cfg.readOnly === 'lease' && this.leasePromiseElapsed < this.cfg.electionTicks;
+  }
+
   private serveReadIndex(m: Message): void {
     if (this.isSoleVoter()) {
       this.respondToReadIndex(m, this.log.committed);
@@ -1010,6 +1068,9 @@ export class Raft {
   // ---- leadership transfer ---------------------------------------------------
 
   private sendTimeoutNow(to: NodeId): void {
+    // The transferee campaigns past every promise (transfer context): from
+    // now on, whenever TimeoutNow arrives, a successor may exist.
+    this.leaseRevoked = true;
     this.send(message({ type: MessageType.TimeoutNow, to }));
   }
 
@@ -1020,6 +1081,8 @@ export class Raft {
   // ---- time --------------------------------------------------------------------
 
   tick(): void {
+    this.ticks++;
+    this.leasePromiseElapsed++;
     if (this.role === Role.Leader) this.tickHeartbeat();
     else this.tickElection();
   }

@@ -90,7 +90,7 @@ const RESPONSES = new Set<MessageType>([MessageType.AppResp, MessageType.VoteRes
 
 export class RawNode {
   // Private: the runtime reads Raft through basicStatus(), status(),
-  // isMember() and localReadIndex(); protocol tests and the simulator's
+  // isMember(), localReadIndex() and leaseRead(); protocol tests and the simulator's
   // invariant checks use raftForTesting().
   private readonly raft: Raft;
   private prevSoftState: SoftState;
@@ -297,6 +297,16 @@ export class RawNode {
   /** See Raft.localReadIndex: a read index usable at once, or undefined (ask readIndex()). */
   localReadIndex(): number | undefined {
     return this.raft.localReadIndex();
+  }
+
+  /** See Raft.leaseRead: a read index the leader's lease vouches for, and the stamp it rests on; undefined: ask readIndex(). */
+  leaseRead(): { index: number; since: number } | undefined {
+    return this.raft.leaseRead();
+  }
+
+  /** Ticks so far (Raft's clock, from 1: lease stamps are these). */
+  get ticks(): number {
+    return this.raft.ticks;
   }
 
   status(): Status {

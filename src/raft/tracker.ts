@@ -95,6 +95,11 @@ export class ProgressTracker {
     return jointCommitted(this.incomingIds, this.outgoingIds, (id) => prs.get(id)?.match ?? 0, this.scratch);
   }
 
+  /** The largest value a quorum of voters has reached: committed() over any per-voter value. */
+  quorumValue(valueOf: (id: NodeId) => number): number {
+    return jointCommitted(this.incomingIds, this.outgoingIds, valueOf, this.scratch);
+  }
+
   /** Whether a quorum of voters was heard from since the last check. */
   quorumActive(selfId: NodeId): boolean {
     const active = new Map<NodeId, boolean>();

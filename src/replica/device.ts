@@ -4,8 +4,8 @@
 // entry is committed (durable on a majority) and applied on this node; they
 // are therefore durable when acknowledged, and FLUSH only has to wait for the
 // writes already sent on this export to be answered. FUA needs nothing more.
-// Reads are linearizable on any node: ReadIndex, wait for apply, read the
-// local file. Every connection to every node sees the same data, so
+// Reads are linearizable on any node: ReadIndex (or, with lease-reads, the
+// leader's lease), wait for apply, read the local file. Every connection to every node sees the same data, so
 // CAN_MULTI_CONN holds. A node without a quorum answers EIO (the request
 // timed out) or ESHUTDOWN (it left service), never stale data.
 //

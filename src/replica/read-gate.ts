@@ -3,6 +3,11 @@
 // arrived (ReadIndex: the leader confirms with a heartbeat quorum that it
 // still leads), then waits until it has applied that far.
 //
+// Two reads need no round (Replica.readBarrier, then only waitApplied()):
+// the sole voter's, and, with lease-reads, the leader's while its lease
+// holds (Raft.leaseRead). A follower's reads always take one round: it asks
+// the leader (ReadIndex, forwarded) and serves locally once applied there.
+//
 // Reads arriving in one event-loop turn share one ReadIndex round. A round
 // lost to a leader change is asked again after readIndexRetryMs; a read
 // that cannot get an answer within requestTimeoutMs fails with EIO — a node

@@ -41,6 +41,7 @@ import type { Logger } from 'pino';
 import type { Clock, Host, LogStorage, PeerTransport, ReplicaEnv, SnapshotFrame } from './env.ts';
 import { settleEarly, type PlantedBugs } from './planted.ts';
 import type { ReplicaCore } from './core.ts';
+import { LeaseClock } from './lease-clock.ts';
 import { ReadGate } from './read-gate.ts';
 import { RequestError, RequestSession } from './requests.ts';
 import { SnapshotReceiver } from './snapshot-receiver.ts';
@@ -68,7 +69,14 @@ export interface ReplicaOptions {
   keys?: KeyRing;
   /** Create the initial devices encrypted (the `encrypt-devices` option). */
   encryptDevices?: boolean;
+  /**
+   * Lease reads (the `lease-reads` option; Raft's readOnly 'lease'): as the
+   * leader, serve reads without a ReadIndex round while the lease holds. Set
+   * it on every member: a voter without it does not count towards a lease.
+   */
+  leaseReads?: boolean;
 }
+
 
 export class Replica extends EventEmitter implements ReplicaService, ReplicaCore {
   readonly nodeId: string;
@@ -82,6 +90,8 @@ export class Replica extends EventEmitter implements ReplicaService, ReplicaCore
   readonly logger: Logger;
   readonly session: RequestSession;
   readonly reads: ReadGate;
+  /** When each of Raft's ticks began (lease reads). */
+  private readonly leaseClock = new LeaseClock();
   readonly sender: SnapshotSender;
   readonly receiver: SnapshotReceiver;
   readonly housekeeping: Housekeeping;
@@ -137,7 +147,15 @@ export class Replica extends EventEmitter implements ReplicaService, ReplicaCore
     this.walLastIndexAtStart = log.lastIndex();
     log.onBatchDurable = (e) => this.emit('walFsync', { durationSeconds: e.syncSeconds, bytes: e.bytes });
     const applied = log.snapshotMetadata().index;
-    this.raw = new RawNode({ id: options.nodeId, storage: log, rand: env.rand, applied, ...(this.bugs.raft ? { testingBugs: this.bugs.raft } : {}) });
+    this.raw = new RawNode({
+      id: options.nodeId,
+      storage: log,
+      rand: env.rand,
+      applied,
+      ...(options.leaseReads ? { readOnly: 'lease' as const } : {}),
+      ...(this.bugs.raft ? { testingBugs: this.bugs.raft } : {}),
+    });
+    this.leaseClock.note(this.raw.ticks, this.startedAt);
     this.processedIndex = Math.max(applied, this.store.appliedIndex);
     this.raftAppliedIndex = applied;
     const hs = log.hardState();
@@ -217,6 +235,8 @@ export class Replica extends EventEmitter implements ReplicaService, ReplicaCore
 
   private tick(): void {
     if (this.fatalError || this.stopped) return;
+    // Before the tick: heartbeats it stamps leave after this moment.
+    this.leaseClock.note(this.raw.ticks + 1, this.clock.now());
     this.raw.tick();
     this.membership.promoteCaughtUp();
     this.keyOps.tick();
@@ -446,10 +466,18 @@ export class Replica extends EventEmitter implements ReplicaService, ReplicaCore
       return Promise.reject(err);
     }
     if (this.bugs.readBeforeApplied) return Promise.resolve();
-    // The sole voter leading needs no round and no trip through the Ready loop.
-    const local = this.raw.localReadIndex();
+    // The sole voter leading needs no round and no trip through the Ready
+    // loop; nor does a leader whose lease holds.
+    const local = this.raw.localReadIndex() ?? this.leaseReadIndex();
     if (local !== undefined) return this.reads.waitApplied(local);
     return this.reads.wait();
+  }
+
+  /** Raft's lease, checked against the real clock too (see lease-clock.ts). */
+  private leaseReadIndex(): number | undefined {
+    const lease = this.raw.leaseRead();
+    if (lease === undefined || !this.leaseClock.holds(lease.since, this.clock.now())) return undefined;
+    return lease.index;
   }
 
   private askReadIndex(context: Buffer): boolean {

@@ -60,6 +60,12 @@ export interface ReplicaSimOptions {
   syncMode?: 'dsync' | 'fdatasync';
   /** A planted bug the simulator must find (test/sim/planted-bugs.test.ts). */
   plant?: Plant;
+  /**
+   * Lease reads on every node, each node's timers running up to 8% fast
+   * (within limits.leaseClockDriftPercent), rates from their own PRNG so a
+   * seed's fault mix stays the same.
+   */
+  leaseReads?: boolean;
   trace?: (line: string) => void;
 }
 
@@ -206,12 +212,23 @@ class Sim {
 
   // ---- the environment of one incarnation -------------------------------------------
 
+  /** Timer rate per node (leaseReads: bounded clock drift; 1 otherwise). */
+  private readonly timerRate = new Map<string, number>();
+  private driftRng: Prng | undefined;
+
   private clock(n: Node, inc: number): Clock {
+    let rate = this.timerRate.get(n.id);
+    if (rate === undefined) {
+      this.driftRng ??= new Prng(this.o.seed ^ 0x5eed1ea5);
+      rate = this.o.leaseReads ? 0.92 + (0.08 * this.driftRng.int(1000)) / 1000 : 1;
+      this.timerRate.set(n.id, rate);
+    }
+    const r = rate;
     return {
       now: () => this.now,
       after: (ms, fn) => {
         let live = true;
-        this.at(ms, `timer ${n.id}`, () => live && n.incarnation === inc && fn());
+        this.at(ms * r, `timer ${n.id}`, () => live && n.incarnation === inc && fn());
         return () => {
           live = false;
         };
@@ -374,7 +391,7 @@ class Sim {
     for (const [id, address] of Object.entries({ ...opened.store.memberAddresses(), ...this.founders() })) if (id !== n.id) transport.addPeer(id, address);
     const replica = new Replica(
       { clock, transport, log: opened.wal, store: opened.store, host: this.host(n), rand: (k) => this.rng.int(k), logger: silent },
-      { nodeId: n.id, devices: [{ name: 'default', size: DEVICE_BYTES }], tuning: { checkpointEntries: 40, walRetainEntriesMax: 30 }, ...(this.bugs ? { plantedBugs: this.bugs } : {}) },
+      { nodeId: n.id, devices: [{ name: 'default', size: DEVICE_BYTES }], tuning: { checkpointEntries: 40, walRetainEntriesMax: 30 }, ...(this.bugs ? { plantedBugs: this.bugs } : {}), ...(this.o.leaseReads ? { leaseReads: true } : {}) },
     );
     n.replica = replica;
     n.alive = true;

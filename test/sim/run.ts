@@ -14,13 +14,14 @@ const argv = yargs(hideBin(process.argv))
   .option('from', { type: 'number', default: 1, describe: 'first seed' })
   .option('nodes', { type: 'number', describe: 'founding voters (1, 3 or 5); drawn from the seed by default' })
   .option('plant', { type: 'string', choices: PLANTS, describe: 'plant a known bug (test only)' })
+  .option('lease-reads', { type: 'boolean', default: false, describe: 'lease reads on every node, timers drifting within the bound' })
   .option('stop-after', { type: 'number', default: 10, describe: 'stop after this many failing seeds' })
   .option('quiet', { type: 'boolean', default: false })
   .strict()
   .parseSync();
 
 const plant = argv.plant as Plant | undefined;
-const common = { ...(argv.nodes ? { nodes: argv.nodes } : {}), ...(plant ? { plant } : {}) };
+const common = { ...(argv.nodes ? { nodes: argv.nodes } : {}), ...(plant ? { plant } : {}), ...(argv['lease-reads'] ? { leaseReads: true } : {}) };
 const replay = (seed: number): string => `XDEVICE_SEED=${seed} npm run sim${plant ? ` -- --plant ${plant}` : ''}`;
 const envSeed = process.env.XDEVICE_SEED;
 

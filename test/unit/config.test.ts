@@ -18,7 +18,9 @@ t.test('embedded defaults are the documented ones', async (t) => {
   t.same(config.adminListen, { host: '127.0.0.1', port: 10819 });
   t.same(config.devices, [{ name: 'default', size: 1024 ** 3 }]);
   t.equal(config.backend, 'replicated');
+  t.equal(config.leaseReads, false, 'lease reads are off unless asked for');
   t.equal(origin['data-dir'], 'default');
+  t.equal(loadConfig({ flags: new Map(), env: { XDEVICE_LEASE_READS: 'true' } }).config.leaseReads, true);
 });
 
 t.test('precedence: flag > environment > file > default', async (t) => {
