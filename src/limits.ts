@@ -135,6 +135,13 @@ const limitValues = {
   snapshotChunkBytes: 1 * MiB,
   /** A snapshot receiver must report the stream installed within this long. */
   snapshotResultTimeoutMs: 120_000,
+  /**
+   * How often a sender waiting for that report checks that the connection the
+   * stream went over still stands: a receiver that dies after the last chunk
+   * can never report, and its peer must not wait out snapshotResultTimeoutMs
+   * before streaming again (simulator seeds 7000108, 7004734).
+   */
+  snapshotConnectionCheckMs: 1000,
   /** A proposal not applied within this long is proposed again (same request id). */
   proposalRetryMs: 2_000,
   /** A client request (write, read, table change) fails with EIO after this long without a quorum. */

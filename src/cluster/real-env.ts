@@ -33,6 +33,7 @@ export function peerTransport(t: Transport, replyTo: (peer: string) => ((frame: 
     send: (m: Message) => void t.send(m),
     sendFrame: (peer, f) => t.sendFrame(peer, encodeSnapshotFrame(f)),
     waitDrain: (peer) => t.waitDrain(peer),
+    connection: (peer) => t.connection(peer),
     tellRemoved: (peer) => replyTo(peer)?.(encodeRemoved(peer)),
     addPeer: (id, address) => t.addPeer(id, address),
     removePeer: (id) => t.removePeer(id),

@@ -89,6 +89,8 @@ class PeerLink {
   queuedBytes = 0;
   droppedMessages = 0;
   rttMs: number | undefined;
+  /** Connections that reached 'ready' so far: names the current one (Transport.connection). */
+  connections = 0;
   private attempts = 0;
   private timer: NodeJS.Timeout | undefined;
   private pingTimer: NodeJS.Timeout | undefined;
@@ -228,6 +230,7 @@ class PeerLink {
 
   private ready(): void {
     this.state = 'ready';
+    this.connections++;
     this.attempts = 0;
     this.lastPongAt = Date.now();
     const s = this.socket!;
@@ -375,6 +378,12 @@ export class Transport extends EventEmitter<TransportEvents> {
   pendingBytes(to: string): number {
     const link = this.links.get(to);
     return link && link.state === 'ready' ? link.pendingBytes : -1;
+  }
+
+  /** The current connection to `to` (a new number after every reconnect), undefined while it is down. */
+  connection(to: string): number | undefined {
+    const link = this.links.get(to);
+    return link && link.state === 'ready' ? link.connections : undefined;
   }
 
   /** Resolves when the link to `to` has room (or rejects when it goes down). */

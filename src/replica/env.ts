@@ -58,6 +58,11 @@ export interface PeerTransport {
   sendFrame(peer: NodeId, frame: SnapshotFrame): boolean;
   /** Resolves when the peer's link has room again (rejects if it went down). */
   waitDrain(peer: NodeId): Promise<void>;
+  /**
+   * The live connection to the peer: a new value after every reconnect,
+   * undefined while it is down. A snapshot stream lives and dies with one.
+   */
+  connection(peer: NodeId): number | undefined;
   /** Tells a peer outside the configuration that it was removed. */
   tellRemoved(peer: NodeId): void;
   addPeer(id: NodeId, address: string): void;

@@ -12,7 +12,7 @@ import type { Logger } from 'pino';
 import { limits } from '../limits.ts';
 import type { Message } from '../raft/types.ts';
 import { type StoreState, encodeStoreState } from '../device/checkpoint.ts';
-import type { Clock, Host, PeerTransport, SnapshotFile, SnapshotFrame } from './env.ts';
+import type { Cancel, Clock, Host, PeerTransport, SnapshotFile, SnapshotFrame } from './env.ts';
 
 type SnapResultFrame = Extract<SnapshotFrame, { kind: 'result' }>;
 
@@ -104,6 +104,8 @@ export class SnapshotSender {
     const handles: (SnapshotFile | undefined)[] = [];
     try {
       for (const p of paths) handles.push(await this.files.openForSend(p));
+      const connection = this.transport.connection(peer);
+      if (connection === undefined) return false;
       if (!this.transport.sendFrame(peer, { kind: 'begin', snapshotId: id, metadata: snap.snapshot!, state: encodeStoreState(state) })) return false;
       let chunks = 0;
       const buf = Buffer.allocUnsafe(limits.snapshotChunkBytes);
@@ -128,12 +130,33 @@ export class SnapshotSender {
         }
       }
       if (!this.transport.sendFrame(peer, { kind: 'end', snapshotId: id, chunks, appliedEnd: this.source.appliedIndex() })) return false;
-      const r = await result;
+      const r = await this.whileConnected(peer, connection, result);
       if (!r) return false;
       if (!r.ok) this.logger.warn({ peer, reason: r.reason }, 'peer refused the snapshot');
       return r.ok;
     } finally {
       for (const h of handles) await h?.close();
+    }
+  }
+
+  /** The result, or undefined as soon as the connection the stream went over is gone (the receiver can no longer report). */
+  private async whileConnected(peer: string, connection: number, result: Promise<SnapResultFrame | undefined>): Promise<SnapResultFrame | undefined> {
+    let cancel: Cancel | undefined;
+    const lost = new Promise<undefined>((resolve) => {
+      const check = (): void => {
+        if (this.transport.connection(peer) === connection) {
+          cancel = this.clock.after(limits.snapshotConnectionCheckMs, check);
+          return;
+        }
+        this.logger.warn({ peer }, 'snapshot stream: the connection closed before the peer reported; streaming again when Raft asks');
+        resolve(undefined);
+      };
+      cancel = this.clock.after(limits.snapshotConnectionCheckMs, check);
+    });
+    try {
+      return await Promise.race([result, lost]);
+    } finally {
+      cancel?.();
     }
   }
 }

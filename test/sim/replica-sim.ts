@@ -295,6 +295,11 @@ class Sim {
             else resolve();
           });
         }),
+      // A TCP connection to the peer's process: a new one after each restart, none while it is down.
+      connection: (peer) => {
+        const target = sim.nodes.get(peer);
+        return target?.alive ? target.incarnation : undefined;
+      },
       tellRemoved: (peer) => sim.at(sim.rng.range(1, 10), `removed ${peer}`, () => {
         const p = sim.nodes.get(peer);
         if (p?.alive && p.replica) sim.guard(p, () => p.replica!.onRemovedBy(n.id));
