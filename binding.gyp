@@ -17,6 +17,17 @@
       "cflags!": ["-fno-exceptions"],
       "cflags_cc!": ["-fno-exceptions", "-std=gnu++1y", "-std=gnu++14"],
       "cflags_cc": ["-std=gnu++17", "-fexceptions", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"]
+    },
+    {
+      "target_name": "xdevice-nbd-attach",
+      "type": "executable",
+      "sources": [
+        "native/attach/xdevice-nbd-attach.c",
+        "native/attach/nbd_handshake.c",
+        "native/attach/nbd_netlink.c",
+        "native/attach/nbd_parse.c"
+      ],
+      "cflags": ["-std=gnu11", "-O2", "-Wall", "-Wextra"]
     }
   ]
 }

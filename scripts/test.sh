@@ -10,7 +10,7 @@ if [[ ! -d node_modules ]]; then
   echo "node_modules is missing: run npm install first" >&2
   exit 1
 fi
-if [[ -f binding.gyp && ! -f build/Release/xdevice.node ]]; then
+if [[ -f binding.gyp && ( ! -f build/Release/xdevice.node || ! -x build/Release/xdevice-nbd-attach ) ]]; then
   echo "the native addon is not built: run npm install (or npm run build)" >&2
   exit 1
 fi

@@ -1,9 +1,7 @@
 // xdevice-cli: manage a cluster the way etcdctl does. The global options,
 // output and exit codes are in common.ts; the device and key commands in
-// device.ts, the audit commands in audit.ts.
+// device.ts, the audit commands in audit.ts, attach/detach in attach.ts.
 
-import { spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
 import yargs, { type Argv } from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { AdminClient, AdminClientError, endpointAddress } from './admin-client.ts';
@@ -15,6 +13,7 @@ import { VERSION } from '../version.ts';
 import { auditCommands } from './audit.ts';
 import { arg, CliExit, client, EXIT, type GlobalArgs, positiveSeconds, print, usage } from './common.ts';
 import { deviceCommands, keyCommand } from './device.ts';
+import { attachCommands } from './attach.ts';
 import type { Member, NodeStatus } from '../admin/api.ts';
 
 export { EXIT } from './common.ts';
@@ -58,26 +57,8 @@ async function waitCaughtUp(c: AdminClient, id: string, timeoutMs: number, voter
   }
 }
 
-function nbdClientPath(): string | undefined {
-  for (const p of ['/usr/sbin/nbd-client', '/sbin/nbd-client', '/usr/bin/nbd-client']) if (existsSync(p)) return p;
-  return undefined;
-}
-
-function ensureKernelNbd(device: string): void {
-  if (existsSync(device)) return;
-  const probe = spawnSync('modprobe', ['nbd'], { encoding: 'utf8' });
-  if (existsSync(device)) return;
-  throw new CliExit(
-    EXIT.noKernelNbd,
-    `${device} does not exist and the nbd kernel module could not be loaded` +
-      (probe.stderr ? ` (modprobe: ${probe.stderr.trim()})` : '') +
-      '.\nThis kernel cannot attach NBD devices. Alternatives: run on a kernel with CONFIG_BLK_DEV_NBD, ' +
-      'or use nbdfuse + losetup: nbdfuse DIR/disk nbd://HOST:PORT/EXPORT & losetup -f --show DIR/disk',
-  );
-}
-
 export function buildCli(args: string[]): Argv<GlobalArgs> {
-  return keyCommand(
+  return attachCommands(keyCommand(
     yargs(args)
     .scriptName('xdevice-cli')
     .usage('$0 [--endpoints HOST:PORT,...] [-w table|json] COMMAND')
@@ -103,7 +84,7 @@ export function buildCli(args: string[]): Argv<GlobalArgs> {
       for (const e of list) arg('--endpoints', () => endpointAddress(e));
       return list.join(',');
     }) as unknown as Argv<GlobalArgs>
-  )
+  ))
     .command(
       'status',
       'status of every endpoint (--cluster: of every member, found through the member list)',
@@ -225,55 +206,6 @@ export function buildCli(args: string[]): Argv<GlobalArgs> {
         .demandCommand(1, 'say which: add'),
     )
     .command('audit', 'read and check the audit trail', (y) => auditCommands(y as unknown as Argv<GlobalArgs>))
-    .command(
-      'attach',
-      'attach an export to a kernel NBD device with nbd-client',
-      (y) =>
-        y
-          .option('device', { type: 'string', default: '/dev/nbd0', describe: 'the kernel device' })
-          .option('export', { type: 'string', default: 'default', describe: 'export (device) name' })
-          .option('connections', { type: 'number', default: 1, describe: 'connections (the export allows several: CAN_MULTI_CONN)' })
-          .option('block-size', { type: 'number', default: 4096 })
-          .option('persist', { type: 'boolean', default: true, describe: 'nbd-client -persist: ask nbd-client to reconnect when the connection drops' })
-          .option('nbd-timeout', { type: 'number', default: 60, describe: 'nbd-client -timeout: seconds a request may wait before the kernel fails it' })
-          .option('dry-run', { type: 'boolean', default: false, describe: 'print the nbd-client command instead of running it' }),
-      async (argv) => {
-        const c = client(argv);
-        const { body: status } = await c.read<NodeStatus>('/status');
-        const [host, port] = status.nbdAddress.split(/:(?=\d+$)/);
-        const args = [
-          '-N', argv.export,
-          '-b', String(argv['block-size']),
-          '-C', String(argv.connections),
-          ...(argv.persist ? ['-persist'] : []),
-          ...(argv['nbd-timeout'] > 0 ? ['-timeout', String(argv['nbd-timeout'])] : []),
-          host!, port!, argv.device,
-        ];
-        const bin = nbdClientPath();
-        if (argv['dry-run']) {
-          print(argv, { command: [bin ?? 'nbd-client', ...args] }, () => [bin ?? 'nbd-client', ...args].join(' ') + '\n');
-          return;
-        }
-        if (!bin) throw new CliExit(EXIT.failed, 'nbd-client is not installed: apt-get install nbd-client');
-        ensureKernelNbd(argv.device);
-        const run = spawnSync(bin, args, { encoding: 'utf8' });
-        if (run.status !== 0) throw new CliExit(EXIT.failed, `nbd-client failed: ${(run.stderr || run.stdout).trim()}`);
-        print(argv, { device: argv.device, export: argv.export, server: status.nbdAddress }, () => `attached ${argv.export} at ${status.nbdAddress} as ${argv.device}\n`);
-      },
-    )
-    .command(
-      'detach',
-      'detach a kernel NBD device',
-      (y) => y.option('device', { type: 'string', default: '/dev/nbd0' }),
-      async (argv) => {
-        const bin = nbdClientPath();
-        if (!bin) throw new CliExit(EXIT.failed, 'nbd-client is not installed: apt-get install nbd-client');
-        ensureKernelNbd(argv.device);
-        const run = spawnSync(bin, ['-d', argv.device], { encoding: 'utf8' });
-        if (run.status !== 0) throw new CliExit(EXIT.failed, `nbd-client -d failed: ${(run.stderr || run.stdout).trim()}`);
-        print(argv, { device: argv.device, detached: true }, () => `detached ${argv.device}\n`);
-      },
-    )
     .completion('completion', 'print a bash completion script (eval "$(xdevice-cli completion)", or save it under /etc/bash_completion.d/)')
     .demandCommand(1, 'say which command (see --help)')
     .strict()

@@ -103,9 +103,29 @@ t.test('xdevice-cli drives a live cluster', { timeout: 600_000 }, async (t) => {
   const attach = await cli(['--endpoints', endpoints, 'attach', '--device', '/dev/nbd-xdevice-test', '--export', 'default']);
   t.equal(attach.code, 5, 'exit 5 when the kernel cannot attach NBD');
   t.match(attach.stderr, /cannot attach NBD devices.*nbdfuse/s);
-  const dry = await cli(['--endpoints', endpoints, '-w', 'json', 'attach', '--dry-run', '--export', 'default', '--connections', '4']);
+  // --persist (the default): our attacher, the node's NBD address first, the other members' as fallbacks.
+  const nbdOf = (i: number) => `127.0.0.1:${cluster.slots[i]!.ports.nbd}`;
+  const dry = await cli(['--endpoints', `127.0.0.1:${cluster.slots[1]!.ports.admin}`, '-w', 'json', 'attach', '--dry-run', '--export', 'default', '--connections', '4']);
   t.equal(dry.code, 0, dry.stderr);
-  t.match((JSON.parse(dry.stdout) as { command: string[] }).command.join(' '), /nbd-client -N default -b 4096 -C 4 -persist -timeout 60 127\.0\.0\.1 \d+ \/dev\/nbd0/);
+  const [bin, ...args] = (JSON.parse(dry.stdout) as { command: string[] }).command;
+  t.match(bin, /build\/Release\/xdevice-nbd-attach$/);
+  t.same(args.slice(0, 6), ['--device', '/dev/nbd0', '--export', 'default', '--endpoint', nbdOf(1)]);
+  t.same(new Set(args.slice(6, 10)), new Set(['--endpoint', nbdOf(0), '--endpoint', nbdOf(2)]), 'the other members as fallbacks');
+  t.same(args.slice(10), ['--connections', '4', '--timeout', '60', '--dead-conn-timeout', '120']);
+  const noFallbacks = await cli(['--endpoints', `127.0.0.1:${cluster.slots[1]!.ports.admin}`, '-w', 'json', 'attach', '--dry-run', '--no-fallbacks', '--dead-conn-timeout', '300']);
+  t.same((JSON.parse(noFallbacks.stdout) as { command: string[] }).command.slice(1), ['--device', '/dev/nbd0', '--export', 'default', '--endpoint', nbdOf(1), '--connections', '1', '--timeout', '60', '--dead-conn-timeout', '300']);
+  // --no-persist: nbd-client, as before.
+  const legacy = await cli(['--endpoints', endpoints, '-w', 'json', 'attach', '--dry-run', '--no-persist', '--export', 'default', '--connections', '4']);
+  t.equal(legacy.code, 0, legacy.stderr);
+  t.match((JSON.parse(legacy.stdout) as { command: string[] }).command.join(' '), /nbd-client -N default -b 4096 -C 4 -timeout 60 127\.0\.0\.1 \d+ \/dev\/nbd0/);
+  const legacyAttach = await cli(['--endpoints', endpoints, 'attach', '--no-persist', '--device', '/dev/nbd-xdevice-test']);
+  t.equal(legacyAttach.code, 5, 'nbd-client too: exit 5 when the kernel cannot attach NBD');
+  const unbuilt = await cli(['--endpoints', endpoints, 'attach', '--device', '/dev/nbd-xdevice-test'], { XDEVICE_NBD_ATTACH: '/nonexistent/xdevice-nbd-attach' });
+  t.equal(unbuilt.code, 1, 'no attacher built: exit 1');
+  t.match(unbuilt.stderr, /xdevice-nbd-attach is not built: run `npm install` \(or `npm rebuild`\)/);
+  const detach = await cli(['--endpoints', endpoints, 'detach', '--device', '/dev/nbd-xdevice-test']);
+  t.equal(detach.code, 5, 'detach: exit 5 when the kernel cannot attach NBD');
+  t.match(detach.stderr, /cannot attach NBD devices/);
   t.equal((await cli(['--endpoints', endpoints, 'frobnicate'])).code, 2, 'usage error: exit 2');
   t.equal((await cli(['--endpoints', '127.0.0.1:1', 'members', 'list'])).code, 3, 'nothing reachable: exit 3');
 });

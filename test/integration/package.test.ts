@@ -34,7 +34,7 @@ t.test('npm pack → npm install -g gives working xdevice-node and xdevice-cli',
   const tarball = readdirSync(work).find((f) => f.endsWith('.tgz'));
   t.ok(tarball, 'a tarball was written');
   const listing = run('tar', ['tzf', join(work, tarball!)]).stdout.split('\n');
-  for (const want of ['package/dist/node/main.js', 'package/dist/cli/cli.js', 'package/dist/index.js', 'package/dist/index.d.ts', 'package/examples/database-wal.ts', 'package/monitoring/xdevice-alerts.yml', 'package/monitoring/grafana-dashboard.json', 'package/binding.gyp', 'package/native/addon.cc', 'package/systemd/xdevice-node@.service']) {
+  for (const want of ['package/dist/node/main.js', 'package/dist/cli/cli.js', 'package/dist/index.js', 'package/dist/index.d.ts', 'package/examples/database-wal.ts', 'package/monitoring/xdevice-alerts.yml', 'package/monitoring/grafana-dashboard.json', 'package/binding.gyp', 'package/native/addon.cc', 'package/native/attach/xdevice-nbd-attach.c', 'package/systemd/xdevice-node@.service']) {
     t.ok(listing.includes(want), `tarball ships ${want}`);
   }
   t.notOk(listing.some((f) => f.startsWith('package/test/') || f.startsWith('package/src/')), 'tests and sources stay out of the tarball');
@@ -44,6 +44,7 @@ t.test('npm pack → npm install -g gives working xdevice-node and xdevice-cli',
   t.equal(installed.status, 0, `npm install -g: ${installed.stderr}`);
   const bin = join(prefix, 'bin');
   t.ok(existsSync(join(prefix, 'lib/node_modules/xdevice/build/Release/xdevice.node')), 'the addon was built at install');
+  t.ok(existsSync(join(prefix, 'lib/node_modules/xdevice/build/Release/xdevice-nbd-attach')), 'so was the NBD attacher');
   const env = { PATH: `${bin}:${SYSTEM_PATH}` };
   const outside = tempDir('pkg-cwd');
 

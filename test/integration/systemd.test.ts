@@ -6,7 +6,8 @@
 //   - the hardening keeps the node working: a node under strace serves NBD
 //     writes/flush/trim/reads, metrics, health, sd_notify and the watchdog, and
 //     every system call it makes is allowed by the unit's SystemCallFilter=;
-//   - the attach unit binds to its node and runs nbd-client with -persist and a timeout.
+//   - the attach unit wants its node (a restart of the node does not detach: no BindsTo=)
+//     and runs xdevice-nbd-attach with a timeout and a dead-connection timeout.
 import t from 'tap';
 import { spawn, spawnSync } from 'node:child_process';
 import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
@@ -84,7 +85,9 @@ t.test('systemd-analyze verify: both units for node1, real targets, no ordering 
   t.notMatch(said, /ordering cycle|Job .* deleted/i, 'no ordering cycle with the system targets');
   t.notMatch(said, /Unknown (key|section)|Invalid|Failed to parse|is not executable/i, said);
 
-  t.same(unitValues(ATTACH_UNIT, 'BindsTo'), ['xdevice-node@%i.service'], 'the attach unit binds to the node of its instance');
+  t.match(unitValues(ATTACH_UNIT, 'Wants').join(' '), /xdevice-node@%i\.service/, 'the attach unit wants the node of its instance');
+  t.same([...unitValues(ATTACH_UNIT, 'BindsTo'), ...unitValues(ATTACH_UNIT, 'Requires'), ...unitValues(ATTACH_UNIT, 'PartOf')], [], 'a restart of the node is not propagated to the attach unit (it would detach)');
+  t.same(unitValues(ATTACH_UNIT, 'Type'), ['forking'], 'the attacher stays running as the main process');
   t.match(unitValues(ATTACH_UNIT, 'After').join(' '), /xdevice-node@%i\.service/);
   t.notOk(readFileSync(ATTACH_UNIT, 'utf8').includes('local-fs-pre.target'), 'not ordered before local-fs-pre.target (a cycle with default dependencies)');
   for (const unit of [NODE_UNIT, ATTACH_UNIT]) {
@@ -164,7 +167,7 @@ t.test('a node under strace makes only system calls the unit allows', { timeout:
   t.same(used.filter((sc) => !allowed.has(sc)), [], 'every system call made is allowed by SystemCallFilter=');
 });
 
-t.test('xdevice-cli attach runs nbd-client with -persist and a timeout', async (t) => {
+t.test('xdevice-cli attach runs xdevice-nbd-attach with the timeouts the unit passes', async (t) => {
   const [nbdPort, adminPort, peerPort] = await freePorts(3);
   const dir = tempDir('attach');
   const child = spawn(process.execPath, nodeCommand([`--data-dir=${dir}`, `--nbd-listen=127.0.0.1:${nbdPort}`, `--admin-listen=127.0.0.1:${adminPort}`, `--peer-listen=127.0.0.1:${peerPort}`, '--device=default:8MiB']), {
@@ -177,13 +180,18 @@ t.test('xdevice-cli attach runs nbd-client with -persist and a timeout', async (
   });
   await waitFor('the node', async () => (await adminApi(adminPort!, 'GET', '/status')).status === 200, 60_000);
   // The arguments the attach unit passes.
-  const run = spawnSync(process.execPath, [CLI_BIN, `--endpoints=127.0.0.1:${adminPort}`, '-w', 'json', 'attach', '--device=/dev/nbd3', '--export=default', '--connections=4', '--persist', '--nbd-timeout=45', '--dry-run'], {
-    encoding: 'utf8',
-  });
+  const run = spawnSync(
+    process.execPath,
+    [CLI_BIN, `--endpoints=127.0.0.1:${adminPort}`, '-w', 'json', 'attach', '--device=/dev/nbd3', '--export=default', '--connections=4', '--persist', '--nbd-timeout=45', '--dead-conn-timeout=300', '--dry-run'],
+    { encoding: 'utf8' },
+  );
   t.equal(run.status, 0, run.stderr);
   const { command } = JSON.parse(run.stdout) as { command: string[] };
-  t.same(command.slice(1), ['-N', 'default', '-b', '4096', '-C', '4', '-persist', '-timeout', '45', '127.0.0.1', String(nbdPort), '/dev/nbd3']);
+  t.match(command[0], /build\/Release\/xdevice-nbd-attach$/);
+  t.same(command.slice(1), ['--device', '/dev/nbd3', '--export', 'default', '--endpoint', `127.0.0.1:${nbdPort}`, '--connections', '4', '--timeout', '45', '--dead-conn-timeout', '300']);
   const unitExec = unitValues(ATTACH_UNIT, 'ExecStart')[0]!;
   t.match(unitExec, /--persist/);
   t.match(unitExec, /--nbd-timeout=\$\{XDEVICE_NBD_TIMEOUT\}/);
+  t.match(unitExec, /--dead-conn-timeout=\$\{XDEVICE_NBD_DEAD_CONN_TIMEOUT\}/);
+  t.match(readFileSync(ATTACH_UNIT, 'utf8'), /^#\s+XDEVICE_NBD_DEAD_CONN_TIMEOUT=\d+$/m, 'the env file example names its default');
 });
