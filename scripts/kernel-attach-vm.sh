@@ -15,8 +15,20 @@
 # script copies to stderr as they happen, so a caller can act on a phase
 # (the fault test kills the Raft leader when it sees "XDVM: write-start").
 #
+# XDVM_ATTACHER=xdevice attaches with our own xdevice-nbd-attach (native/attach,
+# built here statically with gcc -static) instead of nbd-client. It stays running
+# in the guest and reconnects when the server goes away; the guest writes the
+# file in 1 MiB pieces, each with fsync, and with XDVM_EXPECT_RECONNECT=1 keeps
+# writing (round and round the file) until the attacher has logged a reconnect
+# ("XDVM: reconnected"), so the host can restart the very node the guest uses
+# while the writes go on: they must pause, not fail.
+#
 # Environment: XDVM_FILE_MB (default 32), XDVM_TIMEOUT (seconds, default 420),
-#   XDVM_MEM_MB (default 384), XDVM_WORKDIR (kept), XDVM_KERNEL + XDVM_MODDIR.
+#   XDVM_MEM_MB (default 384), XDVM_WORKDIR (kept), XDVM_KERNEL + XDVM_MODDIR,
+#   XDVM_ATTACHER (nbd-client | xdevice), and for xdevice: XDVM_CONNECTIONS
+#   (default 1), XDVM_NBD_TIMEOUT (default 10), XDVM_DEAD_CONN_TIMEOUT
+#   (default 120), XDVM_EXPECT_RECONNECT (0/1), XDVM_EXTRA_PORTS (fallback
+#   endpoints on 10.0.2.2, comma-separated).
 # Exit: 0 pass, 1 the guest reported a failure, 2 setup error, 124 timeout.
 set -euo pipefail
 
@@ -27,9 +39,17 @@ TIMEOUT=${XDVM_TIMEOUT:-420}
 MEM_MB=${XDVM_MEM_MB:-384}
 # Extra nbd-client flags in the guest, e.g. XDVM_NBD_FLAGS=-persist (one word: it rides on the kernel command line).
 NBD_FLAGS=${XDVM_NBD_FLAGS:-}
+ATTACHER=${XDVM_ATTACHER:-nbd-client}
+CONNECTIONS=${XDVM_CONNECTIONS:-1}
+NBD_TIMEOUT=${XDVM_NBD_TIMEOUT:-10}
+DEAD_CONN_TIMEOUT=${XDVM_DEAD_CONN_TIMEOUT:-120}
+EXPECT_RECONNECT=${XDVM_EXPECT_RECONNECT:-0}
+EXTRA_PORTS=${XDVM_EXTRA_PORTS:-}
+SRC_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 say() { echo "[kernel-attach-vm] $*" >&2; }
 die() { say "error: $*"; exit 2; }
+case "$ATTACHER" in nbd-client|xdevice) ;; *) die "XDVM_ATTACHER: nbd-client or xdevice, not $ATTACHER" ;; esac
 
 for tool in qemu-system-x86_64 cpio gzip xz; do command -v "$tool" >/dev/null || die "$tool missing (scripts/setup-test-host.sh installs it)"; done
 NBD_CLIENT=$(PATH=/usr/sbin:/sbin:$PATH command -v nbd-client) || die "nbd-client missing"
@@ -102,6 +122,14 @@ install_elf() {
   done
 }
 install_elf "$NBD_CLIENT"; install_elf "$MKE2FS"; install_elf "$E2FSCK"
+if [[ $ATTACHER = xdevice ]]; then
+  # Static: the initramfs has no libc of its own for it (glibc static is fine, addresses are numeric).
+  command -v gcc >/dev/null || die "gcc missing (needed for a static xdevice-nbd-attach)"
+  A=$SRC_ROOT/native/attach
+  gcc -static -std=gnu11 -O2 -Wall -Wextra -o "$ROOT/usr/sbin/xdevice-nbd-attach" \
+    "$A/xdevice-nbd-attach.c" "$A/nbd_handshake.c" "$A/nbd_netlink.c" "$A/nbd_parse.c" || die "building a static xdevice-nbd-attach"
+  mkdir -p "$ROOT/run"
+fi
 [[ -f /etc/mke2fs.conf ]] && cp /etc/mke2fs.conf "$ROOT/etc/"
 
 cat > "$ROOT/init" <<'GUEST'
@@ -117,29 +145,63 @@ fail() { echo "XDVM-RESULT: FAIL $*"; dmesg | tail -n 30; poweroff -f; }
 for m in $(cat /etc/modules); do insmod /modules/$m || fail "insmod $m"; done
 ip link set lo up; ip link set eth0 up; ip addr add 10.0.2.15/24 dev eth0; ip route add default via 10.0.2.2
 attach() {
-  /usr/sbin/nbd-client -N "$export" -b 4096 -t 60 $nbdflags 10.0.2.2 "$port" /dev/nbd0 || return 1
+  if [ "$attacher" = xdevice ]; then
+    eps="--endpoint 10.0.2.2:$port"
+    for p in $(echo "$extraports" | tr ',' ' '); do eps="$eps --endpoint 10.0.2.2:$p"; done
+    # A device just detached may still be tearing down (EBUSY): try a few times.
+    n=0
+    until /usr/sbin/xdevice-nbd-attach --device /dev/nbd0 --export "$export" $eps --connections "$conns" \
+        --timeout "$nbdtimeout" --dead-conn-timeout "$deadtimeout" 2>>/tmp/attach.log; do
+      n=$((n+1)); [ $n -lt 10 ] || { cat /tmp/attach.log; return 1; }; sleep 0.5
+    done
+  else
+    /usr/sbin/nbd-client -N "$export" -b 4096 -t 60 $nbdflags 10.0.2.2 "$port" /dev/nbd0 || return 1
+  fi
   i=0; while [ "$(cat /sys/block/nbd0/size)" = 0 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
   [ "$(cat /sys/block/nbd0/size)" != 0 ]
 }
-attach || fail "nbd-client could not attach 10.0.2.2:$port/$export"
+detach() {
+  if [ "$attacher" = xdevice ]; then /usr/sbin/xdevice-nbd-attach --disconnect /dev/nbd0 2>>/tmp/attach.log
+  else /usr/sbin/nbd-client -d /dev/nbd0; fi
+}
+# The attacher's log lines reach the console as they are written.
+: > /tmp/attach.log
+[ "$attacher" = xdevice ] && { tail -f /tmp/attach.log & }
+attach || fail "$attacher could not attach 10.0.2.2:$port/$export"
 phase "attached size=$(blockdev --getsize64 /dev/nbd0)"
 /usr/sbin/mke2fs -t ext4 -F -q -E nodiscard /dev/nbd0 > /tmp/mkfs 2>&1 || { cat /tmp/mkfs; fail "mkfs.ext4"; }
 mount -t ext4 /dev/nbd0 /mnt || fail "mount"
 dd if=/dev/urandom of=/tmp/data bs=1M count="$mb" 2>/dev/null
 want=$(md5sum /tmp/data | cut -d' ' -f1)
 phase "write-start"
-dd if=/tmp/data of=/mnt/data bs=64k conv=fsync 2>/dev/null || fail "write"
-sync
+if [ "$attacher" = xdevice ]; then
+  # 1 MiB at a time, each with fsync; with expect_reconnect, round and round the
+  # file until the attacher has replaced a dead connection (bounded: 40 laps).
+  c=0; laps=0; seen=0
+  while :; do
+    dd if=/tmp/data of=/mnt/data bs=1M count=1 skip=$c seek=$c conv=notrunc,fsync 2>/tmp/dd.err || { cat /tmp/dd.err; fail "write of MiB $c (lap $laps)"; }
+    if [ $seen = 0 ] && grep -q "reconnected" /tmp/attach.log; then seen=1; phase "reconnected during MiB $c (lap $laps)"; fi
+    c=$((c+1))
+    if [ $c -ge "$mb" ]; then
+      c=0; laps=$((laps+1))
+      [ "$expectreconnect" = 1 ] && [ $seen = 0 ] || break
+      [ $laps -lt 40 ] || fail "no reconnect after 40 laps of writing"
+    fi
+  done
+else
+  dd if=/tmp/data of=/mnt/data bs=64k conv=fsync 2>/dev/null || fail "write"
+fi
+sync || fail "sync"
 phase "write-done"
 umount /mnt || fail "umount"
-/usr/sbin/nbd-client -d /dev/nbd0
+detach
 echo 3 > /proc/sys/vm/drop_caches
 attach || fail "re-attach"
 phase "reattached"
 /usr/sbin/e2fsck -fn /dev/nbd0 > /tmp/fsck 2>&1 || { cat /tmp/fsck; fail "e2fsck -fn found errors"; }
 mount -t ext4 -o ro /dev/nbd0 /mnt || fail "mount ro"
 got=$(md5sum /mnt/data | cut -d' ' -f1)
-umount /mnt; /usr/sbin/nbd-client -d /dev/nbd0
+umount /mnt; detach
 [ "$want" = "$got" ] || fail "checksum: wrote $want, read back $got"
 echo "XDVM-RESULT: PASS md5=$want"
 poweroff -f
@@ -159,12 +221,12 @@ if [[ -n "$off" ]]; then
   [[ "$(head -c 4 "$WORK/vmlinux" 2>/dev/null | od -An -c | tr -d ' ')" == '177ELF' ]] && BOOT=$WORK/vmlinux
 fi
 
-say "booting $(basename "$KERNEL") (image $(basename "$BOOT")), export $EXPORT at 10.0.2.2:$PORT, ${FILE_MB} MiB"
+say "booting $(basename "$KERNEL") (image $(basename "$BOOT")), export $EXPORT at 10.0.2.2:$PORT, ${FILE_MB} MiB, attacher $ATTACHER"
 CONSOLE=$WORK/console.log
 : > "$CONSOLE"
 timeout -k 5 "$TIMEOUT" qemu-system-x86_64 -accel tcg,thread=multi -machine pc -m "$MEM_MB" -smp 1 \
   -nographic -no-reboot -kernel "$BOOT" -initrd "$WORK/initrd.gz" \
-  -append "console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init tsc=unstable i8042.noaux xdvm.port=$PORT xdvm.export=$EXPORT xdvm.mb=$FILE_MB xdvm.nbdflags=$NBD_FLAGS" \
+  -append "console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init tsc=unstable i8042.noaux xdvm.port=$PORT xdvm.export=$EXPORT xdvm.mb=$FILE_MB xdvm.nbdflags=$NBD_FLAGS xdvm.attacher=$ATTACHER xdvm.conns=$CONNECTIONS xdvm.nbdtimeout=$NBD_TIMEOUT xdvm.deadtimeout=$DEAD_CONN_TIMEOUT xdvm.expectreconnect=$EXPECT_RECONNECT xdvm.extraports=$EXTRA_PORTS" \
   -netdev user,id=n0 -device e1000,netdev=n0,romfile= </dev/null >"$CONSOLE" 2>&1 &
 QEMU_PID=$!
 # Relay the guest's phase lines as they appear.
