@@ -229,8 +229,8 @@ timeout -k 5 "$TIMEOUT" qemu-system-x86_64 -accel tcg,thread=multi -machine pc -
   -append "console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init tsc=unstable i8042.noaux xdvm.port=$PORT xdvm.export=$EXPORT xdvm.mb=$FILE_MB xdvm.nbdflags=$NBD_FLAGS xdvm.attacher=$ATTACHER xdvm.conns=$CONNECTIONS xdvm.nbdtimeout=$NBD_TIMEOUT xdvm.deadtimeout=$DEAD_CONN_TIMEOUT xdvm.expectreconnect=$EXPECT_RECONNECT xdvm.extraports=$EXTRA_PORTS" \
   -netdev user,id=n0 -device e1000,netdev=n0,romfile= </dev/null >"$CONSOLE" 2>&1 &
 QEMU_PID=$!
-# Relay the guest's phase lines as they appear.
-tail -n +1 -f --pid="$QEMU_PID" "$CONSOLE" 2>/dev/null | grep --line-buffered -a 'XDVM' | sed -u 's/\r$//' >&2 &
+# Relay the guest's phase lines (and the attacher's log lines) as they appear.
+tail -n +1 -f --pid="$QEMU_PID" "$CONSOLE" 2>/dev/null | grep --line-buffered -a -e 'XDVM' -e 'xdevice-nbd-attach:' | sed -u 's/\r$//' >&2 &
 set +e; wait "$QEMU_PID"; rc=$?; set -e
 QEMU_PID=
 sleep 0.3
