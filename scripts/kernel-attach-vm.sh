@@ -169,6 +169,10 @@ detach() {
 [ "$attacher" = xdevice ] && { tail -f /tmp/attach.log & }
 attach || fail "$attacher could not attach 10.0.2.2:$port/$export"
 phase "attached size=$(blockdev --getsize64 /dev/nbd0)"
+if [ "$attacher" = xdevice ]; then
+  /usr/sbin/xdevice-nbd-attach --status /dev/nbd0 || fail "--status does not see the device attached"
+  daemon=$(cat /run/xdevice-nbd-attach.nbd0.pid) || fail "no pid file"
+fi
 /usr/sbin/mke2fs -t ext4 -F -q -E nodiscard /dev/nbd0 > /tmp/mkfs 2>&1 || { cat /tmp/mkfs; fail "mkfs.ext4"; }
 mount -t ext4 /dev/nbd0 /mnt || fail "mount"
 dd if=/dev/urandom of=/tmp/data bs=1M count="$mb" 2>/dev/null
@@ -193,6 +197,8 @@ else
 fi
 sync || fail "sync"
 phase "write-done"
+# The daemon looked at the device's status every 5 s meanwhile: it must not have left.
+[ "$attacher" = xdevice ] && { kill -0 "$daemon" 2>/dev/null || fail "the attacher daemon exited while attached"; }
 umount /mnt || fail "umount"
 detach
 echo 3 > /proc/sys/vm/drop_caches
@@ -201,7 +207,23 @@ phase "reattached"
 /usr/sbin/e2fsck -fn /dev/nbd0 > /tmp/fsck 2>&1 || { cat /tmp/fsck; fail "e2fsck -fn found errors"; }
 mount -t ext4 -o ro /dev/nbd0 /mnt || fail "mount ro"
 got=$(md5sum /mnt/data | cut -d' ' -f1)
-umount /mnt; detach
+umount /mnt
+if [ "$attacher" = xdevice ]; then
+  # Detached behind the daemon's back (its pid file not given): it must notice and exit.
+  daemon=$(cat /run/xdevice-nbd-attach.nbd0.pid) || fail "no pid file after the reattach"
+  /usr/sbin/xdevice-nbd-attach --disconnect /dev/nbd0 --pid-file /tmp/no-daemon.pid 2>>/tmp/attach.log || fail "--disconnect"
+  i=0; while kill -0 "$daemon" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.2; i=$((i+1)); done
+  kill -0 "$daemon" 2>/dev/null && fail "the attacher did not notice that its device was detached"
+  phase "daemon-left"
+else
+  detach
+fi
+if [ "$attacher" = xdevice ]; then
+  # The kernel tears the configuration down once its receive threads have ended.
+  i=0; while /usr/sbin/xdevice-nbd-attach --status /dev/nbd0 >/dev/null 2>&1 && [ $i -lt 50 ]; do sleep 0.2; i=$((i+1)); done
+  /usr/sbin/xdevice-nbd-attach --status /dev/nbd0; st=$?
+  [ $st = 3 ] || fail "--status after --disconnect: exit $st, want 3 (not attached)"
+fi
 [ "$want" = "$got" ] || fail "checksum: wrote $want, read back $got"
 echo "XDVM-RESULT: PASS md5=$want"
 poweroff -f

@@ -2,7 +2,9 @@
  * nbd_handshake.c — connect, then NBD fixed-newstyle negotiation with
  * NBD_OPT_GO (nbd-proto.md, "Fixed newstyle negotiation"). Every byte the
  * server sends is checked by nbd_parse.c before it is used; a reply payload
- * longer than NBDP_MAX_REPLY_PAYLOAD is refused before it is read.
+ * longer than NBDP_MAX_REPLY_PAYLOAD is refused before it is read. A signal
+ * (EINTR) ends a handshake: the attacher handles only SIGTERM and SIGINT,
+ * without SA_RESTART, and both mean stop.
  */
 #include "nbd_handshake.h"
 
@@ -69,8 +71,7 @@ static int read_full(int fd, void *buf, size_t n) {
   uint8_t *p = buf;
   while (n) {
     ssize_t r = read(fd, p, n);
-    if (r < 0 && errno == EINTR) continue;
-    if (r < 0) return -errno;
+    if (r < 0) return -errno; /* EINTR too: our only handled signals mean stop */
     if (r == 0) return -ECONNRESET;
     p += r;
     n -= (size_t)r;
@@ -82,7 +83,6 @@ static int write_full(int fd, const void *buf, size_t n) {
   const uint8_t *p = buf;
   while (n) {
     ssize_t r = send(fd, p, n, MSG_NOSIGNAL);
-    if (r < 0 && errno == EINTR) continue;
     if (r < 0) return -errno;
     p += r;
     n -= (size_t)r;
@@ -103,9 +103,7 @@ static int connect_within(int fd, const struct nbd_endpoint *ep, int seconds) {
   if (connect(fd, (const struct sockaddr *)&ep->addr, ep->addr_len) < 0) {
     if (errno != EINPROGRESS) return -errno;
     struct pollfd p = {fd, POLLOUT, 0};
-    int r;
-    do r = poll(&p, 1, seconds * 1000);
-    while (r < 0 && errno == EINTR);
+    int r = poll(&p, 1, seconds * 1000);
     if (r < 0) return -errno;
     if (r == 0) return -ETIMEDOUT;
     int soerr = 0;

@@ -97,14 +97,18 @@ int nbdp_finish_export(const struct nbdp_export *ex, uint32_t *kernel_block_size
   if (!ex->have_export) return NBDP_ENOTFOUND;
   if (!(ex->flags & NBD_TFLAG_HAS_FLAGS)) return NBDP_EPROTO;
   if (ex->size == 0 || ex->size % 512 != 0 || ex->size > (UINT64_C(1) << 62)) return NBDP_EVALUE;
-  uint32_t bs = 4096;
+  uint32_t bs = 4096, lowest = 512;
   if (ex->have_block_size) {
     if (ex->min_block > 4096) return NBDP_EVALUE; /* the kernel's block size is at most a page */
     bs = ex->preferred_block;
     if (bs > 4096) bs = 4096;
     if (bs < 512) bs = 512;
     if (bs < ex->min_block) bs = ex->min_block;
+    if (ex->min_block > lowest) lowest = ex->min_block;
   }
+  /* The device must end on a block boundary: smaller blocks (down to the
+   * server's minimum) rather than a device that hides the export's tail. */
+  while (ex->size % bs != 0 && bs > lowest) bs >>= 1;
   if (ex->size % bs != 0) return NBDP_EVALUE;
   *kernel_block_size = bs;
   return NBDP_OK;

@@ -92,7 +92,8 @@ int nbdp_parse_info(const uint8_t *payload, size_t len, struct nbdp_export *ex);
 
 /* Final check after NBD_REP_ACK: INFO_EXPORT present, HAS_FLAGS set, size a
  * multiple of 512 and nonzero; picks the kernel block size (a power of two in
- * [512, 4096] that honours the server's minimum, preferring its preferred). */
+ * [512, 4096] that honours the server's minimum, preferring its preferred,
+ * and divides the size). */
 int nbdp_finish_export(const struct nbdp_export *ex, uint32_t *kernel_block_size);
 
 /* Builds the NBD_OPT_GO request (header + payload) asking for

@@ -30,12 +30,14 @@
 #define MAX_ENDPOINTS 16
 #define MAX_CONNECTIONS 16
 #define PID_DIR "/run"
+#define STATUS_EVERY_MS 5000
 
 static const char *USAGE =
     "usage: xdevice-nbd-attach --device /dev/nbdN --export NAME --endpoint HOST:PORT [--endpoint ...]\n"
     "                          [--connections N] [--timeout S] [--dead-conn-timeout S] [--foreground]\n"
     "                          [--pid-file PATH]\n"
     "       xdevice-nbd-attach --disconnect /dev/nbdN [--pid-file PATH]\n"
+    "       xdevice-nbd-attach --status /dev/nbdN\n"
     "       xdevice-nbd-attach --probe --export NAME --endpoint HOST:PORT [--endpoint ...] [--connections N]\n"
     "\n"
     "Attaches the export to the kernel NBD device (generic netlink), then stays running: when\n"
@@ -52,15 +54,16 @@ static const char *USAGE =
     "                        connection (NBD_ATTR_TIMEOUT, default 30; 0 = none, then a request\n"
     "                        sent on a connection that died is never retried)\n"
     "  --dead-conn-timeout S seconds the kernel holds I/O while every connection is dead\n"
-    "                        (NBD_ATTR_DEAD_CONN_TIMEOUT, default 120)\n"
+    "                        (NBD_ATTR_DEAD_CONN_TIMEOUT, default 120; 0 = fail it at once)\n"
     "  --foreground          do not go to the background once attached\n"
     "  --pid-file PATH       default " PID_DIR "/xdevice-nbd-attach.nbdN.pid\n"
     "  --disconnect D        stop the daemon of D (its pid file) and detach D (NBD_CMD_DISCONNECT)\n"
+    "  --status D            print whether D is attached (exit 0 attached, 3 not)\n"
     "  --probe               negotiate with every endpoint, print what it exports, attach nothing\n"
     "\n"
     "SIGTERM/SIGINT stop the daemon and leave the device attached (without a daemon a dead\n"
     "connection is not replaced); --disconnect detaches. TLS is not supported.\n"
-    "Exit: 0 attached (or detached), 1 failed, 2 usage, 5 the kernel has no nbd (module not loaded).\n";
+    "Exit: 0 attached (or detached), 1 failed, 2 usage, 3 --status: not attached, 5 the kernel has no nbd (module not loaded).\n";
 
 static const char *g_dev = "nbd?";
 
@@ -95,6 +98,7 @@ struct opts {
   int foreground;
   int disconnect;
   int probe;
+  int status;
   char pid_file[256];
 };
 
@@ -124,7 +128,7 @@ static int parse_opts(int argc, char **argv, struct opts *o) {
       {"timeout", required_argument, 0, 't'},    {"dead-conn-timeout", required_argument, 0, 'D'},
       {"foreground", no_argument, 0, 'f'},       {"disconnect", required_argument, 0, 'x'},
       {"pid-file", required_argument, 0, 'P'},   {"help", no_argument, 0, 'h'},
-      {"probe", no_argument, 0, 'R'},
+      {"probe", no_argument, 0, 'R'},            {"status", required_argument, 0, 'S'},
       {0, 0, 0, 0}};
   memset(o, 0, sizeof *o);
   o->connections = 1;
@@ -156,6 +160,7 @@ static int parse_opts(int argc, char **argv, struct opts *o) {
         break;
       case 'f': o->foreground = 1; break;
       case 'R': o->probe = 1; break;
+      case 'S': device = optarg; o->status = 1; break;
       case 'P':
         if (strlen(optarg) >= sizeof o->pid_file) return fprintf(stderr, "--pid-file too long\n"), -1;
         strcpy(o->pid_file, optarg);
@@ -172,7 +177,7 @@ static int parse_opts(int argc, char **argv, struct opts *o) {
   if (!device || parse_index(device, &o->index)) return fprintf(stderr, "--device: /dev/nbdN or N\n"), -1;
   snprintf(o->device, sizeof o->device, "nbd%u", o->index);
   if (!o->pid_file[0]) snprintf(o->pid_file, sizeof o->pid_file, PID_DIR "/xdevice-nbd-attach.%s.pid", o->device);
-  if (o->disconnect) return 0;
+  if (o->disconnect || o->status) return 0;
   if (!o->export_name) return fprintf(stderr, "--export is required\n"), -1;
   if (o->n_endpoints == 0) return fprintf(stderr, "give at least one --endpoint\n"), -1;
   return 0;
@@ -280,6 +285,21 @@ static int do_probe(const struct opts *o) {
   return bad;
 }
 
+static int do_status(const struct opts *o) {
+  struct nbd_nl nl;
+  int rc = open_netlink(&nl);
+  if (rc) return rc;
+  int connected = 0;
+  int r = nbd_nl_status(&nl, o->index, &connected);
+  nbd_nl_close(&nl);
+  if (r) {
+    logf_("status: %s", strerror(-r));
+    return 1;
+  }
+  printf("/dev/%s: %s\n", o->device, connected ? "attached" : "not attached");
+  return connected ? 0 : 3;
+}
+
 static int do_disconnect(const struct opts *o) {
   struct nbd_nl nl;
   int rc = open_netlink(&nl);
@@ -296,12 +316,18 @@ static int do_disconnect(const struct opts *o) {
   return 0;
 }
 
-/* Replaces `dead` connections: endpoints in turn, backing off from 200 ms to
- * 5 s, until one answers or we are told to stop. 0, or -1 on a stop or when
- * the device is no longer attached. */
-static int reconnect(const struct opts *o, struct nbd_nl *nl, int dead, const struct nbdp_export *want, int *next_ep) {
+/* Replaces `dead` of the `total` connections: endpoints in turn, backing off
+ * from 200 ms to 5 s, until one answers or we are told to stop. Connections
+ * reported dead meanwhile (each has its own LINK_DEAD) join the same round.
+ * 0, or -1 on a stop or when the device is no longer attached. */
+static int reconnect(const struct opts *o, struct nbd_nl *nl, int dead, int total, const struct nbdp_export *want, int *next_ep) {
   int backoff = 200;
   for (long attempt = 1; !g_stop; attempt++) {
+    int more = nbd_nl_drain_link_dead(nl, o->index);
+    if (more > 0) {
+      dead = dead + more > total ? total : dead + more;
+      logf_("%d connection%s dead now", dead, dead == 1 ? "" : "s");
+    }
     const struct nbd_endpoint *ep = &o->endpoints[*next_ep];
     int fds[MAX_CONNECTIONS];
     struct nbdp_export ex;
@@ -376,6 +402,7 @@ static int run(const struct opts *o) {
       _exit(0);
     } else {
       setsid();
+      if (chdir("/") != 0) logf_("chdir /: %s", strerror(errno));
       int null = open("/dev/null", O_RDWR);
       if (null >= 0) {
         dup2(null, 0);
@@ -391,12 +418,22 @@ static int run(const struct opts *o) {
   int ret = 0;
   while (!g_stop) {
     struct pollfd p[2] = {{nl.ev_fd, POLLIN, 0}, {g_sigpipe[0], POLLIN, 0}};
-    int pr = poll(p, 2, -1);
+    int pr = poll(p, 2, STATUS_EVERY_MS);
     if (pr < 0) {
       if (errno == EINTR) continue;
       logf_("poll: %s", strerror(errno));
       ret = 1;
       break;
+    }
+    if (pr == 0) {
+      /* Detached behind our back (nbd-client -d, another NBD_CMD_DISCONNECT): no
+       * notification says so, hence the look now and then. */
+      int connected = 1;
+      if (nbd_nl_status(&nl, o->index, &connected) == 0 && !connected) {
+        logf_("the device is no longer attached; exiting");
+        break;
+      }
+      continue;
     }
     if (!(p[0].revents & POLLIN)) continue;
     int dead = nbd_nl_drain_link_dead(&nl, o->index);
@@ -408,7 +445,7 @@ static int run(const struct opts *o) {
     if (dead == 0) continue;
     if (dead > n) dead = n;
     logf_("%d connection%s dead (NBD_CMD_LINK_DEAD): reconnecting", dead, dead == 1 ? "" : "s");
-    if (reconnect(o, &nl, dead, &ex, &ep_i)) {
+    if (reconnect(o, &nl, dead, n, &ex, &ep_i)) {
       if (!g_stop) ret = 1;
       break;
     }
@@ -441,5 +478,6 @@ int main(int argc, char **argv) {
   sigaction(SIGINT, &sa, NULL);
   signal(SIGPIPE, SIG_IGN);
   if (o.probe) return do_probe(&o);
+  if (o.status) return do_status(&o);
   return o.disconnect ? do_disconnect(&o) : run(&o);
 }

@@ -109,6 +109,9 @@ t.test('handshake: NBD_REP_INFO payloads give the size, flags and block size', a
   t.equal(parse('export', infoExport, blockSize(512, 4096, 32 << 20)), `ok size=${size} flags=${flags} block=4096`);
   t.equal(parse('export', blockSize(512, 1024, 1 << 20), infoExport), `ok size=${size} flags=${flags} block=1024`, 'the preferred size, in any order');
   t.equal(parse('export', infoExport, blockSize(1, 65536, 1 << 20)), `ok size=${size} flags=${flags} block=4096`, 'a preferred size over a page is capped');
+  t.equal(parse('export', hex(be(2, 0), be(8, 3 * 512), be(2, 1))), 'ok size=1536 flags=1 block=512', 'a size that 4096 does not divide: smaller blocks');
+  t.equal(parse('export', hex(be(2, 0), be(8, 3 * 1024), be(2, 1)), blockSize(1024, 4096, 1 << 20)), 'ok size=3072 flags=1 block=1024', 'down to the minimum, no further');
+  t.equal(parse('export', hex(be(2, 0), be(8, 3 * 512), be(2, 1)), blockSize(1024, 4096, 1 << 20)), 'err -5', 'the minimum does not divide the size');
   t.equal(parse('export', infoExport.slice(0, -2)), 'err -1', 'NBD_INFO_EXPORT one byte short');
   t.equal(parse('export', infoExport + '00'), 'err -3', 'NBD_INFO_EXPORT one byte long');
   t.equal(parse('export', blockSize(512, 4096, 1 << 20).slice(0, -2)), 'err -1', 'NBD_INFO_BLOCK_SIZE one byte short');
