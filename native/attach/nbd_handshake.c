@@ -71,6 +71,7 @@ static int read_full(int fd, void *buf, size_t n) {
   uint8_t *p = buf;
   while (n) {
     ssize_t r = read(fd, p, n);
+    if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return -ETIMEDOUT; /* SO_RCVTIMEO */
     if (r < 0) return -errno; /* EINTR too: our only handled signals mean stop */
     if (r == 0) return -ECONNRESET;
     p += r;
@@ -83,6 +84,7 @@ static int write_full(int fd, const void *buf, size_t n) {
   const uint8_t *p = buf;
   while (n) {
     ssize_t r = send(fd, p, n, MSG_NOSIGNAL);
+    if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return -ETIMEDOUT; /* SO_SNDTIMEO */
     if (r < 0) return -errno;
     p += r;
     n -= (size_t)r;
