@@ -221,12 +221,12 @@ static void nap(int ms) {
   if (!g_stop) poll(&p, 1, ms);
 }
 
-static int write_pid_file(const struct opts *o) {
+static int write_pid_file(const struct opts *o, pid_t pid) {
   char tmp[300];
   snprintf(tmp, sizeof tmp, "%s.tmp", o->pid_file);
   FILE *f = fopen(tmp, "w");
   if (!f) return -errno;
-  fprintf(f, "%ld\n", (long)getpid());
+  fprintf(f, "%ld\n", (long)pid);
   if (fclose(f) != 0 || rename(tmp, o->pid_file) != 0) return -errno;
   return 0;
 }
@@ -348,11 +348,12 @@ static int reconnect(const struct opts *o, struct nbd_nl *nl, int dead, int tota
         return 0;
       }
       logf_("NBD_CMD_RECONFIGURE: %s", strerror(-r));
-      int connected = 1;
-      if (nbd_nl_status(nl, o->index, &connected) == 0 && !connected) {
-        logf_("the device is no longer attached; exiting");
-        return -1;
-      }
+    }
+    /* Detached meanwhile (no daemon was told): stop trying. */
+    int connected = 1;
+    if ((n > 0 || attempt % 5 == 0) && nbd_nl_status(nl, o->index, &connected) == 0 && !connected) {
+      logf_("the device is no longer attached; exiting");
+      return -1;
     }
     *next_ep = (*next_ep + 1) % o->n_endpoints;
     nap(backoff);
@@ -393,14 +394,20 @@ static int run(const struct opts *o) {
         o->export_name, o->endpoints[ep_i].text, (unsigned long long)ex.size, bs, ex.flags, n, n == 1 ? "" : "s", o->timeout_s,
         o->dead_conn_timeout_s);
 
+  int daemonised = 0;
   if (!o->foreground) {
-    /* The parent reports success once the device is attached; the child keeps it so. */
+    /* The parent reports success once the device is attached; the child keeps it
+     * so. The parent writes the child's pid file before it exits, so whoever
+     * waited for it (xdevice-cli, systemd) finds the file. */
     pid_t pid = fork();
     if (pid < 0) {
       logf_("fork: %s (staying in the foreground)", strerror(errno));
     } else if (pid > 0) {
+      r = write_pid_file(o, pid);
+      if (r) logf_("pid file %s: %s (--disconnect will not stop the daemon)", o->pid_file, strerror(-r));
       _exit(0);
     } else {
+      daemonised = 1;
       setsid();
       if (chdir("/") != 0) logf_("chdir /: %s", strerror(errno));
       int null = open("/dev/null", O_RDWR);
@@ -411,8 +418,10 @@ static int run(const struct opts *o) {
       }
     }
   }
-  r = write_pid_file(o);
-  if (r) logf_("pid file %s: %s (--disconnect will not stop this daemon)", o->pid_file, strerror(-r));
+  if (!daemonised) {
+    r = write_pid_file(o, getpid());
+    if (r) logf_("pid file %s: %s (--disconnect will not stop this daemon)", o->pid_file, strerror(-r));
+  }
   logf_("watching for dead connections (pid %ld)", (long)getpid());
 
   int ret = 0;
