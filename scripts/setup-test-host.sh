@@ -32,6 +32,11 @@ declare -A NEED=(
   [psktool]=gnutls-bin
   [systemd-analyze]=systemd
   [g++]=g++
+  # xdevice-nbd-attach: gcc builds it (static for the VM initramfs: libc.a), and
+  # its fuzz harness under ASan/UBSan (their runtimes come with gcc)
+  [gcc]=gcc
+  [/usr/lib/x86_64-linux-gnu/libc.a]=libc6-dev
+  [/usr/include/linux/nbd-netlink.h]=linux-libc-dev
   [make]=make
   [python3]=python3
   [runuser]=util-linux
