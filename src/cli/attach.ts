@@ -9,7 +9,9 @@
 // which does not reconnect netlink devices.
 
 import { spawnSync } from 'node:child_process';
+import { lookup } from 'node:dns/promises';
 import { existsSync } from 'node:fs';
+import { isIP } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import type { Argv } from 'yargs';
 import type { Member, NodeStatus } from '../admin/api.ts';
@@ -47,14 +49,29 @@ export function ensureKernelNbd(device: string): void {
   );
 }
 
-/** HOST:PORT as the attacher takes it (IPv6 in brackets); a wildcard listen address means this host. */
-function endpointFor(address: string): string {
+/**
+ * HOST:PORT as the attacher takes it: a numeric address (names resolved here),
+ * IPv6 in brackets. A wildcard listen address (0.0.0.0, ::) names the node we
+ * asked only if it runs here, so it is kept (as loopback) for that node alone
+ * (`local`); a fallback member that publishes one is left out (undefined).
+ */
+async function endpointFor(address: string, local: boolean): Promise<string | undefined> {
   const m = /^(.*):(\d+)$/.exec(address);
   if (!m) throw new CliExit(EXIT.failed, `cannot use NBD address "${address}"`);
   let host = m[1]!.replace(/^\[(.*)\]$/, '$1');
-  if (host === '0.0.0.0') host = '127.0.0.1';
-  if (host === '::') host = '::1';
-  return host.includes(':') ? `[${host}]:${m[2]}` : `${host}:${m[2]}`;
+  if (host === '0.0.0.0' || host === '::') {
+    if (!local) return undefined;
+    host = host === '::' ? '::1' : '127.0.0.1';
+  }
+  if (isIP(host) === 0) {
+    try {
+      host = (await lookup(host)).address;
+    } catch (err) {
+      if (!local) return undefined;
+      throw new CliExit(EXIT.failed, `cannot resolve the node's NBD host "${host}": ${(err as Error).message}`);
+    }
+  }
+  return isIP(host) === 6 ? `[${host}]:${m[2]}` : `${host}:${m[2]}`;
 }
 
 export function attachCommands(y: Argv<GlobalArgs>): Argv<GlobalArgs> {
@@ -75,7 +92,7 @@ export function attachCommands(y: Argv<GlobalArgs>): Argv<GlobalArgs> {
           })
           .option('nbd-timeout', { type: 'number', default: 60, describe: 'seconds a request may wait before the kernel retries it on a new connection (nbd-client: fails it)' })
           .option('dead-conn-timeout', { type: 'number', default: 120, describe: 'seconds the kernel holds I/O while every connection is dead (the node restarting)' })
-          .option('fallbacks', { type: 'boolean', default: true, describe: 'also reconnect to the other members’ NBD addresses while this node stays down' })
+          .option('fallbacks', { type: 'boolean', default: true, describe: 'also reconnect to the other members’ NBD addresses while this node stays down (members that publish a wildcard address are left out)' })
           .option('dry-run', { type: 'boolean', default: false, describe: 'print the command instead of running it' }),
       async (argv) => {
         const c = client(argv);
@@ -83,13 +100,13 @@ export function attachCommands(y: Argv<GlobalArgs>): Argv<GlobalArgs> {
         let bin: string;
         let args: string[];
         if (argv.persist) {
-          const endpoints = [endpointFor(status.nbdAddress)];
+          const endpoints = [(await endpointFor(status.nbdAddress, true))!];
           if (argv.fallbacks) {
             const { body } = await c.read<{ members: Member[] }>('/members');
             for (const m of body.members) {
               if (!m.nbdAddress || m.nbdAddress === status.nbdAddress) continue;
-              const e = endpointFor(m.nbdAddress);
-              if (!endpoints.includes(e)) endpoints.push(e);
+              const e = await endpointFor(m.nbdAddress, false);
+              if (e && !endpoints.includes(e)) endpoints.push(e);
             }
           }
           bin = argv['dry-run'] && !existsSync(attacherLocation()) ? attacherLocation() : attacherPath();
