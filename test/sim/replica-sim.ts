@@ -712,7 +712,7 @@ class Sim {
     const faultyMs = this.o.faultyMs ?? 20_000;
     const healMs = this.o.healMs ?? 30_000;
     this.end = faultyMs + healMs;
-    this.quiesceAt = faultyMs + Math.min(this.o.healTrafficMs ?? 3_000, healMs - 2 * limits.requestTimeoutMs);
+    this.quiesceAt = faultyMs + Math.min(this.o.healTrafficMs ?? 1_000, healMs - 2 * limits.requestTimeoutMs);
     for (const n of this.nodes.values()) this.at(this.rng.int(20), `start ${n.id}`, () => void this.start(n).catch((e) => this.fail(e)));
     this.at(500, 'fault', () => this.fault());
     for (let c = 0; c < 3; c++) this.at(300 + c, `client ${c}`, () => this.client(c));
