@@ -109,8 +109,12 @@ export class RaftLog {
     const after = ents[0]!.index - 1;
     assert(after >= this.committed, `append after ${after} is below committed ${this.committed}`);
     this.unstable.truncateAndAppend(ents);
+    this.onAppend?.(ents);
     return this.lastIndex();
   }
+
+  /** Told of every append, after it (the entries from ents[0].index on replaced what was there). */
+  onAppend: ((ents: Entry[]) => void) | undefined;
 
   /** First index in ents whose term differs from ours (or that we lack); 0 if none. */
   findConflict(ents: Entry[]): number {

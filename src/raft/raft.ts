@@ -22,10 +22,10 @@ import {
 } from './errors.ts';
 import { payloadBytes, RaftLog } from './log.ts';
 import { ProgressState, type Progress } from './progress.ts';
-import { jointVoteResult, VoteResult } from './quorum.ts';
+import { VoteResult } from './quorum.ts';
 import { ReadOnly, type ReadState } from './read-only.ts';
 import { StorageError } from './storage.ts';
-import { ProgressTracker } from './tracker.ts';
+import { ProgressTracker, type VoterHalves } from './tracker.ts';
 import { EntryType, isEmptyHardState, message, MessageType, None, type ConfState, type Entry, type HardState, type Message, type NodeId, type SnapshotMetadata } from './types.ts';
 
 export enum Role {
@@ -84,6 +84,10 @@ export class Raft {
   leadTransferee: NodeId = None;
   /** Index of the last membership change proposed; a new one waits until it is applied. */
   pendingConfIndex = 0;
+  /** Indexes of the ConfChange entries in the log after the applied index, ascending (see ProgressTracker.pending). */
+  private confTail: number[] = [];
+  /** Peers tracked only because a pending configuration makes them voters (see refreshPendingConfigs). */
+  private readonly pendingTracked = new Set<NodeId>();
   /** Payload bytes appended by this leader and not yet applied. */
   uncommittedBytes = 0;
 
@@ -121,7 +125,80 @@ export class Raft {
       this.log.commitTo(applied);
       this.log.appliedTo(applied);
     }
+    for (const e of this.log.slice(this.log.applied + 1, this.log.lastIndex() + 1, Number.MAX_SAFE_INTEGER)) {
+      if (e.type === EntryType.ConfChange) this.confTail.push(e.index);
+    }
+    this.refreshPendingConfigs();
+    this.log.onAppend = (ents) => this.noteAppended(ents);
     this.becomeFollower(this.term, None);
+  }
+
+  // ---- the configurations in the log beyond the applied one -------------------
+
+  private noteAppended(ents: Entry[]): void {
+    const first = ents[0]!.index;
+    let changed = false;
+    while (this.confTail.length > 0 && this.confTail[this.confTail.length - 1]! >= first) {
+      this.confTail.pop();
+      changed = true;
+    }
+    for (const e of ents) {
+      if (e.type === EntryType.ConfChange) {
+        this.confTail.push(e.index);
+        changed = true;
+      }
+    }
+    if (changed) this.refreshPendingConfigs();
+  }
+
+  private dropConfTail(upTo: number): void {
+    if (this.confTail.length === 0 || this.confTail[0]! > upTo) return;
+    this.confTail = this.confTail.filter((i) => i > upTo);
+    this.refreshPendingConfigs();
+  }
+
+  /**
+   * The configurations the log's unapplied membership changes lead to, from
+   * the applied one (Raft thesis 4.1). A change that would not apply ends the
+   * chain: at apply it would fail too, and nothing after it counts.
+   */
+  private refreshPendingConfigs(): void {
+    const chain: VoterHalves[] = [];
+    let at = this.trk;
+    for (const index of this.confTail) {
+      const e = this.log.slice(index, index + 1, Number.MAX_SAFE_INTEGER)[0];
+      if (!e || e.type !== EntryType.ConfChange) break;
+      let next: ChangeResult;
+      try {
+        next = computeConfChangeOn(at, decodeConfChange(e.data), this.log.lastIndex());
+      } catch {
+        break;
+      }
+      chain.push({ incoming: [...next.config.voters[0]], outgoing: [...next.config.voters[1]] });
+      // A voter the change adds directly (not a learner first) is tracked
+      // from now on, as a learner until the change applies: a leader
+      // replicates to it, so it can make up the quorum the change needs.
+      for (const id of next.config.voters[0]) {
+        if (id !== this.id && !this.trk.progress.has(id)) {
+          const pr = next.progress.get(id)!;
+          pr.isLearner = true;
+          this.trk.progress.set(id, pr);
+          this.pendingTracked.add(id);
+        }
+      }
+      at = new ProgressTracker(this.cfg.inFlightMessagesMax, this.cfg.inFlightBytesMax);
+      at.setConfig(next.config, next.progress);
+    }
+    this.trk.setPending(chain);
+    for (const id of this.pendingTracked) {
+      const c = this.trk.config;
+      if (c.voters[0].has(id) || c.voters[1].has(id) || c.learners.has(id)) {
+        this.pendingTracked.delete(id); // a member now: its progress is the configuration's
+      } else if (!chain.some((h) => h.incoming.includes(id) || h.outgoing.includes(id))) {
+        this.trk.progress.delete(id); // the change that added it was truncated away
+        this.pendingTracked.delete(id);
+      }
+    }
   }
 
   private loadState(hs: HardState): void {
@@ -343,7 +420,7 @@ export class Raft {
     }
     const index = this.log.lastIndex();
     const logTerm = this.log.lastTerm();
-    for (const id of this.trk.voterIds()) {
+    for (const id of this.trk.electionVoterIds()) {
       if (id === this.id) continue;
       this.send(message({ type: voteType, to: id, term, index, logTerm, ...(transfer ? { context: CAMPAIGN_TRANSFER_CONTEXT } : {}) }));
     }
@@ -800,6 +877,8 @@ export class Raft {
       return false;
     }
     this.log.restore(s);
+    this.confTail = [];
+    this.pendingTracked.clear();
     this.dropHeldApps();
     this.trk = new ProgressTracker(this.cfg.inFlightMessagesMax, this.cfg.inFlightBytesMax);
     this.switchToConfig(restoreConfState(this.trk, this.log.lastIndex(), cs));
@@ -895,6 +974,7 @@ export class Raft {
   /** Called after the state machine applied up to `applied` (RawNode.advance). */
   appliedTo(applied: number, appliedBytes: number): void {
     this.log.appliedTo(applied);
+    this.dropConfTail(applied);
     this.uncommittedBytes = Math.max(0, this.uncommittedBytes - appliedBytes);
     if (this.role === Role.Leader && this.trk.config.autoLeave && applied >= this.pendingConfIndex && this.trk.progress.has(this.id)) {
       // Leave the joint configuration on our own (ConfChangeTransition Auto/Implicit).
@@ -906,19 +986,24 @@ export class Raft {
   // ---- membership ------------------------------------------------------------
 
   private computeConfChange(cc: ConfChange): ChangeResult {
-    const changer = new Changer(this.trk, this.log.lastIndex());
-    if (isLeaveJoint(cc)) return changer.leaveJoint();
-    const { joint, autoLeave } = enterJoint(cc);
-    return joint ? changer.enterJoint(autoLeave, cc.changes) : changer.simple(cc.changes);
+    return computeConfChangeOn(this.trk, cc, this.log.lastIndex());
   }
 
-  /** Apply a committed membership change (the runtime calls this when it applies the entry). */
-  applyConfChange(cc: ConfChange): ConfState {
-    return this.switchToConfig(this.computeConfChange(cc));
+  /**
+   * Apply a committed membership change (the runtime calls this when it
+   * applies the entry; `index` is the entry's, or the oldest unapplied
+   * change in the log is taken to be the one).
+   */
+  applyConfChange(cc: ConfChange, index?: number): ConfState {
+    const r = this.computeConfChange(cc);
+    if (index !== undefined) this.confTail = this.confTail.filter((i) => i > index);
+    else this.confTail.shift();
+    return this.switchToConfig(r);
   }
 
   private switchToConfig(r: ChangeResult): ConfState {
     this.trk.setConfig(r.config, r.progress);
+    this.refreshPendingConfigs();
     const cs = this.trk.confState();
     const pr = this.trk.progress.get(this.id);
     this.isLearner = pr?.isLearner ?? false;
@@ -1050,8 +1135,7 @@ export class Raft {
   private hasQuorum(ids: Set<NodeId>): boolean {
     const votes = new Map<NodeId, boolean>();
     for (const id of ids) votes.set(id, true);
-    const c = this.trk.config;
-    return jointVoteResult([...c.voters[0]], [...c.voters[1]], votes) === VoteResult.Won;
+    return this.trk.voteResult(votes) === VoteResult.Won;
   }
 
   /** Local ReadIndex request: throws when it cannot be served here. */
@@ -1112,4 +1196,11 @@ export class Raft {
       this.step(message({ type: MessageType.Beat, from: this.id }));
     }
   }
+}
+
+function computeConfChangeOn(trk: ProgressTracker, cc: ConfChange, lastIndex: number): ChangeResult {
+  const changer = new Changer(trk, lastIndex);
+  if (isLeaveJoint(cc)) return changer.leaveJoint();
+  const { joint, autoLeave } = enterJoint(cc);
+  return joint ? changer.enterJoint(autoLeave, cc.changes) : changer.simple(cc.changes);
 }

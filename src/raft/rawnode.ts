@@ -146,9 +146,9 @@ export class RawNode {
     return this.raft.proposeConfChange(cc);
   }
 
-  /** Apply a committed ConfChange entry (decodeConfChange(entry.data)); returns the new configuration. */
-  applyConfChange(cc: ConfChange): ConfState {
-    return this.raft.applyConfChange(cc);
+  /** Apply a committed ConfChange entry (decodeConfChange(entry.data), at entry.index); returns the new configuration. */
+  applyConfChange(cc: ConfChange, index?: number): ConfState {
+    return this.raft.applyConfChange(cc, index);
   }
 
   /**

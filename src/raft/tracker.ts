@@ -40,6 +40,12 @@ export function confStateOf(c: TrackerConfig): ConfState {
   };
 }
 
+/** The voter halves of one configuration (outgoing empty unless joint). */
+export interface VoterHalves {
+  incoming: NodeId[];
+  outgoing: NodeId[];
+}
+
 export class ProgressTracker {
   config: TrackerConfig;
   progress: Map<NodeId, Progress>;
@@ -50,6 +56,16 @@ export class ProgressTracker {
   private incomingIds: NodeId[] = [];
   private outgoingIds: NodeId[] = [];
   private readonly scratch: number[] = [];
+  /**
+   * The configurations that the membership changes in the log after the
+   * applied index lead to, oldest first (Raft thesis 4.1: a server uses the
+   * latest configuration in its log, committed or not). Elections and commit
+   * need a quorum of each as well as of `config`: a node whose applied
+   * configuration lags — it never learned, or forgot across a restart, that
+   * a change committed — must not win with votes the newer configuration no
+   * longer counts. Empty while no change is in flight (the usual case).
+   */
+  private pending: VoterHalves[] = [];
 
   constructor(inFlightMessagesMax: number, inFlightBytesMax: number) {
     this.inFlightMessagesMax = inFlightMessagesMax;
@@ -63,6 +79,15 @@ export class ProgressTracker {
     this.progress = progress;
     this.incomingIds = [...config.voters[0]];
     this.outgoingIds = [...config.voters[1]];
+  }
+
+  setPending(pending: VoterHalves[]): void {
+    this.pending = pending;
+  }
+
+  /** The configurations in the log beyond the applied one (see `pending`). */
+  pendingConfigs(): readonly VoterHalves[] {
+    return this.pending;
   }
 
   confState(): ConfState {
@@ -85,19 +110,40 @@ export class ProgressTracker {
     return [...s];
   }
 
-  isSingleton(): boolean {
-    return this.incomingIds.length === 1 && this.outgoingIds.length === 0;
+  /** Every voter an election must ask: of the configuration and of every pending one. */
+  electionVoterIds(): NodeId[] {
+    if (this.pending.length === 0) return this.voterIds();
+    const s = new Set(this.voterIds());
+    for (const p of this.pending) for (const id of [...p.incoming, ...p.outgoing]) s.add(id);
+    return [...s];
   }
 
-  /** The highest index durable on a quorum of voters (learners never count). */
+  isSingleton(): boolean {
+    return this.incomingIds.length === 1 && this.outgoingIds.length === 0 && this.pending.length === 0;
+  }
+
+  /** The highest index durable on a quorum of voters (learners never count), in every pending configuration too. */
   committed(): number {
     const prs = this.progress;
-    return jointCommitted(this.incomingIds, this.outgoingIds, (id) => prs.get(id)?.match ?? 0, this.scratch);
+    return this.quorumValue((id) => prs.get(id)?.match ?? 0);
   }
 
   /** The largest value a quorum of voters has reached: committed() over any per-voter value. */
   quorumValue(valueOf: (id: NodeId) => number): number {
-    return jointCommitted(this.incomingIds, this.outgoingIds, valueOf, this.scratch);
+    let v = jointCommitted(this.incomingIds, this.outgoingIds, valueOf, this.scratch);
+    for (const p of this.pending) v = Math.min(v, jointCommitted(p.incoming, p.outgoing, valueOf, this.scratch));
+    return v;
+  }
+
+  /** The outcome of `votes` in the configuration and every pending one: won only if won in each. */
+  voteResult(votes: ReadonlyMap<NodeId, boolean>): VoteResult {
+    let result = jointVoteResult(this.incomingIds, this.outgoingIds, votes);
+    for (const p of this.pending) {
+      if (result === VoteResult.Lost) break;
+      const r = jointVoteResult(p.incoming, p.outgoing, votes);
+      if (r !== VoteResult.Won) result = r;
+    }
+    return result;
   }
 
   /** Whether a quorum of voters was heard from since the last check. */
@@ -106,7 +152,7 @@ export class ProgressTracker {
     for (const [id, pr] of this.progress) {
       if (!pr.isLearner) active.set(id, id === selfId || pr.recentActive);
     }
-    return jointVoteResult(this.incomingIds, this.outgoingIds, active) === VoteResult.Won;
+    return this.voteResult(active) === VoteResult.Won;
   }
 
   resetVotes(): void {
@@ -127,6 +173,6 @@ export class ProgressTracker {
       if (v) granted++;
       else rejected++;
     }
-    return { granted, rejected, result: jointVoteResult(this.incomingIds, this.outgoingIds, this.votes) };
+    return { granted, rejected, result: this.voteResult(this.votes) };
   }
 }

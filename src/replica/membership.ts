@@ -51,7 +51,7 @@ export class Membership {
   applyConfEntry(e: Entry): void {
     const r = this.r;
     const cc = decodeConfChange(e.data);
-    const cs = r.raw.applyConfChange(cc);
+    const cs = r.raw.applyConfChange(cc, e.index);
     r.housekeeping.noteConf(e.index, cs);
     const address = cc.context?.toString('utf8');
     for (const ch of cc.changes) {

@@ -33,6 +33,9 @@ import {
 } from './record.ts';
 import { encodeSegmentHeader, preallocateSegmentFile, preparedSegmentName, segmentFileName, syncDirectory } from './segment.ts';
 
+/** The staging buffer's first size; it doubles up to batchBytesMax as batches need. */
+const stagingInitialBytes = 256 * 1024;
+
 /** What a segment created after a save must start from (its baseline). */
 export interface LogState {
   lastIndex: number;
@@ -120,7 +123,9 @@ export class GroupCommitWriter {
   ) {
     this.active = active;
     this.durable = durable;
-    this.staging = opts.disk.allocAligned(opts.batchBytesMax + opts.alignment, opts.alignment);
+    // Grown on demand up to batchBytesMax: most batches are small, and a
+    // full-size staging buffer per open cost 8 MiB of zeroed memory each time.
+    this.staging = opts.disk.allocAligned(Math.min(opts.batchBytesMax, stagingInitialBytes) + opts.alignment, opts.alignment);
   }
 
   /** Continues appending to `active` (a recovered segment), or creates the first segment when there is none. */
@@ -271,7 +276,10 @@ export class GroupCommitWriter {
       assert(segment.offset + padded + alignment <= segment.segmentBytes, `a ${padded}-byte batch does not fit a new segment`);
     }
     const created = sealing !== undefined;
-    if (this.staging.length < padded) this.staging = disk.allocAligned(padded, alignment);
+    if (this.staging.length < padded) {
+      const grown = Math.min(2 * this.staging.length, this.opts.batchBytesMax + alignment);
+      this.staging = disk.allocAligned(Math.max(padded, grown), alignment);
+    }
     const buf = this.staging;
     let at = recordHeaderBytes;
     let count = 0;

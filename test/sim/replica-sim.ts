@@ -53,9 +53,16 @@ export interface ReplicaSimOptions {
   seed: number;
   /** Founding voters: 1, 3 or 5 (default: drawn from the seed). */
   nodes?: number;
-  /** Simulated ms with faults, then ms healed. */
+  /**
+   * Simulated ms with faults, then at most healMs healed: clients keep
+   * working for healTrafficMs after the heal, then issue nothing new, and the
+   * run ends as soon as the cluster has converged (a leader, every operation
+   * answered, every member up and applied to the leader's last index) or at
+   * healMs, whichever is first. The liveness bound is healMs either way.
+   */
   faultyMs?: number;
   healMs?: number;
+  healTrafficMs?: number;
   /** How WAL batches are made durable (default: drawn from the seed). */
   syncMode?: 'dsync' | 'fdatasync';
   /** A planted bug the simulator must find (test/sim/planted-bugs.test.ts). */
@@ -597,8 +604,8 @@ class Sim {
   /** One client operation on a random serving node; the next follows when it is answered. */
   private client(c: number): void {
     const serving = this.members().filter((n) => n.alive && n.replica?.devices.get('default'));
-    if (serving.length === 0 || (!this.faulty && this.now > this.end - 2 * limits.requestTimeoutMs)) {
-      if (this.now < this.end - 2 * limits.requestTimeoutMs) this.at(50, `client ${c}`, () => this.client(c));
+    if (serving.length === 0 || (!this.faulty && this.now > this.quiesceAt)) {
+      if (this.faulty || this.now <= this.quiesceAt) this.at(50, `client ${c}`, () => this.client(c));
       return;
     }
     const n = this.rng.pick(serving);
@@ -697,17 +704,20 @@ class Sim {
   }
 
   private end = 0;
+  /** Clients issue nothing new after this (ms). */
+  private quiesceAt = 0;
   private readonly inFlight = new Map<Node, Set<{ fail: () => void; what: string }>>();
 
   async run(): Promise<void> {
     const faultyMs = this.o.faultyMs ?? 20_000;
     const healMs = this.o.healMs ?? 30_000;
     this.end = faultyMs + healMs;
+    this.quiesceAt = faultyMs + Math.min(this.o.healTrafficMs ?? 1_000, healMs - 2 * limits.requestTimeoutMs);
     for (const n of this.nodes.values()) this.at(this.rng.int(20), `start ${n.id}`, () => void this.start(n).catch((e) => this.fail(e)));
     this.at(500, 'fault', () => this.fault());
     for (let c = 0; c < 3; c++) this.at(300 + c, `client ${c}`, () => this.client(c));
     this.at(faultyMs, 'heal', () => this.heal());
-    await this.runUntil(() => false, this.end);
+    await this.runUntil(() => this.now > this.quiesceAt && this.converged(), this.end);
     let done = false;
     const final = this.finalChecks().then(
       () => undefined,
@@ -750,6 +760,25 @@ class Sim {
       if (!n.alive && !n.retired) this.at(this.rng.range(1, 100), `restart ${n.id}`, () => void this.start(n).catch((e) => this.fail(e)));
     }
     this.trace('healed');
+  }
+
+  /**
+   * The end state the final checks ask for, held now (stricter: every member
+   * applied to the leader's last index, nothing of the leader's unapplied).
+   * Until it holds the run goes on to healMs, and the final checks judge.
+   */
+  private converged(): boolean {
+    if (this.clientsBusy > 0) return false;
+    const l = this.leader();
+    if (!l?.replica) return false;
+    const st = l.replica.raw.status();
+    const last = st.lastIndex;
+    if (st.commit !== last || l.replica.processedIndex !== last) return false;
+    for (const id of [...st.confState.voters, ...st.confState.learners]) {
+      const n = this.nodes.get(id);
+      if (!n?.alive || !n.replica || n.replica.processedIndex !== last) return false;
+    }
+    return true;
   }
 
   private async finalChecks(): Promise<void> {

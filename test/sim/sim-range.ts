@@ -4,6 +4,17 @@
 import type { Test } from 'tap';
 import { runReplicaSeed, type ReplicaSimStats } from './replica-sim.ts';
 
+/** CI's simulator seeds in all (XDEVICE_SIM_SEEDS), run in CI_SHARES files so tap spreads them over the cores. */
+export const CI_SEEDS = Number(process.env.XDEVICE_SIM_SEEDS ?? 2000);
+export const CI_SHARES = 4;
+
+/** Share `k` (0-based) of CI's seeds 1..CI_SEEDS. */
+export function runCiShare(t: Test, k: number): Promise<void> {
+  const per = Math.ceil(CI_SEEDS / CI_SHARES);
+  const first = 1 + k * per;
+  return runSeedRange(t, first, Math.max(0, Math.min(per, CI_SEEDS - first + 1)));
+}
+
 export async function runSeedRange(t: Test, first: number, count: number): Promise<void> {
   await t.test(`simulator on the real replica core: seeds ${first}..${first + count - 1} keep every invariant`, async (t) => {
     const totals: Partial<Record<keyof ReplicaSimStats, number>> = {};

@@ -1,11 +1,11 @@
 // CI's share of the simulator on the real replica core (test/sim/replica-sim.ts):
-// XDEVICE_SIM_SEEDS seeds (default 150 here and 150 in sim-more.test.ts, so
-// tap runs the two halves on both cores) over 1-, 3- and 5-node clusters, plus
+// XDEVICE_SIM_SEEDS seeds (default 2,000: the first quarter here, the others in
+// sim-2/3/4.test.ts, so tap runs them on both cores) over 1-, 3- and 5-node clusters, plus
 // every seed that once failed. A failing seed prints the command that replays
 // it with a full trace. Longer campaigns: npm run sim -- --seeds 100000.
 
 import t from 'tap';
-import { runSeedRange } from './sim-range.ts';
+import { runCiShare } from './sim-range.ts';
 import { runReplicaSeed } from './replica-sim.ts';
 
 /**
@@ -19,11 +19,15 @@ import { runReplicaSeed } from './replica-sim.ts';
  *   24   a complete snapshot staging Raft never took was installed at restart (stale reads)
  *   479, 502  WAL segment heads torn by a power cut (fixed in src/wal)
  *   3001850, 3002269  compaction moved the leader's snapshot past a learner between its promotion's proposal and apply
+ *   327  a node restarted with its commit index from before two membership changes in its
+ *        log won an election by its applied configuration with a removed voter's vote,
+ *        without 22 committed entries (fixed in src/raft: elections and commit need a
+ *        quorum of every configuration the log's unapplied changes lead to, thesis 4.1)
  *   7000108, 7004734  a receiver that died after a snapshot stream's last chunk: the sender waited 120 s for its report (now it gives up when the connection goes)
  */
-const REGRESSION_SEEDS = [11, 24, 59, 106, 479, 502, 554, 3001850, 3002269, 7000108, 7004734];
+const REGRESSION_SEEDS = [11, 24, 59, 106, 327, 479, 502, 554, 3001850, 3002269, 7000108, 7004734];
 
-await runSeedRange(t, 1, Number(process.env.XDEVICE_SIM_SEEDS ?? 150));
+await runCiShare(t, 0);
 
 t.test('simulator: seeds that once failed keep every invariant', async (t) => {
   for (const seed of REGRESSION_SEEDS) {

@@ -225,3 +225,51 @@ t.test('localReadIndex: only the sole voter leading answers at once, never a dem
   net.stabilize();
   t.same(net.get('a').readStates, [], 'with b cut off, no read index is granted');
 });
+
+t.test('4.1 a node whose applied configuration lags the changes in its log cannot win with a removed voter (sim seed 327)', async (t) => {
+  // b acked the promotion of d and the removal of c, then restarted with its
+  // commit index from before both (commit is persisted lazily), so it applies
+  // only {a, b, c} + learner d. c, cut off before either change, still thinks
+  // b's log is newer than its own. Voting by the applied configuration alone,
+  // b + c would make a leader without the entries a and d committed since.
+  const net = new Network(['a', 'b', 'c']);
+  net.campaign('a');
+  net.addNode('d');
+  const learner = commitChange(net, 'a', confChanges.addLearner('d'));
+  net.run(2);
+  net.isolate('c');
+  commitChange(net, 'a', confChanges.addVoter('d'));
+  commitChange(net, 'a', confChanges.remove('c'));
+  t.same(net.get('a').confState.voters, ['a', 'b', 'd']);
+  t.same(net.get('b').confState.voters, ['a', 'b', 'd']);
+  net.heal();
+  net.isolate('b');
+  net.isolate('c');
+  const { index: lateIndex } = net.propose('a', 'committed-by-a-and-d');
+  net.stabilize();
+  t.ok(net.raft('a').log.committed >= lateIndex, 'a and d commit without b');
+
+  const hs = net.get('b').storage.initialState().hardState;
+  net.get('b').storage.setHardState({ ...hs, commit: learner.index });
+  net.restart('b');
+  t.same(net.get('b').confState.voters, ['a', 'b', 'c'], 'b restarted with the older configuration applied');
+  t.ok(net.raft('b').log.lastIndex() > learner.index + 1, 'and both later changes in its log');
+
+  net.heal();
+  net.isolate('a');
+  net.isolate('d');
+  net.cut.delete('b->c');
+  net.cut.delete('c->b');
+  for (let i = 0; i < 40; i++) {
+    net.tick('b');
+    net.tick('c');
+    net.stabilize();
+  }
+  t.not(net.raft('b').role, Role.Leader, 'b does not lead: the configuration its log ends with needs a or d');
+  t.not(net.raft('c').role, Role.Leader, 'nor does c');
+
+  net.heal();
+  net.run(30);
+  t.equal(net.leaders().length, 1, 'one leader once healed');
+  for (const id of ['a', 'b', 'd']) t.ok(net.appliedData(id).includes('committed-by-a-and-d'), `${id} has the entry a and d committed`);
+});

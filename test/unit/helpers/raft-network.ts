@@ -32,7 +32,7 @@ export class Network {
   readonly nodes = new Map<NodeId, TestNode>();
   queue: Message[] = [];
   /** Links that drop everything: "from->to". */
-  private cut = new Set<string>();
+  cut = new Set<string>();
   /** Messages that were dropped because of a cut, for assertions. */
   droppedCount = 0;
   private readonly options: NodeOptions;
@@ -114,7 +114,7 @@ export class Network {
     if (rd.hardState) tn.storage.setHardState(rd.hardState);
     this.queue.push(...rd.messagesAfterPersist);
     for (const e of rd.committedEntries) {
-      if (e.type === EntryType.ConfChange) tn.confState = tn.node.applyConfChange(decodeConfChange(e.data));
+      if (e.type === EntryType.ConfChange) tn.confState = tn.node.applyConfChange(decodeConfChange(e.data), e.index);
       else tn.applied.push(e);
     }
     tn.readStates.push(...rd.readStates);
