@@ -45,6 +45,7 @@ import { checkStartState } from '../../src/cluster/data-dir.ts';
 import { decodeFrame, encodeRaftMessage, FrameKind } from '../../src/cluster/codec.ts';
 import { raftForTesting } from '../../src/raft/rawnode.ts';
 import { Role } from '../../src/raft/raft.ts';
+import { jointVoteResult, VoteResult } from '../../src/raft/quorum.ts';
 import { EntryType, MessageType, message, type Entry, type Message, type SnapshotMetadata } from '../../src/raft/types.ts';
 import { ConfChangeType, decodeConfChange } from '../../src/raft/confchange.ts';
 import { limits } from '../../src/limits.ts';
@@ -686,7 +687,20 @@ class Sim {
     const e = n.replica!.raw.lastElection();
     const cs = n.replica!.raw.status().confState;
     if (e?.vote && e.term === raft.term) {
-      for (const id of e.vote.granted) if (!cs.voters.includes(id) && !cs.votersOutgoing.includes(id)) violation(`learners never vote: ${n.id} won term ${raft.term} with a vote from ${id}, not a voter`);
+      // A learner a pending change promotes is asked too (its vote only adds
+      // the pending configuration's quorum to the applied one's): never a
+      // node outside both, and the applied configuration's own voters must
+      // have elected the leader without it.
+      const pending = raft.trk.pendingConfigs();
+      const applied = (id: string): boolean => cs.voters.includes(id) || cs.votersOutgoing.includes(id);
+      const appliedVotes = new Map<string, boolean>();
+      for (const id of e.vote.granted) {
+        if (applied(id)) appliedVotes.set(id, true);
+        else if (!pending.some((p) => p.incoming.includes(id) || p.outgoing.includes(id))) violation(`learners never vote: ${n.id} won term ${raft.term} with a vote from ${id}, not a voter`);
+      }
+      if (jointVoteResult(cs.voters, cs.votersOutgoing, appliedVotes) !== VoteResult.Won) {
+        violation(`learners never vote: ${n.id} won term ${raft.term} without a quorum of its configuration's voters (${[...appliedVotes.keys()].join(' ')})`);
+      }
     }
   }
 
