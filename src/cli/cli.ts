@@ -15,6 +15,7 @@ import { VERSION } from '../version.ts';
 import { auditCommands } from './audit.ts';
 import { arg, CliExit, client, EXIT, type GlobalArgs, positiveSeconds, print, usage } from './common.ts';
 import { deviceCommands, keyCommand } from './device.ts';
+import { snapshotCommand } from './snapshot.ts';
 import type { Member, NodeStatus } from '../admin/api.ts';
 
 export { EXIT } from './common.ts';
@@ -77,7 +78,7 @@ function ensureKernelNbd(device: string): void {
 }
 
 export function buildCli(args: string[]): Argv<GlobalArgs> {
-  return keyCommand(
+  return snapshotCommand(keyCommand(
     yargs(args)
     .scriptName('xdevice-cli')
     .usage('$0 [--endpoints HOST:PORT,...] [-w table|json] COMMAND')
@@ -103,7 +104,7 @@ export function buildCli(args: string[]): Argv<GlobalArgs> {
       for (const e of list) arg('--endpoints', () => endpointAddress(e));
       return list.join(',');
     }) as unknown as Argv<GlobalArgs>
-  )
+  ))
     .command(
       'status',
       'status of every endpoint (--cluster: of every member, found through the member list)',
