@@ -220,3 +220,43 @@ t.test('random model (seeded): writes, trims, creates and deletes; every snapsho
   for (const o of outcomes) if (o.error) t.fail(`replayed entry ${o.index}: ${o.error.message} (XDEVICE_SEED=${seed})`);
   await check('after crash replay');
 });
+
+t.test('a Raft snapshot install: the records travel, the copies do not; older snapshots are lost on that node, newer ones whole', async (t) => {
+  const { copyFile, mkdir } = await import('node:fs/promises');
+  const dirA = await tempDir(t);
+  const dirB = await tempDir(t);
+  const a = await BlockStore.open(dirA, logger);
+  t.teardown(() => a.closeFiles());
+  const log = new Log();
+  const devId = log.add(encodeCreateDevice(log.id(), 'vol', SIZE)).index;
+  const p1 = pattern(3, SIZE);
+  log.add(encodeWrite(log.id(), devId, 0, p1));
+  log.add(encodeSnapshotCreate(log.id(), 'vol', 's1', 1));
+  log.add(encodeWrite(log.id(), devId, 0, pattern(4, 2 * B)));
+  await a.applyBatch(log.entries, noConf);
+  const state = a.captureState();
+  t.same(state.snapshots?.map((s) => s.name), ['s1'], 'the state lists the snapshot');
+  // The receiving side: the device file as streamed, the state as staged (SnapshotStaging.finish sets snapshotsLostUpTo).
+  const b = await BlockStore.open(dirB, logger);
+  t.teardown(() => b.closeFiles());
+  await b.closeFiles();
+  await mkdir(join(dirB, 'devices'), { recursive: true });
+  await copyFile(join(dirA, 'devices', `dev-${devId}.img`), join(dirB, 'devices', `dev-${devId}.img`));
+  await b.reload({ ...state, snapshotsLostUpTo: state.appliedIndex });
+  const s1 = b.snapshot(devId, 's1')!;
+  t.equal(s1.lost, true, 's1 is listed, lost on this node');
+  t.match(b.snapshotUnavailable(devId, s1.id), /Raft snapshot/, 'and says why it is not served here');
+  await t.rejects(b.readSnapshot(devId, s1.id, 0, 4096), { code: 'EIO' }, 'reads of it fail rather than show wrong data');
+  t.same(b.captureState().snapshotsLostUpTo, state.appliedIndex, 'the mark is kept in its checkpoints');
+  // Later entries: a new snapshot is whole on this node; deleting the lost one works.
+  const after = Buffer.from(p1);
+  pattern(4, 2 * B).copy(after, 0);
+  log.add(encodeSnapshotCreate(log.id(), 'vol', 's2', 2));
+  log.add(encodeWrite(log.id(), devId, 5 * B, pattern(5, B)));
+  log.add(encodeSnapshotDelete(log.id(), 'vol', 's1'));
+  for (const o of await b.applyBatch(log.entries, noConf)) t.equal(o.error, undefined, `entry ${o.index} applies`);
+  const s2 = b.snapshot(devId, 's2')!;
+  t.equal(b.snapshotUnavailable(devId, s2.id), undefined, 's2 is served');
+  t.ok((await b.readSnapshot(devId, s2.id, 0, SIZE)).equals(after), 's2 reads the device as of its index');
+  t.same(b.snapshots(devId).map((s) => s.name), ['s2'], 's1 deleted');
+});
