@@ -11,7 +11,7 @@ import { randomBytes } from 'node:crypto';
 import { readFile, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Cluster } from './helpers/launcher.ts';
-import { run, runCli, tempDir } from './helpers/tools.ts';
+import { run, runCli, tempDir, waitFor } from './helpers/tools.ts';
 import { limits } from '../../src/limits.ts';
 
 const MiB = 1024 * 1024;
@@ -163,4 +163,45 @@ t.test('snapshots: consistent copies, dirty bitmap, read-only exports, restarts,
   }
   const gone = await run('nbdinfo', ['--json', c.nbdUri(0, 'vol@s1')]);
   t.not(gone.code, 0, 'the deleted export is gone');
+});
+
+t.test('a node that catches up by a Raft snapshot: the snapshots are listed, served by the others, refused by it (saying why); new ones are whole on it', { timeout: 300_000 }, async (t) => {
+  // Tiny checkpoints and no retention for laggards: the lagging node can catch up only from a streamed snapshot.
+  const c = await Cluster.start({ devices: ['vol:8MiB'], env: { XDEVICE_CHECKPOINT_ENTRIES: '200', XDEVICE_WAL_RETAIN_ENTRIES: '0' } });
+  t.teardown(() => c.stop());
+  const dir = tempDir('snaplag');
+  const leader = await c.waitForLeader();
+  const lagging = c.ids.find((id) => id !== leader)!;
+  const other = c.ids.find((id) => id !== leader && id !== lagging)!;
+  const client = await c.client(leader, 'vol');
+  t.teardown(() => client.close());
+  const pattern = randomBytes(SIZE);
+  for (let off = 0; off < SIZE; off += MiB) await client.write(off, pattern.subarray(off, off + MiB));
+  await writeFile(join(dir, 's1.img'), pattern);
+  t.equal((await cli(c, 'snapshot', 'create', 'vol', 's1')).code, 0, 'snapshot s1');
+  await c.converged();
+  await c.kill(lagging);
+  const before = (await c.status(leader)).applied ?? Number.MAX_SAFE_INTEGER;
+  for (let i = 0; i < 600; i += 8) await Promise.all(Array.from({ length: 8 }, (_, k) => client.write(((i + k) % 2048) * 4096, randomBytes(4096))));
+  await waitFor('the leader to compact its log', async () => ((await c.status(leader)).logFirstIndex ?? 0) > before, 60_000);
+  const node = await c.startNode(lagging);
+  await c.converged(120_000);
+  t.match(node.output(), /installing snapshot/, `${lagging} caught up from a streamed snapshot`);
+
+  const lagCli = (...args: string[]) => runCli(['--endpoints', `127.0.0.1:${c.slot(lagging).ports.admin}`, ...args]);
+  const listed = JSON.parse((await lagCli('snapshot', 'list', 'vol', '-w', 'json')).stdout).snapshots as { name: string; unavailable?: string }[];
+  t.match(listed, [{ name: 's1', unavailable: /Raft snapshot/ }], `${lagging} lists s1 and says it cannot serve it`);
+  const refused = await run('nbdinfo', ['--json', c.nbdUri(lagging, 'vol@s1')]);
+  t.not(refused.code, 0, `${lagging} refuses the export of s1 at the handshake`);
+  await copyAndCompare(t, c.nbdUri(other, 'vol@s1'), join(dir, 's1.img'), `${other} serves s1 as written`);
+
+  // A snapshot taken after the catch-up is whole on the node that caught up.
+  const live = Buffer.concat(await Promise.all(Array.from({ length: SIZE / MiB }, (_, i) => client.read(i * MiB, MiB))));
+  await writeFile(join(dir, 's2.img'), live);
+  t.equal((await cli(c, 'snapshot', 'create', 'vol', 's2')).code, 0, 'snapshot s2');
+  await client.write(0, randomBytes(2 * MiB));
+  await c.converged();
+  await copyAndCompare(t, c.nbdUri(lagging, 'vol@s2'), join(dir, 's2.img'), `${lagging} serves s2 as of its index`);
+  t.equal((await cli(c, 'snapshot', 'delete', 'vol', 's1')).code, 0, 'the lost-here snapshot deletes everywhere');
+  await copyAndCompare(t, c.nbdUri(other, 'vol@s2'), join(dir, 's2.img'), `${other}: s2 unchanged after s1's delete merged into nothing`);
 });
