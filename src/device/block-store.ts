@@ -158,8 +158,8 @@ export class BlockStore {
     const state = (await readCheckpoint(dataDir, disk)) ?? emptyState();
     const store = new BlockStore(dataDir, state, logger, disk);
     await store.openDevices(state.devices, false);
-    store.snaps = await SnapshotSet.load(dataDir, disk, logger, state.snapshots ?? [], state.appliedIndex, state.snapshotsLostUpTo ?? 0);
     if (opts.now) store.now = opts.now;
+    store.snaps = await SnapshotSet.load(dataDir, disk, logger, state.snapshots ?? [], state.appliedIndex, state.snapshotsLostUpTo ?? 0, store.now);
     await store.quarantineOrphans();
     return store;
   }

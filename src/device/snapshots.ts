@@ -48,6 +48,8 @@ import { limits } from '../limits.ts';
 import { syncDir, writeFileAtomic } from './checkpoint.ts';
 
 export const SNAPSHOTS_DIR = 'snapshots';
+/** As src/device/block-store.ts names it (not imported: that file imports this one). */
+const QUARANTINE_DIR = 'quarantine';
 const META_FILE = 'meta.json';
 const DATA_FILE = 'data.img';
 const MAP_FILE = 'map.log';
@@ -141,7 +143,16 @@ export class SnapshotSet {
     private readonly dataDir: string,
     private readonly disk: DiskIo,
     private readonly logger: Logger,
+    private readonly now: () => number,
   ) {}
+
+  private async quarantine(name: string): Promise<void> {
+    const dir = join(this.dataDir, QUARANTINE_DIR, new Date(this.now()).toISOString().replace(/[:.]/g, '-'), SNAPSHOTS_DIR);
+    await this.disk.mkdir(dir, { recursive: true });
+    await this.disk.rename(join(this.dir, name), join(dir, name));
+    await syncDir(dir, this.disk);
+    this.logger.warn({ file: join(this.dir, name), movedTo: join(dir, name) }, 'snapshot directory not in the snapshot table quarantined (not deleted)');
+  }
 
   get dir(): string {
     return join(this.dataDir, SNAPSHOTS_DIR);
@@ -154,8 +165,8 @@ export class SnapshotSet {
    * above it is from an entry replay will reach (kept). A listed snapshot
    * without a directory comes from an installed state (recreated, lost).
    */
-  static async load(dataDir: string, disk: DiskIo, logger: Logger, records: readonly SnapshotRecord[], appliedIndex: number, lostUpTo: number): Promise<SnapshotSet> {
-    const set = new SnapshotSet(dataDir, disk, logger);
+  static async load(dataDir: string, disk: DiskIo, logger: Logger, records: readonly SnapshotRecord[], appliedIndex: number, lostUpTo: number, now: () => number = Date.now): Promise<SnapshotSet> {
+    const set = new SnapshotSet(dataDir, disk, logger, now);
     set.lostUpTo = lostUpTo;
     await disk.mkdir(set.dir, { recursive: true });
     const listed = new Map(records.map((r) => [r.id, r]));
@@ -163,9 +174,15 @@ export class SnapshotSet {
       const path = join(set.dir, name);
       const m = /^snap-(\d+)$/.exec(name);
       const id = m ? Number(m[1]) : NaN;
-      if (!m || !(await pathExists(disk, join(path, META_FILE))) || (id <= appliedIndex && !listed.has(id))) {
-        // An unfinished create, a finished delete's leftovers, or a snapshot deleted after the checkpoint's state.
+      if (/^snap-\d+\.new$/.test(name) || (m && !(await pathExists(disk, join(path, META_FILE))))) {
+        // Our own unfinished create (replay makes it again) or a finished delete's leftovers.
         await disk.rm(path, { recursive: true, force: true });
+        continue;
+      }
+      if (!m || (id <= appliedIndex && !listed.has(id))) {
+        // Not ours, or a snapshot the state says is gone (deleted while this node installed a Raft snapshot):
+        // moved aside, never removed (DESIGN contract 9).
+        await set.quarantine(name);
         continue;
       }
       const record = JSON.parse((await disk.readFile(join(path, META_FILE))).toString('utf8')) as unknown;
@@ -462,7 +479,7 @@ export class SnapshotSet {
   /** Replaces every snapshot after a Raft snapshot install (see the header). */
   async reload(records: readonly SnapshotRecord[], appliedIndex: number, lostUpTo: number): Promise<SnapshotSet> {
     await this.closeAll();
-    return SnapshotSet.load(this.dataDir, this.disk, this.logger, records, appliedIndex, lostUpTo);
+    return SnapshotSet.load(this.dataDir, this.disk, this.logger, records, appliedIndex, lostUpTo, this.now);
   }
 
   async closeAll(): Promise<void> {

@@ -260,3 +260,28 @@ t.test('a Raft snapshot install: the records travel, the copies do not; older sn
   t.ok((await b.readSnapshot(devId, s2.id, 0, SIZE)).equals(after), 's2 reads the device as of its index');
   t.same(b.snapshots(devId).map((s) => s.name), ['s2'], 's1 deleted');
 });
+
+t.test('start-up: unfinished creates and finished deletes are cleaned up; unknown directories are quarantined, never removed', async (t) => {
+  const { mkdir, writeFile: put } = await import('node:fs/promises');
+  const dir = await tempDir(t);
+  let store = await BlockStore.open(dir, logger);
+  const log = new Log();
+  const devId = log.add(encodeCreateDevice(log.id(), 'vol', SIZE)).index;
+  log.add(encodeSnapshotCreate(log.id(), 'vol', 'keep', 1));
+  await store.applyBatch(log.entries, noConf);
+  await store.checkpoint(store.captureState());
+  await store.closeFiles();
+  const snaps = join(dir, 'snapshots');
+  await mkdir(join(snaps, 'snap-99.new'), { recursive: true });
+  await mkdir(join(snaps, 'snap-98'), { recursive: true }); // no meta.json: a finished delete
+  await mkdir(join(snaps, 'stranger'), { recursive: true });
+  await put(join(snaps, 'stranger', 'data'), 'precious');
+  await mkdir(join(snaps, 'snap-1'), { recursive: true }); // at or below the applied index, not in the table
+  await put(join(snaps, 'snap-1', 'meta.json'), JSON.stringify({ id: 1, deviceId: devId, name: 'old', createdAt: 0, size: SIZE }));
+  store = await BlockStore.open(dir, logger, { now: () => Date.UTC(2026, 0, 2) });
+  t.teardown(() => store.closeFiles());
+  t.same(store.snapshots(devId).map((s) => s.name), ['keep']);
+  t.same((await readdir(snaps)).sort(), ['snap-2'], 'only the table’s snapshot is left in place');
+  const q = join(dir, 'quarantine', '2026-01-02T00-00-00-000Z', 'snapshots');
+  t.same((await readdir(q)).sort(), ['snap-1', 'stranger'], 'the others are quarantined');
+});
