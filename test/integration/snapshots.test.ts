@@ -113,6 +113,12 @@ t.test('snapshots: consistent copies, dirty bitmap, read-only exports, restarts,
 
   t.same(await dirtyBlocks(c.nbdUri(1, 'vol@s2'), 'qemu:dirty-bitmap:s2'), between, 'nbdinfo --map=qemu:dirty-bitmap:s2: exactly the blocks written between s1 and s2');
   t.same((await dirtyBlocks(c.nbdUri(2, 'vol@s1'), 'qemu:dirty-bitmap:s1')).length, SIZE / B, 'the first snapshot: every block dirty (a full backup)');
+  // qemu's own nbd driver reads the bitmap too (x-dirty-bitmap: dirty shows as "data": false, qemu's convention).
+  const qmap = await run('qemu-img', ['map', '--output=json', '--image-opts', `driver=nbd,server.type=inet,server.host=127.0.0.1,server.port=${c.slot(0).ports.nbd},export=vol@s2,x-dirty-bitmap=qemu:dirty-bitmap:s2`]);
+  t.equal(qmap.code, 0, `qemu-img map with x-dirty-bitmap: ${qmap.stderr}`);
+  const qdirty: number[] = [];
+  for (const e of JSON.parse(qmap.stdout) as { start: number; length: number; data: boolean }[]) if (!e.data) for (let at = e.start; at < e.start + e.length; at += B) qdirty.push(Math.floor(at / B));
+  t.same(qdirty, between, 'qemu-img map (nbd driver, x-dirty-bitmap) sees the same blocks');
   const alloc = await run('nbdinfo', ['--json', '--map', c.nbdUri(0, 'vol@s2')]);
   t.equal(alloc.code, 0, `nbdinfo --map base:allocation: ${alloc.stderr}`);
   const holes = (JSON.parse(alloc.stdout) as { offset: number; length: number; type: number }[]).filter((e) => e.type & 1);
