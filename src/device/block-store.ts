@@ -605,7 +605,10 @@ export class BlockStore {
         if (id === undefined) return { code: 'XDEVICE_ERR_NOT_FOUND', message: `no device ${cmd.device}` };
         const dev = this.byId.get(id)!;
         // A replay of this very entry: the snapshot is there already.
-        if (this.snaps.get(id, cmd.name)?.id === index) return undefined;
+        if (this.snaps.get(id, cmd.name)?.id === index) {
+          await this.snaps.create(id, dev.record.size, cmd.name, cmd.createdAt, index);
+          return undefined;
+        }
         const problem = SnapshotSet.createProblem(dev.record, this.snaps.list(id), cmd.name);
         if (problem) return problem;
         await this.snaps.create(id, dev.record.size, cmd.name, cmd.createdAt, index);

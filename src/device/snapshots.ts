@@ -131,6 +131,12 @@ class Snapshot {
     readonly blocks: Set<number>,
     public mapBytes: number,
   ) {}
+  /**
+   * Loaded at start-up with an id above the checkpoint's index: until replay
+   * re-applies its SNAPSHOT_CREATE, the entries before it rewrite the device
+   * file with older data, so the live blocks it falls through to are not its own.
+   */
+  replaying = false;
 }
 
 /** Every snapshot on this node, by device, oldest first. Used only by the block store, on its apply path. */
@@ -187,7 +193,8 @@ export class SnapshotSet {
       }
       const record = JSON.parse((await disk.readFile(join(path, META_FILE))).toString('utf8')) as unknown;
       if (!wellFormedSnapshot(record) || record.id !== id) throw new Error(`${join(path, META_FILE)} is not a snapshot record`);
-      await set.attach(record, path);
+      const s = await set.attach(record, path);
+      s.replaying = id > appliedIndex;
       listed.delete(id);
     }
     for (const r of listed.values()) await set.createDir({ ...r, lost: true });
@@ -290,7 +297,11 @@ export class SnapshotSet {
 
   /** Applies SNAPSHOT_CREATE at `index` (the caller checked createProblem). A replayed one is a no-op. */
   async create(deviceId: number, size: number, name: string, createdAt: number, index: number): Promise<void> {
-    if (this.byId(deviceId, index)) return;
+    const existing = this.byId(deviceId, index);
+    if (existing) {
+      existing.replaying = false;
+      return;
+    }
     const record: SnapshotRecord = { id: index, deviceId, name, createdAt, size, ...(index <= this.lostUpTo ? { lost: true as const } : {}) };
     await this.createDir(record);
   }
@@ -387,6 +398,7 @@ export class SnapshotSet {
     const s = this.byId(deviceId, id);
     if (!s) return `snapshot ${id} no longer exists`;
     if (s.record.lost) return 'this node installed a Raft snapshot since: its copy of the snapshot is not kept (another replica serves it)';
+    if (s.replaying) return 'this node is replaying its log up to the snapshot (after a restart)';
     return undefined;
   }
 
@@ -396,6 +408,7 @@ export class SnapshotSet {
     const chain = list.filter((s) => s.record.id >= id);
     if (chain[0]?.record.id !== id) throw errno('ESHUTDOWN', `snapshot ${id} no longer exists`);
     if (chain.some((s) => s.record.lost)) throw errno('EIO', `snapshot ${id} is not kept on this node`);
+    if (chain[0]!.replaying) throw errno('EIO', `snapshot ${id}: this node is replaying its log up to it`);
     return chain;
   }
 

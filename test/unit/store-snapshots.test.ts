@@ -285,3 +285,29 @@ t.test('start-up: unfinished creates and finished deletes are cleaned up; unknow
   const q = join(dir, 'quarantine', '2026-01-02T00-00-00-000Z', 'snapshots');
   t.same((await readdir(q)).sort(), ['snap-1', 'stranger'], 'the others are quarantined');
 });
+
+t.test('after a restart, a snapshot newer than the checkpoint is not served until replay re-applies its creation', async (t) => {
+  const dir = await tempDir(t);
+  let store = await BlockStore.open(dir, logger);
+  const log = new Log();
+  const devId = log.add(encodeCreateDevice(log.id(), 'vol', SIZE)).index;
+  const p = pattern(7, SIZE);
+  log.add(encodeWrite(log.id(), devId, 0, pattern(6, SIZE)));
+  await store.applyBatch(log.entries, noConf);
+  await store.checkpoint(store.captureState());
+  log.add(encodeWrite(log.id(), devId, 0, p));
+  const snap = log.add(encodeSnapshotCreate(log.id(), 'vol', 's', 1));
+  log.add(encodeWrite(log.id(), devId, 0, pattern(8, B)));
+  await store.applyBatch(log.entries, noConf);
+  await store.closeFiles();
+  store = await BlockStore.open(dir, logger);
+  t.teardown(() => store.closeFiles());
+  t.match(store.snapshotUnavailable(devId, snap.index), /replaying/, 'not served before replay reaches it');
+  await t.rejects(store.readSnapshot(devId, snap.index, 0, 4096), { code: 'EIO' });
+  // Replay up to just before the snapshot: the live device goes back to older data meanwhile.
+  await store.applyBatch(log.entries.slice(0, snap.index - 1), noConf);
+  t.match(store.snapshotUnavailable(devId, snap.index), /replaying/);
+  await store.applyBatch(log.entries, noConf);
+  t.equal(store.snapshotUnavailable(devId, snap.index), undefined, 'served once its creation is replayed');
+  t.ok((await store.readSnapshot(devId, snap.index, 0, SIZE)).equals(p), 'and reads as of its index');
+});
