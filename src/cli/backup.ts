@@ -35,11 +35,29 @@ async function nbdAt(c: AdminClient): Promise<{ host: string; port: number }> {
   return { host: host!.replace(/^\[|\]$/g, ''), port: Number(port) };
 }
 
+/**
+ * A connection to an export of the node at `at`. That node may apply a
+ * change the leader answered for (a new snapshot or device) a moment later:
+ * a refused open is tried again for a few seconds.
+ */
+async function openExport(at: { host: string; port: number }, name: string, options: Parameters<NbdClient['openDevice']>[1]): Promise<NbdClient> {
+  for (let attempt = 0; ; attempt++) {
+    const nbd = await NbdClient.connect({ ...at, connectTimeoutMs: 10_000 });
+    try {
+      await nbd.openDevice(name, options);
+      return nbd;
+    } catch (err) {
+      nbd.destroy();
+      if (attempt >= 50) throw err;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+}
+
 /** Blocks flagged dirty in `exportName`'s meta context `context`. */
 async function dirtyBlocks(at: { host: string; port: number }, exportName: string, context: string, size: number, into: Set<number>): Promise<void> {
-  const nbd = await NbdClient.connect({ ...at, connectTimeoutMs: 10_000 });
+  const nbd = await openExport(at, exportName, { metaContext: context });
   try {
-    await nbd.openDevice(exportName, { metaContext: context });
     for (let offset = 0; offset < size; ) {
       const extents = await nbd.blockStatus(offset, Math.min(STEP, size - offset));
       let at2 = offset;
@@ -86,10 +104,9 @@ async function backup(argv: GlobalArgs & { device: string; to: string; since?: s
     changed = new Set();
     for (const s of snapshots.filter((x) => x.index > base.index && x.index <= target.index)) await dirtyBlocks(at, s.export, `qemu:dirty-bitmap:${s.name}`, target.size, changed);
   }
-  const nbd = await NbdClient.connect({ ...at, connectTimeoutMs: 10_000 });
+  const nbd = await openExport(at, target.export, { blockStatus: false });
   const blocks: [number, string][] = [];
   try {
-    await nbd.openDevice(target.export, { blockStatus: false });
     const wanted = changed ? [...changed].sort((a, b) => a - b) : undefined;
     const read = async (b: number, data: Buffer): Promise<void> => {
       if (isZeroBlock(data)) {
@@ -137,20 +154,7 @@ async function restore(argv: GlobalArgs & { dir: string; device: string; backup?
   const blocks = composeChain(chain);
   const c = client(argv);
   await c.change('POST', '/devices', { name: device, size: target.size });
-  const at = await nbdAt(c);
-  // The node asked may apply the create a moment after the leader answered.
-  let nbd: NbdClient | undefined;
-  for (let attempt = 0; ; attempt++) {
-    nbd = await NbdClient.connect({ ...at, connectTimeoutMs: 10_000 });
-    try {
-      await nbd.openDevice(device, { blockStatus: false });
-      break;
-    } catch (err) {
-      nbd.destroy();
-      if (attempt >= 50) throw err;
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  }
+  const nbd = await openExport(await nbdAt(c), device, { blockStatus: false });
   let written = 0;
   try {
     for (const [b, hash] of [...blocks].sort((x, y) => x[0] - y[0])) {
@@ -159,7 +163,7 @@ async function restore(argv: GlobalArgs & { dir: string; device: string; backup?
     }
     await nbd.sync();
   } finally {
-    await nbd.close().catch(() => nbd!.destroy());
+    await nbd.close().catch(() => nbd.destroy());
   }
   const summary = { device, backup: target.id, chain: chain.map((m) => m.id), size: target.size, blocksWritten: written };
   print(argv, summary, () => `restored ${target.id} (${chain.map((m) => m.id).join(' + ')}) into new device ${device}: ${written} block(s) written, ${formatSize(target.size)}\n`);
