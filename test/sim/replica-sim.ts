@@ -104,6 +104,8 @@ export interface ReplicaSimStats {
   tableChanges: number;
   /** SNAPSHOT_CREATE/DELETE proposed on the default device (copy-on-write under the faults). */
   deviceSnapshots: number;
+  /** Snapshots compared across the members at the end. */
+  deviceSnapshotsChecked: number;
   confChanges: number;
   transfers: number;
   snapshotsInstalled: number;
@@ -182,7 +184,7 @@ class Sim {
     const n = o.nodes ?? this.rng.pick([1, 3, 3, 5]);
     this.stats = {
       nodes: n, events: 0, messages: 0, dropped: 0, duplicated: 0, partitions: 0, crashes: 0, diskFaults: 0, elections: 0,
-      writes: 0, acked: 0, reads: 0, readsServed: 0, tableChanges: 0, deviceSnapshots: 0, confChanges: 0, transfers: 0, snapshotsInstalled: 0, strangerMessages: 0,
+      writes: 0, acked: 0, reads: 0, readsServed: 0, tableChanges: 0, deviceSnapshots: 0, deviceSnapshotsChecked: 0, confChanges: 0, transfers: 0, snapshotsInstalled: 0, strangerMessages: 0,
     };
     for (let i = 1; i <= n; i++) this.addNode(`n${i}`, false);
     this.spare = n === 1 ? [] : [`n${n + 1}`];
@@ -795,6 +797,7 @@ class Sim {
       const ids = (n: Node) => n.replica!.store.snapshots(dev.id).map((x) => `${x.id}:${x.name}`).join(',');
       for (const n of members) if (ids(n) !== ids(l)) violation(`snapshot lists differ: ${n.id} has [${ids(n)}], leader ${l.id} [${ids(l)}]`);
       for (const snap of l.replica.store.snapshots(dev.id)) {
+        this.stats.deviceSnapshotsChecked++;
         let ref: { id: string; bytes: Buffer } | undefined;
         for (const n of members) {
           if (n.replica!.store.snapshotUnavailable(dev.id, snap.id) !== undefined) continue;
