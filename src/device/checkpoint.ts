@@ -18,7 +18,7 @@ import { type PublishedMember, validPublished } from './member-table.ts';
 import type { DedupClientState } from './request-dedup.ts';
 import type { VerifyRecord } from './verify.ts';
 import { type DeviceEncryption, wellFormedEncryption } from './encryption.ts';
-import { type SnapshotRecord, wellFormedSnapshot } from './snapshots.ts';
+import { type SnapshotRecord, wellFormedSnapshot } from './snapshot-record.ts';
 
 export const CHECKPOINT_FILE = 'checkpoint';
 export const NODE_ID_FILE = 'node.id';
