@@ -185,6 +185,16 @@ const limitValues = {
   verifiesKept: 4,
   /** Bytes a verify may have read ahead of later writes and not yet checksummed; apply waits beyond it. */
   verifyReadAheadBytesMax: 64 * MiB,
+  /** Point-in-time snapshots one device may have (SNAPSHOT_CREATE is refused beyond). */
+  snapshotsPerDeviceMax: 32,
+  /** Longest snapshot name, in bytes (names are [A-Za-z0-9._-]). */
+  snapshotNameBytesMax: 64,
+  /**
+   * Copy-on-write granularity: the first write to a block of this size after
+   * a snapshot preserves the whole block, and the dirty bitmap
+   * (qemu:dirty-bitmap:NAME) reports changes in these units.
+   */
+  snapshotBlockBytes: 64 * KiB,
   /** How long `device verify` waits for every member's result by default. */
   verifyWaitMs: 120_000,
 
@@ -250,6 +260,7 @@ export function validateLimits(l: Limits = limits): void {
   if (l.walSegmentBytes % l.walAlignmentBytes !== 0) fail('walSegmentBytes not aligned');
   if (l.peerFrameBytesMax < l.raftMessageBytesMax + l.requestBytesMax) fail('peerFrameBytesMax < raftMessageBytesMax + requestBytesMax');
   if (l.cryptSectorBytes % l.deviceSizeAlignmentBytes !== 0 || l.rekeyStepBytes % l.cryptSectorBytes !== 0) fail('cryptSectorBytes must be whole device size units, rekeyStepBytes whole crypt sectors');
+  if (l.snapshotBlockBytes % l.cryptSectorBytes !== 0 || l.snapshotBlockBytes > l.requestBytesMax) fail('snapshotBlockBytes must be whole crypt sectors and fit one request');
   if (l.heartbeatTicks >= l.electionTicks) fail('heartbeatTicks >= electionTicks');
   if (!(l.leaseClockDriftPercent >= 0 && l.leaseClockDriftPercent < 100)) fail('leaseClockDriftPercent must be in [0, 100)');
   if (l.nbdInFlightBytesMax < l.requestBytesMax) fail('nbdInFlightBytesMax < requestBytesMax');

@@ -3,6 +3,7 @@
 // backends both implement it; the HTTP layer never reaches past it.
 
 import type { VerifyMismatch, VerifyReport } from '../device/verify.ts';
+import type { SnapshotInfo } from '../replica/snapshot-ops.ts';
 
 export type Role = 'leader' | 'follower' | 'candidate' | 'pre-candidate' | 'learner' | 'standalone';
 
@@ -82,6 +83,9 @@ export interface DeviceInfo {
   /** Bytes allocated in this node's data file. */
   usedBytes: number;
   readOnly: boolean;
+  /** Bytes this node holds for the device's snapshots (preserved blocks), and how many it has. */
+  snapshotBytes?: number;
+  snapshots?: number;
   /** Encrypted devices: key generation, KEK id, rekey progress, and whether this node can serve it (never a key). */
   encryption?: DeviceEncryptionInfo;
 }
@@ -176,6 +180,10 @@ export interface NodeApi {
   /** Starts replacing a device's data key (re-encrypted in the background); progress in devices(). */
   rekeyDevice?(name: string): Promise<{ device: string; generation: number; watermark: number; size: number }>;
   deleteDevice(name: string): Promise<void>;
+  /** Point-in-time snapshots (replicated backend only; absent: 501). */
+  createSnapshot?(device: string, name: string): Promise<SnapshotInfo>;
+  deleteSnapshot?(device: string, name: string): Promise<void>;
+  snapshots?(device: string): Promise<SnapshotInfo[]>;
   resizeDevice(name: string, size: number, options?: ResizeOptions): Promise<void>;
   /** Free space of the data filesystem, where the backend has one. */
   space(): SpaceInfo | undefined;

@@ -193,6 +193,16 @@ export function createMetrics(sources: MetricSources): Registry {
     },
   });
   new Gauge({
+    name: 'xdevice_device_snapshot_bytes',
+    help: 'Bytes this node holds for each device’s point-in-time snapshots (blocks preserved by copy-on-write).',
+    labelNames: ['device'],
+    registers: [registry],
+    async collect() {
+      this.reset();
+      for (const d of await node.devices()) this.set({ device: d.name }, d.snapshotBytes ?? 0);
+    },
+  });
+  new Gauge({
     name: 'xdevice_device_size_bytes',
     help: 'Size of each device.',
     labelNames: ['device'],

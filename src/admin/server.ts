@@ -327,6 +327,26 @@ export class AdminServer {
         this.options.logger.info({ name }, 'admin API: device deleted');
         return this.json(res, 200, { devices: await this.devices() });
       }
+      case 'GET /devices/:arg/snapshots': {
+        const name = badRequest(() => parseDeviceName(parts[1]!));
+        if (!node.snapshots) throw new HttpError(501, 'XDEVICE_ERR_UNSUPPORTED', 'snapshots need --backend replicated');
+        return this.json(res, 200, { snapshots: await node.snapshots(name) });
+      }
+      case 'POST /devices/:arg/snapshots': {
+        const name = badRequest(() => parseDeviceName(parts[1]!));
+        if (!node.createSnapshot) throw new HttpError(501, 'XDEVICE_ERR_UNSUPPORTED', 'snapshots need --backend replicated');
+        const snapshot = await node.createSnapshot(name, requireString(await readJson(), 'name'));
+        this.options.logger.info({ device: name, snapshot: snapshot.name, index: snapshot.index }, 'admin API: snapshot created');
+        return this.json(res, 201, snapshot);
+      }
+      case 'DELETE /devices/:arg/snapshots': {
+        const name = badRequest(() => parseDeviceName(parts[1]!));
+        if (!node.deleteSnapshot) throw new HttpError(501, 'XDEVICE_ERR_UNSUPPORTED', 'snapshots need --backend replicated');
+        const snapshot = requireString(await readJson(), 'name');
+        await node.deleteSnapshot(name, snapshot);
+        this.options.logger.info({ device: name, snapshot }, 'admin API: snapshot deleted');
+        return this.json(res, 200, { snapshots: await node.snapshots!(name) });
+      }
       case 'POST /devices/:arg/disconnect': {
         const name = badRequest(() => parseDeviceName(parts[1]!));
         const disconnected = (await this.options.exports?.disconnect(name)) ?? 0;

@@ -14,6 +14,8 @@ import { auditCommands } from './audit.ts';
 import { arg, CliExit, client, EXIT, type GlobalArgs, positiveSeconds, print, usage } from './common.ts';
 import { deviceCommands, keyCommand } from './device.ts';
 import { attachCommands } from './attach.ts';
+import { snapshotCommand } from './snapshot.ts';
+import { backupCommands } from './backup.ts';
 import type { Member, NodeStatus } from '../admin/api.ts';
 
 export { EXIT } from './common.ts';
@@ -58,7 +60,7 @@ async function waitCaughtUp(c: AdminClient, id: string, timeoutMs: number, voter
 }
 
 export function buildCli(args: string[]): Argv<GlobalArgs> {
-  return attachCommands(keyCommand(
+  return attachCommands(backupCommands(snapshotCommand(keyCommand(
     yargs(args)
     .scriptName('xdevice-cli')
     .usage('$0 [--endpoints HOST:PORT,...] [-w table|json] COMMAND')
@@ -84,7 +86,7 @@ export function buildCli(args: string[]): Argv<GlobalArgs> {
       for (const e of list) arg('--endpoints', () => endpointAddress(e));
       return list.join(',');
     }) as unknown as Argv<GlobalArgs>
-  ))
+  ))))
     .command(
       'status',
       'status of every endpoint (--cluster: of every member, found through the member list)',

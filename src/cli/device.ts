@@ -38,8 +38,8 @@ async function clearClients(c: AdminClient, name: string, force: boolean, what: 
 
 function devicesTable(devices: DeviceInfo[]): string {
   return renderTable(
-    ['name', 'size', 'used', 'read-only', 'encryption'],
-    devices.map((d) => [d.name, formatSize(d.size), formatSize(d.usedBytes), d.readOnly, encryptionCell(d)]),
+    ['name', 'size', 'used', 'read-only', 'encryption', 'snapshots'],
+    devices.map((d) => [d.name, formatSize(d.size), formatSize(d.usedBytes), d.readOnly, encryptionCell(d), d.snapshots ? `${d.snapshots} (${formatSize(d.snapshotBytes ?? 0)} held)` : '-']),
   );
 }
 

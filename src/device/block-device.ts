@@ -60,6 +60,12 @@ export interface BlockDevice {
   readonly preferredBlockSize?: number;
   /** Minimum block size (NBD_INFO_BLOCK_SIZE), when above 1: writes must be aligned to it. */
   readonly minimumBlockSize?: number | undefined;
+  /** The export whose grants (export-allow) govern this one: a snapshot export goes by its device's. */
+  readonly accessName?: string;
+  /** Meta contexts besides base:allocation that NBD_OPT_SET_META_CONTEXT may select (a snapshot's qemu:dirty-bitmap:NAME). */
+  readonly metaContexts?: readonly string[];
+  /** NBD_CMD_BLOCK_STATUS for one of metaContexts: extents whose flags are that context's. */
+  contextStatus?(context: string, offset: number, length: number): Promise<Extent[]>;
   /** Why this node cannot serve the export now (refused at the handshake with that reason), if it cannot. */
   unavailable?(): string | undefined;
 

@@ -28,6 +28,11 @@
 // keeps their wrapped keys and rekey watermark and refuses, as recorded
 // results, plaintext writes, unaligned ones and ones encrypted under a key
 // the device has left; it never needs a key.
+//
+// Snapshots (SNAPSHOT_CREATE/DELETE) and their copy-on-write live in
+// snapshots.ts: before a data command's write is submitted, the blocks it is
+// the first to change since the device's newest snapshot are preserved there,
+// durably (apply waits for the earlier writes first).
 
 import { join } from 'node:path';
 import type { Logger } from 'pino';
@@ -45,6 +50,7 @@ import { deviceNameProblem, deviceSizeProblem } from '../parse.ts';
 import { MemberTable, type PublishedMember } from './member-table.ts';
 import { RequestDedup } from './request-dedup.ts';
 import { encodeDigests, verifyRangeProblem, VerifyTable, type VerifyRecord } from './verify.ts';
+import { type SnapshotRecord, SnapshotSet } from './snapshots.ts';
 
 export const DEVICES_DIR = 'devices';
 /** Where files found in devices/ but not in the device table are moved (never deleted). */
@@ -113,6 +119,8 @@ export class BlockStore {
   private applying = false;
   /** Verify records (replicated) and this node's scans; the replica sets its listener. */
   readonly verifies = new VerifyTable();
+  /** Point-in-time snapshots of the devices (src/device/snapshots.ts). */
+  private snaps!: SnapshotSet;
   /** The cluster audit trail; set by the runtime before the first apply. */
   auditTrail: AuditRecordApplier | undefined;
   clusterId: string;
@@ -151,6 +159,7 @@ export class BlockStore {
     const store = new BlockStore(dataDir, state, logger, disk);
     await store.openDevices(state.devices, false);
     if (opts.now) store.now = opts.now;
+    store.snaps = await SnapshotSet.load(dataDir, disk, logger, state.snapshots ?? [], state.appliedIndex, state.snapshotsLostUpTo ?? 0, store.now);
     await store.quarantineOrphans();
     return store;
   }
@@ -342,6 +351,12 @@ export class BlockStore {
             submitGathered();
             await scan.below(limits.verifyReadAheadBytesMax);
           }
+          const cow = this.copyOnWrite(cmd, e.index);
+          if (cow) {
+            // The copy reads the block as of this entry: every earlier write completes first.
+            await barrier();
+            await this.snaps.preserve(cow.deviceId, e.index, cow.blocks, cow.file);
+          }
           const error = this.submitDataCommand(cmd, e.index, pending, gathered, submitGathered);
           if (this.testingApplyTwice && !error) testingCurrent.push(cmd);
           if (error) outcome.error = error;
@@ -375,6 +390,18 @@ export class BlockStore {
     } catch {
       return { index: e.index };
     }
+  }
+
+  /** The blocks a data command at `index` must preserve into a snapshot before it writes (it will write: its checks pass). */
+  private copyOnWrite(cmd: Command, index: number): { deviceId: number; blocks: number[]; file: DiskFile } | undefined {
+    if (cmd.op !== CommandOp.Write && cmd.op !== CommandOp.Trim && cmd.op !== CommandOp.WriteZeroes) return undefined;
+    if (!this.snaps.has(cmd.deviceId)) return undefined;
+    const length = cmd.op === CommandOp.Write ? cmd.data.length : cmd.length;
+    const r = this.checkRange(cmd, length);
+    // Snapshots are of plaintext devices only, so these are all the checks a plaintext write meets.
+    if ('error' in r || r.dev.record.encryption) return undefined;
+    const need = this.snaps.preserveNeeded(cmd.deviceId, index, cmd.offset, length);
+    return need ? { deviceId: cmd.deviceId, blocks: need.blocks, file: r.dev.file } : undefined;
   }
 
   private checkRange(cmd: { deviceId: number; offset: number }, length: number): { dev: OpenDevice } | { error: ApplyError } {
@@ -497,6 +524,7 @@ export class BlockStore {
         if (id === undefined) return { code: 'XDEVICE_ERR_NOT_FOUND', message: `no device ${cmd.name}` };
         const dev = this.byId.get(id)!;
         this.verifies.abortDevice(id, `device ${cmd.name} was deleted during the verify`);
+        await this.snaps.deleteDevice(id);
         await this.detach(dev);
         await this.disk.unlink(dev.path).catch(() => undefined);
         return undefined;
@@ -507,6 +535,7 @@ export class BlockStore {
         const problem = deviceSizeProblem(cmd.size);
         if (problem) return { code: 'XDEVICE_ERR_INVALID', message: problem };
         const dev = this.byId.get(id)!;
+        if (this.snaps.has(id) && cmd.size !== dev.record.size) return { code: 'XDEVICE_ERR_CONFLICT', message: `device ${cmd.name} has snapshots: delete them before resizing it` };
         const enc = dev.record.encryption;
         if (enc && cmd.size % limits.cryptSectorBytes !== 0) return { code: 'XDEVICE_ERR_INVALID', message: `an encrypted device's size is a multiple of ${limits.cryptSectorBytes} bytes, got ${cmd.size}` };
         this.verifies.abortDevice(id, `device ${cmd.name} was resized during the verify`);
@@ -571,6 +600,27 @@ export class BlockStore {
         this.verifies.add(v, this.disk, dev.file);
         return undefined;
       }
+      case CommandOp.SnapshotCreate: {
+        const id = this.byName.get(cmd.device);
+        if (id === undefined) return { code: 'XDEVICE_ERR_NOT_FOUND', message: `no device ${cmd.device}` };
+        const dev = this.byId.get(id)!;
+        // A replay of this very entry: the snapshot is there already.
+        if (this.snaps.get(id, cmd.name)?.id === index) {
+          await this.snaps.create(id, dev.record.size, cmd.name, cmd.createdAt, index);
+          return undefined;
+        }
+        const problem = SnapshotSet.createProblem(dev.record, this.snaps.list(id), cmd.name);
+        if (problem) return problem;
+        await this.snaps.create(id, dev.record.size, cmd.name, cmd.createdAt, index);
+        return undefined;
+      }
+      case CommandOp.SnapshotDelete: {
+        const id = this.byName.get(cmd.device);
+        if (id === undefined) return { code: 'XDEVICE_ERR_NOT_FOUND', message: `no device ${cmd.device}` };
+        if (!this.snaps.get(id, cmd.name)) return { code: 'XDEVICE_ERR_NOT_FOUND', message: `device ${cmd.device} has no snapshot ${cmd.name}` };
+        await this.snaps.delete(id, cmd.name);
+        return undefined;
+      }
       case CommandOp.VerifyResult: {
         this.verifies.addResult(cmd.verifyId, cmd.nodeId, cmd.digests ? { digests: encodeDigests(cmd.digests) } : { why: cmd.why ?? '' });
         return undefined;
@@ -600,6 +650,44 @@ export class BlockStore {
     return this.disk.extents(dev.file, offset, length);
   }
 
+  // ---- snapshots -----------------------------------------------------------------
+
+  /** A device's snapshots, oldest first. */
+  snapshots(deviceId: number): SnapshotRecord[] {
+    return this.snaps.list(deviceId);
+  }
+
+  snapshot(deviceId: number, name: string): SnapshotRecord | undefined {
+    return this.snaps.get(deviceId, name);
+  }
+
+  snapshotUnavailable(deviceId: number, id: number): string | undefined {
+    return this.snaps.unavailable(deviceId, id);
+  }
+
+  /** Snapshot `id` of a device as of its index (immutable: no read barrier needed). */
+  async readSnapshot(deviceId: number, id: number, offset: number, length: number): Promise<Buffer> {
+    const dev = this.byId.get(deviceId);
+    if (!dev) throw Object.assign(new Error(`device ${deviceId} no longer exists`), { code: 'ESHUTDOWN' });
+    return this.snaps.read(deviceId, id, offset, length, dev.file);
+  }
+
+  snapshotExtents(deviceId: number, id: number, offset: number, length: number): Extent[] {
+    const dev = this.byId.get(deviceId);
+    if (!dev) throw Object.assign(new Error(`device ${deviceId} no longer exists`), { code: 'ESHUTDOWN' });
+    return this.snaps.extents(deviceId, id, offset, length, dev.file);
+  }
+
+  /** qemu:dirty-bitmap of snapshot `id` (flag 1: changed since the previous snapshot). */
+  snapshotDirty(deviceId: number, id: number, offset: number, length: number): Extent[] {
+    return this.snaps.dirty(deviceId, id, offset, length);
+  }
+
+  /** Bytes snapshot `id` holds on this node. */
+  snapshotHeldBytes(deviceId: number, id: number): Promise<number> {
+    return this.snaps.heldBytes(deviceId, id);
+  }
+
   async usedBytes(deviceId: number): Promise<number> {
     const dev = this.byId.get(deviceId);
     if (!dev) return 0;
@@ -622,6 +710,8 @@ export class BlockStore {
       dedup: this.dedup.export(),
       published: this.published.export(),
       verifies: this.verifies.export(),
+      snapshots: this.snaps.all().map(({ lost: _lost, ...r }) => r),
+      ...(this.snaps.lostUpTo > 0 ? { snapshotsLostUpTo: this.snaps.lostUpTo } : {}),
       ...(this.auditTrail ? { audit: this.auditTrail.clusterHead() } : {}),
     };
   }
@@ -677,6 +767,7 @@ export class BlockStore {
     this.verifies.load(state.verifies);
     if (state.audit && this.auditTrail) await this.auditTrail.anchorAt(state.audit);
     await this.openDevices(state.devices, false);
+    this.snaps = await this.snaps.reload(state.snapshots ?? [], state.appliedIndex, state.snapshotsLostUpTo ?? 0);
     await this.quarantineOrphans();
   }
 
@@ -684,6 +775,7 @@ export class BlockStore {
   async closeFiles(): Promise<void> {
     this.verifies.abortAll('the node stopped during the verify');
     for (const dev of [...this.byId.values()]) await this.detach(dev);
+    await this.snaps.closeAll();
   }
 }
 

@@ -18,6 +18,7 @@ import { type PublishedMember, validPublished } from './member-table.ts';
 import type { DedupClientState } from './request-dedup.ts';
 import type { VerifyRecord } from './verify.ts';
 import { type DeviceEncryption, wellFormedEncryption } from './encryption.ts';
+import { type SnapshotRecord, wellFormedSnapshot } from './snapshot-record.ts';
 
 export const CHECKPOINT_FILE = 'checkpoint';
 export const NODE_ID_FILE = 'node.id';
@@ -59,6 +60,10 @@ export interface StoreState {
    * checkpoints and from stores without a trail.
    */
   audit?: { seq: number; hash: string; index: number };
+  /** Point-in-time snapshots of the devices (src/device/snapshots.ts): records only, not the preserved blocks. Absent in older checkpoints. */
+  snapshots?: SnapshotRecord[];
+  /** Snapshots with ids up to here are lost on this node (it installed a Raft snapshot). Absent: 0. */
+  snapshotsLostUpTo?: number;
 }
 
 export class CheckpointError extends XDeviceError {
@@ -105,6 +110,8 @@ export function decodeStoreState(buf: Buffer, what = 'checkpoint'): StoreState {
         (d.readOnly === undefined || d.readOnly === true) &&
         wellFormedEncryption(d.encryption),
     ) &&
+    (state.snapshots === undefined || (Array.isArray(state.snapshots) && state.snapshots.every(wellFormedSnapshot))) &&
+    (state.snapshotsLostUpTo === undefined || (Number.isSafeInteger(state.snapshotsLostUpTo) && state.snapshotsLostUpTo >= 0)) &&
     (state.verifies === undefined || (Array.isArray(state.verifies) && state.verifies.every(wellFormedVerify))) &&
     (state.audit === undefined ||
       (typeof state.audit === 'object' &&

@@ -29,6 +29,11 @@
 //   ENCRYPTED_WRITE u64 deviceId | u64 offset | u32 generation | u64 watermark | ciphertext...
 //   REKEY          u8 kind=1 | u64 deviceId | u32 generation | key                   (start)
 //                  u8 kind=2 | u64 deviceId | u32 generation | u64 offset | u64 readAt | ciphertext...  (step)
+//   SNAPSHOT_CREATE str8 device | str8 name | u64 createdAtMs   (snapshot id = this entry's index)
+//   SNAPSHOT_DELETE str8 device | str8 name
+//   (what they mean at apply: src/device/snapshots.ts; an older node that does not know
+//   the ops skips them as undecodable, so they are proposed only once every member
+//   published a version that knows them: src/replica/snapshot-ops.ts)
 //   key            := str8 kekId | 92 bytes wrapped data key | 16 bytes key check value (src/crypt/wrap.ts)
 //   (what the encryption commands mean at apply: src/device/encryption.ts)
 //
@@ -63,6 +68,9 @@ export const enum CommandOp {
   Rekey = 12,
   /** A cluster-wide audit event, written to every replica's trail (src/audit/). */
   AuditRecord = 13,
+  /** A point-in-time snapshot of a device (src/device/snapshots.ts). */
+  SnapshotCreate = 14,
+  SnapshotDelete = 15,
 }
 
 /** Device flags (CREATE_DEVICE, SET_DEVICE_FLAGS). */
@@ -104,6 +112,8 @@ export type Command =
   | (RequestId & { op: CommandOp.VerifyDevice; name: string; rangeBytes: number })
   | (RequestId & { op: CommandOp.VerifyResult; verifyId: number; nodeId: string; digests?: Uint32Array; why?: string })
   | (RequestId & { op: CommandOp.AuditRecord; entry: AuditEntry })
+  | (RequestId & { op: CommandOp.SnapshotCreate; device: string; name: string; createdAt: number })
+  | (RequestId & { op: CommandOp.SnapshotDelete; device: string; name: string })
   | (RequestId & { op: CommandOp.RewrapKeys; devices: Rewrap[] })
   | (RequestId & { op: CommandOp.EncryptedWrite; deviceId: number; offset: number; generation: number; watermark: number; data: Buffer })
   | (RequestId & { op: CommandOp.Rekey; kind: 'start'; deviceId: number; generation: number; key: WrappedKey })
@@ -308,6 +318,21 @@ export function encodeAuditRecord(id: RequestId, e: AuditEntry): Buffer {
   return w.buf;
 }
 
+export function encodeSnapshotCreate(id: RequestId, device: string, name: string, createdAt: number): Buffer {
+  const w = header(str8Size(device) + str8Size(name) + 8, CommandOp.SnapshotCreate, id);
+  w.str8(device);
+  w.str8(name);
+  w.u64(createdAt);
+  return w.buf;
+}
+
+export function encodeSnapshotDelete(id: RequestId, device: string, name: string): Buffer {
+  const w = header(str8Size(device) + str8Size(name), CommandOp.SnapshotDelete, id);
+  w.str8(device);
+  w.str8(name);
+  return w.buf;
+}
+
 export function encodeCommand(c: Command): Buffer {
   switch (c.op) {
     case CommandOp.Write:
@@ -332,6 +357,10 @@ export function encodeCommand(c: Command): Buffer {
       return encodeVerifyResult(c, c.verifyId, c.nodeId, c.digests ? { digests: c.digests } : { why: c.why ?? '' });
     case CommandOp.AuditRecord:
       return encodeAuditRecord(c, c.entry);
+    case CommandOp.SnapshotCreate:
+      return encodeSnapshotCreate(c, c.device, c.name, c.createdAt);
+    case CommandOp.SnapshotDelete:
+      return encodeSnapshotDelete(c, c.device, c.name);
     case CommandOp.RewrapKeys:
       return encodeRewrapKeys(c, c.devices);
     case CommandOp.EncryptedWrite:
@@ -439,6 +468,17 @@ export function decodeCommand(data: Buffer): Command {
       }
       case CommandOp.AuditRecord:
         return { op, clientId, seq, firstUnacked, entry: decodeAuditEntry(r) };
+      case CommandOp.SnapshotCreate: {
+        // Names are checked at apply (a recorded refusal), not here: decoding only checks the framing.
+        const c = { op, clientId, seq, firstUnacked, device: r.str8(), name: r.str8(), createdAt: r.u64() };
+        r.end();
+        return c;
+      }
+      case CommandOp.SnapshotDelete: {
+        const c = { op, clientId, seq, firstUnacked, device: r.str8(), name: r.str8() };
+        r.end();
+        return c;
+      }
       case CommandOp.RewrapKeys: {
         const count = r.u8() | (r.u8() << 8);
         if (count > limits.devicesMax) throw new CommandDecodeError(`REWRAP_KEYS for ${count} devices, more than the ${limits.devicesMax} that can exist`);

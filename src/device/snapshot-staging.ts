@@ -120,8 +120,11 @@ export class SnapshotStaging {
     for (const f of this.files) await this.disk.fdatasync(f);
     await this.closeFiles();
     await syncDir(join(this.dir, DEVICES_DIR), this.disk);
-    await writeFileAtomic(this.dir, CHECKPOINT_FILE, encodeStoreState(this.state), this.disk);
-    return { metadata: this.metadata, state: this.state, consistentIndex: Math.max(consistentIndex, this.state.appliedIndex) };
+    const consistent = Math.max(consistentIndex, this.state.appliedIndex);
+    // Snapshots up to the consistent index cannot be served here: the staged files mix states (src/device/snapshots.ts).
+    const state: StoreState = { ...this.state, snapshotsLostUpTo: Math.max(this.state.snapshotsLostUpTo ?? 0, consistent) };
+    await writeFileAtomic(this.dir, CHECKPOINT_FILE, encodeStoreState(state), this.disk);
+    return { metadata: this.metadata, state, consistentIndex: consistent };
   }
 
   async abort(): Promise<void> {

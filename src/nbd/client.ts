@@ -79,6 +79,8 @@ export interface OpenOptions {
   structuredReplies?: boolean;
   /** Select base:allocation for blockStatus() (default true; needs structured replies). */
   blockStatus?: boolean;
+  /** The meta context blockStatus() reports instead of base:allocation (e.g. qemu:dirty-bitmap:NAME); the export must offer it. */
+  metaContext?: string;
 }
 
 interface Pending {
@@ -236,11 +238,13 @@ export class NbdClient {
       await this.option(NbdOption.STRUCTURED_REPLY);
       this.structured = true;
       if (options.blockStatus ?? true) {
-        const replies = await this.option(NbdOption.SET_META_CONTEXT, encodeMetaContextRequestPayload(name, [BASE_ALLOCATION]));
+        const context = options.metaContext ?? BASE_ALLOCATION;
+        const replies = await this.option(NbdOption.SET_META_CONTEXT, encodeMetaContextRequestPayload(name, [context]));
         for (const r of replies) {
           const decoded = decodeMetaContextPayload(r.payload);
-          if (decoded.ok && decoded.name === BASE_ALLOCATION) this.baseAllocationId = decoded.contextId;
+          if (decoded.ok && decoded.name === context) this.baseAllocationId = decoded.contextId;
         }
+        if (options.metaContext !== undefined && this.baseAllocationId === undefined) throw new NbdProtocolError(`export ${name} does not offer the meta context ${context}`);
       }
     }
     const info = await this.infoOrGo(NbdOption.GO, name);

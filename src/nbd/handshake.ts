@@ -93,6 +93,8 @@ export interface Negotiated {
   structuredReplies: boolean;
   /** base:allocation was selected for this export (BLOCK_STATUS allowed). */
   baseAllocation: boolean;
+  /** Other meta contexts of the export selected (device.metaContexts), with their ids; BLOCK_STATUS answers each. */
+  contexts?: { id: number; name: string }[];
   tls: boolean;
 }
 
@@ -127,6 +129,24 @@ export function resolveExport(devices: DeviceTable, name: string): BlockDevice |
 interface MetaContextSelection {
   deviceName: string;
   baseAllocation: boolean;
+  contexts: { id: number; name: string }[];
+}
+
+/** Context ids: base:allocation is BASE_ALLOCATION_CONTEXT_ID, an export's other contexts follow it in their order. */
+function contextId(index: number): number {
+  return BASE_ALLOCATION_CONTEXT_ID + 1 + index;
+}
+
+/**
+ * The export's own contexts a query names: an exact name, or for LIST a
+ * namespace or leaf prefix ending in ':' ("qemu:", "qemu:dirty-bitmap:").
+ */
+function matchContexts(offered: readonly string[], query: string, isSet: boolean): number[] {
+  const out: number[] = [];
+  offered.forEach((name, i) => {
+    if (name === query || (!isSet && query.endsWith(':') && name.startsWith(query))) out.push(i);
+  });
+  return out;
 }
 
 /**
@@ -197,7 +217,7 @@ export async function negotiate(io: HandshakeIo, config: HandshakeConfig): Promi
         }
         const unavailableWhy = device.unavailable?.();
         if (unavailableWhy !== undefined) throw new NbdProtocolError(`NBD_OPT_EXPORT_NAME: export ${device.name} not served here: ${unavailableWhy}`);
-        const decision = access.decide(device.name, identity, tls);
+        const decision = access.decide(device.accessName ?? device.name, identity, tls);
         if (!decision.allowed) {
           config.onRefused?.({ option: `NBD_OPT_${optionName(option)}`, exportName: device.name, identity, reason: decision.reason });
           throw new NbdProtocolError(`NBD_OPT_EXPORT_NAME refused: ${decision.reason}`);
@@ -209,6 +229,7 @@ export async function negotiate(io: HandshakeIo, config: HandshakeConfig): Promi
           transmissionFlags,
           structuredReplies,
           baseAllocation: metaContext?.deviceName === device.name && metaContext.baseAllocation,
+          contexts: metaContext?.deviceName === device.name ? metaContext.contexts : [],
           tls,
         };
       }
@@ -224,7 +245,7 @@ export async function negotiate(io: HandshakeIo, config: HandshakeConfig): Promi
           break;
         }
         for (const device of devices.list()) {
-          if (!access.decide(device.name, identity, tls).allowed) continue;
+          if (!access.decide(device.accessName ?? device.name, identity, tls).allowed) continue;
           reply(option, NbdReply.SERVER, encodeServerPayload(device.name, device.description ?? ''));
         }
         reply(option, NbdReply.ACK);
@@ -268,7 +289,7 @@ export async function negotiate(io: HandshakeIo, config: HandshakeConfig): Promi
           replyError(option, NbdReply.ERR_UNKNOWN, `no export named ${JSON.stringify(decoded.name)}`);
           break;
         }
-        const decision = access.decide(device.name, identity, tls);
+        const decision = access.decide(device.accessName ?? device.name, identity, tls);
         if (!decision.allowed) {
           config.onRefused?.({ option: `NBD_OPT_${optionName(option)}`, exportName: device.name, identity, reason: decision.reason });
           // A server without TLS must never send ERR_TLS_REQD (the spec's NOTLS mode).
@@ -306,6 +327,7 @@ export async function negotiate(io: HandshakeIo, config: HandshakeConfig): Promi
             transmissionFlags,
             structuredReplies,
             baseAllocation: metaContext?.deviceName === device.name && metaContext.baseAllocation,
+            contexts: metaContext?.deviceName === device.name ? metaContext.contexts : [],
             tls,
           };
         }
@@ -345,7 +367,7 @@ export async function negotiate(io: HandshakeIo, config: HandshakeConfig): Promi
           replyError(option, NbdReply.ERR_UNKNOWN, `no export named ${JSON.stringify(decoded.name)}`);
           break;
         }
-        const decision = access.decide(device.name, identity, tls);
+        const decision = access.decide(device.accessName ?? device.name, identity, tls);
         if (!decision.allowed) {
           config.onRefused?.({ option: `NBD_OPT_${optionName(option)}`, exportName: device.name, identity, reason: decision.reason });
           // ERR_TLS_REQD is for INFO, GO and EXPORT_NAME only (the spec's SELECTIVETLS).
@@ -353,6 +375,8 @@ export async function negotiate(io: HandshakeIo, config: HandshakeConfig): Promi
           break;
         }
         let baseAllocation = !isSet && decoded.queries.length === 0;
+        const offered = device.metaContexts ?? [];
+        const chosen = new Set<number>(!isSet && decoded.queries.length === 0 ? offered.map((_, i) => i) : []);
         let malformed: string | undefined;
         for (const query of decoded.queries) {
           const colon = query.indexOf(':');
@@ -361,6 +385,7 @@ export async function negotiate(io: HandshakeIo, config: HandshakeConfig): Promi
             break;
           }
           if (query === BASE_ALLOCATION || (!isSet && query === 'base:')) baseAllocation = true;
+          for (const i of matchContexts(offered, query, isSet)) chosen.add(i);
           // Any other namespace or base: leaf is ignored, as the spec requires.
         }
         if (malformed !== undefined) {
@@ -370,7 +395,9 @@ export async function negotiate(io: HandshakeIo, config: HandshakeConfig): Promi
         if (baseAllocation) {
           reply(option, NbdReply.META_CONTEXT, encodeMetaContextPayload(isSet ? BASE_ALLOCATION_CONTEXT_ID : 0, BASE_ALLOCATION));
         }
-        if (isSet) metaContext = { deviceName: device.name, baseAllocation };
+        const contexts = [...chosen].sort((x, y) => x - y).map((i) => ({ id: contextId(i), name: offered[i]! }));
+        for (const c of contexts) reply(option, NbdReply.META_CONTEXT, encodeMetaContextPayload(isSet ? c.id : 0, c.name));
+        if (isSet) metaContext = { deviceName: device.name, baseAllocation, contexts };
         reply(option, NbdReply.ACK);
         break;
       }

@@ -116,6 +116,10 @@ export class Transmission {
   private readonly donePromise: Promise<void>;
   private resolveDone!: () => void;
 
+  /** The meta contexts BLOCK_STATUS answers: base:allocation, and the export's others (with their ids). */
+  private readonly baseAllocation: boolean;
+  private readonly contexts: { id: number; name: string }[];
+
   constructor(options: TransmissionOptions) {
     this.socket = options.socket;
     this.input = options.input;
@@ -125,8 +129,10 @@ export class Transmission {
       size: this.device.size,
       transmissionFlags: options.negotiated.transmissionFlags,
       structuredReplies: options.negotiated.structuredReplies,
-      baseAllocation: options.negotiated.baseAllocation,
+      baseAllocation: options.negotiated.baseAllocation || (options.negotiated.contexts?.length ?? 0) > 0,
     };
+    this.baseAllocation = options.negotiated.baseAllocation;
+    this.contexts = options.negotiated.contexts ?? [];
     this.logger = options.logger;
     this.onRequest = options.onRequest;
     this.budget = options.budget ?? new InFlightBudget(Number.MAX_SAFE_INTEGER);
@@ -430,6 +436,20 @@ export class Transmission {
   private async performBlockStatus(request: Request): Promise<void> {
     const { offset, length, cookieHi, cookieLo } = request;
     const device = this.device;
+    const reqOne = (request.flags & NBD_CMD_FLAG_REQ_ONE) !== 0;
+    // Every context is computed before the first chunk goes out, so no error can follow a chunk.
+    const chunks: { id: number; descriptors: BlockDescriptor[] }[] = [];
+    for (const c of this.contexts) {
+      if (device.contextStatus === undefined) throw Object.assign(new Error(`export has no meta context ${c.name}`), { code: 'EINVAL' });
+      const descriptors = toDescriptors(await device.contextStatus(c.name, offset, length), length, reqOne);
+      if (descriptors.length === 0) throw Object.assign(new Error(`no ${c.name} extents at ${offset}`), { code: 'EIO' });
+      chunks.push({ id: c.id, descriptors });
+    }
+    if (!this.baseAllocation) {
+      chunks.forEach((c, i) => this.send(encodeBlockStatusChunk(i === chunks.length - 1 ? NBD_REPLY_FLAG_DONE : 0, cookieHi, cookieLo, c.id, c.descriptors)));
+      return;
+    }
+    for (const c of chunks) this.send(encodeBlockStatusChunk(0, cookieHi, cookieLo, c.id, c.descriptors));
     let extents: Extent[];
     if (device.blockStatus !== undefined && device.capabilities.canExtents) {
       extents = await device.blockStatus(offset, length);

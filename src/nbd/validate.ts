@@ -26,6 +26,7 @@ export interface ValidationContext {
   size: number;
   transmissionFlags: number;
   structuredReplies: boolean;
+  /** Some meta context (base:allocation or another) was selected: BLOCK_STATUS is allowed. */
   baseAllocation: boolean;
 }
 

@@ -33,6 +33,8 @@ export interface ReplicaCore {
   readonly membership: { readonly promotingLearner: string | undefined };
   /** A new encrypted device's data key, wrapped with this node's newest KEK (src/replica/keys.ts). */
   readonly keyOps: { newDeviceKey(): WrappedKey };
+  /** Bytes this node holds for a device's snapshots (src/replica/snapshot-ops.ts). */
+  readonly snapshotOps: { heldBytes(deviceId: number): Promise<number> };
   /** The exports (an encrypted one says why this node cannot serve it). */
   readonly devices: { get(name: string): { unavailable(): string | undefined } | undefined };
   readonly bugs: PlantedBugs;

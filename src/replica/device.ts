@@ -33,6 +33,7 @@ import { type DeviceEncryption, STALE_KEY, watermarkOf, wrappedKey } from '../de
 import type { KeyRing } from '../crypt/keyring.ts';
 import { isSectorAligned, type XtsKey } from '../crypt/xts.ts';
 import { limits } from '../limits.ts';
+import { SnapshotExport } from './snapshot-export.ts';
 
 /** What a replicated device needs from the node runtime. */
 export interface ReplicaService {
@@ -264,6 +265,7 @@ export class ReplicatedDevice implements BlockDevice {
 /** The exports of a node: every device of the replicated table, resolved at lookup. */
 export class ReplicatedDeviceTable implements DeviceTable {
   private readonly cache = new Map<number, ReplicatedDevice>();
+  private readonly snapshotCache = new Map<string, SnapshotExport>();
 
   constructor(
     private readonly service: ReplicaService,
@@ -276,7 +278,26 @@ export class ReplicatedDeviceTable implements DeviceTable {
     return devices.sort((a, b) => a.id - b.id)[0]?.name;
   }
 
-  get(name: string): ReplicatedDevice | undefined {
+  /** DEVICE@NAME: the read-only export of a snapshot (src/replica/snapshot-export.ts). */
+  private snapshotExport(name: string): SnapshotExport | undefined {
+    const at = name.indexOf('@');
+    const r = this.service.store.device(name.slice(0, at));
+    if (!r) return undefined;
+    const s = this.service.store.snapshot(r.id, name.slice(at + 1));
+    if (!s) return undefined;
+    const key = `${r.id}@${s.id}`;
+    let e = this.snapshotCache.get(key);
+    if (!e) {
+      e = new SnapshotExport(this.service, r.name, r.id, s);
+      this.snapshotCache.set(key, e);
+      // Forget exports of snapshots that no longer exist.
+      for (const [k, x] of this.snapshotCache) if (x.gone()) this.snapshotCache.delete(k);
+    }
+    return e;
+  }
+
+  get(name: string): ReplicatedDevice | SnapshotExport | undefined {
+    if (name.includes('@')) return this.snapshotExport(name);
     const r = this.service.store.device(name);
     if (!r) return undefined;
     let d = this.cache.get(r.id);
@@ -289,11 +310,17 @@ export class ReplicatedDeviceTable implements DeviceTable {
     return d;
   }
 
-  list(): ReplicatedDevice[] {
-    return this.service.store
-      .devices()
-      .sort((a, b) => a.id - b.id)
-      .map((r) => this.get(r.name)!)
-      .filter((d) => d !== undefined);
+  /** Every device, each followed by its snapshots' exports (oldest first). */
+  list(): (ReplicatedDevice | SnapshotExport)[] {
+    const out: (ReplicatedDevice | SnapshotExport)[] = [];
+    for (const r of this.service.store.devices().sort((a, b) => a.id - b.id)) {
+      const d = this.get(r.name);
+      if (d) out.push(d);
+      for (const s of this.service.store.snapshots(r.id)) {
+        const e = this.snapshotExport(`${r.name}@${s.name}`);
+        if (e) out.push(e);
+      }
+    }
+    return out;
   }
 }

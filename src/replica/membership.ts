@@ -303,6 +303,7 @@ export class Membership {
     const current = this.r.store.device(name);
     if (!current) throw new ReplicaError('XDEVICE_ERR_NOT_FOUND', `no device ${name}`);
     if (current.encryption && size % limits.cryptSectorBytes !== 0) throw new ReplicaError('XDEVICE_ERR_INVALID', `an encrypted device's size is a multiple of ${limits.cryptSectorBytes} bytes, got ${size}`);
+    if (size !== current.size && this.r.store.snapshots(current.id).length > 0) throw new ReplicaError('XDEVICE_ERR_CONFLICT', `device ${name} has snapshots: delete them before resizing it`);
     if (size < current.size && !options.allowShrink) {
       throw new ReplicaError('XDEVICE_ERR_INVALID', `shrinking ${name} from ${current.size} to ${size} bytes discards its tail: say so with allowShrink (xdevice-cli --allow-shrink)`);
     }

@@ -48,6 +48,7 @@ import { SnapshotReceiver } from './snapshot-receiver.ts';
 import { SnapshotSender } from './snapshot-sender.ts';
 import { ReplicatedDeviceTable, type ReplicaService } from './device.ts';
 import { KeyRing } from '../crypt/keyring.ts';
+import { SnapshotOps } from './snapshot-ops.ts';
 import { KeyOps } from './keys.ts';
 import { Housekeeping, type Tuning } from './housekeeping.ts';
 import { Membership } from './membership.ts';
@@ -98,6 +99,7 @@ export class Replica extends EventEmitter implements ReplicaService, ReplicaCore
   readonly membership: Membership;
   readonly keys: KeyRing;
   readonly keyOps: KeyOps;
+  readonly snapshotOps: SnapshotOps;
   private readonly inbox: PeerInbox;
   private readonly leadership: Leadership;
   readonly bugs: PlantedBugs;
@@ -198,6 +200,7 @@ export class Replica extends EventEmitter implements ReplicaService, ReplicaCore
     });
     this.membership = new Membership(this);
     this.keyOps = new KeyOps(this);
+    this.snapshotOps = new SnapshotOps(this);
     this.inbox = new PeerInbox(this);
     this.leadership = new Leadership(this);
     this.devices = new ReplicatedDeviceTable(this, options.devices[0]?.name);

@@ -117,6 +117,11 @@ export class ReplicaView {
     const out: DeviceInfo[] = [];
     for (const d of this.r.store.devices()) {
       const info: DeviceInfo = { name: d.name, size: d.size, usedBytes: await this.r.store.usedBytes(d.id), readOnly: d.readOnly === true };
+      const snapshots = this.r.store.snapshots(d.id).length;
+      if (snapshots > 0) {
+        info.snapshots = snapshots;
+        info.snapshotBytes = await this.r.snapshotOps.heldBytes(d.id);
+      }
       const enc = d.encryption;
       if (enc) {
         const unavailable = this.r.devices.get(d.name)?.unavailable();

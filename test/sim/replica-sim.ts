@@ -49,6 +49,7 @@ import { jointVoteResult, VoteResult } from '../../src/raft/quorum.ts';
 import { EntryType, MessageType, message, type Entry, type Message, type SnapshotMetadata } from '../../src/raft/types.ts';
 import { ConfChangeType, decodeConfChange } from '../../src/raft/confchange.ts';
 import { limits } from '../../src/limits.ts';
+import { encodeSnapshotCreate, encodeSnapshotDelete } from '../../src/device/commands.ts';
 
 export interface ReplicaSimOptions {
   seed: number;
@@ -109,6 +110,10 @@ export interface ReplicaSimStats {
   reads: number;
   readsServed: number;
   tableChanges: number;
+  /** SNAPSHOT_CREATE/DELETE proposed on the default device (copy-on-write under the faults). */
+  deviceSnapshots: number;
+  /** Snapshots compared across the members at the end. */
+  deviceSnapshotsChecked: number;
   confChanges: number;
   transfers: number;
   snapshotsInstalled: number;
@@ -171,6 +176,7 @@ class Sim {
   private readonly appliedAt = new Map<number, { term: number; data: Buffer }>();
   private clientsBusy = 0;
   private nextValue = 0;
+  private nextSnapshot = 0;
   private spare: string[] = [];
   private pendingFailure: string | undefined;
 
@@ -186,7 +192,7 @@ class Sim {
     const n = o.nodes ?? this.rng.pick([1, 3, 3, 5]);
     this.stats = {
       nodes: n, events: 0, messages: 0, dropped: 0, duplicated: 0, partitions: 0, crashes: 0, diskFaults: 0, elections: 0,
-      writes: 0, acked: 0, reads: 0, readsServed: 0, tableChanges: 0, confChanges: 0, transfers: 0, snapshotsInstalled: 0, strangerMessages: 0,
+      writes: 0, acked: 0, reads: 0, readsServed: 0, tableChanges: 0, deviceSnapshots: 0, deviceSnapshotsChecked: 0, confChanges: 0, transfers: 0, snapshotsInstalled: 0, strangerMessages: 0,
     };
     for (let i = 1; i <= n; i++) this.addNode(`n${i}`, false);
     this.spare = n === 1 ? [] : [`n${n + 1}`];
@@ -586,6 +592,12 @@ class Sim {
       } else if (pick < 0.7 && cs.voters.length > 1) {
         this.stats.transfers++;
         await r.membership.transferLeader(this.rng.pick(cs.voters.filter((v) => v !== l.id)));
+      } else if (pick < 0.85 && r.store.device('default')) {
+        // Proposed directly: members here publish no version (src/replica/snapshot-ops.ts checks that).
+        this.stats.deviceSnapshots++;
+        const snaps = r.store.snapshots(r.store.device('default')!.id);
+        if (snaps.length < 3 && (snaps.length === 0 || this.rng.chance(0.6))) await r.propose((id) => encodeSnapshotCreate(id, 'default', `s${++this.nextSnapshot}`, this.now));
+        else await r.propose((id) => encodeSnapshotDelete(id, 'default', this.rng.pick(snaps).name));
       } else {
         this.stats.tableChanges++;
         const aux = r.store.device('aux');
@@ -821,6 +833,21 @@ class Sim {
           if (!got.equals(ref)) violation(`replicas differ: block ${b} on ${n.id} is ${decodeValue(got)}, on leader ${l.id} ${decodeValue(ref)}`);
         }
         if (b < CHECKED) this.history.push({ client: 'final', op: 'read', block: b, value: decodeValue(ref), call: this.now, return: this.now + 1, status: 'ok' });
+      }
+    }
+    // Every snapshot the same on every member that serves it (each crashed and replayed on its own schedule).
+    if (dev) {
+      const ids = (n: Node) => n.replica!.store.snapshots(dev.id).map((x) => `${x.id}:${x.name}`).join(',');
+      for (const n of members) if (ids(n) !== ids(l)) violation(`snapshot lists differ: ${n.id} has [${ids(n)}], leader ${l.id} [${ids(l)}]`);
+      for (const snap of l.replica.store.snapshots(dev.id)) {
+        this.stats.deviceSnapshotsChecked++;
+        let ref: { id: string; bytes: Buffer } | undefined;
+        for (const n of members) {
+          if (n.replica!.store.snapshotUnavailable(dev.id, snap.id) !== undefined) continue;
+          const bytes = await n.replica!.store.readSnapshot(dev.id, snap.id, 0, snap.size);
+          if (!ref) ref = { id: n.id, bytes };
+          else if (!bytes.equals(ref.bytes)) violation(`snapshot ${snap.name} (index ${snap.id}) differs between ${ref.id} and ${n.id}`);
+        }
       }
     }
     const result = checkHistory(this.history);
