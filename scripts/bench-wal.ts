@@ -22,7 +22,6 @@ import { join } from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
 import { Wal } from '../src/wal/wal.ts';
-import { preallocateSegmentFile } from '../src/wal/segment.ts';
 import * as native from '../src/native.ts';
 import { nativeDisk } from '../src/disk/native-disk.ts';
 
@@ -72,8 +71,12 @@ function percentile(sorted: Float64Array, p: number): number {
 async function rawLimit(): Promise<Row> {
   const file = join(root, 'raw.dat');
   const bytes = 256 * 1024 * 1024;
-  // Same preparation as a WAL segment: written zeros, so neither pays for extent conversion.
-  const f = await preallocateSegmentFile(file, bytes, true);
+  // Written zeros, as a recycled WAL segment's blocks are written: neither pays for extent conversion.
+  const f = await nativeDisk.openFile(file, { direct: true, create: true });
+  const zeros = nativeDisk.allocAligned(1024 * 1024);
+  zeros.fill(0);
+  for (let at = 0; at < bytes; at += zeros.length) await nativeDisk.pwrite(f, zeros, at);
+  await nativeDisk.fdatasync(f);
   await nativeDisk.closeFile(f);
   const out = execFileSync(
     'fio',
