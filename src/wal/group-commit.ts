@@ -433,8 +433,13 @@ export class GroupCommitWriter {
     this.prepared = undefined;
     if (!prepared) return;
     const file = (await prepared.catch(() => undefined))?.file;
-    if (file) await this.opts.disk.closeFile(file).catch(() => undefined);
-    await this.opts.disk.unlink(join(this.opts.dir, preparedSegmentName)).catch(() => undefined);
+    if (!file) {
+      await this.opts.disk.unlink(join(this.opts.dir, preparedSegmentName)).catch(() => undefined);
+      return;
+    }
+    await this.opts.disk.closeFile(file).catch(() => undefined);
+    // Kept for the next open (named for the segment it would have become); deleted if the pool is full.
+    await this.opts.pool.giveBack(this.active?.seq === undefined ? 0 : this.active.seq + 1).catch(() => undefined);
   }
 }
 

@@ -106,6 +106,26 @@ export class SegmentPool {
   }
 
   /**
+   * Returns the prepared next segment's file (`next-segment.tmp`, unused: the
+   * log closed before it rolled) to the pool as `recycled-<seq>.tmp`, or
+   * deletes it when the pool is full. Neither name is a segment's, so no
+   * directory sync is needed for safety; without one, a crash may only cost
+   * the file.
+   */
+  async giveBack(seq: number): Promise<void> {
+    const from = join(this.dir, preparedSegmentName);
+    if (this.files.length >= this.limit) {
+      await this.disk.unlink(from);
+      return;
+    }
+    let n = seq;
+    while (this.files.includes(join(this.dir, recycledFileName(n)))) n++;
+    const to = join(this.dir, recycledFileName(n));
+    await this.disk.rename(from, to);
+    this.files.unshift(to);
+  }
+
+  /**
    * Takes a waiting file as the prepared next segment (`next-segment.tmp`),
    * its header block zeroed and synced; undefined when none waits.
    */

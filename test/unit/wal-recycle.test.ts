@@ -116,3 +116,24 @@ t.test('a new log never reuses files it finds in the pool; the pool keeps at mos
   for (let i = 1; i <= 30; i++) await wal.save({ entries: entries(i, i, 1, 3000) });
   checkLog(t, wal, 1, 30, () => 1, 3000);
 });
+
+t.test('a prepared file the log closed before using goes back to the pool, under a name of its own, across many reopens', async (t) => {
+  const dir = walDir(t);
+  const small: WalOptions = { segmentBytes: 64 * 1024, alignmentBytes: 4096, batchBytesMax: 16 * 1024, recycledSegments: 2 };
+  let last = 0;
+  for (let round = 0; round < 6; round++) {
+    const wal = await openWal(t, dir, small);
+    for (let i = 0; i < 20; i++) {
+      last++;
+      await wal.save({ entries: entries(last, last, 1, 3000), hardState: { term: 1, vote: 'n1', commit: last } });
+    }
+    await wal.compact({ index: last - 1, term: 1, confState });
+    await wal.nextSegmentPrepared();
+    await wal.close();
+    const pool = readdirSync(dir).filter((n) => n.startsWith('recycled-'));
+    t.ok(pool.length >= 1 && pool.length <= 2, `round ${round}: ${pool.length} file(s) wait, no more than the limit`);
+    t.notOk(readdirSync(dir).includes('next-segment.tmp'), `round ${round}: the prepared file was not left behind`);
+  }
+  const wal = await openWal(t, dir, small);
+  checkLog(t, wal, last, last, () => 1, 3000);
+});
