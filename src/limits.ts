@@ -46,6 +46,8 @@ const limitValues = {
   walBatchBytesMax: 8 * MiB,
   /** Alignment of O_DIRECT writes. */
   walAlignmentBytes: 4 * KiB,
+  /** Obsolete WAL segment files kept to start later segments in (recycled: no preallocation); more are deleted. */
+  walRecycledSegments: 2,
   /** How often the test-only fault file ($XDEVICE_FAULT_FILE) is checked for changes. */
   faultFilePollMs: 100,
   /** Largest fault file read; anything longer is refused as malformed. */

@@ -31,7 +31,8 @@ import {
   SnapshotFlavour,
   type RecordSpec,
 } from './record.ts';
-import { encodeSegmentHeader, preallocateSegmentFile, preparedSegmentName, segmentFileName, syncDirectory } from './segment.ts';
+import type { SegmentPool } from './recycle.ts';
+import { encodeSegmentHeader, nextSalt, preallocateSegmentFile, preparedSegmentName, segmentFileName, syncDirectory } from './segment.ts';
 
 /** The staging buffer's first size; it doubles up to batchBytesMax as batches need. */
 const stagingInitialBytes = 256 * 1024;
@@ -52,6 +53,8 @@ export interface ActiveSegment {
   salt: number;
   alignment: number;
   segmentBytes: number;
+  /** A recycled file: every batch is written followed by a zero block (segment.ts). */
+  recycled: boolean;
   /** Aligned offset of the next batch. */
   offset: number;
   nextBatchSeq: number;
@@ -62,8 +65,10 @@ export interface WriterOptions {
   disk: DiskIo;
   /** Runs fn once the current turn's saves are in (setImmediate; a simulator passes its own). */
   defer: (fn: () => void) => void;
-  /** A fresh segment's salt, in [1, 2^32 - 1) (random; a simulator passes a seeded source). */
+  /** A new log's first salt, in [1, 2^32 - 1) (random; a simulator passes a seeded source); later segments chain on. */
   salt: () => number;
+  /** Obsolete segment files to start new segments in before preallocating one. */
+  pool: SegmentPool;
   direct: boolean;
   /**
    * How a batch is made durable. 'dsync' (default): segments are opened
@@ -112,7 +117,7 @@ export class GroupCommitWriter {
   private idleWaiters: Array<() => void> = [];
   private staging: Buffer;
   private active: ActiveSegment | undefined;
-  private prepared: Promise<DiskFile> | undefined;
+  private prepared: Promise<{ file: DiskFile; recycled: boolean }> | undefined;
   /** The state after the last durable batch: a new segment's baseline. */
   private durable: LogState;
 
@@ -267,8 +272,8 @@ export class GroupCommitWriter {
     const { alignment, disk } = this.opts;
     const padded = alignUp(bytes, alignment);
     let segment = this.segment();
+    // One block at the end of every segment stays free for its seal: the zero block a recycled segment writes after each batch goes there.
     let sealing: ActiveSegment | undefined;
-    // One block at the end of every segment stays free for its seal.
     if (segment.offset + padded + alignment > segment.segmentBytes) {
       sealing = { ...segment };
       await this.createSegment(segment.seq + 1, this.durable);
@@ -276,9 +281,10 @@ export class GroupCommitWriter {
       assert(segment.offset + padded + alignment <= segment.segmentBytes, `a ${padded}-byte batch does not fit a new segment`);
     }
     const created = sealing !== undefined;
-    if (this.staging.length < padded) {
-      const grown = Math.min(2 * this.staging.length, this.opts.batchBytesMax + alignment);
-      this.staging = disk.allocAligned(Math.max(padded, grown), alignment);
+    const written = padded + (segment.recycled ? alignment : 0);
+    if (this.staging.length < written) {
+      const grown = Math.min(2 * this.staging.length, this.opts.batchBytesMax + 2 * alignment);
+      this.staging = disk.allocAligned(Math.max(written, grown), alignment);
     }
     const buf = this.staging;
     let at = recordHeaderBytes;
@@ -291,22 +297,22 @@ export class GroupCommitWriter {
     }
     assert(at === bytes, `batch encoded to ${at} bytes, expected ${bytes}`);
     encodeBatchHeader(buf, 0, bytes, segment.nextBatchSeq, count, segment.salt, native.crc32c);
-    buf.fill(0, bytes, padded);
+    buf.fill(0, bytes, written);
     const started = process.hrtime.bigint();
-    let written = started;
-    const write = disk.pwrite(segment.file, buf.subarray(0, padded), segment.offset);
+    let writeDone = started;
+    const write = disk.pwrite(segment.file, buf.subarray(0, written), segment.offset);
     const pending: Promise<unknown>[] = [write];
     // Queued right behind the write on the file's I/O thread: no event-loop round trip between them.
     const skip = this.opts.testingSkipSyncEvery !== undefined && ++this.batchesWritten % this.opts.testingSkipSyncEvery === 0;
     if (this.opts.syncMode === 'fdatasync' && !skip) {
-      void write.then(() => (written = process.hrtime.bigint()), () => undefined);
+      void write.then(() => (writeDone = process.hrtime.bigint()), () => undefined);
       pending.push(disk.fdatasync(segment.file));
     }
     if (created) pending.push(syncDirectory(this.opts.dir, disk));
     await Promise.all(pending);
     if (this.opts.onBatchDurable) {
-      const syncStarted = this.opts.syncMode === 'fdatasync' ? written : started;
-      this.opts.onBatchDurable({ bytes: padded, syncSeconds: Number(process.hrtime.bigint() - syncStarted) / 1e9 });
+      const syncStarted = this.opts.syncMode === 'fdatasync' ? writeDone : started;
+      this.opts.onBatchDurable({ bytes: written, syncSeconds: Number(process.hrtime.bigint() - syncStarted) / 1e9 });
     }
     segment.offset += padded;
     segment.nextBatchSeq++;
@@ -347,16 +353,19 @@ export class GroupCommitWriter {
     const firstIndex = state.lastIndex + 1;
     const name = segmentFileName(seq, firstIndex);
     const path = join(dir, name);
-    const salt = this.opts.salt();
+    // Chained, so that no batch an old file of this directory holds verifies in a new segment.
+    const salt = this.active ? nextSalt(this.active.salt) : this.opts.salt();
     let file: DiskFile;
+    let recycled = false;
     if (this.prepared) {
-      file = await this.prepared;
+      ({ file, recycled } = await this.prepared);
       this.prepared = undefined;
       // Under its final name only now: a crash before the baseline is durable
       // leaves a last segment recovery recognises as never started.
       await disk.rename(join(dir, preparedSegmentName), path);
     } else {
       file = await preallocateSegmentFile(path, segmentBytes, direct, disk);
+      this.opts.pool.counts.preallocated++;
     }
     if (this.opts.syncMode === 'dsync') {
       // Zero-filling ran without O_DSYNC (one fdatasync at its end); appends use it.
@@ -376,14 +385,17 @@ export class GroupCommitWriter {
         hardStateRecord(state.hardState),
       ];
       const baselineBytes = recordHeaderBytes + baseline.reduce((n, r) => n + recordBytes(r.payload.length), 0);
-      const head = disk.allocAligned(alignment + alignUp(baselineBytes, alignment), alignment);
-      encodeSegmentHeader(head, { seq, firstIndex, salt, alignment, segmentBytes }, native.crc32c);
+      const end = alignment + alignUp(baselineBytes, alignment);
+      // A recycled file's old bytes follow the baseline: a zero block ends it, as after every batch.
+      const head = disk.allocAligned(end + (recycled ? alignment : 0), alignment);
+      head.fill(0);
+      encodeSegmentHeader(head, { seq, firstIndex, salt, alignment, segmentBytes, recycled }, native.crc32c);
       let at = alignment + recordHeaderBytes;
       for (const r of baseline) at = encodeRecord(head, at, r, salt, native.crc32c);
       encodeBatchHeader(head, alignment, baselineBytes, 1, baseline.length, salt, native.crc32c);
       await disk.pwrite(file, head, 0);
       const previous = this.active;
-      this.active = { name, path, seq, firstIndex, file, salt, alignment, segmentBytes, offset: head.length, nextBatchSeq: 2 };
+      this.active = { name, path, seq, firstIndex, file, salt, alignment, segmentBytes, recycled, offset: end, nextBatchSeq: 2 };
       if (previous) await disk.closeFile(previous.file);
       if (seq === 1) {
         // No data batch follows yet: make the empty log durable now.
@@ -401,16 +413,25 @@ export class GroupCommitWriter {
     this.prepareNext();
   }
 
-  /** Zero-fills the next segment in the background so a roll costs a rename, not 64 MiB of writes. */
+  /**
+   * Prepares the next segment's file in the background, so a roll costs a
+   * rename: a recycled one when the pool has one, else a preallocated one.
+   */
   private prepareNext(): void {
-    const { disk } = this.opts;
+    const { disk, pool, alignment, direct, segmentBytes } = this.opts;
     const path = join(this.opts.dir, preparedSegmentName);
     const prepared = disk
       .unlink(path)
       .catch((err: NodeJS.ErrnoException) => {
         if (err.code !== 'ENOENT') throw err;
       })
-      .then(() => preallocateSegmentFile(path, this.opts.segmentBytes, this.opts.direct, disk));
+      .then(async () => {
+        const reused = await pool.takePrepared(alignment, direct);
+        if (reused) return { file: reused, recycled: true };
+        const file = await preallocateSegmentFile(path, segmentBytes, direct, disk);
+        pool.counts.preallocated++;
+        return { file, recycled: false };
+      });
     prepared.catch(() => undefined); // a failure surfaces at the roll that needs it
     this.prepared = prepared;
   }
@@ -419,9 +440,14 @@ export class GroupCommitWriter {
     const prepared = this.prepared;
     this.prepared = undefined;
     if (!prepared) return;
-    const file = await prepared.catch(() => undefined);
-    if (file) await this.opts.disk.closeFile(file).catch(() => undefined);
-    await this.opts.disk.unlink(join(this.opts.dir, preparedSegmentName)).catch(() => undefined);
+    const file = (await prepared.catch(() => undefined))?.file;
+    if (!file) {
+      await this.opts.disk.unlink(join(this.opts.dir, preparedSegmentName)).catch(() => undefined);
+      return;
+    }
+    await this.opts.disk.closeFile(file).catch(() => undefined);
+    // Kept for the next open (named for the segment it would have become); deleted if the pool is full.
+    await this.opts.pool.giveBack(this.active?.seq === undefined ? 0 : this.active.seq + 1).catch(() => undefined);
   }
 }
 

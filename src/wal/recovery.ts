@@ -116,12 +116,22 @@ function applyRecord(memory: MemoryLog, r: DecodedRecord): void {
 /**
  * Overwrites the torn batch with zeros (written, not punched: holes would
  * bring back unwritten extents and their journal commits on the next append),
- * so its stale bytes can never be read as records again.
+ * so its stale bytes can never be read as records again. In a fresh segment
+ * that is everything up to the last non-zero byte. In a recycled one the old
+ * bytes of the file's past follow (they verify under no salt of this
+ * segment): the block at `from`, or the whole batch if its header verifies,
+ * so that a zero block again ends the log.
  */
-async function zeroTail(disk: DiskIo, path: string, buf: Buffer, from: number, alignment: number): Promise<void> {
+async function zeroTail(disk: DiskIo, path: string, buf: Buffer, from: number, header: SegmentHeader): Promise<void> {
+  const { alignment, salt } = header;
   const chunk = 64 * 1024;
   const zeros = Buffer.alloc(chunk);
   let last = buf.length;
+  if (header.recycled) {
+    const torn = decodeRecord(buf, from, buf.length, salt, native.crc32c);
+    const claimed = torn.status === 'ok' && torn.record.kind === RecordKind.Batch ? torn.record.term : 0;
+    last = Math.min(buf.length, from + Math.max(alignment, claimed));
+  }
   while (last > from) {
     const start = Math.max(from, last - chunk);
     if (buf.compare(zeros, 0, last - start, start, last) !== 0) break;
@@ -231,7 +241,7 @@ export async function recover(dir: string, logger?: Logger, disk: DiskIo = nativ
         continue;
       }
       logger?.warn({ segment: name.name, offset: at, why: end.why, badAt }, 'truncating a torn WAL tail');
-      await zeroTail(disk, path, buf, at, alignment);
+      await zeroTail(disk, path, buf, at, header);
     }
     if (batches.length === 0) {
       // A header and nothing after it: the write of the head was cut short

@@ -10,14 +10,26 @@
 // The first alignment block holds the header:
 //   0  8 bytes  magic "XDWALSG1"
 //   8  u32      crc32c of bytes [12, 64)
-//  12  u32      format version (1)
+//  12  u32      format version (1; 2 for a recycled segment)
 //  16  u64      seq
 //  24  u64      firstIndex
 //  32  u32      salt (seeds every record CRC in this segment)
 //  36  u32      alignment the batches were written with
 //  40  u64      preallocated size
-//  48..64       zero
+//  48  u32      flags (version 2): bit 0 = recycled
+//  52..64       zero
 // Batches start at offset `alignment`.
+//
+// Salts form a chain: a segment's salt is its predecessor's plus one (only a
+// new log's first segment draws a random one), so no two segments of a
+// directory ever share one. A recycled segment (recycle.ts) is an obsolete
+// segment's file reused: past the log it holds that file's old batches, every
+// one checksummed under an older salt. A CRC seeded with a different salt
+// differs for the same bytes (crc32c is affine in its seed), so an old batch
+// can never verify in its new segment. Old bytes are not zeros, though, so
+// in a recycled segment every batch is written followed by one zero block: the
+// end of the log looks as it does in a fresh segment. Version 2 makes an older
+// build refuse such a segment instead of misreading its old bytes.
 
 import type { DiskFile, DiskIo } from '../disk/disk-io.ts';
 import { nativeDisk } from '../disk/native-disk.ts';
@@ -25,6 +37,8 @@ import { nativeDisk } from '../disk/native-disk.ts';
 export const segmentHeaderBytes = 64;
 const magic = Buffer.from('XDWALSG1', 'latin1');
 const formatVersion = 1;
+const recycledFormatVersion = 2;
+const recycledFlag = 1;
 const namePattern = /^([0-9a-f]{16})-([0-9a-f]{16})\.wal$/;
 
 export interface SegmentHeader {
@@ -33,6 +47,13 @@ export interface SegmentHeader {
   salt: number;
   alignment: number;
   segmentBytes: number;
+  /** The file held another segment before: bytes past the log are old batches, not zeros. */
+  recycled: boolean;
+}
+
+/** The salt of the segment after one salted `salt`: salts stay in [1, 2^32 - 1) and never repeat within 2^32 - 2 segments. */
+export function nextSalt(salt: number): number {
+  return salt >= 0xffff_fffe ? 1 : salt + 1;
 }
 
 export interface SegmentName {
@@ -68,7 +89,7 @@ export async function listSegments(dir: string, disk: DiskIo = nativeDisk): Prom
 export function encodeSegmentHeader(buf: Buffer, h: SegmentHeader, crc32c: (d: Uint8Array, i?: number) => number): void {
   buf.fill(0, 0, segmentHeaderBytes);
   magic.copy(buf, 0);
-  buf.writeUInt32LE(formatVersion, 12);
+  buf.writeUInt32LE(h.recycled ? recycledFormatVersion : formatVersion, 12);
   buf.writeUInt32LE(h.seq % 0x1_0000_0000, 16);
   buf.writeUInt32LE(Math.floor(h.seq / 0x1_0000_0000), 20);
   buf.writeUInt32LE(h.firstIndex % 0x1_0000_0000, 24);
@@ -77,6 +98,7 @@ export function encodeSegmentHeader(buf: Buffer, h: SegmentHeader, crc32c: (d: U
   buf.writeUInt32LE(h.alignment, 36);
   buf.writeUInt32LE(h.segmentBytes % 0x1_0000_0000, 40);
   buf.writeUInt32LE(Math.floor(h.segmentBytes / 0x1_0000_0000), 44);
+  if (h.recycled) buf.writeUInt32LE(recycledFlag, 48);
   buf.writeUInt32LE(crc32c(buf.subarray(12, segmentHeaderBytes)), 8);
 }
 
@@ -88,7 +110,11 @@ export function decodeSegmentHeader(
   if (!buf.subarray(0, 8).equals(magic)) return { ok: false, why: 'bad magic' };
   if (crc32c(buf.subarray(12, segmentHeaderBytes)) !== buf.readUInt32LE(8)) return { ok: false, why: 'header checksum mismatch' };
   const version = buf.readUInt32LE(12);
-  if (version !== formatVersion) return { ok: false, why: `unsupported format version ${version}` };
+  if (version !== formatVersion && version !== recycledFormatVersion) return { ok: false, why: `unsupported format version ${version}` };
+  const flags = buf.readUInt32LE(48);
+  if ((version === formatVersion && flags !== 0) || (version === recycledFormatVersion && flags !== recycledFlag)) {
+    return { ok: false, why: `flags ${flags} do not belong to format version ${version}` };
+  }
   const u64 = (at: number) => buf.readUInt32LE(at + 4) * 0x1_0000_0000 + buf.readUInt32LE(at);
   return {
     ok: true,
@@ -98,6 +124,7 @@ export function decodeSegmentHeader(
       salt: buf.readUInt32LE(32),
       alignment: buf.readUInt32LE(36),
       segmentBytes: u64(40),
+      recycled: version === recycledFormatVersion,
     },
   };
 }
@@ -107,28 +134,17 @@ export function syncDirectory(dir: string, disk: DiskIo = nativeDisk): Promise<v
   return disk.syncDir(dir);
 }
 
-const zeroChunkBytes = 1024 * 1024;
-const zeroChunks = new WeakMap<DiskIo, Buffer>();
-
 /**
- * Creates a segment file of `bytes` whose blocks are allocated AND written
- * (zeros), then synced. fallocate alone leaves unwritten extents, and the
- * first write into one makes fdatasync commit the journal: a roughly doubled
- * latency for every append. Writing the zeros once up front (as PostgreSQL
- * does for its WAL) keeps later fdatasyncs data-only.
+ * Creates a segment file of `bytes`, allocated (fallocate: no zeros are
+ * written, its extents read as zeros) and synced. Only for a segment no
+ * obsolete file can be recycled into (recycle.ts): the first write into an
+ * unwritten extent makes that write's sync commit the filesystem journal too,
+ * a slower append for the first use of the file only.
  */
 export async function preallocateSegmentFile(path: string, bytes: number, direct: boolean, disk: DiskIo = nativeDisk): Promise<DiskFile> {
-  let zeroChunk = zeroChunks.get(disk);
-  if (!zeroChunk) zeroChunks.set(disk, (zeroChunk = disk.allocAligned(zeroChunkBytes)));
   const file = await disk.openFile(path, { direct, create: true });
   try {
     await disk.fallocate(file, 0, bytes);
-    const writes: Promise<number>[] = [];
-    for (let at = 0; at < bytes; at += zeroChunkBytes) {
-      const length = Math.min(zeroChunkBytes, bytes - at);
-      writes.push(disk.pwrite(file, zeroChunk.subarray(0, length), at));
-    }
-    await Promise.all(writes);
     await disk.fdatasync(file);
   } catch (err) {
     await disk.closeFile(file).catch(() => undefined);

@@ -20,7 +20,7 @@ export type { BatchDurable } from './group-commit.ts';
 import type { MemoryLog } from './memory-log.ts';
 import { RecordKind, SnapshotFlavour, type RecordSpec } from './record.ts';
 import { recover } from './recovery.ts';
-import { syncDirectory } from './segment.ts';
+import { SegmentPool, type RecycleCounts } from './recycle.ts';
 
 export interface WalOptions {
   logger?: Logger;
@@ -28,15 +28,16 @@ export interface WalOptions {
   direct?: boolean;
   /** 'dsync' (default): O_DSYNC writes; 'fdatasync': plain writes each followed by fdatasync. */
   syncMode?: 'dsync' | 'fdatasync';
-  /** Overrides of limits.walSegmentBytes / walAlignmentBytes / walBatchBytesMax (tests use small segments). */
+  /** Overrides of limits.walSegmentBytes / walAlignmentBytes / walBatchBytesMax / walRecycledSegments (tests use small segments). */
   segmentBytes?: number;
+  recycledSegments?: number;
   alignmentBytes?: number;
   batchBytesMax?: number;
   /** Where the segment files live (default: the real disk; the simulator passes a simulated one). */
   disk?: DiskIo;
   /** Defers the group-commit flush to the end of the turn (default setImmediate). */
   defer?: (fn: () => void) => void;
-  /** Draws each new segment's salt, in [1, 2^32 - 1) (default crypto randomInt; a simulator passes a seeded one). */
+  /** Draws a new log's first salt, in [1, 2^32 - 1) (default crypto randomInt; a simulator passes a seeded one); later segments chain on. */
   salt?: () => number;
   /** TEST ONLY (simulator self-test): in 'fdatasync' mode, every Nth group commit skips its fdatasync. */
   testingSkipSyncEvery?: number;
@@ -63,7 +64,7 @@ export class Wal implements Storage {
     private readonly writer: GroupCommitWriter,
     private readonly segments: SegmentRef[],
     private readonly logger: Logger | undefined,
-    private readonly disk: DiskIo,
+    private readonly pool: SegmentPool,
   ) {}
 
   /** Opens (creating if needed) the WAL in `dir` and recovers it; throws WalCorruptError on damage before the tail. */
@@ -75,6 +76,8 @@ export class Wal implements Storage {
     const last = segments.at(-1);
     const alignment = last?.header.alignment ?? opts.alignmentBytes ?? limits.walAlignmentBytes;
     const direct = opts.direct ?? true;
+    const segmentBytes = opts.segmentBytes ?? limits.walSegmentBytes;
+    const pool = await SegmentPool.open(dir, disk, opts.recycledSegments ?? limits.walRecycledSegments, segmentBytes, segments.length > 0);
     const syncMode = opts.syncMode ?? 'dsync';
     let active: ActiveSegment | undefined;
     if (last) {
@@ -88,6 +91,7 @@ export class Wal implements Storage {
         salt: last.header.salt,
         alignment,
         segmentBytes: last.header.segmentBytes,
+        recycled: last.header.recycled,
         offset: last.end,
         nextBatchSeq: last.nextBatchSeq,
       };
@@ -102,8 +106,9 @@ export class Wal implements Storage {
         salt: opts.salt ?? randomSalt,
         direct,
         syncMode,
-        segmentBytes: opts.segmentBytes ?? limits.walSegmentBytes,
+        segmentBytes,
         alignment,
+        pool,
         batchBytesMax: opts.batchBytesMax ?? limits.walBatchBytesMax,
         logger: opts.logger,
         onSegmentCreated: (s) => segmentRefs.push({ name: s.name, path: s.path, seq: s.seq, firstIndex: s.firstIndex }),
@@ -117,7 +122,7 @@ export class Wal implements Storage {
       { dir, segments: segmentRefs.length, firstIndex: memory.firstIndex(), lastIndex: memory.lastIndex() },
       'WAL recovered',
     );
-    wal = new Wal(dir, memory, writer, segmentRefs, opts.logger, disk);
+    wal = new Wal(dir, memory, writer, segmentRefs, opts.logger, pool);
     return wal;
   }
 
@@ -158,7 +163,7 @@ export class Wal implements Storage {
     return submitted;
   }
 
-  /** Drops everything up to snapshot.index once the compaction is durable; segments wholly below it are deleted. */
+  /** Drops everything up to snapshot.index once the compaction is durable; segments wholly below it are recycled or deleted. */
   async compact(snapshot: SnapshotMetadata): Promise<void> {
     const refused = this.refusal();
     if (refused) throw refused;
@@ -218,9 +223,8 @@ export class Wal implements Storage {
         doomed.push(this.segments.shift()!);
       }
       if (doomed.length === 0) return;
-      for (const s of doomed) await this.disk.unlink(s.path);
-      await syncDirectory(this.dir, this.disk);
-      this.logger?.debug({ segments: doomed.map((s) => s.name) }, 'deleted compacted WAL segments');
+      await this.pool.retire(doomed);
+      this.logger?.debug({ segments: doomed.map((s) => s.name), dir: this.dir }, 'retired compacted WAL segments');
     });
     return this.deleting;
   }
@@ -250,6 +254,11 @@ export class Wal implements Storage {
   /** Resolves once the next segment file is preallocated in the background (benchmarks measure appends without it). */
   nextSegmentPrepared(): Promise<void> {
     return this.writer.nextSegmentPrepared();
+  }
+
+  /** How segment files were started and retired since open (metrics, tests). */
+  recycleCounts(): RecycleCounts {
+    return { ...this.pool.counts };
   }
 
   /** Segment file names currently part of the log (oldest first). */

@@ -12,7 +12,7 @@ import {
   RecordKind,
   type RecordSpec,
 } from '../../src/wal/record.ts';
-import { decodeSegmentHeader, encodeSegmentHeader, parseSegmentFileName, segmentFileName } from '../../src/wal/segment.ts';
+import { decodeSegmentHeader, encodeSegmentHeader, nextSalt, parseSegmentFileName, segmentFileName } from '../../src/wal/segment.ts';
 
 const salt = 0x1234_5678;
 
@@ -79,10 +79,37 @@ t.test('segment names and headers', async (t) => {
   t.equal(parseSegmentFileName('0000000000000003.wal'), undefined);
   t.equal(parseSegmentFileName('next-segment.tmp'), undefined);
   const buf = Buffer.alloc(4096);
-  const header = { seq: 2 ** 33, firstIndex: 2 ** 45 + 1, salt: 0xfedcba98, alignment: 4096, segmentBytes: 64 * 1024 * 1024 };
+  const header = { seq: 2 ** 33, firstIndex: 2 ** 45 + 1, salt: 0xfedcba98, alignment: 4096, segmentBytes: 64 * 1024 * 1024, recycled: false };
   encodeSegmentHeader(buf, header, crc32c);
   t.same(decodeSegmentHeader(buf, crc32c), { ok: true, header });
   buf[20]! ^= 4;
   t.match(decodeSegmentHeader(buf, crc32c), { ok: false, why: /checksum/ });
   t.match(decodeSegmentHeader(Buffer.alloc(4096), crc32c), { ok: false, why: /magic/ });
+});
+
+t.test('a recycled segment header: format version 2 with its flag; a version and flags that disagree are refused', async (t) => {
+  const buf = Buffer.alloc(4096);
+  const header = { seq: 7, firstIndex: 100, salt: 0x1234, alignment: 4096, segmentBytes: 1024 * 1024, recycled: true };
+  encodeSegmentHeader(buf, header, crc32c);
+  t.equal(buf.readUInt32LE(12), 2, 'version 2');
+  t.same(decodeSegmentHeader(buf, crc32c), { ok: true, header });
+  buf.writeUInt32LE(1, 12);
+  buf.writeUInt32LE(crc32c(buf.subarray(12, 64)), 8);
+  t.match(decodeSegmentHeader(buf, crc32c), { ok: false, why: /flags 1 do not belong to format version 1/ });
+});
+
+t.test('salts chain without repeating; a record never verifies under another salt of the chain', async (t) => {
+  t.equal(nextSalt(5), 6);
+  t.equal(nextSalt(0xffff_fffe), 1, 'wraps past the largest salt, skipping 0');
+  // crc32c is affine in its seed: a different seed gives a different CRC for the same bytes, always.
+  const buf = Buffer.alloc(4096);
+  let s = 0xffff_fff0;
+  const first = s;
+  const end = encodeRecord(buf, 0, { kind: RecordKind.Entry, type: 0, term: 3, index: 9, payload: Buffer.alloc(3000, 7) }, first, crc32c);
+  let verified = 0;
+  for (let i = 0; i < 5000; i++) {
+    s = nextSalt(s);
+    if (decodeRecord(buf, 0, end, s, crc32c).status === 'ok') verified++;
+  }
+  t.equal(verified, 0, 'none of the next 5000 salts verifies it');
 });

@@ -6,6 +6,8 @@
 //   - the log is exactly what some prefix of the submitted operations made it
 //     (no holes, no garbage records), a prefix that holds every operation
 //     whose promise resolved.
+// Compaction recycles segment files (a pool of 0 to 3), so later segments
+// start in files full of older, once-valid batches.
 // Then the block store: writes applied and checkpointed survive a crash.
 //
 // Replay one seed: XDEVICE_SEED=<seed> XDEVICE_SEEDS=1 npx tap ... test/unit/wal-sim-disk.test.ts
@@ -98,6 +100,8 @@ interface RunStats {
   crashes: number;
   recoveries: number;
   compactions: number;
+  /** Segments started in a recycled file (segment recycling, recycle.ts). */
+  recycled: number;
 }
 
 async function runSeed(seed: number, stats: RunStats): Promise<string | undefined> {
@@ -119,6 +123,7 @@ async function runSeed(seed: number, stats: RunStats): Promise<string | undefine
     batchBytesMax: 8 * 1024,
     syncMode: prng.pick(['dsync', 'fdatasync'] as const),
     direct: true,
+    recycledSegments: prng.pick([0, 1, 2, 3]),
   };
   const options = (io: DiskIo): WalOptions => ({
     disk: io,
@@ -217,6 +222,7 @@ async function runSeed(seed: number, stats: RunStats): Promise<string | undefine
     if (prng.chance(0.3)) await sched.drain();
     else for (let s = prng.range(0, 30); s > 0; s--) if (!(await sched.step())) break;
     if (misuse) return `round ${round}: ${misuse}`;
+    stats.recycled += wal.recycleCounts().recycled;
     stats.crashes++;
     disk.crash();
     wal = await reopen();
@@ -235,7 +241,7 @@ async function runSeed(seed: number, stats: RunStats): Promise<string | undefine
 }
 
 t.test('the real WAL on a simulated disk: resolved saves survive, the log is a prefix, recovery never throws', async (t) => {
-  const stats: RunStats = { saves: 0, resolved: 0, crashes: 0, recoveries: 0, compactions: 0 };
+  const stats: RunStats = { saves: 0, resolved: 0, crashes: 0, recoveries: 0, compactions: 0, recycled: 0 };
   const failures: string[] = [];
   for (let i = 0; i < seedCount; i++) {
     const seed = baseSeed + i;
@@ -249,6 +255,7 @@ t.test('the real WAL on a simulated disk: resolved saves survive, the log is a p
   }
   t.same(failures, [], `${seedCount} seeds`);
   t.ok(stats.resolved > 0 && stats.recoveries >= seedCount, 'the runs did something');
+  t.ok(stats.recycled > 0, `segments were started in recycled files (${stats.recycled})`);
   t.comment(JSON.stringify(stats));
 });
 
