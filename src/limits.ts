@@ -46,6 +46,8 @@ const limitValues = {
   walBatchBytesMax: 8 * MiB,
   /** Alignment of O_DIRECT writes. */
   walAlignmentBytes: 4 * KiB,
+  /** Smallest write the `compression` option compresses (smaller ones gain less than LZ4 costs). */
+  compressWriteBytesMin: 1 * KiB,
   /** How often the test-only fault file ($XDEVICE_FAULT_FILE) is checked for changes. */
   faultFilePollMs: 100,
   /** Largest fault file read; anything longer is refused as malformed. */

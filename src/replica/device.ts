@@ -24,6 +24,10 @@
 // any request on a connection made earlier with EACCES. A write encrypted
 // under a key the device left while it was in flight (a rekey moved on) is
 // refused by apply and encrypted again here (src/device/encryption.ts).
+//
+// A plaintext write may be proposed smaller (src/device/compression.ts): an
+// all-zero payload as WRITE_ZEROES (a hole), a compressible one as
+// COMPRESSED_WRITE, once every member decodes it. Ciphertext is not compressed.
 
 import type { BlockDevice, BlockDeviceCapabilities, DeviceTable, Extent, WriteOptions, ZeroOptions } from '../device/block-device.ts';
 import type { BlockStore } from '../device/block-store.ts';
@@ -33,6 +37,7 @@ import { type DeviceEncryption, STALE_KEY, watermarkOf, wrappedKey } from '../de
 import type { KeyRing } from '../crypt/keyring.ts';
 import { isSectorAligned, type XtsKey } from '../crypt/xts.ts';
 import { limits } from '../limits.ts';
+import { type CompressionMode, type CompressionStats, compactWrite } from '../device/compression.ts';
 
 /** What a replicated device needs from the node runtime. */
 export interface ReplicaService {
@@ -47,6 +52,8 @@ export interface ReplicaService {
   checkSpace(bytes: number): void;
   /** This node's key-encryption keys and the data keys unwrapped with them. */
   readonly keys: KeyRing;
+  /** How plaintext writes are compacted (src/device/compression.ts); absent: never. */
+  compression?(): { mode: CompressionMode; compressed: boolean; stats: CompressionStats };
 }
 
 /** The data keys of an encrypted device as of now: blocks below `watermark` are under `rekey`. */
@@ -219,7 +226,19 @@ export class ReplicatedDevice implements BlockDevice {
 
   write(offset: number, data: Buffer, _options?: WriteOptions): Promise<void> {
     if (this.encrypted()) return this.mutateWith(() => this.proposeEncrypted(offset, data), data.length, { offset, length: data.length });
+    const compact = this.compact(offset, [data]);
+    if (compact) return this.mutate(compact.encode, compact.allocates);
     return this.mutate((id) => encodeWrite(id, this.id, offset, data), data.length);
+  }
+
+  /** The smaller command a plaintext write is proposed as (src/device/compression.ts), if any. */
+  private compact(offset: number, parts: readonly Buffer[]): { encode: (id: RequestId) => Buffer; allocates: number } | undefined {
+    const c = this.service.compression?.();
+    if (!c) return undefined;
+    const r = compactWrite(c.mode, c.compressed, this.id, offset, parts, c.stats);
+    if (!r) return undefined;
+    // A hole allocates nothing; a compressed write as much as its data.
+    return { encode: r.encode, allocates: r.hole ? 0 : r.length };
   }
 
   /** The NBD server's large payloads: the pieces are copied once, into the command (no gathering copy first). */
@@ -227,6 +246,8 @@ export class ReplicatedDevice implements BlockDevice {
     let length = 0;
     for (const part of parts) length += part.length;
     if (this.encrypted()) return this.write(offset, parts.length === 1 ? parts[0]! : Buffer.concat(parts, length));
+    const compact = this.compact(offset, parts);
+    if (compact) return this.mutate(compact.encode, compact.allocates);
     return this.mutate((id) => encodeWritev(id, this.id, offset, parts), length);
   }
 
