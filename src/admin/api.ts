@@ -3,6 +3,7 @@
 // backends both implement it; the HTTP layer never reaches past it.
 
 import type { VerifyMismatch, VerifyReport } from '../device/verify.ts';
+import type { CompressionStats } from '../device/compression.ts';
 
 export type Role = 'leader' | 'follower' | 'candidate' | 'pre-candidate' | 'learner' | 'standalone';
 
@@ -20,6 +21,8 @@ export interface PeerStatus {
   connected: boolean;
   /** Raft messages to this peer dropped since start: not sent (no link, full queue) or lost with a closed link. */
   messagesDropped?: number;
+  /** Bytes sent to this peer since start (Raft messages and snapshot streams, as written to the link). */
+  bytesSent?: number;
   /** Last measured peer round trip, milliseconds (undefined if unknown). */
   rttMs?: number;
 }
@@ -181,5 +184,7 @@ export interface NodeApi {
   space(): SpaceInfo | undefined;
   /** Proposals accepted but not yet applied here. */
   pendingProposals(): number;
+  /** What write compression did to the writes this node proposed (replicated backend only). */
+  compression?(): Readonly<CompressionStats>;
   on<K extends keyof NodeEvents>(event: K, listener: (e: NodeEvents[K]) => void): unknown;
 }

@@ -153,6 +153,7 @@ export class ClusterNode {
       resizeDevice: (name, size, options) => m.resizeDevice(name, size, options),
       space: () => space.report(),
       pendingProposals: () => r.session.size,
+      compression: () => r.compressionStats,
       on: (event, listener) => r.on(event, listener as (...args: unknown[]) => void),
     };
   }
