@@ -23,7 +23,9 @@ const lz4 = require('lz4-napi') as Lz4Napi;
 /** Bytes of the length prefix in front of the raw LZ4 block. */
 export const LZ4_PREFIX_BYTES = 4;
 
-export class Lz4BlockError extends Error {}
+export class Lz4BlockError extends Error {
+  override name = 'Lz4BlockError';
+}
 
 /** `data` as a size-prefixed LZ4 block (it may be longer than `data`: the caller decides whether it pays). */
 export function compressBlock(data: Buffer): Buffer {
