@@ -25,6 +25,7 @@ import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { runFio, type FioResult, type Scenario } from './lib/fio.ts';
 import { scrapeMetrics, type Samples } from './lib/node-metrics.ts';
+import { beginCost } from './lib/proc-cost.ts';
 import { Cluster } from '../test/integration/helpers/launcher.ts';
 import { parseSize } from '../src/parse.ts';
 
@@ -64,6 +65,11 @@ interface Measure {
   ackBytes: number;
   walBytes: number;
   peerBytes: number;
+  /** utime+stime of every node process over the job after its ramp, and the bytes acknowledged meanwhile (fio's rate). */
+  cpuSeconds: number;
+  /** /proc/PID/io write_bytes of every node process over that window (WAL and device files). */
+  diskBytes: number;
+  windowAckBytes: number;
 }
 
 function buildDist(): void {
@@ -88,6 +94,7 @@ async function runOne(c: Cluster, w: Workload): Promise<Measure> {
   const half = Math.floor(SIZE_BYTES / 2 / (1 << 20)) * (1 << 20);
   const compressible = ['--buffer_compress_percentage=50', '--refill_buffers'];
   const before = await scrapeAll(c);
+  const cost = beginCost(c.slots.map((s) => ({ name: s.id, pids: s.proc?.child.pid === undefined ? [] : [s.proc.child.pid] })), 1000);
   const fio = await runFio({
     uri: w.mix ? [uri, uri] : uri,
     scenario: w.scenario,
@@ -95,6 +102,7 @@ async function runOne(c: Cluster, w: Workload): Promise<Measure> {
     sizeBytes: w.mix ? half : SIZE_BYTES,
     ...(w.mix ? { jobArgs: (i: number) => (i === 0 ? [...compressible, '--offset=0'] : ['--zero_buffers', `--offset=${half}`]) } : { extraArgs: compressible }),
   });
+  const window = cost.finish();
   await c.converged(120_000);
   const after = await scrapeAll(c);
   const delta = (name: string, only?: number): number =>
@@ -105,6 +113,9 @@ async function runOne(c: Cluster, w: Workload): Promise<Measure> {
     ackBytes: delta('xdevice_nbd_request_bytes_total{command="write"}', li),
     walBytes: delta('xdevice_disk_wal_write_bytes_total'),
     peerBytes: delta('xdevice_network_peer_sent_bytes_total'),
+    cpuSeconds: window.groups.reduce((n, g) => n + g.cpuSeconds, 0),
+    diskBytes: window.groups.reduce((n, g) => n + g.writeBytes, 0),
+    windowAckBytes: fio.bandwidthBytesPerSecond * window.seconds,
   };
 }
 
@@ -115,6 +126,9 @@ function add(a: Measure | undefined, b: Measure): Measure {
     ackBytes: a.ackBytes + b.ackBytes,
     walBytes: a.walBytes + b.walBytes,
     peerBytes: a.peerBytes + b.peerBytes,
+    cpuSeconds: a.cpuSeconds + b.cpuSeconds,
+    diskBytes: a.diskBytes + b.diskBytes,
+    windowAckBytes: a.windowAckBytes + b.windowAckBytes,
   };
 }
 
@@ -166,15 +180,18 @@ for (const w of chosen) {
   const mbs = (m: Measure) => m.fio.bandwidthBytesPerSecond / argv.rounds / 1e6;
   const wal = (m: Measure) => m.walBytes / m.ackBytes;
   const peer = (m: Measure) => m.peerBytes / m.ackBytes;
+  const cpu = (m: Measure) => (m.cpuSeconds * 1000) / (m.windowAckBytes / 2 ** 20);
+  const disk = (m: Measure) => m.diskBytes / m.windowAckBytes;
   for (const [mode, m] of [['lz4', on], ['off', off]] as const) {
-    rows.push([`${w.id} ${mode}`, f2(mbs(m)), f3(wal(m)), f3(peer(m)), '', '', '']);
+    rows.push([`${w.id} ${mode}`, f2(mbs(m)), f3(wal(m)), f3(peer(m)), f2(disk(m)), f2(cpu(m)), '', '', '', '']);
   }
-  const r = { mbs: mbs(on) / mbs(off), wal: wal(on) / wal(off), peer: peer(on) / peer(off) };
-  rows.push([`${w.id} lz4/off`, '', '', '', f3(r.mbs), f3(r.wal), f3(r.peer)]);
+  const r = { mbs: mbs(on) / mbs(off), wal: wal(on) / wal(off), peer: peer(on) / peer(off), cpu: cpu(on) / cpu(off) };
+  rows.push([`${w.id} lz4/off`, '', '', '', '', '', f3(r.mbs), f3(r.wal), f3(r.peer), f3(r.cpu)]);
   const ok = r.wal <= 0.6 && r.peer <= 0.6 && r.mbs >= 0.9;
   verdicts.push(`${w.id} (${w.scenario.title}): WAL ${f3(r.wal)}x, peers ${f3(r.peer)}x, MB/s ${f3(r.mbs)}x -> ${ok ? 'meets' : 'MISSES'} the goal (<= 0.6x bytes, >= 0.9x MB/s)`);
 }
 process.stdout.write(`\nwrite compression, ${argv.nodes}-node clusters, ${argv.runtime} s per job, ${argv.rounds} round(s), export ${argv.size}\n`);
-process.stdout.write('WAL B/ack B: WAL payload bytes written on all nodes per byte acknowledged; peer B/ack B: bytes written to peer links by all nodes per byte acknowledged\n\n');
-process.stdout.write(table(['workload', 'MB/s', 'WAL B/ack B', 'peer B/ack B', 'MB/s on/off', 'WAL on/off', 'peer on/off'], rows) + '\n\n');
+process.stdout.write('WAL B/ack B: WAL payload bytes written on all nodes per byte acknowledged; peer B/ack B: bytes written to peer links by all nodes per byte acknowledged;\n');
+process.stdout.write('disk B/ack B: /proc/PID/io write_bytes of all nodes (WAL + device files) per byte acknowledged; CPU ms/MiB: utime+stime of all nodes per MiB acknowledged (both after the ramp)\n\n');
+process.stdout.write(table(['workload', 'MB/s', 'WAL B/ack B', 'peer B/ack B', 'disk B/ack B', 'CPU ms/MiB', 'MB/s on/off', 'WAL on/off', 'peer on/off', 'CPU on/off'], rows) + '\n\n');
 for (const v of verdicts) process.stdout.write(v + '\n');

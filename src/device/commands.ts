@@ -44,7 +44,7 @@ import { limits } from '../limits.ts';
 import { WireReader, WireWriter, str8Size } from './wire.ts';
 import { KCV_BYTES, WRAPPED_KEY_BYTES, type WrappedKey } from '../crypt/wrap.ts';
 import { keyIdProblem } from '../crypt/key-file.ts';
-import { Lz4BlockError, blockLength, decompressBlock } from './lz4.ts';
+import { Lz4BlockError, blockLength, decompressBlock, takePlaintext } from './lz4.ts';
 
 export const COMMAND_VERSION = 1;
 export const COMMAND_HEADER_BYTES = 2 + 8 + 8 + 8;
@@ -405,6 +405,8 @@ export function decodeCommand(data: Buffer): Command {
         const block = r.slice(r.remaining);
         const length = blockLength(block);
         if (length === undefined || length < 1 || length > limits.requestBytesMax) throw new CommandDecodeError(`COMPRESSED_WRITE of ${length ?? 'no'} bytes: 1 to ${limits.requestBytesMax}`);
+        const own = takePlaintext(data);
+        if (own !== undefined && own.length === length) return { op, clientId, seq, firstUnacked, deviceId, offset, data: own, block };
         try {
           return { op, clientId, seq, firstUnacked, deviceId, offset, data: decompressBlock(block, length, limits.requestBytesMax), block };
         } catch (err) {

@@ -24,7 +24,7 @@
 // checkpoint and WAL retention have passed them).
 
 import { type RequestId, encodeCompressedWrite, encodeWriteZeroes } from './commands.ts';
-import { compressBlock } from './lz4.ts';
+import { compressBlock, rememberPlaintext } from './lz4.ts';
 import { limits } from '../limits.ts';
 
 export type CompressionMode = 'lz4' | 'off';
@@ -118,7 +118,8 @@ export function compactWrite(
     stats.bytesOut += length;
     return undefined;
   }
-  const block = compressBlock(parts.length === 1 ? parts[0]! : Buffer.concat(parts, length));
+  const plain = parts.length === 1 ? parts[0]! : Buffer.concat(parts, length);
+  const block = compressBlock(plain);
   if (block.length > length - Math.floor(length / 8)) {
     stats.incompressibleWrites++;
     stats.bytesOut += length;
@@ -126,5 +127,5 @@ export function compactWrite(
   }
   stats.compressedWrites++;
   stats.bytesOut += block.length;
-  return { encode: (id) => encodeCompressedWrite(id, deviceId, offset, block), hole: false, length };
+  return { encode: (id) => rememberPlaintext(encodeCompressedWrite(id, deviceId, offset, block), plain), hole: false, length };
 }

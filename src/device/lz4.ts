@@ -20,6 +20,28 @@ interface Lz4Napi {
 const require = createRequire(import.meta.url);
 const lz4 = require('lz4-napi') as Lz4Napi;
 
+/**
+ * The plaintext of commands this process compressed, by the command's
+ * buffer: the proposing node's own apply takes it instead of decompressing
+ * what it compressed a moment ago (LZ4 is lossless: the same bytes either
+ * way). Taken once; a command never applied here (leadership lost) is
+ * forgotten with its buffer. A peer's command or one read back from the WAL
+ * is another buffer, always decompressed and checked.
+ */
+const ownPlaintext = new WeakMap<Buffer, Buffer>();
+
+export function rememberPlaintext(command: Buffer, plain: Buffer): Buffer {
+  ownPlaintext.set(command, plain);
+  return command;
+}
+
+/** The plaintext rememberPlaintext() kept for this very buffer, once. */
+export function takePlaintext(command: Buffer): Buffer | undefined {
+  const plain = ownPlaintext.get(command);
+  if (plain !== undefined) ownPlaintext.delete(command);
+  return plain;
+}
+
 /** Bytes of the length prefix in front of the raw LZ4 block. */
 export const LZ4_PREFIX_BYTES = 4;
 

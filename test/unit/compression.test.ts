@@ -90,6 +90,12 @@ t.test('policy: holes for zeroes, LZ4 when it saves 1/8, plain otherwise, nothin
     t.ok(cmd.block.length < data.length * 0.6, `${cmd.block.length} bytes carried for ${data.length}`);
   }
 
+  const own = compactWrite('lz4', true, dev, 0, [data], stats)!.encode(id);
+  const first = decodeCommand(own);
+  t.equal(first.op === CommandOp.CompressedWrite && first.data, data, 'the proposer’s own apply takes the plaintext it compressed');
+  const second = decodeCommand(own);
+  t.ok(second.op === CommandOp.CompressedWrite && second.data !== data && second.data.equals(data), 'once: later decodes decompress');
+  t.ok((decodeCommand(Buffer.from(own)) as { data: Buffer }).data.equals(data), 'a copy (a peer’s, the WAL’s) is decompressed');
   t.equal(compactWrite('lz4', true, dev, 0, [randomBytes(64 * 1024)], stats), undefined, 'random data: as written');
   t.equal(compactWrite('lz4', false, dev, 0, [data], stats), undefined, 'gate closed: as written');
   t.equal(compactWrite('lz4', true, dev, 0, [data.subarray(0, limits.compressWriteBytesMin - 1)], stats), undefined, 'below the minimum: as written');
@@ -97,7 +103,7 @@ t.test('policy: holes for zeroes, LZ4 when it saves 1/8, plain otherwise, nothin
   t.equal(compactWrite('off', true, dev, 0, [Buffer.alloc(4096)], stats), undefined, 'off: zeroes as written too');
   t.same({ ...stats }, before, 'off counts nothing');
   t.equal(stats.zeroWrites, 2);
-  t.equal(stats.compressedWrites, 1);
+  t.equal(stats.compressedWrites, 2);
   t.equal(stats.incompressibleWrites, 1);
   t.ok(stats.bytesOut < stats.bytesIn, 'bytes saved');
 });
