@@ -24,7 +24,7 @@
 // checkpoint and WAL retention have passed them).
 
 import { type RequestId, encodeCompressedWrite, encodeWriteZeroes } from './commands.ts';
-import { compressBlock, rememberPlaintext } from './lz4.ts';
+import { compressBlock, compressBlockAsync, rememberPlaintext } from './lz4.ts';
 import { limits } from '../limits.ts';
 
 export type CompressionMode = 'lz4' | 'off';
@@ -90,6 +90,13 @@ export function allZero(parts: readonly Buffer[]): boolean {
   return true;
 }
 
+/** A write proposed as a smaller command: its encoder, whether it is a hole, the original length. */
+export interface CompactWrite {
+  encode: (id: RequestId) => Buffer;
+  hole: boolean;
+  length: number;
+}
+
 /**
  * What a plaintext write of `parts` at `offset` is proposed as: an encoder of
  * the smaller command, or undefined for a plain WRITE. The compression is
@@ -104,7 +111,7 @@ export function compactWrite(
   offset: number,
   parts: readonly Buffer[],
   stats: CompressionStats,
-): { encode: (id: RequestId) => Buffer; hole: boolean; length: number } | undefined {
+): CompactWrite | Promise<CompactWrite | undefined> | undefined {
   if (mode === 'off') return undefined;
   let length = 0;
   for (const part of parts) length += part.length;
@@ -119,13 +126,15 @@ export function compactWrite(
     return undefined;
   }
   const plain = parts.length === 1 ? parts[0]! : Buffer.concat(parts, length);
-  const block = compressBlock(plain);
-  if (block.length > length - Math.floor(length / 8)) {
-    stats.incompressibleWrites++;
-    stats.bytesOut += length;
-    return undefined;
-  }
-  stats.compressedWrites++;
-  stats.bytesOut += block.length;
-  return { encode: (id) => rememberPlaintext(encodeCompressedWrite(id, deviceId, offset, block), plain), hole: false, length };
+  const decide = (block: Buffer): CompactWrite | undefined => {
+    if (block.length > length - Math.floor(length / 8)) {
+      stats.incompressibleWrites++;
+      stats.bytesOut += length;
+      return undefined;
+    }
+    stats.compressedWrites++;
+    stats.bytesOut += block.length;
+    return { encode: (id) => rememberPlaintext(encodeCompressedWrite(id, deviceId, offset, block), plain), hole: false, length };
+  };
+  return length >= limits.compressAsyncBytesMin ? compressBlockAsync(plain).then(decide) : decide(compressBlock(plain));
 }

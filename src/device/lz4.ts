@@ -14,6 +14,7 @@ import { createRequire } from 'node:module';
 
 interface Lz4Napi {
   compressSync(data: Buffer): Buffer;
+  compress(data: Buffer): Promise<Buffer>;
   uncompressSync(data: Buffer): Buffer;
 }
 
@@ -52,6 +53,11 @@ export class Lz4BlockError extends Error {
 /** `data` as a size-prefixed LZ4 block (it may be longer than `data`: the caller decides whether it pays). */
 export function compressBlock(data: Buffer): Buffer {
   return lz4.compressSync(data);
+}
+
+/** compressBlock() on libuv's thread pool: a large write does not hold up the event loop (Raft, NBD) meanwhile. */
+export function compressBlockAsync(data: Buffer): Promise<Buffer> {
+  return lz4.compress(data);
 }
 
 /** The original length a block claims (its prefix), or undefined if it is too short to have one. */

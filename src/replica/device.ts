@@ -37,7 +37,7 @@ import { type DeviceEncryption, STALE_KEY, watermarkOf, wrappedKey } from '../de
 import type { KeyRing } from '../crypt/keyring.ts';
 import { isSectorAligned, type XtsKey } from '../crypt/xts.ts';
 import { limits } from '../limits.ts';
-import { type CompressionMode, type CompressionStats, compactWrite } from '../device/compression.ts';
+import { type CompactWrite, type CompressionMode, type CompressionStats, compactWrite } from '../device/compression.ts';
 
 /** What a replicated device needs from the node runtime. */
 export interface ReplicaService {
@@ -226,19 +226,23 @@ export class ReplicatedDevice implements BlockDevice {
 
   write(offset: number, data: Buffer, _options?: WriteOptions): Promise<void> {
     if (this.encrypted()) return this.mutateWith(() => this.proposeEncrypted(offset, data), data.length, { offset, length: data.length });
-    const compact = this.compact(offset, [data]);
-    if (compact) return this.mutate(compact.encode, compact.allocates);
-    return this.mutate((id) => encodeWrite(id, this.id, offset, data), data.length);
+    return this.proposeWrite(offset, [data], data.length, (id) => encodeWrite(id, this.id, offset, data));
   }
 
-  /** The smaller command a plaintext write is proposed as (src/device/compression.ts), if any. */
-  private compact(offset: number, parts: readonly Buffer[]): { encode: (id: RequestId) => Buffer; allocates: number } | undefined {
+  /** A plaintext write, as the smaller command src/device/compression.ts makes of it if it does, else as `plain`. */
+  private proposeWrite(offset: number, parts: readonly Buffer[], length: number, plain: (id: RequestId) => Buffer): Promise<void> {
     const c = this.service.compression?.();
-    if (!c) return undefined;
-    const r = compactWrite(c.mode, c.compressed, this.id, offset, parts, c.stats);
-    if (!r) return undefined;
+    let compact: CompactWrite | Promise<CompactWrite | undefined> | undefined;
+    try {
+      compact = c ? compactWrite(c.mode, c.compressed, this.id, offset, parts, c.stats) : undefined;
+    } catch (err) {
+      return Promise.reject(err);
+    }
     // A hole allocates nothing; a compressed write as much as its data.
-    return { encode: r.encode, allocates: r.hole ? 0 : r.length };
+    if (compact === undefined) return this.mutate(plain, length);
+    if (!(compact instanceof Promise)) return this.mutate(compact.encode, compact.hole ? 0 : length);
+    const pending = compact;
+    return this.mutateWith(async () => this.service.propose((await pending)?.encode ?? plain), length);
   }
 
   /** The NBD server's large payloads: the pieces are copied once, into the command (no gathering copy first). */
@@ -246,9 +250,7 @@ export class ReplicatedDevice implements BlockDevice {
     let length = 0;
     for (const part of parts) length += part.length;
     if (this.encrypted()) return this.write(offset, parts.length === 1 ? parts[0]! : Buffer.concat(parts, length));
-    const compact = this.compact(offset, parts);
-    if (compact) return this.mutate(compact.encode, compact.allocates);
-    return this.mutate((id) => encodeWritev(id, this.id, offset, parts), length);
+    return this.proposeWrite(offset, parts, length, (id) => encodeWritev(id, this.id, offset, parts));
   }
 
   trim(offset: number, length: number, _options?: WriteOptions): Promise<void> {

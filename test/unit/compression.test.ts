@@ -28,6 +28,8 @@ import { EntryType, type Entry } from '../../src/raft/types.ts';
 import { VERSION } from '../../src/version.ts';
 
 const logger = pino({ level: 'silent' });
+/** compactWrite, settled (large writes compress on the thread pool). */
+const compactNow = async (...args: Parameters<typeof compactWrite>) => await compactWrite(...args);
 const id: RequestId = { clientId: 77, seq: 5, firstUnacked: 2 };
 
 /** Half random, half a repeated byte, per 512 bytes (fio's buffer_compress_percentage=50, buffer_compress_chunk=512). */
@@ -75,13 +77,13 @@ t.test('allZero looks at every byte of every part', async (t) => {
 t.test('policy: holes for zeroes, LZ4 when it saves 1/8, plain otherwise, nothing with off', async (t) => {
   const stats = new CompressionStats();
   const dev = 9;
-  const zeros = compactWrite('lz4', true, dev, 4096, [Buffer.alloc(8192)], stats);
+  const zeros = (await compactNow('lz4', true, dev, 4096, [Buffer.alloc(8192)], stats));
   t.ok(zeros?.hole, 'all zeroes: a hole');
   t.same(decodeCommand(zeros!.encode(id)), { op: CommandOp.WriteZeroes, ...id, deviceId: dev, offset: 4096, length: 8192, noHole: false });
-  t.ok(compactWrite('lz4', false, dev, 0, [Buffer.alloc(4096)], stats)?.hole, 'holes need no version gate (WRITE_ZEROES is old)');
+  t.ok((await compactNow('lz4', false, dev, 0, [Buffer.alloc(4096)], stats))?.hole, 'holes need no version gate (WRITE_ZEROES is old)');
 
   const data = halfCompressible(64 * 1024);
-  const c = compactWrite('lz4', true, dev, 1 << 20, [data.subarray(0, 1000), data.subarray(1000)], stats);
+  const c = (await compactNow('lz4', true, dev, 1 << 20, [data.subarray(0, 1000), data.subarray(1000)], stats));
   t.ok(c && !c.hole, 'compressible: compressed');
   const cmd = decodeCommand(c!.encode(id));
   t.equal(cmd.op, CommandOp.CompressedWrite);
@@ -90,20 +92,25 @@ t.test('policy: holes for zeroes, LZ4 when it saves 1/8, plain otherwise, nothin
     t.ok(cmd.block.length < data.length * 0.6, `${cmd.block.length} bytes carried for ${data.length}`);
   }
 
-  const own = compactWrite('lz4', true, dev, 0, [data], stats)!.encode(id);
+  const own = (await compactNow('lz4', true, dev, 0, [data], stats))!.encode(id);
   const first = decodeCommand(own);
   t.equal(first.op === CommandOp.CompressedWrite && first.data, data, 'the proposer’s own apply takes the plaintext it compressed');
   const second = decodeCommand(own);
   t.ok(second.op === CommandOp.CompressedWrite && second.data !== data && second.data.equals(data), 'once: later decodes decompress');
   t.ok((decodeCommand(Buffer.from(own)) as { data: Buffer }).data.equals(data), 'a copy (a peer’s, the WAL’s) is decompressed');
-  t.equal(compactWrite('lz4', true, dev, 0, [randomBytes(64 * 1024)], stats), undefined, 'random data: as written');
-  t.equal(compactWrite('lz4', false, dev, 0, [data], stats), undefined, 'gate closed: as written');
-  t.equal(compactWrite('lz4', true, dev, 0, [data.subarray(0, limits.compressWriteBytesMin - 1)], stats), undefined, 'below the minimum: as written');
+  const large = halfCompressible(limits.compressAsyncBytesMin);
+  const pending = compactWrite('lz4', true, dev, 0, [large], stats);
+  t.ok(pending instanceof Promise, 'a large write compresses off the event loop');
+  const done = await pending;
+  t.ok((decodeCommand(Buffer.from(done!.encode(id))) as { data: Buffer }).data.equals(large), 'and decodes to its bytes');
+  t.equal((await compactNow('lz4', true, dev, 0, [randomBytes(64 * 1024)], stats)), undefined, 'random data: as written');
+  t.equal((await compactNow('lz4', false, dev, 0, [data], stats)), undefined, 'gate closed: as written');
+  t.equal((await compactNow('lz4', true, dev, 0, [data.subarray(0, limits.compressWriteBytesMin - 1)], stats)), undefined, 'below the minimum: as written');
   const before = { ...stats };
-  t.equal(compactWrite('off', true, dev, 0, [Buffer.alloc(4096)], stats), undefined, 'off: zeroes as written too');
+  t.equal((await compactNow('off', true, dev, 0, [Buffer.alloc(4096)], stats)), undefined, 'off: zeroes as written too');
   t.same({ ...stats }, before, 'off counts nothing');
   t.equal(stats.zeroWrites, 2);
-  t.equal(stats.compressedWrites, 2);
+  t.equal(stats.compressedWrites, 3);
   t.equal(stats.incompressibleWrites, 1);
   t.ok(stats.bytesOut < stats.bytesIn, 'bytes saved');
 });
@@ -216,7 +223,7 @@ t.test('the same writes applied as proposed with compression and without give id
     for (const w of writes) {
       // Fill first so a hole has something to replace.
       add(encodeWrite(next(), 1, w.offset, Buffer.alloc(w.data.length, 0xff)));
-      const compact = compactWrite(mode, true, 1, w.offset, [w.data], stats);
+      const compact = (await compactNow(mode, true, 1, w.offset, [w.data], stats));
       add(compact ? compact.encode(next()) : encodeWrite(next(), 1, w.offset, w.data));
     }
     const outcomes = await store.applyBatch(entries, () => {});
