@@ -48,6 +48,10 @@ const limitValues = {
   walAlignmentBytes: 4 * KiB,
   /** Obsolete WAL segment files kept to start later segments in (recycled: no preallocation); more are deleted. */
   walRecycledSegments: 2,
+  /** Smallest write the `compression` option compresses (smaller ones gain less than LZ4 costs). */
+  compressWriteBytesMin: 1 * KiB,
+  /** Writes from this size on are compressed on the thread pool, off the event loop (smaller ones: the hop costs more than LZ4). */
+  compressAsyncBytesMin: 128 * KiB,
   /** How often the test-only fault file ($XDEVICE_FAULT_FILE) is checked for changes. */
   faultFilePollMs: 100,
   /** Largest fault file read; anything longer is refused as malformed. */

@@ -63,6 +63,10 @@ export interface FioRunOptions {
   rampSeconds?: number;
   /** Default true: run for runtimeSeconds. False: one pass over sizeBytes (to fill an export before reading it). */
   timeBased?: boolean;
+  /** fio options for every job (e.g. --buffer_compress_percentage=50 --refill_buffers). */
+  extraArgs?: readonly string[];
+  /** fio options of job i alone (one job per URI): e.g. --zero_buffers on one of them. */
+  jobArgs?: (i: number) => readonly string[];
 }
 
 function fioArgs(options: FioRunOptions): string[] {
@@ -84,9 +88,10 @@ function fioArgs(options: FioRunOptions): string[] {
   ];
   if (scenario.fsync !== undefined) args.push(`--fsync=${scenario.fsync}`);
   if (scenario.numjobs !== undefined) args.push(`--numjobs=${scenario.numjobs}`);
+  args.push(...(options.extraArgs ?? []));
   uris.forEach((uri, i) => {
     const depth = Math.floor(scenario.iodepth / uris.length) + (i < scenario.iodepth % uris.length ? 1 : 0);
-    args.push(`--name=bench${i}`, `--uri=${uri}`, `--iodepth=${Math.max(1, depth)}`);
+    args.push(`--name=bench${i}`, `--uri=${uri}`, `--iodepth=${Math.max(1, depth)}`, ...(options.jobArgs?.(i) ?? []));
   });
   return args;
 }

@@ -4,6 +4,7 @@
 
 import type { VerifyMismatch, VerifyReport } from '../device/verify.ts';
 import type { SnapshotInfo } from '../replica/snapshot-ops.ts';
+import type { CompressionStats } from '../device/compression.ts';
 
 export type Role = 'leader' | 'follower' | 'candidate' | 'pre-candidate' | 'learner' | 'standalone';
 
@@ -21,6 +22,8 @@ export interface PeerStatus {
   connected: boolean;
   /** Raft messages to this peer dropped since start: not sent (no link, full queue) or lost with a closed link. */
   messagesDropped?: number;
+  /** Bytes sent to this peer since start (Raft messages and snapshot streams, as written to the link). */
+  bytesSent?: number;
   /** Last measured peer round trip, milliseconds (undefined if unknown). */
   rttMs?: number;
 }
@@ -189,5 +192,7 @@ export interface NodeApi {
   space(): SpaceInfo | undefined;
   /** Proposals accepted but not yet applied here. */
   pendingProposals(): number;
+  /** What write compression did to the writes this node proposed (replicated backend only). */
+  compression?(): Readonly<CompressionStats>;
   on<K extends keyof NodeEvents>(event: K, listener: (e: NodeEvents[K]) => void): unknown;
 }

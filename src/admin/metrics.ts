@@ -10,6 +10,7 @@ import { allocatedBytes } from '../disk/usage.ts';
 import { join } from 'node:path';
 import type { NodeApi, NodeStatus, PeerStatus } from './api.ts';
 import { VERSION } from '../version.ts';
+import type { CompressionStats } from '../device/compression.ts';
 
 /** What src/nbd's server emits per request. */
 export interface NbdRequestEvent {
@@ -153,6 +154,37 @@ export function createMetrics(sources: MetricSources): Registry {
       for (const p of node.status().peers) this.inc({ peer: p.id }, p.messagesDropped ?? 0);
     },
   });
+
+  new Counter({
+    name: 'xdevice_network_peer_sent_bytes_total',
+    help: 'Bytes written to each peer’s link: Raft messages and snapshot streams, as sealed on the wire.',
+    labelNames: ['peer'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const p of node.status().peers) if (p.bytesSent !== undefined) this.inc({ peer: p.id }, p.bytesSent);
+    },
+  });
+
+  if (node.compression) {
+    const stats = node.compression.bind(node);
+    const counter = (name: string, help: string, read: (s: Readonly<CompressionStats>) => number) =>
+      new Counter({
+        name,
+        help,
+        registers: [registry],
+        collect() {
+          this.reset();
+          this.inc(read(stats()));
+        },
+      });
+    counter('xdevice_compression_bytes_in_total', 'Payload bytes of plaintext writes proposed by this node while compression is on (before compression).', (s) => s.bytesIn);
+    counter('xdevice_compression_bytes_out_total', 'Data bytes those writes carried in their commands (compressed, as written, or none for a hole).', (s) => s.bytesOut);
+    counter('xdevice_compression_bytes_saved_total', 'bytes_in less bytes_out: what compression and holes kept out of every WAL and off every peer link.', (s) => s.bytesIn - s.bytesOut);
+    counter('xdevice_compression_compressed_writes_total', 'Writes proposed as COMPRESSED_WRITE (LZ4).', (s) => s.compressedWrites);
+    counter('xdevice_compression_zero_writes_total', 'All-zero writes proposed as WRITE_ZEROES: a hole instead of data.', (s) => s.zeroWrites);
+    counter('xdevice_compression_incompressible_writes_total', 'Writes LZ4 could not shrink by 1/8, proposed as written.', (s) => s.incompressibleWrites);
+  }
 
   const snapshotLabels = ['direction', 'peer'] as const;
   const snapshotGauge = (name: string, help: string, read: (s: NonNullable<NodeStatus['snapshot']>) => number) =>

@@ -26,6 +26,7 @@ import { WAL_DIR } from '../replica/open.ts';
 import { allocatedBytes } from '../disk/usage.ts';
 import { MemberPublisher } from '../replica/publish.ts';
 import { VERSION } from '../version.ts';
+import type { CompressionMode } from '../device/compression.ts';
 import { openTrails, type AuditTrail } from '../audit/trail.ts';
 import type { KeyRing } from '../crypt/keyring.ts';
 
@@ -54,6 +55,8 @@ export interface NodeConfig {
   encryptDevices?: boolean;
   /** Lease reads on this node (see ReplicaOptions.leaseReads). */
   leaseReads?: boolean;
+  /** Write compression on this node (see ReplicaOptions.compression). */
+  compression?: CompressionMode;
 }
 
 export class NodeError extends XDeviceError {}
@@ -109,6 +112,7 @@ export class ClusterNode {
       ...(config.keys ? { keys: config.keys } : {}),
       ...(config.encryptDevices ? { encryptDevices: true } : {}),
       ...(config.leaseReads ? { leaseReads: true } : {}),
+      ...(config.compression ? { compression: config.compression } : {}),
     };
     const env = {
       clock: realClock,
@@ -152,6 +156,7 @@ export class ClusterNode {
       resizeDevice: (name, size, options) => m.resizeDevice(name, size, options),
       space: () => space.report(),
       pendingProposals: () => r.session.size,
+      compression: () => r.compressionStats,
       on: (event, listener) => r.on(event, listener as (...args: unknown[]) => void),
     };
   }

@@ -58,6 +58,7 @@ export interface PeerLinkStatus {
   rttMs?: number;
   queuedBytes: number;
   droppedMessages: number;
+  sentBytes: number;
 }
 
 export interface TransportEvents {
@@ -88,6 +89,8 @@ class PeerLink {
   private sealer: FrameSealer | undefined;
   queuedBytes = 0;
   droppedMessages = 0;
+  /** Bytes handed to this peer's sockets (sealed frames), since start. */
+  sentBytes = 0;
   rttMs: number | undefined;
   /** Connections that reached 'ready' so far: names the current one (Transport.connection). */
   connections = 0;
@@ -128,7 +131,10 @@ class PeerLink {
 
   private write(buffers: Buffer[]): void {
     const s = this.socket!;
-    for (const b of this.sealer ? this.sealer.seal(buffers) : buffers) s.write(b);
+    for (const b of this.sealer ? this.sealer.seal(buffers) : buffers) {
+      this.sentBytes += b.length;
+      s.write(b);
+    }
   }
 
   /** Bytes accepted but not yet handed to the kernel (for snapshot pacing). */
@@ -414,6 +420,7 @@ export class Transport extends EventEmitter<TransportEvents> {
       ...(l.rttMs !== undefined ? { rttMs: l.rttMs } : {}),
       queuedBytes: l.pendingBytes,
       droppedMessages: l.droppedMessages,
+      sentBytes: l.sentBytes,
     }));
   }
 

@@ -431,11 +431,12 @@ export class BlockStore {
     };
     switch (cmd.op) {
       case CommandOp.Write:
+      case CommandOp.CompressedWrite: // data: decompressed by decodeCommand
       case CommandOp.EncryptedWrite: {
         const r = this.checkRange(cmd, cmd.data.length);
         if ('error' in r) return r.error;
         const enc = r.dev.record.encryption;
-        if (cmd.op === CommandOp.Write && enc) return { code: 'EPERM', message: `device ${r.dev.record.name} is encrypted: a plaintext write is refused` };
+        if (cmd.op !== CommandOp.EncryptedWrite && enc) return { code: 'EPERM', message: `device ${r.dev.record.name} is encrypted: a plaintext write is refused` };
         if (cmd.op === CommandOp.EncryptedWrite) {
           if (!enc) return { code: 'EINVAL', message: `device ${r.dev.record.name} is not encrypted` };
           const problem = unaligned(cmd.offset, cmd.data.length) ?? staleWrite(enc, cmd.offset, cmd.data.length, cmd.generation, cmd.watermark);
@@ -782,6 +783,7 @@ export class BlockStore {
 function isDataCommand(cmd: Command): boolean {
   switch (cmd.op) {
     case CommandOp.Write:
+    case CommandOp.CompressedWrite:
     case CommandOp.EncryptedWrite:
     case CommandOp.Trim:
     case CommandOp.WriteZeroes:

@@ -34,6 +34,8 @@
 //   (what they mean at apply: src/device/snapshots.ts; an older node that does not know
 //   the ops skips them as undecodable, so they are proposed only once every member
 //   published a version that knows them: src/replica/snapshot-ops.ts)
+//   COMPRESSED_WRITE u64 deviceId | u64 offset | u32le length | LZ4 block   (src/device/lz4.ts; the
+//                  block's first 4 bytes ARE the u32le length; decoded data = `length` bytes, 1..requestBytesMax)
 //   key            := str8 kekId | 92 bytes wrapped data key | 16 bytes key check value (src/crypt/wrap.ts)
 //   (what the encryption commands mean at apply: src/device/encryption.ts)
 //
@@ -47,6 +49,7 @@ import { limits } from '../limits.ts';
 import { WireReader, WireWriter, str8Size } from './wire.ts';
 import { KCV_BYTES, WRAPPED_KEY_BYTES, type WrappedKey } from '../crypt/wrap.ts';
 import { keyIdProblem } from '../crypt/key-file.ts';
+import { Lz4BlockError, blockLength, decompressBlock, takePlaintext } from './lz4.ts';
 
 export const COMMAND_VERSION = 1;
 export const COMMAND_HEADER_BYTES = 2 + 8 + 8 + 8;
@@ -71,6 +74,8 @@ export const enum CommandOp {
   /** A point-in-time snapshot of a device (src/device/snapshots.ts). */
   SnapshotCreate = 14,
   SnapshotDelete = 15,
+  /** A WRITE whose data is one LZ4 block (src/device/compression.ts decides when; only once every member decodes it). */
+  CompressedWrite = 16,
 }
 
 /** Device flags (CREATE_DEVICE, SET_DEVICE_FLAGS). */
@@ -102,6 +107,8 @@ export interface RequestId {
 
 export type Command =
   | (RequestId & { op: CommandOp.Write; deviceId: number; offset: number; data: Buffer })
+  /** `data`: the decompressed bytes (what apply writes); `block`: the LZ4 block as carried (a slice of the entry). */
+  | (RequestId & { op: CommandOp.CompressedWrite; deviceId: number; offset: number; data: Buffer; block: Buffer })
   | (RequestId & { op: CommandOp.Trim; deviceId: number; offset: number; length: number })
   | (RequestId & { op: CommandOp.WriteZeroes; deviceId: number; offset: number; length: number; noHole: boolean })
   | (RequestId & { op: CommandOp.CreateDevice; name: string; size: number; flags?: number; key?: WrappedKey })
@@ -156,6 +163,15 @@ export function encodeWritev(id: RequestId, deviceId: number, offset: number, pa
   w.u64(deviceId);
   w.u64(offset);
   for (const part of parts) w.raw(part);
+  return w.buf;
+}
+
+/** `block`: a size-prefixed LZ4 block (src/device/lz4.ts compressBlock) of the write's data. */
+export function encodeCompressedWrite(id: RequestId, deviceId: number, offset: number, block: Buffer): Buffer {
+  const w = header(16 + block.length, CommandOp.CompressedWrite, id);
+  w.u64(deviceId);
+  w.u64(offset);
+  w.raw(block);
   return w.buf;
 }
 
@@ -337,6 +353,8 @@ export function encodeCommand(c: Command): Buffer {
   switch (c.op) {
     case CommandOp.Write:
       return encodeWrite(c, c.deviceId, c.offset, c.data);
+    case CommandOp.CompressedWrite:
+      return encodeCompressedWrite(c, c.deviceId, c.offset, c.block);
     case CommandOp.Trim:
       return encodeTrim(c, c.deviceId, c.offset, c.length);
     case CommandOp.WriteZeroes:
@@ -409,6 +427,21 @@ export function decodeCommand(data: Buffer): Command {
         const deviceId = r.u64();
         const offset = r.u64();
         return { op, clientId, seq, firstUnacked, deviceId, offset, data: r.slice(r.remaining) };
+      }
+      case CommandOp.CompressedWrite: {
+        const deviceId = r.u64();
+        const offset = r.u64();
+        const block = r.slice(r.remaining);
+        const length = blockLength(block);
+        if (length === undefined || length < 1 || length > limits.requestBytesMax) throw new CommandDecodeError(`COMPRESSED_WRITE of ${length ?? 'no'} bytes: 1 to ${limits.requestBytesMax}`);
+        const own = takePlaintext(data);
+        if (own !== undefined && own.length === length) return { op, clientId, seq, firstUnacked, deviceId, offset, data: own, block };
+        try {
+          return { op, clientId, seq, firstUnacked, deviceId, offset, data: decompressBlock(block, length, limits.requestBytesMax), block };
+        } catch (err) {
+          if (err instanceof Lz4BlockError) throw new CommandDecodeError(`COMPRESSED_WRITE: ${err.message}`);
+          throw err;
+        }
       }
       case CommandOp.Trim: {
         const c = { op, clientId, seq, firstUnacked, deviceId: r.u64(), offset: r.u64(), length: r.u64() };

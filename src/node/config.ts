@@ -13,6 +13,7 @@ import yargs from 'yargs';
 import { XDeviceError } from '../errors.ts';
 import { limits } from '../limits.ts';
 import { VERSION } from '../version.ts';
+import { COMPRESSION_MODES, type CompressionMode } from '../device/compression.ts';
 import { loadPeerAuth } from '../cluster/peer-auth.ts';
 import type { LogFormat } from '../log.ts';
 import type { TlsMode } from '../nbd/tls.ts';
@@ -67,6 +68,8 @@ export interface NodeConfig {
   encryptDevices: boolean;
   /** The leader serves reads without a ReadIndex round while its lease holds (needs bounded clock drift). */
   leaseReads: boolean;
+  /** Write compression: lz4 (compress writes that pay, zero writes become holes) or off. */
+  compression: CompressionMode;
 }
 
 type Kind = 'string' | 'hostport' | 'devices' | 'peers' | 'boolean' | 'size' | 'anonymous-reads' | 'grants' | { oneOf: readonly string[] };
@@ -117,6 +120,7 @@ export const CONFIG_KEYS: readonly KeySpec[] = [
   { key: 'encryption-key-file', field: 'encryptionKeyFile', kind: 'string', default: '', describe: 'file (mode 600) of key-encryption keys, "ID HEX" lines (openssl rand -hex 32); unset: the systemd credential xdevice-encryption-keys' },
   { key: 'encrypt-devices', field: 'encryptDevices', kind: 'boolean', default: 'false', describe: 'create the devices of `device` (the default device) encrypted when the cluster is founded (needs encryption-key-file)' },
   { key: 'lease-reads', field: 'leaseReads', kind: 'boolean', default: 'false', describe: `the leader serves reads without a ReadIndex round while a quorum answered a heartbeat within the lease (about ${limits.electionTicks - 1} ticks less ${limits.leaseClockDriftPercent}% clock drift); safe only while clocks drift less than that: set it on every member or on none` },
+  { key: 'compression', field: 'compression', kind: { oneOf: COMPRESSION_MODES }, default: 'lz4', describe: 'lz4: writes that shrink by 1/8 or more go to the WAL and the peers LZ4-compressed, and all-zero writes become holes (once every member runs a version that reads them); off: every write as written' },
   { key: 'ready-line', field: 'readyLine', kind: 'boolean', default: 'false', describe: 'once serving, print one JSON line {"ready":true,"nodeId","nbd","admin","peer"} on stdout (for launchers without a systemd notify socket)' },
 ];
 

@@ -60,6 +60,7 @@ export async function startReplicatedRuntime(config: NodeConfig, logger: Logger)
     keys: loadKeyRing(config, logger),
     encryptDevices: config.encryptDevices,
     leaseReads: config.leaseReads,
+    compression: config.compression,
   });
   const r = node.replica;
   const audit = new AuditLog(

@@ -24,6 +24,10 @@
 // any request on a connection made earlier with EACCES. A write encrypted
 // under a key the device left while it was in flight (a rekey moved on) is
 // refused by apply and encrypted again here (src/device/encryption.ts).
+//
+// A plaintext write may be proposed smaller (src/device/compression.ts): an
+// all-zero payload as WRITE_ZEROES (a hole), a compressible one as
+// COMPRESSED_WRITE, once every member decodes it. Ciphertext is not compressed.
 
 import type { BlockDevice, BlockDeviceCapabilities, DeviceTable, Extent, WriteOptions, ZeroOptions } from '../device/block-device.ts';
 import type { BlockStore } from '../device/block-store.ts';
@@ -34,6 +38,7 @@ import type { KeyRing } from '../crypt/keyring.ts';
 import { isSectorAligned, type XtsKey } from '../crypt/xts.ts';
 import { limits } from '../limits.ts';
 import { SnapshotExport } from './snapshot-export.ts';
+import { type CompactWrite, type CompressionMode, type CompressionStats, compactWrite } from '../device/compression.ts';
 
 /** What a replicated device needs from the node runtime. */
 export interface ReplicaService {
@@ -48,6 +53,8 @@ export interface ReplicaService {
   checkSpace(bytes: number): void;
   /** This node's key-encryption keys and the data keys unwrapped with them. */
   readonly keys: KeyRing;
+  /** How plaintext writes are compacted (src/device/compression.ts); absent: never. */
+  compression?(): { mode: CompressionMode; compressed: boolean; stats: CompressionStats };
 }
 
 /** The data keys of an encrypted device as of now: blocks below `watermark` are under `rekey`. */
@@ -220,7 +227,23 @@ export class ReplicatedDevice implements BlockDevice {
 
   write(offset: number, data: Buffer, _options?: WriteOptions): Promise<void> {
     if (this.encrypted()) return this.mutateWith(() => this.proposeEncrypted(offset, data), data.length, { offset, length: data.length });
-    return this.mutate((id) => encodeWrite(id, this.id, offset, data), data.length);
+    return this.proposeWrite(offset, [data], data.length, (id) => encodeWrite(id, this.id, offset, data));
+  }
+
+  /** A plaintext write, as the smaller command src/device/compression.ts makes of it if it does, else as `plain`. */
+  private proposeWrite(offset: number, parts: readonly Buffer[], length: number, plain: (id: RequestId) => Buffer): Promise<void> {
+    const c = this.service.compression?.();
+    let compact: CompactWrite | Promise<CompactWrite | undefined> | undefined;
+    try {
+      compact = c ? compactWrite(c.mode, c.compressed, this.id, offset, parts, c.stats) : undefined;
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    // A hole allocates nothing; a compressed write as much as its data.
+    if (compact === undefined) return this.mutate(plain, length);
+    if (!(compact instanceof Promise)) return this.mutate(compact.encode, compact.hole ? 0 : length);
+    const pending = compact;
+    return this.mutateWith(async () => this.service.propose((await pending)?.encode ?? plain), length);
   }
 
   /** The NBD server's large payloads: the pieces are copied once, into the command (no gathering copy first). */
@@ -228,7 +251,7 @@ export class ReplicatedDevice implements BlockDevice {
     let length = 0;
     for (const part of parts) length += part.length;
     if (this.encrypted()) return this.write(offset, parts.length === 1 ? parts[0]! : Buffer.concat(parts, length));
-    return this.mutate((id) => encodeWritev(id, this.id, offset, parts), length);
+    return this.proposeWrite(offset, parts, length, (id) => encodeWritev(id, this.id, offset, parts));
   }
 
   trim(offset: number, length: number, _options?: WriteOptions): Promise<void> {

@@ -47,6 +47,8 @@ export interface LinkStatus {
   connected: boolean;
   rttMs?: number;
   droppedMessages: number;
+  /** Bytes written to the peer's connections since start (frames as sealed; absent where not measured). */
+  sentBytes?: number;
 }
 
 export interface PeerTransport {

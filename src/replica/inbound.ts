@@ -99,5 +99,5 @@ export class PeerInbox {
 
 /** Does this entry payload write data (and so take space in a device file)? */
 function allocates(data: Buffer): boolean {
-  return data.length > 1 && data[0] === COMMAND_VERSION && (data[1] === CommandOp.Write || data[1] === CommandOp.WriteZeroes);
+  return data.length > 1 && data[0] === COMMAND_VERSION && (data[1] === CommandOp.Write || data[1] === CommandOp.CompressedWrite || data[1] === CommandOp.WriteZeroes);
 }

@@ -47,6 +47,7 @@ import { RequestError, RequestSession } from './requests.ts';
 import { SnapshotReceiver } from './snapshot-receiver.ts';
 import { SnapshotSender } from './snapshot-sender.ts';
 import { ReplicatedDeviceTable, type ReplicaService } from './device.ts';
+import { type CompressionMode, CompressionStats, membersDecodeCompressed } from '../device/compression.ts';
 import { KeyRing } from '../crypt/keyring.ts';
 import { SnapshotOps } from './snapshot-ops.ts';
 import { KeyOps } from './keys.ts';
@@ -76,6 +77,8 @@ export interface ReplicaOptions {
    * it on every member: a voter without it does not count towards a lease.
    */
   leaseReads?: boolean;
+  /** Write compression (the `compression` option, src/device/compression.ts); default lz4. */
+  compression?: CompressionMode;
 }
 
 
@@ -103,6 +106,10 @@ export class Replica extends EventEmitter implements ReplicaService, ReplicaCore
   private readonly inbox: PeerInbox;
   private readonly leadership: Leadership;
   readonly bugs: PlantedBugs;
+  /** What write compression saved on this node (the writes it proposed). */
+  readonly compressionStats = new CompressionStats();
+  /** Whether every member decodes COMPRESSED_WRITE, as of the applied indexes in `key`. */
+  private compressionGate = { key: '', ok: false };
   /** Peer messages from ids outside the configuration, dropped before Raft. */
   peerMessagesDropped = 0;
   /** Highest committed index reflected in the store (entries at or below the store's own index are skipped). */
@@ -492,6 +499,20 @@ export class Replica extends EventEmitter implements ReplicaService, ReplicaCore
     }
     this.schedule();
     return true;
+  }
+
+  /** How this node compacts writes: its mode, and whether COMPRESSED_WRITE may be proposed now (every member decodes it). */
+  compression(): { mode: CompressionMode; compressed: boolean; stats: CompressionStats } {
+    const mode = this.options.compression ?? 'lz4';
+    if (mode === 'off') return { mode, compressed: false, stats: this.compressionStats };
+    // Membership and the member table change only as entries apply.
+    const key = `${this.raftAppliedIndex}/${this.processedIndex}`;
+    if (this.compressionGate.key !== key) {
+      const cs = this.raw.status().confState;
+      const members = new Set([...cs.voters, ...cs.learners, ...cs.votersOutgoing, ...cs.learnersNext]);
+      this.compressionGate = { key, ok: membersDecodeCompressed(members, (id) => this.store.publishedMember(id)?.version) };
+    }
+    return { mode, compressed: this.compressionGate.ok, stats: this.compressionStats };
   }
 
   /** Refuses a write of `bytes` that would take the data filesystem below its reserve (ENOSPC, before proposing). */

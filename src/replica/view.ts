@@ -53,6 +53,7 @@ export class ReplicaView {
         voter: cs.voters.includes(id) || cs.votersOutgoing.includes(id),
         connected: link?.connected ?? false,
         messagesDropped: link?.droppedMessages ?? 0,
+        ...(link?.sentBytes !== undefined ? { bytesSent: link.sentBytes } : {}),
         ...(link?.rttMs !== undefined ? { rttMs: link.rttMs } : {}),
       };
     });

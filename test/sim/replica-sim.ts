@@ -50,6 +50,8 @@ import { EntryType, MessageType, message, type Entry, type Message, type Snapsho
 import { ConfChangeType, decodeConfChange } from '../../src/raft/confchange.ts';
 import { limits } from '../../src/limits.ts';
 import { encodeSnapshotCreate, encodeSnapshotDelete } from '../../src/device/commands.ts';
+import { MemberPublisher } from '../../src/replica/publish.ts';
+import { VERSION } from '../../src/version.ts';
 
 export interface ReplicaSimOptions {
   seed: number;
@@ -432,6 +434,9 @@ class Sim {
     this.hookApply(n, replica);
     this.trace(`${n.id} started (incarnation ${inc}, applied ${replica.processedIndex})`);
     await replica.start(opened.founded);
+    // Members publish their version as real nodes do: once all have, writes go
+    // out compressed (COMPRESSED_WRITE), so the faults here reach that path too.
+    if (n.incarnation === inc && n.alive) new MemberPublisher(replica).publish({ adminAddress: '', nbdAddress: '', version: VERSION });
   }
 
   crash(n: Node, why: string): void {

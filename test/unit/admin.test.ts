@@ -94,6 +94,11 @@ t.test('metrics are valid Prometheus text with the etcd-style names', async (t) 
   t.equal(families.get('xdevice_server_is_learner')?.metrics[0]?.value, '0');
   t.same(families.get('xdevice_network_peer_connected')?.metrics[0], { labels: { peer: 'node2' }, value: '1' });
   t.same(families.get('xdevice_network_peer_sent_failures_total')?.metrics[0], { labels: { peer: 'node2' }, value: '5' });
+  t.same(families.get('xdevice_network_peer_sent_bytes_total')?.metrics[0], { labels: { peer: 'node2' }, value: '123456' });
+  t.equal(families.get('xdevice_compression_bytes_in_total')?.metrics[0]?.value, '10000');
+  t.equal(families.get('xdevice_compression_bytes_out_total')?.metrics[0]?.value, '3000');
+  t.equal(families.get('xdevice_compression_bytes_saved_total')?.metrics[0]?.value, '7000');
+  t.equal(families.get('xdevice_compression_zero_writes_total')?.metrics[0]?.value, '1', 'zero writes turned into holes are counted');
   t.same(families.get('xdevice_health_check')?.metrics[0], { labels: { check: 'leader' }, value: '1' });
   t.equal(families.get('xdevice_nbd_connections')?.metrics[0]?.value, '2');
   t.match(res.body, /^xdevice_nbd_request_bytes_total\{command="write"\} 4608$/m);

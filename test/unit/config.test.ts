@@ -21,6 +21,10 @@ t.test('embedded defaults are the documented ones', async (t) => {
   t.equal(config.leaseReads, false, 'lease reads are off unless asked for');
   t.equal(origin['data-dir'], 'default');
   t.equal(loadConfig({ flags: new Map(), env: { XDEVICE_LEASE_READS: 'true' } }).config.leaseReads, true);
+  t.equal(config.compression, 'lz4', 'compression is on by default');
+  t.equal(loadConfig({ flags: new Map(), env: { XDEVICE_COMPRESSION: 'off' } }).config.compression, 'off');
+  t.equal(loadConfig({ flags: new Map([['compression', 'off']]), env: { XDEVICE_COMPRESSION: 'lz4' } }).config.compression, 'off', 'the flag wins');
+  t.throws(() => loadConfig({ flags: new Map(), env: { XDEVICE_COMPRESSION: 'zstd' } }), { message: /XDEVICE_COMPRESSION: must be one of lz4, off/ });
 });
 
 t.test('precedence: flag > environment > file > default', async (t) => {

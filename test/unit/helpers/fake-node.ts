@@ -13,7 +13,7 @@ export class FakeNode extends EventEmitter implements NodeApi {
   status(): NodeStatus {
     return {
       id: 'node1', role: 'leader', term: 3, leader: 'node1', commit: 10, applied: 10, backend: 'replicated',
-      peers: [{ id: 'node2', address: '127.0.0.1:2', match: 7, next: 8, state: 'replicate', lagEntries: 3, voter: true, connected: true, messagesDropped: 5 }],
+      peers: [{ id: 'node2', address: '127.0.0.1:2', match: 7, next: 8, state: 'replicate', lagEntries: 3, voter: true, connected: true, messagesDropped: 5, bytesSent: 123456 }],
       nbdAddress: '127.0.0.1:10809', adminAddress: '127.0.0.1:10819', uptimeSeconds: 1, version: VERSION,
       ...(this.snapshot ? { snapshot: this.snapshot } : {}),
     };
@@ -44,4 +44,5 @@ export class FakeNode extends EventEmitter implements NodeApi {
   async deleteDevice(name: string) { this.deviceList = this.deviceList.filter((d) => d.name !== name); }
   async resizeDevice(name: string, size: number) { this.deviceList.find((d) => d.name === name)!.size = size; }
   pendingProposals() { return 2; }
+  compression() { return { bytesIn: 10_000, bytesOut: 3_000, compressedWrites: 2, zeroWrites: 1, incompressibleWrites: 1 }; }
 }

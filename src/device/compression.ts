@@ -1,0 +1,140 @@
+// Compression of writes, decided once, where the NBD write is proposed: the
+// command then carries the compressed bytes into the WAL of every replica and
+// over every peer link, and each replica decompresses it at apply
+// (decodeCommand). So one compression per write buys both savings.
+//
+// The policy, for a plaintext device (ciphertext does not compress; an
+// encrypted device's writes stay ENCRYPTED_WRITE):
+//   - an all-zero payload becomes WRITE_ZEROES without NO_HOLE: apply punches
+//     a hole, which reads back as zeroes (what qemu's detect-zeroes=unmap
+//     does), and the entry carries no data at all;
+//   - a payload of at least limits.compressWriteBytesMin whose LZ4 block
+//     saves at least 1/8 becomes COMPRESSED_WRITE;
+//   - anything else stays a WRITE, byte for byte as before.
+// With `compression = off` every write stays a WRITE (zero payloads too).
+//
+// Mixed versions: a node running code without COMPRESSED_WRITE would skip
+// such an entry as undecodable and its device would silently differ. So it
+// is proposed only while every member of the configuration has published
+// (src/device/member-table.ts) a version at or after COMPRESSED_WRITE_SINCE,
+// the way etcd gates a feature on its cluster version (the lowest of its
+// members'). A member not yet published counts as old. Downgrading a member
+// below that version is safe only with compression off on every node and
+// once no COMPRESSED_WRITE is left in any log it may be sent (after a
+// checkpoint and WAL retention have passed them).
+
+import { type RequestId, encodeCompressedWrite, encodeWriteZeroes } from './commands.ts';
+import { compressBlock, compressBlockAsync, rememberPlaintext } from './lz4.ts';
+import { limits } from '../limits.ts';
+
+export type CompressionMode = 'lz4' | 'off';
+export const COMPRESSION_MODES: readonly CompressionMode[] = ['lz4', 'off'];
+
+/** The first version whose nodes decode COMPRESSED_WRITE. */
+export const COMPRESSED_WRITE_SINCE = '0.2.0';
+
+/** Bytes counted as writes pass through the policy (metrics: xdevice_compression_*). */
+export class CompressionStats {
+  /** Payload bytes of the writes the policy looked at (NBD WRITE data). */
+  bytesIn = 0;
+  /** Bytes of data those writes carry in their commands (a hole carries none). */
+  bytesOut = 0;
+  /** Writes sent as COMPRESSED_WRITE. */
+  compressedWrites = 0;
+  /** All-zero writes sent as WRITE_ZEROES (a hole at apply). */
+  zeroWrites = 0;
+  /** Writes that stayed plain WRITEs though the policy could compress (they did not pay). */
+  incompressibleWrites = 0;
+}
+
+/**
+ * Whether `version` is at or after `since` (numeric major.minor.patch; a
+ * pre-release such as 0.2.0-rc.1 comes before its release, so it counts as
+ * older). A version that does not parse counts as older.
+ */
+export function versionAtLeast(version: string, since: string): boolean {
+  const a = parseVersion(version);
+  const b = parseVersion(since);
+  if (!a || !b) return false;
+  for (let i = 0; i < 3; i++) if (a.parts[i] !== b.parts[i]) return a.parts[i]! > b.parts[i]!;
+  return !a.pre || b.pre;
+}
+
+function parseVersion(v: string): { parts: number[]; pre: boolean } | undefined {
+  const m = /^v?(\d{1,9})\.(\d{1,9})\.(\d{1,9})(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$/.exec(v);
+  if (!m) return undefined;
+  return { parts: [Number(m[1]), Number(m[2]), Number(m[3])], pre: m[4] !== undefined };
+}
+
+/** Whether every id in `members` has published a version that decodes COMPRESSED_WRITE. */
+export function membersDecodeCompressed(members: Iterable<string>, publishedVersion: (id: string) => string | undefined): boolean {
+  let any = false;
+  for (const id of members) {
+    any = true;
+    const v = publishedVersion(id);
+    if (v === undefined || !versionAtLeast(v, COMPRESSED_WRITE_SINCE)) return false;
+  }
+  return any;
+}
+
+const ZERO_CHUNK = Buffer.alloc(64 * 1024);
+
+/** Whether every byte of `parts` is zero (compared 64 KiB at a time: memcmp speed). */
+export function allZero(parts: readonly Buffer[]): boolean {
+  for (const part of parts) {
+    for (let at = 0; at < part.length; at += ZERO_CHUNK.length) {
+      const n = Math.min(ZERO_CHUNK.length, part.length - at);
+      if (ZERO_CHUNK.compare(part, at, at + n, 0, n) !== 0) return false;
+    }
+  }
+  return true;
+}
+
+/** A write proposed as a smaller command: its encoder, whether it is a hole, the original length. */
+export interface CompactWrite {
+  encode: (id: RequestId) => Buffer;
+  hole: boolean;
+  length: number;
+}
+
+/**
+ * What a plaintext write of `parts` at `offset` is proposed as: an encoder of
+ * the smaller command, or undefined for a plain WRITE. The compression is
+ * done here, once (a retried proposal re-encodes the same block).
+ * `compressed`: whether COMPRESSED_WRITE may be proposed (mode lz4 and every
+ * member decodes it); `mode` off turns off the zero detection too.
+ */
+export function compactWrite(
+  mode: CompressionMode,
+  compressed: boolean,
+  deviceId: number,
+  offset: number,
+  parts: readonly Buffer[],
+  stats: CompressionStats,
+): CompactWrite | Promise<CompactWrite | undefined> | undefined {
+  if (mode === 'off') return undefined;
+  let length = 0;
+  for (const part of parts) length += part.length;
+  if (length === 0) return undefined;
+  stats.bytesIn += length;
+  if (allZero(parts)) {
+    stats.zeroWrites++;
+    return { encode: (id) => encodeWriteZeroes(id, deviceId, offset, length, false), hole: true, length };
+  }
+  if (!compressed || length < limits.compressWriteBytesMin) {
+    stats.bytesOut += length;
+    return undefined;
+  }
+  const plain = parts.length === 1 ? parts[0]! : Buffer.concat(parts, length);
+  const decide = (block: Buffer): CompactWrite | undefined => {
+    if (block.length > length - Math.floor(length / 8)) {
+      stats.incompressibleWrites++;
+      stats.bytesOut += length;
+      return undefined;
+    }
+    stats.compressedWrites++;
+    stats.bytesOut += block.length;
+    return { encode: (id) => rememberPlaintext(encodeCompressedWrite(id, deviceId, offset, block), plain), hole: false, length };
+  };
+  return length >= limits.compressAsyncBytesMin ? compressBlockAsync(plain).then(decide) : decide(compressBlock(plain));
+}
