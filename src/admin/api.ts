@@ -3,7 +3,6 @@
 // backends both implement it; the HTTP layer never reaches past it.
 
 import type { VerifyMismatch, VerifyReport } from '../device/verify.ts';
-import type { SnapshotInfo } from '../replica/snapshot-ops.ts';
 import type { CompressionStats } from '../device/compression.ts';
 
 export type Role = 'leader' | 'follower' | 'candidate' | 'pre-candidate' | 'learner' | 'standalone';
@@ -195,4 +194,20 @@ export interface NodeApi {
   /** What write compression did to the writes this node proposed (replicated backend only). */
   compression?(): Readonly<CompressionStats>;
   on<K extends keyof NodeEvents>(event: K, listener: (e: NodeEvents[K]) => void): unknown;
+}
+
+/** One device snapshot as the admin API reports it (src/replica/snapshot-ops.ts builds it). */
+export interface SnapshotInfo {
+  device: string;
+  name: string;
+  /** Log index of the SNAPSHOT_CREATE: the point in the log the snapshot shows. */
+  index: number;
+  createdAt: string;
+  size: number;
+  /** Bytes of preserved blocks this node holds for it. */
+  heldBytes: number;
+  /** The NBD export serving it. */
+  export: string;
+  /** Why this node cannot serve it, if it cannot. */
+  unavailable?: string;
 }

@@ -14,7 +14,7 @@ import { arg, CliExit, client, EXIT, type GlobalArgs, print } from './common.ts'
 import { formatSize, parseDeviceName } from '../parse.ts';
 import type { AdminClient } from './admin-client.ts';
 import type { NodeStatus } from '../admin/api.ts';
-import type { SnapshotInfo } from '../replica/snapshot-ops.ts';
+import type { SnapshotInfo } from '../admin/api.ts';
 import { snapshotNameProblem } from '../device/snapshots.ts';
 import { limits } from '../limits.ts';
 import { BACKUP_FORMAT, backupChain, BackupDir, type BackupManifest, composeChain, isZeroBlock, ZERO } from './backup-store.ts';

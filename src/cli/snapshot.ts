@@ -7,7 +7,7 @@ import type { Argv } from 'yargs';
 import { arg, client, type GlobalArgs, print } from './common.ts';
 import { formatSize, parseDeviceName } from '../parse.ts';
 import { renderTable } from './output.ts';
-import type { SnapshotInfo } from '../replica/snapshot-ops.ts';
+import type { SnapshotInfo } from '../admin/api.ts';
 import { snapshotNameProblem } from '../device/snapshots.ts';
 
 function snapshotName(name: string): string {

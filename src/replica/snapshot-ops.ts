@@ -17,21 +17,9 @@ import type { XDeviceError } from '../errors.ts';
 import { VERSION } from '../version.ts';
 import { ReplicaError } from './errors.ts';
 import type { ReplicaCore } from './core.ts';
+import type { SnapshotInfo } from '../admin/api.ts';
 
-export interface SnapshotInfo {
-  device: string;
-  name: string;
-  /** Log index of the SNAPSHOT_CREATE: the point in the log the snapshot shows. */
-  index: number;
-  createdAt: string;
-  size: number;
-  /** Bytes of preserved blocks this node holds for it. */
-  heldBytes: number;
-  /** The NBD export serving it. */
-  export: string;
-  /** Why this node cannot serve it, if it cannot. */
-  unavailable?: string;
-}
+export type { SnapshotInfo };
 
 export class SnapshotOps {
   constructor(private readonly r: ReplicaCore) {}
