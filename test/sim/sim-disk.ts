@@ -27,6 +27,11 @@
 //            settle: their process is gone, so nothing may run after them.
 //   counts   stats: operations, each fault injected, crashes, sectors and
 //            journal records lost at crashes.
+//
+// Over 500 lines: it is one DiskIo — every call of the interface the real WAL
+// and block store use (files, paths, directories, extents), each with its
+// latency, faults and crash semantics — and splitting the calls apart would
+// split the one per-operation schedule they share.
 
 import { constants as osConstants } from 'node:os';
 import { dirname, basename } from 'node:path';
