@@ -512,7 +512,11 @@ export class Raft {
    * committed and still need its vote.
    */
   private candidateUpToDate(index: number, logTerm: number): boolean {
-    if (this.trk.progress.has(this.id)) return this.log.isUpToDate(index, logTerm);
+    // Not removed: a voter of a configuration the log's unapplied changes lead
+    // to (a node that restarted before applying its own promotion) holds
+    // entries such a configuration may have committed (sim seed 12002237).
+    const pendingVoter = this.trk.pendingConfigs().some((p) => p.incoming.includes(this.id) || p.outgoing.includes(this.id));
+    if (this.trk.progress.has(this.id) || pendingVoter) return this.log.isUpToDate(index, logTerm);
     const c = this.log.committed;
     const ct = this.log.zeroTermOnOutOfBounds(c);
     return logTerm > ct || (logTerm === ct && index >= c);

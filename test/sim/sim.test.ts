@@ -23,9 +23,11 @@ import { runReplicaSeed } from './replica-sim.ts';
  *        log won an election by its applied configuration with a removed voter's vote,
  *        without 22 committed entries (fixed in src/raft: elections and commit need a
  *        quorum of every configuration the log's unapplied changes lead to, thesis 4.1)
+ *   12002237  a node that restarted before applying its own addition voted by its commit
+ *        index as if removed, electing a leader without a committed entry (src/raft)
  *   7000108, 7004734  a receiver that died after a snapshot stream's last chunk: the sender waited 120 s for its report (now it gives up when the connection goes)
  */
-const REGRESSION_SEEDS = [11, 24, 59, 106, 327, 479, 502, 554, 3001850, 3002269, 7000108, 7004734];
+const REGRESSION_SEEDS = [11, 24, 59, 106, 327, 479, 502, 554, 3001850, 3002269, 7000108, 7004734, 12002237];
 
 await runCiShare(t, 0);
 

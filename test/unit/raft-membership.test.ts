@@ -3,7 +3,7 @@
 
 import t from 'tap';
 import { ConfChangeTransition, ConfChangeType, confChanges, decodeConfChange, encodeConfChange, type ConfChange } from '../../src/raft/confchange.ts';
-import { MessageType } from '../../src/raft/types.ts';
+import { message, MessageType } from '../../src/raft/types.ts';
 import { Network, Role } from './helpers/raft-network.ts';
 
 const commitChange = (net: Network, leader: string, cc: ConfChange) => {
@@ -272,4 +272,33 @@ t.test('4.1 a node whose applied configuration lags the changes in its log canno
   net.run(30);
   t.equal(net.leaders().length, 1, 'one leader once healed');
   for (const id of ['a', 'b', 'd']) t.ok(net.appliedData(id).includes('committed-by-a-and-d'), `${id} has the entry a and d committed`);
+});
+
+t.test('4.1 a node outside its applied configuration but a voter of the one its log leads to votes by its whole log (sim seed 12002237)', async (t) => {
+  // d was added and promoted, took entry x, then restarted with its commit
+  // index from before it was added: its applied configuration does not name
+  // it. It is not a removed node (those may vote by their commit index): the
+  // configuration its log ends with counts it, and x may be committed by it.
+  const net = new Network(['a', 'b', 'c']);
+  net.campaign('a');
+  net.addNode('d');
+  const learner = commitChange(net, 'a', confChanges.addLearner('d'));
+  net.run(2);
+  commitChange(net, 'a', confChanges.addVoter('d'));
+  const x = net.propose('a', 'x');
+  net.stabilize();
+  t.ok(net.raft('d').log.lastIndex() >= x.index, 'd holds x');
+  const hs = net.get('d').storage.initialState().hardState;
+  net.get('d').storage.setHardState({ ...hs, commit: learner.index - 1 });
+  net.restart('d');
+  net.process('d');
+  t.same(net.get('d').node.status().confState.voters, ['a', 'b', 'c'], 'd restarted with a configuration that does not name it');
+  t.same(net.get('d').node.status().confState.learners, [], 'not even as a learner');
+  const term = net.raft('d').term + 1;
+  net.queue = [];
+  net.deliver(message({ type: MessageType.Vote, from: 'c', to: 'd', term, index: x.index - 1, logTerm: net.raft('d').log.term(x.index - 1) }));
+  net.process('d');
+  const resp = net.queue.find((m) => m.type === MessageType.VoteResp && m.from === 'd');
+  t.ok(resp, 'd answers');
+  t.equal(resp?.reject, true, 'd refuses a candidate whose log lacks x');
 });
