@@ -135,6 +135,8 @@ const CHECKED = 6;
 const BLOCKS = 10;
 const DEVICE_BYTES = 1024 * 1024;
 const DISK_BYTES = 512 * 1024 * 1024;
+/** Events one seed may run before it counts as a livelock. */
+const EVENTS_MAX = 300_000;
 /** Free space kept back on the data filesystem (writes past it get ENOSPC before they are proposed). */
 const RESERVE = 8 * 1024 * 1024;
 const silent = pino({ level: 'silent' });
@@ -773,7 +775,9 @@ class Sim {
         break;
       }
       this.now = ev.at;
-      this.stats.events++;
+      // A seed runs ~11k events on average: 27 times that is a
+      // protocol loop that keeps the cluster from converging (a livelock).
+      if (++this.stats.events > EVENTS_MAX) violation(`liveness: ${EVENTS_MAX} events by ${this.now} ms without the run ending (a livelock; last: ${ev.what})`);
       ev.fn();
       // Every promise reaction the event set off runs before the next event.
       await new Promise((r) => setImmediate(r));

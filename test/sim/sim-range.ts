@@ -5,7 +5,7 @@ import type { Test } from 'tap';
 import { runReplicaSeed, type ReplicaSimStats } from './replica-sim.ts';
 
 /** CI's simulator seeds in all (XDEVICE_SIM_SEEDS), run in CI_SHARES files so tap spreads them over the cores. */
-export const CI_SEEDS = Number(process.env.XDEVICE_SIM_SEEDS ?? 2000);
+export const CI_SEEDS = Number(process.env.XDEVICE_SIM_SEEDS ?? 800);
 export const CI_SHARES = 4;
 
 /** Share `k` (0-based) of CI's seeds 1..CI_SEEDS. */
