@@ -25,7 +25,7 @@ import {
 } from '../device/commands.ts';
 import { compareVerify, verifyRangeBytes, type VerifyReport } from '../device/verify.ts';
 import { ReplicaVerifier } from './verify.ts';
-import { ReplicaError } from './errors.ts';
+import { asReplicaError, ReplicaError } from './errors.ts';
 import { safeTerm } from './housekeeping.ts';
 import { promotionBlocker } from './promotion.ts';
 import type { ReplicaCore as Replica } from './core.ts';
@@ -219,13 +219,7 @@ export class Membership {
   // ---- the device table -------------------------------------------------------------------
 
   private async tableCommand(encode: (id: RequestId) => Buffer): Promise<void> {
-    try {
-      await this.r.propose(encode);
-    } catch (err) {
-      const code = (err as XDeviceError).code;
-      if (typeof code === 'string' && code.startsWith('XDEVICE_ERR_')) throw new ReplicaError(code, (err as Error).message);
-      throw err;
-    }
+    await this.r.propose(encode).catch(asReplicaError);
   }
 
   /** Everything apply will check, checked before proposing (DESIGN contract 8). */

@@ -13,9 +13,8 @@
 import { deviceNameProblem } from '../parse.ts';
 import { encodeSnapshotCreate, encodeSnapshotDelete, type RequestId } from '../device/commands.ts';
 import { SnapshotSet } from '../device/snapshots.ts';
-import type { XDeviceError } from '../errors.ts';
 import { VERSION } from '../version.ts';
-import { ReplicaError } from './errors.ts';
+import { asReplicaError, ReplicaError } from './errors.ts';
 import type { ReplicaCore } from './core.ts';
 import type { SnapshotInfo } from '../admin/api.ts';
 
@@ -33,13 +32,7 @@ export class SnapshotOps {
   }
 
   private async propose(encode: (id: RequestId) => Buffer): Promise<void> {
-    try {
-      await this.r.propose(encode);
-    } catch (err) {
-      const code = (err as XDeviceError).code;
-      if (typeof code === 'string' && code.startsWith('XDEVICE_ERR_')) throw new ReplicaError(code, (err as Error).message);
-      throw err;
-    }
+    await this.r.propose(encode).catch(asReplicaError);
   }
 
   /** Members that have not published this node's version (they may not know the snapshot ops). */
