@@ -10,7 +10,9 @@
 //     does), and the entry carries no data at all;
 //   - a payload of at least limits.compressWriteBytesMin whose LZ4 block
 //     saves at least 1/8 becomes COMPRESSED_WRITE;
-//   - anything else stays a WRITE, byte for byte as before.
+//   - anything else stays a WRITE, byte for byte as before. A large write is
+//     probed first (probeCompresses): when samples of it do not shrink, it is
+//     neither gathered nor compressed.
 // With `compression = off` every write stays a WRITE (zero payloads too).
 //
 // Mixed versions: a node running code without COMPRESSED_WRITE would skip
@@ -125,6 +127,11 @@ export function compactWrite(
     stats.bytesOut += length;
     return undefined;
   }
+  if (length >= limits.compressProbeWriteBytesMin && !probeCompresses(parts, length)) {
+    stats.incompressibleWrites++;
+    stats.bytesOut += length;
+    return undefined;
+  }
   const plain = parts.length === 1 ? parts[0]! : Buffer.concat(parts, length);
   const decide = (block: Buffer): CompactWrite | undefined => {
     if (block.length > length - Math.floor(length / 8)) {
@@ -137,4 +144,38 @@ export function compactWrite(
     return { encode: (id) => rememberPlaintext(encodeCompressedWrite(id, deviceId, offset, block), plain), hole: false, length };
   };
   return length >= limits.compressAsyncBytesMin ? compressBlockAsync(plain).then(decide) : decide(compressBlock(plain));
+}
+
+/** `n` bytes of `parts` from byte `at` (a view when they lie in one part). */
+function bytesAt(parts: readonly Buffer[], at: number, n: number): Buffer {
+  let start = 0;
+  for (let i = 0; i < parts.length; i++) {
+    const part = parts[i]!;
+    if (at < start + part.length) {
+      const from = at - start;
+      if (from + n <= part.length) return part.subarray(from, from + n);
+      const out = Buffer.allocUnsafe(n);
+      let done = part.copy(out, 0, from);
+      for (let j = i + 1; j < parts.length && done < n; j++) done += parts[j]!.copy(out, done, 0, Math.min(parts[j]!.length, n - done));
+      return out;
+    }
+    start += part.length;
+  }
+  return Buffer.alloc(0);
+}
+
+/**
+ * Whether LZ4 shrinks any of three samples of the write (its start, middle
+ * and end, limits.compressProbeBytes each) by 1/16 or more: a cheap guess,
+ * looser than the 1/8 the whole write must save, so that a write that would
+ * pay is rarely turned away.
+ */
+export function probeCompresses(parts: readonly Buffer[], length: number): boolean {
+  const n = Math.min(limits.compressProbeBytes, length);
+  const align = (v: number): number => Math.max(0, Math.min(length - n, v - (v % n)));
+  for (const at of new Set([0, align(length / 2), align(length - n)])) {
+    const block = compressBlock(bytesAt(parts, at, n));
+    if (block.length <= n - n / 16) return true;
+  }
+  return false;
 }

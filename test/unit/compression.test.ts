@@ -21,7 +21,7 @@ import {
   encodeCreateDevice,
   encodeWrite,
 } from '../../src/device/commands.ts';
-import { CompressionStats, allZero, compactWrite, membersDecodeCompressed, versionAtLeast, COMPRESSED_WRITE_SINCE } from '../../src/device/compression.ts';
+import { CompressionStats, allZero, compactWrite, membersDecodeCompressed, probeCompresses, versionAtLeast, COMPRESSED_WRITE_SINCE } from '../../src/device/compression.ts';
 import { compressBlock, decompressBlock, Lz4BlockError } from '../../src/device/lz4.ts';
 import { limits } from '../../src/limits.ts';
 import { EntryType, type Entry } from '../../src/raft/types.ts';
@@ -113,6 +113,35 @@ t.test('policy: holes for zeroes, LZ4 when it saves 1/8, plain otherwise, nothin
   t.equal(stats.compressedWrites, 3);
   t.equal(stats.incompressibleWrites, 1);
   t.ok(stats.bytesOut < stats.bytesIn, 'bytes saved');
+});
+
+t.test('large writes are probed: samples that do not shrink send the write as written, unread by LZ4 as a whole', async (t) => {
+  const dev = 1;
+  const MiB = 1024 * 1024;
+  /** `b` cut into parts of `n` bytes (the last shorter), as a socket delivers a payload. */
+  const cut = (b: Buffer, n: number): Buffer[] => {
+    const out: Buffer[] = [];
+    for (let at = 0; at < b.length; at += n) out.push(b.subarray(at, Math.min(b.length, at + n)));
+    return out;
+  };
+  const random = randomBytes(MiB);
+  t.notOk(probeCompresses(cut(random, 65_536), MiB), 'random data: no sample shrinks');
+  const stats = new CompressionStats();
+  t.equal(compactWrite('lz4', true, dev, 0, cut(random, 65_536), stats), undefined, 'decided at once, without the thread pool');
+  t.equal(stats.incompressibleWrites, 1);
+  t.equal(stats.bytesOut, MiB, 'counted as sent as written');
+  // Only the middle is compressible: the middle sample finds it, and parts of
+  // 1000 bytes make every sample straddle parts.
+  const mixed = Buffer.from(random);
+  halfCompressible(MiB / 2).copy(mixed, MiB / 4);
+  const parts = cut(mixed, 1000);
+  t.ok(probeCompresses(parts, MiB), 'the middle sample shrinks');
+  const done = await compactWrite('lz4', true, dev, 0, parts, stats);
+  t.ok(done, 'so the whole write is compressed');
+  t.ok((decodeCommand(Buffer.from(done!.encode(id))) as { data: Buffer }).data.equals(mixed), 'and decodes to its bytes');
+  const small = randomBytes(limits.compressProbeWriteBytesMin - 1);
+  t.equal(await compactWrite('lz4', true, dev, 0, [small], stats), undefined, 'below the probe size: the full attempt decides');
+  t.equal(stats.incompressibleWrites, 2);
 });
 
 t.test('codec: COMPRESSED_WRITE round-trips, re-encodes to the same bytes, and refuses what does not add up', async (t) => {
