@@ -9,8 +9,8 @@ import { constants as fsConstants } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { assert } from '../errors.ts';
 import { closeFile, openFile, punchHole } from '../native.ts';
-import type { BlockDevice, BlockDeviceCapabilities, Extent, WriteOptions, ZeroOptions } from './block-device.ts';
-import { deviceError, readFully, writeFully, writeZeroBytes } from './fd-io.ts';
+import type { Extent, WriteOptions, ZeroOptions } from './block-device.ts';
+import { deviceError, HandleDevice, writeFully, writeZeroBytes } from './fd-io.ts';
 import { fileExtents } from '../disk/fiemap.ts';
 
 export interface FileDeviceOptions {
@@ -22,29 +22,17 @@ export interface FileDeviceOptions {
   readOnly?: boolean;
 }
 
-export class FileDevice implements BlockDevice {
-  readonly name: string;
-  readonly description: string | undefined;
-  readonly size: number;
-  readonly path: string;
-  readonly capabilities: BlockDeviceCapabilities;
-  readonly preferredBlockSize = 4096;
-  private readonly handle: FileHandle;
-  /** A second descriptor from the native addon, which alone can punch holes. */
-  private readonly nativeFd: number;
+export class FileDevice extends HandleDevice {
   private extentsWork = true;
-  private closed = false;
 
-  private constructor(options: FileDeviceOptions, handle: FileHandle, nativeFd: number) {
-    this.name = options.name;
-    this.description = options.description;
-    this.size = options.size;
-    this.path = options.path;
-    this.handle = handle;
-    this.nativeFd = nativeFd;
-    const readOnly = options.readOnly ?? false;
-    this.capabilities = {
-      readOnly,
+  private constructor(
+    options: FileDeviceOptions,
+    handle: FileHandle,
+    /** A second descriptor from the native addon, which alone can punch holes. */
+    private readonly nativeFd: number,
+  ) {
+    super(options, handle, options.size, {
+      readOnly: options.readOnly ?? false,
       canFlush: true,
       canFua: true,
       canTrim: true,
@@ -53,7 +41,7 @@ export class FileDevice implements BlockDevice {
       canMultiConn: true,
       canExtents: true,
       canCache: false,
-    };
+    });
   }
 
   static async open(options: FileDeviceOptions): Promise<FileDevice> {
@@ -78,17 +66,6 @@ export class FileDevice implements BlockDevice {
     }
   }
 
-  async read(offset: number, length: number): Promise<Buffer> {
-    this.check(offset, length, false);
-    return readFully(this.handle, offset, length);
-  }
-
-  async write(offset: number, data: Buffer, options?: WriteOptions): Promise<void> {
-    this.check(offset, data.length, true);
-    await writeFully(this.handle, offset, data);
-    if (options?.fua === true) await this.handle.datasync();
-  }
-
   async writev(offset: number, data: readonly Buffer[], options?: WriteOptions): Promise<void> {
     let length = 0;
     for (const part of data) length += part.length;
@@ -99,11 +76,6 @@ export class FileDevice implements BlockDevice {
       await writeFully(this.handle, offset + bytesWritten, Buffer.concat(data as Buffer[]).subarray(bytesWritten));
     }
     if (options?.fua === true) await this.handle.datasync();
-  }
-
-  async flush(): Promise<void> {
-    this.check(0, 0, false);
-    await this.handle.datasync();
   }
 
   async trim(offset: number, length: number, options?: WriteOptions): Promise<void> {
@@ -138,17 +110,7 @@ export class FileDevice implements BlockDevice {
     return [{ length, flags: 0 }];
   }
 
-  async close(): Promise<void> {
-    if (this.closed) return;
-    this.closed = true;
+  protected override async closeHandles(): Promise<void> {
     await Promise.all([this.handle.close(), closeFile(this.nativeFd)]);
-  }
-
-  private check(offset: number, length: number, writing: boolean): void {
-    if (this.closed) throw deviceError('ESHUTDOWN', `device ${this.name} is closed`);
-    if (writing && this.capabilities.readOnly) throw deviceError('EPERM', `device ${this.name} is read-only`);
-    if (offset < 0 || length < 0 || offset + length > this.size) {
-      throw deviceError(writing ? 'ENOSPC' : 'EINVAL', `range ${offset}+${length} beyond ${this.size}`);
-    }
   }
 }

@@ -7,8 +7,8 @@
 import { constants as fsConstants } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { createRequire } from 'node:module';
-import type { BlockDevice, BlockDeviceCapabilities, WriteOptions, ZeroOptions } from './block-device.ts';
-import { deviceError, readFully, writeFully, writeZeroBytes } from './fd-io.ts';
+import type { WriteOptions, ZeroOptions } from './block-device.ts';
+import { HandleDevice, writeZeroBytes } from './fd-io.ts';
 
 const require = createRequire(import.meta.url);
 const ioctl = require('ioctl') as (fd: number, request: number, arg?: Buffer | number) => number;
@@ -38,28 +38,17 @@ function rangeArgument(start: number, length: number): Buffer {
   return buf;
 }
 
-export class RawDevice implements BlockDevice {
-  readonly name: string;
-  readonly description: string | undefined;
-  readonly size: number;
-  readonly path: string;
-  readonly sectorBytes: number;
-  readonly capabilities: BlockDeviceCapabilities;
-  readonly preferredBlockSize = 4096;
-  private readonly handle: FileHandle;
+export class RawDevice extends HandleDevice {
   private discardWorks = true;
-  private closed = false;
 
-  private constructor(options: RawDeviceOptions, handle: FileHandle, size: number, sectorBytes: number) {
-    this.name = options.name;
-    this.description = options.description;
-    this.path = options.path;
-    this.handle = handle;
-    this.size = size;
-    this.sectorBytes = sectorBytes;
-    const readOnly = options.readOnly ?? false;
-    this.capabilities = {
-      readOnly,
+  private constructor(
+    options: RawDeviceOptions,
+    handle: FileHandle,
+    size: number,
+    readonly sectorBytes: number,
+  ) {
+    super(options, handle, size, {
+      readOnly: options.readOnly ?? false,
       canFlush: true,
       canFua: true,
       canTrim: true,
@@ -69,7 +58,7 @@ export class RawDevice implements BlockDevice {
       canMultiConn: true,
       canExtents: false,
       canCache: false,
-    };
+    });
   }
 
   static async open(options: RawDeviceOptions): Promise<RawDevice> {
@@ -86,22 +75,6 @@ export class RawDevice implements BlockDevice {
       await handle.close();
       throw error;
     }
-  }
-
-  async read(offset: number, length: number): Promise<Buffer> {
-    this.check(offset, length, false);
-    return readFully(this.handle, offset, length);
-  }
-
-  async write(offset: number, data: Buffer, options?: WriteOptions): Promise<void> {
-    this.check(offset, data.length, true);
-    await writeFully(this.handle, offset, data);
-    if (options?.fua === true) await this.handle.datasync();
-  }
-
-  async flush(): Promise<void> {
-    this.check(0, 0, false);
-    await this.handle.datasync();
   }
 
   async trim(offset: number, length: number, options?: WriteOptions): Promise<void> {
@@ -138,24 +111,10 @@ export class RawDevice implements BlockDevice {
     if (options?.fua === true) await this.handle.datasync();
   }
 
-  async close(): Promise<void> {
-    if (this.closed) return;
-    this.closed = true;
-    await this.handle.close();
-  }
-
   private ioctlRanges(request: number, start: number, length: number): void {
     for (let at = start; at < start + length; at += IOCTL_RANGE_BYTES_MAX) {
       const n = Math.min(IOCTL_RANGE_BYTES_MAX, start + length - at);
       ioctl(this.handle.fd, request, rangeArgument(at, n));
-    }
-  }
-
-  private check(offset: number, length: number, writing: boolean): void {
-    if (this.closed) throw deviceError('ESHUTDOWN', `device ${this.name} is closed`);
-    if (writing && this.capabilities.readOnly) throw deviceError('EPERM', `device ${this.name} is read-only`);
-    if (offset < 0 || length < 0 || offset + length > this.size) {
-      throw deviceError(writing ? 'ENOSPC' : 'EINVAL', `range ${offset}+${length} beyond ${this.size}`);
     }
   }
 }
