@@ -10,7 +10,7 @@ import { spawn } from 'node:child_process';
 import { open, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Cluster, startNode } from './helpers/launcher.ts';
-import { run, runCli, waitFor } from './helpers/tools.ts';
+import { nbdshWrite, run, runCli, waitFor } from './helpers/tools.ts';
 import { NbdError } from '../../src/nbd/constants.ts';
 import { NbdRemoteError } from '../../src/nbd/errors.ts';
 
@@ -30,30 +30,6 @@ async function nbdinfoReadOnly(uri: string): Promise<boolean> {
   const r = await run('nbdinfo', ['--json', uri]);
   if (r.code !== 0) throw new Error(`nbdinfo failed: ${r.stderr}`);
   return JSON.parse(r.stdout).exports[0].is_read_only as boolean;
-}
-
-/**
- * Python in nbdsh: a write's errno name ('' if it succeeded) and whether a
- * read works. Strict mode off: libnbd sends the write instead of refusing it
- * itself on a read-only export, so the answer is the server's.
- */
-async function nbdshWrite(uri: string): Promise<{ errno: string; readOk: boolean; readOnly: boolean }> {
-  const script = [
-    'import json',
-    'h.set_strict_mode(0)',
-    `h.connect_uri(${JSON.stringify(uri)})`,
-    'ro = h.is_read_only()',
-    "err = ''",
-    'try:',
-    "    h.pwrite(b'\\x5a' * 4096, 0)",
-    'except nbd.Error as e:',
-    '    err = e.errno',
-    'buf = h.pread(4096, 0)',
-    "print(json.dumps({'errno': err, 'readOk': len(buf) == 4096, 'readOnly': bool(ro), 'first': buf[0]}))",
-  ].join('\n');
-  const r = await run('nbdsh', ['-c', script], { env: ENV });
-  if (r.code !== 0) throw new Error(`nbdsh failed: ${r.stderr}`);
-  return JSON.parse(r.stdout.trim().split('\n').at(-1)!);
 }
 
 t.test('read-only export: every client refused with EPERM, reads work, the flag flips and survives restarts', { timeout: 300_000 }, async (t) => {

@@ -109,3 +109,32 @@ export function run(
 export function runCli(args: string[], env: NodeJS.ProcessEnv = {}): Promise<CliRun> {
   return run(process.execPath, [CLI_BIN, ...args], { env });
 }
+
+/** PATH for Debian's tools first: nbdsh needs /usr/bin/python3 (with libnbd), which pyenv's python3 hides. */
+export const SYSTEM_TOOLS_ENV = { PATH: `/usr/bin:${process.env.PATH ?? ''}` };
+
+/**
+ * One 4 KiB write at offset 0 and one read through nbdsh: the write's errno
+ * name ('' if it succeeded), whether the read returned 4 KiB, its first byte,
+ * and whether the server advertised READ_ONLY. Strict mode off: libnbd sends
+ * the write instead of refusing it itself on a read-only export, so the
+ * answer is the server's.
+ */
+export async function nbdshWrite(uri: string): Promise<{ errno: string; readOk: boolean; readOnly: boolean; first: number }> {
+  const script = [
+    'import json',
+    'h.set_strict_mode(0)',
+    `h.connect_uri(${JSON.stringify(uri)})`,
+    'ro = h.is_read_only()',
+    "err = ''",
+    'try:',
+    "    h.pwrite(b'\\x5a' * 4096, 0)",
+    'except nbd.Error as e:',
+    '    err = e.errno',
+    'buf = h.pread(4096, 0)',
+    "print(json.dumps({'errno': err, 'readOk': len(buf) == 4096, 'readOnly': bool(ro), 'first': buf[0]}))",
+  ].join('\n');
+  const r = await run('nbdsh', ['-c', script], { env: SYSTEM_TOOLS_ENV });
+  if (r.code !== 0) throw new Error(`nbdsh failed: ${r.stderr}`);
+  return JSON.parse(r.stdout.trim().split('\n').at(-1)!);
+}
