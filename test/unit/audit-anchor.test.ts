@@ -7,9 +7,8 @@
 // anchor edited to go back or to another hash is found; the state without a
 // trail carries none.
 
-import t, { type Test } from 'tap';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import t from 'tap';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pino } from 'pino';
 import { AuditTrail, openTrails, trailFileName } from '../../src/audit/trail.ts';
@@ -19,14 +18,9 @@ import { BlockStore } from '../../src/device/block-store.ts';
 import { decodeStoreState, encodeStoreState } from '../../src/device/checkpoint.ts';
 import { encodeAuditRecord, encodeCreateDevice } from '../../src/device/commands.ts';
 import { EntryType, type Entry } from '../../src/raft/types.ts';
+import { tempDir } from './helpers/store-log.ts';
 
 const logger = pino({ level: 'silent' });
-
-async function tempDir(t: Test): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), 'xdevice-anchor-'));
-  t.teardown(() => rm(dir, { recursive: true, force: true }));
-  return dir;
-}
 
 const id = (seq: number) => ({ clientId: 3, seq, firstUnacked: seq });
 const audit = (index: number): Entry => ({
@@ -55,7 +49,7 @@ async function node(dir: string) {
 const lines = async (dir: string): Promise<string[]> => (await readFile(join(dir, 'audit', trailFileName('cluster', 1)), 'utf8')).split('\n').filter((l) => l !== '');
 
 t.test('a node caught up by a snapshot continues the cluster trail from its anchor', async (t) => {
-  const base = await tempDir(t);
+  const base = await tempDir(t, 'xdevice-anchor-');
   // The leader applies everything; its state as of index 5 is the snapshot.
   const leader = await node(join(base, 'leader'));
   await leader.store.applyBatch(log.slice(0, 5), () => {});
@@ -106,7 +100,7 @@ t.test('a node caught up by a snapshot continues the cluster trail from its anch
 });
 
 t.test('a trail already at or past the snapshot is left alone; an anchor as the last line is the head at start-up', async (t) => {
-  const base = await tempDir(t);
+  const base = await tempDir(t, 'xdevice-anchor-');
   const a = await node(join(base, 'a'));
   await a.store.applyBatch(log.slice(0, 4), () => {});
   const early = a.store.captureState().audit!;

@@ -6,8 +6,7 @@
 // the block store hands AUDIT_RECORD entries to the trail exactly once.
 
 import t, { type Test } from 'tap';
-import { appendFile, mkdtemp, readFile, readdir, rm, stat, unlink, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { appendFile, readFile, readdir, stat, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pino } from 'pino';
 import { AuditTrail, headFileName, openTrails, trailFileName } from '../../src/audit/trail.ts';
@@ -22,14 +21,9 @@ import { encodeAuditRecord, encodeCreateDevice } from '../../src/device/commands
 import { EntryType, type Entry } from '../../src/raft/types.ts';
 import { limits } from '../../src/limits.ts';
 import { parseSince } from '../../src/parse.ts';
+import { tempDir } from './helpers/store-log.ts';
 
 const logger = pino({ level: 'silent' });
-
-async function tempDir(t: Test): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), 'xdevice-audit-'));
-  t.teardown(() => rm(dir, { recursive: true, force: true }));
-  return dir;
-}
 
 function event(i: number, over: Partial<AuditEvent> = {}): AuditEvent {
   return { operation: 'device.create', principal: 'admin', source: '127.0.0.1:4000', args: { name: `d${i}`, token: 'secret' }, outcome: 'ok', scope: 'node', ...over };
@@ -49,7 +43,7 @@ async function writeLines(dir: string, name: string, ls: string[]): Promise<void
 
 /** A closed node trail of `n` records in a fresh directory. */
 async function trailOf(t: Test, n: number): Promise<string> {
-  const dir = await tempDir(t);
+  const dir = await tempDir(t, 'xdevice-audit-');
   const trail = await AuditTrail.open(dir, 'node', logger);
   for (let i = 1; i <= n; i++) await trail.append(entry(i));
   await trail.close();
@@ -57,7 +51,7 @@ async function trailOf(t: Test, n: number): Promise<string> {
 }
 
 t.test('appends chain from the genesis hash, masked, and verify passes', async (t) => {
-  const dir = await tempDir(t);
+  const dir = await tempDir(t, 'xdevice-audit-');
   const trail = await AuditTrail.open(dir, 'node', logger);
   const first = await trail.append(entry(1));
   const second = await trail.append(entry(2));
@@ -80,7 +74,7 @@ t.test('appends chain from the genesis hash, masked, and verify passes', async (
 });
 
 t.test('rotation by size: the chain continues across files, and a removed file is found', async (t) => {
-  const dir = await tempDir(t);
+  const dir = await tempDir(t, 'xdevice-audit-');
   const trail = await AuditTrail.open(dir, 'cluster', logger);
   // Near the argument limit, so a few thousand records fill several files (queued at once: one batch).
   const big = 'x'.repeat(limits.auditArgsBytesMax - 100);
@@ -160,7 +154,7 @@ t.test('start-up refuses a trail whose end was removed or edited, and repairs a 
 });
 
 t.test('the cluster trail writes an entry once: replays at or below its last index are skipped', async (t) => {
-  const dir = await tempDir(t);
+  const dir = await tempDir(t, 'xdevice-audit-');
   let trail = await AuditTrail.open(dir, 'cluster', logger);
   await trail.applyRecord(5, entry(1));
   await trail.applyRecord(9, entry(2));
@@ -179,7 +173,7 @@ t.test('the cluster trail writes an entry once: replays at or below its last ind
 });
 
 t.test('the block store hands AUDIT_RECORD entries to the trail, once across a replay', async (t) => {
-  const dir = await tempDir(t);
+  const dir = await tempDir(t, 'xdevice-audit-');
   const id = (seq: number) => ({ clientId: 3, seq, firstUnacked: seq });
   const entries: Entry[] = [
     { term: 1, index: 1, type: EntryType.Normal, data: encodeCreateDevice(id(1), 'd', 1 << 20) },
@@ -213,7 +207,7 @@ t.test('the block store hands AUDIT_RECORD entries to the trail, once across a r
 });
 
 t.test('the sink: node events appended, cluster events proposed, or kept here saying why', async (t) => {
-  const dir = await tempDir(t);
+  const dir = await tempDir(t, 'xdevice-audit-');
   const trails = await openTrails(dir, logger);
   let leader = true;
   let refuse: string | undefined;

@@ -3,10 +3,7 @@
 // fuzzer of the decoder, and the same device content whether a write log was
 // proposed with compression or without.
 
-import t, { type Test } from 'tap';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import t from 'tap';
 import { randomBytes } from 'node:crypto';
 import { pino } from 'pino';
 import { BlockStore } from '../../src/device/block-store.ts';
@@ -26,6 +23,7 @@ import { compressBlock, decompressBlock, Lz4BlockError } from '../../src/device/
 import { limits } from '../../src/limits.ts';
 import { EntryType, type Entry } from '../../src/raft/types.ts';
 import { VERSION } from '../../src/version.ts';
+import { tempDir } from './helpers/store-log.ts';
 
 const logger = pino({ level: 'silent' });
 /** compactWrite, settled (large writes compress on the thread pool). */
@@ -224,12 +222,6 @@ t.test('seeded fuzz: mutated COMPRESSED_WRITEs decode to exactly their length (a
   t.ok(refused > 0 && decoded > 0, `${decoded} decoded, ${refused} refused`);
 });
 
-async function tempDir(t: Test): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), 'xdevice-compress-'));
-  t.teardown(() => rm(dir, { recursive: true, force: true }));
-  return dir;
-}
-
 t.test('the same writes applied as proposed with compression and without give identical device content', async (t) => {
   const size = 4 << 20;
   const writes: { offset: number; data: Buffer }[] = [];
@@ -241,7 +233,7 @@ t.test('the same writes applied as proposed with compression and without give id
   }
   const contents: Buffer[] = [];
   for (const mode of ['lz4', 'off'] as const) {
-    const store = await BlockStore.open(await tempDir(t), logger);
+    const store = await BlockStore.open(await tempDir(t, 'xdevice-compress-'), logger);
     t.teardown(() => store.closeFiles());
     const entries: Entry[] = [];
     let seq = 0;

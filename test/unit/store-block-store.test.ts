@@ -1,6 +1,5 @@
-import t, { type Test } from 'tap';
-import { mkdtemp, rm, readdir, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import t from 'tap';
+import { readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { pino } from 'pino';
@@ -16,33 +15,11 @@ import {
   encodeWriteZeroes,
   decodeCommand,
   CommandOp,
-  type RequestId,
 } from '../../src/device/commands.ts';
-import { EntryType, type Entry } from '../../src/raft/types.ts';
+import { tempDir, Log } from './helpers/store-log.ts';
 
 const logger = pino({ level: 'silent' });
 const MiB = 1024 * 1024;
-
-async function tempDir(t: Test): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), 'xdevice-store-'));
-  t.teardown(() => rm(dir, { recursive: true, force: true }));
-  return dir;
-}
-
-class Log {
-  entries: Entry[] = [];
-  seq = 0;
-  constructor(readonly clientId = 7) {}
-  id(): RequestId {
-    this.seq++;
-    return { clientId: this.clientId, seq: this.seq, firstUnacked: this.seq };
-  }
-  add(data: Buffer, type = EntryType.Normal): Entry {
-    const e = { term: 1, index: this.entries.length + 1, type, data };
-    this.entries.push(e);
-    return e;
-  }
-}
 
 const noConf = () => {};
 
@@ -64,7 +41,7 @@ t.test('commands round-trip and reject bad sequence numbers', async (t) => {
 });
 
 t.test('apply writes, trims, zeroes and table commands; read them back', async (t) => {
-  const dir = await tempDir(t);
+  const dir = await tempDir(t, 'xdevice-store-');
   const store = await BlockStore.open(dir, logger);
   t.teardown(() => store.closeFiles());
   const log = new Log();
@@ -99,7 +76,7 @@ t.test('apply writes, trims, zeroes and table commands; read them back', async (
 });
 
 t.test('a retried request applies once even after a newer write to the same block', async (t) => {
-  const dir = await tempDir(t);
+  const dir = await tempDir(t, 'xdevice-store-');
   const store = await BlockStore.open(dir, logger);
   t.teardown(() => store.closeFiles());
   const log = new Log(1);
@@ -115,7 +92,7 @@ t.test('a retried request applies once even after a newer write to the same bloc
 });
 
 t.test('replay from a checkpoint gives the same bytes (idempotent apply)', async (t) => {
-  const dir = await tempDir(t);
+  const dir = await tempDir(t, 'xdevice-store-');
   const seed = Number(process.env.XDEVICE_SEED ?? Date.now() % 1e9);
   t.comment(`XDEVICE_SEED=${seed}`);
   let x = seed;
@@ -162,7 +139,7 @@ t.test('replay from a checkpoint gives the same bytes (idempotent apply)', async
 });
 
 t.test('a damaged checkpoint refuses to load', async (t) => {
-  const dir = await tempDir(t);
+  const dir = await tempDir(t, 'xdevice-store-');
   const state = { clusterId: 'c', appliedIndex: 5, appliedTerm: 2, devices: [{ id: 1, name: 'x', size: 10 }], members: { n1: 'h:1' }, dedup: [] };
   const enc = encodeStoreState(state);
   t.same(decodeStoreState(enc), state);

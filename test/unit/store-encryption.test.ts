@@ -4,10 +4,7 @@
 // results; the rekey race (a write into the window between the job's read
 // and its step makes the step refused, so the write is never lost); the
 // watermark and key generation surviving a checkpoint; rewrap all-or-nothing.
-import t, { type Test } from 'tap';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import t from 'tap';
 import { pino } from 'pino';
 import { BlockStore, type ApplyOutcome } from '../../src/device/block-store.ts';
 import { decodeStoreState, encodeStoreState } from '../../src/device/checkpoint.ts';
@@ -24,15 +21,15 @@ import {
   encodeRewrapKeys,
   encodeTrim,
   encodeWrite,
-  type RequestId,
 } from '../../src/device/commands.ts';
 import { STALE_KEY, wrappedKey } from '../../src/device/encryption.ts';
 import { newDataKey, wrapDataKey, type WrappedKey } from '../../src/crypt/wrap.ts';
 import { XtsKey } from '../../src/crypt/xts.ts';
 import { decryptBlocks, encryptBlocks } from '../../src/replica/device.ts';
 import { limits } from '../../src/limits.ts';
-import { EntryType, type Entry } from '../../src/raft/types.ts';
+import { type Entry } from '../../src/raft/types.ts';
 import { makeRandom, seedFromEnv } from './helpers/nbd-random.ts';
+import { tempDir, Log } from './helpers/store-log.ts';
 
 const logger = pino({ level: 'silent' });
 const B = limits.cryptSectorBytes;
@@ -42,26 +39,6 @@ console.log(`# XDEVICE_SEED=${seed}`);
 const rnd = makeRandom(seed);
 const kek1 = { id: 'k1', key: Buffer.from(Array.from({ length: 32 }, (_, i) => (i * 7 + 3) & 255)) };
 const kek2 = { id: 'k2', key: Buffer.from(Array.from({ length: 32 }, (_, i) => (i * 11 + 5) & 255)) };
-
-async function tempDir(t: Test): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), 'xdevice-enc-'));
-  t.teardown(() => rm(dir, { recursive: true, force: true }));
-  return dir;
-}
-
-class Log {
-  entries: Entry[] = [];
-  seq = 0;
-  id(): RequestId {
-    this.seq++;
-    return { clientId: 9, seq: this.seq, firstUnacked: this.seq };
-  }
-  add(encode: (id: RequestId) => Buffer): Entry {
-    const e = { term: 1, index: this.entries.length + 1, type: EntryType.Normal, data: encode(this.id()) };
-    this.entries.push(e);
-    return e;
-  }
-}
 
 async function apply(store: BlockStore, ...entries: Entry[]): Promise<ApplyOutcome[]> {
   return store.applyBatch(entries, () => {});
@@ -128,13 +105,13 @@ t.test('codec: seeded fuzz — mutated encryption commands decode to a command o
 });
 
 t.test('apply: ciphertext only, refusals recorded, the rekey race loses no write, state survives a checkpoint', async (t) => {
-  const dir = await tempDir(t);
+  const dir = await tempDir(t, 'xdevice-enc-');
   const store = await BlockStore.open(dir, logger);
-  const log = new Log();
+  const log = new Log(9);
   const g1 = key();
   const k1 = new XtsKey(g1.raw);
   const size = 2 * STEP + 4 * B;
-  const create = log.add((id) => encodeCreateDevice(id, 'enc', size, DEVICE_FLAG_ENCRYPTED, g1.wrapped));
+  const create = log.propose((id) => encodeCreateDevice(id, 'enc', size, DEVICE_FLAG_ENCRYPTED, g1.wrapped));
   const [created] = await apply(store, create);
   t.notOk(created!.error);
   const devId = create.index;
@@ -144,11 +121,11 @@ t.test('apply: ciphertext only, refusals recorded, the rekey race loses no write
   const keys1 = { current: k1, generation: 1, watermark: 0 };
   const outs = await apply(
     store,
-    log.add((id) => encodeWrite(id, devId, 0, plain)),
-    log.add((id) => encodeEncryptedWrite(id, devId, 100, 1, 0, [Buffer.alloc(B)])),
-    log.add((id) => encodeEncryptedWrite(id, devId, 0, 1, 0, encryptBlocks(keys1, 0, plain))),
-    log.add((id) => encodeEncryptedWrite(id, devId, 0, 2, 0, encryptBlocks(keys1, 0, plain))),
-    log.add((id) => encodeTrim(id, devId, 10, B)),
+    log.propose((id) => encodeWrite(id, devId, 0, plain)),
+    log.propose((id) => encodeEncryptedWrite(id, devId, 100, 1, 0, [Buffer.alloc(B)])),
+    log.propose((id) => encodeEncryptedWrite(id, devId, 0, 1, 0, encryptBlocks(keys1, 0, plain))),
+    log.propose((id) => encodeEncryptedWrite(id, devId, 0, 2, 0, encryptBlocks(keys1, 0, plain))),
+    log.propose((id) => encodeTrim(id, devId, 10, B)),
   );
   t.match(outs.map((o) => o.error?.code), ['EPERM', 'EINVAL', undefined, STALE_KEY, 'EINVAL'], 'plaintext, unaligned, ok, stale generation, unaligned trim');
   const stored = await store.read(devId, 0, 2 * B);
@@ -158,7 +135,7 @@ t.test('apply: ciphertext only, refusals recorded, the rekey race loses no write
   // Rekey to generation 2.
   const g2 = key(kek2);
   const k2 = new XtsKey(g2.raw);
-  const [start] = await apply(store, log.add((id) => encodeRekeyStart(id, devId, 2, g2.wrapped)));
+  const [start] = await apply(store, log.propose((id) => encodeRekeyStart(id, devId, 2, g2.wrapped)));
   t.notOk(start!.error);
   t.match(store.deviceById(devId)!.encryption!.rekey, { generation: 2, watermark: 0 });
 
@@ -168,18 +145,18 @@ t.test('apply: ciphertext only, refusals recorded, the rekey race loses no write
   const windowPlain = decryptBlocks(keys1, 0, Buffer.from(window));
   // ... a client write (old key: watermark 0) lands in the window first ...
   const newer = Buffer.alloc(B, 0x77);
-  const [w] = await apply(store, log.add((id) => encodeEncryptedWrite(id, devId, B, 1, 0, encryptBlocks(keys1, B, newer))));
+  const [w] = await apply(store, log.propose((id) => encodeEncryptedWrite(id, devId, B, 1, 0, encryptBlocks(keys1, B, newer))));
   t.notOk(w!.error);
   // ... so the step from the old read is refused: it would have undone that write.
   const keys2 = { current: k2, generation: 2, watermark: 0 };
-  const [stale] = await apply(store, log.add((id) => encodeRekeyStep(id, devId, 2, 0, readAt, encryptBlocks(keys2, 0, windowPlain))));
+  const [stale] = await apply(store, log.propose((id) => encodeRekeyStep(id, devId, 2, 0, readAt, encryptBlocks(keys2, 0, windowPlain))));
   t.equal(stale!.error?.code, STALE_KEY);
   t.match(stale!.error?.message, /after the step read it/);
   // Read again: the step goes through and the watermark moves.
   const readAt2 = store.appliedIndex;
   const again = decryptBlocks(keys1, 0, await store.read(devId, 0, STEP));
   t.same(again.subarray(B, 2 * B), newer);
-  const [ok] = await apply(store, log.add((id) => encodeRekeyStep(id, devId, 2, 0, readAt2, encryptBlocks(keys2, 0, again))));
+  const [ok] = await apply(store, log.propose((id) => encodeRekeyStep(id, devId, 2, 0, readAt2, encryptBlocks(keys2, 0, again))));
   t.notOk(ok!.error);
   t.equal(store.deviceById(devId)!.encryption!.rekey!.watermark, STEP);
   // A write classified by the old watermark is refused where it straddles the new one; one above it still lands.
@@ -187,12 +164,12 @@ t.test('apply: ciphertext only, refusals recorded, the rekey race loses no write
   const mixed = { current: k1, rekey: k2, generation: 1, watermark: STEP };
   const [refused, above] = await apply(
     store,
-    log.add((id) => encodeEncryptedWrite(id, devId, STEP - B, 1, 0, encryptBlocks(keys1, STEP - B, straddle))),
-    log.add((id) => encodeEncryptedWrite(id, devId, STEP + 2 * STEP - STEP, 1, 0, encryptBlocks(keys1, 2 * STEP, Buffer.alloc(B, 0x22)))),
+    log.propose((id) => encodeEncryptedWrite(id, devId, STEP - B, 1, 0, encryptBlocks(keys1, STEP - B, straddle))),
+    log.propose((id) => encodeEncryptedWrite(id, devId, STEP + 2 * STEP - STEP, 1, 0, encryptBlocks(keys1, 2 * STEP, Buffer.alloc(B, 0x22)))),
   );
   t.equal(refused!.error?.code, STALE_KEY);
   t.notOk(above!.error, 'a write wholly above the watermark is under the old key either way');
-  const [reproposed] = await apply(store, log.add((id) => encodeEncryptedWrite(id, devId, STEP - B, 1, STEP, encryptBlocks(mixed, STEP - B, straddle))));
+  const [reproposed] = await apply(store, log.propose((id) => encodeEncryptedWrite(id, devId, STEP - B, 1, STEP, encryptBlocks(mixed, STEP - B, straddle))));
   t.notOk(reproposed!.error, 'encrypted again with the split at the watermark, it applies');
   t.same(decryptBlocks(mixed, STEP - B, await store.read(devId, STEP - B, 2 * B)), straddle);
 
@@ -208,9 +185,9 @@ t.test('apply: ciphertext only, refusals recorded, the rekey race loses no write
   const rewrapped = { deviceId: devId, generation: 1, key: wrapDataKey(kek2, g1.raw), rekeyKey: wrapDataKey(kek2, g2.raw) };
   const [wrongKey, noRekeyKey, rewrap] = await apply(
     store,
-    log.add((id) => encodeRewrapKeys(id, [{ ...rewrapped, key: wrapDataKey(kek2, newDataKey()) }])),
-    log.add((id) => encodeRewrapKeys(id, [{ deviceId: devId, generation: 1, key: rewrapped.key }])),
-    log.add((id) => encodeRewrapKeys(id, [rewrapped])),
+    log.propose((id) => encodeRewrapKeys(id, [{ ...rewrapped, key: wrapDataKey(kek2, newDataKey()) }])),
+    log.propose((id) => encodeRewrapKeys(id, [{ deviceId: devId, generation: 1, key: rewrapped.key }])),
+    log.propose((id) => encodeRewrapKeys(id, [rewrapped])),
   );
   t.equal(wrongKey!.error?.code, 'XDEVICE_ERR_CONFLICT');
   t.equal(noRekeyKey!.error?.code, 'XDEVICE_ERR_CONFLICT');
@@ -226,7 +203,7 @@ t.test('apply: ciphertext only, refusals recorded, the rekey race loses no write
     const len = Math.min(STEP, size - wm);
     const at = store.appliedIndex;
     const p = decryptBlocks(keys1, wm, await store.read(devId, wm, len));
-    const [s] = await apply(store, log.add((id) => encodeRekeyStep(id, devId, 2, wm, at, encryptBlocks(keys2, wm, p))));
+    const [s] = await apply(store, log.propose((id) => encodeRekeyStep(id, devId, 2, wm, at, encryptBlocks(keys2, wm, p))));
     t.notOk(s!.error);
   }
   t.match(store.deviceById(devId)!.encryption, { generation: 2, key: { kekId: 'k2' } });

@@ -1,38 +1,18 @@
 // PUBLISH_MEMBER: members' client addresses in the replicated member table —
 // the command's encoding, its apply on the block store, and the table in
 // checkpoints and snapshot state (an older checkpoint without it still loads).
-import t, { type Test } from 'tap';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import t from 'tap';
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pino } from 'pino';
 import { BlockStore } from '../../src/device/block-store.ts';
 import { CHECKPOINT_FILE, CheckpointError, decodeStoreState, encodeStoreState, readCheckpoint } from '../../src/device/checkpoint.ts';
-import { CommandOp, decodeCommand, encodeCommand, encodeCreateDevice, encodePublishMember, type RequestId } from '../../src/device/commands.ts';
+import { CommandOp, decodeCommand, encodeCommand, encodeCreateDevice, encodePublishMember } from '../../src/device/commands.ts';
 import { MemberTable, publishProblem, type Publication } from '../../src/device/member-table.ts';
-import { EntryType, type Entry } from '../../src/raft/types.ts';
+import { EntryType } from '../../src/raft/types.ts';
+import { tempDir, Log } from './helpers/store-log.ts';
 
 const logger = pino({ level: 'silent' });
-
-async function tempDir(t: Test): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), 'xdevice-members-'));
-  t.teardown(() => rm(dir, { recursive: true, force: true }));
-  return dir;
-}
-
-class Log {
-  entries: Entry[] = [];
-  seq = 0;
-  id(): RequestId {
-    this.seq++;
-    return { clientId: 11, seq: this.seq, firstUnacked: this.seq };
-  }
-  add(data: Buffer): Entry {
-    const e = { term: 1, index: this.entries.length + 1, type: EntryType.Normal, data };
-    this.entries.push(e);
-    return e;
-  }
-}
 
 const pub = (nodeId: string, admin: string, nbd: string, startedAt = 1_700_000_000_000): Publication => ({ nodeId, adminAddress: admin, nbdAddress: nbd, version: '1.2.3', startedAt });
 
@@ -59,10 +39,10 @@ t.test('publishProblem: what a proposal is checked against (and apply again)', a
 });
 
 t.test('apply records the latest publication; a removed member is not recorded; removal forgets', async (t) => {
-  const dir = await tempDir(t);
+  const dir = await tempDir(t, 'xdevice-members-');
   const store = await BlockStore.open(dir, logger);
   t.teardown(() => store.closeFiles());
-  const log = new Log();
+  const log = new Log(11);
   log.add(encodePublishMember(log.id(), pub('n1', '127.0.0.1:1001', '127.0.0.1:2001')));
   log.add(encodePublishMember(log.id(), pub('n2', '127.0.0.1:1002', '127.0.0.1:2002')));
   const republished = log.add(encodePublishMember(log.id(), pub('n1', '127.0.0.1:1101', '127.0.0.1:2101', 1_700_000_009_000)));
@@ -84,7 +64,7 @@ t.test('apply records the latest publication; a removed member is not recorded; 
 });
 
 t.test('an invalid publication in the log fails the same way on every replica', async (t) => {
-  const dir = await tempDir(t);
+  const dir = await tempDir(t, 'xdevice-members-');
   // Encoded without the proposer's check (an older or faulty proposer).
   const bad = encodePublishMember({ clientId: 1, seq: 1, firstUnacked: 1 }, pub('n1', 'not-an-address', ''));
   const outcomes: unknown[] = [];
@@ -101,9 +81,9 @@ t.test('an invalid publication in the log fails the same way on every replica', 
 });
 
 t.test('the member table survives a checkpoint, a replay and a snapshot reload', async (t) => {
-  const dir = await tempDir(t);
+  const dir = await tempDir(t, 'xdevice-members-');
   let store = await BlockStore.open(join(dir, 's'), logger);
-  const log = new Log();
+  const log = new Log(11);
   log.add(encodeCreateDevice(log.id(), 'd', 1 << 20));
   log.add(encodePublishMember(log.id(), pub('n1', '127.0.0.1:1001', '127.0.0.1:2001')));
   await store.applyBatch(log.entries, () => {});
@@ -130,7 +110,7 @@ t.test('the member table survives a checkpoint, a replay and a snapshot reload',
 });
 
 t.test('a checkpoint from before the member table loads (empty table); a malformed table refuses', async (t) => {
-  const dir = await tempDir(t);
+  const dir = await tempDir(t, 'xdevice-members-');
   // Exactly what an older node wrote: no `published` key.
   const old = { clusterId: 'c', appliedIndex: 0, appliedTerm: 0, devices: [], members: { n1: '127.0.0.1:1' }, removed: [], dedup: [] };
   await writeFile(join(dir, CHECKPOINT_FILE), encodeStoreState(old));

@@ -3,10 +3,7 @@
 // the flag in checkpoints (old ones without it still load), and the verify
 // scan reading the device exactly as of the VERIFY entry while later writes
 // apply in the same and later batches.
-import t, { type Test } from 'tap';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import t from 'tap';
 import { randomBytes } from 'node:crypto';
 import { pino } from 'pino';
 import { BlockStore } from '../../src/device/block-store.ts';
@@ -23,37 +20,15 @@ import {
   encodeVerifyResult,
   encodeWrite,
   encodeWriteZeroes,
-  type RequestId,
 } from '../../src/device/commands.ts';
 import { compareVerify, decodeDigests, encodeDigests, verifyRangeBytes, type ScanOutcome, type VerifyRecord } from '../../src/device/verify.ts';
 import { crc32c } from '../../src/native.ts';
 import { limits } from '../../src/limits.ts';
-import { EntryType, type Entry } from '../../src/raft/types.ts';
+import { tempDir, Log } from './helpers/store-log.ts';
 
 const logger = pino({ level: 'silent' });
 const MiB = 1024 * 1024;
 const noConf = () => {};
-
-async function tempDir(t: Test): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), 'xdevice-rov-'));
-  t.teardown(() => rm(dir, { recursive: true, force: true }));
-  return dir;
-}
-
-class Log {
-  entries: Entry[] = [];
-  seq = 0;
-  constructor(readonly clientId = 7) {}
-  id(): RequestId {
-    this.seq++;
-    return { clientId: this.clientId, seq: this.seq, firstUnacked: this.seq };
-  }
-  add(data: Buffer): Entry {
-    const e = { term: 1, index: this.entries.length + 1, type: EntryType.Normal, data };
-    this.entries.push(e);
-    return e;
-  }
-}
 
 t.test('codec: flags, verify and results round-trip; old CREATE_DEVICE entries still decode', async (t) => {
   const id = { clientId: 12345, seq: 4, firstUnacked: 2 };
@@ -78,7 +53,7 @@ t.test('codec: flags, verify and results round-trip; old CREATE_DEVICE entries s
 });
 
 t.test('a read-only device refuses writes at apply with EPERM; reads still work; the flag survives a checkpoint', async (t) => {
-  const dir = await tempDir(t);
+  const dir = await tempDir(t, 'xdevice-rov-');
   let store = await BlockStore.open(dir, logger);
   const log = new Log();
   const dev = log.add(encodeCreateDevice(log.id(), 'ro', MiB, DEVICE_FLAG_READ_ONLY)).index;
@@ -130,7 +105,7 @@ t.test('verify checksums the device exactly as of its entry while later writes a
   t.comment(`XDEVICE_SEED=${seed}`);
   let x = seed;
   const rnd = (n: number) => ((x = (x * 1103515245 + 12345) % 2 ** 31), x % n);
-  const dir = await tempDir(t);
+  const dir = await tempDir(t, 'xdevice-rov-');
   const store = await BlockStore.open(dir, logger);
   t.teardown(() => store.closeFiles());
   const outcomes: ScanOutcome[] = [];
@@ -198,7 +173,7 @@ t.test('verify checksums the device exactly as of its entry while later writes a
 });
 
 t.test('verify: a replaying node says so; a resize or delete during the scan aborts it; only the latest are kept', async (t) => {
-  const dir = await tempDir(t);
+  const dir = await tempDir(t, 'xdevice-rov-');
   const store = await BlockStore.open(dir, logger);
   t.teardown(() => store.closeFiles());
   const results: [VerifyRecord, ScanOutcome][] = [];

@@ -1,9 +1,8 @@
 // Snapshot staging and the crash-safe install: a complete staging survives a
 // crash at any step and is finished at the next start; an incomplete one is
 // discarded.
-import t, { type Test } from 'tap';
-import { mkdtemp, readdir, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import t from 'tap';
+import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { pino } from 'pino';
@@ -11,21 +10,16 @@ import { BlockStore } from '../../src/device/block-store.ts';
 import { readCheckpoint } from '../../src/device/checkpoint.ts';
 import { SnapshotStaging, beginInstall, finishInstall, installStagedFiles, pendingInstall, STAGING_DIR } from '../../src/device/snapshot-staging.ts';
 import { emptyConfState } from '../../src/raft/types.ts';
+import { tempDir } from './helpers/store-log.ts';
 
 const logger = pino({ level: 'silent' });
 const MiB = 1024 * 1024;
-
-async function tempDir(t: Test): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), 'xdevice-snap-'));
-  t.teardown(() => rm(dir, { recursive: true, force: true }));
-  return dir;
-}
 
 const metadata = { index: 40, term: 3, confState: { ...emptyConfState(), voters: ['a', 'b', 'c'] } };
 const state = { clusterId: 'c1', appliedIndex: 47, appliedTerm: 3, devices: [{ id: 5, name: 'disk', size: 4 * MiB }, { id: 9, name: 'other', size: MiB }], members: { a: 'h:1' }, dedup: [] };
 
 t.test('a staged snapshot installs, and the install is idempotent', async (t) => {
-  const dir = await tempDir(t);
+  const dir = await tempDir(t, 'xdevice-snap-');
   // An old state that the snapshot replaces.
   const old = await BlockStore.open(dir, logger);
   await old.closeFiles();
@@ -61,7 +55,7 @@ t.test('a staged snapshot installs, and the install is idempotent', async (t) =>
 });
 
 t.test('a stream that does not finish is discarded, a wrong chunk count fails', async (t) => {
-  const dir = await tempDir(t);
+  const dir = await tempDir(t, 'xdevice-snap-');
   const s = await SnapshotStaging.begin(dir, 2, 'leader', metadata, state);
   s.chunk(0, 0, randomBytes(4096), 0);
   t.equal(await pendingInstall(dir), undefined, 'incomplete: not pending');
@@ -80,7 +74,7 @@ t.test('a stream that does not finish is discarded, a wrong chunk count fails', 
 t.test('a begin that fails releases every descriptor it opened, and the staging directory', async (t) => {
   const { openFileCount } = await import('../../src/native.ts');
   const { existsSync } = await import('node:fs');
-  const dir = await tempDir(t);
+  const dir = await tempDir(t, 'xdevice-snap-');
   const before = openFileCount();
   const devices = Array.from({ length: 40 }, (_, i) => ({ id: i, name: `d${i}`, size: 4096 }));
   // A repeated id after 40 good ones, then a size beyond deviceBytesMax.

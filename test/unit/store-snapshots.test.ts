@@ -5,9 +5,8 @@
 // deletes, the dirty bitmap, and crash replay: a store reopened from an
 // older checkpoint and replayed over device files that already hold newer
 // data keeps every snapshot exactly as it was (nothing new is preserved).
-import t, { type Test } from 'tap';
-import { mkdtemp, readdir, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import t from 'tap';
+import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pino } from 'pino';
 import { BlockStore } from '../../src/device/block-store.ts';
@@ -22,37 +21,16 @@ import {
   encodeTrim,
   encodeWrite,
   encodeWriteZeroes,
-  type RequestId,
 } from '../../src/device/commands.ts';
 import { decodeBlockMap, encodeBlockMap, SnapshotSet, snapshotNameProblem } from '../../src/device/snapshots.ts';
 import { limits } from '../../src/limits.ts';
-import { EntryType, type Entry } from '../../src/raft/types.ts';
 import { makeRandom, seedFromEnv } from './helpers/nbd-random.ts';
+import { tempDir, Log } from './helpers/store-log.ts';
 
 const logger = pino({ level: 'silent' });
 const B = limits.snapshotBlockBytes;
 const SIZE = 16 * B;
 const noConf = () => {};
-
-async function tempDir(t: Test): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), 'xdevice-snap-'));
-  t.teardown(() => rm(dir, { recursive: true, force: true }));
-  return dir;
-}
-
-class Log {
-  entries: Entry[] = [];
-  seq = 0;
-  id(): RequestId {
-    this.seq++;
-    return { clientId: 9, seq: this.seq, firstUnacked: this.seq };
-  }
-  add(data: Buffer): Entry {
-    const e = { term: 1, index: this.entries.length + 1, type: EntryType.Normal, data };
-    this.entries.push(e);
-    return e;
-  }
-}
 
 t.test('codec: SNAPSHOT_CREATE/DELETE round-trip; malformed entries fail as CommandDecodeError only (seeded fuzz)', async (t) => {
   const id = { clientId: 5, seq: 3, firstUnacked: 1 };
@@ -106,10 +84,10 @@ function pattern(seed: number, length: number): Buffer {
 }
 
 t.test('copy-on-write: snapshots read as of their index, the live device as of now; dirty bitmap; apply-time refusals', async (t) => {
-  const dir = await tempDir(t);
+  const dir = await tempDir(t, 'xdevice-snap-');
   const store = await BlockStore.open(dir, logger);
   t.teardown(() => store.closeFiles());
-  const log = new Log();
+  const log = new Log(9);
   const create = log.add(encodeCreateDevice(log.id(), 'vol', SIZE));
   const devId = create.index;
   const a = pattern(1, SIZE);
@@ -158,9 +136,9 @@ t.test('random model (seeded): writes, trims, creates and deletes; every snapsho
   const seed = seedFromEnv();
   t.comment(`XDEVICE_SEED=${seed}`);
   const rnd = makeRandom(seed);
-  const dir = await tempDir(t);
+  const dir = await tempDir(t, 'xdevice-snap-');
   let store = await BlockStore.open(dir, logger);
-  const log = new Log();
+  const log = new Log(9);
   const devId = log.add(encodeCreateDevice(log.id(), 'vol', SIZE)).index;
   await store.applyBatch(log.entries, noConf);
   const live = Buffer.alloc(SIZE);
@@ -223,11 +201,11 @@ t.test('random model (seeded): writes, trims, creates and deletes; every snapsho
 
 t.test('a Raft snapshot install: the records travel, the copies do not; older snapshots are lost on that node, newer ones whole', async (t) => {
   const { copyFile, mkdir } = await import('node:fs/promises');
-  const dirA = await tempDir(t);
-  const dirB = await tempDir(t);
+  const dirA = await tempDir(t, 'xdevice-snap-');
+  const dirB = await tempDir(t, 'xdevice-snap-');
   const a = await BlockStore.open(dirA, logger);
   t.teardown(() => a.closeFiles());
-  const log = new Log();
+  const log = new Log(9);
   const devId = log.add(encodeCreateDevice(log.id(), 'vol', SIZE)).index;
   const p1 = pattern(3, SIZE);
   log.add(encodeWrite(log.id(), devId, 0, p1));
@@ -263,9 +241,9 @@ t.test('a Raft snapshot install: the records travel, the copies do not; older sn
 
 t.test('start-up: unfinished creates and finished deletes are cleaned up; unknown directories are quarantined, never removed', async (t) => {
   const { mkdir, writeFile: put } = await import('node:fs/promises');
-  const dir = await tempDir(t);
+  const dir = await tempDir(t, 'xdevice-snap-');
   let store = await BlockStore.open(dir, logger);
-  const log = new Log();
+  const log = new Log(9);
   const devId = log.add(encodeCreateDevice(log.id(), 'vol', SIZE)).index;
   log.add(encodeSnapshotCreate(log.id(), 'vol', 'keep', 1));
   await store.applyBatch(log.entries, noConf);
@@ -287,9 +265,9 @@ t.test('start-up: unfinished creates and finished deletes are cleaned up; unknow
 });
 
 t.test('after a restart, a snapshot newer than the checkpoint is not served until replay re-applies its creation', async (t) => {
-  const dir = await tempDir(t);
+  const dir = await tempDir(t, 'xdevice-snap-');
   let store = await BlockStore.open(dir, logger);
-  const log = new Log();
+  const log = new Log(9);
   const devId = log.add(encodeCreateDevice(log.id(), 'vol', SIZE)).index;
   const p = pattern(7, SIZE);
   log.add(encodeWrite(log.id(), devId, 0, pattern(6, SIZE)));
