@@ -8,6 +8,7 @@ import { pino } from 'pino';
 import { AdminServer } from '../../src/admin/server.ts';
 import { createMetrics } from '../../src/admin/metrics.ts';
 import type { NodeApi } from '../../src/admin/api.ts';
+import { makeRandom } from './helpers/nbd-random.ts';
 
 const seed = Number(process.env.XDEVICE_SEED ?? Date.now() % 1_000_000_007);
 console.log(`# XDEVICE_SEED=${seed}`);
@@ -46,13 +47,8 @@ t.test('random requests never get a 5xx', async (t) => {
   const { port } = await server.listen('127.0.0.1', 0);
   t.teardown(() => server.close());
 
-  let x = seed >>> 0 || 1;
-  const rnd = (n: number) => {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    return (x >>> 0) % n;
-  };
+  const random = makeRandom(seed);
+  const rnd = (n: number): number => random.int(0, n - 1);
   const pick = <T>(a: readonly T[]): T => a[rnd(a.length)]!;
   const segments = ['devices', 'members', 'leader', 'health', 'default', 'n1', '%E0%A4%A', '%2F', '..', 'a%20b', 'x'.repeat(300), '%', 'promote', 'disconnect', ''];
   const values = ['"64MiB"', '1000', '1.5', '-1', '"16TiB"', 'null', 'true', '"a/b"', '"../../x"', '"ok"', '{}', '[]', `"${'y'.repeat(300)}"`, '"127.0.0.1:9"', '"nowhere"'];

@@ -7,6 +7,7 @@ import t from 'tap';
 import { CommandDecodeError, CommandOp, decodeCommand, encodeAuditRecord, encodeCommand, type Command } from '../../src/device/commands.ts';
 import { AUDIT_TIME_MS_MAX, boundEntry, entryProblem, type AuditEntry } from '../../src/audit/entry.ts';
 import { limits } from '../../src/limits.ts';
+import { makeRandom } from './helpers/nbd-random.ts';
 
 const id = { clientId: 77, seq: 5, firstUnacked: 2 };
 const entry: AuditEntry = {
@@ -88,15 +89,8 @@ t.test('a peer’s malformed bytes are refused, never half-decoded', async (t) =
 t.test('seeded fuzz: mutated audit records decode to recordable entries (that encode back to the same bytes) or are refused', async (t) => {
   const seed = Number(process.env.XDEVICE_SEED ?? Date.now() % 1e9);
   t.comment(`XDEVICE_SEED=${seed}`);
-  let x = seed >>> 0 || 1;
-  const rnd = (n: number) => {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    return x % n;
-  };
+  const random = makeRandom(seed);
+  const rnd = (n: number): number => random.int(0, n - 1);
   const base = [encodeAuditRecord(id, entry), encodeAuditRecord(id, { ...entry, reason: '', args: '{}' })];
   let decoded = 0;
   let refused = 0;

@@ -24,6 +24,7 @@ import { limits } from '../../src/limits.ts';
 import { EntryType, type Entry } from '../../src/raft/types.ts';
 import { VERSION } from '../../src/version.ts';
 import { tempDir } from './helpers/store-log.ts';
+import { makeRandom } from './helpers/nbd-random.ts';
 
 const logger = pino({ level: 'silent' });
 /** compactWrite, settled (large writes compress on the thread pool). */
@@ -173,15 +174,8 @@ t.test('codec: COMPRESSED_WRITE round-trips, re-encodes to the same bytes, and r
 t.test('seeded fuzz: mutated COMPRESSED_WRITEs decode to exactly their length (and re-encode to the same bytes) or are refused', async (t) => {
   const seed = Number(process.env.XDEVICE_SEED ?? Date.now() % 1e9);
   t.comment(`XDEVICE_SEED=${seed}`);
-  let x = seed >>> 0 || 1;
-  const rnd = (n: number) => {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    return x % n;
-  };
+  const random = makeRandom(seed);
+  const rnd = (n: number): number => random.int(0, n - 1);
   const unit = () => rnd(1 << 30) / (1 << 30);
   const bodyAt = 2 + 24 + 16;
   const base = [4096, 513, 70_000].map((n) => encodeCompressedWrite(id, 1, 0, compressBlock(halfCompressible(n, unit))));

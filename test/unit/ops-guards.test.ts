@@ -11,6 +11,7 @@ import { promotionBlocker } from '../../src/replica/promotion.ts';
 import { deviceNameProblem, deviceSizeProblem } from '../../src/parse.ts';
 import { parseDevice } from '../../src/parse.ts';
 import { limits } from '../../src/limits.ts';
+import { makeRandom } from './helpers/nbd-random.ts';
 
 const emptyConf = { voters: [], learners: [], votersOutgoing: [], learnersNext: [], autoLeave: false };
 
@@ -53,13 +54,8 @@ t.test('promotion needs replication, an installed snapshot and a bounded lag, at
 t.test('device rules: what the config refuses, apply refuses (seeded)', async (t) => {
   const seed = Number(process.env.XDEVICE_SEED ?? Date.now() % 1_000_000_007);
   console.log(`# XDEVICE_SEED=${seed}`);
-  let x = seed >>> 0 || 1;
-  const rnd = (n: number) => {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    return (x >>> 0) % n;
-  };
+  const random = makeRandom(seed);
+  const rnd = (n: number): number => random.int(0, n - 1);
   const alphabet = 'aZ09._-/ \\:%\0\u00e9\u{1f600}';
   for (let i = 0; i < 2000; i++) {
     const name = Array.from({ length: rnd(12) }, () => [...alphabet][rnd([...alphabet].length)]).join('');
