@@ -160,7 +160,9 @@ if (last) {
   );
 }
 console.log();
-console.log(formatSamples(samples));
+// At most about 60 rows (every sample is in the JSON).
+const every = Math.max(1, Math.ceil(samples.length / 60));
+console.log(formatSamples(samples.filter((_, i) => i % every === 0 || i === samples.length - 1)));
 console.log(`\nafter the warm-up (t >= ${warmup.toFixed(0)} s):\n`);
 console.log(formatVerdicts(verdicts));
 console.log('\nmemory (reported, not judged):\n');
