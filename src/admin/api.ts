@@ -37,6 +37,11 @@ export interface NodeStatus {
   /** First and last index held in the WAL. */
   logFirstIndex?: number;
   logLastIndex?: number;
+  /** Applied index of the last checkpoint (device files synced, index recorded): the WAL may be compacted up to it. */
+  checkpointIndex?: number;
+  /** Checkpoints written and WAL compactions done since this process started. */
+  checkpoints?: number;
+  compactions?: number;
   backend: 'replicated' | 'file' | 'memory';
   peers: PeerStatus[];
   /** Addresses for clients, so tools can find the leader's admin API and NBD server. */

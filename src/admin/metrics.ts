@@ -127,6 +127,22 @@ export function createMetrics(sources: MetricSources): Registry {
   gauge('xdevice_raft_term', 'Current Raft term.', () => node.status().term);
   gauge('xdevice_raft_commit_index', 'Highest committed log index known to this node.', () => node.status().commit);
   gauge('xdevice_raft_applied_index', 'Highest log index applied to this node’s block store.', () => node.status().applied);
+  // Compaction: the WAL holds entries from its first index on, and may drop those up to the checkpoint
+  // (less what lagging followers still need). 0 where there is no WAL (file and memory backends).
+  gauge('xdevice_raft_log_first_index', 'First log index the WAL still holds: the entries before it are compacted away.', () => node.status().logFirstIndex ?? 0);
+  gauge('xdevice_server_checkpoint_index', 'Applied index of the last checkpoint (device files synced, index recorded).', () => node.status().checkpointIndex ?? 0);
+  const statusCounter = (name: string, help: string, read: (s: NodeStatus) => number | undefined) =>
+    new Counter({
+      name,
+      help,
+      registers: [registry],
+      collect() {
+        this.reset();
+        this.inc(read(node.status()) ?? 0);
+      },
+    });
+  statusCounter('xdevice_server_checkpoints_total', 'Checkpoints this node has written since it started.', (s) => s.checkpoints);
+  statusCounter('xdevice_disk_wal_compactions_total', 'WAL compactions (entries dropped up to a checkpoint) since this node started.', (s) => s.compactions);
 
   const perPeer = (name: string, help: string, read: (p: PeerStatus) => number | undefined) =>
     new Gauge({

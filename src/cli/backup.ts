@@ -4,20 +4,22 @@
 // DEVICE@NAME, and an incremental one reads only the blocks that the
 // snapshots' qemu:dirty-bitmap contexts mark as changed since SNAP (the union
 // of the bitmaps of the snapshots after SNAP, each relative to the one
-// before). Blocks are stored by content hash (src/cli/backup-store.ts).
+// before). Blocks are stored by content hash, LZ4-compressed where that
+// saves at least 1/8 (src/cli/backup-store.ts); the summary says how much.
 // The NBD connection goes to the node the admin endpoint names (its
 // nbdAddress), without TLS.
 
 import type { Argv } from 'yargs';
 import { NbdClient } from '../nbd/client.ts';
 import { arg, CliExit, client, EXIT, type GlobalArgs, print } from './common.ts';
+import { formatBytes } from './output.ts';
 import { formatSize, parseDeviceName } from '../parse.ts';
 import type { AdminClient } from './admin-client.ts';
 import type { NodeStatus } from '../admin/api.ts';
 import type { SnapshotInfo } from '../admin/api.ts';
 import { snapshotNameProblem } from '../device/snapshots.ts';
 import { limits } from '../limits.ts';
-import { BACKUP_FORMAT, backupChain, BackupDir, type BackupManifest, composeChain, isZeroBlock, ZERO } from './backup-store.ts';
+import { BACKUP_FORMAT, backupChain, BackupDir, blockBytesOf, type BackupManifest, composeChain, DamagedBlockError, isZeroBlock, ZERO } from './backup-store.ts';
 
 const B = limits.snapshotBlockBytes;
 /** Bytes asked for in one READ or BLOCK_STATUS. */
@@ -139,8 +141,30 @@ async function backup(argv: GlobalArgs & { device: string; to: string; since?: s
     createdAt: new Date().toISOString(),
   };
   await dir.putManifest(manifest);
-  const summary = { id: manifest.id, kind: manifest.kind, snapshot: target.name, index: target.index, ...(parent ? { parent: parent.id } : {}), blocks: blocks.length, stored: dir.stored, deduplicated: dir.deduped, storedBytes: dir.storedBytes };
-  print(argv, summary, () => `${manifest.kind} backup ${manifest.id} of ${device}@${target.name} in ${argv.to}: ${blocks.length} block(s), ${dir.stored} stored (${formatSize(dir.storedBytes)}), ${dir.deduped} already there\n`);
+  const savedBytes = dir.uncompressedBytes - dir.storedBytes;
+  const summary = {
+    id: manifest.id,
+    kind: manifest.kind,
+    format: manifest.format,
+    snapshot: target.name,
+    index: target.index,
+    ...(parent ? { parent: parent.id } : {}),
+    blocks: blocks.length,
+    stored: dir.stored,
+    deduplicated: dir.deduped,
+    compressed: dir.compressed,
+    /** Bytes of the blocks stored, as read from the device, and as written to the directory (LZ4 where it paid). */
+    uncompressedBytes: dir.uncompressedBytes,
+    storedBytes: dir.storedBytes,
+    savedBytes,
+  };
+  print(
+    argv,
+    summary,
+    () =>
+      `${manifest.kind} backup ${manifest.id} of ${device}@${target.name} in ${argv.to}: ${blocks.length} block(s), ${dir.stored} stored ` +
+      `(${formatBytes(dir.uncompressedBytes)} in ${formatBytes(dir.storedBytes)}; ${dir.compressed} LZ4-compressed, ${formatBytes(savedBytes)} saved), ${dir.deduped} already there\n`,
+  );
 }
 
 async function restore(argv: GlobalArgs & { dir: string; device: string; backup?: string }): Promise<void> {
@@ -158,7 +182,14 @@ async function restore(argv: GlobalArgs & { dir: string; device: string; backup?
   let written = 0;
   try {
     for (const [b, hash] of [...blocks].sort((x, y) => x[0] - y[0])) {
-      await nbd.write(b * target.blockBytes, await dir.getBlock(hash));
+      let data: Buffer;
+      try {
+        data = await dir.getBlock(hash, blockBytesOf(target, b));
+      } catch (err) {
+        if (!(err instanceof DamagedBlockError)) throw err;
+        throw new CliExit(EXIT.failed, `${err.message} (block ${b} of ${target.id}): device ${device} holds only the ${written} block(s) before it; delete it (xdevice-cli device delete ${device}) or restore an older backup`);
+      }
+      await nbd.write(b * target.blockBytes, data);
       written++;
     }
     await nbd.sync();

@@ -63,11 +63,13 @@ export class NodeError extends XDeviceError {}
 
 /**
  * Checkpoint and retention overrides from the environment
- * (XDEVICE_CHECKPOINT_ENTRIES, XDEVICE_WAL_RETAIN_ENTRIES): process-level
- * tests use them to make a joining node need a snapshot after a few writes.
+ * (XDEVICE_CHECKPOINT_ENTRIES, XDEVICE_CHECKPOINT_BYTES,
+ * XDEVICE_WAL_RETAIN_ENTRIES, XDEVICE_WAL_RETAIN_BYTES): process-level tests
+ * use them to make a joining node need a snapshot after a few writes, and the
+ * compaction soak (scripts/soak-compaction.ts) to checkpoint often.
  */
 export function tuningFromEnv(env: NodeJS.ProcessEnv = process.env): NodeConfig['tuning'] {
-  const tuning: { checkpointEntries?: number; walRetainEntriesMax?: number } = {};
+  const tuning: { -readonly [K in keyof Tuning]?: number } = {};
   const num = (name: string): number | undefined => {
     const v = env[name];
     if (v === undefined || v === '') return undefined;
@@ -79,6 +81,10 @@ export function tuningFromEnv(env: NodeJS.ProcessEnv = process.env): NodeConfig[
   const retain = num('XDEVICE_WAL_RETAIN_ENTRIES');
   if (entries !== undefined) tuning.checkpointEntries = Math.max(1, entries);
   if (retain !== undefined) tuning.walRetainEntriesMax = retain;
+  const bytes = num('XDEVICE_CHECKPOINT_BYTES');
+  const retainBytes = num('XDEVICE_WAL_RETAIN_BYTES');
+  if (bytes !== undefined) tuning.checkpointBytes = Math.max(1, bytes);
+  if (retainBytes !== undefined) tuning.walRetainBytesMax = retainBytes;
   return tuning;
 }
 
@@ -133,7 +139,7 @@ export class ClusterNode {
     this.publisher = new MemberPublisher(r);
     const m = r.membership;
     this.api = {
-      status: () => view.status(),
+      status: () => ({ ...view.status(), checkpointIndex: store.checkpointIndex, checkpoints: r.housekeeping.checkpoints, compactions: r.housekeeping.compactions }),
       diskUsage: () => view.diskUsage(),
       health: () => view.health(),
       members: () => view.members(),

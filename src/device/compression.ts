@@ -26,7 +26,7 @@
 // checkpoint and WAL retention have passed them).
 
 import { type RequestId, encodeCompressedWrite, encodeWriteZeroes } from './commands.ts';
-import { compressBlock, compressBlockAsync, rememberPlaintext } from './lz4.ts';
+import { compressBlock, compressBlockAsync, compressionPays, rememberPlaintext } from './lz4.ts';
 import { limits } from '../limits.ts';
 
 export type CompressionMode = 'lz4' | 'off';
@@ -134,7 +134,7 @@ export function compactWrite(
   }
   const plain = parts.length === 1 ? parts[0]! : Buffer.concat(parts, length);
   const decide = (block: Buffer): CompactWrite | undefined => {
-    if (block.length > length - Math.floor(length / 8)) {
+    if (!compressionPays(length, block.length)) {
       stats.incompressibleWrites++;
       stats.bytesOut += length;
       return undefined;

@@ -1,6 +1,7 @@
 // LZ4 blocks through lz4-napi (lz4_flex, a memory-safe Rust implementation,
 // with prebuilt binaries per platform): the codec of COMPRESSED_WRITE
-// (src/device/commands.ts) and nothing else.
+// (src/device/commands.ts) and of compressed backup blocks
+// (src/cli/backup-store.ts), and nothing else.
 //
 // A block is what lz4-napi's compressSync returns: a u32le of the original
 // length, then one raw LZ4 block. The prefix is read and bounded HERE before
@@ -50,7 +51,12 @@ export class Lz4BlockError extends Error {
   override name = 'Lz4BlockError';
 }
 
-/** `data` as a size-prefixed LZ4 block (it may be longer than `data`: the caller decides whether it pays). */
+/** Whether storing `length` bytes as a `compressedLength`-byte block pays: it must save at least 1/8. */
+export function compressionPays(length: number, compressedLength: number): boolean {
+  return compressedLength <= length - Math.floor(length / 8);
+}
+
+/** `data` as a size-prefixed LZ4 block (it may be longer than `data`: the caller decides whether it pays, compressionPays). */
 export function compressBlock(data: Buffer): Buffer {
   return lz4.compressSync(data);
 }

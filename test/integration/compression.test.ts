@@ -10,7 +10,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Cluster } from './helpers/launcher.ts';
-import { run, tempDir, waitFor } from './helpers/tools.ts';
+import { metricSum as metric, run, tempDir, waitFor } from './helpers/tools.ts';
 
 const MiB = 1024 * 1024;
 const DEVICE_BYTES = 16 * MiB;
@@ -65,12 +65,6 @@ async function nbdshWrites(uri: string, file: string, writes: Write[]): Promise<
   ].join('\n');
   const r = await run('nbdsh', ['-c', script], { env: ENV, timeoutMs: 180_000 });
   if (r.code !== 0 || !r.stdout.includes('ok')) throw new Error(`nbdsh failed (${r.code}): ${r.stderr}`);
-}
-
-function metric(text: string, name: string): number {
-  let sum = 0;
-  for (const m of text.matchAll(new RegExp(`^${name}(?:\\{[^}]*\\})? (\\S+)$`, 'gm'))) sum += Number(m[1]);
-  return sum;
 }
 
 async function metrics(c: Cluster, id: string): Promise<string> {

@@ -124,6 +124,10 @@ t.test('metrics are valid Prometheus text with the etcd-style names', async (t) 
   t.same(findings.filter((l) => !allowed.test(l)), [], 'promtool check metrics finds nothing in our own metrics');
   t.equal(families.get('xdevice_disk_wal_write_bytes_total')?.metrics[0]?.value, '8192');
   t.equal(families.get('xdevice_server_has_leader')?.metrics[0]?.value, '1');
+  t.equal(families.get('xdevice_raft_log_first_index')?.metrics[0]?.value, '6', 'the compaction floor');
+  t.equal(families.get('xdevice_server_checkpoint_index')?.metrics[0]?.value, '8');
+  t.equal(families.get('xdevice_server_checkpoints_total')?.metrics[0]?.value, '2');
+  t.equal(families.get('xdevice_disk_wal_compactions_total')?.metrics[0]?.value, '1');
   t.equal(families.get('xdevice_server_leader_changes_seen_total')?.metrics[0]?.value, '1');
   t.equal(families.get('xdevice_server_proposals_committed_total')?.metrics[0]?.value, '1');
   t.equal(families.get('xdevice_server_proposals_failed_total')?.metrics[0]?.value, '1');

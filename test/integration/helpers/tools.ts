@@ -70,6 +70,13 @@ export async function waitFor<T>(what: string, fn: () => Promise<T | undefined |
   }
 }
 
+/** The sum of a metric's samples (every label set) in a node's /metrics text; 0 when absent. */
+export function metricSum(text: string, name: string): number {
+  let sum = 0;
+  for (const m of text.matchAll(new RegExp(`^${name}(?:\\{[^}]*\\})? (\\S+)$`, 'gm'))) sum += Number(m[1]);
+  return sum;
+}
+
 /** What one run of a command printed and how it exited. */
 export interface CliRun {
   code: number | null;

@@ -12,7 +12,7 @@ export class FakeNode extends EventEmitter implements NodeApi {
   snapshot: NodeStatus['snapshot'];
   status(): NodeStatus {
     return {
-      id: 'node1', role: 'leader', term: 3, leader: 'node1', commit: 10, applied: 10, backend: 'replicated',
+      id: 'node1', role: 'leader', term: 3, leader: 'node1', commit: 10, applied: 10, backend: 'replicated', logFirstIndex: 6, logLastIndex: 10, checkpointIndex: 8, checkpoints: 2, compactions: 1,
       peers: [{ id: 'node2', address: '127.0.0.1:2', match: 7, next: 8, state: 'replicate', lagEntries: 3, voter: true, connected: true, messagesDropped: 5, bytesSent: 123456 }],
       nbdAddress: '127.0.0.1:10809', adminAddress: '127.0.0.1:10819', uptimeSeconds: 1, version: VERSION,
       ...(this.snapshot ? { snapshot: this.snapshot } : {}),
