@@ -31,6 +31,7 @@
 // transport, host), the fault schedule, the clients and the invariants all
 // read and change one simulation's state; each is a section below.
 
+import { createHash } from 'node:crypto';
 import { pino } from 'pino';
 import { EventQueue, type Timed } from './event-queue.ts';
 import { Prng } from './prng.ts';
@@ -127,6 +128,13 @@ export interface ReplicaSimResult {
   ok: boolean;
   error?: string;
   stats: ReplicaSimStats;
+  /**
+   * A hash of what the run did: its stats, the final clock, every PRNG's
+   * state, every client operation with its times, each node's end state and
+   * disk counters. Two versions of the simulator that run a seed the same way
+   * give the same digest (a speed-up must not change it).
+   */
+  digest: string;
 }
 
 const BLOCK = 4096;
@@ -867,6 +875,18 @@ class Sim {
   }
 }
 
+/** ReplicaSimResult.digest. */
+function digestOf(sim: Sim, error: string | undefined): string {
+  const h = createHash('sha256');
+  h.update(`${JSON.stringify(sim.stats)}|${sim.now}|${sim.rng.fingerprint()}|${error?.split('\n')[0] ?? 'ok'}\n`);
+  for (const op of sim.history) h.update(`${op.client} ${op.op} ${op.block} ${op.value} ${op.call} ${op.return} ${op.status}\n`);
+  for (const n of sim.nodes.values()) {
+    const st = n.replica?.raw.basicStatus();
+    h.update(`${n.id} ${n.alive} ${n.retired} ${n.incarnation} ${n.replica?.processedIndex} ${st?.role} ${st?.term} ${n.disk.usedBytes()} ${n.disk.fingerprint()} ${JSON.stringify(n.disk.stats)}\n`);
+  }
+  return h.digest('hex').slice(0, 16);
+}
+
 function decodeValue(buf: Buffer): string | null {
   const end = buf.indexOf(0);
   const s = buf.subarray(0, end < 0 ? buf.length : end).toString('latin1');
@@ -880,9 +900,10 @@ export async function runReplicaSeed(o: ReplicaSimOptions): Promise<ReplicaSimRe
   process.on('unhandledRejection', unobserved);
   try {
     await sim.run();
-    return { seed: o.seed, ok: true, stats: sim.stats };
+    return { seed: o.seed, ok: true, stats: sim.stats, digest: digestOf(sim, undefined) };
   } catch (err) {
-    return { seed: o.seed, ok: false, error: err instanceof Violation ? err.message : `simulator error: ${(err as Error).stack ?? err}`, stats: sim.stats };
+    const error = err instanceof Violation ? err.message : `simulator error: ${(err as Error).stack ?? err}`;
+    return { seed: o.seed, ok: false, error, stats: sim.stats, digest: digestOf(sim, error) };
   } finally {
     process.off('unhandledRejection', unobserved);
   }

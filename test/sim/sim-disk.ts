@@ -171,6 +171,11 @@ export class SimDisk implements DiskIo {
     return view as unknown as DiskIo;
   }
 
+  /** This disk's PRNG state (a run's digest). */
+  fingerprint(): string {
+    return this.prng.fingerprint();
+  }
+
   /** Allocated bytes over every live file. */
   usedBytes(): number {
     let pages = 0;
