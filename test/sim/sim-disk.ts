@@ -210,7 +210,7 @@ export class SimDisk implements DiskIo {
   }
 
   /** Queues `effect` behind everything submitted on this handle. */
-  private fileOp<T>(file: DiskFile, syscall: string, effect: (f: SimFile) => T, write?: { data: Uint8Array[]; positions: number[] }, detail = ''): Promise<T> {
+  private fileOp<T>(file: DiskFile, syscall: string, effect: (f: SimFile) => T, write?: { data: Uint8Array[]; positions: number[] }, detail?: () => string): Promise<T> {
     const f = file as SimFile;
     if (!(f instanceof SimFile)) throw new TypeError('not a handle of this SimDisk');
     if (f.generation !== this.generation) return never;
@@ -219,8 +219,9 @@ export class SimDisk implements DiskIo {
       if (f.closed) throw simError('EBADF', syscall, f.path);
       const running = write && { inode: f.inode, ...write };
       if (running) this.running.add(running);
+      // The description only a trace reads: not built for every write of an untraced run.
       return this.op(
-        `${syscall} ${f.path}${detail}`,
+        this.trace ? `${syscall} ${f.path}${detail?.() ?? ''}` : '',
         () => {
           if (running) this.running.delete(running);
           return effect(f);
@@ -365,7 +366,7 @@ export class SimDisk implements DiskIo {
         return data.length;
       },
       { data: [data], positions: [position] },
-      ` [${position}, +${data.length})`,
+      () => ` [${position}, +${data.length})`,
     );
   }
 
@@ -384,7 +385,7 @@ export class SimDisk implements DiskIo {
         return n;
       },
       { data, positions: at },
-      ` ${data.length} writes`,
+      () => ` ${data.length} writes`,
     );
   }
 

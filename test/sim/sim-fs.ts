@@ -74,6 +74,9 @@ export class Inode {
   readonly dirty = new Set<number>();
   /** Pages whose current bytes differ from the durable ones and will not be (their sync failed). */
   readonly lost = new Set<number>();
+  // A page's bytes may be one array in both `pages` and `durablePages` (a
+  // clean page shares them; nothing is copied at a sync): write() copies a
+  // shared array before changing it, and nothing else changes one in place.
 
   constructor(readonly kind: 'file' | 'dir') {}
 
@@ -110,7 +113,7 @@ export class Inode {
       const inPage = at - p * PAGE_BYTES;
       const len = Math.min(PAGE_BYTES - inPage, data.length - done);
       const old = this.pages.get(p);
-      const bytes = old instanceof Uint8Array ? old : new Uint8Array(PAGE_BYTES);
+      const bytes = old instanceof Uint8Array ? (old === this.durablePages.get(p) ? (len === PAGE_BYTES ? new Uint8Array(PAGE_BYTES) : old.slice()) : old) : new Uint8Array(PAGE_BYTES);
       bytes.set(data.subarray(done, done + len), inPage);
       this.pages.set(p, len === PAGE_BYTES ? compactPage(bytes) : bytes);
       this.touch(p);
@@ -127,7 +130,7 @@ export class Inode {
       const cur = this.pages.get(p);
       if (from === 0 && to === PAGE_BYTES) {
         if (cur === undefined) this.durablePages.delete(p);
-        else this.durablePages.set(p, cur instanceof Uint8Array ? cur.slice() : cur);
+        else this.durablePages.set(p, cur);
         this.dirty.delete(p);
       } else {
         // Part of the page: the rest of it stays dirty.
@@ -184,7 +187,7 @@ export class Inode {
     for (const p of this.dirty) {
       const cur = this.pages.get(p);
       if (cur === undefined) this.durablePages.delete(p);
-      else this.durablePages.set(p, cur instanceof Uint8Array ? cur.slice() : cur);
+      else this.durablePages.set(p, cur);
     }
     this.dirty.clear();
     this.durableSize = this.size;
@@ -205,9 +208,11 @@ export class Inode {
       lostSectors += SECTORS_PER_PAGE;
     }
     for (const p of this.dirty) {
-      const cur = pageBytes(this.pages.get(p));
-      const dur = pageBytes(this.durablePages.get(p));
-      if (cur === dur) {
+      const current = this.pages.get(p);
+      const durable = this.durablePages.get(p);
+      const cur = pageBytes(current);
+      const dur = pageBytes(durable);
+      if (!(current instanceof Uint8Array) && !(durable instanceof Uint8Array)) {
         // both absent or both markers: nothing to choose between
         this.restore(p, prng.chance(0.5) ? this.pages.get(p) : this.durablePages.get(p));
         continue;
@@ -240,8 +245,9 @@ export class Inode {
       this.pages.delete(p);
       this.durablePages.delete(p);
     } else {
-      this.pages.set(p, page instanceof Uint8Array ? page.slice() : page);
-      this.durablePages.set(p, page instanceof Uint8Array ? page.slice() : page);
+      // One array for both (write() copies it before changing it).
+      this.pages.set(p, page);
+      this.durablePages.set(p, page);
     }
   }
 
