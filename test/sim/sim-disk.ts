@@ -37,7 +37,7 @@ import { constants as osConstants } from 'node:os';
 import { dirname, basename } from 'node:path';
 import type { DiskFile, DiskFileStat, DiskIo, DiskOpenOptions, DiskPathStat, Extent } from '../../src/disk/disk-io.ts';
 import { Prng } from './prng.ts';
-import { Inode, PAGE_BYTES, SECTOR_BYTES, SimFs } from './sim-fs.ts';
+import { allocationClock, Inode, PAGE_BYTES, SECTOR_BYTES, SimFs } from './sim-fs.ts';
 
 export interface DiskScheduler {
   /** Runs fn `ms` time units from now (the simulator's clock). */
@@ -154,6 +154,7 @@ export class SimDisk implements DiskIo {
     for (const w of this.running) w.data.forEach((d, i) => w.inode.write(d, w.positions[i]!));
     this.running.clear();
     this.handles.clear();
+    allocationClock.changes++;
     const lost = this.fs.crash(this.prng);
     this.stats.lostSectors += lost.lostSectors;
     this.stats.lostJournalRecords += lost.lostRecords;
@@ -176,12 +177,16 @@ export class SimDisk implements DiskIo {
     return this.prng.fingerprint();
   }
 
-  /** Allocated bytes over every live file. */
+  /** Allocated bytes over every live file (counted again only after an allocation changed somewhere). */
   usedBytes(): number {
+    if (this.used.at === allocationClock.changes) return this.used.bytes;
     let pages = 0;
     for (const i of this.fs.liveFiles([...this.handles].map((h) => h.inode))) pages += i.pages.size;
-    return pages * PAGE_BYTES;
+    this.used = { at: allocationClock.changes, bytes: pages * PAGE_BYTES };
+    return this.used.bytes;
   }
+
+  private used = { at: -1, bytes: 0 };
 
   // ---- scheduling and faults ---------------------------------------------------------
 
@@ -334,6 +339,7 @@ export class SimDisk implements DiskIo {
         inode = this.createFile(path, 'open');
       }
       inode.opens++;
+      allocationClock.changes++;
       const f = new SimFile(path, inode, opts.direct ?? false, opts.dsync ?? false, opts.readOnly ?? false, this.generation);
       this.handles.add(f);
       return f;
@@ -344,6 +350,7 @@ export class SimDisk implements DiskIo {
     return this.fileOp(file, 'close', (f) => {
       f.closed = true;
       f.inode.opens--;
+      allocationClock.changes++;
       this.handles.delete(f);
     });
   }

@@ -56,6 +56,14 @@ function compactPage(bytes: Uint8Array): Page {
 
 let nextInode = 1;
 
+/**
+ * Counts every change that can change what liveFiles() finds or how many
+ * pages those files hold: a page allocated or freed, a name linked or
+ * unlinked, a handle opened or closed, a crash. A caller that counted the
+ * allocation at one count may reuse the figure while the count stays.
+ */
+export const allocationClock = { changes: 0 };
+
 export class Inode {
   readonly id = nextInode++;
   /** Names linking to this inode in the current namespace. */
@@ -113,6 +121,7 @@ export class Inode {
       const inPage = at - p * PAGE_BYTES;
       const len = Math.min(PAGE_BYTES - inPage, data.length - done);
       const old = this.pages.get(p);
+      if (old === undefined) allocationClock.changes++;
       const bytes = old instanceof Uint8Array ? (old === this.durablePages.get(p) ? (len === PAGE_BYTES ? new Uint8Array(PAGE_BYTES) : old.slice()) : old) : new Uint8Array(PAGE_BYTES);
       bytes.set(data.subarray(done, done + len), inPage);
       this.pages.set(p, len === PAGE_BYTES ? compactPage(bytes) : bytes);
@@ -145,6 +154,7 @@ export class Inode {
   allocate(offset: number, length: number, keepSize: boolean): void {
     for (let p = Math.floor(offset / PAGE_BYTES); p * PAGE_BYTES < offset + length; p++) {
       if (!this.pages.has(p)) {
+        allocationClock.changes++;
         this.pages.set(p, 'unwritten');
         this.touch(p);
       }
@@ -157,7 +167,7 @@ export class Inode {
     for (let p = Math.floor(offset / PAGE_BYTES); p * PAGE_BYTES < end; p++) {
       const start = p * PAGE_BYTES;
       if (offset <= start && start + PAGE_BYTES <= end) {
-        this.pages.delete(p);
+        if (this.pages.delete(p)) allocationClock.changes++;
         this.touch(p);
       } else if (this.pages.has(p)) {
         const from = Math.max(offset, start);
@@ -170,6 +180,7 @@ export class Inode {
     const keep = Math.ceil(size / PAGE_BYTES);
     for (const p of [...this.pages.keys()]) {
       if (p >= keep) {
+        allocationClock.changes++;
         this.pages.delete(p);
         this.touch(p);
       }
@@ -233,6 +244,7 @@ export class Inode {
     this.durableSize = size;
     for (const p of [...this.pages.keys()]) {
       if (p * PAGE_BYTES >= size) {
+        allocationClock.changes++;
         this.pages.delete(p);
         this.durablePages.delete(p);
       }
@@ -242,9 +254,10 @@ export class Inode {
 
   private restore(p: number, page: Page | undefined): void {
     if (page === undefined) {
-      this.pages.delete(p);
+      if (this.pages.delete(p)) allocationClock.changes++;
       this.durablePages.delete(p);
     } else {
+      if (!this.pages.has(p)) allocationClock.changes++;
       // One array for both (write() copies it before changing it).
       this.pages.set(p, page);
       this.durablePages.set(p, page);
@@ -293,6 +306,7 @@ export class SimFs {
 
   /** Applies one journal record (one metadata operation) to the current namespace. */
   change(changes: EntryChange[]): void {
+    allocationClock.changes++;
     for (const c of changes) {
       const old = c.dir.children.get(c.name);
       if (old) old.links--;
@@ -326,6 +340,7 @@ export class SimFs {
 
   /** Power cut: a random journal prefix commits, the namespace becomes the durable one, files lose what was not synced. */
   crash(prng: Prng): { lostSectors: number; lostRecords: number } {
+    allocationClock.changes++;
     const keep = prng.int(this.journal.length + 1);
     const lostRecords = this.journal.length - keep;
     this.commit(keep);
