@@ -1,5 +1,6 @@
 // A binary min-heap of timed events; ties break by insertion order so a
-// simulation is a pure function of its seed.
+// simulation is a pure function of its seed. (at, seq) is a total order, so
+// the order events come out in does not depend on the heap's layout.
 
 export interface Timed {
   at: number;
@@ -9,7 +10,7 @@ export interface Timed {
 type WithoutSeq<T> = T extends unknown ? Omit<T, 'seq'> : never;
 
 export class EventQueue<T extends Timed> {
-  private heap: T[] = [];
+  private readonly heap: T[] = [];
   private seq = 0;
 
   get size(): number {
@@ -21,14 +22,17 @@ export class EventQueue<T extends Timed> {
     const e = ev as T;
     e.seq = this.seq++;
     const h = this.heap;
+    // Sift up with a hole: parents move down until e's place is found.
+    let i = h.length;
     h.push(e);
-    let i = h.length - 1;
     while (i > 0) {
       const p = (i - 1) >> 1;
-      if (!less(h[i]!, h[p]!)) break;
-      [h[i], h[p]] = [h[p]!, h[i]!];
+      const parent = h[p]!;
+      if (!less(e, parent)) break;
+      h[i] = parent;
       i = p;
     }
+    h[i] = e;
   }
 
   pop(): T | undefined {
@@ -36,19 +40,21 @@ export class EventQueue<T extends Timed> {
     if (h.length === 0) return undefined;
     const top = h[0]!;
     const last = h.pop()!;
-    if (h.length > 0) {
-      h[0] = last;
+    const n = h.length;
+    if (n > 0) {
+      // Sift `last` down from the root with a hole.
       let i = 0;
       for (;;) {
         const l = 2 * i + 1;
+        if (l >= n) break;
         const r = l + 1;
-        let m = i;
-        if (l < h.length && less(h[l]!, h[m]!)) m = l;
-        if (r < h.length && less(h[r]!, h[m]!)) m = r;
-        if (m === i) break;
-        [h[i], h[m]] = [h[m]!, h[i]!];
+        let m = l;
+        if (r < n && less(h[r]!, h[l]!)) m = r;
+        if (!less(h[m]!, last)) break;
+        h[i] = h[m]!;
         i = m;
       }
+      h[i] = last;
     }
     return top;
   }
@@ -58,4 +64,6 @@ export class EventQueue<T extends Timed> {
   }
 }
 
-const less = (a: Timed, b: Timed) => a.at < b.at || (a.at === b.at && a.seq < b.seq);
+function less(a: Timed, b: Timed): boolean {
+  return a.at < b.at || (a.at === b.at && a.seq < b.seq);
+}

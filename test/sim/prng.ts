@@ -54,6 +54,11 @@ export class Prng {
     return xs[this.int(xs.length)]!;
   }
 
+  /** The whole state (a run's digest: any draw more or less changes it). */
+  fingerprint(): string {
+    return `${this.a}.${this.b}.${this.c}.${this.d}`;
+  }
+
   /** A child generator, so one component's draws do not shift another's. */
   fork(): Prng {
     return new Prng(this.next());

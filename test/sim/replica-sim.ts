@@ -31,6 +31,7 @@
 // transport, host), the fault schedule, the clients and the invariants all
 // read and change one simulation's state; each is a section below.
 
+import { createHash } from 'node:crypto';
 import { pino } from 'pino';
 import { EventQueue, type Timed } from './event-queue.ts';
 import { Prng } from './prng.ts';
@@ -127,6 +128,13 @@ export interface ReplicaSimResult {
   ok: boolean;
   error?: string;
   stats: ReplicaSimStats;
+  /**
+   * A hash of what the run did: its stats, the final clock, every PRNG's
+   * state, every client operation with its times, each node's end state and
+   * disk counters. Two versions of the simulator that run a seed the same way
+   * give the same digest (a speed-up must not change it).
+   */
+  digest: string;
 }
 
 const BLOCK = 4096;
@@ -146,7 +154,11 @@ function violation(msg: string): never {
   throw new Violation(msg);
 }
 
-type Ev = Timed & { what: string; fn: () => void };
+/** What an event is, for a livelock's report: a thunk where building the string would cost every event. */
+type What = string | (() => string);
+type Ev = Timed & { what: What; fn: () => void };
+
+const describe = (what: What): string => (typeof what === 'string' ? what : what());
 
 interface Node {
   id: string;
@@ -211,12 +223,13 @@ class Sim {
     this.o.trace?.(`${String(this.now).padStart(7)} ${line}`);
   }
 
-  at(delay: number, what: string, fn: () => void): void {
+  at(delay: number, what: What, fn: () => void): void {
     this.q.push({ at: this.now + Math.max(0, Math.floor(delay)), what, fn });
   }
 
   private addNode(id: string, join: boolean): Node {
-    const disk = new SimDisk({ seed: this.rng.int(2 ** 31), capacityBytes: DISK_BYTES, scheduler: { after: (ms, fn) => this.at(ms, `disk ${id}`, fn) }, ...(this.o.trace ? { trace: (l: string) => this.trace(`${id} ${l}`) } : {}) });
+    const what = `disk ${id}`;
+    const disk = new SimDisk({ seed: this.rng.int(2 ** 31), capacityBytes: DISK_BYTES, scheduler: { after: (ms, fn) => this.at(ms, what, fn) }, ...(this.o.trace ? { trace: (l: string) => this.trace(`${id} ${l}`) } : {}) });
     const n: Node = { id, disk, io: disk.io(), incarnation: 0, alive: false, retired: false, join, starting: false, faulted: false };
     this.nodes.set(id, n);
     return n;
@@ -242,16 +255,18 @@ class Sim {
       this.timerRate.set(n.id, rate);
     }
     const r = rate;
+    const timer = `timer ${n.id}`;
+    const turn = `turn ${n.id}`;
     return {
       now: () => this.now,
       after: (ms, fn) => {
         let live = true;
-        this.at(ms * r, `timer ${n.id}`, () => live && n.incarnation === inc && fn());
+        this.at(ms * r, timer, () => live && n.incarnation === inc && fn());
         return () => {
           live = false;
         };
       },
-      defer: (fn) => this.at(0, `turn ${n.id}`, () => n.incarnation === inc && fn()),
+      defer: (fn) => this.at(0, turn, () => n.incarnation === inc && fn()),
     };
   }
 
@@ -279,7 +294,7 @@ class Sim {
             continue;
           }
           const delay = sim.faulty ? sim.rng.range(1, 60) : sim.rng.range(1, 4);
-          sim.at(delay, `deliver ${MessageType[m.type]} ${m.from}->${m.to}`, () => sim.deliver(m.to, wire));
+          sim.at(delay, () => `deliver ${MessageType[m.type]} ${m.from}->${m.to}`, () => sim.deliver(m.to, wire));
         }
       },
       sendFrame: (peer, f) => {
@@ -296,7 +311,7 @@ class Sim {
         const at = Math.max(sim.now + 1, (sim.linkClock.get(key) ?? 0) + 1);
         sim.linkClock.set(key, at);
         const sentTo = target.incarnation;
-        sim.at(at - sim.now, `frame ${f.kind} ${n.id}->${peer}`, () => {
+        sim.at(at - sim.now, () => `frame ${f.kind} ${n.id}->${peer}`, () => {
           const to = sim.nodes.get(peer);
           if (!to?.alive || !to.replica || to.incarnation !== sentTo || !sim.linked(n.id, peer)) return;
           sim.guard(to, () => to.replica!.onFrame(n.id, copy));
@@ -635,7 +650,7 @@ class Sim {
     const call = this.now;
     this.clientsBusy++;
     let answered = false;
-    const inFlight = { fail: (): void => undefined, what: `${n.id} block ${block} kind ${kind.toFixed(2)} at ${call}` };
+    const inFlight = { fail: (): void => undefined, what: () => `${n.id} block ${block} kind ${kind.toFixed(2)} at ${call}` };
     const done = (): void => {
       if (answered) return;
       answered = true;
@@ -739,7 +754,7 @@ class Sim {
   private end = 0;
   /** Clients issue nothing new after this (ms). */
   private quiesceAt = 0;
-  private readonly inFlight = new Map<Node, Set<{ fail: () => void; what: string }>>();
+  private readonly inFlight = new Map<Node, Set<{ fail: () => void; what: () => string }>>();
 
   async run(): Promise<void> {
     const faultyMs = this.o.faultyMs ?? 20_000;
@@ -777,7 +792,7 @@ class Sim {
       this.now = ev.at;
       // A seed runs ~11k events on average: 27 times that is a
       // protocol loop that keeps the cluster from converging (a livelock).
-      if (++this.stats.events > EVENTS_MAX) violation(`liveness: ${EVENTS_MAX} events by ${this.now} ms without the run ending (a livelock; last: ${ev.what})`);
+      if (++this.stats.events > EVENTS_MAX) violation(`liveness: ${EVENTS_MAX} events by ${this.now} ms without the run ending (a livelock; last: ${describe(ev.what)})`);
       ev.fn();
       // Every promise reaction the event set off runs before the next event.
       await new Promise((r) => setImmediate(r));
@@ -823,7 +838,7 @@ class Sim {
       violation(`liveness: no leader after the faults healed (${who.join(' ')})`);
     }
     if (this.clientsBusy > 0) {
-      const open = [...this.inFlight.values()].flatMap((set) => [...set].map((o) => o.what));
+      const open = [...this.inFlight.values()].flatMap((set) => [...set].map((o) => o.what()));
       violation(`liveness: ${this.clientsBusy} client operations unanswered after the faults healed: ${open.join('; ')}`);
     }
     const cs = l.replica.raw.status().confState;
@@ -867,6 +882,18 @@ class Sim {
   }
 }
 
+/** ReplicaSimResult.digest. */
+function digestOf(sim: Sim, error: string | undefined): string {
+  const h = createHash('sha256');
+  h.update(`${JSON.stringify(sim.stats)}|${sim.now}|${sim.rng.fingerprint()}|${error?.split('\n')[0] ?? 'ok'}\n`);
+  for (const op of sim.history) h.update(`${op.client} ${op.op} ${op.block} ${op.value} ${op.call} ${op.return} ${op.status}\n`);
+  for (const n of sim.nodes.values()) {
+    const st = n.replica?.raw.basicStatus();
+    h.update(`${n.id} ${n.alive} ${n.retired} ${n.incarnation} ${n.replica?.processedIndex} ${st?.role} ${st?.term} ${n.disk.usedBytes()} ${n.disk.fingerprint()} ${JSON.stringify(n.disk.stats)}\n`);
+  }
+  return h.digest('hex').slice(0, 16);
+}
+
 function decodeValue(buf: Buffer): string | null {
   const end = buf.indexOf(0);
   const s = buf.subarray(0, end < 0 ? buf.length : end).toString('latin1');
@@ -880,9 +907,10 @@ export async function runReplicaSeed(o: ReplicaSimOptions): Promise<ReplicaSimRe
   process.on('unhandledRejection', unobserved);
   try {
     await sim.run();
-    return { seed: o.seed, ok: true, stats: sim.stats };
+    return { seed: o.seed, ok: true, stats: sim.stats, digest: digestOf(sim, undefined) };
   } catch (err) {
-    return { seed: o.seed, ok: false, error: err instanceof Violation ? err.message : `simulator error: ${(err as Error).stack ?? err}`, stats: sim.stats };
+    const error = err instanceof Violation ? err.message : `simulator error: ${(err as Error).stack ?? err}`;
+    return { seed: o.seed, ok: false, error, stats: sim.stats, digest: digestOf(sim, error) };
   } finally {
     process.off('unhandledRejection', unobserved);
   }

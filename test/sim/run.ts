@@ -5,6 +5,7 @@
 //   XDEVICE_SEED=1234 npm run sim                    replay one seed with a full trace
 //   npm run sim -- --seeds 100 --plant skipSync      a planted bug (test only)
 
+import { createHash } from 'node:crypto';
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { PLANTS, runReplicaSeed, type Plant } from './replica-sim.ts';
@@ -17,6 +18,7 @@ const argv = yargs(hideBin(process.argv))
   .option('lease-reads', { type: 'boolean', default: false, describe: 'lease reads on every node, timers drifting within the bound' })
   .option('stop-after', { type: 'number', default: 10, describe: 'stop after this many failing seeds' })
   .option('quiet', { type: 'boolean', default: false })
+  .option('digests', { type: 'boolean', default: false, describe: "print each seed's digest (what it did; a change to the simulator's speed must not change it)" })
   .strict()
   .parseSync();
 
@@ -29,6 +31,7 @@ if (envSeed !== undefined) {
   const seed = Number(envSeed);
   const r = await runReplicaSeed({ seed, ...common, trace: (l) => process.stdout.write(`${l}\n`) });
   console.log(JSON.stringify(r.stats));
+  console.log(`digest ${r.digest}`);
   console.log(r.ok ? `seed ${seed} ok` : `seed ${seed} FAILED: ${r.error}`);
   process.exit(r.ok ? 0 : 1);
 }
@@ -36,9 +39,12 @@ if (envSeed !== undefined) {
 const started = process.hrtime.bigint();
 const failed: number[] = [];
 const totals: Record<string, number> = {};
+const digest = createHash('sha256');
 for (let seed = argv.from; seed < argv.from + argv.seeds; seed++) {
   const r = await runReplicaSeed({ seed, ...common });
   for (const [k, v] of Object.entries(r.stats)) totals[k] = (totals[k] ?? 0) + v;
+  digest.update(`${seed} ${r.digest}\n`);
+  if (argv.digests) console.log(`seed ${seed} digest ${r.digest}`);
   if (!r.ok) {
     failed.push(seed);
     console.log(`seed ${seed} FAILED: ${r.error}`);
@@ -52,4 +58,5 @@ for (let seed = argv.from; seed < argv.from + argv.seeds; seed++) {
 const secs = Number(process.hrtime.bigint() - started) / 1e9;
 console.log(`seeds ${argv.from}..${argv.from + argv.seeds - 1}: ${failed.length} failed${failed.length ? ` (${failed.join(', ')})` : ''} in ${secs.toFixed(1)}s`);
 console.log(`totals: ${JSON.stringify(totals)}`);
+console.log(`digest: ${digest.digest('hex').slice(0, 16)} (over every seed's run)`);
 process.exit(failed.length > 0 ? 1 : 0);

@@ -37,7 +37,7 @@ import { constants as osConstants } from 'node:os';
 import { dirname, basename } from 'node:path';
 import type { DiskFile, DiskFileStat, DiskIo, DiskOpenOptions, DiskPathStat, Extent } from '../../src/disk/disk-io.ts';
 import { Prng } from './prng.ts';
-import { Inode, PAGE_BYTES, SECTOR_BYTES, SimFs } from './sim-fs.ts';
+import { allocationClock, Inode, PAGE_BYTES, SECTOR_BYTES, SimFs } from './sim-fs.ts';
 
 export interface DiskScheduler {
   /** Runs fn `ms` time units from now (the simulator's clock). */
@@ -154,6 +154,7 @@ export class SimDisk implements DiskIo {
     for (const w of this.running) w.data.forEach((d, i) => w.inode.write(d, w.positions[i]!));
     this.running.clear();
     this.handles.clear();
+    allocationClock.changes++;
     const lost = this.fs.crash(this.prng);
     this.stats.lostSectors += lost.lostSectors;
     this.stats.lostJournalRecords += lost.lostRecords;
@@ -171,12 +172,21 @@ export class SimDisk implements DiskIo {
     return view as unknown as DiskIo;
   }
 
-  /** Allocated bytes over every live file. */
+  /** This disk's PRNG state (a run's digest). */
+  fingerprint(): string {
+    return this.prng.fingerprint();
+  }
+
+  /** Allocated bytes over every live file (counted again only after an allocation changed somewhere). */
   usedBytes(): number {
+    if (this.used.at === allocationClock.changes) return this.used.bytes;
     let pages = 0;
     for (const i of this.fs.liveFiles([...this.handles].map((h) => h.inode))) pages += i.pages.size;
-    return pages * PAGE_BYTES;
+    this.used = { at: allocationClock.changes, bytes: pages * PAGE_BYTES };
+    return this.used.bytes;
   }
+
+  private used = { at: -1, bytes: 0 };
 
   // ---- scheduling and faults ---------------------------------------------------------
 
@@ -205,7 +215,7 @@ export class SimDisk implements DiskIo {
   }
 
   /** Queues `effect` behind everything submitted on this handle. */
-  private fileOp<T>(file: DiskFile, syscall: string, effect: (f: SimFile) => T, write?: { data: Uint8Array[]; positions: number[] }, detail = ''): Promise<T> {
+  private fileOp<T>(file: DiskFile, syscall: string, effect: (f: SimFile) => T, write?: { data: Uint8Array[]; positions: number[] }, detail?: () => string): Promise<T> {
     const f = file as SimFile;
     if (!(f instanceof SimFile)) throw new TypeError('not a handle of this SimDisk');
     if (f.generation !== this.generation) return never;
@@ -214,8 +224,9 @@ export class SimDisk implements DiskIo {
       if (f.closed) throw simError('EBADF', syscall, f.path);
       const running = write && { inode: f.inode, ...write };
       if (running) this.running.add(running);
+      // The description only a trace reads: not built for every write of an untraced run.
       return this.op(
-        `${syscall} ${f.path}${detail}`,
+        this.trace ? `${syscall} ${f.path}${detail?.() ?? ''}` : '',
         () => {
           if (running) this.running.delete(running);
           return effect(f);
@@ -328,6 +339,7 @@ export class SimDisk implements DiskIo {
         inode = this.createFile(path, 'open');
       }
       inode.opens++;
+      allocationClock.changes++;
       const f = new SimFile(path, inode, opts.direct ?? false, opts.dsync ?? false, opts.readOnly ?? false, this.generation);
       this.handles.add(f);
       return f;
@@ -338,6 +350,7 @@ export class SimDisk implements DiskIo {
     return this.fileOp(file, 'close', (f) => {
       f.closed = true;
       f.inode.opens--;
+      allocationClock.changes++;
       this.handles.delete(f);
     });
   }
@@ -360,7 +373,7 @@ export class SimDisk implements DiskIo {
         return data.length;
       },
       { data: [data], positions: [position] },
-      ` [${position}, +${data.length})`,
+      () => ` [${position}, +${data.length})`,
     );
   }
 
@@ -379,7 +392,7 @@ export class SimDisk implements DiskIo {
         return n;
       },
       { data, positions: at },
-      ` ${data.length} writes`,
+      () => ` ${data.length} writes`,
     );
   }
 

@@ -56,6 +56,14 @@ function compactPage(bytes: Uint8Array): Page {
 
 let nextInode = 1;
 
+/**
+ * Counts every change that can change what liveFiles() finds or how many
+ * pages those files hold: a page allocated or freed, a name linked or
+ * unlinked, a handle opened or closed, a crash. A caller that counted the
+ * allocation at one count may reuse the figure while the count stays.
+ */
+export const allocationClock = { changes: 0 };
+
 export class Inode {
   readonly id = nextInode++;
   /** Names linking to this inode in the current namespace. */
@@ -74,6 +82,9 @@ export class Inode {
   readonly dirty = new Set<number>();
   /** Pages whose current bytes differ from the durable ones and will not be (their sync failed). */
   readonly lost = new Set<number>();
+  // A page's bytes may be one array in both `pages` and `durablePages` (a
+  // clean page shares them; nothing is copied at a sync): write() copies a
+  // shared array before changing it, and nothing else changes one in place.
 
   constructor(readonly kind: 'file' | 'dir') {}
 
@@ -110,7 +121,8 @@ export class Inode {
       const inPage = at - p * PAGE_BYTES;
       const len = Math.min(PAGE_BYTES - inPage, data.length - done);
       const old = this.pages.get(p);
-      const bytes = old instanceof Uint8Array ? old : new Uint8Array(PAGE_BYTES);
+      if (old === undefined) allocationClock.changes++;
+      const bytes = old instanceof Uint8Array ? (old === this.durablePages.get(p) ? (len === PAGE_BYTES ? new Uint8Array(PAGE_BYTES) : old.slice()) : old) : new Uint8Array(PAGE_BYTES);
       bytes.set(data.subarray(done, done + len), inPage);
       this.pages.set(p, len === PAGE_BYTES ? compactPage(bytes) : bytes);
       this.touch(p);
@@ -127,7 +139,7 @@ export class Inode {
       const cur = this.pages.get(p);
       if (from === 0 && to === PAGE_BYTES) {
         if (cur === undefined) this.durablePages.delete(p);
-        else this.durablePages.set(p, cur instanceof Uint8Array ? cur.slice() : cur);
+        else this.durablePages.set(p, cur);
         this.dirty.delete(p);
       } else {
         // Part of the page: the rest of it stays dirty.
@@ -142,6 +154,7 @@ export class Inode {
   allocate(offset: number, length: number, keepSize: boolean): void {
     for (let p = Math.floor(offset / PAGE_BYTES); p * PAGE_BYTES < offset + length; p++) {
       if (!this.pages.has(p)) {
+        allocationClock.changes++;
         this.pages.set(p, 'unwritten');
         this.touch(p);
       }
@@ -154,7 +167,7 @@ export class Inode {
     for (let p = Math.floor(offset / PAGE_BYTES); p * PAGE_BYTES < end; p++) {
       const start = p * PAGE_BYTES;
       if (offset <= start && start + PAGE_BYTES <= end) {
-        this.pages.delete(p);
+        if (this.pages.delete(p)) allocationClock.changes++;
         this.touch(p);
       } else if (this.pages.has(p)) {
         const from = Math.max(offset, start);
@@ -167,6 +180,7 @@ export class Inode {
     const keep = Math.ceil(size / PAGE_BYTES);
     for (const p of [...this.pages.keys()]) {
       if (p >= keep) {
+        allocationClock.changes++;
         this.pages.delete(p);
         this.touch(p);
       }
@@ -184,7 +198,7 @@ export class Inode {
     for (const p of this.dirty) {
       const cur = this.pages.get(p);
       if (cur === undefined) this.durablePages.delete(p);
-      else this.durablePages.set(p, cur instanceof Uint8Array ? cur.slice() : cur);
+      else this.durablePages.set(p, cur);
     }
     this.dirty.clear();
     this.durableSize = this.size;
@@ -205,9 +219,11 @@ export class Inode {
       lostSectors += SECTORS_PER_PAGE;
     }
     for (const p of this.dirty) {
-      const cur = pageBytes(this.pages.get(p));
-      const dur = pageBytes(this.durablePages.get(p));
-      if (cur === dur) {
+      const current = this.pages.get(p);
+      const durable = this.durablePages.get(p);
+      const cur = pageBytes(current);
+      const dur = pageBytes(durable);
+      if (!(current instanceof Uint8Array) && !(durable instanceof Uint8Array)) {
         // both absent or both markers: nothing to choose between
         this.restore(p, prng.chance(0.5) ? this.pages.get(p) : this.durablePages.get(p));
         continue;
@@ -228,6 +244,7 @@ export class Inode {
     this.durableSize = size;
     for (const p of [...this.pages.keys()]) {
       if (p * PAGE_BYTES >= size) {
+        allocationClock.changes++;
         this.pages.delete(p);
         this.durablePages.delete(p);
       }
@@ -237,11 +254,13 @@ export class Inode {
 
   private restore(p: number, page: Page | undefined): void {
     if (page === undefined) {
-      this.pages.delete(p);
+      if (this.pages.delete(p)) allocationClock.changes++;
       this.durablePages.delete(p);
     } else {
-      this.pages.set(p, page instanceof Uint8Array ? page.slice() : page);
-      this.durablePages.set(p, page instanceof Uint8Array ? page.slice() : page);
+      if (!this.pages.has(p)) allocationClock.changes++;
+      // One array for both (write() copies it before changing it).
+      this.pages.set(p, page);
+      this.durablePages.set(p, page);
     }
   }
 
@@ -287,6 +306,7 @@ export class SimFs {
 
   /** Applies one journal record (one metadata operation) to the current namespace. */
   change(changes: EntryChange[]): void {
+    allocationClock.changes++;
     for (const c of changes) {
       const old = c.dir.children.get(c.name);
       if (old) old.links--;
@@ -320,6 +340,7 @@ export class SimFs {
 
   /** Power cut: a random journal prefix commits, the namespace becomes the durable one, files lose what was not synced. */
   crash(prng: Prng): { lostSectors: number; lostRecords: number } {
+    allocationClock.changes++;
     const keep = prng.int(this.journal.length + 1);
     const lostRecords = this.journal.length - keep;
     this.commit(keep);
