@@ -1,4 +1,4 @@
-// Share 4 of 4 of CI's simulator seeds (see sim.test.ts).
+// Share 4 of 8 of CI's simulator seeds (see sim.test.ts).
 
 import t from 'tap';
 import { runCiShare } from './sim-range.ts';

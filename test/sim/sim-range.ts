@@ -5,8 +5,13 @@ import type { Test } from 'tap';
 import { runReplicaSeed, type ReplicaSimStats } from './replica-sim.ts';
 
 /** CI's simulator seeds in all (XDEVICE_SIM_SEEDS), run in CI_SHARES files so tap spreads them over the cores. */
-export const CI_SEEDS = Number(process.env.XDEVICE_SIM_SEEDS ?? 800);
-export const CI_SHARES = 4;
+export const CI_SEEDS = Number(process.env.XDEVICE_SIM_SEEDS ?? 2000);
+/**
+ * Files of 250 seeds: about 45 s of CPU each on an idle core, and well under
+ * tap's 600 s per file even when CI's integration tests load both cores
+ * (files of 500 seeds once took over 600 s there).
+ */
+export const CI_SHARES = 8;
 
 /** Share `k` (0-based) of CI's seeds 1..CI_SEEDS. */
 export function runCiShare(t: Test, k: number): Promise<void> {

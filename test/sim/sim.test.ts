@@ -1,6 +1,6 @@
 // CI's share of the simulator on the real replica core (test/sim/replica-sim.ts):
-// XDEVICE_SIM_SEEDS seeds (default 800: the first quarter here, the others in
-// sim-2/3/4.test.ts, so tap runs them on both cores) over 1-, 3- and 5-node clusters, plus
+// XDEVICE_SIM_SEEDS seeds (default 2,000: the first eighth here, the others in
+// sim-2..8.test.ts, so tap runs them on both cores) over 1-, 3- and 5-node clusters, plus
 // every seed that once failed. A failing seed prints the command that replays
 // it with a full trace. Longer campaigns: npm run sim -- --seeds 100000.
 
