@@ -653,6 +653,7 @@ void UringFile::ChainDone(std::vector<Op*>& settled) {
         seen = true;
       } else {
         u.res = seen ? -ECANCELED : static_cast<int32_t>(u.sqeBytes);
+        ring_->in_flight_--;  // done, though no CQE said so
       }
     }
   }
