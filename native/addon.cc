@@ -116,9 +116,14 @@ class OpenWorker : public Napi::AsyncWorker {
   Napi::Promise::Deferred deferred_;
 };
 
-// The default of XDEVICE_IO (see the measurements in docs/ or the commit
-// that set it).
-constexpr const char* kDefaultIoPath = "uring";
+// The default of XDEVICE_IO. Measured with bench:wal (both paths in one run,
+// on the 2-core VM the project benchmarks on), uring was no cheaper: QD1
+// 4 KiB write+fdatasync commits/s and CPU µs per commit were within run-to-
+// run noise of the threads path, and a little behind on average. The
+// kernel still hops threads for us: fdatasync always runs on an io_uring
+// worker, and an O_DIRECT write's completion is task work on the loop's
+// thread. The older path stays the default until a measurement says otherwise.
+constexpr const char* kDefaultIoPath = "threads";
 
 class Addon : public Napi::Addon<Addon> {
  public:

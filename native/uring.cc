@@ -176,7 +176,7 @@ bool Uring::Init(std::string* why) {
   entries_ = p.sq_entries;
 #ifdef IORING_FEAT_CQE_SKIP
   const char* skip = std::getenv("XDEVICE_IO_URING_CQE_SKIP");
-  cqe_skip_ = (p.features & IORING_FEAT_CQE_SKIP) != 0 && !(skip != nullptr && std::strcmp(skip, "0") == 0);
+  cqe_skip_ = (p.features & IORING_FEAT_CQE_SKIP) != 0 && skip != nullptr && std::strcmp(skip, "1") == 0;
 #endif
   sq_bytes_ = p.sq_off.array + p.sq_entries * sizeof(unsigned);
   cq_bytes_ = p.cq_off.cqes + p.cq_entries * sizeof(io_uring_cqe);

@@ -3,7 +3,8 @@
 // io_uring_enter just before the loop waits (a uv_prepare), each file's ops
 // as a chain of linked SQEs (IOSQE_IO_LINK), so a pwrite and the fdatasync
 // queued behind it are one submission and the sync starts only once the
-// write has fully succeeded. Completions come back through an eventfd
+// write has fully succeeded. Opt-in (XDEVICE_IO=uring): see kDefaultIoPath
+// in addon.cc for why it is not the default. Completions come back through an eventfd
 // registered with the ring and watched by a uv_poll on the same loop: no
 // thread of ours and no thread hop between the kernel and the promise.
 //
@@ -144,11 +145,11 @@ class Uring {
   unsigned cq_mask_ = 0;
   void* cqes_ = nullptr;
 
-  // IOSQE_CQE_SKIP_SUCCESS on every SQE of a chain but its last (5.17+):
-  // a chain then posts one CQE, the last one's or the first failure's (the
-  // kernel then skips the CQEs of the ones it cancels), so a write+fdatasync
-  // pair wakes the loop once. XDEVICE_IO_URING_CQE_SKIP=0 turns it off
-  // (to measure what it saves).
+  // XDEVICE_IO_URING_CQE_SKIP=1 (5.17+): IOSQE_CQE_SKIP_SUCCESS on every
+  // SQE of a chain but its last, so a chain posts one CQE, the last one's or
+  // the first failure's (the kernel then skips the CQEs of the ones it
+  // cancels). Off by default: measured, it halved QD1 commits/s and added
+  // ~100 µs CPU per commit instead of saving a wake-up.
   bool cqe_skip_ = false;
   unsigned to_submit_ = 0;  // SQEs filled but not yet taken by the kernel
   size_t in_flight_ = 0;    // SQEs submitted and not yet reaped

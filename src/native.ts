@@ -7,11 +7,13 @@
 // released with closeFile.
 //
 // Two paths do the I/O, picked once at load by XDEVICE_IO (see ioPath()):
-// 'uring' (default) submits through one io_uring from the event loop's own
-// thread, a write and the fdatasync queued behind it as one linked
-// submission, completions reaped without a thread hop; 'threads' runs each
-// file's operations on its own I/O thread. 'uring' falls back to 'threads'
-// when the kernel refuses io_uring (ENOSYS, EPERM, kernel.io_uring_disabled).
+// 'threads' (default) runs each file's operations on its own I/O thread;
+// 'uring' submits through one io_uring from the event loop's own thread, a
+// write and the fdatasync queued behind it as one linked submission,
+// completions reaped without a thread hop of ours (measured no cheaper, so
+// not the default: native/addon.cc, kDefaultIoPath). 'uring' falls back to
+// 'threads' when the kernel refuses io_uring (ENOSYS, EPERM,
+// kernel.io_uring_disabled).
 // One difference shows: on 'uring' an fdatasync queued right behind a write
 // that fails rejects too (ECANCELED), since what it was to make durable was
 // never written; on 'threads' it runs and covers whatever did land.
@@ -72,7 +74,7 @@ export interface FaultSpec {
 export interface IoPathInfo {
   /** The path in use. */
   path: 'uring' | 'threads';
-  /** What XDEVICE_IO asked for ('uring' when unset). */
+  /** What XDEVICE_IO asked for ('threads' when unset). */
   requested: 'uring' | 'threads';
   /** Why 'uring' was asked for and 'threads' is used. */
   fallbackReason?: string;

@@ -35,7 +35,7 @@ function runChild(mode: string, dir: string, env: Record<string, string>, shell?
 }
 
 t.test('the path is the one XDEVICE_IO asks for, or a fallback that says why', async (t) => {
-  t.equal(info.requested, process.env.XDEVICE_IO || 'uring');
+  t.equal(info.requested, process.env.XDEVICE_IO || 'threads');
   if (info.requested === 'threads') t.equal(info.path, 'threads');
   if (info.path !== info.requested) t.match(info.fallbackReason, /\S/, 'a fallback names its reason');
   if (uring) t.ok(Number.isSafeInteger(info.enters) && Number.isSafeInteger(info.sqes), 'uring reports its counters');
