@@ -1,3 +1,7 @@
+// The io_uring path (uring.h). Over 500 lines because the ring (setup,
+// submission, reaping) and the per-file chains it drives (building a chain,
+// settling it, continuing short transfers, fault-hook verdicts) are one
+// state machine: split, each half would reach into the other's fields.
 #include "uring.h"
 
 #include <fcntl.h>
