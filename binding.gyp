@@ -10,7 +10,8 @@
         "native/fault_injection.cc",
         "native/file_queue.cc",
         "native/io_op.cc",
-        "native/sd_notify.cc"
+        "native/sd_notify.cc",
+        "native/uring.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED"],

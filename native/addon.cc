@@ -2,10 +2,14 @@
 // buffers, CRC32C and sd_notify. Mechanism only; every policy (when to sync,
 // what to retry, how to fall back) belongs to the TypeScript callers.
 //
-// Threading: each file opened through openFile gets its own I/O thread
+// Threading: XDEVICE_IO picks the I/O path once per environment, at load.
+// 'threads': each file opened through openFile gets its own I/O thread
 // (file_queue.h), so all operations on one descriptor run in submission order
-// and a slow fdatasync on one file never delays another. Results come back
-// through one uv_async per environment (completions.h).
+// and a slow fdatasync on one file never delays another; results come back
+// through one uv_async per environment (completions.h). 'uring': one
+// io_uring per environment, submitted and reaped on the JS thread
+// (uring.h), with the same per-file order; when the kernel refuses io_uring
+// the thread path is used and ioPath() says why.
 
 #include <fcntl.h>
 #include <sys/file.h>
@@ -28,6 +32,7 @@
 #include "file_queue.h"
 #include "io_op.h"
 #include "sd_notify.h"
+#include "uring.h"
 
 namespace xdevice {
 
@@ -111,9 +116,25 @@ class OpenWorker : public Napi::AsyncWorker {
   Napi::Promise::Deferred deferred_;
 };
 
+// The default of XDEVICE_IO. Measured with bench:wal (both paths in one run,
+// on the 2-core VM the project benchmarks on), uring was no cheaper: QD1
+// 4 KiB write+fdatasync commits/s and CPU µs per commit were within run-to-
+// run noise of the threads path, and a little behind on average. The
+// kernel still hops threads for us: fdatasync always runs on an io_uring
+// worker, and an O_DIRECT write's completion is task work on the loop's
+// thread. The older path stays the default until a measurement says otherwise.
+constexpr const char* kDefaultIoPath = "threads";
+
 class Addon : public Napi::Addon<Addon> {
  public:
   Addon(Napi::Env env, Napi::Object exports) : completions_(std::make_unique<Completions>(env)) {
+    const char* chosen = std::getenv("XDEVICE_IO");
+    requested_ = chosen != nullptr && *chosen != '\0' ? chosen : kDefaultIoPath;
+    if (requested_ == "uring") {
+      ring_ = Uring::Create(env, completions_.get(), &fallback_reason_);
+    } else if (requested_ != "threads") {
+      throw Napi::Error::New(env, "XDEVICE_IO must be 'uring' or 'threads', not '" + requested_ + "'");
+    }
     DefineAddon(exports, {
         InstanceMethod("openFile", &Addon::OpenFile),
         InstanceMethod("closeFile", &Addon::CloseFile),
@@ -134,6 +155,7 @@ class Addon : public Napi::Addon<Addon> {
         InstanceMethod("sdNotify", &Addon::SdNotifyJs),
         InstanceMethod("lockFile", &Addon::LockFileJs),
         InstanceMethod("setFaultInjection", &Addon::SetFaultInjectionJs),
+        InstanceMethod("ioPath", &Addon::IoPath),
     });
   }
 
@@ -145,7 +167,13 @@ class Addon : public Napi::Addon<Addon> {
     files_.clear();
   }
 
-  void Adopt(int fd) { files_[fd] = new FileQueue(fd, completions_.get()); }
+  void Adopt(int fd) {
+    if (ring_) {
+      files_[fd] = ring_->Adopt(fd);
+    } else {
+      files_[fd] = new FileQueue(fd, completions_.get());
+    }
+  }
 
  private:
   Napi::Value OpenFile(const Napi::CallbackInfo& info) {
@@ -184,7 +212,7 @@ class Addon : public Napi::Addon<Addon> {
       op->deferred.Reject(ErrnoError(env, EBADF, SyscallOf(op->kind)).Value());
       return promise;
     }
-    FileQueue* queue = it->second;
+    IoQueue* queue = it->second;
     if (op->kind == OpKind::kClose) {
       files_.erase(it);
       op->queue = queue;
@@ -435,12 +463,32 @@ class Addon : public Napi::Addon<Addon> {
     spec.fd = static_cast<int>(number("fd", -1));
     spec.delayUs = number("delayUs", 0);
     if (spec.delayUs < 0) throw Napi::RangeError::New(env, "delayUs must not be negative");
+    spec.shortWriteBytes = number("shortWriteBytes", 0);
+    if (spec.shortWriteBytes < 0) throw Napi::RangeError::New(env, "shortWriteBytes must not be negative");
     SetFaultInjection(&spec);
     return env.Undefined();
   }
 
+  Napi::Value IoPath(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Napi::Object result = Napi::Object::New(env);
+    result.Set("path", Napi::String::New(env, ring_ ? "uring" : "threads"));
+    result.Set("requested", Napi::String::New(env, requested_));
+    if (!fallback_reason_.empty()) result.Set("fallbackReason", Napi::String::New(env, fallback_reason_));
+    if (ring_) {
+      result.Set("enters", Napi::Number::New(env, static_cast<double>(ring_->enters())));
+      result.Set("sqes", Napi::Number::New(env, static_cast<double>(ring_->sqes())));
+      result.Set("resubmits", Napi::Number::New(env, static_cast<double>(ring_->resubmits())));
+    }
+    return result;
+  }
+
   std::unique_ptr<Completions> completions_;
-  std::unordered_map<int, FileQueue*> files_;
+  // After completions_: destroyed first, while the completions still exist.
+  std::unique_ptr<Uring> ring_;
+  std::string requested_;
+  std::string fallback_reason_;
+  std::unordered_map<int, IoQueue*> files_;
 };
 
 void OpenWorker::OnOK() {

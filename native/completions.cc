@@ -1,7 +1,7 @@
 #include "completions.h"
 
 #include "errors.h"
-#include "file_queue.h"
+#include "io_queue.h"
 
 namespace xdevice {
 
@@ -48,20 +48,24 @@ void Completions::Drain() {
     std::lock_guard<std::mutex> lock(mutex_);
     draining_.swap(done_);
   }
-  if (draining_.empty()) return;
+  SettleNow(draining_);
+}
+
+void Completions::SettleNow(std::vector<Op*>& ops) {
+  if (ops.empty()) return;
   Napi::Env env(env_);
   Napi::HandleScope handles(env);
   {
     Napi::CallbackScope scope(env, context_);
-    for (Op* op : draining_) {
+    for (Op* op : ops) {
       Settle(op);
-      FileQueue* closed = op->queue;
+      IoQueue* closed = op->queue;
       delete op;
-      delete closed;  // its thread already returned after the close op; join is immediate
+      delete closed;  // a thread queue's thread already returned after the close op: join is immediate
       pending_--;
     }
   }
-  draining_.clear();
+  ops.clear();
   if (pending_ == 0) uv_unref(reinterpret_cast<uv_handle_t*>(async_));
 }
 

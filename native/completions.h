@@ -24,6 +24,9 @@ class Completions {
   void Started();
   // Any thread.
   void Post(Op* op);
+  // JS thread, outside any JS callback: settles `ops` now, in order, and
+  // empties it (the io_uring path reaps on the JS thread and needs no hop).
+  void SettleNow(std::vector<Op*>& ops);
 
  private:
   static void OnAsync(uv_async_t* handle);

@@ -16,6 +16,17 @@ uint64_t g_generation = 0;
 FaultSpec g_spec;
 int64_t g_remaining = 0;
 
+// With g_mutex held and the descriptor already matched.
+int JudgeLocked(FaultSite site) {
+  const int err = site == FaultSite::kWrite ? g_spec.writeErrno : g_spec.fdatasyncErrno;
+  if (err == 0) return 0;
+  if (g_remaining > 0) {
+    g_remaining--;
+    return 0;
+  }
+  return err;
+}
+
 }  // namespace
 
 void SetFaultInjection(const FaultSpec* spec) {
@@ -53,13 +64,34 @@ int InjectedFault(FaultSite site, int fd) {
       return InjectedFault(site, fd);
     }
   }
-  const int err = site == FaultSite::kWrite ? g_spec.writeErrno : g_spec.fdatasyncErrno;
-  if (err == 0) return 0;
-  if (g_remaining > 0) {
-    g_remaining--;
-    return 0;
-  }
-  return err;
+  return JudgeLocked(site);
+}
+
+int64_t InjectedDelayUs(int fd, uint64_t* generation) {
+  if (!g_active.load(std::memory_order_acquire)) return 0;
+  std::lock_guard<std::mutex> lock(g_mutex);
+  *generation = g_generation;
+  if (g_spec.fd >= 0 && g_spec.fd != fd) return 0;
+  return g_spec.delayUs;
+}
+
+uint64_t FaultGeneration() {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  return g_generation;
+}
+
+int InjectedErrno(FaultSite site, int fd) {
+  if (!g_active.load(std::memory_order_acquire)) return 0;
+  std::lock_guard<std::mutex> lock(g_mutex);
+  if (g_spec.fd >= 0 && g_spec.fd != fd) return 0;
+  return JudgeLocked(site);
+}
+
+int64_t InjectedShortWriteBytes(int fd) {
+  if (!g_active.load(std::memory_order_acquire)) return 0;
+  std::lock_guard<std::mutex> lock(g_mutex);
+  if (g_spec.fd >= 0 && g_spec.fd != fd) return 0;
+  return g_spec.shortWriteBytes;
 }
 
 }  // namespace xdevice

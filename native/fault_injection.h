@@ -21,6 +21,10 @@ struct FaultSpec {
   // Sleep this long on the I/O thread before every matching pwrite, pwritev
   // and fdatasync (a slow disk). Independent of afterCalls: it starts at once.
   int64_t delayUs = 0;
+  // A short write: the first write syscall of each matching write (each
+  // write of a pwriteBatch) moves at most this many bytes, as a kernel may;
+  // the rest must follow. 0 leaves writes whole. Independent of afterCalls.
+  int64_t shortWriteBytes = 0;
 };
 
 void SetFaultInjection(const FaultSpec* spec);  // nullptr clears
@@ -28,5 +32,17 @@ void SetFaultInjection(const FaultSpec* spec);  // nullptr clears
 // delay (cut short when the spec is replaced or cleared), then returns 0 when
 // the call should proceed, otherwise the errno to fail it with.
 int InjectedFault(FaultSite site, int fd);
+
+// The same hook taken apart, for the io_uring path, whose submissions run on
+// the JS thread and must never sleep there: the delay a matching call should
+// wait first (0 for none) and the generation of the spec it came from (a
+// new spec ends a wait early), then the errno verdict, judged without
+// sleeping once the wait is over. InjectedFault == sleep(InjectedDelayUs)
+// then InjectedErrno.
+int64_t InjectedDelayUs(int fd, uint64_t* generation);
+uint64_t FaultGeneration();
+int InjectedErrno(FaultSite site, int fd);
+// The cap on the next write syscall of a matching write (0: none).
+int64_t InjectedShortWriteBytes(int fd);
 
 }  // namespace xdevice

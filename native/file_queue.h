@@ -10,22 +10,23 @@
 #include <thread>
 
 #include "io_op.h"
+#include "io_queue.h"
 
 namespace xdevice {
 
 class Completions;
 
-class FileQueue {
+class FileQueue : public IoQueue {
  public:
   FileQueue(int fd, Completions* completions);
-  ~FileQueue();  // joins the thread; call after the close op settled, or Abandon() first
+  ~FileQueue() override;  // joins the thread; call after the close op settled, or Abandon() first
   FileQueue(const FileQueue&) = delete;
   FileQueue& operator=(const FileQueue&) = delete;
 
-  void Submit(Op* op);  // JS thread
+  void Submit(Op* op) override;  // JS thread
   // Environment teardown: stop after the current op; queued ops are dropped
   // (their promises can no longer be settled) and the descriptor is closed.
-  void Abandon();
+  void Abandon() override;
   int fd() const { return fd_; }
 
  private:

@@ -27,14 +27,21 @@ void WriteAll(Op* op) {
   size_t first = 0;
   int64_t offset = op->position;
   int64_t total = 0;
+  int64_t short_cap = InjectedShortWriteBytes(op->fd);
   while (first < iov.size()) {
     if (iov[first].iov_len == 0) {
       first++;
       continue;
     }
     const int count = static_cast<int>(std::min<size_t>(iov.size() - first, IOV_MAX));
-    ssize_t n = count == 1 ? pwrite(op->fd, iov[first].iov_base, iov[first].iov_len, offset)
-                           : pwritev(op->fd, &iov[first], count, offset);
+    ssize_t n;
+    if (short_cap > 0) {
+      n = pwrite(op->fd, iov[first].iov_base, std::min<size_t>(iov[first].iov_len, static_cast<size_t>(short_cap)), offset);
+      short_cap = 0;
+    } else {
+      n = count == 1 ? pwrite(op->fd, iov[first].iov_base, iov[first].iov_len, offset)
+                     : pwritev(op->fd, &iov[first], count, offset);
+    }
     if (n < 0) {
       if (errno == EINTR) continue;
       op->err = errno;
@@ -76,8 +83,14 @@ void WriteBatch(Op* op) {
     char* base = static_cast<char*>(op->iov[i].iov_base);
     const size_t want = op->iov[i].iov_len;
     size_t done = 0;
+    int64_t short_cap = InjectedShortWriteBytes(op->fd);
     while (done < want) {
-      ssize_t n = pwrite(op->fd, base + done, want - done, op->positions[i] + static_cast<int64_t>(done));
+      size_t len = want - done;
+      if (short_cap > 0) {
+        len = std::min<size_t>(len, static_cast<size_t>(short_cap));
+        short_cap = 0;
+      }
+      ssize_t n = pwrite(op->fd, base + done, len, op->positions[i] + static_cast<int64_t>(done));
       if (n < 0) {
         if (errno == EINTR) continue;
         op->err = errno;

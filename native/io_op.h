@@ -12,7 +12,7 @@
 
 namespace xdevice {
 
-class FileQueue;
+class IoQueue;
 
 enum class OpKind { kPwrite, kPwritev, kPwriteBatch, kPread, kFdatasync, kFallocate, kPunchHole, kFstat, kClose };
 
@@ -33,10 +33,18 @@ struct Op {
   const char* syscall = nullptr;
   struct stat st {};
 
+  // io_uring path only (JS thread): progress through iov (transfers advance
+  // it in place; a pwriteBatch's next write), how many of its writes the
+  // fault hook has judged (each is judged once, when first submitted), and
+  // whether it is settled.
+  size_t iovFirst = 0;
+  size_t judged = 0;
+  bool finished = false;
+
   // JS-thread only.
   Napi::Promise::Deferred deferred;
   Napi::Reference<Napi::Value> keepAlive;  // the buffer (or array of buffers) under I/O
-  FileQueue* queue = nullptr;              // kClose: the queue to join once settled
+  IoQueue* queue = nullptr;                // kClose: the queue to delete once settled
 };
 
 // Runs the syscall(s) of `op` on the calling (I/O) thread.

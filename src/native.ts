@@ -1,10 +1,22 @@
 // The typed face of the native addon (native/, built to build/Release/xdevice.node).
 //
-// Every I/O call runs on a per-file I/O thread, never on the event loop, and
-// the operations on one descriptor complete in the order they were submitted:
-// a caller may issue pwrite then fdatasync without awaiting the first and the
-// sync covers the write. Descriptors must come from openFile (others are
-// rejected with EBADF) and be released with closeFile.
+// No I/O call blocks the event loop, and the operations on one descriptor
+// complete in the order they were submitted: a caller may issue pwrite then
+// fdatasync without awaiting the first and the sync covers the write.
+// Descriptors must come from openFile (others are rejected with EBADF) and be
+// released with closeFile.
+//
+// Two paths do the I/O, picked once at load by XDEVICE_IO (see ioPath()):
+// 'threads' (default) runs each file's operations on its own I/O thread;
+// 'uring' submits through one io_uring from the event loop's own thread, a
+// write and the fdatasync queued behind it as one linked submission,
+// completions reaped without a thread hop of ours (measured no cheaper, so
+// not the default: native/addon.cc, kDefaultIoPath). 'uring' falls back to
+// 'threads' when the kernel refuses io_uring (ENOSYS, EPERM,
+// kernel.io_uring_disabled).
+// One difference shows: on 'uring' an fdatasync queued right behind a write
+// that fails rejects too (ECANCELED), since what it was to make durable was
+// never written; on 'threads' it runs and covers whatever did land.
 //
 // Failed calls reject with errors shaped like node:fs errors: `code` ('EIO',
 // 'ENOSPC', 'EINVAL', ...), `errno` (negative, as node:fs) and `syscall`.
@@ -52,6 +64,24 @@ export interface FaultSpec {
    * replacing or clearing the spec cuts a sleep in progress short.
    */
   delayUs?: number;
+  /**
+   * Short writes: the first write syscall of each matching pwrite/pwritev (each write of a
+   * pwriteBatch) moves at most this many bytes, as a kernel may; the rest must follow.
+   */
+  shortWriteBytes?: number;
+}
+
+export interface IoPathInfo {
+  /** The path in use. */
+  path: 'uring' | 'threads';
+  /** What XDEVICE_IO asked for ('threads' when unset). */
+  requested: 'uring' | 'threads';
+  /** Why 'uring' was asked for and 'threads' is used. */
+  fallbackReason?: string;
+  /** 'uring' only: io_uring_enter calls that submitted, SQEs submitted, and SQEs submitted again after a short transfer or a broken chain. */
+  enters?: number;
+  sqes?: number;
+  resubmits?: number;
 }
 
 export type NativeError = Error & { code: string; errno: number; syscall: string; path?: string };
@@ -76,6 +106,7 @@ interface Binding {
   sdNotify(state: string, socketPath?: string): boolean;
   setFaultInjection(spec: FaultSpec | null): void;
   lockFile(path: string): number;
+  ioPath(): IoPathInfo;
 }
 
 const require = createRequire(import.meta.url);
@@ -167,7 +198,12 @@ export function fstat(fd: number): Promise<FileStat> {
   return binding.fstat(fd);
 }
 
-/** Descriptors opened through openFile and not yet closed (one I/O thread each). */
+/** Which I/O path this process uses, why, and (uring) its submission counters. */
+export function ioPath(): IoPathInfo {
+  return binding.ioPath();
+}
+
+/** Descriptors opened through openFile and not yet closed (one I/O thread each on the 'threads' path). */
 export function openFileCount(): number {
   return binding.openFileCount();
 }
