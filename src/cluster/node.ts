@@ -139,7 +139,7 @@ export class ClusterNode {
     this.publisher = new MemberPublisher(r);
     const m = r.membership;
     this.api = {
-      status: () => ({ ...view.status(), checkpointIndex: store.checkpointIndex, checkpoints: r.housekeeping.checkpoints, compactions: r.housekeeping.compactions }),
+      status: () => view.status(),
       diskUsage: () => view.diskUsage(),
       health: () => view.health(),
       members: () => view.members(),

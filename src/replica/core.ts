@@ -28,7 +28,12 @@ export interface ReplicaCore {
   readonly reads: ReadGate;
   readonly sender: SnapshotSender;
   readonly receiver: SnapshotReceiver;
-  readonly housekeeping: { noteConf(index: number, confState: ConfState): void };
+  readonly housekeeping: {
+    noteConf(index: number, confState: ConfState): void;
+    /** Checkpoints written and WAL compactions done since start (statistics). */
+    readonly checkpoints: number;
+    readonly compactions: number;
+  };
   /** The learner whose promotion to voter is proposed and not yet applied: compaction keeps its log. */
   readonly membership: { readonly promotingLearner: string | undefined };
   /** A new encrypted device's data key, wrapped with this node's newest KEK (src/replica/keys.ts). */
