@@ -688,7 +688,7 @@ export class BlockStore {
   /** The snapshots to ship whole with a Raft snapshot, as of the applied index (only between batches; src/device/snapshot-transfer.ts). */
   snapshotsToSend(): SnapshotToSend[] {
     assert(!this.applying, 'snapshots captured in the middle of a batch');
-    return this.snaps.sendable(this.appliedIndex);
+    return this.snaps.sendable();
   }
 
   /** Bytes snapshot `id` holds on this node. */

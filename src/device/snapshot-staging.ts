@@ -184,7 +184,7 @@ export class SnapshotStaging {
     await this.closeFiles();
     await syncDir(join(this.dir, DEVICES_DIR), this.disk);
     const consistent = Math.max(consistentIndex, this.devicesEnd, this.state.appliedIndex);
-    if (this.phase === 'snapshots') await this.snaps.finish(consistent);
+    if (this.phase === 'snapshots') await this.snaps.finish();
     else await syncDir(join(this.dir, SNAPSHOTS_DIR), this.disk);
     // Snapshots up to the consistent index that did not come whole cannot be served here: the staged files mix states (src/device/snapshot-transfer.ts).
     const { snapshotBlocksOffered: _offered, ...header } = this.state;

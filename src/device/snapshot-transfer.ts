@@ -10,9 +10,9 @@
 //   result  the receiver staged the files; `more`: send the snapshots (only
 //           in answer to a begin that offered them);
 //   blocks* captured between two apply batches at index c, after the copy
-//           ended: every snapshot the sender holds whole (not lost, not
-//           replaying) with an id <= c: its record and the blocks of its map
-//           at c (map.log's first mapBytes bytes), each with its bytes from
+//           ended: every snapshot the sender holds that is not lost (a
+//           replaying one too): its record and the blocks of its map at c
+//           (map.log's first mapBytes bytes), each with its bytes from
 //           data.img (empty: zeroes). One snapshot's frames come together,
 //           at least one each;
 //   end     the blocks frame count and c;
@@ -30,44 +30,58 @@
 //    block), and never changes there after (preserve and merge write only
 //    blocks their target's map lacks). A delete of k after c unlinks the
 //    files; the descriptors opened at c still read them.
-// 2. The maps cover the copied device files. The copy ended before c was
-//    captured, and c is a batch boundary: every write the copied file D' can
-//    hold is from an entry i <= c. Before submitting it, apply preserved its
-//    blocks into the newest snapshot T before i (nothing, if T is lost); if T
-//    was deleted by c, the merges moved them into a predecessor of T that
-//    holds them at c. So for a shipped snapshot j and a block b that no map
-//    of j's chain (j and the shipped snapshots after it) holds at c, no entry
-//    in (j, c] wrote b: D'[b] is b as of j whenever j <= a, and replaying
-//    (a, c] does not touch b. If a < j, the entries in (a, j) that replay make
-//    it so by j; until then j is `replaying`.
-// 3. Replaying (a, c] here adds nothing to a shipped snapshot. An entry at i
+// 2. The maps cover the copied device files. Every write the copied file D'
+//    can hold is from an entry i <= h, where h >= c is the highest index
+//    ever applied to the sender's files (c, unless the sender restarted and
+//    is replaying: its files may hold writes from before the crash). Before
+//    submitting it, apply preserved its blocks into the newest snapshot T
+//    before i, durably (nothing, if T is lost); if T was deleted since, the
+//    merges moved them into a predecessor of T that holds them. T, or that
+//    predecessor, is shipped: whole, or replaying on the sender (a directory
+//    above its applied index, kept by the crash-safety argument of
+//    snapshots.ts). So for a shipped snapshot j and a block b that no map of
+//    j's chain (j and the shipped snapshots after it) holds, no entry after
+//    j wrote b in D': D'[b] is b as of j whenever j <= a, and replaying does
+//    not touch b before j's chain does. If a < j, the entries in (a, j) that
+//    replay make it so by j; until then j is `replaying`.
+// 3. Replaying (a, h] here adds nothing to a shipped snapshot. An entry at i
 //    preserves into T, the newest snapshot before i here, exactly as on the
 //    sender (apply sees only the snapshots that exist at i: listAt). If T was
-//    shipped, the sender recorded those blocks in M_T by i, so the map here
-//    (M_T(c)) has them and nothing is copied; if T was not shipped it is lost
-//    here (see below) and nothing is copied. A delete of a snapshot that was
-//    not shipped merges nothing: on the sender its blocks went to the
-//    predecessor, whose shipped map holds them.
-// 4. From c on, the device files are exact (the fuzzy snapshot's guarantee,
-//    c >= e) and every map is the sender's at c, so this node goes on as the
-//    sender did. (A map that holds more than M(c) would do too: its extra
-//    blocks are right by 1, and 3 only needs M(c).)
+//    shipped, the sender recorded those blocks in T's map when it applied i
+//    (before c, or before its crash), so the map here has them and nothing is
+//    copied; if T was not shipped it is lost here (see below) and nothing is
+//    copied. A delete of a snapshot that was not shipped merges nothing: on
+//    the sender its blocks went to the predecessor, whose shipped map holds
+//    them.
+// 4. From h on, the device files are exact (the fuzzy snapshot's guarantee:
+//    replay is idempotent and every byte of D' is from an index in [a, h])
+//    and every map is the sender's, so this node goes on as the sender did.
+//    (A map that holds more than needed would do too: its extra blocks are
+//    right by 1, and 3 only needs what the sender recorded.)
 //
-// Hence, on the receiver: the device files are consistent from c (the read
-// floor); a shipped snapshot with id <= a is whole from the install on (its
-// reads need no read index, by 2), though refused while its chain holds a
-// snapshot that is lost here until the replay deletes it (by 3 reading
-// through that one would be right, but a lost snapshot in a chain is refused
-// wherever it comes from); one with a < id <= c is `replaying`, as
-// after a restart (SnapshotSet.load keeps a directory above the state's
-// index), until its SNAPSHOT_CREATE replays, and whole from then on. Lost
-// (listed, refused, deletable) are only what was not shipped: the snapshots
-// the sender holds lost (their mark, and the sender's lostUpTo, carry over),
-// the ones S lists that were deleted by c (until their delete replays), and
-// the ones created and deleted within (a, c] (a create replayed at an index
-// <= lostUpTo = c makes a lost one: its copies would come from D'). Once the
-// receiver has replayed to c it holds exactly the snapshots the sender held
-// at c, whole where the sender's were.
+// Hence, on the receiver: the device files serve reads from c on (the read
+// floor; a write from beyond c in D' was committed before the stream began,
+// so every read index is at or above it and the replay reaches it first); a
+// shipped snapshot with id <= a is whole from the install on (its reads need
+// no read index, by 2), though refused while its chain holds a snapshot that
+// is lost here until the replay deletes it (by 3 reading through that one
+// would be right, but a lost snapshot in a chain is refused wherever it
+// comes from); one with an id above a is `replaying`, as after a restart
+// (SnapshotSet.load keeps a directory above the state's index), until its
+// SNAPSHOT_CREATE replays, and whole from then on. Lost (listed, refused,
+// deletable) are only what was not shipped: the snapshots the sender holds
+// lost (their mark, and the sender's lostUpTo, carry over), the ones S lists
+// that were deleted by c (until their delete replays), and the ones created
+// and deleted within (a, c] (a create replayed at an index <= lostUpTo = c
+// makes a lost one: its copies would come from D'). Once the receiver has
+// replayed to h it holds exactly the snapshots the sender held, whole where
+// the sender's were.
+//
+// Not covered (crash recovery in snapshots.ts has the same window): a
+// snapshot created and deleted within (c, h] has no directory on the sender;
+// the replay here creates it at an index above lostUpTo and preserves into
+// it from D', which may be newer, until the replay deletes it. Only a sender
+// that restarted and has not replayed to h yet can ship such a stream.
 //
 // On disk (crash-safe like the rest of the staging, src/device/snapshot-staging.ts):
 //   <staging>/snapshots/snap-<id>/   meta.json, data.img, map.log as snapshots.ts
@@ -228,10 +242,9 @@ export class StagedSnapshots {
     await syncDir(s.dir, this.disk);
   }
 
-  /** Every snapshot staged durably; `consistentIndex` is c, which no shipped snapshot may be newer than. */
-  async finish(consistentIndex: number): Promise<void> {
+  /** Every snapshot staged durably. */
+  async finish(): Promise<void> {
     await this.close();
-    for (const id of this.seen.keys()) if (id > consistentIndex) throw new CheckpointError(`snapshot ${id} shipped with a stream consistent at ${consistentIndex}`);
     await syncDir(this.dir, this.disk);
   }
 

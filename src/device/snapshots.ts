@@ -458,18 +458,19 @@ export class SnapshotSet {
   }
 
   /**
-   * The snapshots this node can ship whole with a Raft snapshot taken at
-   * `appliedIndex` (only between batches): not lost, not replaying, created
-   * at or before it. Their maps only grow by appends, and a block's copy in
-   * data.img never changes once its map records it, so map.log's first
-   * mapBytes bytes and those copies stay this moment's view while apply
-   * continues (src/device/snapshot-transfer.ts).
+   * The snapshots this node can ship with a Raft snapshot (only between
+   * batches): every one not lost, a replaying one too (after a restart the
+   * device file may hold writes from beyond the applied index, and its map
+   * covers the ones after it: the crash-safety argument above). Their maps
+   * only grow by appends, and a block's copy in data.img never changes once
+   * its map records it, so map.log's first mapBytes bytes and those copies
+   * stay this moment's view while apply continues (src/device/snapshot-transfer.ts).
    */
-  sendable(appliedIndex: number): SnapshotToSend[] {
+  sendable(): SnapshotToSend[] {
     const out: SnapshotToSend[] = [];
     for (const list of this.byDevice.values()) {
       for (const s of list) {
-        if (s.record.lost || s.replaying || s.record.id > appliedIndex) continue;
+        if (s.record.lost) continue;
         out.push({ record: { ...s.record }, mapBytes: s.mapBytes, dataPath: join(s.dir, DATA_FILE), mapPath: join(s.dir, MAP_FILE) });
       }
     }
