@@ -282,3 +282,40 @@ t.test('without the offer (an older peer on either side) the stream works as bef
   await checkServed(t, b, w, 'legacy, caught up');
   t.ok((await b.read(w.devId, 0, SIZE)).equals(w.live), 'the live device');
 });
+
+t.test('install: redone after a crash between its steps; a received mark from an earlier install does not survive the next; strangers are quarantined', async (t) => {
+  const { mkdir, rename, writeFile: put, readdir: ls } = await import('node:fs/promises');
+  const { SnapshotStaging, beginInstall, finishInstall, installStagedFiles } = await import('../../src/device/snapshot-staging.ts');
+  const dir = await tempDir(t);
+  const rnd = makeRandom(1);
+  const w = new World(rnd);
+  let store = await BlockStore.open(dir, logger);
+  // The device, a snapshot with a block preserved into it.
+  w.entries.push({ term: 1, index: 2, type: EntryType.Normal, data: encodeSnapshotCreate({ clientId: 8, seq: 1, firstUnacked: 1 }, 'vol', 'old', 5) });
+  w.entries.push({ term: 1, index: 3, type: EntryType.Normal, data: encodeWrite({ clientId: 8, seq: 2, firstUnacked: 2 }, w.devId, 0, Buffer.alloc(B, 3)) });
+  await applyAll(t, store, w.entries, 'store');
+  const state = store.captureState();
+  await store.closeFiles();
+  // An earlier install brought it whole (its mark), and a stranger sits next to it.
+  await put(join(dir, 'snapshots', 'snap-2', 'received'), '');
+  await mkdir(join(dir, 'snapshots', 'snap-1'));
+  await put(join(dir, 'snapshots', 'snap-1', 'meta.json'), JSON.stringify({ id: 1, deviceId: w.devId, name: 'gone', createdAt: 0, size: SIZE }));
+  // This install ships no snapshots (an older sender): the state lists 'old', whose copy here is stale.
+  const meta = { index: state.appliedIndex, term: 1, confState: { voters: ['a', 'b'], learners: [], votersOutgoing: [], learnersNext: [], autoLeave: false } };
+  const s = await SnapshotStaging.begin(dir, 1, 'a', meta, state);
+  await s.finish(0, state.appliedIndex);
+  await beginInstall(dir, meta);
+  // A crash right after the first rename of the snapshots step: the next start redoes the install.
+  await rename(join(dir, 'snapshots'), join(dir, 'snapshot.staging', 'snapshots.replaced'));
+  await installStagedFiles(dir);
+  await installStagedFiles(dir);
+  await finishInstall(dir);
+  store = await BlockStore.open(dir, logger);
+  t.teardown(() => store.closeFiles());
+  t.match(store.snapshotUnavailable(w.devId, 2), /Raft snapshot/, 'the stale copy is lost here: the mark of the earlier install went with it');
+  t.same(await ls(join(dir, 'snapshots', 'snap-2')), ['meta.json'], 'its copies are gone');
+  t.same((await ls(join(dir, 'snapshots'))).sort(), ['snap-2'], 'the stranger is not among the snapshots');
+  const quarantined = await ls(join(dir, 'quarantine'));
+  t.equal(quarantined.length, 1, 'it is quarantined, not removed');
+  t.same(await ls(join(dir, 'quarantine', quarantined[0]!, 'snapshots')), ['snap-1']);
+});
