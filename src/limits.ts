@@ -147,6 +147,12 @@ const limitValues = {
   peerIdleTimeoutMs: 3_000,
   /** Snapshot chunk size streamed to a lagging node. */
   snapshotChunkBytes: 1 * MiB,
+  /**
+   * Preserved blocks of device snapshots in one frame of a Raft snapshot
+   * stream (src/device/snapshot-transfer.ts); the sender also keeps a frame's
+   * data near snapshotChunkBytes.
+   */
+  snapshotStreamBlocksPerFrameMax: 256,
   /** A snapshot receiver must report the stream installed within this long. */
   snapshotResultTimeoutMs: 120_000,
   /**
@@ -275,6 +281,7 @@ export function validateLimits(l: Limits = limits): void {
   if (l.peerFrameBytesMax < l.raftMessageBytesMax + l.requestBytesMax) fail('peerFrameBytesMax < raftMessageBytesMax + requestBytesMax');
   if (l.cryptSectorBytes % l.deviceSizeAlignmentBytes !== 0 || l.rekeyStepBytes % l.cryptSectorBytes !== 0) fail('cryptSectorBytes must be whole device size units, rekeyStepBytes whole crypt sectors');
   if (l.snapshotBlockBytes % l.cryptSectorBytes !== 0 || l.snapshotBlockBytes > l.requestBytesMax) fail('snapshotBlockBytes must be whole crypt sectors and fit one request');
+  if (l.snapshotStreamBlocksPerFrameMax < 1 || l.snapshotStreamBlocksPerFrameMax * (l.snapshotBlockBytes + 16) + 4 * KiB > l.peerFrameBytesMax) fail('snapshotStreamBlocksPerFrameMax blocks must fit one peer frame');
   if (l.heartbeatTicks >= l.electionTicks) fail('heartbeatTicks >= electionTicks');
   if (!(l.leaseClockDriftPercent >= 0 && l.leaseClockDriftPercent < 100)) fail('leaseClockDriftPercent must be in [0, 100)');
   if (l.nbdInFlightBytesMax < l.requestBytesMax) fail('nbdInFlightBytesMax < requestBytesMax');

@@ -8,13 +8,15 @@
 // decoded message's entry payloads are slices of the received frame.
 //
 // Decoding is pure: bytes in, typed frames out (pg-protocol's parser is the
-// model), bounded by peerFrameBytesMax.
+// model), bounded by peerFrameBytesMax. (Over 500 lines: every frame kind's
+// encoder and decoder side by side, so the wire format reads in one file.)
 
 import type { ConfState, Entry, Message, SnapshotMetadata } from '../raft/types.ts';
 import { EntryType, MessageType } from '../raft/types.ts';
 import { limits } from '../limits.ts';
 import { WireError, WireReader, WireWriter, str8Size } from '../device/wire.ts';
 import { peerMessageProblem } from '../replica/peer-input.ts';
+import { snapshotNameProblem, type SnapshotRecord } from '../device/snapshot-record.ts';
 
 /** 2: the dialer proves the secret first; frames carry a MAC (src/cluster/peer-crypto.ts). */
 export const PROTOCOL_VERSION = 2;
@@ -38,6 +40,8 @@ export const enum FrameKind {
   Pong = 10,
   /** Answer to a node that was removed from the cluster and does not know it yet. */
   Removed = 11,
+  /** Preserved blocks of a device snapshot, after the device files (src/device/snapshot-transfer.ts). */
+  SnapBlocks = 12,
 }
 
 export interface HelloFrame {
@@ -81,6 +85,16 @@ export interface SnapChunkFrame {
   data: Buffer;
   zeroBytes: number;
 }
+export interface SnapBlocksFrame {
+  kind: FrameKind.SnapBlocks;
+  snapshotId: number;
+  /** The device snapshot's record (never lost: a lost one is not shipped). */
+  snapshot: SnapshotRecord;
+  /** Blocks of its map (each below the snapshot's size in snapshotBlockBytes units, at most snapshotStreamBlocksPerFrameMax). */
+  blocks: number[];
+  /** Each block's bytes, empty for zeroes (its length is checked against the snapshot's geometry by the staging). */
+  data: Buffer[];
+}
 export interface SnapEndFrame {
   kind: FrameKind.SnapEnd;
   snapshotId: number;
@@ -96,6 +110,12 @@ export interface SnapResultFrame {
   snapshotId: number;
   ok: boolean;
   reason: string;
+  /**
+   * The device files are staged, send the snapshots' blocks (ok is true).
+   * On the wire the ok byte is 2; only a sender that offered them gets it
+   * (an older one would read it as a failure).
+   */
+  more?: true;
 }
 export interface RemovedFrame {
   kind: FrameKind.Removed;
@@ -114,6 +134,7 @@ export type Frame =
   | RaftFrame
   | SnapBeginFrame
   | SnapChunkFrame
+  | SnapBlocksFrame
   | SnapEndFrame
   | SnapResultFrame
   | RemovedFrame
@@ -332,6 +353,58 @@ export function encodeSnapChunk(f: Omit<SnapChunkFrame, 'kind'>): Buffer[] {
   return f.data.length > 0 ? [buf, f.data] : [buf];
 }
 
+const SNAP_BLOCK_ENTRY_BYTES = 8 + 4;
+
+/** Encodes a SnapBlocks frame as [header, ...block bytes]: the block buffers are not copied. */
+export function encodeSnapBlocks(f: Omit<SnapBlocksFrame, 'kind'>): Buffer[] {
+  if (f.blocks.length !== f.data.length) throw new WireError('snapshot blocks and their data differ in number');
+  const r = f.snapshot;
+  let payloadBytes = 0;
+  for (const d of f.data) payloadBytes += d.length;
+  const { buf, w } = frameBuffer(FrameKind.SnapBlocks, 8 + 4 * 8 + str8Size(r.name) + 4 + f.blocks.length * SNAP_BLOCK_ENTRY_BYTES, payloadBytes);
+  w.u64(f.snapshotId);
+  w.u64(r.id);
+  w.u64(r.deviceId);
+  w.u64(r.createdAt);
+  w.u64(r.size);
+  w.str8(r.name);
+  w.u32(f.blocks.length);
+  f.blocks.forEach((b, i) => {
+    w.u64(b);
+    w.u32(f.data[i]!.length);
+  });
+  return [buf, ...f.data.filter((d) => d.length > 0)];
+}
+
+function decodeSnapBlocks(r: WireReader): Omit<SnapBlocksFrame, 'kind'> {
+  const snapshotId = r.u64();
+  const id = readIndex(r, 'snapshot id');
+  const deviceId = readIndex(r, 'snapshot device id');
+  const createdAt = r.u64();
+  const size = r.u64();
+  if (size > limits.deviceBytesMax) throw new WireError(`snapshot of ${size} bytes beyond deviceBytesMax`);
+  const name = r.str8();
+  const problem = snapshotNameProblem(name);
+  if (problem) throw new WireError(`snapshot blocks: ${problem}`);
+  const count = r.u32();
+  if (count > limits.snapshotStreamBlocksPerFrameMax) throw new WireError(`${count} snapshot blocks in one frame (at most ${limits.snapshotStreamBlocksPerFrameMax})`);
+  if (count * SNAP_BLOCK_ENTRY_BYTES > r.remaining) throw new WireError('snapshot block count beyond frame');
+  const blocksMax = Math.ceil(size / limits.snapshotBlockBytes);
+  const blocks: number[] = [];
+  const lengths: number[] = [];
+  for (let i = 0; i < count; i++) {
+    const b = r.u64();
+    const length = r.u32();
+    if (b >= blocksMax) throw new WireError(`snapshot block ${b} beyond the snapshot's ${blocksMax}`);
+    if (length > limits.snapshotBlockBytes) throw new WireError(`snapshot block of ${length} bytes`);
+    blocks.push(b);
+    lengths.push(length);
+  }
+  const data = lengths.map((n) => r.slice(n));
+  r.end();
+  return { snapshotId, snapshot: { id, deviceId, name, createdAt, size }, blocks, data };
+}
+
 export function encodeSnapEnd(f: Omit<SnapEndFrame, 'kind'>): Buffer {
   const { buf, w } = frameBuffer(FrameKind.SnapEnd, 24);
   w.u64(f.snapshotId);
@@ -344,7 +417,7 @@ export function encodeSnapResult(f: Omit<SnapResultFrame, 'kind'>): Buffer {
   const reason = f.reason.length > 200 ? f.reason.slice(0, 200) : f.reason;
   const { buf, w } = frameBuffer(FrameKind.SnapResult, 8 + 1 + str8Size(reason));
   w.u64(f.snapshotId);
-  w.u8(f.ok ? 1 : 0);
+  w.u8(f.ok ? (f.more ? 2 : 1) : 0);
   w.str8(reason);
   return buf;
 }
@@ -408,6 +481,8 @@ export function decodeFrame(frame: Buffer): Frame {
       if (data.length > 0 && zeroBytes > 0) throw new WireError('chunk with both data and zeroes');
       return { kind, snapshotId, file, offset, data, zeroBytes };
     }
+    case FrameKind.SnapBlocks:
+      return { kind, ...decodeSnapBlocks(r) };
     case FrameKind.SnapEnd: {
       const snapshotId = r.u64();
       const chunks = r.u64();
@@ -417,10 +492,11 @@ export function decodeFrame(frame: Buffer): Frame {
     }
     case FrameKind.SnapResult: {
       const snapshotId = r.u64();
-      const ok = r.u8() === 1;
+      const status = r.u8();
+      if (status > 2) throw new WireError(`snapshot result status ${status}`);
       const reason = r.str8();
       r.end();
-      return { kind, snapshotId, ok, reason };
+      return { kind, snapshotId, ok: status !== 0, reason, ...(status === 2 ? { more: true as const } : {}) };
     }
     case FrameKind.Removed: {
       const nodeId = r.str8();

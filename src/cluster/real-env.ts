@@ -8,7 +8,7 @@ import type { DiskFile, DiskIo } from '../disk/disk-io.ts';
 import { nativeDisk } from '../disk/native-disk.ts';
 import { writeNodeIdentity } from '../device/checkpoint.ts';
 import { beginInstall, finishInstall, installStagedFiles, SnapshotStaging } from '../device/snapshot-staging.ts';
-import { encodeRemoved, encodeSnapBegin, encodeSnapChunk, encodeSnapEnd, encodeSnapResult, FrameKind, type Frame } from './codec.ts';
+import { encodeRemoved, encodeSnapBegin, encodeSnapBlocks, encodeSnapChunk, encodeSnapEnd, encodeSnapResult, FrameKind, type Frame } from './codec.ts';
 import { probeFileSize } from './file-size-probe.ts';
 import type { Transport } from './transport.ts';
 
@@ -51,10 +51,13 @@ export function encodeSnapshotFrame(f: SnapshotFrame): Buffer[] {
       return encodeSnapBegin({ snapshotId: f.snapshotId, metadata: f.metadata, state: f.state });
     case 'chunk':
       return [Buffer.concat(encodeSnapChunk({ snapshotId: f.snapshotId, file: f.file, offset: f.offset, data: f.data, zeroBytes: f.zeroBytes }))];
+    case 'blocks':
+      // Not copied: the sender gives each frame buffers of its own.
+      return encodeSnapBlocks({ snapshotId: f.snapshotId, snapshot: f.snapshot, blocks: f.blocks, data: f.data });
     case 'end':
       return [encodeSnapEnd({ snapshotId: f.snapshotId, chunks: f.chunks, appliedEnd: f.appliedEnd })];
     case 'result':
-      return [encodeSnapResult({ snapshotId: f.snapshotId, ok: f.ok, reason: f.reason })];
+      return [encodeSnapResult({ snapshotId: f.snapshotId, ok: f.ok, reason: f.reason, ...(f.more ? { more: true as const } : {}) })];
   }
 }
 
@@ -65,10 +68,12 @@ export function snapshotFrameOf(f: Frame): SnapshotFrame | undefined {
       return { kind: 'begin', snapshotId: f.snapshotId, metadata: f.metadata, state: f.state };
     case FrameKind.SnapChunk:
       return { kind: 'chunk', snapshotId: f.snapshotId, file: f.file, offset: f.offset, data: f.data, zeroBytes: f.zeroBytes };
+    case FrameKind.SnapBlocks:
+      return { kind: 'blocks', snapshotId: f.snapshotId, snapshot: f.snapshot, blocks: f.blocks, data: f.data };
     case FrameKind.SnapEnd:
       return { kind: 'end', snapshotId: f.snapshotId, chunks: f.chunks, appliedEnd: f.appliedEnd };
     case FrameKind.SnapResult:
-      return { kind: 'result', snapshotId: f.snapshotId, ok: f.ok, reason: f.reason };
+      return { kind: 'result', snapshotId: f.snapshotId, ok: f.ok, reason: f.reason, ...(f.more ? { more: true as const } : {}) };
     default:
       return undefined;
   }

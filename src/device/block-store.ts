@@ -50,7 +50,7 @@ import { deviceNameProblem, deviceSizeProblem } from '../parse.ts';
 import { MemberTable, type PublishedMember } from './member-table.ts';
 import { RequestDedup } from './request-dedup.ts';
 import { encodeDigests, verifyRangeProblem, VerifyTable, type VerifyRecord } from './verify.ts';
-import { type SnapshotRecord, SnapshotSet } from './snapshots.ts';
+import { type SnapshotRecord, SnapshotSet, type SnapshotToSend } from './snapshots.ts';
 
 export const DEVICES_DIR = 'devices';
 /** Where files found in devices/ but not in the device table are moved (never deleted). */
@@ -536,7 +536,7 @@ export class BlockStore {
         const problem = deviceSizeProblem(cmd.size);
         if (problem) return { code: 'XDEVICE_ERR_INVALID', message: problem };
         const dev = this.byId.get(id)!;
-        if (this.snaps.has(id) && cmd.size !== dev.record.size) return { code: 'XDEVICE_ERR_CONFLICT', message: `device ${cmd.name} has snapshots: delete them before resizing it` };
+        if (this.snaps.listAt(id, index).length > 0 && cmd.size !== dev.record.size) return { code: 'XDEVICE_ERR_CONFLICT', message: `device ${cmd.name} has snapshots: delete them before resizing it` };
         const enc = dev.record.encryption;
         if (enc && cmd.size % limits.cryptSectorBytes !== 0) return { code: 'XDEVICE_ERR_INVALID', message: `an encrypted device's size is a multiple of ${limits.cryptSectorBytes} bytes, got ${cmd.size}` };
         this.verifies.abortDevice(id, `device ${cmd.name} was resized during the verify`);
@@ -605,12 +605,12 @@ export class BlockStore {
         const id = this.byName.get(cmd.device);
         if (id === undefined) return { code: 'XDEVICE_ERR_NOT_FOUND', message: `no device ${cmd.device}` };
         const dev = this.byId.get(id)!;
-        // A replay of this very entry: the snapshot is there already.
-        if (this.snaps.get(id, cmd.name)?.id === index) {
+        // A replay of this very entry (after a restart, or an installed Raft snapshot brought it): the snapshot is there already.
+        if (this.snaps.record(id, index)?.name === cmd.name) {
           await this.snaps.create(id, dev.record.size, cmd.name, cmd.createdAt, index);
           return undefined;
         }
-        const problem = SnapshotSet.createProblem(dev.record, this.snaps.list(id), cmd.name);
+        const problem = SnapshotSet.createProblem(dev.record, this.snaps.listAt(id, index), cmd.name);
         if (problem) return problem;
         await this.snaps.create(id, dev.record.size, cmd.name, cmd.createdAt, index);
         return undefined;
@@ -618,8 +618,9 @@ export class BlockStore {
       case CommandOp.SnapshotDelete: {
         const id = this.byName.get(cmd.device);
         if (id === undefined) return { code: 'XDEVICE_ERR_NOT_FOUND', message: `no device ${cmd.device}` };
-        if (!this.snaps.get(id, cmd.name)) return { code: 'XDEVICE_ERR_NOT_FOUND', message: `device ${cmd.device} has no snapshot ${cmd.name}` };
-        await this.snaps.delete(id, cmd.name);
+        const snap = this.snaps.listAt(id, index).find((s) => s.name === cmd.name);
+        if (!snap) return { code: 'XDEVICE_ERR_NOT_FOUND', message: `device ${cmd.device} has no snapshot ${cmd.name}` };
+        await this.snaps.delete(id, snap.id);
         return undefined;
       }
       case CommandOp.VerifyResult: {
@@ -684,6 +685,12 @@ export class BlockStore {
     return this.snaps.dirty(deviceId, id, offset, length);
   }
 
+  /** The snapshots to ship whole with a Raft snapshot, as of the applied index (only between batches; src/device/snapshot-transfer.ts). */
+  snapshotsToSend(): SnapshotToSend[] {
+    assert(!this.applying, 'snapshots captured in the middle of a batch');
+    return this.snaps.sendable();
+  }
+
   /** Bytes snapshot `id` holds on this node. */
   snapshotHeldBytes(deviceId: number, id: number): Promise<number> {
     return this.snaps.heldBytes(deviceId, id);
@@ -711,7 +718,11 @@ export class BlockStore {
       dedup: this.dedup.export(),
       published: this.published.export(),
       verifies: this.verifies.export(),
-      snapshots: this.snaps.all().map(({ lost: _lost, ...r }) => r),
+      // As of appliedIndex: one still replaying (created later in the log) is not in it yet.
+      snapshots: this.snaps
+        .all()
+        .filter((r) => r.id <= this.appliedIndex)
+        .map(({ lost: _lost, ...r }) => r),
       ...(this.snaps.lostUpTo > 0 ? { snapshotsLostUpTo: this.snaps.lostUpTo } : {}),
       ...(this.auditTrail ? { audit: this.auditTrail.clusterHead() } : {}),
     };

@@ -62,8 +62,14 @@ export interface StoreState {
   audit?: { seq: number; hash: string; index: number };
   /** Point-in-time snapshots of the devices (src/device/snapshots.ts): records only, not the preserved blocks. Absent in older checkpoints. */
   snapshots?: SnapshotRecord[];
-  /** Snapshots with ids up to here are lost on this node (it installed a Raft snapshot). Absent: 0. */
+  /** Snapshots with ids up to here are lost on this node (it installed a Raft snapshot), unless that install brought them whole. Absent: 0. */
   snapshotsLostUpTo?: number;
+  /**
+   * In a Raft snapshot stream's header only, never in a checkpoint: the
+   * sender ships the snapshots' preserved blocks after the device files if
+   * the receiver asks (src/device/snapshot-transfer.ts). An older receiver ignores it.
+   */
+  snapshotBlocksOffered?: true;
 }
 
 export class CheckpointError extends XDeviceError {
@@ -112,6 +118,7 @@ export function decodeStoreState(buf: Buffer, what = 'checkpoint'): StoreState {
     ) &&
     (state.snapshots === undefined || (Array.isArray(state.snapshots) && state.snapshots.every(wellFormedSnapshot))) &&
     (state.snapshotsLostUpTo === undefined || (Number.isSafeInteger(state.snapshotsLostUpTo) && state.snapshotsLostUpTo >= 0)) &&
+    (state.snapshotBlocksOffered === undefined || state.snapshotBlocksOffered === true) &&
     (state.verifies === undefined || (Array.isArray(state.verifies) && state.verifies.every(wellFormedVerify))) &&
     (state.audit === undefined ||
       (typeof state.audit === 'object' &&

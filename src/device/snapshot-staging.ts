@@ -2,6 +2,7 @@
 // directory, made durable, and only then swapped in.
 //
 //   <data-dir>/snapshot.staging/devices/dev-<id>.img   streamed contents
+//   <data-dir>/snapshot.staging/snapshots/snap-<id>/   device snapshots shipped whole (src/device/snapshot-transfer.ts)
 //   <data-dir>/snapshot.staging/checkpoint             the sender's state (applied index a)
 //   <data-dir>/snapshot.staging/INSTALL                written when Raft takes the snapshot
 //
@@ -12,7 +13,8 @@
 //
 // Install (idempotent, so a crash at any step is finished at the next start):
 //   0. write INSTALL (beginInstall), once Raft hands the snapshot back;
-//   1. replace <data-dir>/devices by the staged devices, and the checkpoint;
+//   1. replace <data-dir>/devices by the staged devices, <data-dir>/snapshots
+//      by the staged snapshots (installStagedSnapshots), and the checkpoint;
 //   2. the runtime resets the WAL to the snapshot (Wal.applySnapshot);
 //   3. the staging directory goes.
 // While INSTALL exists, startup redoes 1 and 2 before anything else.
@@ -25,6 +27,8 @@ import { limits } from '../limits.ts';
 import type { SnapshotMetadata } from '../raft/types.ts';
 import { DEVICES_DIR, deviceFileName } from './block-store.ts';
 import { CHECKPOINT_FILE, type StoreState, encodeStoreState, syncDir, writeFileAtomic, CheckpointError } from './checkpoint.ts';
+import { installStagedSnapshots, type SnapshotBlocks, StagedSnapshots } from './snapshot-transfer.ts';
+import { SNAPSHOTS_DIR } from './snapshots.ts';
 
 export const STAGING_DIR = 'snapshot.staging';
 const INSTALL_MARKER = 'INSTALL';
@@ -41,8 +45,15 @@ export class SnapshotStaging {
   private readonly sizes: number[] = [];
   private writes: Promise<unknown> = Promise.resolve();
   private failed: Error | undefined;
+  private readonly snaps: StagedSnapshots;
+  /** 'snapshots' once the device files ended and the sender was asked for the snapshots' blocks. */
+  phase: 'devices' | 'snapshots' = 'devices';
+  /** The sender's applied index when the device files ended (in the 'snapshots' phase). */
+  private devicesEnd = 0;
   chunks = 0;
-  bytes = 0;
+  /** Blocks frames of the 'snapshots' phase. */
+  blockFrames = 0;
+  private deviceBytes = 0;
 
   private constructor(
     readonly dir: string,
@@ -51,7 +62,13 @@ export class SnapshotStaging {
     readonly metadata: SnapshotMetadata,
     readonly state: StoreState,
     private readonly disk: DiskIo,
-  ) {}
+  ) {
+    this.snaps = new StagedSnapshots(join(dir, SNAPSHOTS_DIR), state, disk);
+  }
+
+  get bytes(): number {
+    return this.deviceBytes + this.snaps.bytes;
+  }
 
   /** Starts a fresh staging area (any earlier, unfinished one is discarded). */
   static async begin(
@@ -65,6 +82,8 @@ export class SnapshotStaging {
     const dir = join(dataDir, STAGING_DIR);
     await disk.rm(dir, { recursive: true, force: true });
     await disk.mkdir(join(dir, DEVICES_DIR), { recursive: true });
+    // Always there, empty if nothing is shipped: the install replaces this node's snapshots by it.
+    await disk.mkdir(join(dir, SNAPSHOTS_DIR), { recursive: true });
     const s = new SnapshotStaging(dir, snapshotId, from, metadata, state, disk);
     try {
       const ids = new Set<number>();
@@ -90,6 +109,10 @@ export class SnapshotStaging {
   chunk(file: number, offset: number, data: Buffer, zeroBytes: number): void {
     this.chunks++;
     if (this.failed) return;
+    if (this.phase !== 'devices') {
+      this.failed = new CheckpointError('snapshot chunk after the device files ended');
+      return;
+    }
     if (file >= this.files.length) {
       this.failed = new CheckpointError(`snapshot chunk for file ${file} of ${this.files.length}`);
       return;
@@ -100,11 +123,45 @@ export class SnapshotStaging {
     }
     // Zero runs need nothing: the staged file is sparse.
     if (zeroBytes > 0 || data.length === 0) return;
-    this.bytes += data.length;
+    this.deviceBytes += data.length;
     const w = this.disk.pwrite(this.files[file]!, data, offset).catch((err: Error) => {
       this.failed ??= err;
     });
     this.writes = Promise.all([this.writes, w]);
+  }
+
+  /** Queues one frame of a snapshot's blocks (the 'snapshots' phase); errors surface in finish(). */
+  blocks(f: SnapshotBlocks): void {
+    this.blockFrames++;
+    if (this.failed) return;
+    if (this.phase !== 'snapshots') {
+      this.failed = new CheckpointError('snapshot blocks before the device files ended');
+      return;
+    }
+    // One after another, each checked against what the frames before it staged (a frame may open the next snapshot's files).
+    this.writes = this.writes
+      .then(async () => {
+        if (this.failed) return;
+        const problem = this.snaps.problem(f);
+        if (problem) throw new CheckpointError(problem);
+        await this.snaps.add(f);
+      })
+      .catch((err: Error) => {
+        this.failed ??= err;
+      });
+  }
+
+  /**
+   * The device files are all here (`chunks` of them; the sender's applied
+   * index was `appliedEnd`): the snapshots' blocks come next, then finish().
+   */
+  async endDevices(chunks: number, appliedEnd: number): Promise<void> {
+    await this.writes;
+    if (this.failed) throw this.failed;
+    if (this.phase !== 'devices') throw new CheckpointError('the device files ended twice');
+    if (chunks !== this.chunks) throw new CheckpointError(`snapshot stream had ${this.chunks} chunks, sender says ${chunks}`);
+    this.phase = 'snapshots';
+    this.devicesEnd = appliedEnd;
   }
 
   /** Waits for queued writes (back-pressure for the receive loop). */
@@ -112,17 +169,26 @@ export class SnapshotStaging {
     return this.writes;
   }
 
-  /** Makes the staging complete and durable; after this, install() may run even across a crash. */
-  async finish(expectedChunks: number, consistentIndex: number): Promise<StagedSnapshot> {
+  /**
+   * Makes the staging complete and durable; after this, install() may run
+   * even across a crash. `expected`: the chunks (or, after endDevices(), the
+   * blocks frames) the sender sent; `consistentIndex`: its applied index at
+   * the end (in the 'snapshots' phase, c of src/device/snapshot-transfer.ts).
+   */
+  async finish(expected: number, consistentIndex: number): Promise<StagedSnapshot> {
     await this.writes;
     if (this.failed) throw this.failed;
-    if (expectedChunks !== this.chunks) throw new CheckpointError(`snapshot stream had ${this.chunks} chunks, sender says ${expectedChunks}`);
+    const got = this.phase === 'devices' ? this.chunks : this.blockFrames;
+    if (expected !== got) throw new CheckpointError(`snapshot stream had ${got} ${this.phase === 'devices' ? 'chunks' : 'blocks frames'}, sender says ${expected}`);
     for (const f of this.files) await this.disk.fdatasync(f);
     await this.closeFiles();
     await syncDir(join(this.dir, DEVICES_DIR), this.disk);
-    const consistent = Math.max(consistentIndex, this.state.appliedIndex);
-    // Snapshots up to the consistent index cannot be served here: the staged files mix states (src/device/snapshots.ts).
-    const state: StoreState = { ...this.state, snapshotsLostUpTo: Math.max(this.state.snapshotsLostUpTo ?? 0, consistent) };
+    const consistent = Math.max(consistentIndex, this.devicesEnd, this.state.appliedIndex);
+    if (this.phase === 'snapshots') await this.snaps.finish();
+    else await syncDir(join(this.dir, SNAPSHOTS_DIR), this.disk);
+    // Snapshots up to the consistent index that did not come whole cannot be served here: the staged files mix states (src/device/snapshot-transfer.ts).
+    const { snapshotBlocksOffered: _offered, ...header } = this.state;
+    const state: StoreState = { ...header, snapshotsLostUpTo: Math.max(this.state.snapshotsLostUpTo ?? 0, consistent) };
     await writeFileAtomic(this.dir, CHECKPOINT_FILE, encodeStoreState(state), this.disk);
     return { metadata: this.metadata, state, consistentIndex: consistent };
   }
@@ -130,6 +196,7 @@ export class SnapshotStaging {
   async abort(): Promise<void> {
     await this.writes.catch(() => undefined);
     await this.closeFiles();
+    await this.snaps.abort();
     await this.disk.rm(this.dir, { recursive: true, force: true });
   }
 
@@ -170,6 +237,7 @@ export async function installStagedFiles(dataDir: string, disk: DiskIo = nativeD
     await disk.rm(join(dataDir, DEVICES_DIR), { recursive: true, force: true });
     await disk.rename(stagedDevices, join(dataDir, DEVICES_DIR));
   }
+  await installStagedSnapshots(dataDir, staging, disk);
   const stagedCheckpoint = join(staging, CHECKPOINT_FILE);
   if (await pathExists(disk, stagedCheckpoint)) await disk.rename(stagedCheckpoint, join(dataDir, CHECKPOINT_FILE));
   await syncDir(dataDir, disk);

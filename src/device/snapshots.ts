@@ -34,12 +34,27 @@
 // the ones preserved into k-1 (merges keep this true across deletes). The
 // first snapshot has no predecessor: every block counts as changed.
 //
-// Raft snapshots carry the snapshot records, not the preserved blocks: a node
-// that installs one marks every snapshot up to the install's consistent index
-// `lost` on that node (its device file mixes states, so neither its old copies
-// nor new ones preserved during the catch-up replay are a faithful view). A
-// lost snapshot is listed and may be deleted, but this node refuses to serve
-// it (another replica serves it); snapshots created later are whole again.
+// A Raft snapshot carries the snapshots too (src/device/snapshot-transfer.ts
+// has the protocol and the argument): the sender ships every snapshot it
+// holds whole, with the blocks its map holds, and the receiver stages them as
+// directories marked `received` that replace its own at the install. A
+// received snapshot is whole at once (or `replaying`, if created after the
+// installed state's index, until its SNAPSHOT_CREATE replays). Only what the
+// sender cannot ship is `lost` on the receiver: snapshots the sender holds
+// lost, and ones created or deleted before the install's consistent index
+// that the shipment does not hold. An older peer ships nothing: then every
+// snapshot up to that index is lost here, as before (its device file mixes
+// states, so neither this node's old copies nor new ones preserved during the
+// catch-up replay are a faithful view). A lost snapshot is listed and may be
+// deleted, but this node refuses to serve it (another replica serves it);
+// snapshots created later are whole again.
+//
+// Apply decides with the snapshots that exist at the entry's index
+// (listAt): during a replay, a snapshot created later (replaying) must not
+// change the outcome of an earlier create, delete or resize.
+//
+// (Just over 500 lines: the on-disk set, copy-on-write and the chain rule
+// share one invariant, and read best next to each other.)
 
 import { join } from 'node:path';
 import type { Logger } from 'pino';
@@ -56,6 +71,17 @@ const QUARANTINE_DIR = 'quarantine';
 const META_FILE = 'meta.json';
 const DATA_FILE = 'data.img';
 const MAP_FILE = 'map.log';
+/** Present in a snapshot directory a Raft snapshot's install brought (whole, though its id is at or below lostUpTo). */
+const RECEIVED_FILE = 'received';
+export { DATA_FILE as SNAPSHOT_DATA_FILE, MAP_FILE as SNAPSHOT_MAP_FILE, META_FILE as SNAPSHOT_META_FILE, RECEIVED_FILE as SNAPSHOT_RECEIVED_FILE };
+
+/** A whole snapshot as of an applied index, for a Raft snapshot stream: its map is map.log's first mapBytes bytes. */
+export interface SnapshotToSend {
+  record: SnapshotRecord;
+  mapBytes: number;
+  dataPath: string;
+  mapPath: string;
+}
 
 class Snapshot {
   constructor(
@@ -72,6 +98,8 @@ class Snapshot {
    * file with older data, so the live blocks it falls through to are not its own.
    */
   replaying = false;
+  /** Came whole with an installed Raft snapshot (src/device/snapshot-transfer.ts): not lost for being at or below lostUpTo. */
+  received = false;
 }
 
 /** Every snapshot on this node, by device, oldest first. Used only by the block store, on its apply path. */
@@ -130,10 +158,11 @@ export class SnapshotSet {
       if (!wellFormedSnapshot(record) || record.id !== id) throw new Error(`${join(path, META_FILE)} is not a snapshot record`);
       const s = await set.attach(record, path);
       s.replaying = id > appliedIndex;
+      s.received = await pathExists(disk, join(path, RECEIVED_FILE));
       listed.delete(id);
     }
     for (const r of listed.values()) await set.createDir({ ...r, lost: true });
-    for (const list of set.byDevice.values()) for (const s of list) if (s.record.id <= lostUpTo && !s.record.lost) await set.markLost(s);
+    for (const list of set.byDevice.values()) for (const s of list) if (s.record.id <= lostUpTo && !s.record.lost && !s.received) await set.markLost(s);
     await syncDir(set.dir, disk);
     return set;
   }
@@ -203,6 +232,17 @@ export class SnapshotSet {
     return [...this.byDevice.values()].flat().map((s) => ({ ...s.record }));
   }
 
+  /** A device's snapshots that exist at log index `index` (created before it), oldest first: what apply decides with. */
+  listAt(deviceId: number, index: number): SnapshotRecord[] {
+    return this.list(deviceId).filter((s) => s.id < index);
+  }
+
+  /** The snapshot with this id (the log index of its SNAPSHOT_CREATE), if this node holds it. */
+  record(deviceId: number, id: number): SnapshotRecord | undefined {
+    const s = this.byId(deviceId, id);
+    return s ? { ...s.record } : undefined;
+  }
+
   get(deviceId: number, name: string): SnapshotRecord | undefined {
     const s = this.find(deviceId, name);
     return s ? { ...s.record } : undefined;
@@ -241,9 +281,9 @@ export class SnapshotSet {
     await this.createDir(record);
   }
 
-  /** Applies SNAPSHOT_DELETE: merges into the predecessor, then removes the snapshot. */
-  async delete(deviceId: number, name: string): Promise<void> {
-    const s = this.find(deviceId, name);
+  /** Applies SNAPSHOT_DELETE of snapshot `id`: merges into the predecessor, then removes the snapshot. */
+  async delete(deviceId: number, id: number): Promise<void> {
+    const s = this.byId(deviceId, id);
     if (!s) return;
     const list = this.byDevice.get(deviceId)!;
     const prev = list[list.indexOf(s) - 1];
@@ -333,14 +373,17 @@ export class SnapshotSet {
     const s = this.byId(deviceId, id);
     if (!s) return `snapshot ${id} no longer exists`;
     if (s.record.lost) return 'this node installed a Raft snapshot since: its copy of the snapshot is not kept (another replica serves it)';
-    if (s.replaying) return 'this node is replaying its log up to the snapshot (after a restart)';
+    if (s.replaying) return 'this node is replaying its log up to the snapshot (after a restart or a Raft snapshot install)';
+    // After an install, a later snapshot that was not shipped (deleted on the sender) stays lost here until its delete replays.
+    if (this.chain(deviceId, id, false).some((x) => x.record.lost)) return 'a later snapshot it reads through is not kept on this node (a Raft snapshot install; the log replay deletes it)';
     return undefined;
   }
 
   /** The snapshots a read of `id` looks in, in order (the chain rule). */
-  private chain(deviceId: number, id: number): Snapshot[] {
+  private chain(deviceId: number, id: number, check = true): Snapshot[] {
     const list = this.byDevice.get(deviceId) ?? [];
     const chain = list.filter((s) => s.record.id >= id);
+    if (!check) return chain;
     if (chain[0]?.record.id !== id) throw errno('ESHUTDOWN', `snapshot ${id} no longer exists`);
     if (chain.some((s) => s.record.lost)) throw errno('EIO', `snapshot ${id} is not kept on this node`);
     if (chain[0]!.replaying) throw errno('EIO', `snapshot ${id}: this node is replaying its log up to it`);
@@ -415,6 +458,26 @@ export class SnapshotSet {
       at = next;
     }
     return out;
+  }
+
+  /**
+   * The snapshots this node can ship with a Raft snapshot (only between
+   * batches): every one not lost, a replaying one too (after a restart the
+   * device file may hold writes from beyond the applied index, and its map
+   * covers the ones after it: the crash-safety argument above). Their maps
+   * only grow by appends, and a block's copy in data.img never changes once
+   * its map records it, so map.log's first mapBytes bytes and those copies
+   * stay this moment's view while apply continues (src/device/snapshot-transfer.ts).
+   */
+  sendable(): SnapshotToSend[] {
+    const out: SnapshotToSend[] = [];
+    for (const list of this.byDevice.values()) {
+      for (const s of list) {
+        if (s.record.lost) continue;
+        out.push({ record: { ...s.record }, mapBytes: s.mapBytes, dataPath: join(s.dir, DATA_FILE), mapPath: join(s.dir, MAP_FILE) });
+      }
+    }
+    return out.sort((a, b) => a.record.id - b.record.id);
   }
 
   /** Bytes the snapshot holds on this node's disk (its preserved copies and map). */

@@ -22,6 +22,8 @@ import type { BlockStore } from '../device/block-store.ts';
 import type { Entry, HardState, Message, NodeId, SnapshotMetadata } from '../raft/types.ts';
 import type { StoreState } from '../device/checkpoint.ts';
 import type { StagedSnapshot } from '../device/snapshot-staging.ts';
+import type { SnapshotBlocks } from '../device/snapshot-transfer.ts';
+import type { SnapshotRecord } from '../device/snapshots.ts';
 
 export type Cancel = () => void;
 
@@ -34,12 +36,15 @@ export interface Clock {
   defer(fn: () => void): void;
 }
 
-/** Snapshot stream frames, as the core speaks them (the transport encodes them on the wire). */
+/** Snapshot stream frames, as the core speaks them (the transport encodes them on the wire; the protocol: src/device/snapshot-transfer.ts). */
 export type SnapshotFrame =
   | { kind: 'begin'; snapshotId: number; metadata: SnapshotMetadata; state: Buffer }
   | { kind: 'chunk'; snapshotId: number; file: number; offset: number; data: Buffer; zeroBytes: number }
+  /** Blocks of one device snapshot's map with their bytes (empty: zeroes); each Buffer the sender's own, not reused. */
+  | { kind: 'blocks'; snapshotId: number; snapshot: SnapshotRecord; blocks: number[]; data: Buffer[] }
   | { kind: 'end'; snapshotId: number; chunks: number; appliedEnd: number }
-  | { kind: 'result'; snapshotId: number; ok: boolean; reason: string };
+  /** `more`: ok so far, the device files are staged; send the snapshots' blocks (only to a begin that offered them). */
+  | { kind: 'result'; snapshotId: number; ok: boolean; reason: string; more?: true };
 
 export interface LinkStatus {
   id: NodeId;
@@ -127,8 +132,12 @@ export interface StagingHandle {
   readonly snapshotId: number;
   readonly from: NodeId;
   readonly bytes: number;
+  /** 'snapshots' after endDevices(): blocks frames, then finish(). */
+  readonly phase: 'devices' | 'snapshots';
   chunk(file: number, offset: number, data: Buffer, zeroBytes: number): void;
+  blocks(f: SnapshotBlocks): void;
   settled(): Promise<unknown>;
+  endDevices(chunks: number, appliedEnd: number): Promise<void>;
   finish(chunks: number, appliedEnd: number): Promise<StagedSnapshot>;
   abort(): Promise<void>;
 }

@@ -45,7 +45,7 @@ import { LeaseClock } from './lease-clock.ts';
 import { ReadGate } from './read-gate.ts';
 import { RequestError, RequestSession } from './requests.ts';
 import { SnapshotReceiver } from './snapshot-receiver.ts';
-import { SnapshotSender } from './snapshot-sender.ts';
+import { openShipments, SnapshotSender } from './snapshot-sender.ts';
 import { ReplicatedDeviceTable, type ReplicaService } from './device.ts';
 import { type CompressionMode, CompressionStats, membersDecodeCompressed } from '../device/compression.ts';
 import { KeyRing } from '../crypt/keyring.ts';
@@ -188,6 +188,9 @@ export class Replica extends EventEmitter implements ReplicaService, ReplicaCore
             return { state, paths: this.store.filePaths(state) };
           }),
         appliedIndex: () => this.processedIndex,
+        captureSnapshots: () =>
+          // The files are opened before the next batch: a delete after it unlinks them, the descriptors still read them.
+          this.onApplyChain(async () => ({ appliedIndex: this.store.appliedIndex, snapshots: await openShipments(this.store.snapshotsToSend(), this.host.snapshots) })),
         done: (peer, ok, snap) => {
           if (ok) this.transport.send(snap);
           this.raw.reportSnapshot(peer, ok);

@@ -7,8 +7,11 @@
 // A snapshot never changes once taken, so a read needs no read index: any
 // node that has applied the SNAPSHOT_CREATE serves the same bytes (the chain
 // falls through to the live device only for blocks no write has reached
-// since, on this node's apply order). A node that cannot serve it (it
-// installed a Raft snapshot since) refuses the export at the handshake.
+// since, on this node's apply order). A node that caught up from a Raft
+// snapshot serves it too: its blocks came with it (src/device/snapshot-transfer.ts
+// says why that needs no read index either). A node that cannot serve it (it
+// installed a Raft snapshot from an older peer, or is replaying its log up to
+// it) refuses the export at the handshake.
 
 import type { BlockDevice, BlockDeviceCapabilities, Extent } from '../device/block-device.ts';
 import type { BlockStore } from '../device/block-store.ts';

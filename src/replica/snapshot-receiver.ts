@@ -6,7 +6,9 @@
 //
 // A stream is accepted only from the peer this node follows as leader, with
 // at most devicesMax devices; a begin that fails releases everything it
-// opened.
+// opened. When the begin offers the device snapshots' blocks, the first end
+// is answered `more` and the blocks follow, then a second end
+// (src/device/snapshot-transfer.ts).
 
 import type { Logger } from 'pino';
 import { decodeStoreState } from '../device/checkpoint.ts';
@@ -21,6 +23,8 @@ export interface ReceiveProgress {
 
 export class SnapshotReceiver {
   private staging: StagingHandle | undefined;
+  /** The stream being staged offered the device snapshots' blocks. */
+  private offered = false;
   private chain: Promise<void> = Promise.resolve();
   /** A complete, durable staging waiting for Raft's Snap message. */
   staged: (StagedSnapshot & { from: string }) | undefined;
@@ -44,12 +48,13 @@ export class SnapshotReceiver {
 
   /** Handles SnapBegin / SnapChunk / SnapEnd, strictly in arrival order. */
   onFrame(from: string, f: SnapshotFrame): void {
-    if (f.kind === 'chunk') {
+    if (f.kind === 'chunk' || f.kind === 'blocks') {
       // Chunks are queued synchronously so order holds even while begin() is pending.
       this.chain = this.chain.then(() => {
         const s = this.staging;
         if (s && s.snapshotId === f.snapshotId && s.from === from) {
-          s.chunk(f.file, f.offset, f.data, f.zeroBytes);
+          if (f.kind === 'chunk') s.chunk(f.file, f.offset, f.data, f.zeroBytes);
+          else s.blocks({ snapshot: f.snapshot, blocks: f.blocks, data: f.data });
           return s.settled().then(() => undefined);
         }
         return undefined;
@@ -80,11 +85,15 @@ export class SnapshotReceiver {
         try {
           state = decodeStoreState(f.state, 'snapshot header');
           if (state.devices.length > limits.devicesMax) throw new Error(`snapshot with ${state.devices.length} devices (at most ${limits.devicesMax})`);
+          if ((state.snapshots?.length ?? 0) > limits.devicesMax * limits.snapshotsPerDeviceMax) throw new Error(`snapshot with ${state.snapshots!.length} device snapshots`);
         } catch (err) {
           this.refused++;
           this.reply(from, f.snapshotId, false, (err as Error).message);
           return;
         }
+        const { snapshotBlocksOffered, ...header } = state;
+        state = header;
+        this.offered = snapshotBlocksOffered === true;
         this.logger.info({ from, index: f.metadata.index, stateIndex: state.appliedIndex, devices: state.devices.length }, 'receiving snapshot');
         try {
           this.staging = await this.snapshots.beginStaging(f.snapshotId, from, f.metadata, state);
@@ -99,6 +108,18 @@ export class SnapshotReceiver {
         const s = this.staging;
         if (!s || s.snapshotId !== f.snapshotId || s.from !== from) {
           this.reply(from, f.snapshotId, false, 'no such snapshot stream');
+          return;
+        }
+        if (this.offered && s.phase === 'devices') {
+          // The device files are here: ask for the snapshots (captured by the sender from now on).
+          try {
+            await s.endDevices(f.chunks, f.appliedEnd);
+            this.reply(from, f.snapshotId, true, '', true);
+          } catch (err) {
+            this.staging = undefined;
+            await s.abort();
+            this.reply(from, f.snapshotId, false, (err as Error).message);
+          }
           return;
         }
         this.staging = undefined;
@@ -118,8 +139,8 @@ export class SnapshotReceiver {
     }
   }
 
-  private reply(to: string, snapshotId: number, ok: boolean, reason: string): void {
-    this.transport.sendFrame(to, { kind: 'result', snapshotId, ok, reason });
+  private reply(to: string, snapshotId: number, ok: boolean, reason: string, more = false): void {
+    this.transport.sendFrame(to, { kind: 'result', snapshotId, ok, reason, ...(more ? { more: true as const } : {}) });
   }
 
   /** Runs fn with no frame being handled (snapshot install touches the staging directory). */

@@ -6,21 +6,65 @@
 // least state a; the receiver skips entries up to a and replays the rest, so
 // the result is exact. Holes are skipped (FIEMAP), chunks are paced by the
 // socket's drain, and the Raft message goes out only once the receiver says
-// the files are durably staged.
+// the files are durably staged. A receiver that asks for more then gets the
+// device snapshots (src/device/snapshot-transfer.ts has that protocol and
+// why it is exact): captured between two later batches, each snapshot's
+// map as of then and the blocks it names, read from descriptors opened then.
 
 import type { Logger } from 'pino';
 import { limits } from '../limits.ts';
 import type { Message } from '../raft/types.ts';
 import { type StoreState, encodeStoreState } from '../device/checkpoint.ts';
+import { decodeBlockMap, type SnapshotRecord } from '../device/snapshot-record.ts';
+import { snapshotBlockLength } from '../device/snapshot-transfer.ts';
+import type { SnapshotToSend } from '../device/snapshots.ts';
 import type { Cancel, Clock, Host, PeerTransport, SnapshotFile, SnapshotFrame } from './env.ts';
 
+/** A device snapshot to ship: its record, the length of its map (map.log's first mapBytes bytes) and the files, open since the capture. */
+export interface SnapshotShipment {
+  record: SnapshotRecord;
+  mapBytes: number;
+  data: SnapshotFile;
+  map: SnapshotFile;
+}
+
 type SnapResultFrame = Extract<SnapshotFrame, { kind: 'result' }>;
+
+/** Opens the files of the snapshots to ship (between two apply batches, so nothing deletes them first). */
+export async function openShipments(list: readonly SnapshotToSend[], files: Host['snapshots']): Promise<SnapshotShipment[]> {
+  const out: SnapshotShipment[] = [];
+  try {
+    for (const s of list) {
+      const data = await files.openForSend(s.dataPath);
+      const map = data && (await files.openForSend(s.mapPath));
+      if (!data || !map) {
+        // Not deleted (no batch ran since the list was taken): an I/O error. The stream fails and Raft asks again.
+        await data?.close();
+        throw new Error(`cannot open the files of snapshot ${s.record.id} to ship it`);
+      }
+      out.push({ record: s.record, mapBytes: s.mapBytes, data, map });
+    }
+  } catch (err) {
+    for (const s of out) {
+      await s.data.close();
+      await s.map.close();
+    }
+    throw err;
+  }
+  return out;
+}
 
 export interface SnapshotSource {
   /** Runs between two apply batches: the state and paths of the files as of the applied index. */
   capture(): Promise<{ state: StoreState; paths: string[] }>;
   /** The applied index now (sent at the end of the copy). */
   appliedIndex(): number;
+  /**
+   * Runs between two apply batches: the applied index and the device
+   * snapshots this node holds whole as of it, their files opened (the caller
+   * closes them).
+   */
+  captureSnapshots(): Promise<{ appliedIndex: number; snapshots: SnapshotShipment[] }>;
   /** The outcome, for Raft (reportSnapshot) and the peer (the Snap message on success). */
   done(peer: string, ok: boolean, snap: Message): void;
   /**
@@ -94,19 +138,25 @@ export class SnapshotSender {
     if (a && a.id === f.snapshotId) a.result?.(f);
   }
 
-  private async stream(peer: string, id: number, snap: Message, entry: { progress: SnapshotProgress; result?: (f: SnapResultFrame) => void }): Promise<boolean> {
-    const { state, paths } = await this.source.capture();
-    const result = new Promise<SnapResultFrame | undefined>((resolve) => {
+  /** The next SnapResult of this stream (undefined after snapshotResultTimeoutMs). */
+  private nextResult(entry: { result?: (f: SnapResultFrame) => void }): Promise<SnapResultFrame | undefined> {
+    return new Promise<SnapResultFrame | undefined>((resolve) => {
       entry.result = resolve;
       this.clock.after(limits.snapshotResultTimeoutMs, () => resolve(undefined));
     });
+  }
+
+  private async stream(peer: string, id: number, snap: Message, entry: { progress: SnapshotProgress; result?: (f: SnapResultFrame) => void }): Promise<boolean> {
+    const { state, paths } = await this.source.capture();
+    const result = this.nextResult(entry);
     entry.progress.bytesTotal = state.devices.reduce((n, d) => n + d.size, 0);
     const handles: (SnapshotFile | undefined)[] = [];
     try {
       for (const p of paths) handles.push(await this.files.openForSend(p));
       const connection = this.transport.connection(peer);
       if (connection === undefined) return false;
-      if (!this.transport.sendFrame(peer, { kind: 'begin', snapshotId: id, metadata: snap.snapshot!, state: encodeStoreState(state) })) return false;
+      const header = encodeStoreState({ ...state, snapshotBlocksOffered: true });
+      if (!this.transport.sendFrame(peer, { kind: 'begin', snapshotId: id, metadata: snap.snapshot!, state: header })) return false;
       let chunks = 0;
       const buf = Buffer.allocUnsafe(limits.snapshotChunkBytes);
       for (let file = 0; file < state.devices.length; file++) {
@@ -130,12 +180,75 @@ export class SnapshotSender {
         }
       }
       if (!this.transport.sendFrame(peer, { kind: 'end', snapshotId: id, chunks, appliedEnd: this.source.appliedIndex() })) return false;
-      const r = await this.whileConnected(peer, connection, result);
+      let r = await this.whileConnected(peer, connection, result);
       if (!r) return false;
+      if (r.ok && r.more) {
+        // A receiver that knows device snapshots (an older one answered with its final result).
+        const final = this.nextResult(entry);
+        if (!(await this.streamSnapshots(peer, id, entry.progress))) return false;
+        r = await this.whileConnected(peer, connection, final);
+        if (!r) return false;
+      }
       if (!r.ok) this.logger.warn({ peer, reason: r.reason }, 'peer refused the snapshot');
       return r.ok;
     } finally {
       for (const h of handles) await h?.close();
+    }
+  }
+
+  /** The device snapshots' blocks, captured now (after the device files), then the end frame with the capture's index. */
+  private async streamSnapshots(peer: string, id: number, progress: SnapshotProgress): Promise<boolean> {
+    const { appliedIndex, snapshots } = await this.source.captureSnapshots();
+    try {
+      const B = limits.snapshotBlockBytes;
+      for (const s of snapshots) progress.bytesTotal += (s.mapBytes / 8) * B;
+      // Blocks per frame: about snapshotChunkBytes of data, read together.
+      const perFrame = Math.max(1, Math.min(limits.snapshotStreamBlocksPerFrameMax, Math.floor(limits.snapshotChunkBytes / B)));
+      let frames = 0;
+      for (const s of snapshots) {
+        const blocksMax = Math.ceil(s.record.size / B);
+        const seen = new Set<number>();
+        let pending: number[] = [];
+        let sent = false;
+        const flush = async (): Promise<boolean> => {
+          const blocks = pending;
+          pending = [];
+          // Fresh buffers each frame: the transport may keep them (no copy).
+          const data = await Promise.all(
+            blocks.map(async (b) => {
+              const buf = Buffer.alloc(snapshotBlockLength(s.record.size, b));
+              const n = await s.data.read(buf, b * B);
+              if (n < buf.length) buf.fill(0, n);
+              return isZero(buf) ? Buffer.alloc(0) : buf;
+            }),
+          );
+          await this.transport.waitDrain(peer);
+          if (!this.transport.sendFrame(peer, { kind: 'blocks', snapshotId: id, snapshot: s.record, blocks, data })) return false;
+          frames++;
+          sent = true;
+          for (const d of data) progress.bytesDone += d.length;
+          return true;
+        };
+        for (let at = 0; at < s.mapBytes; ) {
+          const piece = Buffer.alloc(Math.min(s.mapBytes - at, 8 * limits.snapshotStreamBlocksPerFrameMax));
+          if ((await s.map.read(piece, at)) !== piece.length) throw new Error(`snapshot ${s.record.id}: its map is shorter than ${s.mapBytes} bytes`);
+          at += piece.length;
+          for (const b of decodeBlockMap(piece, blocksMax).blocks) {
+            if (seen.has(b)) continue;
+            seen.add(b);
+            pending.push(b);
+            if (pending.length >= perFrame && !(await flush())) return false;
+          }
+        }
+        // At least one frame a snapshot: one with an empty map still travels.
+        if ((pending.length > 0 || !sent) && !(await flush())) return false;
+      }
+      return this.transport.sendFrame(peer, { kind: 'end', snapshotId: id, chunks: frames, appliedEnd: appliedIndex });
+    } finally {
+      for (const s of snapshots) {
+        await s.data.close();
+        await s.map.close();
+      }
     }
   }
 

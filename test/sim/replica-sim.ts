@@ -859,7 +859,7 @@ class Sim {
         if (b < CHECKED) this.history.push({ client: 'final', op: 'read', block: b, value: decodeValue(ref), call: this.now, return: this.now + 1, status: 'ok' });
       }
     }
-    // Every snapshot the same on every member that serves it (each crashed and replayed on its own schedule).
+    // Every snapshot the same on every member (each crashed and replayed on its own schedule, or caught up from a Raft snapshot).
     if (dev) {
       const ids = (n: Node) => n.replica!.store.snapshots(dev.id).map((x) => `${x.id}:${x.name}`).join(',');
       for (const n of members) if (ids(n) !== ids(l)) violation(`snapshot lists differ: ${n.id} has [${ids(n)}], leader ${l.id} [${ids(l)}]`);
@@ -867,7 +867,9 @@ class Sim {
         this.stats.deviceSnapshotsChecked++;
         let ref: { id: string; bytes: Buffer } | undefined;
         for (const n of members) {
-          if (n.replica!.store.snapshotUnavailable(dev.id, snap.id) !== undefined) continue;
+          // Every member serves it, one that caught up from a Raft snapshot too (the snapshot's blocks came with it).
+          const why = n.replica!.store.snapshotUnavailable(dev.id, snap.id);
+          if (why !== undefined) violation(`snapshot ${snap.name} (index ${snap.id}) not served by ${n.id}: ${why}`);
           const bytes = await n.replica!.store.readSnapshot(dev.id, snap.id, 0, snap.size);
           if (!ref) ref = { id: n.id, bytes };
           else if (!bytes.equals(ref.bytes)) violation(`snapshot ${snap.name} (index ${snap.id}) differs between ${ref.id} and ${n.id}`);

@@ -12,6 +12,7 @@ import {
   encodeRaftMessage,
   encodeRemoved,
   encodeSnapBegin,
+  encodeSnapBlocks,
   encodeSnapChunk,
   encodeSnapEnd,
   encodeSnapResult,
@@ -19,6 +20,9 @@ import {
   encodeConfState,
 } from '../../src/cluster/codec.ts';
 import { WireError } from '../../src/device/wire.ts';
+import { limits } from '../../src/limits.ts';
+
+const B = limits.snapshotBlockBytes;
 
 function bodies(buffers: Buffer[]): Buffer[] {
   return new FrameDecoder().push(Buffer.concat(buffers));
@@ -77,8 +81,34 @@ t.test('control and snapshot frames round-trip', async (t) => {
     [encodeSnapChunk({ snapshotId: 3, file: 1, offset: 0, data: Buffer.alloc(0), zeroBytes: 1 << 20 }), { kind: FrameKind.SnapChunk, snapshotId: 3, file: 1, offset: 0, data: Buffer.alloc(0), zeroBytes: 1 << 20 }],
     [[encodeSnapEnd({ snapshotId: 3, chunks: 9, appliedEnd: 77 })], { kind: FrameKind.SnapEnd, snapshotId: 3, chunks: 9, appliedEnd: 77 }],
     [[encodeSnapResult({ snapshotId: 3, ok: false, reason: 'disk full' })], { kind: FrameKind.SnapResult, snapshotId: 3, ok: false, reason: 'disk full' }],
+    [[encodeSnapResult({ snapshotId: 3, ok: true, reason: '', more: true })], { kind: FrameKind.SnapResult, snapshotId: 3, ok: true, reason: '', more: true }],
+    [
+      encodeSnapBlocks({ snapshotId: 3, snapshot: { id: 40, deviceId: 2, name: 's.1', createdAt: 99, size: 3 * B + 512 }, blocks: [3, 0, 1], data: [Buffer.alloc(512, 7), Buffer.alloc(0), Buffer.alloc(B, 9)] }),
+      { kind: FrameKind.SnapBlocks, snapshotId: 3, snapshot: { id: 40, deviceId: 2, name: 's.1', createdAt: 99, size: 3 * B + 512 }, blocks: [3, 0, 1], data: [Buffer.alloc(512, 7), Buffer.alloc(0), Buffer.alloc(B, 9)] },
+    ],
+    [encodeSnapBlocks({ snapshotId: 4, snapshot: { id: 5, deviceId: 1, name: 'e', createdAt: 0, size: 0 }, blocks: [], data: [] }), { kind: FrameKind.SnapBlocks, snapshotId: 4, snapshot: { id: 5, deviceId: 1, name: 'e', createdAt: 0, size: 0 }, blocks: [], data: [] }],
   ];
   for (const [enc, expected] of cases) t.same(decodeFrame(bodies(enc)[0]!), expected);
+});
+
+t.test('snapshot blocks frames: every number from the peer is bounded before anything acts on it', async (t) => {
+  const snapshot = { id: 40, deviceId: 2, name: 's1', createdAt: 99, size: 4 * B };
+  const body = (f: Parameters<typeof encodeSnapBlocks>[0]): Buffer => bodies(encodeSnapBlocks(f))[0]!;
+  const good = body({ snapshotId: 1, snapshot, blocks: [1, 2], data: [Buffer.alloc(B, 1), Buffer.alloc(0)] });
+  t.equal((decodeFrame(good) as { blocks: number[] }).blocks.length, 2);
+  t.throws(() => decodeFrame(body({ snapshotId: 1, snapshot, blocks: [4], data: [Buffer.alloc(0)] })), { message: /block 4 beyond/ }, 'a block beyond the geometry');
+  t.throws(() => decodeFrame(body({ snapshotId: 1, snapshot: { ...snapshot, size: limits.deviceBytesMax + 512 }, blocks: [], data: [] })), { message: /deviceBytesMax/ }, 'a size beyond deviceBytesMax');
+  t.throws(() => decodeFrame(body({ snapshotId: 1, snapshot: { ...snapshot, name: 'a b' }, blocks: [], data: [] })), { message: /snapshot name/ }, 'a bad name');
+  t.throws(() => decodeFrame(body({ snapshotId: 1, snapshot: { ...snapshot, id: limits.raftIndexMax + 1 }, blocks: [], data: [] })), { message: /above raftIndexMax/ }, 'an id beyond raftIndexMax');
+  const many = Array.from({ length: limits.snapshotStreamBlocksPerFrameMax + 1 }, (_, i) => i);
+  t.throws(() => decodeFrame(body({ snapshotId: 1, snapshot: { ...snapshot, size: many.length * B }, blocks: many, data: many.map(() => Buffer.alloc(0)) })), { message: /in one frame/ }, 'too many blocks in a frame');
+  t.throws(() => decodeFrame(body({ snapshotId: 1, snapshot, blocks: [0], data: [Buffer.alloc(B + 1)] })), { message: /bytes/ }, 'a block longer than snapshotBlockBytes');
+  // A length claiming more than the frame holds, trailing bytes, a truncation anywhere: WireError.
+  for (let n = 1; n < good.length; n += 97) t.throws(() => decodeFrame(good.subarray(0, n)), WireError, `truncated at ${n}`);
+  t.throws(() => decodeFrame(Buffer.concat([good, Buffer.alloc(1)])), WireError, 'trailing bytes');
+  const result = bodies([encodeSnapResult({ snapshotId: 3, ok: true, reason: '' })])[0]!;
+  result[1 + 8] = 3;
+  t.throws(() => decodeFrame(result), { message: /status 3/ }, 'a result status beyond more');
 });
 
 t.test('conf state encoding round-trips', async (t) => {

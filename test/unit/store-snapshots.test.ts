@@ -239,6 +239,40 @@ t.test('a Raft snapshot install: the records travel, the copies do not; older sn
   t.same(b.snapshots(devId).map((s) => s.name), ['s2'], 's1 deleted');
 });
 
+t.test('crash replay: a snapshot created later in the log (replaying) does not change what earlier creates, deletes and resizes did', async (t) => {
+  const dir = await tempDir(t);
+  let store = await BlockStore.open(dir, logger);
+  const log = new Log();
+  const devId = log.add(encodeCreateDevice(log.id(), 'vol', SIZE)).index;
+  await store.applyBatch(log.entries, noConf);
+  await store.checkpoint(store.captureState()); // the replay below starts here
+  log.add(encodeResizeDevice(log.id(), 'vol', 2 * SIZE)); // no snapshot exists yet: it applies
+  log.add(encodeResizeDevice(log.id(), 'vol', SIZE));
+  const p1 = pattern(11, SIZE);
+  log.add(encodeWrite(log.id(), devId, 0, p1));
+  const first = log.add(encodeSnapshotCreate(log.id(), 'vol', 'x', 1)).index;
+  log.add(encodeWrite(log.id(), devId, 0, pattern(12, 4 * B)));
+  log.add(encodeSnapshotDelete(log.id(), 'vol', 'x'));
+  const p2 = Buffer.from(p1);
+  pattern(12, 4 * B).copy(p2, 0);
+  const again = log.add(encodeSnapshotCreate(log.id(), 'vol', 'x', 2)).index; // the same name, taken again
+  log.add(encodeWrite(log.id(), devId, 2 * B, pattern(13, 6 * B)));
+  const before = await store.applyBatch(log.entries, noConf);
+  t.same(before.filter((o) => o.error).map((o) => o.index), [], 'every entry applies');
+  t.ok((await store.readSnapshot(devId, again, 0, SIZE)).equals(p2), 'x (taken again) reads the device as of its index');
+  // A crash: the device file and the snapshot directories hold everything, the checkpoint is from before all of it.
+  await store.closeFiles();
+  store = await BlockStore.open(dir, logger);
+  t.teardown(() => store.closeFiles());
+  t.match(store.snapshotUnavailable(devId, again), /replaying/, 'x is replaying until its create replays');
+  const replayed = await store.applyBatch(log.entries, noConf);
+  t.same(replayed.filter((o) => o.error).map((o) => `${o.index}: ${o.error!.message}`), [], 'the replay applies every entry as the first apply did (the resizes and the first x included)');
+  t.same(store.snapshots(devId).map((s) => `${s.id}:${s.name}`), [`${again}:x`], 'the first x came and went; the second is the one left');
+  t.not(first, again);
+  t.equal(store.snapshotUnavailable(devId, again), undefined, 'x is served');
+  t.ok((await store.readSnapshot(devId, again, 0, SIZE)).equals(p2), 'and still reads the device as of its index');
+});
+
 t.test('start-up: unfinished creates and finished deletes are cleaned up; unknown directories are quarantined, never removed', async (t) => {
   const { mkdir, writeFile: put } = await import('node:fs/promises');
   const dir = await tempDir(t, 'xdevice-snap-');

@@ -21,6 +21,7 @@ import {
   encodeRaftMessage,
   encodeRemoved,
   encodeSnapBegin,
+  encodeSnapBlocks,
   encodeSnapChunk,
   encodeSnapEnd,
   encodeSnapResult,
@@ -124,7 +125,7 @@ function mutate(r: Prng, frame: Buffer[]): Buffer[] {
 
 function snapshotFrame(r: Prng, members: string[]): Buffer[] {
   const id = r.int(4);
-  switch (r.int(5)) {
+  switch (r.int(6)) {
     case 0: {
       const devices = Array.from({ length: r.pick([0, 1, 3, limits.devicesMax + 1]) }, (_, i) => ({ id: r.int(8), name: `d${i}`, size: 4096 * r.int(4) }));
       const state = r.chance(0.5) ? encodeStoreState({ clusterId: '', appliedIndex: smallNumber(r), appliedTerm: 1, devices, members: {}, dedup: [] }) : randomBytes(r, r.int(256));
@@ -136,6 +137,11 @@ function snapshotFrame(r: Prng, members: string[]): Buffer[] {
       return encodeSnapChunk({ snapshotId: id, file: r.int(4), offset: r.int(1 << 20), data: Buffer.alloc(0), zeroBytes: r.int(1 << 20) });
     case 3:
       return [encodeSnapEnd({ snapshotId: id, chunks: r.int(10), appliedEnd: smallNumber(r) })];
+    case 4: {
+      const blocks = Array.from({ length: r.int(4) }, () => r.int(16));
+      const snapshot = { id: 1 + smallNumber(r), deviceId: 1 + r.int(8), name: `s${r.int(9)}`, createdAt: r.int(1 << 30), size: limits.snapshotBlockBytes * 16 };
+      return encodeSnapBlocks({ snapshotId: id, snapshot, blocks, data: blocks.map(() => (r.chance(0.5) ? Buffer.alloc(0) : randomBytes(r, limits.snapshotBlockBytes))) });
+    }
     default:
       return [encodeSnapResult({ snapshotId: id, ok: r.chance(0.5), reason: 'fuzz' })];
   }
@@ -167,7 +173,7 @@ export function fuzzFrame(r: Prng, self: string, to: string, members: string[]):
     frame.writeUInt32LE(0xfffffff, frame.length - 8 - 4);
     return closes(reframe(frame.subarray(4)));
   }
-  return closes(reframe(Buffer.concat([Buffer.from([r.pick([0, 1, 2, 3, 12, 200])]), randomBytes(r, r.int(64))])));
+  return closes(reframe(Buffer.concat([Buffer.from([r.pick([0, 1, 2, 3, 13, 200])]), randomBytes(r, r.int(64))])));
 }
 
 /** Sends a Ping and waits for its Pong: true if the link is still open after everything sent before it. */
