@@ -274,6 +274,19 @@ class Sim {
     return !this.partitioned.has(a) && !this.partitioned.has(b);
   }
 
+  /** How often each node was cut off by a partition (each cut breaks its connections). */
+  private readonly cuts = new Map<string, number>();
+
+  /**
+   * The TCP connection from a to b: a new number after b restarts or either is
+   * cut off by a partition, undefined while b is down or they are apart.
+   */
+  private connectionId(a: string, b: string): number | undefined {
+    const target = this.nodes.get(b);
+    if (!target?.alive || !this.linked(a, b)) return undefined;
+    return target.incarnation * 1_000_000 + (this.cuts.get(a) ?? 0) + (this.cuts.get(b) ?? 0);
+  }
+
   private transport(n: Node, inc: number): PeerTransport {
     const peers = new Map<string, string>();
     const live = (): boolean => n.incarnation === inc && n.alive;
@@ -301,11 +314,13 @@ class Sim {
         const target = sim.nodes.get(peer);
         if (!live() || !sim.linked(n.id, peer) || !target?.alive) return false;
         // A stream is one TCP connection: it breaks when the peer's process
-        // restarts (the sender's next write fails, as on a reset socket).
+        // restarts or a partition cuts either off (the sender's next write
+        // fails, as on a reset socket), and what was in flight is lost.
         const key = `${n.id}>${peer}`;
-        if (f.kind === 'begin') sim.linkEpoch.set(key, target.incarnation);
+        const conn = sim.connectionId(n.id, peer);
+        if (f.kind === 'begin') sim.linkEpoch.set(key, conn!);
         const epoch = sim.linkEpoch.get(key);
-        if (f.kind !== 'result' && epoch !== target.incarnation) return false;
+        if (f.kind !== 'result' && epoch !== conn) return false;
         const copy: SnapshotFrame = f.kind === 'chunk' ? { ...f, data: Buffer.from(f.data) } : f;
         // In order per link.
         const at = Math.max(sim.now + 1, (sim.linkClock.get(key) ?? 0) + 1);
@@ -313,7 +328,7 @@ class Sim {
         const sentTo = target.incarnation;
         sim.at(at - sim.now, () => `frame ${f.kind} ${n.id}->${peer}`, () => {
           const to = sim.nodes.get(peer);
-          if (!to?.alive || !to.replica || to.incarnation !== sentTo || !sim.linked(n.id, peer)) return;
+          if (!to?.alive || !to.replica || to.incarnation !== sentTo || sim.connectionId(n.id, peer) !== conn) return;
           sim.guard(to, () => to.replica!.onFrame(n.id, copy));
         });
         return true;
@@ -323,16 +338,12 @@ class Sim {
           const key = `${n.id}>${peer}`;
           const epoch = sim.linkEpoch.get(key);
           sim.at(1, `drain ${n.id}`, () => {
-            const target = sim.nodes.get(peer);
-            if (target && epoch !== undefined && target.incarnation !== epoch) reject(new Error(`peer ${peer} disconnected`));
+            if (epoch !== undefined && sim.connectionId(n.id, peer) !== epoch) reject(new Error(`peer ${peer} disconnected`));
             else resolve();
           });
         }),
-      // A TCP connection to the peer's process: a new one after each restart, none while it is down.
-      connection: (peer) => {
-        const target = sim.nodes.get(peer);
-        return target?.alive ? target.incarnation : undefined;
-      },
+      // A TCP connection to the peer's process: a new one after each restart or cut, none while it is down or apart.
+      connection: (peer) => sim.connectionId(n.id, peer),
       tellRemoved: (peer) => sim.at(sim.rng.range(1, 10), `removed ${peer}`, () => {
         const p = sim.nodes.get(peer);
         if (p?.alive && p.replica) sim.guard(p, () => p.replica!.onRemovedBy(n.id));
@@ -555,7 +566,11 @@ class Sim {
       this.crash(n, 'killed');
       this.at(this.rng.range(100, 2000), `restart ${n.id}`, () => void this.start(n).catch((e) => this.fail(e)));
     } else if (r < 0.45) {
-      this.partitioned = new Set(this.members().filter(() => this.rng.chance(0.3)).map((n) => n.id));
+      const cut = new Set(this.members().filter(() => this.rng.chance(0.3)).map((n) => n.id));
+      // TCP connections of a node cut off break (as the transport's idle
+      // timeout breaks them): streams over them fail instead of waiting.
+      for (const id of cut) if (!this.partitioned.has(id)) this.cuts.set(id, (this.cuts.get(id) ?? 0) + 1);
+      this.partitioned = cut;
       this.stats.partitions++;
       this.trace(`partition: ${[...this.partitioned].join(',') || 'none'}`);
     } else if (r < 0.55) {
