@@ -2,9 +2,10 @@
 //
 // Saves queue up while a batch is in flight; when it completes, everything
 // queued (up to batchBytesMax) goes out as the next batch: one aligned pwrite
-// and one fdatasync, issued back to back on the file's I/O thread (the addon
-// keeps per-file order, so the sync covers the write without a round trip to
-// the event loop in between). A save's promise resolves only after the
+// and one fdatasync, issued back to back (the addon keeps per-file order: on
+// the file's I/O thread by default, as one linked write+fsync chain with
+// XDEVICE_IO=uring), so the sync covers the write without a round trip to the
+// event loop in between. A save's promise resolves only after the
 // fdatasync of its batch. The batch is encoded into one reusable aligned
 // staging buffer: the payload bytes are copied exactly once, which O_DIRECT
 // needs anyway (caller buffers are not aligned).
@@ -302,7 +303,7 @@ export class GroupCommitWriter {
     let writeDone = started;
     const write = disk.pwrite(segment.file, buf.subarray(0, written), segment.offset);
     const pending: Promise<unknown>[] = [write];
-    // Queued right behind the write on the file's I/O thread: no event-loop round trip between them.
+    // Queued right behind the write (same I/O thread, or linked in one io_uring chain): no event-loop round trip between them.
     const skip = this.opts.testingSkipSyncEvery !== undefined && ++this.batchesWritten % this.opts.testingSkipSyncEvery === 0;
     if (this.opts.syncMode === 'fdatasync' && !skip) {
       void write.then(() => (writeDone = process.hrtime.bigint()), () => undefined);
