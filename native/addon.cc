@@ -222,21 +222,6 @@ class Addon : public Napi::Addon<Addon> {
     return promise;
   }
 
-  static const char* SyscallOf(OpKind kind) {
-    switch (kind) {
-      case OpKind::kPwrite: return "pwrite";
-      case OpKind::kPwritev: return "pwritev";
-      case OpKind::kPwriteBatch: return "pwrite";
-      case OpKind::kPread: return "pread";
-      case OpKind::kFdatasync: return "fdatasync";
-      case OpKind::kFallocate:
-      case OpKind::kPunchHole: return "fallocate";
-      case OpKind::kFstat: return "fstat";
-      case OpKind::kClose: return "close";
-    }
-    return "unknown";
-  }
-
   Napi::Value CloseFile(const Napi::CallbackInfo& info) {
     return Submit(info.Env(), std::make_unique<Op>(info.Env(), OpKind::kClose, ArgFd(info, 0)));
   }

@@ -128,6 +128,21 @@ void ReadAll(Op* op) {
 
 }  // namespace
 
+const char* SyscallOf(OpKind kind) {
+  switch (kind) {
+    case OpKind::kPwrite: return "pwrite";
+    case OpKind::kPwritev: return "pwritev";
+    case OpKind::kPwriteBatch: return "pwrite";
+    case OpKind::kPread: return "pread";
+    case OpKind::kFdatasync: return "fdatasync";
+    case OpKind::kFallocate:
+    case OpKind::kPunchHole: return "fallocate";
+    case OpKind::kFstat: return "fstat";
+    case OpKind::kClose: return "close";
+  }
+  return "unknown";
+}
+
 void Execute(Op* op) {
   switch (op->kind) {
     case OpKind::kPwrite:

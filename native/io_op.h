@@ -49,5 +49,7 @@ struct Op {
 
 // Runs the syscall(s) of `op` on the calling (I/O) thread.
 void Execute(Op* op);
+// The syscall an op of this kind runs (errors name it).
+const char* SyscallOf(OpKind kind);
 
 }  // namespace xdevice

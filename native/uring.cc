@@ -92,21 +92,6 @@ uint32_t SqeLength(uint64_t len) { return len > kSqeBytesMax ? static_cast<uint3
 
 bool IsWrite(OpKind k) { return k == OpKind::kPwrite || k == OpKind::kPwritev || k == OpKind::kPwriteBatch; }
 
-const char* SyscallOf(OpKind kind) {
-  switch (kind) {
-    case OpKind::kPwrite: return "pwrite";
-    case OpKind::kPwritev: return "pwritev";
-    case OpKind::kPwriteBatch: return "pwrite";
-    case OpKind::kPread: return "pread";
-    case OpKind::kFdatasync: return "fdatasync";
-    case OpKind::kFallocate:
-    case OpKind::kPunchHole: return "fallocate";
-    case OpKind::kFstat: return "fstat";
-    case OpKind::kClose: return "close";
-  }
-  return "unknown";
-}
-
 // Consumes `n` bytes from iov starting at *first (skipping emptied buffers).
 void Advance(std::vector<iovec>& iov, size_t* first, uint64_t n) {
   while (*first < iov.size()) {

@@ -131,16 +131,18 @@ export function createMetrics(sources: MetricSources): Registry {
   // (less what lagging followers still need). 0 where there is no WAL (file and memory backends).
   gauge('xdevice_raft_log_first_index', 'First log index the WAL still holds: the entries before it are compacted away.', () => node.status().logFirstIndex ?? 0);
   gauge('xdevice_server_checkpoint_index', 'Applied index of the last checkpoint (device files synced, index recorded).', () => node.status().checkpointIndex ?? 0);
-  const statusCounter = (name: string, help: string, read: (s: NodeStatus) => number | undefined) =>
+  /** A counter whose value is read at scrape time from a running total the node keeps. */
+  const totalCounter = (name: string, help: string, read: () => number) =>
     new Counter({
       name,
       help,
       registers: [registry],
       collect() {
         this.reset();
-        this.inc(read(node.status()) ?? 0);
+        this.inc(read());
       },
     });
+  const statusCounter = (name: string, help: string, read: (s: NodeStatus) => number | undefined) => totalCounter(name, help, () => read(node.status()) ?? 0);
   statusCounter('xdevice_server_checkpoints_total', 'Checkpoints this node has written since it started.', (s) => s.checkpoints);
   statusCounter('xdevice_disk_wal_compactions_total', 'WAL compactions (entries dropped up to a checkpoint) since this node started.', (s) => s.compactions);
 
@@ -184,16 +186,7 @@ export function createMetrics(sources: MetricSources): Registry {
 
   if (node.compression) {
     const stats = node.compression.bind(node);
-    const counter = (name: string, help: string, read: (s: Readonly<CompressionStats>) => number) =>
-      new Counter({
-        name,
-        help,
-        registers: [registry],
-        collect() {
-          this.reset();
-          this.inc(read(stats()));
-        },
-      });
+    const counter = (name: string, help: string, read: (s: Readonly<CompressionStats>) => number) => totalCounter(name, help, () => read(stats()));
     counter('xdevice_compression_bytes_in_total', 'Payload bytes of plaintext writes proposed by this node while compression is on (before compression).', (s) => s.bytesIn);
     counter('xdevice_compression_bytes_out_total', 'Data bytes those writes carried in their commands (compressed, as written, or none for a hole).', (s) => s.bytesOut);
     counter('xdevice_compression_bytes_saved_total', 'bytes_in less bytes_out: what compression and holes kept out of every WAL and off every peer link.', (s) => s.bytesIn - s.bytesOut);
