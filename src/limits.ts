@@ -53,6 +53,17 @@ const limitValues = {
   /** Writes from this size on are compressed on the thread pool, off the event loop (smaller ones: the hop costs more than LZ4). */
   compressAsyncBytesMin: 128 * KiB,
   /**
+   * Apply punches a hole for a WRITE_ZEROES or all-zero write of a plaintext
+   * device from this size on; a shorter one is written as zeroes with the
+   * batch's other writes (one pwritev). Measured on ext4 here: a 4 KiB punch
+   * costs 47-51 µs on the file's I/O thread against 14-21 µs for a 4 KiB
+   * pwrite and 12 µs in a batch, and each punch also split the batch, so a
+   * 4k mix with half its writes zero ran at 0.77x of compression off. TRIM
+   * always punches (the client asked to free the space); encrypted devices
+   * always punch (a hole is their zero plaintext, zero bytes are not).
+   */
+  zeroHoleBytesMin: 64 * KiB,
+  /**
    * Writes from this size on are probed first: LZ4 on a few samples of
    * compressProbeBytes (start, middle, end); when none saves 1/16, the write
    * goes as written without gathering or compressing it (random or encrypted
@@ -155,6 +166,12 @@ const limitValues = {
   snapshotStreamBlocksPerFrameMax: 256,
   /** A snapshot receiver must report the stream installed within this long. */
   snapshotResultTimeoutMs: 120_000,
+  /**
+   * A sender that offered LZ4 chunks waits this long for the receiver to say
+   * it decodes them before the first chunk (one round trip; an older
+   * receiver never answers and gets plain chunks after the wait).
+   */
+  snapshotLz4AnswerMs: 1000,
   /**
    * How often a sender waiting for that report checks that the connection the
    * stream went over still stands: a receiver that dies after the last chunk

@@ -17,6 +17,7 @@ import { limits } from '../limits.ts';
 import { WireError, WireReader, WireWriter, str8Size } from '../device/wire.ts';
 import { peerMessageProblem } from '../replica/peer-input.ts';
 import { snapshotNameProblem, type SnapshotRecord } from '../device/snapshot-record.ts';
+import { blockLength, LZ4_PREFIX_BYTES } from '../device/lz4.ts';
 
 /** 2: the dialer proves the secret first; frames carry a MAC (src/cluster/peer-crypto.ts). */
 export const PROTOCOL_VERSION = 2;
@@ -42,6 +43,8 @@ export const enum FrameKind {
   Removed = 11,
   /** Preserved blocks of a device snapshot, after the device files (src/device/snapshot-transfer.ts). */
   SnapBlocks = 12,
+  /** A SnapChunk whose bytes are one size-prefixed LZ4 block (src/device/lz4.ts); only to a receiver that asked for them. */
+  SnapChunkLz4 = 13,
 }
 
 export interface HelloFrame {
@@ -84,6 +87,12 @@ export interface SnapChunkFrame {
   /** Bytes at offset; empty with zeroBytes > 0 for a run of zeroes (sent as a hole). */
   data: Buffer;
   zeroBytes: number;
+  /**
+   * data is a size-prefixed LZ4 block of the chunk (kind SnapChunkLz4 on the
+   * wire; zeroBytes is 0): its prefix is bounded by snapshotChunkBytes here,
+   * the receiver decompresses it.
+   */
+  lz4?: true;
 }
 export interface SnapBlocksFrame {
   kind: FrameKind.SnapBlocks;
@@ -116,6 +125,12 @@ export interface SnapResultFrame {
    * (an older one would read it as a failure).
    */
   more?: true;
+  /**
+   * Not an outcome: the receiver decodes LZ4 chunks, send the rest of the
+   * stream's chunks compressed where it pays (status 3 on the wire; only to
+   * a begin that offered them, src/device/snapshot-transfer.ts).
+   */
+  lz4?: true;
 }
 export interface RemovedFrame {
   kind: FrameKind.Removed;
@@ -345,7 +360,8 @@ export function encodeSnapBegin(f: Omit<SnapBeginFrame, 'kind'>): Buffer[] {
 }
 
 export function encodeSnapChunk(f: Omit<SnapChunkFrame, 'kind'>): Buffer[] {
-  const { buf, w } = frameBuffer(FrameKind.SnapChunk, 8 + 4 + 8 + 8, f.data.length);
+  if (f.lz4 && (f.zeroBytes !== 0 || f.data.length < LZ4_PREFIX_BYTES)) throw new WireError('an LZ4 snapshot chunk carries one block and no zeroes');
+  const { buf, w } = frameBuffer(f.lz4 ? FrameKind.SnapChunkLz4 : FrameKind.SnapChunk, 8 + 4 + 8 + 8, f.data.length);
   w.u64(f.snapshotId);
   w.u32(f.file);
   w.u64(f.offset);
@@ -417,7 +433,7 @@ export function encodeSnapResult(f: Omit<SnapResultFrame, 'kind'>): Buffer {
   const reason = f.reason.length > 200 ? f.reason.slice(0, 200) : f.reason;
   const { buf, w } = frameBuffer(FrameKind.SnapResult, 8 + 1 + str8Size(reason));
   w.u64(f.snapshotId);
-  w.u8(f.ok ? (f.more ? 2 : 1) : 0);
+  w.u8(f.ok ? (f.more ? 2 : f.lz4 ? 3 : 1) : 0);
   w.str8(reason);
   return buf;
 }
@@ -471,7 +487,8 @@ export function decodeFrame(frame: Buffer): Frame {
       r.end();
       return { kind, snapshotId, metadata, state };
     }
-    case FrameKind.SnapChunk: {
+    case FrameKind.SnapChunk:
+    case FrameKind.SnapChunkLz4: {
       const snapshotId = r.u64();
       const file = r.u32();
       const offset = r.u64();
@@ -479,7 +496,13 @@ export function decodeFrame(frame: Buffer): Frame {
       if (offset > limits.deviceBytesMax || zeroBytes > limits.deviceBytesMax) throw new WireError('snapshot chunk beyond deviceBytesMax');
       const data = r.slice(r.remaining);
       if (data.length > 0 && zeroBytes > 0) throw new WireError('chunk with both data and zeroes');
-      return { kind, snapshotId, file, offset, data, zeroBytes };
+      if (kind === FrameKind.SnapChunk) return { kind, snapshotId, file, offset, data, zeroBytes };
+      // The block's claimed length is bounded before anything allocates for it.
+      const length = blockLength(data);
+      if (zeroBytes !== 0 || length === undefined || length === 0 || length > limits.snapshotChunkBytes) {
+        throw new WireError(`LZ4 snapshot chunk of ${length ?? 'no'} bytes (1 to ${limits.snapshotChunkBytes}, no zeroes)`);
+      }
+      return { kind: FrameKind.SnapChunk, snapshotId, file, offset, data, zeroBytes, lz4: true };
     }
     case FrameKind.SnapBlocks:
       return { kind, ...decodeSnapBlocks(r) };
@@ -493,10 +516,10 @@ export function decodeFrame(frame: Buffer): Frame {
     case FrameKind.SnapResult: {
       const snapshotId = r.u64();
       const status = r.u8();
-      if (status > 2) throw new WireError(`snapshot result status ${status}`);
+      if (status > 3) throw new WireError(`snapshot result status ${status}`);
       const reason = r.str8();
       r.end();
-      return { kind, snapshotId, ok: status !== 0, reason, ...(status === 2 ? { more: true as const } : {}) };
+      return { kind, snapshotId, ok: status !== 0, reason, ...(status === 2 ? { more: true as const } : {}), ...(status === 3 ? { lz4: true as const } : {}) };
     }
     case FrameKind.Removed: {
       const nodeId = r.str8();

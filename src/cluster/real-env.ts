@@ -10,6 +10,7 @@ import { writeNodeIdentity } from '../device/checkpoint.ts';
 import { beginInstall, finishInstall, installStagedFiles, SnapshotStaging } from '../device/snapshot-staging.ts';
 import { encodeRemoved, encodeSnapBegin, encodeSnapBlocks, encodeSnapChunk, encodeSnapEnd, encodeSnapResult, FrameKind, type Frame } from './codec.ts';
 import { probeFileSize } from './file-size-probe.ts';
+import { compressBlockAsync } from '../device/lz4.ts';
 import type { Transport } from './transport.ts';
 
 export const realClock: Clock = {
@@ -50,14 +51,14 @@ export function encodeSnapshotFrame(f: SnapshotFrame): Buffer[] {
     case 'begin':
       return encodeSnapBegin({ snapshotId: f.snapshotId, metadata: f.metadata, state: f.state });
     case 'chunk':
-      return [Buffer.concat(encodeSnapChunk({ snapshotId: f.snapshotId, file: f.file, offset: f.offset, data: f.data, zeroBytes: f.zeroBytes }))];
+      return [Buffer.concat(encodeSnapChunk({ snapshotId: f.snapshotId, file: f.file, offset: f.offset, data: f.data, zeroBytes: f.zeroBytes, ...(f.lz4 ? { lz4: true as const } : {}) }))];
     case 'blocks':
       // Not copied: the sender gives each frame buffers of its own.
       return encodeSnapBlocks({ snapshotId: f.snapshotId, snapshot: f.snapshot, blocks: f.blocks, data: f.data });
     case 'end':
       return [encodeSnapEnd({ snapshotId: f.snapshotId, chunks: f.chunks, appliedEnd: f.appliedEnd })];
     case 'result':
-      return [encodeSnapResult({ snapshotId: f.snapshotId, ok: f.ok, reason: f.reason, ...(f.more ? { more: true as const } : {}) })];
+      return [encodeSnapResult({ snapshotId: f.snapshotId, ok: f.ok, reason: f.reason, ...(f.more ? { more: true as const } : {}), ...(f.lz4 ? { lz4: true as const } : {}) })];
   }
 }
 
@@ -67,13 +68,13 @@ export function snapshotFrameOf(f: Frame): SnapshotFrame | undefined {
     case FrameKind.SnapBegin:
       return { kind: 'begin', snapshotId: f.snapshotId, metadata: f.metadata, state: f.state };
     case FrameKind.SnapChunk:
-      return { kind: 'chunk', snapshotId: f.snapshotId, file: f.file, offset: f.offset, data: f.data, zeroBytes: f.zeroBytes };
+      return { kind: 'chunk', snapshotId: f.snapshotId, file: f.file, offset: f.offset, data: f.data, zeroBytes: f.zeroBytes, ...(f.lz4 ? { lz4: true as const } : {}) };
     case FrameKind.SnapBlocks:
       return { kind: 'blocks', snapshotId: f.snapshotId, snapshot: f.snapshot, blocks: f.blocks, data: f.data };
     case FrameKind.SnapEnd:
       return { kind: 'end', snapshotId: f.snapshotId, chunks: f.chunks, appliedEnd: f.appliedEnd };
     case FrameKind.SnapResult:
-      return { kind: 'result', snapshotId: f.snapshotId, ok: f.ok, reason: f.reason, ...(f.more ? { more: true as const } : {}) };
+      return { kind: 'result', snapshotId: f.snapshotId, ok: f.ok, reason: f.reason, ...(f.more ? { more: true as const } : {}), ...(f.lz4 ? { lz4: true as const } : {}) };
     default:
       return undefined;
   }
@@ -83,6 +84,7 @@ export function realHost(dataDir: string, nodeId: string, space: Host['space'], 
   return {
     space,
     probeFileSize: (size) => probeFileSize(dataDir, size),
+    compressChunk: compressBlockAsync,
     snapshots: diskSnapshots(dataDir, nodeId, disk),
   };
 }

@@ -478,6 +478,11 @@ export class BlockStore {
         }
         if (cmd.length === 0) return undefined;
         this.verifies.beforeChange(cmd.deviceId, cmd.offset, cmd.length);
+        if (cmd.op === CommandOp.WriteZeroes && !enc && cmd.length < limits.zeroHoleBytesMin) {
+          // Short zeroes are cheaper written than punched (limits.zeroHoleBytesMin); written, they are allocated as NO_HOLE asks.
+          gather(r.dev.file, ZEROES.subarray(0, cmd.length), cmd.offset);
+          return undefined;
+        }
         // Earlier writes to this file go first: the file's I/O thread keeps submission order.
         submitGathered(r.dev.file);
         pending.push(this.disk.punchHole(r.dev.file, cmd.offset, cmd.length));
@@ -807,6 +812,8 @@ function isDataCommand(cmd: Command): boolean {
 }
 
 const ZERO_SECTOR = Buffer.alloc(limits.cryptSectorBytes);
+/** Short zero writes at apply (never written to: pwritev only reads it). */
+const ZEROES = Buffer.alloc(limits.zeroHoleBytesMin);
 
 function isZero(block: Buffer): boolean {
   return block.length === ZERO_SECTOR.length ? block.equals(ZERO_SECTOR) : block.every((b) => b === 0);

@@ -70,6 +70,12 @@ export interface StoreState {
    * the receiver asks (src/device/snapshot-transfer.ts). An older receiver ignores it.
    */
   snapshotBlocksOffered?: true;
+  /**
+   * In a Raft snapshot stream's header only: the sender compresses chunks
+   * with LZ4 if the receiver answers that it decodes them. An older receiver
+   * ignores it and gets plain chunks.
+   */
+  snapshotChunksLz4Offered?: true;
 }
 
 export class CheckpointError extends XDeviceError {
@@ -119,6 +125,7 @@ export function decodeStoreState(buf: Buffer, what = 'checkpoint'): StoreState {
     (state.snapshots === undefined || (Array.isArray(state.snapshots) && state.snapshots.every(wellFormedSnapshot))) &&
     (state.snapshotsLostUpTo === undefined || (Number.isSafeInteger(state.snapshotsLostUpTo) && state.snapshotsLostUpTo >= 0)) &&
     (state.snapshotBlocksOffered === undefined || state.snapshotBlocksOffered === true) &&
+    (state.snapshotChunksLz4Offered === undefined || state.snapshotChunksLz4Offered === true) &&
     (state.verifies === undefined || (Array.isArray(state.verifies) && state.verifies.every(wellFormedVerify))) &&
     (state.audit === undefined ||
       (typeof state.audit === 'object' &&

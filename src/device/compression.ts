@@ -47,6 +47,12 @@ export class CompressionStats {
   zeroWrites = 0;
   /** Writes that stayed plain WRITEs though the policy could compress (they did not pay). */
   incompressibleWrites = 0;
+  /** Device-file chunks of Raft snapshot streams this node sent to receivers that decode LZ4: their bytes as read... */
+  snapshotBytesIn = 0;
+  /** ...and on the link (an LZ4 block where it saved 1/8, else as read). */
+  snapshotBytesOut = 0;
+  /** Chunks that went as LZ4 blocks. */
+  snapshotCompressedChunks = 0;
 }
 
 /**

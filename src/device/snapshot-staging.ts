@@ -130,6 +130,12 @@ export class SnapshotStaging {
     this.writes = Promise.all([this.writes, w]);
   }
 
+  /** A chunk arrived that does not decode: the stream fails with this (finish() and endDevices() throw it). */
+  fail(err: Error): void {
+    this.chunks++;
+    this.failed ??= err;
+  }
+
   /** Queues one frame of a snapshot's blocks (the 'snapshots' phase); errors surface in finish(). */
   blocks(f: SnapshotBlocks): void {
     this.blockFrames++;
@@ -187,7 +193,7 @@ export class SnapshotStaging {
     if (this.phase === 'snapshots') await this.snaps.finish();
     else await syncDir(join(this.dir, SNAPSHOTS_DIR), this.disk);
     // Snapshots up to the consistent index that did not come whole cannot be served here: the staged files mix states (src/device/snapshot-transfer.ts).
-    const { snapshotBlocksOffered: _offered, ...header } = this.state;
+    const { snapshotBlocksOffered: _offered, snapshotChunksLz4Offered: _lz4, ...header } = this.state;
     const state: StoreState = { ...header, snapshotsLostUpTo: Math.max(this.state.snapshotsLostUpTo ?? 0, consistent) };
     await writeFileAtomic(this.dir, CHECKPOINT_FILE, encodeStoreState(state), this.disk);
     return { metadata: this.metadata, state, consistentIndex: consistent };

@@ -4,8 +4,13 @@
 //
 // The stream (src/replica/snapshot-sender.ts, snapshot-receiver.ts):
 //   begin   the state S as of index a, captured between two apply batches,
-//           with snapshotBlocksOffered;
-//   chunk*  the device files, copied while apply continues (fuzzy);
+//           with snapshotBlocksOffered (and snapshotChunksLz4Offered when
+//           the sender's compression is lz4);
+//   result  `lz4` (only to a begin that offered it): the receiver decodes
+//           LZ4 chunks; the sender waits snapshotLz4AnswerMs for it;
+//   chunk*  the device files, copied while apply continues (fuzzy); after
+//           the lz4 answer, a chunk LZ4 shrinks by 1/8 goes as one block
+//           (kind SnapChunkLz4; its claimed length bounded by the codec);
 //   end     the chunk count and e, the sender's applied index then;
 //   result  the receiver staged the files; `more`: send the snapshots (only
 //           in answer to a begin that offered them);

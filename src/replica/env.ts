@@ -39,12 +39,16 @@ export interface Clock {
 /** Snapshot stream frames, as the core speaks them (the transport encodes them on the wire; the protocol: src/device/snapshot-transfer.ts). */
 export type SnapshotFrame =
   | { kind: 'begin'; snapshotId: number; metadata: SnapshotMetadata; state: Buffer }
-  | { kind: 'chunk'; snapshotId: number; file: number; offset: number; data: Buffer; zeroBytes: number }
+  /** `lz4`: data is one size-prefixed LZ4 block of the chunk (at most snapshotChunkBytes once decompressed), sent only after the receiver asked. */
+  | { kind: 'chunk'; snapshotId: number; file: number; offset: number; data: Buffer; zeroBytes: number; lz4?: true }
   /** Blocks of one device snapshot's map with their bytes (empty: zeroes); each Buffer the sender's own, not reused. */
   | { kind: 'blocks'; snapshotId: number; snapshot: SnapshotRecord; blocks: number[]; data: Buffer[] }
   | { kind: 'end'; snapshotId: number; chunks: number; appliedEnd: number }
-  /** `more`: ok so far, the device files are staged; send the snapshots' blocks (only to a begin that offered them). */
-  | { kind: 'result'; snapshotId: number; ok: boolean; reason: string; more?: true };
+  /**
+   * `more`: ok so far, the device files are staged; send the snapshots' blocks (only to a begin that offered them).
+   * `lz4`: not an outcome; the receiver decodes LZ4 chunks (only to a begin that offered them).
+   */
+  | { kind: 'result'; snapshotId: number; ok: boolean; reason: string; more?: true; lz4?: true };
 
 export interface LinkStatus {
   id: NodeId;
@@ -116,6 +120,12 @@ export interface Host {
   };
   /** Throws a reason if the data filesystem cannot hold a device file of this size. */
   probeFileSize(size: number): Promise<void>;
+  /**
+   * A snapshot chunk as a size-prefixed LZ4 block, off the event loop
+   * (libuv's pool in production). Absent: compressed inline, which the
+   * simulator wants (a thread's timing is not simulated).
+   */
+  compressChunk?(data: Buffer): Promise<Buffer>;
   /** Snapshot files: staging a received stream, installing it, reading files to send. */
   snapshots: {
     beginStaging(snapshotId: number, from: NodeId, metadata: SnapshotMetadata, state: StoreState): Promise<StagingHandle>;
@@ -136,6 +146,8 @@ export interface StagingHandle {
   readonly phase: 'devices' | 'snapshots';
   chunk(file: number, offset: number, data: Buffer, zeroBytes: number): void;
   blocks(f: SnapshotBlocks): void;
+  /** The stream is broken (a chunk that does not decode): finish() and endDevices() throw this. */
+  fail(err: Error): void;
   settled(): Promise<unknown>;
   endDevices(chunks: number, appliedEnd: number): Promise<void>;
   finish(chunks: number, appliedEnd: number): Promise<StagedSnapshot>;

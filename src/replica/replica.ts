@@ -47,6 +47,7 @@ import { RequestError, RequestSession } from './requests.ts';
 import { SnapshotReceiver } from './snapshot-receiver.ts';
 import { openShipments, SnapshotSender } from './snapshot-sender.ts';
 import { ReplicatedDeviceTable, type ReplicaService } from './device.ts';
+import { compressBlock } from '../device/lz4.ts';
 import { type CompressionMode, CompressionStats, membersDecodeCompressed } from '../device/compression.ts';
 import { KeyRing } from '../crypt/keyring.ts';
 import { SnapshotOps } from './snapshot-ops.ts';
@@ -201,6 +202,9 @@ export class Replica extends EventEmitter implements ReplicaService, ReplicaCore
       this.host.snapshots,
       this.clock,
       snapLogger,
+      () => (this.options.compression ?? 'lz4') === 'lz4',
+      this.host.compressChunk ?? compressBlock,
+      this.compressionStats,
     );
     this.housekeeping = new Housekeeping(this, {
       checkpointEntries: options.tuning?.checkpointEntries ?? limits.checkpointEntries,

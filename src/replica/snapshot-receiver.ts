@@ -8,11 +8,14 @@
 // at most devicesMax devices; a begin that fails releases everything it
 // opened. When the begin offers the device snapshots' blocks, the first end
 // is answered `more` and the blocks follow, then a second end
-// (src/device/snapshot-transfer.ts).
+// (src/device/snapshot-transfer.ts). When it offers LZ4 chunks, the
+// receiver says at once that it decodes them, and the chunks after that
+// arrive compressed wherever compression pays.
 
 import type { Logger } from 'pino';
 import { decodeStoreState } from '../device/checkpoint.ts';
 import type { StagedSnapshot } from '../device/snapshot-staging.ts';
+import { blockLength, decompressBlock } from '../device/lz4.ts';
 import type { Host, PeerTransport, SnapshotFrame, StagingHandle } from './env.ts';
 import { limits } from '../limits.ts';
 
@@ -53,8 +56,10 @@ export class SnapshotReceiver {
       this.chain = this.chain.then(() => {
         const s = this.staging;
         if (s && s.snapshotId === f.snapshotId && s.from === from) {
-          if (f.kind === 'chunk') s.chunk(f.file, f.offset, f.data, f.zeroBytes);
-          else s.blocks({ snapshot: f.snapshot, blocks: f.blocks, data: f.data });
+          if (f.kind === 'chunk') {
+            const data = f.lz4 ? this.decompress(s, f.data) : f.data;
+            if (data) s.chunk(f.file, f.offset, data, f.zeroBytes);
+          } else s.blocks({ snapshot: f.snapshot, blocks: f.blocks, data: f.data });
           return s.settled().then(() => undefined);
         }
         return undefined;
@@ -91,12 +96,14 @@ export class SnapshotReceiver {
           this.reply(from, f.snapshotId, false, (err as Error).message);
           return;
         }
-        const { snapshotBlocksOffered, ...header } = state;
+        const { snapshotBlocksOffered, snapshotChunksLz4Offered, ...header } = state;
         state = header;
         this.offered = snapshotBlocksOffered === true;
         this.logger.info({ from, index: f.metadata.index, stateIndex: state.appliedIndex, devices: state.devices.length }, 'receiving snapshot');
         try {
           this.staging = await this.snapshots.beginStaging(f.snapshotId, from, f.metadata, state);
+          // Before any chunk is handled: the sender switches once this arrives, and chunks keep their order.
+          if (snapshotChunksLz4Offered === true) this.transport.sendFrame(from, { kind: 'result', snapshotId: f.snapshotId, ok: true, reason: '', lz4: true });
         } catch (err) {
           this.refused++;
           this.logger.warn({ from, err: (err as Error).message }, 'snapshot stream could not begin');
@@ -138,6 +145,24 @@ export class SnapshotReceiver {
         return;
     }
   }
+
+  /** An LZ4 chunk's bytes, or undefined after failing the stream (a block that does not decode to what its prefix says). */
+  private decompress(s: StagingHandle, block: Buffer): Buffer | undefined {
+    try {
+      const data = decompressBlock(block, blockLength(block) ?? 0, limits.snapshotChunkBytes);
+      this.lz4Bytes += block.length;
+      this.lz4Decoded += data.length;
+      return data;
+    } catch (err) {
+      this.logger.warn({ err: (err as Error).message }, 'snapshot stream: an LZ4 chunk does not decode');
+      s.fail(err as Error);
+      return undefined;
+    }
+  }
+
+  /** LZ4 chunk bytes received and what they decoded to. */
+  lz4Bytes = 0;
+  lz4Decoded = 0;
 
   private reply(to: string, snapshotId: number, ok: boolean, reason: string, more = false): void {
     this.transport.sendFrame(to, { kind: 'result', snapshotId, ok, reason, ...(more ? { more: true as const } : {}) });

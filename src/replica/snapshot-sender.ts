@@ -10,6 +10,8 @@
 // device snapshots (src/device/snapshot-transfer.ts has that protocol and
 // why it is exact): captured between two later batches, each snapshot's
 // map as of then and the blocks it names, read from descriptors opened then.
+// With compression on, the begin offers LZ4 chunks; once the receiver says it
+// decodes them, each later chunk goes as an LZ4 block if that saves 1/8.
 
 import type { Logger } from 'pino';
 import { limits } from '../limits.ts';
@@ -17,6 +19,8 @@ import type { Message } from '../raft/types.ts';
 import { type StoreState, encodeStoreState } from '../device/checkpoint.ts';
 import { decodeBlockMap, type SnapshotRecord } from '../device/snapshot-record.ts';
 import { snapshotBlockLength } from '../device/snapshot-transfer.ts';
+import { compressBlock, compressionPays } from '../device/lz4.ts';
+import { CompressionStats } from '../device/compression.ts';
 import type { SnapshotToSend } from '../device/snapshots.ts';
 import type { Cancel, Clock, Host, PeerTransport, SnapshotFile, SnapshotFrame } from './env.ts';
 
@@ -29,6 +33,8 @@ export interface SnapshotShipment {
 }
 
 type SnapResultFrame = Extract<SnapshotFrame, { kind: 'result' }>;
+type Stream = { id: number; progress: SnapshotProgress; result?: (f: SnapResultFrame) => void; lz4?: boolean; answered?: () => void };
+
 
 /** Opens the files of the snapshots to ship (between two apply batches, so nothing deletes them first). */
 export async function openShipments(list: readonly SnapshotToSend[], files: Host['snapshots']): Promise<SnapshotShipment[]> {
@@ -82,7 +88,7 @@ export interface SnapshotProgress {
 }
 
 export class SnapshotSender {
-  private readonly active = new Map<string, { id: number; progress: SnapshotProgress; result?: (f: SnapResultFrame) => void }>();
+  private readonly active = new Map<string, Stream>();
   private nextId: number;
 
   constructor(
@@ -91,6 +97,11 @@ export class SnapshotSender {
     private readonly files: Host['snapshots'],
     private readonly clock: Clock,
     private readonly logger: Logger,
+    /** Whether to offer LZ4 chunks (the node's compression mode is lz4). */
+    private readonly offerLz4: () => boolean = () => false,
+    private readonly compress: (data: Buffer) => Buffer | Promise<Buffer> = compressBlock,
+    /** Where the bytes LZ4 saved are counted (snapshot* fields). */
+    private readonly stats: CompressionStats = new CompressionStats(),
   ) {
     // Unique across restarts of this node: a stale SnapResult never matches a new stream.
     this.nextId = Math.floor(clock.now());
@@ -110,7 +121,7 @@ export class SnapshotSender {
     const peer = snap.to;
     if (this.active.has(peer)) return;
     const id = this.nextId++;
-    const entry = { id, progress: { peer, bytesDone: 0, bytesTotal: 0 } } as { id: number; progress: SnapshotProgress; result?: (f: SnapResultFrame) => void };
+    const entry: Stream = { id, progress: { peer, bytesDone: 0, bytesTotal: 0 } };
     this.active.set(peer, entry);
     this.source.hold(peer, snap.snapshot!.index);
     const started = this.clock.now();
@@ -135,7 +146,11 @@ export class SnapshotSender {
   /** A SnapResult frame from a peer. */
   onResult(peer: string, f: SnapResultFrame): void {
     const a = this.active.get(peer);
-    if (a && a.id === f.snapshotId) a.result?.(f);
+    if (!a || a.id !== f.snapshotId) return;
+    // The receiver decodes LZ4 chunks: the chunks not yet sent go compressed.
+    if (f.lz4) a.lz4 = true;
+    else a.result?.(f);
+    a.answered?.();
   }
 
   /** The next SnapResult of this stream (undefined after snapshotResultTimeoutMs). */
@@ -146,7 +161,7 @@ export class SnapshotSender {
     });
   }
 
-  private async stream(peer: string, id: number, snap: Message, entry: { progress: SnapshotProgress; result?: (f: SnapResultFrame) => void }): Promise<boolean> {
+  private async stream(peer: string, id: number, snap: Message, entry: Stream): Promise<boolean> {
     const { state, paths } = await this.source.capture();
     const result = this.nextResult(entry);
     entry.progress.bytesTotal = state.devices.reduce((n, d) => n + d.size, 0);
@@ -155,8 +170,10 @@ export class SnapshotSender {
       for (const p of paths) handles.push(await this.files.openForSend(p));
       const connection = this.transport.connection(peer);
       if (connection === undefined) return false;
-      const header = encodeStoreState({ ...state, snapshotBlocksOffered: true });
+      const lz4 = this.offerLz4();
+      const header = encodeStoreState({ ...state, snapshotBlocksOffered: true, ...(lz4 ? { snapshotChunksLz4Offered: true as const } : {}) });
       if (!this.transport.sendFrame(peer, { kind: 'begin', snapshotId: id, metadata: snap.snapshot!, state: header })) return false;
+      if (lz4) await this.answer(entry);
       let chunks = 0;
       const buf = Buffer.allocUnsafe(limits.snapshotChunkBytes);
       for (let file = 0; file < state.devices.length; file++) {
@@ -171,9 +188,11 @@ export class SnapshotSender {
             if (bytesRead === 0) break;
             const data = buf.subarray(0, bytesRead);
             if (isZero(data)) continue;
+            const block = entry.lz4 ? await this.compressed(data) : undefined;
             await this.transport.waitDrain(peer);
             // The frame is encoded (copied) before the buffer is reused: write() may keep a reference.
-            if (!this.transport.sendFrame(peer, { kind: 'chunk', snapshotId: id, file, offset: off, data, zeroBytes: 0 })) return false;
+            const frame: SnapshotFrame = block ? { kind: 'chunk', snapshotId: id, file, offset: off, data: block, zeroBytes: 0, lz4: true } : { kind: 'chunk', snapshotId: id, file, offset: off, data, zeroBytes: 0 };
+            if (!this.transport.sendFrame(peer, frame)) return false;
             chunks++;
             entry.progress.bytesDone += bytesRead;
           }
@@ -250,6 +269,31 @@ export class SnapshotSender {
         await s.map.close();
       }
     }
+  }
+
+  /** Until the receiver says whether it decodes LZ4 chunks, reports (a refused begin), or snapshotLz4AnswerMs passed. */
+  private answer(entry: Stream): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const cancel = this.clock.after(limits.snapshotLz4AnswerMs, () => {
+        entry.answered = undefined;
+        resolve();
+      });
+      entry.answered = () => {
+        entry.answered = undefined;
+        cancel();
+        resolve();
+      };
+    });
+  }
+
+  /** The chunk as an LZ4 block if that saves 1/8 (compressed off the event loop), else undefined: it goes as read. */
+  private async compressed(data: Buffer): Promise<Buffer | undefined> {
+    const block = await this.compress(data);
+    const pays = compressionPays(data.length, block.length);
+    this.stats.snapshotBytesIn += data.length;
+    this.stats.snapshotBytesOut += pays ? block.length : data.length;
+    if (pays) this.stats.snapshotCompressedChunks++;
+    return pays ? block : undefined;
   }
 
   /** The result, or undefined as soon as the connection the stream went over is gone (the receiver can no longer report). */

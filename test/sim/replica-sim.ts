@@ -120,6 +120,8 @@ export interface ReplicaSimStats {
   confChanges: number;
   transfers: number;
   snapshotsInstalled: number;
+  /** Snapshot chunks that travelled as LZ4 blocks. */
+  snapshotLz4Chunks: number;
   strangerMessages: number;
 }
 
@@ -208,7 +210,7 @@ class Sim {
     const n = o.nodes ?? this.rng.pick([1, 3, 3, 5]);
     this.stats = {
       nodes: n, events: 0, messages: 0, dropped: 0, duplicated: 0, partitions: 0, crashes: 0, diskFaults: 0, elections: 0,
-      writes: 0, acked: 0, reads: 0, readsServed: 0, tableChanges: 0, deviceSnapshots: 0, deviceSnapshotsChecked: 0, confChanges: 0, transfers: 0, snapshotsInstalled: 0, strangerMessages: 0,
+      writes: 0, acked: 0, reads: 0, readsServed: 0, tableChanges: 0, deviceSnapshots: 0, deviceSnapshotsChecked: 0, confChanges: 0, transfers: 0, snapshotsInstalled: 0, snapshotLz4Chunks: 0, strangerMessages: 0,
     };
     for (let i = 1; i <= n; i++) this.addNode(`n${i}`, false);
     this.spare = n === 1 ? [] : [`n${n + 1}`];
@@ -322,6 +324,7 @@ class Sim {
         const epoch = sim.linkEpoch.get(key);
         if (f.kind !== 'result' && epoch !== conn) return false;
         const copy: SnapshotFrame = f.kind === 'chunk' ? { ...f, data: Buffer.from(f.data) } : f;
+        if (f.kind === 'chunk' && f.lz4) sim.stats.snapshotLz4Chunks++;
         // In order per link.
         const at = Math.max(sim.now + 1, (sim.linkClock.get(key) ?? 0) + 1);
         sim.linkClock.set(key, at);

@@ -533,7 +533,8 @@ export class SimDisk implements DiskIo {
     return this.op(`readFile ${path}`, () => {
       const inode = this.existing(path, 'open');
       if (inode.isDir) throw simError('EISDIR', 'read', path);
-      const out = Buffer.alloc(inode.size);
+      // read() fills every byte up to the size: no zero-fill first (WAL segments are read whole at every restart).
+      const out = Buffer.allocUnsafeSlow(inode.size);
       inode.read(out, 0);
       return out;
     });

@@ -35,7 +35,7 @@ export async function runSeedRange(t: Test, first: number, count: number): Promi
     t.comment(`totals: ${JSON.stringify(totals)}`);
     t.same(failures, [], 'no seed broke an invariant');
     t.same([...sizes.keys()].sort(), [1, 3, 5], '1-, 3- and 5-node clusters ran');
-    for (const k of ['dropped', 'duplicated', 'partitions', 'crashes', 'diskFaults', 'confChanges', 'transfers', 'tableChanges', 'snapshotsInstalled', 'readsServed', 'acked', 'strangerMessages'] as const) {
+    for (const k of ['dropped', 'duplicated', 'partitions', 'crashes', 'diskFaults', 'confChanges', 'transfers', 'tableChanges', 'snapshotsInstalled', 'snapshotLz4Chunks', 'readsServed', 'acked', 'strangerMessages'] as const) {
       t.ok((totals[k] ?? 0) > 0, `${k} happened (${totals[k]})`);
     }
   });

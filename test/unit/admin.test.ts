@@ -98,6 +98,7 @@ t.test('metrics are valid Prometheus text with the etcd-style names', async (t) 
   t.equal(families.get('xdevice_compression_bytes_in_total')?.metrics[0]?.value, '10000');
   t.equal(families.get('xdevice_compression_bytes_out_total')?.metrics[0]?.value, '3000');
   t.equal(families.get('xdevice_compression_bytes_saved_total')?.metrics[0]?.value, '7000');
+  t.equal(families.get('xdevice_compression_snapshot_bytes_saved_total')?.metrics[0]?.value, '3072');
   t.equal(families.get('xdevice_compression_zero_writes_total')?.metrics[0]?.value, '1', 'zero writes turned into holes are counted');
   t.same(families.get('xdevice_health_check')?.metrics[0], { labels: { check: 'leader' }, value: '1' });
   t.equal(families.get('xdevice_nbd_connections')?.metrics[0]?.value, '2');

@@ -20,6 +20,7 @@ import {
   encodeConfState,
 } from '../../src/cluster/codec.ts';
 import { WireError } from '../../src/device/wire.ts';
+import { compressBlock } from '../../src/device/lz4.ts';
 import { limits } from '../../src/limits.ts';
 
 const B = limits.snapshotBlockBytes;
@@ -82,6 +83,11 @@ t.test('control and snapshot frames round-trip', async (t) => {
     [[encodeSnapEnd({ snapshotId: 3, chunks: 9, appliedEnd: 77 })], { kind: FrameKind.SnapEnd, snapshotId: 3, chunks: 9, appliedEnd: 77 }],
     [[encodeSnapResult({ snapshotId: 3, ok: false, reason: 'disk full' })], { kind: FrameKind.SnapResult, snapshotId: 3, ok: false, reason: 'disk full' }],
     [[encodeSnapResult({ snapshotId: 3, ok: true, reason: '', more: true })], { kind: FrameKind.SnapResult, snapshotId: 3, ok: true, reason: '', more: true }],
+    [[encodeSnapResult({ snapshotId: 3, ok: true, reason: '', lz4: true })], { kind: FrameKind.SnapResult, snapshotId: 3, ok: true, reason: '', lz4: true }],
+    [
+      encodeSnapChunk({ snapshotId: 3, file: 1, offset: 8192, data: compressBlock(Buffer.alloc(5000, 'x')), zeroBytes: 0, lz4: true }),
+      { kind: FrameKind.SnapChunk, snapshotId: 3, file: 1, offset: 8192, data: compressBlock(Buffer.alloc(5000, 'x')), zeroBytes: 0, lz4: true },
+    ],
     [
       encodeSnapBlocks({ snapshotId: 3, snapshot: { id: 40, deviceId: 2, name: 's.1', createdAt: 99, size: 3 * B + 512 }, blocks: [3, 0, 1], data: [Buffer.alloc(512, 7), Buffer.alloc(0), Buffer.alloc(B, 9)] }),
       { kind: FrameKind.SnapBlocks, snapshotId: 3, snapshot: { id: 40, deviceId: 2, name: 's.1', createdAt: 99, size: 3 * B + 512 }, blocks: [3, 0, 1], data: [Buffer.alloc(512, 7), Buffer.alloc(0), Buffer.alloc(B, 9)] },
@@ -107,8 +113,24 @@ t.test('snapshot blocks frames: every number from the peer is bounded before any
   for (let n = 1; n < good.length; n += 97) t.throws(() => decodeFrame(good.subarray(0, n)), WireError, `truncated at ${n}`);
   t.throws(() => decodeFrame(Buffer.concat([good, Buffer.alloc(1)])), WireError, 'trailing bytes');
   const result = bodies([encodeSnapResult({ snapshotId: 3, ok: true, reason: '' })])[0]!;
-  result[1 + 8] = 3;
-  t.throws(() => decodeFrame(result), { message: /status 3/ }, 'a result status beyond more');
+  result[1 + 8] = 4;
+  t.throws(() => decodeFrame(result), { message: /status 4/ }, 'a result status beyond lz4');
+});
+
+t.test('LZ4 snapshot chunks: the block\'s claimed length is bounded before anything allocates for it', async (t) => {
+  const chunk = (data: Buffer): Buffer => bodies(encodeSnapChunk({ snapshotId: 1, file: 0, offset: 0, data, zeroBytes: 0, lz4: true }))[0]!;
+  const claim = (n: number, rest = Buffer.alloc(8)): Buffer => {
+    const b = Buffer.alloc(4);
+    b.writeUInt32LE(n);
+    return Buffer.concat([b, rest]);
+  };
+  t.equal((decodeFrame(chunk(claim(limits.snapshotChunkBytes))) as { lz4?: true }).lz4, true, 'a chunk of snapshotChunkBytes is accepted (the receiver decompresses it)');
+  t.throws(() => decodeFrame(chunk(claim(limits.snapshotChunkBytes + 1))), { message: /LZ4 snapshot chunk/ }, 'a claim beyond snapshotChunkBytes');
+  t.throws(() => decodeFrame(chunk(claim(0xffffffff))), { message: /LZ4 snapshot chunk/ }, 'a claim of 4 GiB');
+  t.throws(() => decodeFrame(chunk(claim(0))), { message: /LZ4 snapshot chunk/ }, 'an empty chunk');
+  const short = chunk(claim(100));
+  t.throws(() => decodeFrame(short.subarray(0, short.length - 10)), { message: /LZ4 snapshot chunk/ }, 'no room for the prefix');
+  t.throws(() => encodeSnapChunk({ snapshotId: 1, file: 0, offset: 0, data: Buffer.alloc(0), zeroBytes: 4096, lz4: true }), WireError, 'an LZ4 chunk never carries zeroes');
 });
 
 t.test('conf state encoding round-trips', async (t) => {

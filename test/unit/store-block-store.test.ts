@@ -17,6 +17,8 @@ import {
   CommandOp,
 } from '../../src/device/commands.ts';
 import { tempDir, Log } from './helpers/store-log.ts';
+import { limits } from '../../src/limits.ts';
+import { nativeDisk } from '../../src/disk/native-disk.ts';
 
 const logger = pino({ level: 'silent' });
 const MiB = 1024 * 1024;
@@ -73,6 +75,35 @@ t.test('apply writes, trims, zeroes and table commands; read them back', async (
   t.equal(out2.find((o) => o.index === dup.index)!.error!.code, 'XDEVICE_ERR_EXISTS');
   t.equal(out2.find((o) => o.index === beyond.index)!.error!.code, 'ENOSPC');
   t.equal(out2.find((o) => o.index === gone.index)!.error!.code, 'ESHUTDOWN');
+});
+
+t.test('short zero writes are written as zeroes, long ones and trims punch holes (limits.zeroHoleBytesMin)', async (t) => {
+  const dir = await tempDir(t, 'xdevice-store-');
+  const store = await BlockStore.open(dir, logger);
+  t.teardown(() => store.closeFiles());
+  const log = new Log();
+  const devId = log.add(encodeCreateDevice(log.id(), 'd0', 4 * MiB)).index;
+  const Z = limits.zeroHoleBytesMin;
+  const base = MiB;
+  log.add(encodeWrite(log.id(), devId, base, Buffer.alloc(4 * Z, 0xee)));
+  log.add(encodeWriteZeroes(log.id(), devId, base, 4096, false)); // short: written
+  log.add(encodeWriteZeroes(log.id(), devId, base + Z, Z, false)); // long: a hole
+  log.add(encodeTrim(log.id(), devId, base + 3 * Z, 4096)); // a trim: a hole however short
+  const outcomes = await store.applyBatch(log.entries, noConf);
+  t.ok(outcomes.every((o) => !o.error), 'no errors');
+  const got = await store.read(devId, base, 4 * Z);
+  t.same(got.subarray(0, 4096), Buffer.alloc(4096), 'the short zero write reads zero');
+  t.same(got.subarray(4096, Z), Buffer.alloc(Z - 4096, 0xee), 'and stops where it ends');
+  t.same(got.subarray(Z, 2 * Z), Buffer.alloc(Z), 'the long one reads zero');
+  t.same(got.subarray(3 * Z, 3 * Z + 4096), Buffer.alloc(4096), 'the trim reads zero');
+  await store.checkpoint(store.captureState());
+  const [path] = store.filePaths(store.captureState());
+  const f = await nativeDisk.openFile(path!, { readOnly: true });
+  t.teardown(() => nativeDisk.closeFile(f));
+  const hole = (offset: number, length: number): boolean => nativeDisk.extents(f, offset, length).every((e) => (e.flags & 1) !== 0);
+  t.notOk(hole(base, 4096), 'the short zero write is allocated (written, not punched)');
+  t.ok(hole(base + Z, Z), 'the long zero write is a hole');
+  t.ok(hole(base + 3 * Z, 4096), 'the trim is a hole');
 });
 
 t.test('a retried request applies once even after a newer write to the same block', async (t) => {

@@ -25,6 +25,8 @@ import type { Clock, PeerTransport, SnapshotFrame } from '../../src/replica/env.
 import { SnapshotReceiver } from '../../src/replica/snapshot-receiver.ts';
 import { openShipments, SnapshotSender } from '../../src/replica/snapshot-sender.ts';
 import { makeRandom, seedFromEnv } from './helpers/nbd-random.ts';
+import { CompressionStats } from '../../src/device/compression.ts';
+import { compressBlock } from '../../src/device/lz4.ts';
 
 const logger = pino({ level: process.env.XDEVICE_TEST_LOG ?? 'silent' });
 const B = limits.snapshotBlockBytes;
@@ -42,7 +44,8 @@ const clock: Clock = {
   now: () => Date.now(),
   after: (ms, fn) => {
     const h = setTimeout(fn, ms);
-    h.unref();
+    // Long timeouts (the result's) must not hold the process; the LZ4 answer's wait must (nothing else is pending then).
+    if (ms > 5000) h.unref();
     return () => clearTimeout(h);
   },
   defer: (fn) => void setImmediate(fn),
@@ -64,7 +67,11 @@ class World {
   readonly names = new Map<string, number>();
   devId = 0;
 
-  constructor(private readonly rnd: ReturnType<typeof makeRandom>) {
+  constructor(
+    private readonly rnd: ReturnType<typeof makeRandom>,
+    /** Writes of text that LZ4 shrinks instead of random bytes. */
+    private readonly compressible = false,
+  ) {
     this.devId = this.add(encodeCreateDevice(this.id(), 'vol', SIZE));
   }
 
@@ -85,7 +92,8 @@ class World {
     const k = r.int(0, 9);
     if (k <= 5) {
       const offset = r.int(0, SIZE - 1);
-      const data = r.bytes(r.int(1, Math.min(3 * B, SIZE - offset)));
+      const length = r.int(1, Math.min(3 * B, SIZE - offset));
+      const data = this.compressible ? Buffer.from(`block ${r.int(0, 1e9)} written at ${offset}; `.repeat(Math.ceil(length / 24))).subarray(0, length) : r.bytes(length);
       data.copy(this.live, offset);
       this.add(encodeWrite(this.id(), this.devId, offset, data));
     } else if (k === 6) {
@@ -131,6 +139,9 @@ interface Run {
   stateIndex: number;
   frames: SnapshotFrame['kind'][];
   shipped: Set<number>;
+  /** Chunks that arrived as LZ4 blocks; the sender's counts. */
+  lz4Chunks: number;
+  stats: CompressionStats;
 }
 
 /**
@@ -138,9 +149,9 @@ interface Run {
  * applied a prefix of it, installs it, and returns before any replay.
  * `offer`: false strips the offer from the begin frame (what an older peer on either side amounts to).
  */
-async function transfer(t: Test, seed: number, offer: boolean, restartSender = false): Promise<Run> {
+async function transfer(t: Test, seed: number, offer: boolean, restartSender = false, lz4?: Lz4Case): Promise<Run> {
   const rnd = makeRandom(seed);
-  const world = new World(rnd);
+  const world = new World(rnd, lz4 !== undefined);
   const dirA = await tempDir(t);
   const dirB = await tempDir(t);
   let a = await BlockStore.open(dirA, logger);
@@ -166,6 +177,8 @@ async function transfer(t: Test, seed: number, offer: boolean, restartSender = f
   const filesB = diskSnapshots(dirB, 'b', nativeDisk);
   const frames: SnapshotFrame['kind'][] = [];
   const shipped = new Set<number>();
+  const stats = new CompressionStats();
+  let lz4Chunks = 0;
   let receiver!: SnapshotReceiver;
   let sender!: SnapshotSender;
   const deliver = (fn: () => void): void => void setImmediate(fn);
@@ -178,6 +191,11 @@ async function transfer(t: Test, seed: number, offer: boolean, restartSender = f
       }
       frames.push(w.kind);
       if (w.kind === 'blocks') shipped.add(w.snapshot.id);
+      if (w.kind === 'chunk' && w.lz4) {
+        lz4Chunks++;
+        // One flipped byte in the middle of the block (past its length prefix).
+        if (lz4 === 'corrupt' && lz4Chunks === 1) w.data[4 + Math.floor((w.data.length - 4) / 2)] ^= 0xff;
+      }
       deliver(() => receiver.onFrame('a', w));
       return true;
     },
@@ -194,6 +212,8 @@ async function transfer(t: Test, seed: number, offer: boolean, restartSender = f
   const transportB = {
     sendFrame: (_peer: string, f: SnapshotFrame) => {
       const w = overTheWire(f);
+      // An older receiver never says it decodes LZ4 chunks.
+      if (w.kind === 'result' && w.lz4 && lz4 === 'older-receiver') return true;
       deliver(() => {
         if (w.kind === 'result') sender.onResult('b', w);
       });
@@ -216,10 +236,20 @@ async function transfer(t: Test, seed: number, offer: boolean, restartSender = f
       filesA,
       clock,
       logger,
+      () => lz4 !== undefined,
+      compressBlock,
+      stats,
     );
   });
   sender.send(message({ type: MessageType.Snap, from: 'a', to: 'b', snapshot: meta }));
-  t.ok(await outcome, `seed ${seed}: the stream succeeds`);
+  const ok = await outcome;
+  if (lz4 === 'corrupt') {
+    t.notOk(ok, `seed ${seed}: a stream with a corrupt LZ4 chunk fails`);
+    t.equal(receiver.take(), undefined, 'nothing staged from it');
+    await receiver.close();
+    return { receiver: b, world, stateIndex: state.appliedIndex, frames, shipped, lz4Chunks, stats };
+  }
+  t.ok(ok, `seed ${seed}: the stream succeeds`);
   // A few more after the stream, so that the receiver replays past the shipment.
   for (let i = 0; i < 20; i++) world.step();
   await applyAll(t, a, world.entries, 'sender');
@@ -232,8 +262,11 @@ async function transfer(t: Test, seed: number, offer: boolean, restartSender = f
   await filesB.finishInstall();
   await receiver.close();
   t.equal(b.appliedIndex, state.appliedIndex, 'the receiver starts from the shipped state');
-  return { receiver: b, world, stateIndex: state.appliedIndex, frames, shipped };
+  return { receiver: b, world, stateIndex: state.appliedIndex, frames, shipped, lz4Chunks, stats };
 }
+
+/** The sender offers LZ4 chunks: the receiver takes them, an older one never answers, or one chunk is corrupted on the way. */
+type Lz4Case = 'on' | 'older-receiver' | 'corrupt';
 
 t.test('device snapshots travel with a Raft snapshot: the receiver serves them as the sender does (seeded)', async (t) => {
   const seed = seedFromEnv();
@@ -306,6 +339,28 @@ t.test('without the offer (an older peer on either side) the stream works as bef
   await applyAll(t, b, w.entries, 'receiver replay');
   await checkServed(t, b, w, 'legacy, caught up');
   t.ok((await b.read(w.devId, 0, SIZE)).equals(w.live), 'the live device');
+});
+
+t.test('with compression on, the device files travel as LZ4 chunks and arrive exact; an older receiver gets them plain; a corrupt one fails the stream', async (t) => {
+  const seed = seedFromEnv();
+  t.comment(`XDEVICE_SEED=${seed}`);
+  for (let round = 0; round < 3; round++) {
+    const run = await transfer(t, seed + 200 + round, true, false, 'on');
+    const { receiver: b, world: w } = run;
+    t.ok(run.lz4Chunks > 0, `seed ${seed + 200 + round}: ${run.lz4Chunks} chunks went as LZ4`);
+    t.ok(run.stats.snapshotBytesOut < run.stats.snapshotBytesIn, `LZ4 saved bytes on the link (${run.stats.snapshotBytesIn} -> ${run.stats.snapshotBytesOut})`);
+    t.equal(run.stats.snapshotCompressedChunks, run.lz4Chunks, 'every compressed chunk counted');
+    await applyAll(t, b, w.entries, 'receiver replay');
+    t.ok((await b.read(w.devId, 0, SIZE)).equals(w.live), `seed ${seed + 200 + round}: the live device, bit for bit`);
+    t.equal(await checkServed(t, b, w, `seed ${seed + 200 + round} caught up`), w.names.size, 'every snapshot served, as the model says');
+  }
+  const older = await transfer(t, seed + 210, true, false, 'older-receiver');
+  t.equal(older.lz4Chunks, 0, 'a receiver that never said it decodes LZ4 gets plain chunks');
+  t.equal(older.stats.snapshotBytesIn, 0, 'and nothing is counted as compressed');
+  await applyAll(t, older.receiver, older.world.entries, 'receiver replay');
+  t.ok((await older.receiver.read(older.world.devId, 0, SIZE)).equals(older.world.live), 'its live device');
+  const corrupt = await transfer(t, seed + 220, true, false, 'corrupt');
+  t.ok(corrupt.lz4Chunks > 0, 'the corrupted stream carried LZ4 chunks');
 });
 
 t.test('install: redone after a crash between its steps; a received mark from an earlier install does not survive the next; strangers are quarantined', async (t) => {

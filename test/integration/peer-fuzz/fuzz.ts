@@ -28,6 +28,7 @@ import {
 } from '../../../src/cluster/codec.ts';
 import { encodeWrite, encodeCreateDevice } from '../../../src/device/commands.ts';
 import { encodeStoreState } from '../../../src/device/checkpoint.ts';
+import { compressBlock } from '../../../src/device/lz4.ts';
 import { ConfChangeTransition, ConfChangeType, encodeConfChange } from '../../../src/raft/confchange.ts';
 import { EntryType, MessageType, message, type Entry, type Message } from '../../../src/raft/types.ts';
 
@@ -125,7 +126,7 @@ function mutate(r: Prng, frame: Buffer[]): Buffer[] {
 
 function snapshotFrame(r: Prng, members: string[]): Buffer[] {
   const id = r.int(4);
-  switch (r.int(6)) {
+  switch (r.int(7)) {
     case 0: {
       const devices = Array.from({ length: r.pick([0, 1, 3, limits.devicesMax + 1]) }, (_, i) => ({ id: r.int(8), name: `d${i}`, size: 4096 * r.int(4) }));
       const state = r.chance(0.5) ? encodeStoreState({ clusterId: '', appliedIndex: smallNumber(r), appliedTerm: 1, devices, members: {}, dedup: [] }) : randomBytes(r, r.int(256));
@@ -142,9 +143,21 @@ function snapshotFrame(r: Prng, members: string[]): Buffer[] {
       const snapshot = { id: 1 + smallNumber(r), deviceId: 1 + r.int(8), name: `s${r.int(9)}`, createdAt: r.int(1 << 30), size: limits.snapshotBlockBytes * 16 };
       return encodeSnapBlocks({ snapshotId: id, snapshot, blocks, data: blocks.map(() => (r.chance(0.5) ? Buffer.alloc(0) : randomBytes(r, limits.snapshotBlockBytes))) });
     }
+    case 5: {
+      // An LZ4 chunk: a valid block, one with a lying length prefix, or noise (the prefix is bounded by the codec, the block by the receiver).
+      const plain = Buffer.alloc(1 + r.int(8192), r.int(256));
+      const block = r.chance(0.4) ? compressBlock(plain) : r.chance(0.5) ? Buffer.concat([u32le(r.pick([0, 1, plain.length, limits.snapshotChunkBytes + 1, 0xffffffff])), randomBytes(r, r.int(64))]) : randomBytes(r, 4 + r.int(256));
+      return encodeSnapChunk({ snapshotId: id, file: r.int(4), offset: r.int(1 << 20), data: block, zeroBytes: 0, lz4: true });
+    }
     default:
-      return [encodeSnapResult({ snapshotId: id, ok: r.chance(0.5), reason: 'fuzz' })];
+      return [encodeSnapResult({ snapshotId: id, ok: r.chance(0.5), reason: 'fuzz', ...(r.chance(0.2) ? { lz4: true as const } : {}) })];
   }
+}
+
+function u32le(n: number): Buffer {
+  const b = Buffer.alloc(4);
+  b.writeUInt32LE(n);
+  return b;
 }
 
 export interface FuzzFrame {
