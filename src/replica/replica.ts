@@ -298,6 +298,16 @@ export class Replica extends EventEmitter implements ReplicaService, ReplicaCore
       const snap = rd.snapshot;
       persisted = this.applyChain.then(() => this.installSnapshot(snap)).then(() => this.persist(rd));
       applied = this.applyChain = persisted.then(() => this.apply(rd.committedEntries));
+    } else if (rd.committedEntries.some((e) => e.type === EntryType.ConfChange)) {
+      // A membership change is applied only once its commit is durable here:
+      // a node that applied a removal (and whose removed peer then retired)
+      // would otherwise restart with the configuration before it, needing the
+      // retired voter, and a cluster that lost every commit index at once
+      // could not elect again (simulator seed 40016828). Rare: one record and
+      // one wait per change, never on the write path.
+      const lastCommitted = rd.committedEntries[rd.committedEntries.length - 1]!.index;
+      persisted = this.persist(rd, lastCommitted);
+      applied = this.applyChain = Promise.all([this.applyChain, persisted]).then(() => this.apply(rd.committedEntries));
     } else {
       persisted = this.persist(rd);
       applied = this.applyChain = this.applyChain.then(() => this.apply(rd.committedEntries));
@@ -332,13 +342,20 @@ export class Replica extends EventEmitter implements ReplicaService, ReplicaCore
       );
   }
 
-  private persist(rd: Ready): Promise<void> {
-    // The commit index need not be durable: after a restart Raft learns it
-    // again from the leader (or, alone, by committing a new entry), and the
-    // checkpoint says what the files hold. So a hard state goes to the WAL
-    // only when term or vote change — one record less in nearly every save.
+  /** Makes the Ready's entries durable; `commitAtLeast` also records the commit index (a membership change is about to be applied). */
+  private persist(rd: Ready, commitAtLeast?: number): Promise<void> {
+    // The commit index need not be durable for data: after a restart Raft
+    // learns it again from the leader (or, alone, by committing a new entry),
+    // and the checkpoint says what the files hold. So a hard state goes to
+    // the WAL only when term or vote change — one record less in nearly every
+    // save — or when a membership change will be applied (see handleReady).
     const hs = rd.hardState;
-    const hardState = hs && (hs.term !== this.savedTerm || hs.vote !== this.savedVote) ? hs : undefined;
+    let hardState = hs && (hs.term !== this.savedTerm || hs.vote !== this.savedVote) ? hs : undefined;
+    if (commitAtLeast !== undefined) {
+      const base = hs ?? this.log.hardState();
+      const known = this.log.hardState().commit;
+      hardState = { term: base.term, vote: base.vote, commit: Math.max(base.commit, commitAtLeast, known) };
+    }
     // A Ready with nothing to write still promises what earlier Readys are
     // writing: an AppResp for entries a duplicated App found already in the
     // log must wait until they are durable (found by the simulator, seed 554:

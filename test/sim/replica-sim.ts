@@ -177,6 +177,8 @@ interface Node {
   lastRole?: Role;
   /** Disk faults were armed while this incarnation ran: a failure is expected, not a bug. */
   faulted: boolean;
+  /** The highest membership change this node has applied, in any incarnation. */
+  confApplied: number;
 }
 
 class Sim {
@@ -232,7 +234,7 @@ class Sim {
   private addNode(id: string, join: boolean): Node {
     const what = `disk ${id}`;
     const disk = new SimDisk({ seed: this.rng.int(2 ** 31), capacityBytes: DISK_BYTES, scheduler: { after: (ms, fn) => this.at(ms, what, fn) }, ...(this.o.trace ? { trace: (l: string) => this.trace(`${id} ${l}`) } : {}) });
-    const n: Node = { id, disk, io: disk.io(), incarnation: 0, alive: false, retired: false, join, starting: false, faulted: false };
+    const n: Node = { id, disk, io: disk.io(), incarnation: 0, alive: false, retired: false, join, starting: false, faulted: false, confApplied: 0 };
     this.nodes.set(id, n);
     return n;
   }
@@ -438,6 +440,12 @@ class Sim {
       violation(`${n.id} cannot open its data directory: ${(err as Error).message}`);
     }
     if (n.incarnation !== inc) return;
+    // A membership change it applied holds after any crash: the commit index
+    // covering it was durable first, so the node restarts in the configuration
+    // it had (seed 40016828: three nodes restarted in the one before a
+    // removal, whose removed voter had retired, and no leader could be elected).
+    const recovered = Math.max(opened.wal.hardState().commit, opened.wal.snapshotMetadata().index);
+    if (recovered < n.confApplied) violation(`${n.id} applied the membership change at ${n.confApplied} but restarted with commit index ${recovered}: its configuration went back`);
     if (this.o.plant === 'applyTwice') opened.store.testingApplyTwice = true;
     transport.clusterId = opened.store.clusterId;
     for (const [id, address] of Object.entries({ ...opened.store.memberAddresses(), ...this.founders() })) if (id !== n.id) transport.addPeer(id, address);
@@ -492,6 +500,7 @@ class Sim {
       for (const e of entries) {
         // Checked by the leader that proposed it (a newer leader knows no match for anyone yet).
         if (e.type === EntryType.ConfChange && r.raw.basicStatus().role === Role.Leader && e.term === r.raw.basicStatus().term) this.checkPromotion(n, r, e);
+        if (e.type === EntryType.ConfChange) n.confApplied = Math.max(n.confApplied, e.index);
         const seen = this.appliedAt.get(e.index);
         if (!seen) this.appliedAt.set(e.index, { term: e.term, data: e.data });
         else if (seen.term !== e.term || !seen.data.equals(e.data)) this.fail(new Violation(`state machine safety: ${n.id} applies ${e.index}/${e.term}, another replica applied ${e.index}/${seen.term}`));

@@ -96,10 +96,33 @@ t.test('key file: ids and 64 hex digits per line, comments, refusals name the li
 });
 
 t.test('key file: seeded fuzz — any text parses to valid keys or throws KeyFileError', async (t) => {
-  const pieces = ['k1', ' ', '\t', '\n', '#', hex(), hex().slice(0, 63), 'é', '\r\n', 'x'.repeat(70), '00'.repeat(32), 'ZZ'];
+  const seededHex = (): string => rnd.bytes(32).toString('hex');
+  const pieces = ['k1', ' ', '\t', '\n', '#', seededHex(), seededHex().slice(0, 63), 'é', '\r\n', 'x'.repeat(70), '00'.repeat(32), 'ZZ'];
+  const idChars = 'ABCXYZabcxyz0189._-';
+  const decoration = ['', '\n', '\r\n', '# a comment\n', '   \n', '\t# indented comment\r\n'];
   let parsed = 0;
   let refused = 0;
+  let built = 0;
   for (let i = 0; i < 2000; i++) {
+    // Every fourth text is a valid file built on purpose (ids, keys, comments, blank lines, CRLF), so
+    // both outcomes are exercised whatever the seed; the rest are random mixes of pieces and bytes.
+    if (i % 4 === 0) {
+      const want: Array<{ id: string; hex: string }> = [];
+      let text = '';
+      for (let k = rnd.int(1, 3); k > 0; k--) {
+        let id = `k${want.length}`;
+        for (let c = rnd.int(0, 8); c > 0; c--) id += idChars[rnd.int(0, idChars.length - 1)];
+        const key = rnd.int(0, 1) === 0 ? seededHex() : seededHex().toUpperCase();
+        want.push({ id, hex: key.toLowerCase() });
+        text += decoration[rnd.int(0, decoration.length - 1)]!;
+        text += `${rnd.int(0, 1) ? ' ' : ''}${id}${rnd.int(0, 1) ? '\t' : ' '.repeat(rnd.int(1, 3))}${key}${rnd.int(0, 1) ? ' ' : ''}`;
+        text += rnd.int(0, 1) ? '\r\n' : '\n';
+      }
+      const keys = parseKeyFile(text, 'built');
+      t.same(keys.map((k) => ({ id: k.id, hex: k.key.toString('hex') })), want, `built file ${JSON.stringify(text.slice(0, 40))} (XDEVICE_SEED=${seed})`);
+      built++;
+      continue;
+    }
     let text = '';
     const n = rnd.int(0, 12);
     for (let j = 0; j < n; j++) text += rnd.int(0, 9) === 0 ? rnd.bytes(rnd.int(1, 8)).toString('latin1') : pieces[rnd.int(0, pieces.length - 1)];
@@ -114,7 +137,8 @@ t.test('key file: seeded fuzz — any text parses to valid keys or throws KeyFil
       refused++;
     }
   }
-  t.ok(parsed > 0 && refused > 0, `of 2000 texts ${parsed} parsed to valid keys, ${refused} refused with KeyFileError`);
+  t.equal(built, 500, 'every fourth text was a file built valid and parsed to exactly its keys');
+  t.ok(refused > 0, `of ${2000 - built} random texts ${parsed} parsed to valid keys, ${refused} refused with KeyFileError`);
 });
 
 t.test('key file loading: mode 600 only; the systemd credential when the option is unset', async (t) => {
