@@ -39,5 +39,17 @@ todo=$(sed -nE 's/.*todo: ([0-9]+).*/\1/p' <<<"$summary")
 if (( rc != 0 && fail == 0 )); then fail=1; fi
 if (( total == 0 )); then echo "no tests ran" >&2; rc=1; fi
 if (( skip + todo > 0 )); then echo "skipped or todo tests are not allowed: skip=$skip todo=$todo" >&2; rc=1; fi
+if (( rc != 0 )); then
+  # CI shows the end of the output: repeat each failed assertion there, with
+  # its diagnostics (the YAML block tap prints under it) and the file it is in.
+  echo "== failures"
+  awk '
+    /^# Subtest: / { file = substr($0, 12) }
+    /^ *not ok / { print "in " file ":"; print; yaml = 1; n = 0; next }
+    yaml && /^ *---$/ { inblock = 1 }
+    yaml && inblock { if (n++ < 40) print; if ($0 ~ /^ *\.\.\.$/) { yaml = 0; inblock = 0 } ; next }
+    yaml { yaml = 0 }
+  ' "$out" | head -n 400
+fi
 echo "$pass passed, $fail failed"
 exit $rc
