@@ -7,7 +7,7 @@ import t from 'tap';
 import { spawn, spawnSync, type SpawnSyncReturns } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, readdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { adminApi } from './helpers/launcher.ts';
+import { adminApi, nodeV8Flags } from './helpers/launcher.ts';
 import { ROOT, tempDir, waitFor } from './helpers/tools.ts';
 import { freePorts } from './helpers/ports.ts';
 import { CONFIG_KEYS } from '../../src/node/config.ts';
@@ -124,6 +124,11 @@ t.test('npm pack → npm install -g gives working xdevice-node and xdevice-cli',
     const res = await adminApi(adminPort!, 'GET', '/devices');
     return res.status === 200 && res.body.devices.some((d: { name: string }) => d.name === 'default');
   }, 60_000);
+  // Run through its interpreter line as systemd runs it: with the product's V8 flags.
+  const argv = readFileSync(`/proc/${node.pid}/cmdline`, 'utf8').split('\0');
+  const flags = nodeV8Flags({});
+  t.ok(flags.length > 0, `bin/xdevice-node.js names V8 flags (${flags.join(' ')})`);
+  for (const f of flags) t.ok(argv.includes(f), `the installed node runs with ${f} (argv ${argv.slice(0, 3).join(' ')})`);
   const info = run('nbdinfo', ['--size', `nbd://127.0.0.1:${nbdPort}/default`], { cwd: outside });
   t.equal(info.status, 0, info.stderr);
   t.equal(info.stdout.trim(), String(16 * 1024 * 1024), 'nbdinfo sees the 16 MiB device of the installed node');

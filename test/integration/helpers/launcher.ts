@@ -16,7 +16,7 @@
 // About 500 lines on purpose: one node and a cluster of them share the
 // command, peer authentication and readiness, so they are one module.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync, renameSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { AdminClient } from '../../../src/cli/admin-client.ts';
@@ -35,9 +35,29 @@ export type NodeEntry = 'bin' | 'source';
  * `process.execPath`. `nodeOptions` are Node's own (--cpu-prof, refused in NODE_OPTIONS).
  */
 export function nodeCommand(flags: readonly string[], options: { entry?: NodeEntry | undefined; nodeOptions?: readonly string[] | undefined } = {}): string[] {
-  const pre = options.nodeOptions ?? [];
+  const pre = [...nodeV8Flags(), ...(options.nodeOptions ?? [])];
   if (options.entry === 'source') return [...pre, '--import=tsx', join(ROOT, 'src/node/main.ts'), ...flags];
   return [...pre, join(ROOT, 'bin/xdevice-node.js'), ...flags];
+}
+
+/**
+ * The V8 flags the product runs its node with: those on bin/xdevice-node.js's
+ * interpreter line (`#!/usr/bin/env -S node FLAGS`), so tests and benchmarks
+ * run what systemd and `npm start` run. XDEVICE_NODE_V8_FLAGS replaces them
+ * (benchmarks compare; empty: none).
+ */
+export function nodeV8Flags(env: NodeJS.ProcessEnv = process.env): string[] {
+  const override = env.XDEVICE_NODE_V8_FLAGS;
+  if (override !== undefined) return override.split(/\s+/).filter((f) => f !== '');
+  return interpreterFlags(readFileSync(join(ROOT, 'bin/xdevice-node.js'), 'utf8'));
+}
+
+/** The flags after `node` on a script's `#!/usr/bin/env -S node ...` line. */
+export function interpreterFlags(script: string): string[] {
+  const first = script.slice(0, script.indexOf('\n') >>> 0);
+  const m = /^#!\S*env(?: -S)? node((?: \S+)*)\s*$/.exec(first);
+  if (!m) throw new Error(`bin/xdevice-node.js: interpreter line ${JSON.stringify(first)} is not "#!/usr/bin/env [-S] node [FLAGS]"`);
+  return m[1]!.split(' ').filter((f) => f !== '');
 }
 
 let secretFile: string | undefined;
