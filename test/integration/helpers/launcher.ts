@@ -52,6 +52,12 @@ export function nodeV8Flags(env: NodeJS.ProcessEnv = process.env): string[] {
   return interpreterFlags(readFileSync(join(ROOT, 'bin/xdevice-node.js'), 'utf8'));
 }
 
+/** A node's environment: without the launcher's own key, which the node refuses as unknown (it checks every XDEVICE_ key). */
+function nodeEnv(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
+  const { XDEVICE_NODE_V8_FLAGS: _launcherOnly, ...rest } = env;
+  return rest;
+}
+
 /** The flags after `node` on a script's `#!/usr/bin/env -S node ...` line. */
 export function interpreterFlags(script: string): string[] {
   const first = script.slice(0, script.indexOf('\n') >>> 0);
@@ -176,7 +182,7 @@ export async function startNode(options: StartOptions = {}): Promise<NodeProcess
   const args = nodeCommand(flags, { entry: options.entry, nodeOptions: options.nodeOptions });
   const child = spawn(process.execPath, args, {
     cwd: ROOT,
-    env: { ...process.env, XDEVICE_LOG_FORMAT: 'json', XDEVICE_LOG_LEVEL: process.env.XDEVICE_LOG_LEVEL ?? 'info', ...options.env },
+    env: nodeEnv({ ...process.env, XDEVICE_LOG_FORMAT: 'json', XDEVICE_LOG_LEVEL: process.env.XDEVICE_LOG_LEVEL ?? 'info', ...options.env }),
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   liveChildren.add(child);
