@@ -193,6 +193,7 @@ export function createMetrics(sources: MetricSources): Registry {
     counter('xdevice_compression_compressed_writes_total', 'Writes proposed as COMPRESSED_WRITE (LZ4).', (s) => s.compressedWrites);
     counter('xdevice_compression_zero_writes_total', 'All-zero writes proposed as WRITE_ZEROES: a hole instead of data.', (s) => s.zeroWrites);
     counter('xdevice_compression_incompressible_writes_total', 'Writes LZ4 could not shrink by 1/8, proposed as written.', (s) => s.incompressibleWrites);
+    counter('xdevice_compression_skipped_writes_total', 'Writes proposed as written without an LZ4 attempt: the device\'s last attempts did not pay (backoff).', (s) => s.skippedWrites);
     counter('xdevice_compression_snapshot_bytes_in_total', 'Device-file bytes this node streamed in Raft snapshots to receivers that decode LZ4 (before compression).', (s) => s.snapshotBytesIn);
     counter('xdevice_compression_snapshot_bytes_out_total', 'Bytes those snapshot chunks took on the peer links.', (s) => s.snapshotBytesOut);
     counter('xdevice_compression_snapshot_bytes_saved_total', 'snapshot bytes_in less bytes_out: what LZ4 kept off the links of snapshot streams.', (s) => s.snapshotBytesIn - s.snapshotBytesOut);

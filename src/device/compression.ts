@@ -12,7 +12,8 @@
 //     saves at least 1/8 becomes COMPRESSED_WRITE;
 //   - anything else stays a WRITE, byte for byte as before. A large write is
 //     probed first (probeCompresses): when samples of it do not shrink, it is
-//     neither gathered nor compressed.
+//     neither gathered nor compressed. A device whose writes keep failing to
+//     shrink is tried less often (CompressionBackoff).
 // With `compression = off` every write stays a WRITE (zero payloads too).
 //
 // Mixed versions: a node running code without COMPRESSED_WRITE would skip
@@ -47,6 +48,8 @@ export class CompressionStats {
   zeroWrites = 0;
   /** Writes that stayed plain WRITEs though the policy could compress (they did not pay). */
   incompressibleWrites = 0;
+  /** Writes sent as written without an attempt: their device's last writes did not compress (CompressionBackoff). */
+  skippedWrites = 0;
   /** Device-file chunks of Raft snapshot streams this node sent to receivers that decode LZ4: their bytes as read... */
   snapshotBytesIn = 0;
   /** ...and on the link (an LZ4 block where it saved 1/8, else as read). */
@@ -98,6 +101,42 @@ export function allZero(parts: readonly Buffer[]): boolean {
   return true;
 }
 
+/**
+ * The attempts of one device (the way btrfs stops compressing a file whose
+ * data does not shrink): after limits.compressBackoffStreak attempts in a
+ * row that did not pay, the next writes go as written without one, 1, 2, 4
+ * ... up to limits.compressBackoffSkipMax of them after each further failed
+ * attempt; one that pays starts over. Random, encrypted-above-us or already
+ * compressed data then costs LZ4 on one write in compressBackoffSkipMax + 1,
+ * and data that turns compressible is found within that many writes. Only
+ * the proposer decides (the command carries its form), so replicas agree
+ * whatever it chose.
+ */
+export class CompressionBackoff {
+  /** Attempts in a row that did not pay. */
+  private failures = 0;
+  /** Writes still to send without an attempt. */
+  private skip = 0;
+
+  /** Whether this write is to be tried (false: skip it). */
+  attempt(): boolean {
+    if (this.skip === 0) return true;
+    this.skip--;
+    return false;
+  }
+
+  /** The outcome of a write that was tried. */
+  outcome(paid: boolean): void {
+    if (paid) {
+      this.failures = 0;
+      return;
+    }
+    this.failures++;
+    const over = this.failures - limits.compressBackoffStreak;
+    if (over >= 0) this.skip = Math.min(limits.compressBackoffSkipMax, 2 ** Math.min(over, 30));
+  }
+}
+
 /** A write proposed as a smaller command: its encoder, whether it is a hole, the original length. */
 export interface CompactWrite {
   encode: (id: RequestId) => Buffer;
@@ -119,6 +158,7 @@ export function compactWrite(
   offset: number,
   parts: readonly Buffer[],
   stats: CompressionStats,
+  backoff?: CompressionBackoff,
 ): CompactWrite | Promise<CompactWrite | undefined> | undefined {
   if (mode === 'off') return undefined;
   let length = 0;
@@ -133,9 +173,15 @@ export function compactWrite(
     stats.bytesOut += length;
     return undefined;
   }
+  if (backoff && !backoff.attempt()) {
+    stats.skippedWrites++;
+    stats.bytesOut += length;
+    return undefined;
+  }
   if (length >= limits.compressProbeWriteBytesMin && !probeCompresses(parts, length)) {
     stats.incompressibleWrites++;
     stats.bytesOut += length;
+    backoff?.outcome(false);
     return undefined;
   }
   const plain = parts.length === 1 ? parts[0]! : Buffer.concat(parts, length);
@@ -143,8 +189,10 @@ export function compactWrite(
     if (!compressionPays(length, block.length)) {
       stats.incompressibleWrites++;
       stats.bytesOut += length;
+      backoff?.outcome(false);
       return undefined;
     }
+    backoff?.outcome(true);
     stats.compressedWrites++;
     stats.bytesOut += block.length;
     return { encode: (id) => rememberPlaintext(encodeCompressedWrite(id, deviceId, offset, block), plain), hole: false, length };

@@ -38,7 +38,7 @@ import type { KeyRing } from '../crypt/keyring.ts';
 import { isSectorAligned, type XtsKey } from '../crypt/xts.ts';
 import { limits } from '../limits.ts';
 import { SnapshotExport } from './snapshot-export.ts';
-import { type CompactWrite, type CompressionMode, type CompressionStats, compactWrite } from '../device/compression.ts';
+import { type CompactWrite, CompressionBackoff, type CompressionMode, type CompressionStats, compactWrite } from '../device/compression.ts';
 
 /** What a replicated device needs from the node runtime. */
 export interface ReplicaService {
@@ -113,6 +113,8 @@ export class ReplicatedDevice implements BlockDevice {
   readonly description = 'XDevice replicated block device';
   /** Writes sent on this export and not yet answered (FLUSH waits for them). */
   private readonly inFlight = new Set<Promise<void>>();
+  /** How often this device's writes are tried for compression. */
+  private readonly backoff = new CompressionBackoff();
 
   constructor(
     private readonly service: ReplicaService,
@@ -235,7 +237,7 @@ export class ReplicatedDevice implements BlockDevice {
     const c = this.service.compression?.();
     let compact: CompactWrite | Promise<CompactWrite | undefined> | undefined;
     try {
-      compact = c ? compactWrite(c.mode, c.compressed, this.id, offset, parts, c.stats) : undefined;
+      compact = c ? compactWrite(c.mode, c.compressed, this.id, offset, parts, c.stats, this.backoff) : undefined;
     } catch (err) {
       return Promise.reject(err);
     }

@@ -18,7 +18,7 @@ import {
   encodeCreateDevice,
   encodeWrite,
 } from '../../src/device/commands.ts';
-import { CompressionStats, allZero, compactWrite, membersDecodeCompressed, probeCompresses, versionAtLeast, COMPRESSED_WRITE_SINCE } from '../../src/device/compression.ts';
+import { CompressionBackoff, CompressionStats, allZero, compactWrite, membersDecodeCompressed, probeCompresses, versionAtLeast, COMPRESSED_WRITE_SINCE } from '../../src/device/compression.ts';
 import { compressBlock, decompressBlock, Lz4BlockError } from '../../src/device/lz4.ts';
 import { limits } from '../../src/limits.ts';
 import { EntryType, type Entry } from '../../src/raft/types.ts';
@@ -141,6 +141,49 @@ t.test('large writes are probed: samples that do not shrink send the write as wr
   const small = randomBytes(limits.compressProbeWriteBytesMin - 1);
   t.equal(await compactWrite('lz4', true, dev, 0, [small], stats), undefined, 'below the probe size: the full attempt decides');
   t.equal(stats.incompressibleWrites, 2);
+});
+
+t.test('a device whose writes do not shrink is tried less often, and found again when they do', async (t) => {
+  const dev = 1;
+  const stats = new CompressionStats();
+  const backoff = new CompressionBackoff();
+  const write = async (data: Buffer) => await compactWrite('lz4', true, dev, 0, [data], stats, backoff);
+  const streak = limits.compressBackoffStreak;
+  const skipMax = limits.compressBackoffSkipMax;
+  for (let i = 0; i < streak; i++) t.equal(await write(randomBytes(4096)), undefined);
+  t.equal(stats.incompressibleWrites, streak, `the first ${streak} random writes are tried`);
+  t.equal(stats.skippedWrites, 0);
+  // The streak's last failure skips 1, the next 2, then 4 ...: count attempts over a long run.
+  const n = 20 * (skipMax + 1);
+  for (let i = 0; i < n; i++) await write(randomBytes(4096));
+  const tried = stats.incompressibleWrites - streak;
+  t.equal(tried + stats.skippedWrites, n, 'every write either tried or skipped');
+  const doublings = Math.log2(skipMax) + 1;
+  t.ok(tried <= doublings + Math.ceil(n / (skipMax + 1)), `${tried} of ${n} tried: at most one in ${skipMax + 1} once backed off`);
+  t.ok(tried >= Math.floor(n / (skipMax + 1)), 'and still tried now and then');
+  t.equal(stats.bytesOut, stats.bytesIn, 'skipped writes are counted as sent as written');
+  // All-zero writes still become holes while backed off (no LZ4 is involved).
+  const zero = await write(Buffer.alloc(4096));
+  t.ok(zero?.hole, 'a zero write is a hole while backed off');
+  // Compressible data is found within skipMax + 1 writes and resets the backoff.
+  let found = -1;
+  for (let i = 0; i <= skipMax + 1 && found < 0; i++) if (await write(halfCompressible(4096))) found = i;
+  t.ok(found >= 0 && found <= skipMax, `compressible data compressed after ${found} skipped writes`);
+  const skipped = stats.skippedWrites;
+  t.ok(await write(halfCompressible(4096)), 'and then every compressible write is');
+  t.ok(await write(halfCompressible(4096)));
+  for (let i = 0; i < streak; i++) await write(randomBytes(4096));
+  t.equal(stats.skippedWrites, skipped, `after a success, ${streak} failures in a row are tried again before any skip`);
+  // Large writes: a failed probe counts as a failed attempt too.
+  const big = new CompressionBackoff();
+  const bigStats = new CompressionStats();
+  for (let i = 0; i < streak + 1; i++) compactWrite('lz4', true, dev, 0, [randomBytes(limits.compressProbeWriteBytesMin)], bigStats, big);
+  t.equal(bigStats.incompressibleWrites, streak, 'probed large writes back off the same way');
+  t.equal(bigStats.skippedWrites, 1);
+  // Without a backoff (other callers) every write is tried.
+  const plainStats = new CompressionStats();
+  for (let i = 0; i < 2 * streak; i++) await compactWrite('lz4', true, dev, 0, [randomBytes(4096)], plainStats);
+  t.equal(plainStats.incompressibleWrites, 2 * streak, 'no backoff: every write tried');
 });
 
 t.test('codec: COMPRESSED_WRITE round-trips, re-encodes to the same bytes, and refuses what does not add up', async (t) => {

@@ -44,5 +44,5 @@ export class FakeNode extends EventEmitter implements NodeApi {
   async deleteDevice(name: string) { this.deviceList = this.deviceList.filter((d) => d.name !== name); }
   async resizeDevice(name: string, size: number) { this.deviceList.find((d) => d.name === name)!.size = size; }
   pendingProposals() { return 2; }
-  compression() { return { bytesIn: 10_000, bytesOut: 3_000, compressedWrites: 2, zeroWrites: 1, incompressibleWrites: 1, snapshotBytesIn: 4_096, snapshotBytesOut: 1_024, snapshotCompressedChunks: 1 }; }
+  compression() { return { bytesIn: 10_000, bytesOut: 3_000, compressedWrites: 2, zeroWrites: 1, incompressibleWrites: 1, skippedWrites: 1, snapshotBytesIn: 4_096, snapshotBytesOut: 1_024, snapshotCompressedChunks: 1 }; }
 }
