@@ -152,6 +152,7 @@ class Addon : public Napi::Addon<Addon> {
         InstanceMethod("crc32cSoftware", &Addon::Crc32cSoft),
         InstanceMethod("crc32cHardware", &Addon::Crc32cHard),
         InstanceMethod("crc32cImplementation", &Addon::Crc32cImplementation),
+        InstanceMethod("crc32cCopy", &Addon::Crc32cCopyJs),
         InstanceMethod("sdNotify", &Addon::SdNotifyJs),
         InstanceMethod("lockFile", &Addon::LockFileJs),
         InstanceMethod("setFaultInjection", &Addon::SetFaultInjectionJs),
@@ -379,6 +380,27 @@ class Addon : public Napi::Addon<Addon> {
     iovec bytes = ArgBytes(info.Env(), info.Length() > 0 ? info[0] : info.Env().Undefined(), "data");
     return Napi::Number::New(
         info.Env(), Crc32cHardware(ArgInitial(info), static_cast<const uint8_t*>(bytes.iov_base), bytes.iov_len));
+  }
+
+  // crc32cCopy(dst, at, src, initial): copies src into dst at `at` and
+  // returns crc32c(src, initial), reading src once.
+  Napi::Value Crc32cCopyJs(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 4) throw Napi::TypeError::New(env, "crc32cCopy(dst, at, src, initial)");
+    iovec dst = ArgBytes(env, info[0], "dst");
+    int64_t at = ArgOffset(info, 1, "at");
+    iovec src = ArgBytes(env, info[2], "src");
+    if (!info[3].IsNumber()) throw Napi::TypeError::New(env, "initial must be a number");
+    uint32_t initial = info[3].As<Napi::Number>().Uint32Value();
+    if (static_cast<uint64_t>(at) > dst.iov_len || src.iov_len > dst.iov_len - static_cast<size_t>(at)) {
+      throw Napi::RangeError::New(env, "src does not fit in dst at that offset");
+    }
+    auto* out = static_cast<uint8_t*>(dst.iov_base) + at;
+    const auto* in = static_cast<const uint8_t*>(src.iov_base);
+    if (src.iov_len > 0 && out < in + src.iov_len && in < out + src.iov_len) {
+      throw Napi::RangeError::New(env, "src and dst overlap");
+    }
+    return Napi::Number::New(env, Crc32cCopy(initial, out, in, src.iov_len));
   }
 
   Napi::Value Crc32cImplementation(const Napi::CallbackInfo& info) {

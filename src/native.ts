@@ -103,6 +103,7 @@ interface Binding {
   crc32cSoftware(data: Uint8Array, initial?: number): number;
   crc32cHardware(data: Uint8Array, initial?: number): number;
   crc32cImplementation(): 'sse4.2' | 'software';
+  crc32cCopy(dst: Uint8Array, at: number, src: Uint8Array, initial: number): number;
   sdNotify(state: string, socketPath?: string): boolean;
   setFaultInjection(spec: FaultSpec | null): void;
   lockFile(path: string): number;
@@ -213,9 +214,18 @@ export function allocAligned(size: number, alignment?: number): Buffer {
   return binding.allocAligned(size, alignment);
 }
 
-/** CRC32C of data, continuing from a previous result: crc32c(b, crc32c(a)) === crc32c(a ++ b). */
-export function crc32c(data: Uint8Array, initial = 0): number {
-  return binding.crc32c(data, initial);
+/**
+ * CRC32C of data, continuing from a previous result: crc32c(b, crc32c(a)) === crc32c(a ++ b).
+ * `crc32c.copy` does the same while copying data into a buffer, in one pass
+ * (src/wal/record.ts stages payloads with it).
+ */
+export const crc32c = Object.assign((data: Uint8Array, initial = 0): number => binding.crc32c(data, initial), {
+  copy: crc32cCopy,
+});
+
+/** Copies src into dst at `at` and returns crc32c(src, initial), reading src once. They must not overlap. */
+export function crc32cCopy(dst: Uint8Array, at: number, src: Uint8Array, initial = 0): number {
+  return binding.crc32cCopy(dst, at, src, initial);
 }
 
 export function crc32cSoftware(data: Uint8Array, initial = 0): number {

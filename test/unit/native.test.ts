@@ -433,3 +433,19 @@ t.test('closeFile runs after earlier operations and releases the I/O thread', as
   await closed;
   t.same([...readFileSync(join(dir, 'sub', 'c'))], Array.from({ length: 50 }, (_, i) => i));
 });
+
+t.test('crc32cCopy copies and checksums in one pass, and refuses what does not fit or overlaps', async (t) => {
+  const src = Buffer.from('123456789');
+  const dst = Buffer.alloc(16, 0xaa);
+  t.equal(native.crc32cCopy(dst, 3, src, 0), 0xe3069283, 'the check value of "123456789"');
+  t.same(dst.subarray(3, 12), src, 'the bytes were copied');
+  t.equal(dst[2], 0xaa, 'nothing before `at` touched');
+  t.equal(dst[12], 0xaa, 'nothing after the copy touched');
+  t.equal(native.crc32cCopy(dst, 0, src.subarray(4), native.crc32c(src.subarray(0, 4))), native.crc32c(src), 'continues a CRC');
+  t.throws(() => native.crc32cCopy(dst, 8, src, 0), RangeError, 'src past the end of dst');
+  t.throws(() => native.crc32cCopy(dst, -1, src, 0), RangeError);
+  const both = Buffer.alloc(64, 1);
+  t.throws(() => native.crc32cCopy(both, 4, both.subarray(0, 16), 0), RangeError, 'overlapping ranges');
+  t.doesNotThrow(() => native.crc32cCopy(both, 16, both.subarray(0, 16), 0), 'adjacent ranges are fine');
+  t.throws(() => native.crc32cCopy('x' as unknown as Buffer, 0, src, 0), TypeError);
+});
