@@ -234,7 +234,9 @@ export function costTable(rows: readonly ResultRow[], costs: ReadonlyMap<ResultR
     '',
     'CPU: utime+stime of every process of the target (/proc/PID/stat, 10 ms ticks); disk: write_bytes - cancelled_write_bytes (/proc/PID/io),',
     'both over the job after its ramp; an op of e is 1 MiB. A buffered writer is charged when a page first becomes dirty: rewriting a',
-    'page that is still dirty costs nothing there, so the figure of a page-cache writer (nbdkit, device files) is a lower bound.',
+    'page that is still dirty costs nothing there, so the figure of a page-cache writer (nbdkit, device files) is a lower bound, except',
+    'that the whole folio a write first dirties is charged: a 4 KiB write into a large folio left by a sequential write (the fill, e)',
+    'counts up to the folio (seen here: 3-node 4k rows after the fill at ~100 per node while /proc/diskstats showed a small fraction).',
   );
   return lines.join('\n');
 }
