@@ -173,10 +173,6 @@ __attribute__((target("sse4.2"))) uint32_t HardwarePass(uint32_t crc, const uint
 
 uint32_t Crc32cHardware(uint32_t crc, const uint8_t* p, size_t n) { return HardwarePass<false>(crc, p, nullptr, n); }
 
-uint32_t Crc32cCopyHardware(uint32_t crc, uint8_t* out, const uint8_t* p, size_t n) {
-  return HardwarePass<true>(crc, p, out, n);
-}
-
 bool Crc32cHardwareAvailable() {
   static const bool available = __builtin_cpu_supports("sse4.2");
   return available;
@@ -185,10 +181,6 @@ bool Crc32cHardwareAvailable() {
 #else
 
 uint32_t Crc32cHardware(uint32_t crc, const uint8_t* p, size_t n) { return Crc32cSoftware(crc, p, n); }
-uint32_t Crc32cCopyHardware(uint32_t crc, uint8_t* out, const uint8_t* p, size_t n) {
-  std::memcpy(out, p, n);
-  return Crc32cSoftware(crc, p, n);
-}
 bool Crc32cHardwareAvailable() { return false; }
 
 #endif
@@ -198,7 +190,9 @@ uint32_t Crc32c(uint32_t crc, const uint8_t* data, size_t length) {
 }
 
 uint32_t Crc32cCopy(uint32_t crc, uint8_t* out, const uint8_t* data, size_t length) {
-  if (Crc32cHardwareAvailable()) return Crc32cCopyHardware(crc, out, data, length);
+#ifdef XDEVICE_X86
+  if (Crc32cHardwareAvailable()) return HardwarePass<true>(crc, data, out, length);
+#endif
   std::memcpy(out, data, length);
   return Crc32cSoftware(crc, data, length);
 }

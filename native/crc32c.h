@@ -11,9 +11,6 @@ uint32_t Crc32cSoftware(uint32_t crc, const uint8_t* data, size_t length);
 // Only valid when Crc32cHardwareAvailable() is true.
 uint32_t Crc32cHardware(uint32_t crc, const uint8_t* data, size_t length);
 bool Crc32cHardwareAvailable();
-// Only valid when Crc32cHardwareAvailable() is true: copies `length` bytes of
-// `data` to `out` (which must not overlap it) in the same pass.
-uint32_t Crc32cCopyHardware(uint32_t crc, uint8_t* out, const uint8_t* data, size_t length);
 // The fastest available implementation.
 uint32_t Crc32c(uint32_t crc, const uint8_t* data, size_t length);
 // Crc32c(crc, data, length), copying data to out as it goes (no overlap).
